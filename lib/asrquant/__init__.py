@@ -1,0 +1,17 @@
+"""asrquant: integer-only, zero-shot quantization for speech recognition.
+
+Modules, each with one job:
+  audio      loading, resampling, the NeMo mel front end
+  text       vocabulary, CTC decoding, WER/CER with confidence intervals
+  data       LibriSpeech folders, NeMo manifests, downloads
+  models/    float ConvASR (QuartzNet, JasperDR), .nemo checkpoint IO, BN restoration
+  quant/     quantizers, observers, BN folding, dyadic requantization
+  intops/    integer kernels
+  convert    float model -> integer-only model
+  synth      zero-shot synthetic calibration data from BatchNorm statistics
+  experiments tables, BOPs, model sizes
+  deploy/    ONNX export, onnxruntime / TensorRT runners, latency benchmarks
+  cli        the `asrquant` command
+"""
+
+__version__ = "0.1.0"
