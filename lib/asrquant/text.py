@@ -1,0 +1,156 @@
+"""Text side of ASR: the character vocabulary, greedy CTC decoding, and WER/CER.
+
+The vocabulary and blank position follow NeMo's English QuartzNet/Jasper models:
+28 labels (space, a-z, apostrophe) and the CTC blank as the last class (index 28).
+Error rates are computed with our own Levenshtein so the numbers do not depend on
+the text transforms a metrics library applies behind our back.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+EN_CHARS = [" "] + [chr(c) for c in range(ord("a"), ord("z") + 1)] + ["'"]
+
+_SPACES = re.compile(r" +")
+
+
+def normalize_transcript(s: str, labels: Sequence[str] = EN_CHARS) -> str:
+    """Lowercase, drop characters outside the vocabulary, collapse runs of spaces.
+
+    Whitespace of any kind (tabs, newlines) becomes a space first, so words never merge.
+    """
+    vocab = set(labels)
+    s = "".join(" " if ch.isspace() else ch for ch in s.lower())
+    s = "".join(ch for ch in s if ch in vocab)
+    return _SPACES.sub(" ", s).strip()
+
+
+def ctc_greedy_decode(logits, lengths=None, labels: Sequence[str] = EN_CHARS, time_axis: int = 1) -> list[str]:
+    """Best-path CTC decoding: argmax per frame, collapse repeats, then drop blanks.
+
+    logits: [B, T, C] (time_axis=1) or [B, C, T] (time_axis=2), float or integer
+            (the integer engine hands us int32 logits; ties go to the lowest class,
+            like torch.argmax). A 2-D [B, T] input is taken as already-argmaxed ids.
+    lengths: [B] valid frames per utterance; only the first lengths[b] frames are read.
+    The blank is class len(labels), as in NeMo's CTC decoders.
+    """
+    x = torch.as_tensor(logits)
+    if x.dim() == 3:
+        if time_axis not in (1, 2):
+            raise ValueError(f"time_axis must be 1 or 2 for [B, T, C] / [B, C, T] logits, got {time_axis}")
+        ids = x.argmax(dim=3 - time_axis)  # the class axis is whichever of 1, 2 is not time
+    elif x.dim() == 2:
+        ids = x
+    else:
+        raise ValueError(f"expected logits [B, T, C] / [B, C, T] or ids [B, T], got shape {tuple(x.shape)}")
+    if ids.is_floating_point():
+        raise ValueError("2-D input is read as class ids and must be an integer tensor")
+    ids = ids.cpu().long()
+
+    batch, frames = ids.shape
+    lengths = torch.full((batch,), frames) if lengths is None else torch.as_tensor(lengths).cpu().long()
+    if lengths.shape != (batch,):
+        raise ValueError(f"lengths must have shape [{batch}], got {tuple(lengths.shape)}")
+    if (lengths < 0).any() or (lengths > frames).any():
+        raise ValueError(f"lengths must lie in [0, {frames}], got {lengths.tolist()}")
+    blank = len(labels)
+    if ids.numel() and (ids.min() < 0 or ids.max() > blank):
+        raise ValueError(f"class ids must lie in [0, {blank}] (blank = {blank}), got [{ids.min()}, {ids.max()}]")
+
+    texts = []
+    for row, n in zip(ids.tolist(), lengths.tolist()):
+        out, prev = [], None
+        for k in row[:n]:
+            if k != prev and k != blank:  # a blank between two equal labels keeps both
+                out.append(labels[k])
+            prev = k
+        texts.append("".join(out))
+    return texts
+
+
+@dataclass(frozen=True)
+class ErrorCounts:
+    """Edit distance and reference length; unpacks as (errors, words)."""
+
+    errors: int
+    words: int
+
+    def __iter__(self):
+        return iter((self.errors, self.words))
+
+    @property
+    def rate(self) -> float:
+        """Error rate in percent (inf if the reference is empty but the hypothesis is not)."""
+        if self.words == 0:
+            return 0.0 if self.errors == 0 else float("inf")
+        return 100.0 * self.errors / self.words
+
+
+def levenshtein(ref: Sequence, hyp: Sequence) -> int:
+    """Minimum number of substitutions, insertions and deletions turning ref into hyp."""
+    prev = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        cur = [i] + [0] * len(hyp)
+        for j, h in enumerate(hyp, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
+        prev = cur
+    return prev[-1]
+
+
+def word_errors(ref: str, hyp: str) -> ErrorCounts:
+    """Word-level edit distance and number of reference words (whitespace split)."""
+    r, h = ref.split(), hyp.split()
+    return ErrorCounts(levenshtein(r, h), len(r))
+
+
+def char_errors(ref: str, hyp: str) -> ErrorCounts:
+    """Character-level edit distance (spaces count as characters) and reference length."""
+    return ErrorCounts(levenshtein(ref, hyp), len(ref))
+
+
+def wer_summary(refs: Sequence[str], hyps: Sequence[str], n_boot: int = 1000, seed: int = 0) -> dict:
+    """Corpus WER/CER (percent) with a bootstrap 95% confidence interval for the WER.
+
+    WER = total word errors / total reference words (not a mean of per-utterance
+    rates). The interval resamples utterances with replacement n_boot times
+    (seeded numpy Generator) and takes the 2.5 / 97.5 percentiles.
+    An empty reference raises ValueError naming its index: in our data it always
+    means a lost transcript, and it would make per-utterance resampling ill-defined.
+    """
+    if len(refs) != len(hyps):
+        raise ValueError(f"got {len(refs)} references but {len(hyps)} hypotheses")
+    if not refs:
+        raise ValueError("wer_summary needs at least one utterance")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    for i, ref in enumerate(refs):
+        if not ref.split():
+            raise ValueError(f"reference {i} is empty: every utterance needs a non-empty transcript")
+
+    words = [word_errors(r, h) for r, h in zip(refs, hyps)]
+    chars = [char_errors(r, h) for r, h in zip(refs, hyps)]
+    w_err = np.array([c.errors for c in words], dtype=np.int64)
+    w_ref = np.array([c.words for c in words], dtype=np.int64)
+
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(refs), size=(n_boot, len(refs)))
+    boot = 100.0 * w_err[idx].sum(axis=1) / w_ref[idx].sum(axis=1)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+
+    n_chars = sum(c.words for c in chars)
+    n_char_err = sum(c.errors for c in chars)
+    return {
+        "wer": float(100.0 * w_err.sum() / w_ref.sum()),
+        "cer": 100.0 * n_char_err / n_chars,
+        "words": int(w_ref.sum()),
+        "word_errors": int(w_err.sum()),
+        "chars": int(n_chars),
+        "char_errors": int(n_char_err),
+        "utterances": len(refs),
+        "ci95": [float(lo), float(hi)],
+    }
