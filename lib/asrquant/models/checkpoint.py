@@ -1,0 +1,156 @@
+"""`.nemo` checkpoint read/write without importing NeMo.
+
+A `.nemo` file is a tar (plain or gzip) holding `model_config.yaml` and `model_weights.ckpt`
+(a torch state dict). We never extract to disk: members are read in memory, only regular
+files are accepted, and any member whose path is absolute or climbs out with `..` is refused,
+so a hostile archive cannot write anywhere. Weights load with `weights_only=True`: a pickle
+that carries code is refused, not run.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import tarfile
+import tempfile
+from pathlib import Path, PurePosixPath
+
+import torch
+import yaml
+
+CONFIG_NAME = "model_config.yaml"
+WEIGHTS_NAME = "model_weights.ckpt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used; the message names the file and the problem."""
+
+
+def _member_name(path: Path, member: tarfile.TarInfo) -> str:
+    p = PurePosixPath(member.name)
+    if p.is_absolute() or ".." in p.parts:
+        raise CheckpointError(f"{path}: refusing tar member {member.name!r}: its path escapes the archive folder")
+    if member.issym() or member.islnk():
+        raise CheckpointError(f"{path}: refusing tar member {member.name!r}: links are not allowed in a .nemo")
+    if member.isdev() or member.isfifo():
+        raise CheckpointError(f"{path}: refusing tar member {member.name!r}: device or fifo")
+    parts = [q for q in p.parts if q not in (".", "")]
+    return "/".join(parts)
+
+
+def read_nemo(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor], dict[str, bytes]]:
+    """Return (config, state_dict, other_files) of a `.nemo` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    files: dict[str, bytes] = {}
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for member in tar:
+                name = _member_name(path, member)
+                if member.isdir():
+                    continue
+                if not member.isfile():
+                    raise CheckpointError(f"{path}: refusing tar member {member.name!r}: not a regular file")
+                f = tar.extractfile(member)
+                files[name] = f.read() if f is not None else b""
+    except CheckpointError:
+        raise
+    except Exception as e:  # tarfile, gzip and zlib each raise their own types on a damaged file
+        raise CheckpointError(f"{path}: not a readable .nemo archive (truncated or corrupt?): {e}") from e
+
+    def find(basename):
+        hits = [n for n in files if PurePosixPath(n).name == basename]
+        if not hits:
+            raise CheckpointError(f"{path}: archive has no {basename} (members: {sorted(files)})")
+        return hits[0]
+
+    config_name, weights_name = find(CONFIG_NAME), find(WEIGHTS_NAME)
+    try:
+        config = yaml.safe_load(files.pop(config_name).decode("utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: {CONFIG_NAME} is not valid YAML: {e}") from e
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: {CONFIG_NAME} is not a mapping")
+    state_dict = load_weights(files.pop(weights_name), f"{path}:{WEIGHTS_NAME}")
+    return config, state_dict, files
+
+
+def load_weights(data: bytes, where: str) -> dict[str, torch.Tensor]:
+    try:
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{where}: refused: the pickle holds objects other than tensors "
+                              f"(weights_only=True): {str(e).splitlines()[0]}") from e
+    except Exception as e:
+        raise CheckpointError(f"{where}: cannot read weights (truncated or corrupt?): {e}") from e
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{where}: expected a state dict of tensors")
+    return obj
+
+
+def atomic_write_bytes(path: str | os.PathLike, write) -> Path:
+    """Call write(fileobj) on a temporary file beside `path`, then rename it into place.
+
+    An interrupted or failing write leaves no half-written file behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_nemo(path: str | os.PathLike, config: dict, state_dict: dict[str, torch.Tensor],
+               other_files: dict[str, bytes] | None = None) -> Path:
+    """Write a `.nemo` tar (uncompressed, like NeMo's `save_to`) atomically."""
+    members = {CONFIG_NAME: yaml.safe_dump(config, sort_keys=False).encode("utf-8")}
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, buf)
+    members[WEIGHTS_NAME] = buf.getvalue()
+    members.update(other_files or {})
+
+    def write(f):
+        with tarfile.open(fileobj=f, mode="w") as tar:
+            for name, data in members.items():
+                info = tarfile.TarInfo(f"./{name}")
+                info.size = len(data)
+                info.mode = 0o644
+                tar.addfile(info, io.BytesIO(data))
+
+    return atomic_write_bytes(path, write)
+
+
+def load_model(path: str | os.PathLike):
+    """Build a float `ConvASR` from a `.nemo` file."""
+    from .convasr import ConvASR
+
+    config, state_dict, _ = read_nemo(path)
+    try:
+        model = ConvASR(config)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: unsupported model config: {e!r}") from e
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    # NeMo keeps the mel filterbank and window as buffers; ours are recomputed from the config
+    # and checked equal in the tests, so their absence in a checkpoint is fine.
+    missing = [k for k in missing if not k.startswith("preprocessor.")]
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not match the config: missing {missing[:5]}"
+                              f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}")
+    model.eval()
+    return model
+
+
+def save_model(model, path: str | os.PathLike) -> Path:
+    return write_nemo(path, model.config, model.state_dict())

@@ -1,0 +1,123 @@
+"""Put BatchNorm layers back into a checkpoint whose BatchNorms were folded away.
+
+The zero-shot method needs each BatchNorm's running statistics; the public QuartzNet export in
+../shared has them folded into the preceding convolutions (conv weight W_f, bias b_f). We rebuild
+the NeMo structure conv (no bias) -> BN and choose, per channel,
+
+    conv weight      W = W_f                       (so the pre-BN output is z = W_f * x)
+    running_mean     mu_z = E[z]                   measured on real training-split audio
+    running_var      v_z  = Var[z] (unbiased)      measured likewise
+    gamma            sqrt(v_z + eps)
+    beta             mu_z + b_f
+
+Then BN(z) = (z - mu_z) / sqrt(v_z + eps) * sqrt(v_z + eps) + mu_z + b_f = z + b_f, exactly the
+folded function, and the running statistics are those a NeMo checkpoint trained on this data
+would carry (up to a per-channel scale of W, which the KL loss of Eq. 2 does not see).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .convasr import ConvASR, MaskedConv1d, frame_mask
+
+
+def conv_before_each_bn(model: ConvASR) -> list[tuple[str, MaskedConv1d, nn.BatchNorm1d]]:
+    """(bn_name, conv, bn) for every BatchNorm, with the conv whose output it normalizes."""
+    pairs = []
+    for bi, block in enumerate(model.encoder.encoder):
+        for i, layer in enumerate(block.mconv):
+            if isinstance(layer, nn.BatchNorm1d):
+                pairs.append((f"encoder.encoder.{bi}.mconv.{i}", block.mconv[i - 1], layer))
+        for ri, (conv, bn) in enumerate(block.res or []):
+            pairs.append((f"encoder.encoder.{bi}.res.{ri}.1", conv, bn))
+    return pairs
+
+
+def load_folded(model: ConvASR, folded: dict[str, np.ndarray | torch.Tensor]) -> None:
+    """Load folded weights: convs get W_f, each BN becomes `z + b_f` (mean 0, var 1 - eps)."""
+    folded = {k: torch.as_tensor(np.asarray(v)) for k, v in folded.items()}
+    sd = model.state_dict()
+    used = set()
+    for key in sd:
+        if key in folded:
+            sd[key] = folded[key].to(sd[key].dtype).reshape(sd[key].shape)
+            used.add(key)
+    for bn_name, conv, bn in conv_before_each_bn(model):
+        conv_name = bn_name.rsplit(".", 1)[0] + "." + str(int(bn_name.rsplit(".", 1)[1]) - 1) + ".conv"
+        bias_key = conv_name + ".bias"
+        if bias_key not in folded:
+            raise KeyError(f"folded checkpoint has no {bias_key} (needed for {bn_name})")
+        used.add(bias_key)
+        eps = bn.eps
+        sd[f"{bn_name}.running_mean"] = torch.zeros(bn.num_features)
+        sd[f"{bn_name}.running_var"] = torch.full((bn.num_features,), 1.0 - eps)
+        sd[f"{bn_name}.weight"] = torch.ones(bn.num_features)
+        sd[f"{bn_name}.bias"] = folded[bias_key].float()
+    unused = sorted(set(folded) - used)
+    if unused:
+        raise KeyError(f"folded checkpoint keys not placed in the model: {unused[:5]}")
+    missing = [k for k in sd if (k.endswith(".conv.weight") or k.startswith("decoder.")) and k not in used]
+    if missing:
+        raise KeyError(f"model weights missing from the folded checkpoint: {missing[:5]}")
+    model.load_state_dict(sd)
+
+
+@torch.no_grad()
+def measure_bn_inputs(model: ConvASR, batches, progress: bool = True) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per-channel mean and unbiased variance of every BN input over the valid frames of `batches`.
+
+    `batches` yields (audio [B, N], lengths [B]). Sums are kept in float64 so the result does not
+    depend on how the data was batched beyond float32 rounding of the activations themselves.
+    """
+    pairs = conv_before_each_bn(model)
+    acc = {name: [0.0, 0.0, 0] for name, _, _ in pairs}
+    handles = []
+    for name, conv, _ in pairs:
+        def hook(_m, _inp, out, name=name):
+            z, lens = out
+            mask = frame_mask(lens, z.shape[-1])[:, None, :]
+            z64 = z.double() * mask
+            a = acc[name]
+            a[0] = a[0] + z64.sum(dim=(0, 2))
+            a[1] = a[1] + (z64 * z64).sum(dim=(0, 2))
+            a[2] += int(mask.sum())
+        handles.append(conv.register_forward_hook(hook))
+    try:
+        for audio, lengths in tqdm(batches, desc="BN statistics", disable=not progress):
+            model(audio, lengths)
+    finally:
+        for h in handles:
+            h.remove()
+    stats = {}
+    for name, (s, ss, n) in acc.items():
+        if n < 2:
+            raise ValueError("need at least two valid frames to estimate BatchNorm statistics")
+        mean = s / n
+        var = (ss - n * mean * mean) / (n - 1)
+        stats[name] = (mean.numpy(), np.maximum(var.numpy(), 0.0))
+    return stats
+
+
+def apply_bn_statistics(model: ConvASR, stats: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    """Turn each `z + b_f` BatchNorm into one with measured running statistics, same function."""
+    for name, _conv, bn in conv_before_each_bn(model):
+        b_f = bn.bias.detach().double().clone()
+        bn.running_mean.copy_(torch.as_tensor(stats[name][0]))
+        bn.running_var.copy_(torch.as_tensor(stats[name][1]))
+        # gamma and beta from the float32-rounded statistics, so that the stored parameters
+        # cancel each other as closely as float32 allows: gamma / sqrt(rv + eps) = 1, beta - rm = b_f.
+        mean, var = bn.running_mean.double(), bn.running_var.double()
+        bn.weight.data.copy_(torch.sqrt(var + bn.eps))
+        bn.bias.data.copy_(mean + b_f)
+
+
+def restore_batchnorm(model: ConvASR, folded: dict, batches, progress: bool = True) -> dict:
+    """Load folded weights into `model` and restore its BatchNorm statistics from `batches`."""
+    load_folded(model, folded)
+    stats = measure_bn_inputs(model, batches, progress=progress)
+    apply_bn_statistics(model, stats)
+    return stats

@@ -1,0 +1,40 @@
+"""Where the assets are by default. Every command takes explicit paths; these are only defaults.
+
+`ASRQUANT_SHARED` points at the shared asset folder (default: `../shared` beside the repository
+checkout, or beside the current directory); `ASRQUANT_BUILD` at the folder for generated models
+and caches (default: `build/` in the repository, or in the current directory).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _repo_or_cwd() -> Path:
+    return REPO_ROOT if (REPO_ROOT / "pyproject.toml").is_file() else Path.cwd()
+
+
+def shared_dir() -> Path:
+    if os.environ.get("ASRQUANT_SHARED"):
+        return Path(os.environ["ASRQUANT_SHARED"])
+    return _repo_or_cwd().parent / "shared"
+
+
+def build_dir() -> Path:
+    return Path(os.environ.get("ASRQUANT_BUILD") or _repo_or_cwd() / "build")
+
+
+def folded_weights() -> Path:
+    return shared_dir() / "assets" / "quartznet15x5_base_en_bnfolded.npz"
+
+
+def librispeech(split: str) -> Path:
+    return shared_dir() / "data" / "LibriSpeech" / split
+
+
+def restored_model() -> Path:
+    """The real QuartzNet-15x5 with BatchNorm restored (made by `make model` / `asrquant restore-bn`)."""
+    return build_dir() / "quartznet15x5_restored.nemo"

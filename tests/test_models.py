@@ -1,0 +1,280 @@
+"""Float ConvASR: equivalence with NeMo both ways, BN restoration, batching, bad checkpoints."""
+
+import io
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from asrquant.data import load_batch, read_librispeech
+from asrquant.models import CheckpointError, ConvASR, config_for, load_model, read_nemo, save_model, write_nemo
+from asrquant.models.convasr import frame_mask
+from asrquant.models.restore_bn import conv_before_each_bn, restore_batchnorm
+
+
+@pytest.fixture(scope="module")
+def real_batch(test_other_dir):
+    utts = read_librispeech(test_other_dir)[:3]
+    return load_batch(utts)
+
+
+def _randomize(model: torch.nn.Module, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith("encoder") or name.startswith("decoder"):
+                p.copy_(torch.randn(p.shape, generator=g) * (1.0 / max(1, p[0].numel()) ** 0.5))
+
+
+def _calibrate_bn_like_training(encoder, mel, lengths) -> None:
+    """Fill BN running stats the way training does (cumulative average), so activations stay O(1)."""
+    for m in encoder.modules():
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.reset_running_stats()
+            m.momentum = None
+    encoder.train()
+    with torch.no_grad():
+        encoder(audio_signal=mel, length=lengths)
+    encoder.eval()
+
+
+def _nemo_model(arch: str, mel_batch):
+    from nemo.collections.asr.models import EncDecCTCModel
+    from omegaconf import OmegaConf
+
+    torch.manual_seed(0)
+    model = EncDecCTCModel(cfg=OmegaConf.create(config_for(arch))).eval()
+    _randomize(model, seed=1)
+    audio, lengths = mel_batch
+    with torch.no_grad():
+        mel, mel_len = model.preprocessor(input_signal=audio, length=lengths)
+    _calibrate_bn_like_training(model.encoder, mel, mel_len)
+    return model
+
+
+def _valid(logp: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """log-probs [B, T, C] restricted to valid frames (padded frames carry no meaning)."""
+    return logp[frame_mask(lengths, logp.shape[1])]
+
+
+@pytest.mark.nemo
+@pytest.mark.parametrize("arch", ["quartznet15x5", "jasperdr10x5"])
+def test_nemo_checkpoint_roundtrip(arch, real_batch, tmp_path):
+    audio, lengths = real_batch
+    nemo = _nemo_model(arch, real_batch)
+    with torch.no_grad():
+        ref_mel, ref_mel_len = nemo.preprocessor(input_signal=audio, length=lengths)
+        ref_logp, ref_len, _ = nemo(input_signal=audio, input_signal_length=lengths)
+    path = tmp_path / f"{arch}.nemo"
+    nemo.save_to(str(path))
+
+    # NeMo -> asrquant
+    ours = load_model(path)
+    with torch.no_grad():
+        mel, mel_len = ours.features(audio, lengths)
+        logits, out_len = ours.forward_features(mel, mel_len)
+    assert torch.equal(mel_len, ref_mel_len)
+    valid = frame_mask(mel_len, mel.shape[-1])[:, None, :].expand_as(mel)
+    assert (mel - ref_mel)[valid].abs().max() < 1e-4
+    assert torch.equal(out_len, ref_len)
+    logp = ConvASR.log_probs(logits)
+    assert (_valid(logp, out_len) - _valid(ref_logp, ref_len)).abs().max() < 1e-4
+    # the random net must not be degenerate, or the comparison above proves little
+    assert _valid(ref_logp, ref_len).std() > 0.1
+
+    # asrquant -> NeMo
+    from nemo.collections.asr.models import EncDecCTCModel
+
+    ours_path = save_model(ours, tmp_path / f"{arch}_ours.nemo")
+    back = EncDecCTCModel.restore_from(str(ours_path), map_location="cpu").eval()
+    with torch.no_grad():
+        back_logp, back_len, _ = back(input_signal=audio, input_signal_length=lengths)
+    assert torch.equal(back_len, ref_len)
+    assert (_valid(back_logp, back_len) - _valid(ref_logp, ref_len)).abs().max() < 1e-4
+
+
+def _folded_forward(folded: dict, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Independent replay of the BN-folded QuartzNet-15x5 with plain F.conv1d (no asrquant model)."""
+    w = {k: torch.as_tensor(v) for k, v in folded.items()}
+    cfg = config_for("quartznet15x5")["encoder"]["jasper"]
+
+    def conv(x, lens, key, stride=1, dilation=1, groups=1):
+        weight = w[key + ".weight"]
+        k = weight.shape[-1]
+        pad = dilation * (k - 1) // 2
+        x = x * frame_mask(lens, x.shape[-1])[:, None, :]
+        y = F.conv1d(x, weight, w.get(key + ".bias"), stride=stride, padding=pad, dilation=dilation, groups=groups)
+        return y, (lens + 2 * pad - dilation * (k - 1) - 1) // stride + 1
+
+    x, lens = mel, lengths
+    for b, blk in enumerate(cfg):
+        block_in, block_lens = x, lens
+        stride, dil = blk["stride"][0], blk["dilation"][0]
+        j = 0
+        for r in range(blk["repeat"]):
+            if blk["separable"]:
+                x, lens = conv(x, lens, f"encoder.encoder.{b}.mconv.{j}.conv", stride, dil, groups=x.shape[1])
+                x, lens = conv(x, lens, f"encoder.encoder.{b}.mconv.{j + 1}.conv")
+                j += 5
+            else:
+                x, lens = conv(x, lens, f"encoder.encoder.{b}.mconv.{j}.conv", stride, dil)
+                j += 4
+            if r < blk["repeat"] - 1:
+                x = torch.relu(x)
+        if blk["residual"]:
+            x = x + conv(block_in, block_lens, f"encoder.encoder.{b}.res.0.0.conv", stride)[0]
+        x = torch.relu(x)
+    return F.conv1d(x, w["decoder.decoder_layers.0.weight"], w["decoder.decoder_layers.0.bias"]), lens
+
+
+@pytest.fixture(scope="module")
+def folded(shared_dir):
+    path = shared_dir / "assets" / "quartznet15x5_base_en_bnfolded.npz"
+    if not path.is_file():
+        pytest.skip(f"{path} missing")
+    return dict(np.load(path))
+
+
+@pytest.mark.assets
+def test_restore_bn_keeps_function_and_measures_statistics(folded, train_clean_dir, real_batch):
+    train = read_librispeech(train_clean_dir, require_text=False)[:4]
+    batches = [load_batch(train[:2]), load_batch(train[2:])]
+    model = ConvASR(config_for("quartznet15x5"))
+    stats = restore_batchnorm(model, folded, batches, progress=False)
+    assert len(stats) == 93 == len(model.batchnorms())
+
+    # Same function as the folded model: exact up to rounding (checked in float64, where rounding
+    # is negligible), and within float32 rounding (logits are O(10), float32 carries ~7 digits).
+    audio, lengths = real_batch
+    with torch.no_grad():
+        mel, mel_len = model.features(audio, lengths)
+        for dtype, tol in [(torch.float64, 1e-4), (torch.float32, 1e-3)]:
+            logits, out_len = model.to(dtype).forward_features(mel.to(dtype), mel_len)
+            ref, ref_len = _folded_forward({k: v.astype(np.float64 if dtype == torch.float64 else np.float32)
+                                            for k, v in folded.items()}, mel.to(dtype), mel_len)
+            assert torch.equal(out_len, ref_len)
+            valid = frame_mask(out_len, logits.shape[-1])[:, None, :].expand_as(logits)
+            assert (logits - ref)[valid].abs().max() < tol, dtype
+    model.float()
+
+    # running statistics are the statistics of each BN's input over the calibration audio
+    name, conv, bn = conv_before_each_bn(model)[10]
+    seen = []
+    h = conv.register_forward_hook(lambda m, i, o: seen.append(o))
+    with torch.no_grad():
+        for a, l in batches:
+            model(a, l)
+    h.remove()
+    z = torch.cat([out[b, :, : lens[b]] for out, lens in seen for b in range(out.shape[0])], dim=1)
+    assert torch.allclose(bn.running_mean, z.double().mean(1).float(), atol=1e-4, rtol=1e-4)
+    assert torch.allclose(bn.running_var, z.double().var(1).float(), atol=1e-4, rtol=1e-3)
+    assert bn.running_var.max() > 0
+
+    # deterministic: a second restoration gives identical weights
+    again = ConvASR(config_for("quartznet15x5"))
+    restore_batchnorm(again, folded, batches, progress=False)
+    for (k, v), (k2, v2) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2), k
+
+
+def test_batch_and_padding_invariance(real_batch):
+    torch.manual_seed(0)
+    model = ConvASR(config_for("quartznet5x5"))
+    _randomize(model, seed=3)
+    audio, lengths = real_batch
+    with torch.no_grad():
+        logits, out_len = model(audio, lengths)
+        for b in range(audio.shape[0]):
+            alone, alone_len = model(audio[b:b + 1, : lengths[b]], lengths[b:b + 1])
+            n = int(alone_len[0])
+            assert n == int(out_len[b])
+            assert (alone[0, :, :n] - logits[b, :, :n]).abs().max() < 1e-4
+
+
+def _tar(path, members: dict[str, bytes], mode="w", link=None):
+    with tarfile.open(path, mode) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        if link:
+            info = tarfile.TarInfo(link[0])
+            info.type = tarfile.SYMTYPE
+            info.linkname = link[1]
+            tar.addfile(info)
+
+
+def _weights_bytes(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_checkpoint_roundtrip_and_bad_files(tmp_path):
+    model = ConvASR(config_for("quartznet5x5"))
+    path = save_model(model, tmp_path / "m.nemo")
+    cfg, sd, _ = read_nemo(path)
+    assert cfg == model.config and set(sd) == set(model.state_dict())
+    # gzip-compressed archives load too
+    gz = tmp_path / "m.tar.gz"
+    with tarfile.open(path) as src, tarfile.open(gz, "w:gz") as dst:
+        for m in src:
+            dst.addfile(m, src.extractfile(m))
+    assert set(read_nemo(gz)[1]) == set(sd)
+
+    data = path.read_bytes()
+    trunc = tmp_path / "trunc.nemo"
+    trunc.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="trunc.nemo"):
+        read_nemo(trunc)
+
+    cfg_bytes = b"labels: [a]\n"
+    evil = tmp_path / "evil.nemo"
+    _tar(evil, {"model_config.yaml": cfg_bytes, "../../escape.txt": b"x"})
+    with pytest.raises(CheckpointError, match="escapes"):
+        read_nemo(evil)
+    assert not (tmp_path.parent / "escape.txt").exists()
+
+    absolute = tmp_path / "abs.nemo"
+    _tar(absolute, {"/tmp/abs_escape.txt": b"x"})
+    with pytest.raises(CheckpointError, match="escapes"):
+        read_nemo(absolute)
+
+    linked = tmp_path / "link.nemo"
+    _tar(linked, {"model_config.yaml": cfg_bytes}, link=("model_weights.ckpt", "/etc/passwd"))
+    with pytest.raises(CheckpointError, match="link"):
+        read_nemo(linked)
+
+    pickled = tmp_path / "pickle.nemo"
+    _tar(pickled, {"model_config.yaml": cfg_bytes, "model_weights.ckpt": pickle.dumps({"w": _Payload()})})
+    with pytest.raises(CheckpointError, match="pickle.nemo.*refused"):
+        read_nemo(pickled)
+
+    missing = tmp_path / "missing.nemo"
+    _tar(missing, {"model_config.yaml": cfg_bytes})
+    with pytest.raises(CheckpointError, match="model_weights.ckpt"):
+        read_nemo(missing)
+
+    with pytest.raises(CheckpointError, match="no such"):
+        read_nemo(tmp_path / "nope.nemo")
+
+    wrong = tmp_path / "wrong.nemo"
+    write_nemo(wrong, config_for("quartznet10x5"), model.state_dict())
+    with pytest.raises(CheckpointError, match="wrong.nemo"):
+        load_model(wrong)
+
+
+def test_atomic_save_leaves_nothing_on_failure(tmp_path):
+    model = ConvASR(config_for("quartznet5x5"))
+    target = tmp_path / "out.nemo"
+    with pytest.raises(Exception):
+        write_nemo(target, {"a": object()}, model.state_dict())  # yaml cannot represent object()
+    assert list(tmp_path.iterdir()) == []
