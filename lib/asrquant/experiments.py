@@ -1,0 +1,249 @@
+"""Model size, bit operations (BOPs) and per-layer tables for ConvASR models (paper Table 1).
+
+Everything is counted from the real module structure (every ``nn.Conv1d`` of the encoder,
+its residual branches and the decoder, in forward order), so it works on a model built on
+PyTorch's meta device, which allocates no weights (JasperDR-10x5 has 332.6 M parameters)::
+
+    model = meta_model("jasperdr10x5")          # or ConvASR(cfg) with real weights
+    model_size_mb(model, 8)                     # 1268.7 MiB * 8/32 = 317.2
+    bops(model, 8, 8) / 1e12                    # 10.66 (paper: 10.7)
+    layer_table(model)                          # one row per conv
+
+Counting rule (what the functions compute)
+------------------------------------------
+Frames. A ``seconds`` long input at ``sample_rate`` has N = seconds * sample_rate samples.
+The mel front end (NeMo, center=True STFT) gives T0 = floor((N + 2*(n_fft//2) - n_fft) / hop) + 1
+frames: 10 s at 16 kHz -> 1001 (``legacy=True``: NeMo 1.0.0b4's ceil(N / hop) = 1000). With
+``pad_to`` > 0 the tensor the network actually runs on is T0 rounded up to a multiple of pad_to
+(NeMo's default 16: 1008); the default ``pad_to=0`` counts the valid frames only. Each conv then
+sees the frame count its input has and produces floor((T + 2p - d(k-1) - 1) / s) + 1 frames:
+the first conv (stride 2) turns 1001 into 501, every later layer runs on 501 frames; residual
+1x1 branches see their block's input, the decoder the encoder's output.
+
+MACs of one conv = out_frames * C_out * (C_in / groups) * k (depthwise: groups = C_in).
+BOPs = sum over convs of MACs * weight_bits * act_bits (every conv, the decoder included, at the
+same bit widths: Q-ASR quantizes the decoder with the encoder's bits). BatchNorm (folded into its
+conv), ReLU, the residual additions and the mel front end are not counted: they are not MACs.
+
+Size = (number of stored parameters) * weight_bits / 8 bytes, in MiB (2^20 bytes: the convention
+of the authors' group, e.g. HAWQ-V3's 44.6 MB ResNet-18 = 11.69 M params * 4 B / 2^20). Stored
+parameters are those of the deployed, BN-folded model: every conv weight, one bias per channel for
+each conv that a BatchNorm follows (the folded BN), the decoder's weight and bias. All of them at
+weight_bits: the paper's sizes scale exactly with the weight bits (73.81 / 4 = 18.45,
+73.81 * 6/32 = 13.84; 1208 / 4 = 302.0, 1208 * 6/32 = 226.5), so it stored biases at weight
+precision too. The mel filterbank and window are fixed buffers, not parameters: not counted.
+``fold_bn=False`` counts the float model's parameters instead (BN gamma and beta per channel;
+running statistics are buffers, not counted).
+
+How close this gets to the paper's Table 1 (T = 501, MiB, BN folded; paper value, relative error)
+--------------------------------------------------------------------------------------------
+============  =====  ==================  =====================
+model         W/A    size MB (paper)     BOPs T (paper)
+============  =====  ==================  =====================
+QuartzNet15x5 32/32  72.04 (73.81) -2.4%  9.669 (9.48)  +2.0%
+QuartzNet15x5  8/8   18.01 (18.45) -2.4%  0.6043 (0.61) -0.9%
+QuartzNet15x5  6/8   13.51 (13.84) -2.4%  0.4532 (0.46) -1.5%
+JasperDR10x5  32/32  1268.7 (1208) +5.0%  170.6 (171)   -0.2%
+JasperDR10x5   8/8   317.2 (302.0) +5.0%  10.66 (10.7)  -0.3%
+JasperDR10x5   6/8   237.9 (226.5) +5.0%  7.997 (8.00)  -0.04%
+============  =====  ==================  =====================
+
+JasperDR BOPs match all three printed values to their printed precision (171, 10.7, 8.00). The
+QuartzNet BOPs cannot all be matched by any rule that counts every layer at the same bits: the
+paper's own ratio 9.48 / 0.61 = 15.5 is not 32*32 / (8*8) = 16 (0.61 and 0.46 need 9.48 to
+9.69 G MACs, 9.48 T needs 9.258 G). Alternatives tried, none matching all six: 500 frames (legacy
+featurizer): QN 32/32 +1.8%, every other number -0.25..-1.7% low; the padded tensor (pad_to=16, 504
+frames): QN 8/8 and 6/8 and Jasper 8/8 match, QN 32/32 +2.6%, Jasper 32/32 and 6/8 +0.4/+0.6%;
+leaving out the decoder, the first layer or the residual branches makes it no better.
+The sizes are not reproducible from the architecture by any principled count: the paper's
+numbers imply 19.35 M (QuartzNet, MiB) / 316.7 M (Jasper, MiB) parameters, or 18.45 M / 302.0 M
+with MB = 10^6, while the models have 18.92 M / 332.6 M (NeMo publishes 18.9 M and 333 M). With
+MB = 10^6 the errors are +2.4% / +10.1%; MiB is closer for both. No subset of the parameter
+groups (depthwise, pointwise, residual, decoder, BN, front-end buffers) matches both models.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import nn
+
+__all__ = [
+    "MIB", "meta_model", "input_frames", "layer_table", "param_count", "macs", "bops",
+    "model_size_mb", "table1_comparison", "paper_table_rows", "PAPER_TABLE1",
+]
+
+MIB = 2 ** 20
+
+# Paper Table 1, size (MB) and BOPs (T) as printed: {(model, w_bits, a_bits): (size_mb, bops_t)}.
+PAPER_TABLE1 = {
+    ("quartznet15x5", 32, 32): (73.81, 9.48),
+    ("quartznet15x5", 8, 8): (18.45, 0.61),
+    ("quartznet15x5", 6, 8): (13.84, 0.46),
+    ("jasperdr10x5", 32, 32): (1208.0, 171.0),
+    ("jasperdr10x5", 8, 8): (302.0, 10.7),
+    ("jasperdr10x5", 6, 8): (226.5, 8.00),
+}
+
+_MODEL_NAMES = {"quartznet15x5": "QuartzNet15x5", "jasperdr10x5": "JasperDR10x5"}
+
+
+def meta_model(name: str) -> nn.Module:
+    """ConvASR for an architecture name (``config_for``), built on the meta device: the module
+    structure and shapes without allocating any weights."""
+    from .models.configs import config_for
+    from .models.convasr import ConvASR
+
+    with torch.device("meta"):
+        return ConvASR(config_for(name))
+
+
+def _as_model(model) -> nn.Module:
+    return meta_model(model) if isinstance(model, str) else model
+
+
+def input_frames(model, seconds: float = 10.0, sample_rate: int = 16000, pad_to: int = 0,
+                 legacy: bool | None = None) -> int:
+    """Mel frames the encoder gets for a `seconds` long input (see the module docstring).
+
+    legacy None: as the model's featurizer is configured (current NeMo unless built legacy).
+    """
+    model = _as_model(model)
+    fz = model.featurizer
+    n = int(round(seconds * sample_rate))
+    if fz.sample_rate != sample_rate:
+        raise ValueError(f"model front end runs at {fz.sample_rate} Hz, not {sample_rate}")
+    legacy = fz.legacy if legacy is None else legacy
+    if legacy:
+        t = -(-n // fz.hop_length)
+    else:
+        t = (n + 2 * fz.stft_pad - fz.n_fft) // fz.hop_length + 1
+    if pad_to and t % pad_to:
+        t += pad_to - t % pad_to
+    return t
+
+
+def _conv_out(conv: nn.Conv1d, t: int) -> int:
+    span = conv.dilation[0] * (conv.kernel_size[0] - 1)
+    return (t + 2 * conv.padding[0] - span - 1) // conv.stride[0] + 1
+
+
+def _row(name, kind, block, conv: nn.Conv1d, t_in: int, bn_follows: bool) -> dict:
+    t_out = _conv_out(conv, t_in)
+    k = conv.kernel_size[0]
+    weight = conv.out_channels * (conv.in_channels // conv.groups) * k
+    bias = conv.out_channels if conv.bias is not None else 0
+    return {
+        "name": name, "kind": kind, "block": block,
+        "in_channels": conv.in_channels, "out_channels": conv.out_channels, "kernel": k,
+        "stride": conv.stride[0], "dilation": conv.dilation[0], "groups": conv.groups,
+        "frames_in": t_in, "frames": t_out,
+        "params": weight + bias,
+        "bn_params": 2 * conv.out_channels if bn_follows else 0,
+        "folded_params": weight + bias + (conv.out_channels if bn_follows and not bias else 0),
+        "macs": t_out * weight,
+    }
+
+
+def layer_table(model, seconds: float = 10.0, sample_rate: int = 16000, pad_to: int = 0,
+                legacy: bool | None = None) -> pd.DataFrame:
+    """One row per convolution, in forward order, for a `seconds` long input.
+
+    Columns: name (module name of the nn.Conv1d), kind (depthwise / pointwise / dense /
+    residual / decoder), block (encoder block index, -1 for the decoder), in_channels,
+    out_channels, kernel, stride, dilation, groups, frames_in, frames (output frames),
+    params (weight + bias of the conv itself), bn_params (gamma + beta of the BatchNorm that
+    follows it, 0 if none), folded_params (params after folding that BN: + one bias per
+    channel), macs (frames * out * in/groups * kernel).
+    `model`: a ConvASR (real or meta device) or an architecture name.
+    """
+    from .models.convasr import MaskedConv1d
+
+    model = _as_model(model)
+    t = input_frames(model, seconds, sample_rate, pad_to, legacy)
+    rows = []
+    for b, block in enumerate(model.encoder.encoder):
+        t_block = t
+        layers = list(block.mconv)
+        for j, layer in enumerate(layers):
+            if not isinstance(layer, MaskedConv1d):
+                continue
+            conv = layer.conv
+            bn_follows = j + 1 < len(layers) and isinstance(layers[j + 1], nn.BatchNorm1d)
+            if conv.groups > 1 and conv.groups == conv.in_channels:
+                kind = "depthwise"
+            elif conv.kernel_size[0] == 1:
+                kind = "pointwise"
+            else:
+                kind = "dense"
+            rows.append(_row(f"encoder.encoder.{b}.mconv.{j}.conv", kind, b, conv, t, bn_follows))
+            t = rows[-1]["frames"]
+        if block.res is not None:
+            for i, branch in enumerate(block.res):
+                conv, has_bn = branch[0].conv, isinstance(branch[1], nn.BatchNorm1d)
+                row = _row(f"encoder.encoder.{b}.res.{i}.0.conv", "residual", b, conv, t_block, has_bn)
+                if row["frames"] != t:
+                    raise ValueError(f"block {b}: residual branch gives {row['frames']} frames, main path {t}")
+                rows.append(row)
+    for i, conv in enumerate(model.decoder.decoder_layers):
+        rows.append(_row(f"decoder.decoder_layers.{i}", "decoder", -1, conv, t, False))
+    return pd.DataFrame(rows)
+
+
+def param_count(model, fold_bn: bool = False) -> int:
+    """Learned parameters of the convs (+ BN gamma/beta, or the folded per-channel biases with
+    fold_bn=True). Equals ``sum(p.numel() for p in model.parameters())`` for fold_bn=False."""
+    df = layer_table(model, seconds=1.0)
+    return int(df["folded_params"].sum() if fold_bn else df["params"].sum() + df["bn_params"].sum())
+
+
+def macs(model, seconds: float = 10.0, sample_rate: int = 16000, pad_to: int = 0,
+         legacy: bool | None = None) -> int:
+    """Multiply-accumulates of all convs (encoder, residual branches, decoder) for the input."""
+    return int(layer_table(model, seconds, sample_rate, pad_to, legacy)["macs"].sum())
+
+
+def bops(model, weight_bits: int, act_bits: int, seconds: float = 10.0, sample_rate: int = 16000,
+         pad_to: int = 0, legacy: bool | None = None) -> float:
+    """Bit operations (a plain count, not tera) = sum over convs of MACs * weight_bits * act_bits
+    for a `seconds` long input; 32/32 is the float model. Divide by 1e12 for the paper's T."""
+    if weight_bits <= 0 or act_bits <= 0:
+        raise ValueError(f"bit widths must be positive, got {weight_bits}/{act_bits}")
+    return float(macs(model, seconds, sample_rate, pad_to, legacy)) * weight_bits * act_bits
+
+
+def model_size_mb(model, weight_bits: int, fold_bn: bool = True, mb: int = MIB) -> float:
+    """Stored size of the parameters at `weight_bits` each, in units of `mb` bytes (MiB by
+    default; pass mb=10**6 for SI megabytes). See the module docstring for what is counted."""
+    if weight_bits <= 0:
+        raise ValueError(f"weight_bits must be positive, got {weight_bits}")
+    return param_count(model, fold_bn=fold_bn) * weight_bits / 8 / mb
+
+
+def table1_comparison(settings=((32, 32), (8, 8), (6, 8)), **kwargs) -> pd.DataFrame:
+    """Our size and BOPs next to the paper's Table 1 for QuartzNet-15x5 and JasperDR-10x5,
+    with relative errors (ours / paper - 1). kwargs go to bops (e.g. pad_to=16, legacy=True)."""
+    rows = []
+    for name in ("quartznet15x5", "jasperdr10x5"):
+        model = meta_model(name)
+        for w, a in settings:
+            paper_size, paper_bops = PAPER_TABLE1.get((name, w, a), (math.nan, math.nan))
+            size, tbops = model_size_mb(model, w), bops(model, w, a, **kwargs) / 1e12
+            rows.append({"model": _MODEL_NAMES[name], "w_bits": w, "a_bits": a,
+                         "size_mb": size, "paper_size_mb": paper_size, "size_rel_err": size / paper_size - 1,
+                         "bops_t": tbops, "paper_bops_t": paper_bops, "bops_rel_err": tbops / paper_bops - 1})
+    return pd.DataFrame(rows)
+
+
+def paper_table_rows(path: str | Path | None = None) -> pd.DataFrame | None:
+    """The paper's Table 1/2 numbers from data/paper_results.csv (columns table, model, method,
+    w_bits, a_bits, split, wer, size_mb, bops_t, source); None if the file is absent."""
+    if path is None:
+        path = Path(__file__).resolve().parents[2] / "data" / "paper_results.csv"
+    path = Path(path)
+    if not path.is_file():
+        return None
+    return pd.read_csv(path)
