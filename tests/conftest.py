@@ -36,3 +36,52 @@ def test_other_dir(shared_dir) -> Path:
 @pytest.fixture(scope="session")
 def train_clean_dir(shared_dir) -> Path:
     return _split(shared_dir, "train-clean-100")
+
+
+def randomize_weights(model, seed: int) -> None:
+    """Encoder/decoder weights ~ N(0, 1/fan_in): a random but well-scaled network."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith(("encoder", "decoder")):
+                p.copy_(torch.randn(p.shape, generator=g) * (1.0 / max(1, p[0].numel()) ** 0.5))
+
+
+def fill_bn_statistics(encoder, *args, **kwargs) -> None:
+    """Running statistics as training leaves them (cumulative average over one forward)."""
+    import torch
+
+    for m in encoder.modules():
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.reset_running_stats()
+            m.momentum = None
+    encoder.train()
+    with torch.no_grad():
+        encoder(*args, **kwargs)
+    encoder.eval()
+
+
+@pytest.fixture(scope="session")
+def real_audio_batch(test_other_dir):
+    """Three real test-other utterances as a padded batch (audio, lengths)."""
+    from asrquant.data import load_batch, read_librispeech
+
+    return load_batch(read_librispeech(test_other_dir)[:3])
+
+
+@pytest.fixture(scope="session")
+def small_quartznet(real_audio_batch):
+    """QuartzNet-5x5 with random weights and BN statistics from real audio features."""
+    import torch
+
+    from asrquant.models import ConvASR, config_for
+
+    torch.manual_seed(0)
+    model = ConvASR(config_for("quartznet5x5"))
+    randomize_weights(model, seed=3)
+    with torch.no_grad():
+        mel, mel_len = model.features(*real_audio_batch)
+    fill_bn_statistics(model.encoder, mel, mel_len)
+    return model

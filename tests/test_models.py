@@ -9,6 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import fill_bn_statistics, randomize_weights
+
 from asrquant.data import load_batch, read_librispeech
 from asrquant.models import CheckpointError, ConvASR, config_for, load_model, read_nemo, save_model, write_nemo
 from asrquant.models.convasr import frame_mask
@@ -21,37 +23,17 @@ def real_batch(test_other_dir):
     return load_batch(utts)
 
 
-def _randomize(model: torch.nn.Module, seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.startswith("encoder") or name.startswith("decoder"):
-                p.copy_(torch.randn(p.shape, generator=g) * (1.0 / max(1, p[0].numel()) ** 0.5))
-
-
-def _calibrate_bn_like_training(encoder, mel, lengths) -> None:
-    """Fill BN running stats the way training does (cumulative average), so activations stay O(1)."""
-    for m in encoder.modules():
-        if isinstance(m, torch.nn.BatchNorm1d):
-            m.reset_running_stats()
-            m.momentum = None
-    encoder.train()
-    with torch.no_grad():
-        encoder(audio_signal=mel, length=lengths)
-    encoder.eval()
-
-
 def _nemo_model(arch: str, mel_batch):
     from nemo.collections.asr.models import EncDecCTCModel
     from omegaconf import OmegaConf
 
     torch.manual_seed(0)
     model = EncDecCTCModel(cfg=OmegaConf.create(config_for(arch))).eval()
-    _randomize(model, seed=1)
+    randomize_weights(model, seed=1)
     audio, lengths = mel_batch
     with torch.no_grad():
         mel, mel_len = model.preprocessor(input_signal=audio, length=lengths)
-    _calibrate_bn_like_training(model.encoder, mel, mel_len)
+    fill_bn_statistics(model.encoder, audio_signal=mel, length=mel_len)
     return model
 
 
@@ -183,7 +165,7 @@ def test_restore_bn_keeps_function_and_measures_statistics(folded, train_clean_d
 def test_batch_and_padding_invariance(real_batch):
     torch.manual_seed(0)
     model = ConvASR(config_for("quartznet5x5"))
-    _randomize(model, seed=3)
+    randomize_weights(model, seed=3)
     audio, lengths = real_batch
     with torch.no_grad():
         logits, out_len = model(audio, lengths)

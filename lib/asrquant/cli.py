@@ -77,6 +77,65 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def calibration_batches(model, args):
+    """(mel, lengths) batches for the chosen calibration source."""
+    from . import calibration
+
+    if args.calibration == "real":
+        if not args.calibration_data:
+            raise ValueError("--calibration real needs --calibration-data DIR (training-split audio)")
+        return calibration.real_mels(model, args.calibration_data, args.batch_size, args.calibration_limit)
+    if args.calibration == "random":
+        return calibration.random_mels(args.batches, args.batch_size, args.frames, args.seed)
+    from .synth import SyntheticMelGenerator, generate_cached  # noqa: F401  (zero-shot default)
+
+    params = {"n_batches": args.batches, "batch_size": args.batch_size, "frames": args.frames,
+              "iterations": args.iterations, "lr": args.lr, "seed": args.seed}
+    synthetic = generate_cached(model, args.model, params, Path(args.cache_dir))
+    return [(synthetic.mels[i], synthetic.lengths[i]) for i in range(synthetic.mels.shape[0])]
+
+
+def cmd_quantize(args) -> int:
+    import torch
+
+    from .convert import quantize_model, save_quantized
+    from .models.checkpoint import load_model
+
+    torch.manual_seed(args.seed)
+    model = load_model(args.model)
+    batches = calibration_batches(model, args)
+    info = {"calibration": args.calibration, "seed": args.seed, "source_model": str(args.model)}
+    qmodel = quantize_model(model, batches, args.weight_bits, args.act_bits, observer=args.observer,
+                            weight_method=args.weight_method, info=info)
+    out = save_quantized(qmodel, args.out)
+    print(f"W{args.weight_bits}A{args.act_bits} integer model ({args.calibration} calibration, "
+          f"{len(batches)} batches) -> {out}; int64 accumulators: {qmodel.int64_layers() or 'none'}")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from .convert import load_quantized
+    from .data import load_batch, load_dataset
+    from .verify import verify
+
+    qmodel = load_quantized(args.model)
+    utts = load_dataset(args.data, require_text=False, limit=args.utterances)
+    audio, lengths = load_batch(utts)
+    report = verify(qmodel, audio, lengths, numpy_items=args.numpy_utterances)
+    ff, ne, bi = report["float_free"], report["numpy_bit_exact"], report["batch_invariance"]
+    print(f"float-free integer forward: {'PASS' if ff['passed'] else 'FAIL'} "
+          f"({ff['ops_recorded']} ops recorded, input {report['input_dtype']}, logits {report['logits_dtype']})"
+          + (f" float ops: {ff['float_ops']}" if ff["float_ops"] else ""))
+    print(f"bit-exact vs independent NumPy runner: {'PASS' if ne['passed'] else 'FAIL'} "
+          f"({ne['utterances']} utterance(s), max |diff| {ne['max_abs_diff']})")
+    print(f"batch/padding invariance: {'PASS' if bi['passed'] else 'FAIL'} ({bi['utterances']} utterances; "
+          f"integer logits identical: {bi['integer_logits_identical']}, transcripts identical: "
+          f"{bi['transcripts_identical']})")
+    print(f"int64 accumulator layers: {report['int64_accumulator_layers'] or 'none'}")
+    _write_json(args.json, report)
+    return 0 if report["passed"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="asrquant", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -103,6 +162,32 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_evaluate)
 
+    q = sub.add_parser("quantize", help="calibrate and convert a float .nemo model to an integer-only model")
+    q.add_argument("--model", default=str(paths.restored_model()))
+    q.add_argument("--weight-bits", type=int, default=8)
+    q.add_argument("--act-bits", type=int, default=8)
+    q.add_argument("--calibration", choices=["synthetic", "real", "random"], default="synthetic")
+    q.add_argument("--calibration-data", default=None, help="audio folder or manifest for --calibration real")
+    q.add_argument("--calibration-limit", type=int, default=None, help="use only the first N calibration files")
+    q.add_argument("--observer", choices=["minmax", "ema", "percentile"], default="minmax")
+    q.add_argument("--weight-method", choices=["minmax", "mse", "percentile"], default="minmax")
+    q.add_argument("--batches", type=int, default=1, help="synthetic/random batches")
+    q.add_argument("--batch-size", type=int, default=8)
+    q.add_argument("--frames", type=int, default=500, help="synthetic/random input length T")
+    q.add_argument("--iterations", type=int, default=200, help="synthetic: Adam iterations per batch")
+    q.add_argument("--lr", type=float, default=0.05, help="synthetic: Adam learning rate")
+    q.add_argument("--cache-dir", default=str(paths.build_dir() / "synth_cache"))
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", required=True)
+    q.set_defaults(func=cmd_quantize)
+
+    v = sub.add_parser("verify", help="prove a quantized model float-free, bit-exact and batch-invariant")
+    v.add_argument("model", help="quantized model file")
+    v.add_argument("--data", default=str(paths.librispeech("test-other")), help="audio folder or manifest")
+    v.add_argument("--utterances", type=int, default=3, help="utterances in the padded test batch")
+    v.add_argument("--numpy-utterances", type=int, default=1, help="utterances replayed by the NumPy runner")
+    v.add_argument("--json", default=None)
+    v.set_defaults(func=cmd_verify)
     return p
 
 

@@ -1,0 +1,193 @@
+"""Integer-only engine: float-free forward, bit-exact NumPy replay, batching, agreement, file format."""
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import fill_bn_statistics, randomize_weights
+
+from asrquant.calibration import random_mels
+from asrquant.cli import main as cli_main
+from asrquant.convert import IntegerConvASR, load_quantized, quantize_model, save_quantized
+from asrquant.models import CheckpointError, ConvASR, save_model
+from asrquant.models.convasr import frame_mask
+from asrquant.verify import DtypeRecorder, float_ops_in_forward, numpy_forward, verify
+
+
+def _mels(model, batch):
+    with torch.no_grad():
+        return model.features(*batch)
+
+
+@pytest.fixture(scope="module")
+def calib(small_quartznet, real_audio_batch):
+    return [_mels(small_quartznet, real_audio_batch)]
+
+
+@pytest.fixture(scope="module")
+def w8a8(small_quartznet, calib):
+    return quantize_model(small_quartznet, calib, 8, 8)
+
+
+def test_forward_is_float_free_and_recorder_catches_floats(w8a8, small_quartznet, calib):
+    mel, lengths = calib[0]
+    q = w8a8.quantize_input(mel)
+    assert q.dtype == torch.int8
+    floats, n_ops = float_ops_in_forward(w8a8, q, lengths)
+    assert n_ops > 500 and floats == []
+    # the recorder is not blind: the float model's forward shows float ops
+    with DtypeRecorder() as rec:
+        small_quartznet.forward_features(mel, lengths)
+    assert rec.float_ops()
+
+
+def test_storage_and_accumulator_dtypes(w8a8):
+    for name, conv in w8a8.int_convs():
+        assert conv.weight.dtype == torch.int8, name
+        assert conv.M.dtype == torch.int64 and int(conv.M.max()) < 2 ** 31, name
+        assert conv.acc_dtype in (torch.int32, torch.int64)
+        if conv.bias is not None:
+            assert not conv.bias.is_floating_point()
+
+
+@pytest.mark.parametrize("wbits,abits", [(8, 8), (4, 8), (6, 6)])
+def test_bit_exact_against_numpy_reference(small_quartznet, calib, wbits, abits):
+    qmodel = quantize_model(small_quartznet, calib, wbits, abits)
+    mel, lengths = calib[0]
+    b = int(torch.argmin(lengths))
+    n = int(lengths[b])
+    q = qmodel.quantize_input(mel[b:b + 1, :, :n])
+    ours, out_len = qmodel.forward_int(q, lengths[b:b + 1])
+    ref, ref_len = numpy_forward(qmodel, q.numpy(), np.array([n]))
+    assert int(ref_len[0]) == int(out_len[0])
+    assert np.array_equal(ref, ours.numpy().astype(np.int64))
+
+
+def test_dense_residual_model_converts_bit_exact_and_invariant(real_audio_batch):
+    """A small JasperDR-style net (dense residuals, non-separable convs, dilation) end to end."""
+    from asrquant.models.configs import _block, _model
+
+    jasper = [_block(32, 1, 11, stride=2, residual=False, separable=False)]
+    jasper += [_block(32, 2, 11, separable=False, dense=True), _block(48, 2, 13, separable=False, dense=True),
+               _block(48, 2, 13, separable=False, dense=True)]
+    jasper += [_block(64, 1, 29, dilation=2, residual=False, separable=False),
+               _block(64, 1, 1, residual=False, separable=False)]
+    cfg = _model(jasper, 64)
+    torch.manual_seed(0)
+    model = ConvASR(cfg)
+    randomize_weights(model, 5)
+    mel, lengths = _mels(model, real_audio_batch)
+    fill_bn_statistics(model.encoder, mel, lengths)
+    assert len(model.encoder.encoder[3].res) == 3  # dense: one branch per earlier block output
+    qmodel = quantize_model(model, [(mel, lengths)], 8, 8)
+    report = verify(qmodel, *real_audio_batch, numpy_items=1)
+    assert report["passed"], report
+
+
+def test_batch_invariance_is_exact_on_integers(w8a8, calib):
+    mel, lengths = calib[0]
+    q = w8a8.quantize_input(mel)
+    logits, out_len = w8a8.forward_int(q, lengths)
+    for b in range(q.shape[0]):
+        n = int(lengths[b])
+        alone, alone_len = w8a8.forward_int(q[b:b + 1, :, :n], lengths[b:b + 1])
+        t = int(out_len[b])
+        assert int(alone_len[0]) == t
+        assert torch.equal(alone[0, :, :t], logits[b, :, :t])
+    # garbage in the padded frames must not leak into valid ones
+    noisy = q.clone()
+    noisy[frame_mask(lengths, q.shape[-1])[:, None, :].expand_as(q).logical_not()] = 77
+    again, _ = w8a8.forward_int(noisy, lengths)
+    for b in range(q.shape[0]):
+        t = int(out_len[b])
+        assert torch.equal(again[b, :, :t], logits[b, :, :t])
+
+
+def test_integer_logits_track_float_logits(small_quartznet, calib):
+    """Dequantized integer logits approach the float logits as bits grow (scales are right).
+
+    A random network amplifies small perturbations strongly (about 100x over QuartzNet-5x5 here),
+    so the bound at 16 bits is the sharp check; 8 and 4 bits must be progressively worse.
+    """
+    mel, lengths = calib[0]
+    with torch.no_grad():
+        ref, ref_len = small_quartznet.forward_features(mel, lengths)
+    valid = frame_mask(ref_len, ref.shape[-1])
+    ref_v = ref.double().transpose(1, 2)[valid]
+
+    def errors(wbits, abits):
+        qm = quantize_model(small_quartznet, calib, wbits, abits)
+        logits, out_len = qm.forward_features(mel, lengths)
+        assert torch.equal(out_len, ref_len)
+        deq = (logits.double() * qm.logit_scale).transpose(1, 2)[valid]
+        return float((deq - ref_v).norm() / ref_v.norm()), float((deq.argmax(1) == ref_v.argmax(1)).double().mean())
+
+    rel16, agree16 = errors(16, 16)
+    rel8, _ = errors(8, 8)
+    rel4, _ = errors(4, 8)
+    assert rel16 < 0.01 and agree16 > 0.99, (rel16, agree16)
+    assert rel16 < rel8 < rel4
+
+
+def test_save_load_roundtrip_and_bad_files(w8a8, calib, tmp_path):
+    path = save_quantized(w8a8, tmp_path / "m.aqz")
+    again = load_quantized(path)
+    mel, lengths = calib[0]
+    assert torch.equal(again.forward_features(mel, lengths)[0], w8a8.forward_features(mel, lengths)[0])
+    assert again.info == w8a8.info and again.labels == w8a8.labels
+
+    trunc = tmp_path / "trunc.aqz"
+    trunc.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="trunc.aqz"):
+        load_quantized(trunc)
+    # a newer format version is refused with a message, not misread
+    with zipfile.ZipFile(path) as z:
+        assert any(n.endswith("data.pkl") for n in z.namelist())
+    payload = torch.load(path, weights_only=True)
+    payload["version"] = 99
+    newer = tmp_path / "newer.aqz"
+    torch.save(payload, newer)
+    with pytest.raises(CheckpointError, match="version 99"):
+        load_quantized(newer)
+    other = tmp_path / "other.aqz"
+    torch.save({"a": torch.zeros(1)}, other)
+    with pytest.raises(CheckpointError, match="not an asrquant integer model"):
+        load_quantized(other)
+
+
+def test_nan_input_is_refused(w8a8, calib):
+    mel, lengths = calib[0]
+    bad = mel.clone()
+    bad[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        w8a8.forward_features(bad, lengths)
+
+
+def test_cli_quantize_verify_evaluate(small_quartznet, tmp_path, test_other_dir, capsys):
+    src = save_model(small_quartznet, tmp_path / "small.nemo")
+    out = tmp_path / "small_w8a8.aqz"
+    assert cli_main(["quantize", "--model", str(src), "--calibration", "random", "--frames", "200",
+                     "--batch-size", "2", "--seed", "1", "--out", str(out)]) == 0
+    assert isinstance(load_quantized(out), IntegerConvASR)
+    assert load_quantized(out).info["calibration"] == "random"
+    report = tmp_path / "verify.json"
+    assert cli_main(["verify", str(out), "--data", str(test_other_dir), "--utterances", "2",
+                     "--json", str(report)]) == 0
+    assert json.loads(report.read_text())["passed"] is True
+    res = tmp_path / "eval.json"
+    assert cli_main(["evaluate", "--model", str(out), "--data", str(test_other_dir), "--limit", "2",
+                     "--quiet", "--json", str(res)]) == 0
+    summary = json.loads(res.read_text())
+    assert summary["utterances"] == 2 and summary["words"] > 0
+    # real calibration without data is a clear error, not a crash
+    assert cli_main(["quantize", "--model", str(src), "--calibration", "real", "--out", str(out)]) == 2
+    assert "--calibration-data" in capsys.readouterr().err
+
+
+def test_random_calibration_inputs_are_seeded():
+    a, b, c = random_mels(2, 3, 50, seed=1), random_mels(2, 3, 50, seed=1), random_mels(2, 3, 50, seed=2)
+    assert torch.equal(a[0][0], b[0][0]) and not torch.equal(a[0][0], c[0][0])
+    assert a[0][0].min() >= -3 and a[0][0].max() <= 3 and a[0][1].tolist() == [50, 50, 50]
