@@ -24,7 +24,6 @@ Decoder: logit scale S = min_c s_x * s_w[c], so every class is rescaled by m_c >
 from __future__ import annotations
 
 import json
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -354,7 +353,10 @@ def save_quantized(qmodel: IntegerConvASR, path) -> Path:
 
 
 def is_quantized_file(path) -> bool:
-    return zipfile.is_zipfile(path)  # .nemo files are tar archives; torch.save writes zip
+    """torch.save writes a zip (starts with PK\\x03\\x04); a .nemo is a tar. zipfile.is_zipfile would
+    be fooled: it looks near the end, where a .nemo tar holds its zipped model_weights.ckpt."""
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
 
 
 def load_quantized(path) -> IntegerConvASR:

@@ -1,0 +1,137 @@
+"""The experiment grid behind Table 1 and Table 2: model x W/A x calibration x seed -> tidy CSV.
+
+Calibration ranges do not depend on the bit widths, so each (calibration, seed) is calibrated
+once and converted at every W/A. Every finished row is appended to the CSV atomically; a rerun
+skips rows already there, so an interrupted grid resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .models.checkpoint import atomic_write_bytes
+
+KEY = ["model", "w_bits", "a_bits", "calibration", "seed"]
+
+
+@dataclass
+class GridSpec:
+    bits: tuple[tuple[int, int], ...] = ((8, 8), (6, 8), (4, 8))
+    calibrations: tuple[str, ...] = ("synthetic", "random", "real")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    synth: dict | None = None          # SyntheticMelGenerator parameters (n_batches, batch_size, frames, ...)
+    random_batches: int = 1
+    random_frames: int = 500
+    real_limit: int | None = None      # calibration utterances for `real` (None: all)
+    observer: str = "minmax"
+    weight_method: str = "minmax"
+
+
+def _load(csv: Path) -> pd.DataFrame:
+    return pd.read_csv(csv) if csv.is_file() else pd.DataFrame(columns=KEY)
+
+
+def _append(csv: Path, df: pd.DataFrame, row: dict) -> pd.DataFrame:
+    df = pd.concat([df, pd.DataFrame([row])], ignore_index=True) if len(df) else pd.DataFrame([row])
+    buf = io.StringIO()
+    df.to_csv(buf, index=False)
+    atomic_write_bytes(csv, lambda f: f.write(buf.getvalue().encode()))
+    return df
+
+
+def _done(df: pd.DataFrame, key: dict) -> bool:
+    if not len(df):
+        return False
+    mask = pd.Series(True, index=df.index)
+    for k, v in key.items():
+        mask &= df[k].astype(str) == str(v)
+    return bool(mask.any())
+
+
+def _row(key: dict, summary: dict, model, w_bits: int, a_bits: int, extra: dict) -> dict:
+    from .experiments import bops, model_size_mb
+
+    lo, hi = summary["ci95"]
+    return {**key, "wer": summary["wer"], "cer": summary["cer"], "words": summary["words"],
+            "word_errors": summary["word_errors"], "utterances": summary["utterances"],
+            "ci95_lo": lo, "ci95_hi": hi, "size_mb": round(model_size_mb(model, w_bits), 2),
+            "bops_t": round(bops(model, w_bits, a_bits) / 1e12, 3), "eval_seconds": summary["seconds"], **extra}
+
+
+def calibration_batches(model, model_path, calibration: str, seed: int, spec: GridSpec, calib_data,
+                        cache_dir):
+    from . import calibration as cal
+
+    if calibration == "real":
+        return cal.real_mels(model, calib_data, limit=spec.real_limit)
+    if calibration == "random":
+        return cal.random_mels(spec.random_batches, 8, spec.random_frames, seed)
+    if calibration == "synthetic":
+        from .synth import generate_cached
+
+        params = dict(spec.synth or {})
+        params["seed"] = seed
+        s = generate_cached(model, model_path, params, Path(cache_dir))
+        return [(s.mels[i], s.lengths[i]) for i in range(s.mels.shape[0])]
+    raise ValueError(f"unknown calibration {calibration!r}")
+
+
+def run_grid(model_path, eval_data, csv, spec: GridSpec, calib_data=None, cache_dir="build/synth_cache",
+             limit: int | None = None, progress: bool = True) -> pd.DataFrame:
+    """Evaluate FP32 and every (calibration, seed, W/A) of `spec`; returns the tidy table."""
+    from .convert import calibrate, convert
+    from .data import load_dataset
+    from .evaluate import evaluate
+    from .models.checkpoint import load_model
+
+    csv = Path(csv)
+    model = load_model(model_path)
+    name = Path(model_path).stem
+    utts = load_dataset(eval_data, limit=limit)
+    df = _load(csv)
+
+    key = dict(model=name, w_bits=32, a_bits=32, calibration="none", seed=0)
+    if not _done(df, key):
+        df = _append(csv, df, _row(key, evaluate(model, utts, progress=progress), model, 32, 32, {}))
+
+    jobs = [(c, s) for c in spec.calibrations for s in (spec.seeds if c != "real" else spec.seeds[:1])]
+    for calibration, seed in tqdm(jobs, desc="grid", disable=not progress):
+        todo = [(w, a) for w, a in spec.bits
+                if not _done(df, dict(model=name, w_bits=w, a_bits=a, calibration=calibration, seed=seed))]
+        if not todo:
+            continue
+        start = time.perf_counter()
+        batches = calibration_batches(model, model_path, calibration, seed, spec, calib_data, cache_dir)
+        observers = calibrate(model, batches, spec.observer)
+        calib_seconds = time.perf_counter() - start
+        for w, a in todo:
+            qmodel = convert(model, observers, w, a, spec.weight_method, {"calibration": calibration, "seed": seed})
+            key = dict(model=name, w_bits=w, a_bits=a, calibration=calibration, seed=seed)
+            summary = evaluate(qmodel, utts, progress=False)
+            df = _append(csv, df, _row(key, summary, model, w, a,
+                                       {"calib_seconds": round(calib_seconds, 1), "observer": spec.observer,
+                                        "weight_method": spec.weight_method}))
+    return df
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std of WER over seeds per (model, W/A, calibration), with the FP32 gap."""
+    g = df.groupby(["model", "w_bits", "a_bits", "calibration"], as_index=False).agg(
+        wer_mean=("wer", "mean"), wer_std=("wer", "std"), seeds=("seed", "nunique"), words=("words", "first"),
+        word_errors_mean=("word_errors", "mean"), size_mb=("size_mb", "first"), bops_t=("bops_t", "first"))
+    fp32 = g[g.w_bits == 32].set_index("model")["wer_mean"]
+    g["delta_vs_fp32"] = g["wer_mean"] - g["model"].map(fp32)
+    return g.sort_values(["model", "w_bits", "calibration"], ascending=[True, False, True]).reset_index(drop=True)
+
+
+def paper_table(paper_csv, table: int, model: str = "QuartzNet", split: str = "test-other") -> pd.DataFrame:
+    p = pd.read_csv(paper_csv)
+    p = p[(p["table"].astype(str).str.contains(str(table))) & (p["model"].str.contains(model, case=False))
+          & (p["split"] == split)]
+    return p

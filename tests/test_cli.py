@@ -1,0 +1,85 @@
+"""The command line end to end on real files: restore-bn -> NeMo restore_from, evaluate, bad input."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from asrquant.cli import main
+from asrquant.data import read_librispeech
+from asrquant.models import load_model
+
+
+@pytest.fixture(scope="module")
+def restored_small(shared_dir, train_clean_dir, tmp_path_factory):
+    folded = shared_dir / "assets" / "quartznet15x5_base_en_bnfolded.npz"
+    if not folded.is_file():
+        pytest.skip(f"{folded} missing")
+    out = tmp_path_factory.mktemp("restore") / "qn15.nemo"
+    assert main(["restore-bn", "--folded", str(folded), "--audio", str(train_clean_dir), "--limit", "2",
+                 "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+@pytest.mark.nemo
+def test_restored_nemo_file_loads_in_nemo_with_same_logits(restored_small, real_audio_batch):
+    from nemo.collections.asr.models import EncDecCTCModel
+
+    ours = load_model(restored_small)
+    nemo = EncDecCTCModel.restore_from(str(restored_small), map_location="cpu").eval()
+    audio, lengths = real_audio_batch
+    with torch.no_grad():
+        logits, out_len = ours(audio, lengths)
+        ref_logp, ref_len, _ = nemo(input_signal=audio, input_signal_length=lengths)
+    assert torch.equal(out_len, ref_len)
+    logp = ours.log_probs(logits)
+    for b in range(audio.shape[0]):
+        n = int(out_len[b])
+        assert (logp[b, :n] - ref_logp[b, :n]).abs().max() < 1e-4
+    sd = nemo.state_dict()
+    bn = "encoder.encoder.5.mconv.7"
+    assert torch.equal(sd[f"{bn}.running_var"], ours.state_dict()[f"{bn}.running_var"])
+
+
+def test_evaluate_cli_writes_summary(restored_small, test_other_dir, tmp_path, capsys):
+    out = tmp_path / "fp32.json"
+    assert main(["evaluate", "--model", str(restored_small), "--data", str(test_other_dir), "--limit", "3",
+                 "--quiet", "--json", str(out), "--transcripts"]) == 0
+    summary = json.loads(out.read_text())
+    for key in ("wer", "cer", "words", "word_errors", "utterances", "ci95", "seconds"):
+        assert key in summary
+    assert summary["utterances"] == 3 and summary["ci95"][0] <= summary["wer"] <= summary["ci95"][1]
+    assert len(summary["transcripts"]) == 3
+    assert "WER" in capsys.readouterr().out
+
+
+def test_bad_inputs_fail_cleanly_and_write_nothing(restored_small, test_other_dir, tmp_path, capsys):
+    # a LibriSpeech copy with one corrupt flac
+    data = tmp_path / "ls"
+    utts = read_librispeech(test_other_dir)[:2]
+    chapter = data / "1" / "2"
+    chapter.mkdir(parents=True)
+    lines = []
+    for i, u in enumerate(utts):
+        shutil.copy(u.audio_path, chapter / f"1-2-{i:04d}.flac")
+        lines.append(f"1-2-{i:04d} {u.text.upper()}")
+    (chapter / "1-2.trans.txt").write_text("\n".join(lines) + "\n")
+    (chapter / "1-2-0001.flac").write_bytes(b"fLaC" + bytes(range(200)))
+    out = tmp_path / "never.json"
+    assert main(["evaluate", "--model", str(restored_small), "--data", str(data), "--quiet",
+                 "--json", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "1-2-0001.flac" in err and not out.exists()
+
+    # a model path that is not a checkpoint
+    junk = tmp_path / "junk.nemo"
+    junk.write_bytes(b"not a tar")
+    assert main(["evaluate", "--model", str(junk), "--data", str(test_other_dir), "--quiet"]) == 2
+    assert "junk.nemo" in capsys.readouterr().err
+
+    # missing folded weights for restore-bn: nothing written
+    target = tmp_path / "x.nemo"
+    assert main(["restore-bn", "--folded", str(tmp_path / "none.npz"), "--audio", str(data),
+                 "--out", str(target), "--quiet"]) == 2
+    assert "none.npz" in capsys.readouterr().err and not target.exists()
