@@ -136,6 +136,25 @@ def cmd_verify(args) -> int:
     return 0 if report["passed"] else 1
 
 
+def cmd_grid(args) -> int:
+    import pandas as pd
+
+    from .tables import GridSpec, run_grid, summarize
+
+    bits = tuple(tuple(int(x) for x in b.split("/")) for b in args.bits)
+    synth = {"n_batches": args.synth_batches, "batch_size": 8, "frames": args.synth_frames,
+             "iterations": args.synth_iterations, "lr": args.lr}
+    spec = GridSpec(bits=bits, calibrations=tuple(args.calibrations), seeds=tuple(args.seeds), synth=synth,
+                    random_batches=args.synth_batches, random_frames=args.synth_frames, real_limit=args.real_limit,
+                    observer=args.observer, weight_method=args.weight_method)
+    df = run_grid(args.model, args.data, args.out, spec, calib_data=args.calibration_data,
+                  cache_dir=args.cache_dir, limit=args.limit, progress=not args.quiet)
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(summarize(df).round(2).to_string(index=False))
+    print(f"rows: {len(df)} -> {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="asrquant", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -180,6 +199,33 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--out", required=True)
     q.set_defaults(func=cmd_quantize)
+
+    g = sub.add_parser("grid", help="Table 1/2 experiment grid: W/A x calibration x seed -> tidy CSV (resumable)")
+    g.add_argument("--model", default=str(paths.restored_model()))
+    g.add_argument("--data", default=str(paths.librispeech("test-other")))
+    g.add_argument("--calibration-data", default=str(paths.librispeech("train-clean-100")))
+    g.add_argument("--out", default=str(paths.build_dir() / "results" / "grid.csv"))
+    g.add_argument("--bits", nargs="+", default=["8/8", "6/8", "4/8"], help="W/A settings")
+    g.add_argument("--calibrations", nargs="+", default=["synthetic", "random", "real"],
+                   choices=["synthetic", "random", "real"])
+    g.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    g.add_argument("--synth-batches", type=int, default=1)
+    g.add_argument("--synth-frames", type=int, default=500)
+    g.add_argument("--synth-iterations", type=int, default=200)
+    g.add_argument("--lr", type=float, default=0.05)
+    g.add_argument("--real-limit", type=int, default=None)
+    g.add_argument("--observer", choices=["minmax", "ema", "percentile"], default="minmax")
+    g.add_argument("--weight-method", choices=["minmax", "mse", "percentile"], default="minmax")
+    g.add_argument("--cache-dir", default=str(paths.build_dir() / "synth_cache"))
+    g.add_argument("--limit", type=int, default=None, help="evaluate on the first N utterances only")
+    g.add_argument("--quiet", action="store_true")
+    g.set_defaults(func=cmd_grid)
+
+    from .synth import add_synth_arguments, cmd_synth
+
+    sy = sub.add_parser("synth", help="generate zero-shot synthetic calibration batches (paper Eq. 2) into a cache")
+    add_synth_arguments(sy)
+    sy.set_defaults(func=cmd_synth)
 
     v = sub.add_parser("verify", help="prove a quantized model float-free, bit-exact and batch-invariant")
     v.add_argument("model", help="quantized model file")
