@@ -1,0 +1,198 @@
+"""The book's sources: notebooks, table of contents, config, paper data, and tools/run_notebooks.py.
+
+Fast: no chapter is executed. The run_notebooks cache test executes a throwaway two-cell
+notebook with papermill for real (a few seconds per run).
+"""
+import csv
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+RUNNER = ROOT / "tools" / "run_notebooks.py"
+
+
+def _load_runner():
+    spec = importlib.util.spec_from_file_location("run_notebooks", RUNNER)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _toc_files(entries):
+    for entry in entries or []:
+        if "file" in entry:
+            yield entry["file"]
+        for key in ("chapters", "sections", "parts"):
+            yield from _toc_files(entry.get(key))
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS, "notebooks/NN_*.ipynb not found"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_is_valid_with_one_parameters_cell(path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    tagged = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1, f"{path.name}: {len(tagged)} cells tagged 'parameters', want exactly 1"
+    assert tagged[0].cell_type == "code"
+    assert nb.metadata["kernelspec"]["name"] == "asrquant"
+    # Sources are committed without outputs: the executed copies live in book/chapters/.
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), f"{path.name} has outputs"
+    # papermill must understand every assignment in the parameters cell (one name per line).
+    import papermill as pm
+
+    declared = set(pm.inspect_notebook(str(path)))
+    assigned = set(re.findall(r"^([A-Za-z_]\w*)\s*=", tagged[0].source, flags=re.M))
+    assert assigned and assigned <= declared, f"{path.name}: papermill cannot parse {assigned - declared}"
+
+
+def test_toc_chapters_exist():
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    assert toc["format"] == "jb-book"
+    root = toc["root"]
+    assert (ROOT / f"{root}.md").is_file() or (ROOT / f"{root}.ipynb").is_file()
+    files = list(_toc_files(toc.get("chapters")) if "chapters" in toc else _toc_files(toc.get("parts")))
+    assert files, "_toc.yml lists no chapters"
+    for f in files:
+        if f.startswith("book/chapters/"):
+            src = ROOT / "notebooks" / (f.removeprefix("book/chapters/") + ".ipynb")
+            assert src.is_file(), f"_toc.yml: {f} has no source notebook {src.relative_to(ROOT)}"
+        else:
+            assert any((ROOT / (f + ext)).is_file() for ext in (".md", ".ipynb")), f"_toc.yml: {f} not found"
+    # every source notebook is a chapter
+    listed = {f.removeprefix("book/chapters/") for f in files}
+    assert {p.stem for p in NOTEBOOKS} <= listed, "a notebook in notebooks/ is missing from _toc.yml"
+
+
+def test_config_renders_stored_outputs_offline():
+    cfg = yaml.safe_load((ROOT / "_config.yml").read_text())
+    assert cfg["execute"]["execute_notebooks"] == "off"
+    assert cfg["only_build_toc_files"] is True
+    for pattern in (".venv", "build", "lib", "tests", "notebooks"):
+        assert pattern in cfg["exclude_patterns"]
+    for bib in cfg.get("bibtex_bibfiles", []):
+        assert (ROOT / bib).is_file()
+    assert not cfg["launch_buttons"].get("binderhub_url") and not cfg["launch_buttons"].get("colab_url")
+    assert not cfg["launch_buttons"].get("thebe")
+
+
+def test_paper_results_tables():
+    rows = list(csv.DictReader(open(ROOT / "data" / "paper_results.csv")))
+    assert set(rows[0]) == {"table", "model", "method", "w_bits", "a_bits", "split", "wer", "size_mb", "bops_t",
+                            "source"}
+
+    def wer(table, model, method, w, split):
+        hits = [r for r in rows if (r["table"], r["model"], r["method"], r["w_bits"], r["split"])
+                == (str(table), model, method, str(w), split)]
+        assert len(hits) == 1, (table, model, method, w, split)
+        return float(hits[0]["wer"])
+
+    assert wer(1, "QuartzNet15x5", "baseline", 32, "test-other") == 10.08
+    assert wer(1, "QuartzNet15x5", "synthetic", 8, "test-other") == 10.37
+    assert wer(1, "Conformer-Large", "synthetic", 6, "dev-clean") == 3.63
+    assert wer(2, "QuartzNet15x5", "random", 8, "test-other") == 12.55
+    assert wer(2, "QuartzNet15x5", "random", 6, "test-other") == 14.10
+    # Table 1: 3 models x 3 settings x 4 splits; Table 2: 4 quantized rows x 4 splits + 2 baseline values
+    assert sum(r["table"] == "1" for r in rows) == 36
+    assert sum(r["table"] == "2" for r in rows) == 18
+    # The text's deltas: random data costs 2.47 / 4.02 test-other points more than FP32 at W8A8 / W6A8.
+    assert round(wer(2, "QuartzNet15x5", "random", 8, "test-other") - 10.08, 2) == 2.47
+    assert round(wer(2, "QuartzNet15x5", "random", 6, "test-other") - 10.08, 2) == 4.02
+    lat = list(csv.DictReader(open(ROOT / "data" / "paper_latency.csv")))
+    assert any(r["metric"] == "speedup" and float(r["value"]) == 2.35 for r in lat)
+
+
+def test_run_notebooks_help():
+    out = subprocess.run([sys.executable, str(RUNNER), "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    for flag in ("--only", "--profile", "--force", "-p"):
+        assert flag in out.stdout
+
+
+def _tiny_notebook(path: Path, body: str) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "asrquant", "display_name": "asrquant", "language": "python"}
+    params = nbformat.v4.new_code_cell("value = 1")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(body)]
+    nbformat.write(nb, path)
+
+
+def _executed_value(path: Path) -> str:
+    nb = nbformat.read(path, as_version=4)   # normalizes multi-line text fields
+    return "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", [])).strip()
+
+
+def test_run_notebooks_caches_forces_and_writes_atomically(tmp_path, capsys):
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        KernelSpecManager().get_kernel_spec("asrquant")
+    except NoSuchKernel:
+        pytest.skip("Jupyter kernel 'asrquant' not installed (make setup installs it)")
+    runner = _load_runner()
+    nb_dir, out_dir, fail_dir = tmp_path / "nb", tmp_path / "out", tmp_path / "failures"
+    nb_dir.mkdir()
+    dep = tmp_path / "dep.py"
+    dep.write_text("# a library source\n")
+    old = time.time() - 100
+    os.utime(dep, (old, old))
+    nb = nb_dir / "01_tiny.ipynb"
+    _tiny_notebook(nb, "print('value', value)")
+    os.utime(nb, (old, old))
+    out = out_dir / "01_tiny.ipynb"
+    base = ["--notebooks-dir", str(nb_dir), "--out-dir", str(out_dir), "--failures-dir", str(fail_dir),
+            "--deps", str(dep), "--cwd", str(tmp_path)]
+
+    def run(*extra):
+        code = runner.main([*base, *extra])
+        return code, capsys.readouterr().out
+
+    code, log = run()
+    assert code == 0, log
+    assert _executed_value(out) == "value 1"
+    assert sorted(p.name for p in out_dir.iterdir()) == ["01_tiny.ipynb"]  # no temp file left behind
+    first = out.stat().st_mtime
+
+    code, log = run()                                  # nothing changed: cached
+    assert code == 0 and "up to date" in log and out.stat().st_mtime == first
+
+    code, log = run("-p", "value", "2")                # a parameter changed: rerun
+    assert code == 0 and "parameters changed" in log and _executed_value(out) == "value 2"
+    code, log = run("-p", "value", "2")
+    assert "up to date" in log
+
+    new = time.time() + 5                              # a dependency changed: rerun
+    os.utime(dep, (new, new))
+    code, log = run("-p", "value", "2")
+    assert code == 0 and "dep.py" in log and "running" in log
+    os.utime(dep, (old, old))
+
+    code, log = run("-p", "value", "2", "--force")     # --force reruns an up-to-date notebook
+    assert code == 0 and "running (--force)" in log
+
+    code, log = run("-p", "nonexistent", "1")          # unknown parameter: usage error
+    assert code == 2
+
+    # A failing run exits 1, names the notebook, and leaves the previous executed copy intact.
+    before = out.read_bytes()
+    _tiny_notebook(nb, "raise RuntimeError('boom')")
+    code, log = run("-p", "value", "2", "--only", "01")
+    assert code == 1 and "01_tiny.ipynb" in log and "boom" in log
+    assert out.read_bytes() == before
+    assert (fail_dir / "01_tiny.ipynb").is_file()
+    assert sorted(p.name for p in out_dir.iterdir()) == ["01_tiny.ipynb"]
+
+    assert run("--only", "99")[0] == 2                 # --only with no match is an error
