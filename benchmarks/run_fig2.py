@@ -1,0 +1,145 @@
+"""Fig. 2 (ours): FP32 vs INT8 latency and model size of QuartzNet 5x5 / 10x5 / 15x5 on this CPU.
+
+    .venv/bin/python benchmarks/run_fig2.py                       # full: 20 interleaved runs
+    .venv/bin/python benchmarks/run_fig2.py --repeats 3 --quick   # notebook quick profile
+
+Latency does not depend on the weight values, so every model is a random-weight ConvASR of the
+NeMo config (``models.config_for``) quantized W8A8 with random calibration inputs (1 batch).
+Each model: ``deploy.bench.bench`` (10 s input, batch 1, FP32 and INT8 runtimes interleaved in
+one process, medians and IQR, INT8 logits checked bit-exact against ``forward_int``).
+Sizes: ``experiments.model_size_mb`` (BN folded; FP32 = 32-bit, INT8 = 8-bit weights).
+
+Writes a tidy CSV (one row per model x runtime) and a seaborn plot with the paper's statement
+(``data/paper_latency.csv``: 15x5 INT8 2.35x faster than FP32 on a T4 with TensorRT 7.2.1) beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "lib"))
+
+from asrquant.calibration import random_mels  # noqa: E402
+from asrquant.convert import quantize_model  # noqa: E402
+from asrquant.deploy.bench import bench  # noqa: E402
+from asrquant.experiments import model_size_mb  # noqa: E402
+from asrquant.models import ConvASR, config_for  # noqa: E402
+
+MODELS = ("quartznet5x5", "quartznet10x5", "quartznet15x5")
+LABEL = {"quartznet5x5": "QuartzNet-5x5", "quartznet10x5": "QuartzNet-10x5", "quartznet15x5": "QuartzNet-15x5"}
+FIG2_RUNTIMES = ("onnxruntime-fp32", "torch-fp32-fastdw", "onnxruntime-int8", "torch+ort-int8", "torch-int8+fp32exact-dw")
+
+
+def run(models=MODELS, repeats: int = 20, threads: int = 1, seconds: float = 10.0, batch: int = 1,
+        runtimes=FIG2_RUNTIMES, progress: bool = True) -> pd.DataFrame:
+    rows = []
+    for name in models:
+        t0 = time.time()
+        torch.manual_seed(0)
+        model = ConvASR(config_for(name)).eval()
+        qmodel = quantize_model(model, random_mels(1, 2, 200, seed=0))
+        res = bench(model, qmodel, seconds=seconds, batch=batch, threads=threads, repeats=repeats,
+                    warmup=2, runtimes=runtimes)
+        sizes = {"fp32": model_size_mb(name, 32), "int8": model_size_mb(name, 8)}
+        for rt, r in res["runtimes"].items():
+            rows.append({
+                "model": LABEL[name], "arch": name, "precision": r["precision"].upper(), "runtime": rt,
+                "integer_only": r["integer_only"], "bit_exact": r.get("bit_exact"),
+                "latency_ms": r["median_ms"], "q25_ms": r["q25_ms"], "q75_ms": r["q75_ms"], "iqr_ms": r["iqr_ms"],
+                "best": rt in (res["fp32_runtime"], res["int8_runtime"], res["int8_integer_only_runtime"]),
+                "headline": rt in (res["fp32_runtime"], res["int8_runtime"]),
+                "speedup_vs_best_fp32": res["fp32_ms"] / r["median_ms"],
+                "size_mb": sizes[r["precision"]], "seconds": seconds, "frames": res["frames"], "batch": batch,
+                "threads": threads, "repeats": repeats, "cpu": res["machine"].get("cpu_model"),
+                "loadavg_before": (res["loadavg_before"] or [None])[0], "loadavg_after": (res["loadavg_after"] or [None])[0],
+            })
+        if progress:
+            print(f"{LABEL[name]}: FP32 {res['fp32_ms']:.0f} ms ({res['fp32_runtime']}), INT8 {res['int8_ms']:.0f} ms "
+                  f"({res['int8_runtime']}) -> {res['speedup']:.2f}x; integer-only INT8 "
+                  f"{res['int8_integer_only_ms']:.0f} ms -> {res['speedup_integer_only']:.2f}x "
+                  f"[{time.time() - t0:.0f} s, load {res['loadavg_before']}]", flush=True)
+    return pd.DataFrame(rows)
+
+
+def paper_statement(path=ROOT / "data" / "paper_latency.csv") -> str:
+    path = Path(path)
+    if path.is_file():
+        df = pd.read_csv(path)
+        sp = df[df.metric == "speedup"].iloc[0]
+        return (f"Paper (Fig. 2, Sec. 3.2): {sp['model']} INT8 {sp['value']:.2f}x faster than FP32\n"
+                f"on {sp['device']}, {sp['software']}; {sp['input']}")
+    return "Paper (Fig. 2): QuartzNet-15x5 INT8 2.35x faster than FP32 on a Tesla T4, TensorRT 7.2"
+
+
+def plot(df: pd.DataFrame, out=None):
+    import matplotlib
+
+    matplotlib.use("Agg") if out else None
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    best = df[df.best].copy()
+    best["series"] = best.apply(lambda r: "FP32" if r.precision == "FP32" else
+                                ("INT8 (integer-only)" if r.integer_only else "INT8 (fp32-exact depthwise)"), axis=1)
+    best = best.drop_duplicates(["model", "series"])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    order = [LABEL[m] for m in MODELS if LABEL[m] in set(df.model)]
+    hue_order = [h for h in ("FP32", "INT8 (integer-only)", "INT8 (fp32-exact depthwise)") if h in set(best.series)]
+    ax = sns.barplot(data=best, x="model", y="latency_ms", hue="series", order=order, hue_order=hue_order, ax=axes[0])
+    for i, m in enumerate(order):
+        sub = best[best.model == m].set_index("series")
+        for j, h in enumerate(hue_order):
+            if h in sub.index:
+                r = sub.loc[h]
+                x = i + (j - (len(hue_order) - 1) / 2) * 0.8 / len(hue_order)
+                ax.errorbar(x, r.latency_ms, yerr=[[r.latency_ms - r.q25_ms], [r.q75_ms - r.latency_ms]], color="k",
+                            capsize=3, lw=1)
+                if h != "FP32":
+                    ax.text(x, r.q75_ms, f"{r.speedup_vs_best_fp32:.2f}x", ha="center", va="bottom", fontsize=8)
+    th = df.threads.iloc[0]
+    ax.set_ylabel(f"latency (ms), median and IQR\n10 s input, batch 1, {th} thread(s)")
+    ax.set_xlabel("")
+    ax.set_title("Latency on this CPU (ours)")
+    ax.legend(fontsize=8)
+    sizes = df.drop_duplicates(["model", "precision"])
+    ax2 = sns.barplot(data=sizes, x="model", y="size_mb", hue="precision", order=order, hue_order=["FP32", "INT8"], ax=axes[1])
+    ax2.set_ylabel("model size (MiB, BN folded)")
+    ax2.set_xlabel("")
+    ax2.set_title("Model size")
+    fig.text(0.5, -0.06, paper_statement(), ha="center", va="top", fontsize=9, style="italic")
+    fig.tight_layout()
+    if out:
+        fig.savefig(out, dpi=130, bbox_inches="tight")
+    return fig
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "fig2_latency.csv"))
+    p.add_argument("--plot", default=None, help="PNG path (default: beside the CSV)")
+    p.add_argument("--quick", action="store_true", help="write to build/results/ instead (notebook quick profile)")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    if args.quick and args.out == p.get_default("out"):
+        out = ROOT / "build" / "results" / "fig2_latency_quick.csv"
+    df = run(args.models, args.repeats, args.threads, args.seconds)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out, index=False)
+    plot(df, args.plot or out.with_suffix(".png"))
+    print(f"-> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

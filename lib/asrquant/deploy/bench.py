@@ -1,0 +1,236 @@
+"""FP32 vs INT8 latency of one model, side by side in one process (paper Sec. 3.2 / Fig. 2).
+
+Protocol (``bench``): one random normalized log-mel input of ``seconds`` of audio (T frames as
+the model's front end would give, ``experiments.input_frames``), ``batch`` copies, quantized once
+with the model's input scale. Every runtime is built first, warmed up (``warmup`` runs), then
+timed ``repeats`` times *interleaved* (round r runs every runtime once, in an order rotated each
+round) so that load from other processes hits all of them alike; we report median, quartiles
+and IQR per runtime. ``fp32_ms`` is the fastest FP32 runtime's median, ``int8_ms`` the fastest
+INT8 runtime whose logits equal ``forward_int`` bit for bit (checked once, on the timed input).
+
+Runtimes (``RUNTIMES``):
+  FP32: torch-fp32 (the float ConvASR as is), onnxruntime-fp32 (BN-folded ONNX graph),
+        torch-fp32-fastdw (BN folded, depthwise as conv_transpose1d: our fastest float path).
+  INT8: onnxruntime-int8 (the integer-only ONNX graph), torch+ort-int8 (torch._int_mm pointwise,
+        onnxruntime ConvInteger depthwise, torch int64 requantization: integer-only),
+        torch-int8+fp32exact-dw (the same with depthwise convs in float32 on integer values:
+        bit-exact by a bound, but not integer-only arithmetic), torch-int8-reference
+        (``forward_int``; slow, opt-in).
+Latency covers the encoder + decoder (log-mel in, logits out), not the mel front end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+FP32_RUNTIMES = ("torch-fp32", "onnxruntime-fp32", "torch-fp32-fastdw")
+INT8_RUNTIMES = ("onnxruntime-int8", "torch+ort-int8", "torch-int8+fp32exact-dw")
+REFERENCE = "torch-int8-reference"
+RUNTIMES = FP32_RUNTIMES + INT8_RUNTIMES + (REFERENCE,)
+INTEGER_ONLY = {"onnxruntime-int8", "torch+ort-int8", REFERENCE}
+
+
+def machine_info() -> dict:
+    """CPU model and flags of interest, cores, load average, library versions."""
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count()}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        for line in text.splitlines():
+            if line.startswith("model name"):
+                info["cpu_model"] = line.split(":", 1)[1].strip()
+                break
+        flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
+        info["cpu_flags"] = sorted(f for f in flags if f in ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni",
+                                                              "amx_int8", "fma"))
+        info["vnni"] = any(f in flags for f in ("avx512_vnni", "avx_vnni"))
+    except OSError:
+        info["cpu_model"] = platform.processor() or "unknown"
+    try:
+        info["loadavg"] = [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:
+        pass
+    import torch
+
+    info["torch"] = torch.__version__
+    try:
+        import onnxruntime
+
+        info["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        info["onnxruntime"] = None
+    return info
+
+
+def _stats(ms: list[float]) -> dict:
+    a = np.asarray(ms, dtype=np.float64)
+    q25, med, q75 = np.percentile(a, [25, 50, 75])
+    return {"median_ms": float(med), "q25_ms": float(q25), "q75_ms": float(q75), "iqr_ms": float(q75 - q25),
+            "min_ms": float(a.min()), "mean_ms": float(a.mean()), "runs": int(a.size)}
+
+
+def _runners(model, qmodel, names, threads):
+    """name -> (kind, callable(input) -> output, input name)."""
+    import torch
+
+    from .runtime import OrtFloatRunner, OrtIntegerRunner, TorchFloatRunner, TorchIntegerRunner
+
+    out = {}
+    for n in names:
+        if n == "torch-fp32":
+            def f(mel, _m=model):
+                with torch.inference_mode():
+                    lengths = torch.full((mel.shape[0],), mel.shape[-1], dtype=torch.int64)
+                    return _m.forward_features(mel, lengths)[0]
+            out[n] = ("fp32", f)
+        elif n == "onnxruntime-fp32":
+            out[n] = ("fp32", OrtFloatRunner(model, threads).run)
+        elif n == "torch-fp32-fastdw":
+            out[n] = ("fp32", TorchFloatRunner(model, threads).run)
+        elif n == "onnxruntime-int8":
+            out[n] = ("int8", OrtIntegerRunner(qmodel, threads).run)
+        elif n == "torch+ort-int8":
+            out[n] = ("int8", TorchIntegerRunner(qmodel, threads).run)
+        elif n == "torch-int8+fp32exact-dw":
+            out[n] = ("int8", TorchIntegerRunner(qmodel, threads, depthwise="float-exact").run)
+        elif n == REFERENCE:
+            def g(q, _q=qmodel):
+                with torch.inference_mode():
+                    lengths = torch.full((q.shape[0],), q.shape[-1], dtype=torch.int64)
+                    return _q.forward_int(q, lengths)[0]
+            out[n] = ("int8", g)
+        else:
+            raise ValueError(f"unknown runtime {n!r} (choose from {', '.join(RUNTIMES)})")
+    return out
+
+
+def _as_np(y):
+    return y.numpy() if hasattr(y, "numpy") else np.asarray(y)
+
+
+def bench(model, qmodel, seconds: float = 10.0, batch: int = 1, threads: int = 1, repeats: int = 20,
+          warmup: int = 3, runtimes=FP32_RUNTIMES + INT8_RUNTIMES, seed: int = 0, progress: bool = False) -> dict:
+    """Time FP32 and INT8 runtimes of one model side by side (module doc). Returns a JSON-able dict."""
+    import torch
+
+    from ..experiments import input_frames
+
+    if repeats < 1 or batch < 1 or threads < 1:
+        raise ValueError("repeats, batch and threads must be >= 1")
+    torch.set_num_threads(threads)
+    load_before = machine_info().get("loadavg")
+    T = input_frames(model, seconds)
+    g = torch.Generator().manual_seed(seed)
+    mel = torch.randn(batch, model.encoder.feat_in, T, generator=g)
+    q = qmodel.quantize_input(mel)
+    runners = _runners(model, qmodel, list(runtimes), threads)
+    inputs = {"fp32": mel, "int8": q}
+
+    # correctness, once, on the timed input
+    with torch.inference_mode():
+        lengths = torch.full((batch,), T, dtype=torch.int64)
+        ref_int = qmodel.forward_int(q, lengths)[0].numpy()
+        ref_fp = model.forward_features(mel, lengths)[0].numpy()
+    checks = {}
+    for name, (kind, fn) in runners.items():
+        y = _as_np(fn(inputs[kind]))
+        if kind == "int8":
+            same_shape = y.shape == ref_int.shape
+            checks[name] = {"bit_exact": bool(same_shape and np.array_equal(y.astype(np.int64), ref_int)),
+                            "logits_differ": int((y != ref_int).sum()) if same_shape else int(ref_int.size),
+                            "logits": int(ref_int.size)}
+        else:
+            checks[name] = {"max_abs_diff_vs_torch": float(np.abs(y - ref_fp).max()),
+                            "max_abs_logit": float(np.abs(ref_fp).max())}
+        for _ in range(max(0, warmup - 1)):
+            fn(inputs[kind])
+
+    names = list(runners)
+    times = {n: [] for n in names}
+    for r in range(repeats):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for n in order:
+            kind, fn = runners[n]
+            t0 = time.perf_counter()
+            fn(inputs[kind])
+            times[n].append((time.perf_counter() - t0) * 1e3)
+        if progress:
+            print(f"round {r + 1}/{repeats}: " + ", ".join(f"{n} {times[n][-1]:.0f}" for n in names), flush=True)
+
+    results = {}
+    for n in names:
+        kind = runners[n][0]
+        results[n] = {"precision": kind, "integer_only": n in INTEGER_ONLY if kind == "int8" else None,
+                      **_stats(times[n]), **checks[n]}
+    fp = {n: r for n, r in results.items() if r["precision"] == "fp32"}
+    i8 = {n: r for n, r in results.items() if r["precision"] == "int8" and r["bit_exact"]}
+    i8_int = {n: r for n, r in i8.items() if r["integer_only"]}
+    best = lambda d: min(d, key=lambda n: d[n]["median_ms"]) if d else None  # noqa: E731
+    fp_best, i8_best, i8_int_best = best(fp), best(i8), best(i8_int)
+    out = {
+        "model": getattr(model, "name", None) or model.__class__.__name__,
+        "seconds": seconds, "frames": T, "batch": batch, "threads": threads, "repeats": repeats, "warmup": warmup,
+        "fp32_runtime": fp_best, "fp32_ms": fp[fp_best]["median_ms"] if fp_best else None,
+        "int8_runtime": i8_best, "int8_ms": i8[i8_best]["median_ms"] if i8_best else None,
+        "int8_integer_only_runtime": i8_int_best,
+        "int8_integer_only_ms": i8_int[i8_int_best]["median_ms"] if i8_int_best else None,
+        "runtimes": results, "machine": machine_info(), "loadavg_before": load_before,
+    }
+    out["speedup"] = out["fp32_ms"] / out["int8_ms"] if out["fp32_ms"] and out["int8_ms"] else None
+    out["speedup_integer_only"] = (out["fp32_ms"] / out["int8_integer_only_ms"]
+                                   if out["fp32_ms"] and out["int8_integer_only_ms"] else None)
+    out["loadavg_after"] = out["machine"].get("loadavg")
+    return out
+
+
+def format_report(res: dict) -> str:
+    lines = [f"{res['seconds']:g} s input ({res['frames']} frames), batch {res['batch']}, {res['threads']} thread(s), "
+             f"{res['repeats']} interleaved runs; load avg before/after {res.get('loadavg_before')} / "
+             f"{res.get('loadavg_after')} on {res['machine'].get('cpu_count')} cores ({res['machine'].get('cpu_model')})"]
+    for n, r in res["runtimes"].items():
+        extra = (f"bit-exact {r['bit_exact']} ({r['logits_differ']} of {r['logits']} logits differ)"
+                 if r["precision"] == "int8" else f"max |diff| vs torch {r['max_abs_diff_vs_torch']:.2e}")
+        lines.append(f"  {n:26s} {r['precision']}  median {r['median_ms']:8.1f} ms  IQR {r['q25_ms']:.1f}-{r['q75_ms']:.1f}  {extra}")
+    if res["speedup"]:
+        lines.append(f"FP32 {res['fp32_ms']:.1f} ms ({res['fp32_runtime']}) vs INT8 {res['int8_ms']:.1f} ms "
+                     f"({res['int8_runtime']}): {res['speedup']:.2f}x")
+    if res["speedup_integer_only"]:
+        lines.append(f"integer-only INT8 {res['int8_integer_only_ms']:.1f} ms ({res['int8_integer_only_runtime']}): "
+                     f"{res['speedup_integer_only']:.2f}x")
+    return "\n".join(lines)
+
+
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="float model (.nemo)")
+    p.add_argument("--quantized", required=True, help="its integer model (.aqz from `asrquant quantize`)")
+    p.add_argument("--seconds", type=float, default=10.0, help="input length in seconds of 16 kHz audio")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads for every runtime")
+    p.add_argument("--repeats", type=int, default=20, help="timed runs per runtime (interleaved)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--runtimes", nargs="+", default=list(FP32_RUNTIMES + INT8_RUNTIMES), choices=list(RUNTIMES))
+    p.add_argument("--json", default=None, help="write the full result here")
+    p.add_argument("--quiet", action="store_true")
+
+
+def cmd_bench(args) -> int:
+    from ..convert import load_quantized
+    from ..models.checkpoint import load_model
+
+    model = load_model(args.model)
+    qmodel = load_quantized(args.quantized)
+    res = bench(model, qmodel, args.seconds, args.batch, args.threads, args.repeats, args.warmup,
+                runtimes=args.runtimes, progress=not args.quiet)
+    res["model_path"], res["quantized_path"] = str(args.model), str(args.quantized)
+    print(format_report(res))
+    if args.json:
+        from ..models.checkpoint import atomic_write_bytes
+
+        atomic_write_bytes(args.json, lambda f: f.write(json.dumps(res, indent=2).encode()))
+    return 0
