@@ -1,0 +1,88 @@
+"""Bit-exactness of every INT8 runtime against ``forward_int`` on real audio, and how far the
+Q/DQ (TensorRT form, simulated int8 in float) graph is from the integer model.
+
+    .venv/bin/python benchmarks/check_exact.py --quantized Q.aqz [--limit 40] [--json OUT]
+
+Each test-other utterance runs alone (batch 1, no padding: the exported graphs have no masks).
+Per utterance and runtime: number of integer logits that differ from ``forward_int`` and
+whether the greedy CTC transcript changes. Q/DQ: max |logit difference| in units of the integer
+logit scale, frames whose argmax differs, transcript changes (onnxruntime CPU, float).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "lib"))
+
+from asrquant import paths  # noqa: E402
+from asrquant.convert import load_quantized  # noqa: E402
+from asrquant.data import load_batch, load_dataset  # noqa: E402
+from asrquant.deploy.onnx_export import build_qdq_model  # noqa: E402
+from asrquant.deploy.runtime import OrtIntegerRunner, TorchIntegerRunner, make_session  # noqa: E402
+from asrquant.text import ctc_greedy_decode  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quantized", required=True)
+    p.add_argument("--data", default=str(paths.librispeech("test-other")))
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "exactness_test_other.json"))
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    qmodel = load_quantized(args.quantized)
+    runners = {"onnxruntime-int8": OrtIntegerRunner(qmodel, args.threads),
+               "torch+ort-int8": TorchIntegerRunner(qmodel, args.threads),
+               "torch-int8+fp32exact-dw": TorchIntegerRunner(qmodel, args.threads, depthwise="float-exact")}
+    qdq = {"qdq-uint8": make_session(build_qdq_model(qmodel), args.threads),
+           "qdq-int8-trt": make_session(build_qdq_model(qmodel, signed_only=True), args.threads)}
+    utts = load_dataset(args.data, limit=args.limit)
+    stats = {n: {"logits": 0, "differ": 0, "transcripts_changed": 0} for n in runners}
+    stats.update({n: {"frames": 0, "argmax_differ": 0, "max_abs_diff_units": 0.0, "transcripts_changed": 0}
+                  for n in qdq})
+    t0 = time.time()
+    for i, u in enumerate(utts):
+        wav, lengths = load_batch([u])
+        with torch.inference_mode():
+            mel, mel_len = qmodel.features(wav, lengths)
+            q = qmodel.quantize_input(mel[:, :, : int(mel_len[0])])
+            ref, ref_len = qmodel.forward_int(q, mel_len)
+        ref = ref.numpy()
+        text = ctc_greedy_decode(torch.from_numpy(ref), ref_len, qmodel.labels, time_axis=2)[0]
+        for n, r in runners.items():
+            y = np.asarray(r.run(q))
+            s = stats[n]
+            s["logits"] += ref.size
+            s["differ"] += int((y != ref).sum())
+            s["transcripts_changed"] += ctc_greedy_decode(torch.from_numpy(y), ref_len, qmodel.labels, time_axis=2)[0] != text
+        melf = mel[:, :, : int(mel_len[0])].numpy()
+        for n, sess in qdq.items():
+            y = sess.run(None, {"mel": melf})[0] / qmodel.logit_scale
+            s = stats[n]
+            s["frames"] += ref.shape[-1]
+            s["argmax_differ"] += int((y.argmax(1) != ref.argmax(1)).sum())
+            s["max_abs_diff_units"] = max(s["max_abs_diff_units"], float(np.abs(y - ref).max()))
+            s["transcripts_changed"] += ctc_greedy_decode(torch.from_numpy(y), ref_len, qmodel.labels, time_axis=2)[0] != text
+        print(f"{i + 1}/{len(utts)} {u.id} ({time.time() - t0:.0f} s)", flush=True)
+    for s in stats.values():
+        s["transcripts_changed"] = int(s["transcripts_changed"])
+    res = {"quantized": str(args.quantized), "utterances": len(utts), "data": str(args.data),
+           "runtimes": stats}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(res, indent=2))
+    print(json.dumps(stats, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
