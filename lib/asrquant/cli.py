@@ -221,7 +221,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--quiet", action="store_true")
     g.set_defaults(func=cmd_grid)
 
+    from .deploy.bench import add_bench_arguments, cmd_bench
+    from .deploy.onnx_export import add_export_arguments, cmd_export
     from .synth import add_synth_arguments, cmd_synth
+
+    ex = sub.add_parser("export", help="export an integer model to ONNX (integer operators only)")
+    add_export_arguments(ex)
+    ex.set_defaults(func=cmd_export)
+
+    be = sub.add_parser("bench", help="FP32 vs INT8 latency of the same model, side by side")
+    add_bench_arguments(be)
+    be.set_defaults(func=cmd_bench)
 
     sy = sub.add_parser("synth", help="generate zero-shot synthetic calibration batches (paper Eq. 2) into a cache")
     add_synth_arguments(sy)
