@@ -1,0 +1,70 @@
+"""tools/jasper_check.py: the sequential BatchNorm restoration and the accumulator-bound table.
+
+Runs on a small JasperDR-style net (dense residuals, non-separable convs, dilation) with random
+weights and real test-other audio; the full 333M-parameter check is the tool itself.
+"""
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from conftest import randomize_weights
+
+from asrquant.convert import quantize_model
+from asrquant.models import ConvASR
+from asrquant.models.restore_bn import measure_bn_inputs
+
+TOOL = Path(__file__).resolve().parents[1] / "tools" / "jasper_check.py"
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("jasper_check", TOOL)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _small_jasper():
+    from asrquant.models.configs import _block, _model
+
+    jasper = [_block(32, 1, 11, stride=2, residual=False, separable=False)]
+    jasper += [_block(32, 2, 11, separable=False, dense=True), _block(48, 2, 13, separable=False, dense=True)]
+    jasper += [_block(64, 1, 29, dilation=2, residual=False, separable=False),
+               _block(64, 1, 1, residual=False, separable=False)]
+    torch.manual_seed(0)
+    model = ConvASR(_model(jasper, 64))
+    randomize_weights(model, 5)
+    return model
+
+
+def test_sequential_bn_restoration_is_a_fixed_point(real_audio_batch):
+    tool = _tool()
+    model = _small_jasper()
+    audio, lengths = real_audio_batch
+    stats = tool.restore_bn_sequential(model, audio, lengths)
+    assert len(stats) == len(list(model.batchnorms()))
+    # measuring again (another batching: one utterance at a time) reproduces the stored statistics
+    again = measure_bn_inputs(model, [(audio[i:i + 1, : lengths[i]], lengths[i:i + 1]) for i in range(len(lengths))],
+                              progress=False)
+    diff = tool.stats_difference(model, again)
+    assert diff["max_abs_mean_diff_in_std"] < 1e-4 and diff["max_rel_var_diff"] < 1e-4, diff
+    # and every BN now normalizes its input: running stats equal what it sees
+    for name, (mean, var) in stats.items():
+        assert (var > 0).all(), name
+
+
+def test_layer_table_matches_converter_choice(real_audio_batch):
+    tool = _tool()
+    model = _small_jasper()
+    audio, lengths = real_audio_batch
+    tool.restore_bn_sequential(model, audio, lengths)
+    with torch.no_grad():
+        mel, mel_len = model.features(audio, lengths)
+    qmodel = quantize_model(model, [(mel, mel_len)], 8, 8)
+    table = tool.layer_table(qmodel)
+    assert len(table) == len(qmodel.int_convs())
+    for row in table:
+        assert (row["acc_dtype"] == "int64") == (row["bound_over_int32"] > 1), row
+    specs = tool.input_specs(qmodel)
+    assert specs["blocks.0.convs.0"] == (8, True)            # quantized log-mel: signed
+    assert specs["blocks.2.residual.1"] == (8, False)         # dense branch from block 1's ReLU output
