@@ -1,0 +1,535 @@
+"""Synthetic log-mel inputs whose BatchNorm statistics match the running statistics (paper Eq. 2).
+
+The zero-shot calibration data of Kim et al. (section 2.3): a batch of normalized log-mel
+spectrograms x [B, n_mels, T] is a learnable tensor, initialized U[-0.3, 0.3], fed straight to
+`model.encoder` (the mel front end is bypassed), and optimized with Adam so that, at the input of
+every BatchNorm (main path and residual branches), the per-channel mean and variance pooled over
+batch and time (dims 0 and 2) match the layer's running mean and variance:
+
+    loss = sum over BN layers of  mean over channels of
+           log(sig_hat / sig_bn) - 1/2 * (1 - (sig_bn^2 + (mu_bn - mu_hat)^2) / sig_hat^2)
+
+i.e. KL(N(mu_bn, sig_bn^2) || N(mu_hat, sig_hat^2)), with
+
+    sig_bn  = sqrt(running_var + 1e-6)
+    sig_hat = sqrt(var_hat     + 1e-6),  var_hat = unbiased variance over (batch, time)
+
+Choices (method-notes 2 and 9):
+- The epsilon is added on the synthetic side as well. The restored QuartzNet-15x5 has 747
+  channels (in 58 of its 93 BatchNorms) whose running variance is exactly 0: a channel that is
+  constant on real audio. Without an epsilon on sig_hat, such a channel's term is log(0) or a
+  division by zero as soon as the synthetic input also makes it constant, and huge otherwise.
+  With it, the term is a smooth penalty that is 0 when var_hat = 0 and mu_hat = mu_bn. Those
+  channels are kept in the loss (not masked out): "constant on real data" is real information.
+- var_hat is the unbiased variance (like BatchNorm's running_var); over B*T' >= 2*32 samples the
+  difference to the biased one is under 2%.
+- Adam (betas 0.9, 0.999), ReduceLROnPlateau(mode=min, factor 0.1, patience 25, min_lr 1e-4)
+  stepped on the loss of every iteration; each batch is optimized on its own from its own seed
+  (derived from (seed, batch index) by numpy's SeedSequence), so batch i is the same whatever
+  n_batches is, and batches can be generated, cached and resumed one by one.
+- `losses[i]` of a batch is the loss of the input after i Adam steps: iterations + 1 values,
+  the last one being the loss of the returned input (one extra forward, no backward).
+
+Speed. The model is deep-copied (encoder only) into the generator; the caller's model is never
+modified. The copy's fast path changes nothing beyond float32 rounding:
+- parameters frozen (requires_grad_(False)): autograd computes input gradients only;
+- depthwise convs run on `models.fastconv.FastDepthwiseConv1d` (the transposed-conv kernel, ~20x
+  faster than PyTorch's forward depthwise conv1d on this CPU, for forward and backward);
+- the frame masks of MaskedConv1d are switched off (all synthetic frames are valid: the mask is
+  all ones, so multiplying by it is an exact no-op);
+- the forward stops right after the last BatchNorm's input is computed (a private exception
+  raised from that layer's hook): the last BN, activation and the decoder are never run.
+`fast=False` gives the straightforward path (full encoder, PyTorch convs, masks, parameters as
+the caller had them), kept for the tests and for the measurement below.
+
+Measured on this shared 2-core CPU while other jobs kept the load at 6-9 (so: slow and noisy),
+real restored QuartzNet-15x5, B=8, 3 Adam iterations per path, same initial input, same process,
+straightforward then fast, torch threads = 1 (under this contention 2 threads were slower):
+
+    PYTHONPATH=lib python tools/bench_synth.py --frames 500 200 --iterations 3 --rounds 1 \
+        --threads 1 --control-threads 2
+
+    T=500: straightforward 40.8 s/it, fast 13.3 s/it: x3.1
+           losses [945.686, 444.953, 237.189] vs [945.686, 445.002, 237.234]
+    T=200: straightforward 14.6 s/it, fast 5.4 s/it: x2.7 (a second run: 22.2 vs 6.9, x3.2)
+           losses [622.563, 298.511, 183.938] vs [622.563, 298.519, 183.860]
+           loss of the fast path at the straightforward run's inputs: max rel diff 1.0e-7
+    control: the straightforward path again, same input, 2 threads instead of 1:
+           losses [622.563, 298.519, 183.859]: 4.3e-4 from itself with 1 thread, as far as the
+           fast path is (which lands within 1e-6 of this 2-thread run)
+
+The loss is identical at the start and equal to 1e-7 at the same inputs; the trajectories move
+apart by ~1e-4 per Adam step because Adam's first steps are sign-like (lr * g/|g|), so entries
+whose gradient is at rounding level take lr-sized steps of either sign: float rounding alone
+does this (see the control line, and tests/test_synth.py, where both float32 paths are compared
+with a float64 run). Profile of one fast iteration (T=200, 1 thread): pointwise convs
+(GEMMs, forward + input gradient) ~53%, per-channel var_mean reductions ~14%, depthwise convs
+~19%: what is left is mostly GEMM work.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+BN_EPS = 1e-6  # added to both variances in the KL loss (see the module docstring)
+CACHE_FORMAT = 1
+
+DEFAULT_PARAMS = {
+    "n_batches": 1,
+    "batch_size": 8,
+    "frames": 500,
+    "iterations": 200,
+    "lr": 0.05,
+    "seed": 0,
+    "init_range": 0.3,
+    "betas": (0.9, 0.999),
+    "patience": 25,
+    "min_lr": 1e-4,
+    "eps": BN_EPS,
+}
+# What a batch's content depends on (n_batches is not: batch i is the same for any n_batches).
+_KEYED = ("batch_size", "frames", "iterations", "lr", "seed", "init_range", "betas", "patience", "min_lr", "eps")
+
+
+def bn_kl_loss(mu_hat: torch.Tensor, var_hat: torch.Tensor, running_mean: torch.Tensor,
+               running_var: torch.Tensor, eps: float = BN_EPS) -> torch.Tensor:
+    """Mean over channels of KL(N(running_mean, running_var + eps) || N(mu_hat, var_hat + eps)).
+
+    Written as in the reference code: log(sig_hat/sig_bn) - 0.5 * (1 - (sig_bn^2 + dmu^2) / sig_hat^2).
+    """
+    s_bn2 = running_var + eps
+    s_hat2 = var_hat + eps
+    per_channel = 0.5 * torch.log(s_hat2 / s_bn2) - 0.5 * (1.0 - (s_bn2 + (running_mean - mu_hat) ** 2) / s_hat2)
+    return per_channel.mean()
+
+
+def batch_seed(seed: int, index: int) -> int:
+    """The seed of batch `index`: a well-mixed function of (seed, index)."""
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def random_mels(n_batches: int, batch_size: int = 8, T: int = 500, seed: int = 0, low: float = -3.0,
+                high: float = 3.0, n_mels: int = 64) -> torch.Tensor:
+    """Uniform random 'mel' batches [N, B, n_mels, T] in [low, high): the paper's random-calibration
+    ablation (section 4.1, U[-3, 3]). Batch i depends only on (seed, i)."""
+    out = torch.empty(n_batches, batch_size, n_mels, T)
+    for i in range(n_batches):
+        g = torch.Generator().manual_seed(batch_seed(seed, i))
+        out[i] = low + (high - low) * torch.rand(batch_size, n_mels, T, generator=g)
+    return out
+
+
+@dataclass
+class SyntheticBatches:
+    mels: torch.Tensor            # [N, B, n_mels, T] normalized log-mel, feed to model.encoder
+    lengths: torch.Tensor         # [N, B] int64, all == T
+    losses: list[list[float]]     # per batch: loss after 0, 1, ..., iterations Adam steps
+    params: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.mels.shape[0]
+
+    def batches(self):
+        """Yield (mel [B, F, T], lengths [B]) pairs, e.g. for calibration."""
+        for i in range(len(self)):
+            yield self.mels[i], self.lengths[i]
+
+
+class _StopForward(Exception):
+    """Raised from the last BatchNorm's hook: nothing after it is needed."""
+
+
+def _normalize_params(params: dict | None = None, **overrides) -> dict:
+    p = dict(DEFAULT_PARAMS)
+    unknown = set(params or {}) - set(DEFAULT_PARAMS)
+    if unknown:
+        raise ValueError(f"unknown synthetic-data parameter(s): {sorted(unknown)}")
+    p.update(params or {})
+    p.update({k: v for k, v in overrides.items() if v is not None})
+    for k in ("n_batches", "batch_size", "frames", "iterations", "seed", "patience"):
+        p[k] = int(p[k])
+    for k in ("lr", "init_range", "min_lr", "eps"):
+        p[k] = float(p[k])
+    p["betas"] = tuple(float(b) for b in p["betas"])
+    if p["n_batches"] < 0 or p["batch_size"] < 1 or p["frames"] < 1 or p["iterations"] < 0:
+        raise ValueError(f"invalid synthetic-data parameters: {p}")
+    return p
+
+
+class SyntheticMelGenerator:
+    """Optimize synthetic normalized log-mel batches against a float ConvASR's BatchNorm statistics.
+
+    The model is not modified: its encoder is deep-copied, frozen and (fast=True) sped up.
+    """
+
+    def __init__(self, model, n_batches: int | None = None, batch_size: int | None = None,
+                 frames: int | None = None, iterations: int | None = None, lr: float | None = None,
+                 seed: int | None = None, *, params: dict | None = None, fast: bool = True,
+                 threads: int | None = None, progress: bool = True):
+        self.params = _normalize_params(params, n_batches=n_batches, batch_size=batch_size, frames=frames,
+                                        iterations=iterations, lr=lr, seed=seed)
+        self.fast = fast
+        self.threads = threads
+        self.progress = progress
+        encoder = _encoder_of(model)
+        self.n_mels = int(encoder.feat_in)
+        self.encoder = copy.deepcopy(encoder).eval()
+        self.bns = [m for m in self.encoder.modules() if isinstance(m, nn.BatchNorm1d)]
+        if not self.bns:
+            raise ValueError("the model has no BatchNorm layers: nothing to match")
+        self.dtype = next(self.encoder.parameters()).dtype  # float32 normally; float64 for reference runs
+        self._stats = [(bn.running_mean.detach().clone().to(self.dtype), bn.running_var.detach().clone().to(self.dtype))
+                       for bn in self.bns]
+        if fast:
+            from .models.convasr import MaskedConv1d
+            from .models.fastconv import swap_depthwise
+
+            self.encoder.requires_grad_(False)
+            swap_depthwise(self.encoder)
+            for m in self.encoder.modules():
+                if isinstance(m, MaskedConv1d):
+                    m.use_mask = False  # every synthetic frame is valid: the mask is all ones
+        self._terms: list[torch.Tensor] | None = None
+        self._last_bn: nn.Module | None = None
+        for idx, bn in enumerate(self.bns):
+            bn.register_forward_pre_hook(self._make_hook(idx))
+        if fast:
+            self._last_bn = self._execution_order()[-1]
+
+    # -- loss -------------------------------------------------------------------------------
+    def _make_hook(self, idx: int):
+        rm, rv = self._stats[idx]
+        eps = self.params["eps"]
+
+        def hook(module, inputs):
+            if self._terms is None:
+                return None
+            z = inputs[0]
+            var, mean = torch.var_mean(z, dim=(0, 2), correction=1)
+            self._terms.append(bn_kl_loss(mean, var, rm, rv, eps))
+            if module is self._last_bn:
+                raise _StopForward
+            return None
+
+        return hook
+
+    def _execution_order(self) -> list[nn.Module]:
+        order: list[nn.Module] = []
+        handles = [bn.register_forward_pre_hook(lambda m, i: order.append(m)) for bn in self.bns]
+        try:
+            with torch.no_grad():
+                t = 64
+                self.encoder(torch.zeros(1, self.n_mels, t, dtype=self.dtype), torch.full((1,), t))
+        finally:
+            for h in handles:
+                h.remove()
+        if len(order) != len(self.bns):
+            raise RuntimeError(f"{len(order)} of {len(self.bns)} BatchNorms ran in a forward pass")
+        return order
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        """Sum over BatchNorm layers of the per-layer KL loss for input x [B, n_mels, T]."""
+        self._terms = []
+        try:
+            self.encoder(x, torch.full((x.shape[0],), x.shape[-1], dtype=torch.long))
+        except _StopForward:
+            pass
+        finally:
+            terms, self._terms = self._terms, None
+        if len(terms) != len(self.bns):
+            raise RuntimeError(f"loss has {len(terms)} terms for {len(self.bns)} BatchNorm layers")
+        return torch.stack(terms).sum()
+
+    # -- optimization -------------------------------------------------------------------------
+    def initial(self, index: int) -> torch.Tensor:
+        p = self.params
+        g = torch.Generator().manual_seed(batch_seed(p["seed"], index))
+        r = p["init_range"]
+        x = (torch.rand(p["batch_size"], self.n_mels, p["frames"], generator=g) * 2.0 - 1.0) * r
+        return x.to(self.dtype)
+
+    def generate_batch(self, index: int) -> tuple[torch.Tensor, list[float]]:
+        """Optimize batch `index` from its own seed. Returns (mel [B, n_mels, T], loss curve)."""
+        p = self.params
+        x = nn.Parameter(self.initial(index))
+        opt = torch.optim.Adam([x], lr=p["lr"], betas=p["betas"])
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", patience=p["patience"],
+                                                           min_lr=p["min_lr"])
+        losses: list[float] = []
+        with _threads(self.threads):
+            bar = tqdm(range(p["iterations"]), desc=f"synthetic batch {index}", disable=not self.progress,
+                       leave=False)
+            for _ in bar:
+                opt.zero_grad(set_to_none=True)
+                loss = self.loss(x)
+                loss.backward()
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise FloatingPointError(f"synthetic batch {index}: loss became {value}")
+                losses.append(value)
+                opt.step()
+                sched.step(value)
+                bar.set_postfix(loss=f"{value:.3f}", lr=f"{opt.param_groups[0]['lr']:.1e}", refresh=False)
+            with torch.no_grad():
+                losses.append(float(self.loss(x)))
+        return x.detach().clone(), losses
+
+    def generate(self, indices=None) -> SyntheticBatches:
+        """Generate batches `indices` (default: 0 .. n_batches-1), each on its own."""
+        p = self.params
+        indices = list(range(p["n_batches"])) if indices is None else list(indices)
+        mels = torch.empty(len(indices), p["batch_size"], self.n_mels, p["frames"], dtype=self.dtype)
+        curves = []
+        for j, i in enumerate(indices):
+            mels[j], curve = self.generate_batch(i)
+            curves.append(curve)
+        lengths = torch.full((len(indices), p["batch_size"]), p["frames"], dtype=torch.long)
+        return SyntheticBatches(mels, lengths, curves, _public_params(p))
+
+
+def _encoder_of(model) -> nn.Module:
+    """The ConvASREncoder of a ConvASR (or the encoder itself)."""
+    from .models.convasr import ConvASREncoder
+
+    return model if isinstance(model, ConvASREncoder) else model.encoder
+
+
+class _threads:
+    def __init__(self, n):
+        self.n = n
+
+    def __enter__(self):
+        self.old = torch.get_num_threads()
+        if self.n:
+            torch.set_num_threads(int(self.n))
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.old)
+
+
+def _public_params(p: dict) -> dict:
+    q = dict(p)
+    q["betas"] = list(q["betas"])
+    return q
+
+
+# -- cache ------------------------------------------------------------------------------------
+class SynthCacheWarning(UserWarning):
+    """A cached synthetic batch was unusable (missing checksum match, truncated, wrong shape)."""
+
+
+def model_hash(model) -> str:
+    """sha256 over the state dict (sorted keys; name, dtype, shape and bytes of every tensor)."""
+    h = hashlib.sha256()
+    sd = model.state_dict()
+    for k in sorted(sd):
+        t = sd[k].detach().cpu().contiguous()
+        h.update(k.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def cache_key(model_digest: str, params: dict) -> str:
+    p = _normalize_params(params)
+    keyed = {k: (list(p[k]) if isinstance(p[k], tuple) else p[k]) for k in _KEYED}
+    blob = json.dumps({"format": CACHE_FORMAT, "model": model_digest, "params": keyed}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _is_hex_digest(s) -> bool:
+    return isinstance(s, str) and len(s) == 64 and all(c in "0123456789abcdef" for c in s.lower())
+
+
+def generate_cached(model, model_path_or_hash=None, params: dict | None = None, cache_dir=None, *,
+                    fast: bool = True, threads: int | None = None, progress: bool = True) -> SyntheticBatches:
+    """Synthetic batches for (model, params), read from / written to `cache_dir / key`.
+
+    key = sha256(model state-dict hash, the parameters a batch depends on, seed). If
+    `model_path_or_hash` is a 64-hex-digit string it is used as the model hash; otherwise (a path,
+    or None) the hash is computed from `model.state_dict()` and the path only recorded.
+    Each batch is its own file `batch_XXXXX.pt` (written atomically; plain tensors, loadable with
+    weights_only=True) with its loss curve; `manifest.json` records every file's sha256. A rerun
+    reuses valid files, generates only the missing ones, and regenerates (with a
+    `SynthCacheWarning` naming the file) any that is truncated, of the wrong shape or whose
+    checksum does not match.
+    """
+    from .models.checkpoint import atomic_write_bytes
+    from .paths import build_dir
+
+    p = _normalize_params(params)
+    digest = model_path_or_hash if _is_hex_digest(model_path_or_hash) else model_hash(model)
+    key = cache_key(digest, p)
+    folder = Path(cache_dir if cache_dir is not None else build_dir() / "synth_cache") / key
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest_path = folder / "manifest.json"
+    manifest = _read_manifest(manifest_path)
+    keyed = {k: (list(p[k]) if isinstance(p[k], tuple) else p[k]) for k in _KEYED}
+    manifest.update({"format": CACHE_FORMAT, "key": key, "model_hash": digest, "params": keyed})
+    if model_path_or_hash is not None and not _is_hex_digest(model_path_or_hash):
+        manifest["model_path"] = str(model_path_or_hash)
+    entries: dict = manifest.setdefault("batches", {})
+
+    n_mels = int(_encoder_of(model).feat_in)
+    shape = (p["batch_size"], n_mels, p["frames"])
+    results: dict[int, tuple[torch.Tensor, list[float]]] = {}
+    for i in range(p["n_batches"]):
+        path = folder / _batch_name(i)
+        if not path.exists():
+            entries.pop(str(i), None)
+            continue
+        problem, loaded = _check_batch(path, entries.get(str(i)), i, shape, p["iterations"])
+        if problem:
+            warnings.warn(f"{path}: unusable cached synthetic batch ({problem}); regenerating it",
+                          SynthCacheWarning, stacklevel=2)
+            entries.pop(str(i), None)
+            continue
+        results[i] = loaded
+        entries.setdefault(str(i), {"file": path.name, "sha256": _sha256_file(path),
+                                    "final_loss": loaded[1][-1] if loaded[1] else None})
+
+    missing = [i for i in range(p["n_batches"]) if i not in results]
+    if missing:
+        gen = SyntheticMelGenerator(model, params=p, fast=fast, threads=threads, progress=progress)
+        for i in tqdm(missing, desc="synthetic batches", disable=not progress or len(missing) < 2):
+            t0 = time.perf_counter()
+            mel, curve = gen.generate_batch(i)
+            seconds = time.perf_counter() - t0
+            path = folder / _batch_name(i)
+            blob = {"mel": mel.contiguous(), "lengths": torch.full((shape[0],), shape[2], dtype=torch.long),
+                    "losses": torch.tensor(curve, dtype=torch.float64), "index": torch.tensor(i)}
+            atomic_write_bytes(path, lambda f: torch.save(blob, f))
+            entries[str(i)] = {"file": path.name, "sha256": _sha256_file(path), "final_loss": curve[-1],
+                               "initial_loss": curve[0], "seconds": round(seconds, 3)}
+            _write_manifest(manifest_path, manifest, atomic_write_bytes)
+            results[i] = (mel, curve)
+    _write_manifest(manifest_path, manifest, atomic_write_bytes)
+
+    n = p["n_batches"]
+    mels = torch.empty(n, *shape)
+    curves = []
+    for i in range(n):
+        mels[i] = results[i][0]
+        curves.append(results[i][1])
+    out = _public_params(p)
+    out.update({"cache_key": key, "cache_dir": str(folder), "model_hash": digest, "generated": missing})
+    return SyntheticBatches(mels, torch.full((n, shape[0]), shape[2], dtype=torch.long), curves, out)
+
+
+def _batch_name(i: int) -> str:
+    return f"batch_{i:05d}.pt"
+
+
+def _read_manifest(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        obj = json.loads(path.read_text())
+        if not isinstance(obj, dict) or not isinstance(obj.get("batches", {}), dict):
+            raise ValueError("not a manifest object")
+        return obj
+    except (ValueError, OSError) as e:
+        warnings.warn(f"{path}: unreadable cache manifest ({e}); checking batch files by content",
+                      SynthCacheWarning, stacklevel=3)
+        return {}
+
+
+def _write_manifest(path: Path, manifest: dict, atomic_write_bytes) -> None:
+    out = {**manifest, "batches": dict(sorted(manifest["batches"].items(), key=lambda kv: int(kv[0])))}
+    atomic_write_bytes(path, lambda f: f.write(json.dumps(out, indent=1).encode()))
+
+
+def _check_batch(path: Path, entry: dict | None, index: int, shape: tuple, iterations: int):
+    """(problem or None, (mel, losses))."""
+    if entry is not None and entry.get("sha256"):
+        actual = _sha256_file(path)
+        if actual != entry["sha256"]:
+            return f"checksum mismatch: sha256 {actual[:12]}... but the manifest says {entry['sha256'][:12]}...", None
+    try:
+        with open(path, "rb") as f:
+            blob = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, bad pickle, anything torch.load refuses
+        return f"cannot load: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", None
+    if not isinstance(blob, dict) or not all(k in blob for k in ("mel", "losses", "index")):
+        return "not a synthetic batch (missing mel/losses/index)", None
+    mel, losses = blob["mel"], blob["losses"]
+    if not isinstance(mel, torch.Tensor) or tuple(mel.shape) != tuple(shape) or mel.dtype != torch.float32:
+        return f"wrong shape/dtype: {getattr(mel, 'shape', None)} {getattr(mel, 'dtype', None)}, expected {shape}", None
+    if not torch.isfinite(mel).all():
+        return "non-finite values", None
+    if int(blob["index"]) != index:
+        return f"holds batch {int(blob['index'])}, not {index}", None
+    if not isinstance(losses, torch.Tensor) or losses.numel() != iterations + 1:
+        return f"loss curve has {getattr(losses, 'numel', lambda: '?')()} values, expected {iterations + 1}", None
+    return None, (mel, [float(v) for v in losses.tolist()])
+
+
+# -- command line -------------------------------------------------------------------------------
+def add_synth_arguments(parser) -> None:
+    """Arguments of `asrquant synth` (wired in cli.py: parser.set_defaults(func=cmd_synth))."""
+    from . import paths
+
+    parser.add_argument("--model", default=str(paths.restored_model()), help="float .nemo model")
+    parser.add_argument("--out", default=str(paths.build_dir() / "synth_cache"),
+                        help="cache folder; batches go to OUT/<key>/")
+    parser.add_argument("--batches", type=int, default=20, help="number of batches (paper: 20)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--frames", type=int, default=500, help="frames T per input (500 = 5 s)")
+    parser.add_argument("--iterations", type=int, default=200)
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--json", default=None, help="write the summary here")
+    parser.add_argument("--quiet", action="store_true")
+
+
+def cmd_synth(args) -> int:
+    from .models.checkpoint import atomic_write_bytes, load_model
+
+    model_path = Path(args.model)
+    if not model_path.is_file():
+        raise FileNotFoundError(f"{model_path}: model not found")
+    model = load_model(model_path)
+    params = {"n_batches": args.batches, "batch_size": args.batch_size, "frames": args.frames,
+              "iterations": args.iterations, "lr": args.lr, "seed": args.seed}
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", SynthCacheWarning)
+        out = generate_cached(model, str(model_path), params, args.out, threads=args.threads,
+                              progress=not args.quiet)
+    seconds = time.perf_counter() - t0
+    generated = out.params["generated"]
+    for i, curve in enumerate(out.losses):
+        tag = "generated" if i in generated else "cached"
+        print(f"batch {i}: loss {curve[0]:.3f} -> {curve[-1]:.4f} ({tag})")
+    print(f"{len(out)} batches of {args.batch_size} x {out.mels.shape[2]} x {args.frames} in {out.params['cache_dir']} "
+          f"({len(generated)} generated, {len(out) - len(generated)} reused), {seconds:.1f} s")
+    if args.json:
+        summary = {"cache_dir": out.params["cache_dir"], "key": out.params["cache_key"], "seconds": seconds,
+                   "generated": generated, "initial_loss": [c[0] for c in out.losses],
+                   "final_loss": [c[-1] for c in out.losses], "params": {k: v for k, v in out.params.items()
+                                                                        if k != "generated"}}
+        atomic_write_bytes(args.json, lambda f: f.write(json.dumps(summary, indent=2).encode()))
+    return 0
