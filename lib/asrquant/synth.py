@@ -42,13 +42,18 @@ modified. The copy's fast path changes nothing beyond float32 rounding:
 `fast=False` gives the straightforward path (full encoder, PyTorch convs, masks, parameters as
 the caller had them), kept for the tests and for the measurement below.
 
-Measured on this shared 2-core CPU while other jobs kept the load at 6-9 (so: slow and noisy),
-real restored QuartzNet-15x5, B=8, 3 Adam iterations per path, same initial input, same process,
-straightforward then fast, torch threads = 1 (under this contention 2 threads were slower):
+Measured on this shared 2-core CPU, real restored QuartzNet-15x5, B=8, 3 Adam iterations per
+path, same initial input, same process, straightforward then fast:
 
-    PYTHONPATH=lib python tools/bench_synth.py --frames 500 200 --iterations 3 --rounds 1 \
-        --threads 1 --control-threads 2
+    PYTHONPATH=lib python tools/bench_synth.py --frames 500 200 --iterations 3 --rounds 1 --threads 2
 
+  quiet machine (load ~0.5), 2 threads:
+    T=500: straightforward 4.75 s/it, fast 1.54 s/it: x3.1
+           losses [945.686, 445.012, 237.283] vs [945.686, 445.012, 237.278]: max rel diff 2.1e-5
+    T=200: straightforward 2.30 s/it, fast 0.72 s/it: x3.2
+           losses [622.563, 298.519, 183.859] vs [622.563, 298.519, 183.859]: max rel diff 8.3e-8
+  busy machine (other jobs, load 6-9), 1 thread (2 threads were slower there), with
+  `--threads 1 --control-threads 2`:
     T=500: straightforward 40.8 s/it, fast 13.3 s/it: x3.1
            losses [945.686, 444.953, 237.189] vs [945.686, 445.002, 237.234]
     T=200: straightforward 14.6 s/it, fast 5.4 s/it: x2.7 (a second run: 22.2 vs 6.9, x3.2)
@@ -58,13 +63,21 @@ straightforward then fast, torch threads = 1 (under this contention 2 threads we
            losses [622.563, 298.519, 183.859]: 4.3e-4 from itself with 1 thread, as far as the
            fast path is (which lands within 1e-6 of this 2-thread run)
 
-The loss is identical at the start and equal to 1e-7 at the same inputs; the trajectories move
-apart by ~1e-4 per Adam step because Adam's first steps are sign-like (lr * g/|g|), so entries
+The loss is identical at the start and equal to 1e-7 at the same inputs; the trajectories can move
+apart by up to ~1e-4 per Adam step because Adam's first steps are sign-like (lr * g/|g|), so entries
 whose gradient is at rounding level take lr-sized steps of either sign: float rounding alone
 does this (see the control line, and tests/test_synth.py, where both float32 paths are compared
 with a float64 run). Profile of one fast iteration (T=200, 1 thread): pointwise convs
 (GEMMs, forward + input gradient) ~53%, per-channel var_mean reductions ~14%, depthwise convs
 ~19%: what is left is mostly GEMM work.
+
+Real run (for the record): restored QuartzNet-15x5, 1 batch of 8, T=500, 200 iterations,
+lr 0.05, seed 0, fast path, 1 thread, on the busy machine: loss 945.69 -> 7.345 in 2751 s
+(13.7 s/it on average; 2.9 s/it once the other jobs ended; the LR never decayed). Cached in
+build/synth_cache/5225e5a4.../ by
+    PYTHONPATH=lib python -c 'import argparse,sys; from asrquant import synth; p=argparse.ArgumentParser();
+        synth.add_synth_arguments(p); synth.cmd_synth(p.parse_args(sys.argv[1:]))' --batches 1 --threads 1
+(= `asrquant synth --batches 1 --threads 1` once wired into cli.py).
 """
 
 from __future__ import annotations

@@ -14,9 +14,12 @@ with dilation > 1, so a dilated conv is split into its d interleaved phases (x[.
 undilated conv with padding p/d, run as one batch and interleaved back. The result equals
 `nn.Conv1d` up to float32 summation order (~4e-7 relative, measured in tests/test_synth.py).
 
-Measured here (torch 2.13, 2 threads, B=8, T=250, forward, ms): C=512 K=75: conv1d 32.7 vs 1.6;
-C=512 K=51: 20.7 vs 1.2; C=256 K=33: 9.0 vs 2.8; the dilated K=87, d=2 layer: 33.9 (conv1d),
-59.0 (transposed, unsplit), phases split: see tests.
+Measured here (torch 2.13, 2 threads, quiet machine, B=8, T=250), forward only, ms, conv1d vs
+transposed: C=512 K=75: 26.0 vs 1.7; C=512 K=51: 20.2 vs 5.6; C=256 K=33: 7.8 vs 2.0; the
+dilated C=512 K=87 d=2 layer unsplit: 32.0 vs 62.9 (hence the phase split). Forward + input
+gradient through this module vs nn.Conv1d: C=512 K=75: 7.9 vs 45.9; C=512 K=87 d=2 (split):
+17.4 vs 82.3. Under heavy CPU contention use 1 thread: the transposed kernel with 2 threads
+then stalls (~30 ms per call whatever the size).
 
 Only the input gradient is fast: the weight must not require grad (the module falls back to
 `F.conv1d` when it does, and for any configuration the identity above does not cover: stride > 1,
