@@ -141,7 +141,10 @@ def load_model(path: str | os.PathLike):
         model = ConvASR(config)
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: unsupported model config: {e!r}") from e
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    except RuntimeError as e:  # shape mismatches between config and weights
+        raise CheckpointError(f"{path}: weights do not match the config: {str(e).splitlines()[1].strip()}") from e
     # NeMo keeps the mel filterbank and window as buffers; ours are recomputed from the config
     # and checked equal in the tests, so their absence in a checkpoint is fine.
     missing = [k for k in missing if not k.startswith("preprocessor.")]
