@@ -163,25 +163,13 @@ def test_requant_fits_int64_guard():
 
 
 def test_requantize_creates_no_float_tensor():
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Rec(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.dtypes = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            for o in (out if isinstance(out, (tuple, list)) else (out,)):
-                if isinstance(o, torch.Tensor):
-                    self.dtypes.append((str(func), o.dtype))
-            return out
+    from asrquant.verify import DtypeRecorder as Rec
 
     acc = torch.randint(-(2 ** 20), 2 ** 20, (2, 4, 9), dtype=torch.int32)
     M, s = dyadic_from_float(np.array([0.1, 0.02, 0.3, 1e-4]))
     with Rec() as rec:
         requantize(acc, M, s, 8)
         rescale(acc, M[0], s[0])
-    assert rec.dtypes
-    bad = [d for d in rec.dtypes if d[1].is_floating_point]
+    assert rec.records
+    bad = [d for d in rec.records if d[1].is_floating_point]
     assert not bad, bad

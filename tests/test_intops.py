@@ -4,8 +4,9 @@ import time
 import numpy as np
 import pytest
 import torch
+
+from asrquant.verify import DtypeRecorder
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from asrquant.intops import (accumulator_bound, choose_acc_dtype, int_add, int_conv1d, int_relu,
                              mask_time)
@@ -127,19 +128,6 @@ def test_relu_add_mask():
     assert np.array_equal(m2.numpy(), mask_time_ref(a[:, 0].numpy(), lengths.numpy()))
 
 
-class _DtypeRecorder(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.records = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for o in (out if isinstance(out, (tuple, list)) else (out,)):
-            if isinstance(o, torch.Tensor):
-                self.records.append((str(func), o.dtype))
-        return out
-
-
 def test_no_float_tensor_created():
     gen = torch.Generator().manual_seed(4)
     x8 = _rand(gen, -128, 127, (2, 8, 40), torch.int8)
@@ -149,7 +137,7 @@ def test_no_float_tensor_created():
     wp = _rand(gen, -128, 127, (6, 8, 1), torch.int8)
     wk = _rand(gen, -128, 127, (6, 4, 5), torch.int8)
     bias = _rand(gen, -100, 100, (6,), torch.int32)
-    with _DtypeRecorder() as rec:
+    with DtypeRecorder() as rec:
         int_conv1d(x8, wd, None, padding=8, dilation=2, groups=8)
         int_conv1d(x8, wd, None, padding=4, stride=2, groups=8, acc_dtype=torch.int64)
         int_conv1d(x8, wp, bias)
