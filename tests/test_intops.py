@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from asrquant.verify import DtypeRecorder
 import torch.nn.functional as F
 
 from asrquant.intops import (accumulator_bound, choose_acc_dtype, int_add, int_conv1d, int_relu,
                              mask_time)
 from asrquant.intops.reference import add_ref, conv1d_ref, mask_time_ref, relu_ref
+from asrquant.verify import DtypeRecorder
 
 
 def _rand(gen, lo, hi, shape, dtype):
