@@ -119,8 +119,13 @@ def test_dyadic_onnx_formulation_edge_cases(floor, clamp, out_signed):
         assert ref[0, 1, 128 - 3] == -1 and ref[0, 1, 128 + 3] == 2
 
 
-@pytest.mark.parametrize("depthwise", ["ort", "float-exact"])
+@pytest.mark.parametrize("depthwise", ["ort", "float-exact", "native"])
 def test_torch_integer_runner_bit_exact(q5, q_input, depthwise):
+    if depthwise == "native":
+        from asrquant.intops import native
+
+        if not native.available():
+            pytest.skip("no C compiler: native kernels unavailable")
     runner = rt.TorchIntegerRunner(q5, threads=1, depthwise=depthwise)
     assert np.array_equal(runner.run(q_input), _ref(q5, q_input))
     q2 = torch.cat([q_input, q_input.flip(-1)])  # batch of 2, equal lengths

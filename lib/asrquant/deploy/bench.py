@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 
 FP32_RUNTIMES = ("torch-fp32", "onnxruntime-fp32", "torch-fp32-fastdw")
-INT8_RUNTIMES = ("onnxruntime-int8", "torch+ort-int8", "torch-int8+fp32exact-dw")
+INT8_RUNTIMES = ("onnxruntime-int8", "torch+ort-int8", "torch+native-int8", "torch-int8+fp32exact-dw")
 REFERENCE = "torch-int8-reference"
 RUNTIMES = FP32_RUNTIMES + INT8_RUNTIMES + (REFERENCE,)
-INTEGER_ONLY = {"onnxruntime-int8", "torch+ort-int8", REFERENCE}
+INTEGER_ONLY = {"onnxruntime-int8", "torch+ort-int8", "torch+native-int8", REFERENCE}
 
 
 def machine_info() -> dict:
@@ -97,6 +97,8 @@ def _runners(model, qmodel, names, threads):
             out[n] = ("int8", OrtIntegerRunner(qmodel, threads).run)
         elif n == "torch+ort-int8":
             out[n] = ("int8", TorchIntegerRunner(qmodel, threads).run)
+        elif n == "torch+native-int8":
+            out[n] = ("int8", TorchIntegerRunner(qmodel, threads, depthwise="native").run)
         elif n == "torch-int8+fp32exact-dw":
             out[n] = ("int8", TorchIntegerRunner(qmodel, threads, depthwise="float-exact").run)
         elif n == REFERENCE:

@@ -186,6 +186,9 @@ class _FastConv:
             raise NotImplementedError("a layer needs an int64 accumulator")
         w = conv.weight.to(torch.int64)
         self.kind = "pw" if (K == 1 and conv.groups == 1 and conv.padding == 0) else "ort"
+        if depthwise == "native" and self.kind == "ort" and cin_g == 1 and conv.groups == Cout and device == "cpu":
+            self.kind = "ndw"  # intops/native.py: depthwise conv fused with its requantization
+            self.Wn = conv.weight[:, 0, :].to(torch.int8).contiguous()
         if (depthwise == "float-exact" and cin_g == 1 and conv.groups == Cout and conv.stride == 1
                 and conv.dilation == 1 and 2 * conv.padding == K - 1 and max(bound) < FLOAT_EXACT_LIMIT):
             self.kind = "fdw"
@@ -213,6 +216,8 @@ class _FastConv:
             self.stride = int(conv.stride)
         elif self.kind in ("fdw", "fconv"):
             self.Wf = self.Wf.to(self.device)
+        elif self.kind == "ndw":
+            self.Mv, self.Sv = self.M.reshape(-1).contiguous(), self.S.reshape(-1).contiguous()
         else:
             from onnx import TensorProto as TP
             from onnx import helper as h
@@ -257,6 +262,13 @@ class _FastConv:
                 y.sub_(self.zp)
             out = torch.nn.functional.conv_transpose1d(y, self.Wf, padding=self.pad, groups=self.Wf.shape[0])
             return out.to(torch.int32)
+        if self.kind == "ndw":  # only reached when the layer cannot be fused (not used by QuartzNet)
+            from ..intops.conv import int_conv1d
+
+            c = self.conv
+            y = s.to(torch.int16) - self.zp if self.zp else s
+            return int_conv1d(y, c.weight, None, int(c.stride), int(c.padding), int(c.dilation), int(c.groups),
+                              torch.int32)
         if self.kind == "fconv":
             c = self.conv
             y = s.to(torch.float32)
@@ -266,6 +278,20 @@ class _FastConv:
                                              groups=c.groups)
             return out.to(torch.int32)
         return torch.from_numpy(self.session.run(None, {"x": s.numpy()})[0])
+
+    def native_dw(self, s, C, post, lo, hi, threads):
+        """The whole layer in one native kernel: int8 in, requantized int8 out."""
+        from ..intops import native
+
+        c = self.conv
+        return native.dw_conv_requant(s, self.Wn, self.Mv, C.reshape(-1), self.Sv, stride=int(c.stride),
+                                      padding=int(c.padding), dilation=int(c.dilation), zp=self.zp, post=post,
+                                      lo=lo, hi=hi, threads=threads)
+
+    def term(self, s, C):
+        """(int32 accumulator [B, C, T] contiguous, M, C, S) for ``native.requant_sum``."""
+        acc = self.accumulate(s)
+        return acc.contiguous(), self.M.reshape(-1), C.reshape(-1), self.S.reshape(-1)
 
     def scaled(self, acc, C):
         """(acc * M + C) >> s in int64 (in place on a fresh int64 tensor)."""
@@ -306,13 +332,15 @@ class TorchIntegerRunner:
         self.device = device
         if str(device).startswith("cuda"):
             allow_inexact = True  # the onnxruntime probe concerns CPU kernels only
-        if depthwise not in ("ort", "float-exact"):
-            raise ValueError("depthwise must be 'ort' or 'float-exact'")
+        if depthwise not in ("ort", "float-exact", "native"):
+            raise ValueError("depthwise must be 'ort', 'float-exact' or 'native'")
         self.depthwise = depthwise
-        self.name = "torch+ort-int8" if depthwise == "ort" else "torch-int8+fp32exact-dw"
+        self.name = {"ort": "torch+ort-int8", "float-exact": "torch-int8+fp32exact-dw",
+                     "native": "torch+native-int8"}[depthwise]
+        if depthwise == "native":
+            from ..intops import native
 
-        if not allow_inexact and not ort_kernels_exact(threads or 1):
-            raise ValueError("onnxruntime's ConvInteger is not exact on this CPU (no VNNI)")
+            native._lib()  # compile now: a missing compiler is a NativeBuildError here, not mid-run
         self.threads = threads
         self.blocks = []
         signed, bits = True, int(qmodel.input_bits)
@@ -347,6 +375,9 @@ class TorchIntegerRunner:
         self.dec_C = self.decoder.constant(0)
         if self.dec_C is None:
             raise OverflowError("decoder requantization constant overflows int64")
+        uses_ort = any(fc.kind == "ort" for plan, rcs, _ in self.blocks for fc in [p[1] for p in plan] + [r for r, _ in rcs])
+        if (uses_ort or self.decoder.kind == "ort") and not allow_inexact and not ort_kernels_exact(threads or 1):
+            raise ValueError("onnxruntime's ConvInteger is not exact on this CPU (no VNNI)")
 
     def run(self, q):
         import torch
@@ -354,6 +385,8 @@ class TorchIntegerRunner:
         q = torch.as_tensor(q).to(self.device)
         if q.dtype != torch.int8:
             raise TypeError("input must be int8")
+        if self.depthwise == "native":
+            return self._run_native(q)
         with torch.inference_mode():
             xs = [q.contiguous()]
             for plan, rcs, dense in self.blocks:
@@ -370,6 +403,31 @@ class TorchIntegerRunner:
             d = self.decoder
             out = d.scaled(d.accumulate(xs[-1]), self.dec_C)
             return out if out.is_cuda else out.numpy()
+
+
+    def _run_native(self, q):
+        """Same integers, fused: depthwise convs and every requantization in intops/native.py
+        (one pass each), pointwise convs in torch._int_mm."""
+        import torch
+
+        from ..intops import native
+
+        th = self.threads or 1
+        with torch.inference_mode():
+            xs = [q.contiguous()]
+            for plan, rcs, dense in self.blocks:
+                s = xs[-1]
+                for is_res, fc, C, post, (lo, hi) in plan:
+                    if fc.kind == "ndw" and not is_res:
+                        s = fc.native_dw(s, C, post, lo, hi, th)
+                        continue
+                    terms = [fc.term(s, C)]
+                    if is_res:
+                        terms += [rc.term(x_in, rC) for (rc, rC), x_in in zip(rcs, xs)]
+                    s = native.requant_sum(terms, post=post, lo=lo, hi=hi, threads=th)
+                xs = xs + [s] if dense else [s]
+            d = self.decoder
+            return native.requant_sum([d.term(xs[-1], self.dec_C)], out_dtype=torch.int64, threads=th).numpy()
 
 
 class TorchFloatRunner:
