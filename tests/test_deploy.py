@@ -132,6 +132,22 @@ def test_torch_integer_runner_bit_exact(q5, q_input, depthwise):
     assert np.array_equal(runner.run(q2), _ref(q5, q2))
 
 
+def test_native_runner_creates_no_float_tensor(q5, q_input):
+    """Every torch op the native runner dispatches returns an integer tensor (the C kernels are
+    integer code by construction: native_kernels.c has no floating-point type)."""
+    from asrquant.intops import native
+    from asrquant.verify import DtypeRecorder
+
+    if not native.available():
+        pytest.skip("no C compiler: native kernels unavailable")
+    src = native.SOURCE.read_text()
+    assert not any(w in src for w in ("float", "double")), "native_kernels.c must stay integer-only"
+    runner = rt.TorchIntegerRunner(q5, threads=1, depthwise="native")
+    with DtypeRecorder() as rec:
+        runner.run(q_input)
+    assert len(rec.records) > 50 and rec.float_ops() == []
+
+
 def test_float_runners_match_torch(float5):
     mel = torch.randn(1, 64, 150)
     with torch.inference_mode():
