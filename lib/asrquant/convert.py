@@ -224,6 +224,43 @@ def calibrate(model: ConvASR, batches: Iterable[tuple[torch.Tensor, torch.Tensor
     return observers
 
 
+@torch.no_grad()
+def conv_input_means(model: ConvASR, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> dict:
+    """Mean of every conv's input per input channel over valid frames: {nn.Conv1d: float64 [Cin]}.
+
+    What bias correction needs (``convert(..., input_means=...)``). On synthetic inputs these are
+    the means the BatchNorm statistics imply, so the correction stays zero-shot."""
+    sums: dict = {}
+    state = {"lens": None}
+    handles = []
+
+    def add(conv, x, lens):
+        m = frame_mask(lens, x.shape[-1])[:, None, :].to(torch.float64)
+        tot, cnt = sums.get(conv, (0.0, 0.0))
+        sums[conv] = (tot + (x.double() * m).sum(dim=(0, 2)), cnt + float(m.sum()))
+
+    def pre(mod, args):
+        x, lens = args
+        add(mod.conv, x, lens)
+
+    def post(_m, _i, out):
+        state["lens"] = out[1]
+
+    for m in model.encoder.modules():
+        if isinstance(m, MaskedConv1d):
+            handles.append(m.register_forward_pre_hook(pre))
+            handles.append(m.register_forward_hook(post))
+    dec = model.decoder.decoder_layers[0]
+    handles.append(dec.register_forward_pre_hook(lambda mod, args: add(mod, args[0], state["lens"])))
+    try:
+        for mel, lengths in batches:
+            model.forward_features(mel, lengths)
+    finally:
+        for h in handles:
+            h.remove()
+    return {conv: tot / max(cnt, 1.0) for conv, (tot, cnt) in sums.items()}
+
+
 # --------------------------------------------------------------------------- conversion
 
 def _quantize_weight(w: torch.Tensor, bits: int, method: str):
@@ -234,14 +271,30 @@ def _quantize_weight(w: torch.Tensor, bits: int, method: str):
     return w_q, s_w
 
 
+def _bias_correction(w: torch.Tensor, w_q: torch.Tensor, s_w: torch.Tensor, groups: int,
+                     x_mean: torch.Tensor) -> torch.Tensor:
+    """Expected output shift the weight rounding causes, per output channel:
+    delta[o] = sum_{c,k} (s_w[o] w_q[o, c, k] - w[o, c, k]) * E[x_c]  (Nagel et al. 2019, DFQ)."""
+    dw = (w_q.double() * s_w.reshape(-1, 1, 1) - w).sum(dim=2)  # [Cout, Cin/groups]
+    cout, cin_g = dw.shape
+    xm = x_mean.double().reshape(groups, cin_g)                  # group g reads channels g*cin_g...
+    return (dw.reshape(groups, cout // groups, cin_g) * xm[:, None, :]).sum(dim=2).reshape(cout)
+
+
 def _int_conv(conv: nn.Conv1d, bn: nn.BatchNorm1d | None, s_x: float, x_bits: int, x_signed: bool,
-              s_out: float | None, out_bits: int, out_signed: bool, w_bits: int, w_method: str) -> IntConv:
+              s_out: float | None, out_bits: int, out_signed: bool, w_bits: int, w_method: str,
+              input_means: dict | None = None) -> IntConv:
     w = conv.weight.detach().double()
     b = conv.bias.detach().double() if conv.bias is not None else None
     if bn is not None:
         w, b = fold_batchnorm(w, b, bn)
         w, b = w.double(), b.double()
     w_q, s_w = _quantize_weight(w, w_bits, w_method)
+    if input_means is not None:
+        if conv not in input_means:
+            raise KeyError("bias correction: no input mean for a conv (compute input_means on this model)")
+        delta = _bias_correction(w, w_q, s_w, conv.groups, input_means[conv])
+        b = -delta if b is None else b - delta
     acc_scale = s_x * s_w
     bias_q = None
     if b is not None:
@@ -264,8 +317,12 @@ def _int_conv(conv: nn.Conv1d, bn: nn.BatchNorm1d | None, s_x: float, x_bits: in
 
 
 def convert(model: ConvASR, observers: dict, weight_bits: int = 8, act_bits: int = 8,
-            weight_method: str = "minmax", info: dict | None = None) -> IntegerConvASR:
-    """Build the integer model from a calibrated float model (see `calibrate`)."""
+            weight_method: str = "minmax", info: dict | None = None,
+            input_means: dict | None = None) -> IntegerConvASR:
+    """Build the integer model from a calibrated float model (see `calibrate`).
+
+    input_means (``conv_input_means`` on the calibration batches): correct every conv's bias for
+    the mean output shift its weight rounding causes (bias correction; depthwise convs get a bias)."""
     def act_scale(key, signed):
         return float(scale_from_range(observers[key].alpha(), act_bits, signed=signed))
 
@@ -286,29 +343,30 @@ def convert(model: ConvASR, observers: dict, weight_bits: int = 8, act_bits: int
             out_signed = depthwise
             s_out = act_scale((b, i), out_signed)
             convs.append(_int_conv(mconv.conv, bn, s_x, act_bits, x_signed, s_out, act_bits, out_signed,
-                                   weight_bits, weight_method))
+                                   weight_bits, weight_method, input_means))
             s_x, x_signed = s_out, out_signed
         residual = []
         if block.res is not None:
             for (x_scale, x_sign), (rconv, rbn) in zip(prev_out, block.res):
                 residual.append(_int_conv(rconv.conv, rbn, x_scale, act_bits, x_sign, s_x, act_bits, False,
-                                          weight_bits, weight_method))
+                                          weight_bits, weight_method, input_means))
         blocks.append(IntBlock(convs=convs, residual=residual, dense=block.dense))
         block_out.append((s_x, x_signed))
         prev_out = prev_out + [(s_x, x_signed)] if block.dense else [(s_x, x_signed)]
     decoder = _int_conv(model.decoder.decoder_layers[0], None, s_x, act_bits, x_signed, None, 32, True,
-                        weight_bits, weight_method)
+                        weight_bits, weight_method, input_means)
     qinfo = {"weight_bits": weight_bits, "act_bits": act_bits, "weight_method": weight_method,
-             "observer": type(observers["input"]).__name__}
+             "observer": type(observers["input"]).__name__, "bias_correction": input_means is not None}
     qinfo.update(info or {})
     return IntegerConvASR(model.config, blocks, decoder, s_in, act_bits, qinfo)
 
 
 def quantize_model(model: ConvASR, calibration_mels, weight_bits=8, act_bits=8, observer="minmax",
-                   weight_method="minmax", info: dict | None = None, **observer_kw) -> IntegerConvASR:
+                   weight_method="minmax", info: dict | None = None, input_means: dict | None = None,
+                   **observer_kw) -> IntegerConvASR:
     """Calibrate on (mel, lengths) batches and convert: the one-call API."""
     observers = calibrate(model, calibration_mels, observer, **observer_kw)
-    return convert(model, observers, weight_bits, act_bits, weight_method, info)
+    return convert(model, observers, weight_bits, act_bits, weight_method, info, input_means)
 
 
 # --------------------------------------------------------------------------- save / load

@@ -17,7 +17,9 @@ from tqdm.auto import tqdm
 
 from .models.checkpoint import atomic_write_bytes
 
-KEY = ["model", "w_bits", "a_bits", "calibration", "seed"]
+KEY = ["model", "w_bits", "a_bits", "calibration", "seed", "observer", "weight_method", "bias_correction"]
+# columns added after the first grids ran: rows written before them used these settings
+_DEFAULTS = {"observer": "minmax", "weight_method": "minmax", "bias_correction": False}
 
 
 @dataclass
@@ -31,10 +33,18 @@ class GridSpec:
     real_limit: int | None = None      # calibration utterances for `real` (None: all)
     observer: str = "minmax"
     weight_method: str = "minmax"
+    bias_correction: bool = False     # correct biases for weight rounding (convert.conv_input_means)
 
 
 def _load(csv: Path) -> pd.DataFrame:
-    return pd.read_csv(csv) if csv.is_file() else pd.DataFrame(columns=KEY)
+    if not csv.is_file():
+        return pd.DataFrame(columns=KEY)
+    df = pd.read_csv(csv)
+    for col, default in _DEFAULTS.items():
+        if col not in df:
+            df[col] = default
+        df[col] = df[col].fillna(default)
+    return df
 
 
 def _append(csv: Path, df: pd.DataFrame, row: dict) -> pd.DataFrame:
@@ -85,7 +95,7 @@ def calibration_batches(model, model_path, calibration: str, seed: int, spec: Gr
 def run_grid(model_path, eval_data, csv, spec: GridSpec, calib_data=None, cache_dir="build/synth_cache",
              limit: int | None = None, progress: bool = True) -> pd.DataFrame:
     """Evaluate FP32 and every (calibration, seed, W/A) of `spec`; returns the tidy table."""
-    from .convert import calibrate, convert
+    from .convert import calibrate, conv_input_means, convert
     from .data import load_dataset
     from .evaluate import evaluate
     from .models.checkpoint import load_model
@@ -96,33 +106,38 @@ def run_grid(model_path, eval_data, csv, spec: GridSpec, calib_data=None, cache_
     utts = load_dataset(eval_data, limit=limit)
     df = _load(csv)
 
-    key = dict(model=name, w_bits=32, a_bits=32, calibration="none", seed=0)
+    key = dict(model=name, w_bits=32, a_bits=32, calibration="none", seed=0, **_DEFAULTS)
     if not _done(df, key):
         df = _append(csv, df, _row(key, evaluate(model, utts, progress=progress), model, 32, 32, {}))
 
+    settings = dict(observer=spec.observer, weight_method=spec.weight_method,
+                    bias_correction=bool(spec.bias_correction))
     jobs = [(c, s) for c in spec.calibrations for s in (spec.seeds if c != "real" else spec.seeds[:1])]
     for calibration, seed in tqdm(jobs, desc="grid", disable=not progress):
-        todo = [(w, a) for w, a in spec.bits
-                if not _done(df, dict(model=name, w_bits=w, a_bits=a, calibration=calibration, seed=seed))]
+        keys = {(w, a): dict(model=name, w_bits=w, a_bits=a, calibration=calibration, seed=seed, **settings)
+                for w, a in spec.bits}
+        todo = [wa for wa, key in keys.items() if not _done(df, key)]
         if not todo:
             continue
         start = time.perf_counter()
         batches = calibration_batches(model, model_path, calibration, seed, spec, calib_data, cache_dir)
         observers = calibrate(model, batches, spec.observer)
+        means = conv_input_means(model, batches) if spec.bias_correction else None
         calib_seconds = time.perf_counter() - start
         for w, a in todo:
-            qmodel = convert(model, observers, w, a, spec.weight_method, {"calibration": calibration, "seed": seed})
-            key = dict(model=name, w_bits=w, a_bits=a, calibration=calibration, seed=seed)
+            qmodel = convert(model, observers, w, a, spec.weight_method, {"calibration": calibration, "seed": seed},
+                             input_means=means)
             summary = evaluate(qmodel, utts, progress=False)
-            df = _append(csv, df, _row(key, summary, model, w, a,
-                                       {"calib_seconds": round(calib_seconds, 1), "observer": spec.observer,
-                                        "weight_method": spec.weight_method}))
+            df = _append(csv, df, _row(keys[(w, a)], summary, model, w, a, {"calib_seconds": round(calib_seconds, 1)}))
     return df
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
     """Mean and std of WER over seeds per (model, W/A, calibration), with the FP32 gap."""
-    g = df.groupby(["model", "w_bits", "a_bits", "calibration"], as_index=False).agg(
+    df = df.copy()
+    for col, default in _DEFAULTS.items():
+        df[col] = df[col].fillna(default) if col in df else default
+    g = df.groupby(["model", "w_bits", "a_bits", "calibration", *_DEFAULTS], as_index=False).agg(
         wer_mean=("wer", "mean"), wer_std=("wer", "std"), seeds=("seed", "nunique"), words=("words", "first"),
         word_errors_mean=("word_errors", "mean"), size_mb=("size_mb", "first"), bops_t=("bops_t", "first"))
     fp32 = g[g.w_bits == 32].set_index("model")["wer_mean"]

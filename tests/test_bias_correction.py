@@ -1,0 +1,69 @@
+"""Bias correction (convert._bias_correction, conv_input_means): the expected output shift that
+weight rounding causes, removed through the bias."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from asrquant.calibration import random_mels
+from asrquant.convert import _bias_correction, _quantize_weight, calibrate, conv_input_means, convert
+from asrquant.models import ConvASR, config_for
+
+from conftest import randomize_weights
+
+
+@pytest.mark.parametrize("groups,cin,cout,k", [(1, 6, 4, 3), (6, 6, 6, 5), (2, 6, 4, 1)])
+def test_delta_is_the_mean_output_shift(groups, cin, cout, k):
+    """On an input whose channels are constant (mean m_c), the quantized conv minus the float
+    conv equals delta at every interior frame."""
+    g = torch.Generator().manual_seed(groups * 10 + k)
+    w = torch.randn(cout, cin // groups, k, generator=g, dtype=torch.float64)
+    w_q, s_w = _quantize_weight(w, 4, "minmax")
+    mean = torch.randn(cin, generator=g, dtype=torch.float64) * 3
+    x = mean.reshape(1, cin, 1).expand(1, cin, 20)
+    w_deq = w_q.double() * s_w.reshape(-1, 1, 1)
+    shift = F.conv1d(x, w_deq, groups=groups) - F.conv1d(x, w, groups=groups)
+    delta = _bias_correction(w, w_q, s_w, groups, mean)
+    assert delta.abs().max() > 1e-3  # 4-bit rounding does shift the mean
+    torch.testing.assert_close(shift, delta.reshape(1, cout, 1).expand_as(shift), rtol=0, atol=1e-10)
+
+
+@pytest.fixture(scope="module")
+def small():
+    torch.manual_seed(0)
+    model = ConvASR(config_for("quartznet5x5")).eval()
+    randomize_weights(model, seed=1)
+    return model
+
+
+def test_input_means_ignore_padded_frames(small):
+    mel = torch.randn(2, 64, 40)
+    lengths = torch.tensor([40, 25])
+    means = conv_input_means(small, [(mel, lengths)])
+    first = small.encoder.encoder[0].mconv[0].conv
+    valid = torch.cat([mel[0], mel[1, :, :25]], dim=1).double()
+    torch.testing.assert_close(means[first], valid.mean(dim=1))
+    assert small.decoder.decoder_layers[0] in means
+    # every conv of the model has a mean: convert can correct all of them
+    n_convs = sum(isinstance(m, torch.nn.Conv1d) for m in small.modules())
+    assert len(means) == n_convs
+
+
+def test_zero_means_change_nothing_and_real_means_change_biases(small):
+    batches = random_mels(1, 2, 80, seed=0)
+    obs = calibrate(small, batches)
+    plain = convert(small, obs, 4, 8)
+    zeros = {c: torch.zeros_like(m) for c, m in conv_input_means(small, batches).items()}
+    zero_corrected = convert(small, obs, 4, 8, input_means=zeros)
+    q = plain.quantize_input(batches[0][0])
+    lengths = batches[0][1]
+    with torch.inference_mode():
+        a = plain.forward_int(q, lengths)[0]
+        b = zero_corrected.forward_int(q, lengths)[0]
+    assert torch.equal(a, b)
+    corrected = convert(small, obs, 4, 8, input_means=conv_input_means(small, batches))
+    dw = corrected.blocks[1].convs[0]
+    assert dw.groups > 1 and dw.bias is not None and dw.bias.abs().sum() > 0
+    assert corrected.info["bias_correction"] is True
+    with pytest.raises(KeyError, match="no input mean"):
+        convert(small, obs, 4, 8, input_means={})
