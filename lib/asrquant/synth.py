@@ -134,17 +134,6 @@ def batch_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
-def random_mels(n_batches: int, batch_size: int = 8, T: int = 500, seed: int = 0, low: float = -3.0,
-                high: float = 3.0, n_mels: int = 64) -> torch.Tensor:
-    """Uniform random 'mel' batches [N, B, n_mels, T] in [low, high): the paper's random-calibration
-    ablation (section 4.1, U[-3, 3]). Batch i depends only on (seed, i)."""
-    out = torch.empty(n_batches, batch_size, n_mels, T)
-    for i in range(n_batches):
-        g = torch.Generator().manual_seed(batch_seed(seed, i))
-        out[i] = low + (high - low) * torch.rand(batch_size, n_mels, T, generator=g)
-    return out
-
-
 @dataclass
 class SyntheticBatches:
     mels: torch.Tensor            # [N, B, n_mels, T] normalized log-mel, feed to model.encoder

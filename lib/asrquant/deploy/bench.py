@@ -13,7 +13,9 @@ Runtimes (``RUNTIMES``):
         torch-fp32-fastdw (BN folded, depthwise as conv_transpose1d: our fastest float path).
   INT8: onnxruntime-int8 (the integer-only ONNX graph), torch+ort-int8 (torch._int_mm pointwise,
         onnxruntime ConvInteger depthwise, torch int64 requantization: integer-only),
-        torch-int8+fp32exact-dw (the same with depthwise convs in float32 on integer values:
+        torch+native-int8 (torch._int_mm pointwise; depthwise conv + requantization fused in our C
+        kernels, intops/native.py, and every requantization one fused pass: integer-only),
+        torch-int8+fp32exact-dw (the torch+ort path with depthwise convs in float32 on integer values:
         bit-exact by a bound, but not integer-only arithmetic), torch-int8-reference
         (``forward_int``; slow, opt-in).
 Latency covers the encoder + decoder (log-mel in, logits out), not the mel front end.

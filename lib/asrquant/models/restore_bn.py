@@ -23,6 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .convasr import ConvASR, MaskedConv1d, frame_mask
+from ..quant.bn import set_identity_affine
 
 
 def conv_before_each_bn(model: ConvASR) -> list[tuple[str, MaskedConv1d, nn.BatchNorm1d]]:
@@ -108,11 +109,7 @@ def apply_bn_statistics(model: ConvASR, stats: dict[str, tuple[np.ndarray, np.nd
         b_f = bn.bias.detach().double().clone()
         bn.running_mean.copy_(torch.as_tensor(stats[name][0]))
         bn.running_var.copy_(torch.as_tensor(stats[name][1]))
-        # gamma and beta from the float32-rounded statistics, so that the stored parameters
-        # cancel each other as closely as float32 allows: gamma / sqrt(rv + eps) = 1, beta - rm = b_f.
-        mean, var = bn.running_mean.double(), bn.running_var.double()
-        bn.weight.data.copy_(torch.sqrt(var + bn.eps))
-        bn.bias.data.copy_(mean + b_f)
+        set_identity_affine(bn, b_f)  # quant/bn.py: the same identity bn_from_stats builds
 
 
 def restore_batchnorm(model: ConvASR, folded: dict, batches, progress: bool = True) -> dict:

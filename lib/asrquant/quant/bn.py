@@ -26,7 +26,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-__all__ = ["BNParams", "bn_params", "fold_batchnorm", "bn_from_stats", "unfold_batchnorm"]
+__all__ = ["BNParams", "bn_params", "fold_batchnorm", "bn_from_stats", "set_identity_affine", "unfold_batchnorm"]
 
 
 class BNParams(NamedTuple):
@@ -65,6 +65,16 @@ def fold_batchnorm(weight: torch.Tensor, bias: torch.Tensor | None, bn):
     return w_f.to(out_dtype), b_f.to(out_dtype)
 
 
+@torch.no_grad()
+def set_identity_affine(bn: nn.BatchNorm1d, b_f: torch.Tensor) -> None:
+    """Given bn's running statistics, set gamma = sqrt(running_var + eps) and beta = running_mean
+    + b_f, so that bn(z) = z + b_f. Computed in float64 from the statistics as stored (already
+    rounded to bn's dtype), so the stored parameters cancel as closely as that dtype allows."""
+    mean, var = bn.running_mean.double(), bn.running_var.double()
+    bn.weight.copy_(torch.sqrt(var + bn.eps).to(bn.weight.dtype))
+    bn.bias.copy_((mean + torch.as_tensor(b_f, dtype=torch.float64).reshape(-1)).to(bn.bias.dtype))
+
+
 def bn_from_stats(mean, var, eps: float, target_weight: torch.Tensor,
                   target_bias: torch.Tensor | None = None):
     """Restore a BN behind a folded conv (module doc).
@@ -83,13 +93,11 @@ def bn_from_stats(mean, var, eps: float, target_weight: torch.Tensor,
     v = torch.clamp(torch.as_tensor(var, dtype=torch.float64).reshape(c), min=0.0)
     b_f = (torch.zeros(c, dtype=torch.float64) if target_bias is None
            else target_bias.detach().to(torch.float64).reshape(c))
-    mu_z = mu - b_f
     bn = nn.BatchNorm1d(c, eps=eps, momentum=None).to(dtype)
     with torch.no_grad():
-        bn.running_mean.copy_(mu_z.to(dtype))
+        bn.running_mean.copy_((mu - b_f).to(dtype))
         bn.running_var.copy_(v.to(dtype))
-        bn.weight.copy_(torch.sqrt(v + eps).to(dtype))
-        bn.bias.copy_((mu_z + b_f).to(dtype))
+    set_identity_affine(bn, b_f)
     bn.eval()
     return w, bn
 
