@@ -215,12 +215,20 @@ def bops(model, weight_bits: int, act_bits: int, seconds: float = 10.0, sample_r
     return float(macs(model, seconds, sample_rate, pad_to, legacy)) * weight_bits * act_bits
 
 
-def model_size_mb(model, weight_bits: int, fold_bn: bool = True, mb: int = MIB) -> float:
+def model_size_mb(model, weight_bits: int, fold_bn: bool = True, mb: int = MIB,
+                  depthwise_bits: int | None = None) -> float:
     """Stored size of the parameters at `weight_bits` each, in units of `mb` bytes (MiB by
-    default; pass mb=10**6 for SI megabytes). See the module docstring for what is counted."""
-    if weight_bits <= 0:
-        raise ValueError(f"weight_bits must be positive, got {weight_bits}")
-    return param_count(model, fold_bn=fold_bn) * weight_bits / 8 / mb
+    default; pass mb=10**6 for SI megabytes). See the module docstring for what is counted.
+    depthwise_bits: depthwise conv weights stored at this width instead (mixed precision)."""
+    if weight_bits <= 0 or (depthwise_bits is not None and depthwise_bits <= 0):
+        raise ValueError(f"bit widths must be positive, got {weight_bits}, {depthwise_bits}")
+    bits = param_count(model, fold_bn=fold_bn) * weight_bits
+    if depthwise_bits is not None:
+        model = meta_model(model) if isinstance(model, str) else model
+        dw = sum(m.weight.numel() for m in model.modules()
+                 if isinstance(m, torch.nn.Conv1d) and m.groups > 1 and m.groups == m.in_channels)
+        bits += dw * (depthwise_bits - weight_bits)
+    return bits / 8 / mb
 
 
 def table1_comparison(settings=((32, 32), (8, 8), (6, 8)), **kwargs) -> pd.DataFrame:

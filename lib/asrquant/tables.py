@@ -17,9 +17,11 @@ from tqdm.auto import tqdm
 
 from .models.checkpoint import atomic_write_bytes
 
-KEY = ["model", "w_bits", "a_bits", "calibration", "seed", "observer", "weight_method", "bias_correction"]
+KEY = ["model", "w_bits", "a_bits", "calibration", "seed", "observer", "weight_method", "bias_correction",
+       "depthwise_bits"]
 # columns added after the first grids ran: rows written before them used these settings
-_DEFAULTS = {"observer": "minmax", "weight_method": "minmax", "bias_correction": False}
+# (depthwise_bits 0: the same width as every other weight)
+_DEFAULTS = {"observer": "minmax", "weight_method": "minmax", "bias_correction": False, "depthwise_bits": 0}
 
 
 @dataclass
@@ -34,6 +36,7 @@ class GridSpec:
     observer: str = "minmax"
     weight_method: str = "minmax"
     bias_correction: bool = False     # correct biases for weight rounding (convert.conv_input_means)
+    depthwise_bits: int = 0           # depthwise weight width (0: the same as the other weights)
 
 
 def _load(csv: Path) -> pd.DataFrame:
@@ -64,13 +67,15 @@ def _done(df: pd.DataFrame, key: dict) -> bool:
     return bool(mask.any())
 
 
-def _row(key: dict, summary: dict, model, w_bits: int, a_bits: int, extra: dict) -> dict:
+def _row(key: dict, summary: dict, model, w_bits: int, a_bits: int, extra: dict,
+         depthwise_bits: int | None = None) -> dict:
     from .experiments import bops, model_size_mb
 
     lo, hi = summary["ci95"]
     return {**key, "wer": summary["wer"], "cer": summary["cer"], "words": summary["words"],
             "word_errors": summary["word_errors"], "utterances": summary["utterances"],
-            "ci95_lo": lo, "ci95_hi": hi, "size_mb": round(model_size_mb(model, w_bits), 2),
+            "ci95_lo": lo, "ci95_hi": hi,
+            "size_mb": round(model_size_mb(model, w_bits, depthwise_bits=depthwise_bits), 2),
             "bops_t": round(bops(model, w_bits, a_bits) / 1e12, 3), "eval_seconds": summary["seconds"], **extra}
 
 
@@ -111,7 +116,7 @@ def run_grid(model_path, eval_data, csv, spec: GridSpec, calib_data=None, cache_
         df = _append(csv, df, _row(key, evaluate(model, utts, progress=progress), model, 32, 32, {}))
 
     settings = dict(observer=spec.observer, weight_method=spec.weight_method,
-                    bias_correction=bool(spec.bias_correction))
+                    bias_correction=bool(spec.bias_correction), depthwise_bits=int(spec.depthwise_bits or 0))
     jobs = [(c, s) for c in spec.calibrations for s in (spec.seeds if c != "real" else spec.seeds[:1])]
     for calibration, seed in tqdm(jobs, desc="grid", disable=not progress):
         keys = {(w, a): dict(model=name, w_bits=w, a_bits=a, calibration=calibration, seed=seed, **settings)
@@ -126,9 +131,10 @@ def run_grid(model_path, eval_data, csv, spec: GridSpec, calib_data=None, cache_
         calib_seconds = time.perf_counter() - start
         for w, a in todo:
             qmodel = convert(model, observers, w, a, spec.weight_method, {"calibration": calibration, "seed": seed},
-                             input_means=means)
+                             input_means=means, depthwise_bits=spec.depthwise_bits or None)
             summary = evaluate(qmodel, utts, progress=False)
-            df = _append(csv, df, _row(keys[(w, a)], summary, model, w, a, {"calib_seconds": round(calib_seconds, 1)}))
+            df = _append(csv, df, _row(keys[(w, a)], summary, model, w, a, {"calib_seconds": round(calib_seconds, 1)},
+                                       spec.depthwise_bits or None))
     return df
 
 
