@@ -33,4 +33,25 @@ def test_grid_rows_resume_and_summary(small_quartznet, test_other_dir, tmp_path,
     assert fp32.delta_vs_fp32 == 0
     w8 = s[(s.w_bits == 8)].iloc[0]
     assert w8.seeds == 2 and abs(w8.delta_vs_fp32 - (w8.wer_mean - fp32.wer_mean)) < 1e-9
-    assert tables.KEY == ["model", "w_bits", "a_bits", "calibration", "seed"]
+    assert tables.KEY[:5] == ["model", "w_bits", "a_bits", "calibration", "seed"]
+
+    # a variant (bias correction) is a row of its own, not a duplicate of the plain one
+    spec_bc = GridSpec(bits=((4, 8),), calibrations=("random",), seeds=(0,), random_frames=100, bias_correction=True)
+    df3 = run_grid(model_path, test_other_dir, csv, spec_bc, limit=2, progress=False)
+    assert len(df3) == len(df) + 1 and df3.iloc[-1].bias_correction in (True, "True")
+    assert len(tables.paper_method_rows(df3)) == len(df)
+
+
+def test_load_or_run_grid_prefers_a_complete_full_grid(tmp_path):
+    import asrquant.tables as tables
+
+    rows = [dict(model="m", w_bits=w, a_bits=a, calibration=c, seed=0, wer=1.0)
+            for w, a, c in [(32, 32, "none"), (8, 8, "synthetic"), (6, 8, "synthetic")]]
+    old_format = pd.DataFrame(rows)  # written before the settings columns existed
+    incomplete, complete = tmp_path / "a.csv", tmp_path / "b.csv"
+    old_format.iloc[:2].to_csv(incomplete, index=False)
+    variant = dict(rows[1], weight_method="mse", wer=50.0)
+    pd.DataFrame(rows + [variant]).to_csv(complete, index=False)
+    df, source = tables.load_or_run_grid("x/m.nemo", None, None, None, ["synthetic"], [(8, 8), (6, 8)],
+                                         [incomplete, complete], tmp_path / "quick.csv", GridSpec(), None)
+    assert str(complete) in source and len(df) == 3 and (df.wer == 1.0).all()

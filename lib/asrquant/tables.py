@@ -40,14 +40,7 @@ class GridSpec:
 
 
 def _load(csv: Path) -> pd.DataFrame:
-    if not csv.is_file():
-        return pd.DataFrame(columns=KEY)
-    df = pd.read_csv(csv)
-    for col, default in _DEFAULTS.items():
-        if col not in df:
-            df[col] = default
-        df[col] = df[col].fillna(default)
-    return df
+    return _load_frame(pd.read_csv(csv)) if csv.is_file() else pd.DataFrame(columns=KEY)
 
 
 def _append(csv: Path, df: pd.DataFrame, row: dict) -> pd.DataFrame:
@@ -140,9 +133,7 @@ def run_grid(model_path, eval_data, csv, spec: GridSpec, calib_data=None, cache_
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
     """Mean and std of WER over seeds per (model, W/A, calibration), with the FP32 gap."""
-    df = df.copy()
-    for col, default in _DEFAULTS.items():
-        df[col] = df[col].fillna(default) if col in df else default
+    df = _load_frame(df)
     g = df.groupby(["model", "w_bits", "a_bits", "calibration", *_DEFAULTS], as_index=False).agg(
         wer_mean=("wer", "mean"), wer_std=("wer", "std"), seeds=("seed", "nunique"), words=("words", "first"),
         word_errors_mean=("word_errors", "mean"), size_mb=("size_mb", "first"), bops_t=("bops_t", "first"))
@@ -156,3 +147,70 @@ def paper_table(paper_csv, table: int, model: str = "QuartzNet", split: str = "t
     p = p[(p["table"].astype(str).str.contains(str(table))) & (p["model"].str.contains(model, case=False))
           & (p["split"] == split)]
     return p
+
+
+def missing_rows(df: pd.DataFrame, calibrations, bits) -> list[tuple[str, int, int]]:
+    """(calibration, w, a) combinations a table needs that df lacks; FP32 is ('none', 32, 32)."""
+    have = set(zip(df["calibration"].astype(str), df["w_bits"].astype(int), df["a_bits"].astype(int)))
+    need = [("none", 32, 32)] + [(c, w, a) for c in calibrations for w, a in bits]
+    return [n for n in need if n not in have]
+
+
+def paper_method_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows made with the paper's method (min/max activations and weights, no bias correction,
+    one weight width): what Table 1 and Table 2 compare."""
+    df = _load_frame(df)
+    keep = pd.Series(True, index=df.index)
+    for col, default in _DEFAULTS.items():
+        keep &= df[col].astype(str) == str(default)
+    return df[keep].reset_index(drop=True)
+
+
+def _load_frame(df: pd.DataFrame) -> pd.DataFrame:
+    df = df.copy()
+    for col, default in _DEFAULTS.items():
+        df[col] = df[col].fillna(default) if col in df else default
+    return df
+
+
+def load_or_run_grid(model_path, eval_dir, calib_dir, cache_dir, calibrations, bits, full_csvs, quick_csv,
+                     quick_spec: GridSpec, limit: int | None, run_grid: bool = False) -> tuple[pd.DataFrame, str]:
+    """What chapters 05 and 06 show: the first of ``full_csvs`` (e.g. this machine's
+    build/results/grid.csv, then the copy committed under results/) that has every (calibration,
+    W/A) row the table needs, restricted to the paper's method; otherwise (or with run_grid) the
+    quick grid, run or resumed into ``quick_csv``. A side file ``<quick_csv>.json`` keeps the quick
+    settings: if they change, the old quick rows are discarded. Returns (rows, source text)."""
+    import json
+
+    model = Path(model_path).stem
+    if not run_grid:
+        for full in map(Path, full_csvs):
+            if not full.is_file():
+                continue
+            df = paper_method_rows(pd.read_csv(full))
+            df = df[df["model"] == model]
+            missing = missing_rows(df, calibrations, bits)
+            if not missing:
+                return df.reset_index(drop=True), f"full grid ({full})"
+            print(f"{full}: {len(df)} rows, not complete for this table (missing e.g. "
+                  f"{', '.join(f'{c} {w}/{a}' for c, w, a in missing[:3])})")
+    print("run_grid=True: " if run_grid else "no complete full grid: ", end="")
+    print("using the quick grid")
+    quick, meta_path = Path(quick_csv), Path(quick_csv).with_suffix(".json")
+    settings = {"model_path": str(model_path), "eval_dir": str(eval_dir), "calib_dir": str(calib_dir),
+                "limit": limit, "synth": quick_spec.synth, "random_batches": quick_spec.random_batches,
+                "random_frames": quick_spec.random_frames, "real_limit": quick_spec.real_limit,
+                "observer": quick_spec.observer, "weight_method": quick_spec.weight_method}
+    previous = json.loads(meta_path.read_text()) if meta_path.is_file() else None
+    if quick.is_file() and previous != settings:
+        print(f"{quick}: made with other settings; starting it again")
+        quick.unlink()
+    quick.parent.mkdir(parents=True, exist_ok=True)
+    meta_path.write_text(json.dumps(settings, indent=1))
+    t0 = time.perf_counter()
+    df = run_grid(model_path, eval_dir, quick, quick_spec, calib_data=calib_dir, cache_dir=cache_dir,
+                  limit=limit, progress=False)
+    print(f"quick grid: {len(df)} rows in {quick} ({time.perf_counter() - t0:.0f} s, rows already there reused)")
+    df = paper_method_rows(df)
+    df = df[df["model"] == model]
+    return df.reset_index(drop=True), f"quick grid ({quick}, {limit or 'all'} utterances)"
