@@ -67,3 +67,43 @@ def test_zero_means_change_nothing_and_real_means_change_biases(small):
     assert corrected.info["bias_correction"] is True
     with pytest.raises(KeyError, match="no input mean"):
         convert(small, obs, 4, 8, input_means={})
+
+
+@pytest.mark.parametrize("per_row", [False, True])
+def test_gptq_rounding_lowers_the_output_error(per_row):
+    """On the inputs H was measured on, GPTQ's codes give a smaller output error than
+    round-to-nearest on the same grid, and every code lies in the 4-bit range."""
+    from asrquant.quant.gptq import gptq_round
+    from asrquant.quant.quantizer import weight_alpha
+
+    g = torch.Generator().manual_seed(7 + per_row)
+    n, cout, frames = 24, 10, 400
+    mix = torch.randn(n, n, generator=g, dtype=torch.float64)
+    X = torch.randn(frames, n, generator=g, dtype=torch.float64) @ mix  # correlated inputs
+    w = torch.randn(cout, n, generator=g, dtype=torch.float64)
+    s = weight_alpha(w, 4).double() / 7
+    H = X.T @ X
+    if per_row:
+        H = H.expand(cout, n, n).clone()
+    q = gptq_round(w, s, H, bits=4)
+    assert q.min() >= -8 and q.max() <= 7 and torch.equal(q, q.round())
+    rtn = torch.clamp(torch.round(w / s[:, None]), -8, 7)
+    err = lambda codes: ((X @ (w - codes * s[:, None]).T) ** 2).sum()  # noqa: E731
+    assert err(q) < 0.8 * err(rtn)
+
+
+def test_convert_with_hessians_changes_only_the_rounding(small):
+    from asrquant.convert import conv_input_hessians
+
+    batches = random_mels(1, 2, 80, seed=0)
+    obs = calibrate(small, batches)
+    H = conv_input_hessians(small, batches)
+    dw = small.encoder.encoder[1].mconv[0].conv
+    pw = small.encoder.encoder[1].mconv[1].conv
+    assert H[dw].shape == (dw.in_channels, dw.kernel_size[0], dw.kernel_size[0])
+    assert H[pw].shape == (pw.in_channels, pw.in_channels)
+    plain, gptq = convert(small, obs, 4, 8), convert(small, obs, 4, 8, hessians=H)
+    a, b = plain.blocks[1].convs[1], gptq.blocks[1].convs[1]
+    assert torch.equal(a.M, b.M) and torch.equal(a.w_scale, b.w_scale)  # same grid and scales
+    assert not torch.equal(a.weight, b.weight) and b.weight.abs().max() <= 8
+    assert gptq.info["rounding"] == "gptq"

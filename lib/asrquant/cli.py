@@ -105,14 +105,13 @@ def cmd_quantize(args) -> int:
     model = load_model(args.model)
     batches = calibration_batches(model, args)
     info = {"calibration": args.calibration, "seed": args.seed, "source_model": str(args.model)}
-    means = None
-    if args.bias_correction:
-        from .convert import conv_input_means
+    from .convert import conv_input_hessians, conv_input_means
 
-        means = conv_input_means(model, batches)
+    means = conv_input_means(model, batches) if args.bias_correction else None
+    hessians = conv_input_hessians(model, batches) if args.rounding == "gptq" else None
     qmodel = quantize_model(model, batches, args.weight_bits, args.act_bits, observer=args.observer,
                             weight_method=args.weight_method, info=info, input_means=means,
-                            depthwise_bits=args.depthwise_bits)
+                            depthwise_bits=args.depthwise_bits, hessians=hessians)
     out = save_quantized(qmodel, args.out)
     print(f"W{args.weight_bits}A{args.act_bits} integer model ({args.calibration} calibration, "
           f"{len(batches)} batches) -> {out}; int64 accumulators: {qmodel.int64_layers() or 'none'}")
@@ -153,7 +152,7 @@ def cmd_grid(args) -> int:
     spec = GridSpec(bits=bits, calibrations=tuple(args.calibrations), seeds=tuple(args.seeds), synth=synth,
                     random_batches=args.synth_batches, random_frames=args.synth_frames, real_limit=args.real_limit,
                     observer=args.observer, weight_method=args.weight_method, bias_correction=args.bias_correction,
-                    depthwise_bits=args.depthwise_bits or 0)
+                    depthwise_bits=args.depthwise_bits or 0, rounding=args.rounding)
     df = run_grid(args.model, args.data, args.out, spec, calib_data=args.calibration_data,
                   cache_dir=args.cache_dir, limit=args.limit, progress=not args.quiet)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
@@ -199,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--weight-method", choices=["minmax", "mse", "percentile"], default="minmax")
     q.add_argument("--depthwise-bits", type=int, default=None,
                    help="weight width of the depthwise convs (default: the same as the other weights)")
+    q.add_argument("--rounding", choices=["nearest", "gptq"], default="nearest",
+                   help="weight rounding: nearest, or gptq (output-aware, on the calibration data)")
     q.add_argument("--bias-correction", action="store_true",
                    help="correct biases for the mean shift weight rounding causes (input means from the calibration data)")
     q.add_argument("--batches", type=int, default=1, help="synthetic/random batches")
@@ -229,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--weight-method", choices=["minmax", "mse", "percentile"], default="minmax")
     g.add_argument("--depthwise-bits", type=int, default=None,
                    help="weight width of the depthwise convs (default: the same as the other weights)")
+    g.add_argument("--rounding", choices=["nearest", "gptq"], default="nearest",
+                   help="weight rounding: nearest, or gptq (output-aware, on the calibration data)")
     g.add_argument("--bias-correction", action="store_true",
                    help="correct biases for the mean shift weight rounding causes (input means from the calibration data)")
     g.add_argument("--cache-dir", default=str(paths.build_dir() / "synth_cache"))

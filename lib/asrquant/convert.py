@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Iterable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .intops.conv import accumulator_bound, choose_acc_dtype, int_conv1d, mask_time
@@ -261,6 +262,54 @@ def conv_input_means(model: ConvASR, batches: Iterable[tuple[torch.Tensor, torch
     return {conv: tot / max(cnt, 1.0) for conv, (tot, cnt) in sums.items()}
 
 
+@torch.no_grad()
+def conv_input_hessians(model: ConvASR, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> dict:
+    """H = sum over valid output frames of x x^T for every conv's im2col input column x (float64):
+    {nn.Conv1d: [Cin*K, Cin*K]} for dense convs, [C, K, K] for depthwise ones; what output-aware
+    rounding (``quant.gptq``) needs. Convs with more than ``gptq.MAX_COLUMNS`` columns are left out."""
+    from .quant.gptq import MAX_COLUMNS
+
+    H: dict = {}
+
+    def pre(mod, args):
+        x, lens = args
+        c = mod.conv
+        cin, K = c.in_channels, c.kernel_size[0]
+        depthwise = c.groups == cin == c.out_channels and c.groups > 1
+        if not depthwise and (c.groups != 1 or cin * K > MAX_COLUMNS):
+            return
+        x = x * frame_mask(lens, x.shape[-1])[:, None, :].to(x.dtype)
+        xp = F.pad(x, (c.padding[0], c.padding[0])).double()
+        span = c.dilation[0] * (K - 1) + 1
+        u = xp.unfold(2, span, c.stride[0])[:, :, :, :: c.dilation[0]]          # [B, Cin, T_out, K]
+        valid = frame_mask(mod.output_lengths(lens), u.shape[2]).to(u.dtype)   # [B, T_out]
+        u = u * valid[:, None, :, None]
+        if depthwise:
+            h = torch.einsum("bctk,bctl->ckl", u, u)
+        else:
+            cols = u.permute(0, 2, 1, 3).reshape(-1, cin * K)                  # row index c * K + k
+            h = cols.T @ cols
+        H[c] = H[c] + h if c in H else h
+
+    handles = [m.register_forward_pre_hook(pre) for m in model.encoder.modules() if isinstance(m, MaskedConv1d)]
+
+    dec = model.decoder.decoder_layers[0]  # a plain 1x1 Conv1d on the whole encoder output
+
+    def dec_pre(mod, args):
+        x = args[0].double()
+        cols = x.permute(0, 2, 1).reshape(-1, x.shape[1])
+        H[mod] = H[mod] + cols.T @ cols if mod in H else cols.T @ cols
+
+    handles.append(dec.register_forward_pre_hook(dec_pre))
+    try:
+        for mel, lengths in batches:
+            model.forward_features(mel, lengths)
+    finally:
+        for h in handles:
+            h.remove()
+    return H
+
+
 # --------------------------------------------------------------------------- conversion
 
 def _quantize_weight(w: torch.Tensor, bits: int, method: str):
@@ -283,13 +332,19 @@ def _bias_correction(w: torch.Tensor, w_q: torch.Tensor, s_w: torch.Tensor, grou
 
 def _int_conv(conv: nn.Conv1d, bn: nn.BatchNorm1d | None, s_x: float, x_bits: int, x_signed: bool,
               s_out: float | None, out_bits: int, out_signed: bool, w_bits: int, w_method: str,
-              input_means: dict | None = None) -> IntConv:
+              input_means: dict | None = None, hessians: dict | None = None) -> IntConv:
     w = conv.weight.detach().double()
     b = conv.bias.detach().double() if conv.bias is not None else None
     if bn is not None:
         w, b = fold_batchnorm(w, b, bn)
         w, b = w.double(), b.double()
     w_q, s_w = _quantize_weight(w, w_bits, w_method)
+    if hessians is not None and conv in hessians:
+        from .quant.gptq import gptq_round
+
+        cout = w.shape[0]
+        codes = gptq_round(w.reshape(cout, -1), s_w, hessians[conv], w_bits)
+        w_q = codes.reshape(w.shape).to(w_q.dtype)
     if input_means is not None:
         if conv not in input_means:
             raise KeyError("bias correction: no input mean for a conv (compute input_means on this model)")
@@ -318,13 +373,16 @@ def _int_conv(conv: nn.Conv1d, bn: nn.BatchNorm1d | None, s_x: float, x_bits: in
 
 def convert(model: ConvASR, observers: dict, weight_bits: int = 8, act_bits: int = 8,
             weight_method: str = "minmax", info: dict | None = None,
-            input_means: dict | None = None, depthwise_bits: int | None = None) -> IntegerConvASR:
+            input_means: dict | None = None, depthwise_bits: int | None = None,
+            hessians: dict | None = None) -> IntegerConvASR:
     """Build the integer model from a calibrated float model (see `calibrate`).
 
     input_means (``conv_input_means`` on the calibration batches): correct every conv's bias for
     the mean output shift its weight rounding causes (bias correction; depthwise convs get a bias).
     depthwise_bits: weight width of the depthwise convs (default weight_bits); they hold ~2% of
-    QuartzNet's weights but suffer most from 4-bit rounding (few long, peaky kernels)."""
+    QuartzNet's weights but suffer most from 4-bit rounding (few long, peaky kernels).
+    hessians (``conv_input_hessians`` on the calibration batches): output-aware rounding
+    (``quant.gptq``) for every conv that has one, round-to-nearest for the others."""
     def act_scale(key, signed):
         return float(scale_from_range(observers[key].alpha(), act_bits, signed=signed))
 
@@ -347,31 +405,33 @@ def convert(model: ConvASR, observers: dict, weight_bits: int = 8, act_bits: int
             c = mconv.conv
             wb = depthwise_bits if (depthwise_bits and c.groups > 1 and c.groups == c.in_channels) else weight_bits
             convs.append(_int_conv(c, bn, s_x, act_bits, x_signed, s_out, act_bits, out_signed,
-                                   wb, weight_method, input_means))
+                                   wb, weight_method, input_means, hessians))
             s_x, x_signed = s_out, out_signed
         residual = []
         if block.res is not None:
             for (x_scale, x_sign), (rconv, rbn) in zip(prev_out, block.res):
                 residual.append(_int_conv(rconv.conv, rbn, x_scale, act_bits, x_sign, s_x, act_bits, False,
-                                          weight_bits, weight_method, input_means))
+                                          weight_bits, weight_method, input_means, hessians))
         blocks.append(IntBlock(convs=convs, residual=residual, dense=block.dense))
         block_out.append((s_x, x_signed))
         prev_out = prev_out + [(s_x, x_signed)] if block.dense else [(s_x, x_signed)]
     decoder = _int_conv(model.decoder.decoder_layers[0], None, s_x, act_bits, x_signed, None, 32, True,
-                        weight_bits, weight_method, input_means)
+                        weight_bits, weight_method, input_means, hessians)
     qinfo = {"weight_bits": weight_bits, "act_bits": act_bits, "weight_method": weight_method,
              "observer": type(observers["input"]).__name__, "bias_correction": input_means is not None,
-             "depthwise_bits": depthwise_bits or weight_bits}
+             "depthwise_bits": depthwise_bits or weight_bits, "rounding": "gptq" if hessians else "nearest"}
     qinfo.update(info or {})
     return IntegerConvASR(model.config, blocks, decoder, s_in, act_bits, qinfo)
 
 
 def quantize_model(model: ConvASR, calibration_mels, weight_bits=8, act_bits=8, observer="minmax",
                    weight_method="minmax", info: dict | None = None, input_means: dict | None = None,
-                   depthwise_bits: int | None = None, **observer_kw) -> IntegerConvASR:
+                   depthwise_bits: int | None = None, hessians: dict | None = None,
+                   **observer_kw) -> IntegerConvASR:
     """Calibrate on (mel, lengths) batches and convert: the one-call API."""
     observers = calibrate(model, calibration_mels, observer, **observer_kw)
-    return convert(model, observers, weight_bits, act_bits, weight_method, info, input_means, depthwise_bits)
+    return convert(model, observers, weight_bits, act_bits, weight_method, info, input_means, depthwise_bits,
+                   hessians)
 
 
 # --------------------------------------------------------------------------- save / load

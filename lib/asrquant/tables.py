@@ -18,10 +18,11 @@ from tqdm.auto import tqdm
 from .models.checkpoint import atomic_write_bytes
 
 KEY = ["model", "w_bits", "a_bits", "calibration", "seed", "observer", "weight_method", "bias_correction",
-       "depthwise_bits"]
+       "depthwise_bits", "rounding"]
 # columns added after the first grids ran: rows written before them used these settings
 # (depthwise_bits 0: the same width as every other weight)
-_DEFAULTS = {"observer": "minmax", "weight_method": "minmax", "bias_correction": False, "depthwise_bits": 0}
+_DEFAULTS = {"observer": "minmax", "weight_method": "minmax", "bias_correction": False, "depthwise_bits": 0,
+             "rounding": "nearest"}
 
 
 @dataclass
@@ -37,6 +38,7 @@ class GridSpec:
     weight_method: str = "minmax"
     bias_correction: bool = False     # correct biases for weight rounding (convert.conv_input_means)
     depthwise_bits: int = 0           # depthwise weight width (0: the same as the other weights)
+    rounding: str = "nearest"         # weight rounding: nearest, or gptq (output-aware, quant/gptq.py)
 
 
 def _load(csv: Path) -> pd.DataFrame:
@@ -93,7 +95,7 @@ def calibration_batches(model, model_path, calibration: str, seed: int, spec: Gr
 def run_grid(model_path, eval_data, csv, spec: GridSpec, calib_data=None, cache_dir="build/synth_cache",
              limit: int | None = None, progress: bool = True) -> pd.DataFrame:
     """Evaluate FP32 and every (calibration, seed, W/A) of `spec`; returns the tidy table."""
-    from .convert import calibrate, conv_input_means, convert
+    from .convert import calibrate, conv_input_hessians, conv_input_means, convert
     from .data import load_dataset
     from .evaluate import evaluate
     from .models.checkpoint import load_model
@@ -109,7 +111,8 @@ def run_grid(model_path, eval_data, csv, spec: GridSpec, calib_data=None, cache_
         df = _append(csv, df, _row(key, evaluate(model, utts, progress=progress), model, 32, 32, {}))
 
     settings = dict(observer=spec.observer, weight_method=spec.weight_method,
-                    bias_correction=bool(spec.bias_correction), depthwise_bits=int(spec.depthwise_bits or 0))
+                    bias_correction=bool(spec.bias_correction), depthwise_bits=int(spec.depthwise_bits or 0),
+                    rounding=spec.rounding)
     jobs = [(c, s) for c in spec.calibrations for s in (spec.seeds if c != "real" else spec.seeds[:1])]
     for calibration, seed in tqdm(jobs, desc="grid", disable=not progress):
         keys = {(w, a): dict(model=name, w_bits=w, a_bits=a, calibration=calibration, seed=seed, **settings)
@@ -121,10 +124,11 @@ def run_grid(model_path, eval_data, csv, spec: GridSpec, calib_data=None, cache_
         batches = calibration_batches(model, model_path, calibration, seed, spec, calib_data, cache_dir)
         observers = calibrate(model, batches, spec.observer)
         means = conv_input_means(model, batches) if spec.bias_correction else None
+        hessians = conv_input_hessians(model, batches) if spec.rounding == "gptq" else None
         calib_seconds = time.perf_counter() - start
         for w, a in todo:
             qmodel = convert(model, observers, w, a, spec.weight_method, {"calibration": calibration, "seed": seed},
-                             input_means=means, depthwise_bits=spec.depthwise_bits or None)
+                             input_means=means, depthwise_bits=spec.depthwise_bits or None, hessians=hessians)
             summary = evaluate(qmodel, utts, progress=False)
             df = _append(csv, df, _row(keys[(w, a)], summary, model, w, a, {"calib_seconds": round(calib_seconds, 1)},
                                        spec.depthwise_bits or None))
