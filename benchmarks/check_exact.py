@@ -43,6 +43,7 @@ def main(argv=None) -> int:
     qmodel = load_quantized(args.quantized)
     runners = {"onnxruntime-int8": OrtIntegerRunner(qmodel, args.threads),
                "torch+ort-int8": TorchIntegerRunner(qmodel, args.threads),
+               "torch+native-int8": TorchIntegerRunner(qmodel, args.threads, depthwise="native"),
                "torch-int8+fp32exact-dw": TorchIntegerRunner(qmodel, args.threads, depthwise="float-exact")}
     qdq = {"qdq-uint8": make_session(build_qdq_model(qmodel), args.threads),
            "qdq-int8-trt": make_session(build_qdq_model(qmodel, signed_only=True), args.threads)}
