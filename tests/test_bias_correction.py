@@ -107,3 +107,23 @@ def test_convert_with_hessians_changes_only_the_rounding(small):
     assert torch.equal(a.M, b.M) and torch.equal(a.w_scale, b.w_scale)  # same grid and scales
     assert not torch.equal(a.weight, b.weight) and b.weight.abs().max() <= 8
     assert gptq.info["rounding"] == "gptq"
+
+
+def test_corrected_model_stays_bit_exact_in_the_native_runner(small):
+    """Bias correction gives depthwise convs a bias: every integer path must carry it."""
+    pytest.importorskip("onnxruntime")
+    from asrquant.deploy.runtime import TorchIntegerRunner
+    from asrquant.intops import native
+    from asrquant.verify import numpy_forward
+
+    batches = random_mels(1, 2, 80, seed=0)
+    q = convert(small, calibrate(small, batches), 4, 8, input_means=conv_input_means(small, batches),
+                depthwise_bits=8)
+    x = q.quantize_input(batches[0][0][:1])
+    lengths = torch.tensor([x.shape[-1]])
+    with torch.inference_mode():
+        ref = q.forward_int(x, lengths)[0].numpy()
+    ref_np = numpy_forward(q, x.numpy(), lengths.numpy())[0]
+    assert (ref_np == ref).all()
+    if native.available():
+        assert (TorchIntegerRunner(q, 1, depthwise="native").run(x) == ref).all()
