@@ -1,0 +1,52 @@
+#!/usr/bin/env python
+"""Markdown tables (mean +- std over seeds) from the grid CSVs, for the README and results/README.md.
+
+    .venv/bin/python tools/summarize_results.py results/grid.csv results/beyond.csv
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
+
+from asrquant.tables import _load_frame  # noqa: E402
+
+
+def variant(r) -> str:
+    parts = [("MSE clipping" if r.weight_method == "mse" else ""), ("GPTQ rounding" if r.rounding == "gptq" else ""),
+             ("bias correction" if str(r.bias_correction) == "True" else ""),
+             (f"depthwise {int(r.depthwise_bits)}-bit" if int(r.depthwise_bits) else ""),
+             ("" if r.observer == "minmax" else f"{r.observer} observer")]
+    return " + ".join(p for p in parts if p) or "paper's method"
+
+
+def main(paths: list[str]) -> int:
+    df = pd.concat([_load_frame(pd.read_csv(p)) for p in paths], ignore_index=True)
+    df["variant"] = df.apply(variant, axis=1)
+    key = ["w_bits", "a_bits", "calibration", "variant", "seed"]
+    df = df.drop_duplicates(key)  # the FP32 row is in every CSV
+    fp32 = df[df.w_bits == 32].iloc[0]
+    g = (df.groupby(["w_bits", "a_bits", "calibration", "variant"], sort=False)
+         .agg(wer=("wer", "mean"), std=("wer", "std"), seeds=("seed", "nunique"), errors=("word_errors", "mean"),
+              errors_list=("word_errors", lambda s: "/".join(str(int(v)) for v in s)), words=("words", "first"),
+              lo=("ci95_lo", "mean"), hi=("ci95_hi", "mean"), size=("size_mb", "first"))
+         .reset_index())
+    g["delta"] = g.wer - float(fp32.wer)
+    order = {"none": 0, "synthetic": 1, "random": 2, "real": 3}
+    g = g.sort_values(["w_bits", "calibration", "wer"], key=lambda s: s.map(order) if s.name == "calibration" else
+                      (-s if s.name == "w_bits" else s))
+    print("| W/A | calibration | variant | WER % mean ± std | Δ vs FP32 | seeds | word errors (per seed) / words | 95% CI (one run) | size MiB |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in g.itertuples():
+        std = f" ± {r.std:.2f}" if r.seeds > 1 else ""
+        print(f"| {r.w_bits}/{r.a_bits} | {r.calibration} | {r.variant} | {r.wer:.2f}{std} | {r.delta:+.2f} | {r.seeds} | "
+              f"{r.errors_list} / {int(r.words)} | {r.lo:.1f}-{r.hi:.1f} | {r.size:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:] or ["build/results/grid.csv", "build/results/beyond.csv"]))
