@@ -190,6 +190,9 @@ def test_seeds(small_model):
     assert init.abs().max() <= 0.3 and init.abs().max() > 0.25
 
 
+# -- fast depthwise conv -------------------------------------------------------------------------
+@pytest.mark.parametrize("channels,kernel,dilation,frames", [(8, 33, 1, 50), (16, 87, 2, 61), (4, 5, 3, 20),
+                                                             (6, 75, 1, 7)])
 def test_fast_depthwise_conv_matches_torch(channels, kernel, dilation, frames):
     torch.manual_seed(0)
     conv = nn.Conv1d(channels, channels, kernel, padding=dilation * (kernel - 1) // 2, dilation=dilation,
