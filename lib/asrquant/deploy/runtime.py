@@ -321,7 +321,12 @@ class TorchIntegerRunner:
     Still bit-exact: |x| <= 255, |w| <= 128 and sum_k |w_k| * max|x| < 2^24 (checked per layer,
     else the layer falls back to the integer kernel), so every product and every partial sum is
     an integer that float32 represents exactly, in any summation order. It is not integer-only
-    arithmetic, though: report it as such."""
+    arithmetic, though: report it as such.
+
+    depthwise="native" (name ``torch+native-int8``, the fastest here): depthwise convs fused with
+    their requantization, and every other requantization (residual branches included) as one
+    pass, in the C kernels of ``intops/native.py``; pointwise convs stay on ``torch._int_mm``.
+    Integer-only, and needs no onnxruntime for QuartzNet (no dense k > 1 conv)."""
 
     name = "torch+ort-int8"
 
@@ -375,8 +380,10 @@ class TorchIntegerRunner:
         self.dec_C = self.decoder.constant(0)
         if self.dec_C is None:
             raise OverflowError("decoder requantization constant overflows int64")
-        uses_ort = any(fc.kind == "ort" for plan, rcs, _ in self.blocks for fc in [p[1] for p in plan] + [r for r, _ in rcs])
-        if (uses_ort or self.decoder.kind == "ort") and not allow_inexact and not ort_kernels_exact(threads or 1):
+        convs = [self.decoder] + [fc for plan, rcs, _ in self.blocks
+                                  for fc in [step[1] for step in plan] + [rc for rc, _ in rcs]]
+        uses_ort = any(fc.kind == "ort" for fc in convs)  # the native path may need no onnxruntime at all
+        if uses_ort and not allow_inexact and not ort_kernels_exact(threads or 1):
             raise ValueError("onnxruntime's ConvInteger is not exact on this CPU (no VNNI)")
 
     def run(self, q):
