@@ -161,6 +161,18 @@ def cmd_grid(args) -> int:
     return 0
 
 
+def _add_quantization_options(p: argparse.ArgumentParser) -> None:
+    """Range and rounding choices shared by `quantize` and `grid`."""
+    p.add_argument("--observer", choices=["minmax", "ema", "percentile"], default="minmax")
+    p.add_argument("--weight-method", choices=["minmax", "mse", "percentile"], default="minmax")
+    p.add_argument("--depthwise-bits", type=int, default=None,
+                   help="weight width of the depthwise convs (default: the same as the other weights)")
+    p.add_argument("--rounding", choices=["nearest", "gptq"], default="nearest",
+                   help="weight rounding: nearest, or gptq (output-aware, on the calibration data)")
+    p.add_argument("--bias-correction", action="store_true",
+                   help="correct biases for the mean shift weight rounding causes (input means from the calibration data)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="asrquant", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -194,14 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--calibration", choices=["synthetic", "real", "random"], default="synthetic")
     q.add_argument("--calibration-data", default=None, help="audio folder or manifest for --calibration real")
     q.add_argument("--calibration-limit", type=int, default=None, help="use only the first N calibration files")
-    q.add_argument("--observer", choices=["minmax", "ema", "percentile"], default="minmax")
-    q.add_argument("--weight-method", choices=["minmax", "mse", "percentile"], default="minmax")
-    q.add_argument("--depthwise-bits", type=int, default=None,
-                   help="weight width of the depthwise convs (default: the same as the other weights)")
-    q.add_argument("--rounding", choices=["nearest", "gptq"], default="nearest",
-                   help="weight rounding: nearest, or gptq (output-aware, on the calibration data)")
-    q.add_argument("--bias-correction", action="store_true",
-                   help="correct biases for the mean shift weight rounding causes (input means from the calibration data)")
+    _add_quantization_options(q)
     q.add_argument("--batches", type=int, default=1, help="synthetic/random batches")
     q.add_argument("--batch-size", type=int, default=8)
     q.add_argument("--frames", type=int, default=500, help="synthetic/random input length T")
@@ -226,14 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--synth-iterations", type=int, default=200)
     g.add_argument("--lr", type=float, default=0.05)
     g.add_argument("--real-limit", type=int, default=None)
-    g.add_argument("--observer", choices=["minmax", "ema", "percentile"], default="minmax")
-    g.add_argument("--weight-method", choices=["minmax", "mse", "percentile"], default="minmax")
-    g.add_argument("--depthwise-bits", type=int, default=None,
-                   help="weight width of the depthwise convs (default: the same as the other weights)")
-    g.add_argument("--rounding", choices=["nearest", "gptq"], default="nearest",
-                   help="weight rounding: nearest, or gptq (output-aware, on the calibration data)")
-    g.add_argument("--bias-correction", action="store_true",
-                   help="correct biases for the mean shift weight rounding causes (input means from the calibration data)")
+    _add_quantization_options(g)
     g.add_argument("--cache-dir", default=str(paths.build_dir() / "synth_cache"))
     g.add_argument("--limit", type=int, default=None, help="evaluate on the first N utterances only")
     g.add_argument("--quiet", action="store_true")

@@ -225,6 +225,16 @@ def calibrate(model: ConvASR, batches: Iterable[tuple[torch.Tensor, torch.Tensor
     return observers
 
 
+def _forward_with_hooks(model: ConvASR, batches, handles) -> None:
+    """Run the float model over (mel, lengths) batches, then remove the hooks (also on error)."""
+    try:
+        for mel, lengths in batches:
+            model.forward_features(mel, lengths)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 @torch.no_grad()
 def conv_input_means(model: ConvASR, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> dict:
     """Mean of every conv's input per input channel over valid frames: {nn.Conv1d: float64 [Cin]}.
@@ -253,12 +263,7 @@ def conv_input_means(model: ConvASR, batches: Iterable[tuple[torch.Tensor, torch
             handles.append(m.register_forward_hook(post))
     dec = model.decoder.decoder_layers[0]
     handles.append(dec.register_forward_pre_hook(lambda mod, args: add(mod, args[0], state["lens"])))
-    try:
-        for mel, lengths in batches:
-            model.forward_features(mel, lengths)
-    finally:
-        for h in handles:
-            h.remove()
+    _forward_with_hooks(model, batches, handles)
     return {conv: tot / max(cnt, 1.0) for conv, (tot, cnt) in sums.items()}
 
 
@@ -301,12 +306,7 @@ def conv_input_hessians(model: ConvASR, batches: Iterable[tuple[torch.Tensor, to
         H[mod] = H[mod] + cols.T @ cols if mod in H else cols.T @ cols
 
     handles.append(dec.register_forward_pre_hook(dec_pre))
-    try:
-        for mel, lengths in batches:
-            model.forward_features(mel, lengths)
-    finally:
-        for h in handles:
-            h.remove()
+    _forward_with_hooks(model, batches, handles)
     return H
 
 
