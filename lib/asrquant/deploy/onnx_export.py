@@ -118,14 +118,12 @@ def _conv_geometry(conv) -> dict:
                 dilations=[int(conv.dilation)], group=int(conv.groups))
 
 
-def _x_absmax(bits: int, signed: bool) -> int:
-    return (1 << (bits - 1)) if signed else (1 << bits) - 1
-
-
 def _acc_bound_nobias(conv, x_bits: int, x_signed: bool) -> list[int]:
-    w = conv.weight.to(dtype=__import__("torch").int64).abs().reshape(conv.weight.shape[0], -1)
-    xmax = _x_absmax(x_bits, x_signed)
-    return [int(s) * xmax for s in w.sum(dim=1).tolist()]
+    """Per output channel: sum_{c,k} |w| * max|x| (intops.conv's bound, before the bias)."""
+    from ..intops.conv import _channel_abs_sums, _x_abs_max
+
+    xmax = _x_abs_max(x_bits, x_signed)
+    return [s * xmax for s in _channel_abs_sums(conv.weight)]
 
 
 class _Act:
