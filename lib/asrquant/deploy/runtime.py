@@ -211,14 +211,13 @@ class _FastConv:
             self.kind = "fconv"
             self.Wf = conv.weight.to(torch.float32).to(self.device)
         self.M, self.S = self.M.to(self.device), self.S.to(self.device)
+        self.Mv, self.Sv = self.M.reshape(-1), self.S.reshape(-1)  # per-channel vectors for the native kernels
         if self.kind == "pw":
             self.W = conv.weight.reshape(Cout, cin_g).to(torch.int8).contiguous().to(self.device)
             self.stride = int(conv.stride)
         elif self.kind in ("fdw", "fconv"):
             self.Wf = self.Wf.to(self.device)
-        elif self.kind == "ndw":
-            self.Mv, self.Sv = self.M.reshape(-1).contiguous(), self.S.reshape(-1).contiguous()
-        else:
+        elif self.kind == "ort":
             from onnx import TensorProto as TP
             from onnx import helper as h
             from onnx import numpy_helper as nh
@@ -291,7 +290,7 @@ class _FastConv:
     def term(self, s, C):
         """(int32 accumulator [B, C, T] contiguous, M, C, S) for ``native.requant_sum``."""
         acc = self.accumulate(s)
-        return acc.contiguous(), self.M.reshape(-1), C.reshape(-1), self.S.reshape(-1)
+        return acc.contiguous(), self.Mv, C.reshape(-1), self.Sv
 
     def scaled(self, acc, C):
         """(acc * M + C) >> s in int64 (in place on a fresh int64 tensor)."""
