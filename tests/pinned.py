@@ -1,0 +1,68 @@
+"""Small fixed integer models whose logits are pinned (tests/data/pinned_logits.json).
+
+The pins were recorded on main before the integer program existed (commit 27422e9, the
+hand-walked IntBlock model): the refactor must not change a single integer. Everything here is
+seeded and needs no shared data.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+
+
+def tiny_dense_config() -> dict:
+    """A 3-block JasperDR-shaped model (dense residual, k > 1 dense convs, a strided prologue)."""
+    from asrquant.models.configs import _block, _model
+
+    jasper = [_block(32, 1, 5, stride=2, residual=False, separable=False)]
+    jasper += [_block(48, 2, 7, separable=False, dense=True) for _ in range(2)]
+    jasper += [_block(64, 1, 3, dilation=2, residual=False, separable=False),
+               _block(96, 1, 1, residual=False, separable=False)]
+    return _model(jasper, 96)
+
+
+def pinned_float_model(name: str):
+    from asrquant.models import ConvASR, config_for
+
+    torch.manual_seed(0)
+    cfg = config_for("quartznet5x5") if name == "quartznet5x5" else tiny_dense_config()
+    model = ConvASR(cfg)
+    g = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if pname.startswith(("encoder", "decoder")):
+                p.copy_(torch.randn(p.shape, generator=g) / max(1, p[0].numel()) ** 0.5)
+    mel = torch.randn(3, 64, 160, generator=g)
+    lengths = torch.tensor([160, 131, 97])
+    for m in model.encoder.modules():
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.reset_running_stats()
+            m.momentum = None
+    model.encoder.train()
+    with torch.no_grad():
+        model.encoder(mel, lengths)
+    model.eval()
+    return model
+
+
+CASES = {  # name -> (float model, weight bits, act bits, bias correction)
+    "quartznet5x5_w8a8": ("quartznet5x5", 8, 8, False),
+    "quartznet5x5_w6a8_bc": ("quartznet5x5", 6, 8, True),
+    "tiny_dense_w8a8": ("tiny_dense", 8, 8, False),
+}
+
+
+def pinned_inputs(seed: int = 5):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randint(-128, 128, (3, 64, 150), generator=g, dtype=torch.int64).to(torch.int8)
+    return q, torch.tensor([150, 120, 77])
+
+
+def digest(logits: torch.Tensor, lengths: torch.Tensor) -> dict:
+    """Hash of the valid frames only (what a padded frame holds is not part of the contract)."""
+    a = np.asarray(logits).astype(np.int64)
+    valid = np.concatenate([a[b, :, : int(n)].reshape(-1) for b, n in enumerate(lengths)])
+    return {"shape": list(a.shape), "lengths": [int(v) for v in lengths], "sum": int(valid.sum()),
+            "sha256": hashlib.sha256(np.ascontiguousarray(valid).tobytes()).hexdigest()}
