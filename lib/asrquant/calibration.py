@@ -1,17 +1,34 @@
-"""Calibration inputs: (normalized log-mel, lengths) batches for `convert.calibrate`.
+"""Calibration: where the batches come from, and one hooked pass that measures what conversion needs.
 
-Three sources, as in the paper's Table 2: `real` (features of training-split audio, the
-data-dependent upper bound), `random` (uniform [-3, 3], the paper's ablation) and `synthetic`
-(zero-shot, optimized to match BatchNorm statistics: `synth.SyntheticMelGenerator`).
+Batches are (normalized log-mel, lengths) pairs from one of three sources, as in the paper's
+Table 2: `real` (features of training-split audio, the data-dependent upper bound), `random`
+(uniform [-3, 3], the paper's ablation) and `synthetic` (zero-shot, optimized to match BatchNorm
+statistics: `synth`). ``calibration_batches`` is the one factory the CLI and the grid share.
+
+``collect`` runs the float model once over the batches with hooks and returns whatever is asked:
+activation ranges at every quantization point (observers), per-channel input means of every
+conv (bias correction) and input Hessians (output-aware rounding, ``quant.gptq``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from .data import load_batch, load_dataset
 from .evaluate import length_sorted_batches
+from .models.convasr import ConvASR, MaskedConv1d, frame_mask
+from .quant.observers import make_observer
 
+SOURCES = ("synthetic", "random", "real")
+
+
+# --------------------------------------------------------------------------- batch sources
 
 def real_mels(model, data, batch_size: int = 8, limit: int | None = None):
     """Features of real audio (a LibriSpeech folder or manifest), length-sorted batches."""
@@ -33,3 +50,184 @@ def random_mels(n_batches: int = 1, batch_size: int = 8, frames: int = 500, seed
     lengths = torch.full((batch_size,), frames, dtype=torch.int64)
     return [(torch.rand(batch_size, n_mels, frames, generator=g) * (high - low) + low, lengths)
             for _ in range(n_batches)]
+
+
+def calibration_batches(model, source: str, *, seed: int = 0, n_batches: int = 1, batch_size: int = 8,
+                        frames: int = 500, data=None, limit: int | None = None, synth: dict | None = None,
+                        model_path=None, cache_dir=None, progress: bool = True):
+    """(mel, lengths) batches from `source` ("synthetic", "random" or "real").
+
+    real: features of the audio in `data` (a folder or manifest; `limit` utterances, batches of
+    `batch_size`); random: `n_batches` x `batch_size` x `frames` uniform inputs; synthetic: the
+    BatchNorm-matched batches of `synth.generate_cached` (settings `synth` over the same
+    n_batches/batch_size/frames defaults; cached under `cache_dir`, keyed by the model hash)."""
+    if source == "real":
+        if not data:
+            raise ValueError("real calibration needs training-split audio (--calibration-data DIR)")
+        return real_mels(model, data, batch_size, limit)
+    n_mels = int(getattr(getattr(model, "encoder", None), "feat_in", 64))
+    if source == "random":
+        return random_mels(n_batches, batch_size, frames, seed, n_mels=n_mels)
+    if source == "synthetic":
+        from .synth import generate_cached
+
+        params = {"n_batches": n_batches, "batch_size": batch_size, "frames": frames, **(synth or {}), "seed": seed}
+        s = generate_cached(model, model_path, params, Path(cache_dir) if cache_dir else None, progress=progress)
+        return [(s.mels[i], s.lengths[i]) for i in range(s.mels.shape[0])]
+    raise ValueError(f"unknown calibration source {source!r}; choose from {SOURCES}")
+
+
+# --------------------------------------------------------------------------- quantization points
+
+def quant_points(model: ConvASR) -> dict:
+    """For each encoder conv (block b, layer index i), the module whose output is that conv's
+    requantized output: a depthwise conv feeding a pointwise one -> itself; a conv followed by
+    BN + ReLU inside the block -> that ReLU; otherwise the block's output activation `mout`
+    (which also closes the residual sum). A Hardtanh sub-block activation is a point of its own,
+    like ReLU."""
+    points = {}
+    for b, block in enumerate(model.encoder.encoder):
+        layers = list(block.mconv)
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, MaskedConv1d):
+                continue
+            if layer.conv.groups > 1 and i + 1 < len(layers) and isinstance(layers[i + 1], MaskedConv1d):
+                points[(b, i)] = layer                     # depthwise output feeds the pointwise conv
+            else:
+                nxt = layers[i + 2] if i + 2 < len(layers) else None  # conv, BN, act
+                points[(b, i)] = nxt if isinstance(nxt, nn.ReLU) else block.mout
+    return points
+
+
+# --------------------------------------------------------------------------- one hooked pass
+
+@dataclass
+class CalibrationStats:
+    observers: dict | None = None      # "input" and (block, layer) -> observer (ranges)
+    input_means: dict | None = None    # nn.Conv1d -> float64 [Cin] mean input over valid frames
+    hessians: dict | None = None       # nn.Conv1d -> float64 im2col Gram matrix (see collect)
+
+
+@torch.no_grad()
+def collect(model: ConvASR, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, ranges: bool = True,
+            means: bool = False, hessians: bool = False, observer: str = "minmax", **observer_kw) -> CalibrationStats:
+    """One pass of the float model over (mel, lengths) batches, with hooks for what is asked.
+
+    ranges: an observer at the input and at every quantization point (``quant_points``).
+    means: per input channel mean of every conv's (and the decoder's) input over valid frames:
+        what bias correction needs; on synthetic inputs these are the means the BatchNorm
+        statistics imply, so the correction stays zero-shot.
+    hessians: H = sum over valid output frames of x x^T for every conv's im2col column x
+        (float64; [Cin*K, Cin*K] for dense convs, [C, K, K] for depthwise ones, decoder
+        included): what output-aware rounding (``quant.gptq``) needs. Convs with more than
+        ``gptq.MAX_COLUMNS`` columns are left out.
+    """
+    from .quant.gptq import MAX_COLUMNS
+
+    stats = CalibrationStats()
+    handles = []
+    state = {"lens": None}
+    sums: dict = {}
+    H: dict = {}
+
+    def track_lengths(_m, _i, out):
+        state["lens"] = out[1]
+
+    def add_mean(conv, x, lens):
+        m = frame_mask(lens, x.shape[-1])[:, None, :].to(torch.float64)
+        tot, cnt = sums.get(conv, (0.0, 0.0))
+        sums[conv] = (tot + (x.double() * m).sum(dim=(0, 2)), cnt + float(m.sum()))
+
+    def add_hessian(mod, x, lens):
+        c = mod.conv
+        cin, K = c.in_channels, c.kernel_size[0]
+        depthwise = c.groups == cin == c.out_channels and c.groups > 1
+        if not depthwise and (c.groups != 1 or cin * K > MAX_COLUMNS):
+            return
+        x = x * frame_mask(lens, x.shape[-1])[:, None, :].to(x.dtype)
+        xp = F.pad(x, (c.padding[0], c.padding[0])).double()
+        span = c.dilation[0] * (K - 1) + 1
+        u = xp.unfold(2, span, c.stride[0])[:, :, :, :: c.dilation[0]]          # [B, Cin, T_out, K]
+        valid = frame_mask(mod.output_lengths(lens), u.shape[2]).to(u.dtype)   # [B, T_out]
+        u = u * valid[:, None, :, None]
+        if depthwise:
+            h = torch.einsum("bctk,bctl->ckl", u, u)
+        else:
+            cols = u.permute(0, 2, 1, 3).reshape(-1, cin * K)                  # row index c * K + k
+            h = cols.T @ cols
+        H[c] = H[c] + h if c in H else h
+
+    def conv_pre(mod, args):
+        x, lens = args
+        if means:
+            add_mean(mod.conv, x, lens)
+        if hessians:
+            add_hessian(mod, x, lens)
+
+    for m in model.encoder.modules():
+        if isinstance(m, MaskedConv1d):
+            handles.append(m.register_forward_hook(track_lengths))
+            if means or hessians:
+                handles.append(m.register_forward_pre_hook(conv_pre))
+    dec = model.decoder.decoder_layers[0]  # a plain 1x1 Conv1d on the whole encoder output
+
+    def dec_pre(mod, args):
+        x = args[0]
+        if means:
+            add_mean(mod, x, state["lens"])
+        if hessians:
+            cols = x.double().permute(0, 2, 1).reshape(-1, x.shape[1])
+            H[mod] = H[mod] + cols.T @ cols if mod in H else cols.T @ cols
+
+    if means or hessians:
+        handles.append(dec.register_forward_pre_hook(dec_pre))
+
+    observers = {}
+    if ranges:
+        observers["input"] = make_observer(observer, **observer_kw)
+        by_module: dict = {}
+        for key, mod in quant_points(model).items():
+            by_module.setdefault(id(mod), (mod, []))[1].append(key)
+        for mod, keys in by_module.values():
+            obs = make_observer(observer, **observer_kw)
+            for k in keys:
+                observers[k] = obs
+
+            def hook(_m, _i, out, obs=obs):
+                y = out[0] if isinstance(out, tuple) else out
+                obs.update(y, frame_mask(state["lens"], y.shape[-1])[:, None, :])
+            handles.append(mod.register_forward_hook(hook))
+    try:
+        n = 0
+        for mel, lengths in batches:
+            if ranges:
+                observers["input"].update(mel, frame_mask(lengths, mel.shape[-1])[:, None, :])
+            model.forward_features(mel, lengths)
+            n += 1
+        if n == 0:
+            raise ValueError("calibration needs at least one batch")
+    finally:
+        for h in handles:
+            h.remove()
+    if ranges:
+        stats.observers = observers
+    if means:
+        stats.input_means = {conv: tot / max(cnt, 1.0) for conv, (tot, cnt) in sums.items()}
+    if hessians:
+        stats.hessians = H
+    return stats
+
+
+def calibrate(model: ConvASR, batches, observer: str = "minmax", **observer_kw) -> dict:
+    """Observers for the input and every quantization point (``collect(..., ranges=True)``)."""
+    return collect(model, batches, observer=observer, **observer_kw).observers
+
+
+def conv_input_means(model: ConvASR, batches) -> dict:
+    """{nn.Conv1d: float64 [Cin]} mean conv inputs (``collect(..., means=True)``)."""
+    return collect(model, batches, ranges=False, means=True).input_means
+
+
+def conv_input_hessians(model: ConvASR, batches) -> dict:
+    """{nn.Conv1d: float64 Gram matrix} (``collect(..., hessians=True)``)."""
+    return collect(model, batches, ranges=False, hessians=True).hessians

@@ -1,24 +1,23 @@
-"""Float ConvASR -> integer-only ConvASR.
+"""Float model -> integer program (``program.ops``), wrapped as an ``IntegerModel``; the .aqz file.
 
-What runs in integers (`IntegerConvASR.forward_int`): everything between the quantized log-mel
-input and the output logits. Activations are int8 (signed) or uint8-valued (after ReLU, stored in
-int16), weights int8 (or fewer bits, stored in int8), biases and accumulators int32 (int64 where
-the worst case could overflow int32), requantization by dyadic numbers M / 2^shift
-(`quant.dyadic`). The mel front end stays in float before the boundary, as in the paper.
-
-The integer graph, per block (BatchNorm folded into each conv first):
-
-    x_q --mask--> int_conv1d --> acc --requantize(M, shift)--> next activation (ReLU = clamp at 0)
-    last conv of a residual block:   acc_main, acc_res_i (one per dense input)
-        y = clamp( rescale(acc_main; M0, s0) + sum_i rescale(acc_res_i; Mi, si), 0, 2^b - 1 )
-    decoder: acc --rescale to one common logit scale--> int logits (no clamp; argmax for CTC)
+Conversion of a ConvASR (QuartzNet / JasperDR) has two steps:
+1. ``convert``: per conv, fold BatchNorm, quantize the weights (per output channel), the bias
+   (scale s_x * s_w) and derive the dyadic multiplier to the output scale (``IntConv``, plain data);
+2. ``emit_convasr``: write those layers as a flat list of integer ops (mask_time, frames, conv1d,
+   requantize, rescale, add, clamp) over named integer tensors. Only this step knows the block
+   structure; every backend runs the program without it.
 
 Scales. Input: s_in from an observer on the calibration mels, signed. Weights: per output channel,
 symmetric, s_w[c] = alpha_c / (2^(w-1) - 1). Activation after a conv: s_out from an observer on the
 float model's activation at that point; signed for depthwise outputs, unsigned (one extra bit) after
 ReLU. Multiplier of a conv: m_c = s_x * s_w[c] / s_out. Bias: round(b / (s_x * s_w[c])).
+Residual block: every branch (the main path's last conv and one 1x1 conv per dense input) is
+rescaled onto the block output scale, summed in int64 and clamped (ReLU = the clamp at 0).
 Decoder: logit scale S = min_c s_x * s_w[c], so every class is rescaled by m_c >= 1 onto one scale
 (argmax across classes with different scales would be wrong).
+
+The mel front end stays in float before the boundary (``IntegerModel.quantize_input``), as in the
+paper; everything after it is the program.
 """
 
 from __future__ import annotations
@@ -26,29 +25,29 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .intops.conv import accumulator_bound, choose_acc_dtype, int_conv1d, mask_time
+from .calibration import collect, quant_points
+from .intops.conv import accumulator_bound, choose_acc_dtype
 from .models.checkpoint import CheckpointError, atomic_write_bytes
-from .models.convasr import ConvASR, MaskedConv1d, frame_mask
+from .models.convasr import ConvASR, MaskedConv1d
+from .program.ops import FORMAT_VERSION, Op, Program, ProgramError, Value, dtype_name
 from .quant.bn import fold_batchnorm
-from .quant.dyadic import dyadic_from_float, requantize, rescale
-from .quant.observers import make_observer
-from .quant.quantizer import qrange, quantize, scale_from_range, storage_dtype, weight_alpha
+from .quant.dyadic import dyadic_from_float
+from .quant.quantizer import quantize, scale_from_range, storage_dtype, weight_alpha
 
 FORMAT = "asrquant-integer-model"
-VERSION = 1
+VERSION = FORMAT_VERSION      # 2: the integer program; 1: hand-walked blocks (migrated on load)
 
 
-# --------------------------------------------------------------------------- integer model
+# --------------------------------------------------------------------------- layer parameters
 
 @dataclass
 class IntConv:
-    """One integer convolution: weights, bias, geometry and its requantization to the output."""
+    """One converted convolution (plain data): integer weights and bias, geometry, and the dyadic
+    requantization (M, shift) to its output scale. ``emit_convasr`` turns it into ops."""
 
     weight: torch.Tensor            # int8 [Cout, Cin/groups, K]
     bias: torch.Tensor | None       # int32/int64 [Cout], scale s_x * s_w
@@ -66,62 +65,143 @@ class IntConv:
     out_scale: float = 1.0
     w_scale: torch.Tensor | None = None
 
-    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
-        k = self.weight.shape[-1]
-        return (lengths + 2 * self.padding - self.dilation * (k - 1) - 1) // self.stride + 1
-
-    def accumulate(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return int_conv1d(mask_time(x, lengths), self.weight, self.bias, stride=self.stride,
-                          padding=self.padding, dilation=self.dilation, groups=self.groups,
-                          acc_dtype=self.acc_dtype)
-
-    def __call__(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        acc = self.accumulate(x, lengths)
-        return requantize(acc, self.M, self.shift, self.out_bits, self.out_signed)
-
 
 @dataclass
 class IntBlock:
     convs: list[IntConv]                       # main path; the last one only accumulates if residual
-    residual: list[IntConv] = field(default_factory=list)  # M/shift map each branch to the block output
+    residual: list[IntConv] = field(default_factory=list)  # one 1x1 branch per (dense) block input
     dense: bool = False
 
-    def __call__(self, xs: list[torch.Tensor], lengths: torch.Tensor):
-        out, lens = xs[-1], lengths
-        for conv in self.convs[:-1]:
-            out, lens = conv(out, lens), conv.output_lengths(lens)
-        last = self.convs[-1]
-        if not self.residual:
-            return [last(out, lens)], last.output_lengths(lens)
-        total = rescale(last.accumulate(out, lens), last.M, last.shift)
-        for x_in, conv in zip(xs, self.residual):
-            total = total + rescale(conv.accumulate(x_in, lengths), conv.M, conv.shift)
-        lo, hi = qrange(last.out_bits, signed=False)
-        y = torch.clamp(total, lo, hi).to(storage_dtype(last.out_bits, signed=False))
-        lens = last.output_lengths(lens)
-        return (xs + [y] if self.dense else [y]), lens
+
+# --------------------------------------------------------------------------- emission
+
+class ProgramBuilder:
+    """Appends ops to a program; names values; masks each (tensor, lengths) pair once."""
+
+    def __init__(self, input_bits: int, input_scale: float):
+        self.values = {"input": Value(dtype_name(storage_dtype(input_bits, True)), "act", input_bits, True, input_scale),
+                       "input_lengths": Value("int64", "lengths")}
+        self.ops: list[Op] = []
+        self._masked: dict = {}
+
+    def add(self, kind, inputs, output: str, value: Value, name: str, attrs=None, params=None, meta=None) -> str:
+        if output in self.values:
+            raise ProgramError(f"value {output!r} defined twice")
+        self.values[output] = value
+        self.ops.append(Op(kind, list(inputs), [output], dict(attrs or {}), dict(params or {}), dict(meta or {}), name))
+        return output
+
+    def masked(self, x: str, lengths: str) -> str:
+        key = (x, lengths)
+        if key not in self._masked:
+            v = self.values[x]
+            self._masked[key] = self.add("mask_time", [x, lengths], f"{x}:masked", Value(v.dtype, v.role, v.bits, v.signed, v.scale),
+                                         f"{x}:mask")
+        return self._masked[key]
+
+    def conv(self, name: str, x: str, lengths: str, c: IntConv) -> tuple[str, str]:
+        """mask_time -> conv1d (-> frames when the geometry changes the length): (acc, lengths')."""
+        xv = self.values[x]
+        bound = accumulator_bound(c.weight, xv.bits, xv.signed, c.bias)
+        params = {"weight": c.weight}
+        if c.bias is not None:
+            params["bias"] = c.bias
+        meta = {"bound": bound, "in_scale": c.in_scale, "out_scale": c.out_scale}
+        if c.w_scale is not None:
+            meta["w_scale"] = [float(v) for v in c.w_scale.reshape(-1).tolist()]
+        acc = self.add("conv1d", [self.masked(x, lengths)], f"{name}.acc", Value(dtype_name(c.acc_dtype), "acc"), name,
+                       {"stride": c.stride, "padding": c.padding, "dilation": c.dilation, "groups": c.groups,
+                        "acc_dtype": dtype_name(c.acc_dtype)}, params, meta)
+        K = int(c.weight.shape[-1])
+        if c.stride == 1 and 2 * c.padding == c.dilation * (K - 1):
+            return acc, lengths
+        out_len = self.add("frames", [lengths], f"{name}.lengths", Value("int64", "lengths"), f"{name}.frames",
+                           {"kernel": K, "stride": c.stride, "padding": c.padding, "dilation": c.dilation})
+        return acc, out_len
+
+    def requantize(self, name: str, acc: str, c: IntConv) -> str:
+        return self.add("requantize", [acc], f"{name}.out",
+                        Value(dtype_name(storage_dtype(c.out_bits, c.out_signed)), "act", c.out_bits, c.out_signed, c.out_scale),
+                        f"{name}.requantize", {"bits": c.out_bits, "signed": c.out_signed},
+                        {"M": c.M, "shift": c.shift}, {"out_scale": c.out_scale})
+
+    def rescale(self, name: str, acc: str, c: IntConv, output: str | None = None) -> str:
+        return self.add("rescale", [acc], output or f"{name}.scaled", Value("int64", "acc", scale=c.out_scale),
+                        f"{name}.rescale", {}, {"M": c.M, "shift": c.shift}, {"out_scale": c.out_scale})
+
+    def program(self, outputs: tuple[str, str], meta: dict) -> Program:
+        return Program(self.values, self.ops, ("input", "input_lengths"), outputs, meta).validate()
 
 
-class IntegerConvASR(nn.Module):
-    """Integer-only ConvASR. `forward_int` takes and returns integer tensors only."""
+def emit_convasr(blocks: list[IntBlock], decoder: IntConv, input_scale: float, input_bits: int) -> Program:
+    """The program of a converted ConvASR (the only walk of its block structure)."""
+    g = ProgramBuilder(input_bits, input_scale)
+    xs, lengths = ["input"], "input_lengths"
+    for b, block in enumerate(blocks):
+        x, lens = xs[-1], lengths
+        for i, conv in enumerate(block.convs[:-1]):
+            acc, lens = g.conv(f"blocks.{b}.convs.{i}", x, lens, conv)
+            x = g.requantize(f"blocks.{b}.convs.{i}", acc, conv)
+        i, last = len(block.convs) - 1, block.convs[-1]
+        name = f"blocks.{b}.convs.{i}"
+        acc, out_lens = g.conv(name, x, lens, last)
+        if not block.residual:
+            y = g.requantize(name, acc, last)
+        else:
+            total = g.rescale(name, acc, last)
+            for r, (x_in, rconv) in enumerate(zip(xs, block.residual)):
+                rname = f"blocks.{b}.residual.{r}"
+                racc, _ = g.conv(rname, x_in, lengths, rconv)
+                total = g.add("add", [total, g.rescale(rname, racc, rconv)], f"blocks.{b}.sum.{r}",
+                              Value("int64", "acc", scale=last.out_scale), f"blocks.{b}.add.{r}")
+            y = g.add("clamp", [total], f"blocks.{b}.out", Value(dtype_name(storage_dtype(last.out_bits, False)), "act",
+                                                                 last.out_bits, False, last.out_scale),
+                      f"blocks.{b}.clamp", {"bits": last.out_bits, "signed": False})
+        xs = xs + [y] if block.dense else [y]
+        lengths = out_lens
+    acc, out_lens = g.conv("decoder", xs[-1], lengths, decoder)
+    g.rescale("decoder", acc, decoder, output="logits")
+    if out_lens != "logits_lengths":  # name the output lengths (a 1x1 decoder keeps the length)
+        g.add("frames", [out_lens], "logits_lengths", Value("int64", "lengths"), "logits.frames",
+              {"kernel": 1, "stride": 1, "padding": 0, "dilation": 1})
+    return g.program(("logits", "logits_lengths"),
+                     {"input_scale": float(input_scale), "input_bits": int(input_bits),
+                      "logit_scale": float(decoder.out_scale)})
 
-    def __init__(self, config: dict, blocks: list[IntBlock], decoder: IntConv, input_scale: float,
-                 input_bits: int, info: dict | None = None):
+
+# --------------------------------------------------------------------------- integer model
+
+def _frontend(config: dict):
+    from .audio import MelFrontend
+
+    return MelFrontend.from_config(config.get("preprocessor", {}))
+
+
+class IntegerModel(nn.Module):
+    """An integer program with its float front end. `forward_int` takes and returns integers only."""
+
+    def __init__(self, config: dict, program: Program, info: dict | None = None):
         super().__init__()
         self.float_model_config = config
         self.labels = list(config.get("labels") or config["decoder"]["vocabulary"])
         # The mel front end is float and sits before the quantization boundary.
-        from .audio import MelFrontend
-
         self.preprocessor = nn.Module()
-        self.preprocessor.featurizer = MelFrontend.from_config(config.get("preprocessor", {}))
-        self.blocks = blocks
-        self.decoder = decoder
-        self.input_scale = float(input_scale)
-        self.input_bits = int(input_bits)
-        self.logit_scale = float(decoder.out_scale)
+        self.preprocessor.featurizer = _frontend(config)
+        self.program = program
         self.info = dict(info or {})
         self.eval()
+
+    @property
+    def input_scale(self) -> float:
+        return float(self.program.meta["input_scale"])
+
+    @property
+    def input_bits(self) -> int:
+        return int(self.program.meta["input_bits"])
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.program.meta["logit_scale"])
 
     # --- float side of the boundary
     def features(self, audio, lengths):
@@ -136,14 +216,9 @@ class IntegerConvASR(nn.Module):
     # --- integer side
     def forward_int(self, q: torch.Tensor, lengths: torch.Tensor):
         """Integer log-mel [B, F, T] -> integer logits [B, C, T'] (scale `logit_scale`), lengths."""
-        lengths = lengths.to(torch.int64)
-        xs = [q]
-        for block in self.blocks:
-            xs, lengths = block(xs, lengths)
-        x = xs[-1]
-        d = self.decoder
-        logits = rescale(d.accumulate(x, lengths), d.M, d.shift)
-        return logits, lengths
+        from .program.torch_ref import TorchReference
+
+        return TorchReference().run(self.program, q, lengths)
 
     def forward_features(self, mel, lengths):
         return self.forward_int(self.quantize_input(mel), lengths)
@@ -151,163 +226,14 @@ class IntegerConvASR(nn.Module):
     def forward(self, audio, lengths):
         return self.forward_features(*self.features(audio, lengths))
 
-    def int_convs(self) -> list[tuple[str, IntConv]]:
-        out = []
-        for b, block in enumerate(self.blocks):
-            out += [(f"blocks.{b}.convs.{i}", c) for i, c in enumerate(block.convs)]
-            out += [(f"blocks.{b}.residual.{i}", c) for i, c in enumerate(block.residual)]
-        return out + [("decoder", self.decoder)]
+    def int_convs(self) -> list[Op]:
+        return self.program.ops_of("conv1d")
 
     def int64_layers(self) -> list[str]:
-        return [n for n, c in self.int_convs() if c.acc_dtype == torch.int64]
+        return [op.name for op in self.int_convs() if op.attrs["acc_dtype"] == "int64"]
 
 
-# --------------------------------------------------------------------------- calibration
-
-def _quant_points(model: ConvASR):
-    """For each encoder conv, the module whose output is that conv's (requantized) output.
-
-    Depthwise conv -> itself; a conv followed by BN+ReLU inside the block -> that ReLU; the
-    block's last conv -> the block's `mout` (ReLU after the residual sum).
-    """
-    points = {}
-    for b, block in enumerate(model.encoder.encoder):
-        layers = list(block.mconv)
-        for i, layer in enumerate(layers):
-            if not isinstance(layer, MaskedConv1d):
-                continue
-            if layer.conv.groups > 1 and i + 1 < len(layers) and isinstance(layers[i + 1], MaskedConv1d):
-                points[(b, i)] = layer                     # depthwise output feeds the pointwise conv
-            else:
-                nxt = layers[i + 2] if i + 2 < len(layers) else None  # conv, BN, act
-                points[(b, i)] = nxt if isinstance(nxt, nn.ReLU) else block.mout
-    return points
-
-
-@torch.no_grad()
-def calibrate(model: ConvASR, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], observer: str = "minmax",
-              **observer_kw) -> dict:
-    """Run the float model on (mel, lengths) batches; return observers for the input and every point."""
-    points = _quant_points(model)
-    observers = {"input": make_observer(observer, **observer_kw)}
-    modules = {}
-    for key, mod in points.items():
-        modules.setdefault(id(mod), (mod, []))[1].append(key)
-    state = {"lens": None}
-    handles = []
-
-    def track_lengths(_m, _i, out):
-        state["lens"] = out[1]
-
-    for m in model.encoder.modules():
-        if isinstance(m, MaskedConv1d):
-            handles.append(m.register_forward_hook(track_lengths))
-    for mod, keys in modules.values():
-        obs = make_observer(observer, **observer_kw)
-        for k in keys:
-            observers[k] = obs
-
-        def hook(_m, _i, out, obs=obs):
-            y = out[0] if isinstance(out, tuple) else out
-            obs.update(y, frame_mask(state["lens"], y.shape[-1])[:, None, :])
-        handles.append(mod.register_forward_hook(hook))
-    try:
-        n = 0
-        for mel, lengths in batches:
-            observers["input"].update(mel, frame_mask(lengths, mel.shape[-1])[:, None, :])
-            model.forward_features(mel, lengths)
-            n += 1
-        if n == 0:
-            raise ValueError("calibration needs at least one batch")
-    finally:
-        for h in handles:
-            h.remove()
-    return observers
-
-
-def _forward_with_hooks(model: ConvASR, batches, handles) -> None:
-    """Run the float model over (mel, lengths) batches, then remove the hooks (also on error)."""
-    try:
-        for mel, lengths in batches:
-            model.forward_features(mel, lengths)
-    finally:
-        for h in handles:
-            h.remove()
-
-
-@torch.no_grad()
-def conv_input_means(model: ConvASR, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> dict:
-    """Mean of every conv's input per input channel over valid frames: {nn.Conv1d: float64 [Cin]}.
-
-    What bias correction needs (``convert(..., input_means=...)``). On synthetic inputs these are
-    the means the BatchNorm statistics imply, so the correction stays zero-shot."""
-    sums: dict = {}
-    state = {"lens": None}
-    handles = []
-
-    def add(conv, x, lens):
-        m = frame_mask(lens, x.shape[-1])[:, None, :].to(torch.float64)
-        tot, cnt = sums.get(conv, (0.0, 0.0))
-        sums[conv] = (tot + (x.double() * m).sum(dim=(0, 2)), cnt + float(m.sum()))
-
-    def pre(mod, args):
-        x, lens = args
-        add(mod.conv, x, lens)
-
-    def post(_m, _i, out):
-        state["lens"] = out[1]
-
-    for m in model.encoder.modules():
-        if isinstance(m, MaskedConv1d):
-            handles.append(m.register_forward_pre_hook(pre))
-            handles.append(m.register_forward_hook(post))
-    dec = model.decoder.decoder_layers[0]
-    handles.append(dec.register_forward_pre_hook(lambda mod, args: add(mod, args[0], state["lens"])))
-    _forward_with_hooks(model, batches, handles)
-    return {conv: tot / max(cnt, 1.0) for conv, (tot, cnt) in sums.items()}
-
-
-@torch.no_grad()
-def conv_input_hessians(model: ConvASR, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> dict:
-    """H = sum over valid output frames of x x^T for every conv's im2col input column x (float64):
-    {nn.Conv1d: [Cin*K, Cin*K]} for dense convs, [C, K, K] for depthwise ones; what output-aware
-    rounding (``quant.gptq``) needs. Convs with more than ``gptq.MAX_COLUMNS`` columns are left out."""
-    from .quant.gptq import MAX_COLUMNS
-
-    H: dict = {}
-
-    def pre(mod, args):
-        x, lens = args
-        c = mod.conv
-        cin, K = c.in_channels, c.kernel_size[0]
-        depthwise = c.groups == cin == c.out_channels and c.groups > 1
-        if not depthwise and (c.groups != 1 or cin * K > MAX_COLUMNS):
-            return
-        x = x * frame_mask(lens, x.shape[-1])[:, None, :].to(x.dtype)
-        xp = F.pad(x, (c.padding[0], c.padding[0])).double()
-        span = c.dilation[0] * (K - 1) + 1
-        u = xp.unfold(2, span, c.stride[0])[:, :, :, :: c.dilation[0]]          # [B, Cin, T_out, K]
-        valid = frame_mask(mod.output_lengths(lens), u.shape[2]).to(u.dtype)   # [B, T_out]
-        u = u * valid[:, None, :, None]
-        if depthwise:
-            h = torch.einsum("bctk,bctl->ckl", u, u)
-        else:
-            cols = u.permute(0, 2, 1, 3).reshape(-1, cin * K)                  # row index c * K + k
-            h = cols.T @ cols
-        H[c] = H[c] + h if c in H else h
-
-    handles = [m.register_forward_pre_hook(pre) for m in model.encoder.modules() if isinstance(m, MaskedConv1d)]
-
-    dec = model.decoder.decoder_layers[0]  # a plain 1x1 Conv1d on the whole encoder output
-
-    def dec_pre(mod, args):
-        x = args[0].double()
-        cols = x.permute(0, 2, 1).reshape(-1, x.shape[1])
-        H[mod] = H[mod] + cols.T @ cols if mod in H else cols.T @ cols
-
-    handles.append(dec.register_forward_pre_hook(dec_pre))
-    _forward_with_hooks(model, batches, handles)
-    return H
+IntegerConvASR = IntegerModel  # the name before the integer program (v1)
 
 
 # --------------------------------------------------------------------------- conversion
@@ -388,7 +314,7 @@ def convert(model: ConvASR, observers: dict, weight_bits: int = 8, act_bits: int
 
     s_in = act_scale("input", True)
     s_x, x_signed = s_in, True
-    points = _quant_points(model)
+    points = quant_points(model)
     blocks, block_out = [], []  # block_out: (scale, signed) of every block output, for dense inputs
     prev_out = [(s_in, True)]
     for b, block in enumerate(model.encoder.encoder):
@@ -421,7 +347,7 @@ def convert(model: ConvASR, observers: dict, weight_bits: int = 8, act_bits: int
              "observer": type(observers["input"]).__name__, "bias_correction": input_means is not None,
              "depthwise_bits": depthwise_bits or weight_bits, "rounding": "gptq" if hessians else "nearest"}
     qinfo.update(info or {})
-    return IntegerConvASR(model.config, blocks, decoder, s_in, act_bits, qinfo)
+    return IntegerModel(model.config, emit_convasr(blocks, decoder, s_in, act_bits), qinfo)
 
 
 def quantize_model(model: ConvASR, calibration_mels, weight_bits=8, act_bits=8, observer="minmax",
@@ -429,48 +355,18 @@ def quantize_model(model: ConvASR, calibration_mels, weight_bits=8, act_bits=8, 
                    depthwise_bits: int | None = None, hessians: dict | None = None,
                    **observer_kw) -> IntegerConvASR:
     """Calibrate on (mel, lengths) batches and convert: the one-call API."""
-    observers = calibrate(model, calibration_mels, observer, **observer_kw)
+    observers = collect(model, calibration_mels, observer=observer, **observer_kw).observers
     return convert(model, observers, weight_bits, act_bits, weight_method, info, input_means, depthwise_bits,
                    hessians)
 
 
 # --------------------------------------------------------------------------- save / load
 
-_CONV_FIELDS = ("stride", "padding", "dilation", "groups", "out_bits", "out_signed", "in_scale", "out_scale")
-
-
-def _conv_state(prefix: str, c: IntConv, tensors: dict) -> dict:
-    tensors[prefix + ".weight"] = c.weight
-    tensors[prefix + ".M"] = c.M
-    tensors[prefix + ".shift"] = c.shift
-    if c.bias is not None:
-        tensors[prefix + ".bias"] = c.bias
-    if c.w_scale is not None:
-        tensors[prefix + ".w_scale"] = c.w_scale
-    meta = {f: getattr(c, f) for f in _CONV_FIELDS}
-    meta["acc_dtype"] = str(c.acc_dtype).replace("torch.", "")
-    return meta
-
-
-def _conv_from_state(prefix: str, meta: dict, tensors: dict) -> IntConv:
-    kw = {f: meta[f] for f in _CONV_FIELDS}
-    return IntConv(weight=tensors[prefix + ".weight"], bias=tensors.get(prefix + ".bias"), M=tensors[prefix + ".M"],
-                   shift=tensors[prefix + ".shift"], acc_dtype=getattr(torch, meta["acc_dtype"]),
-                   w_scale=tensors.get(prefix + ".w_scale"), **kw)
-
-
-def save_quantized(qmodel: IntegerConvASR, path) -> Path:
+def save_quantized(qmodel: IntegerModel, path) -> Path:
     """One versioned file (a torch zip of integer tensors + JSON metadata), written atomically."""
-    tensors: dict[str, torch.Tensor] = {}
-    blocks = []
-    for b, block in enumerate(qmodel.blocks):
-        blocks.append({"dense": block.dense,
-                       "convs": [_conv_state(f"blocks.{b}.convs.{i}", c, tensors) for i, c in enumerate(block.convs)],
-                       "residual": [_conv_state(f"blocks.{b}.residual.{i}", c, tensors)
-                                    for i, c in enumerate(block.residual)]})
-    meta = {"format": FORMAT, "version": VERSION, "config": qmodel.float_model_config, "blocks": blocks,
-            "decoder": _conv_state("decoder", qmodel.decoder, tensors), "input_scale": qmodel.input_scale,
-            "input_bits": qmodel.input_bits, "info": qmodel.info}
+    desc, tensors = qmodel.program.to_state()
+    meta = {"format": FORMAT, "version": VERSION, "config": qmodel.float_model_config, "program": desc,
+            "info": qmodel.info}
     payload = {"format": FORMAT, "version": VERSION, "meta": json.dumps(meta), "tensors": tensors}
     return atomic_write_bytes(path, lambda f: torch.save(payload, f))
 
@@ -482,7 +378,27 @@ def is_quantized_file(path) -> bool:
         return f.read(4) == b"PK\x03\x04"
 
 
-def load_quantized(path) -> IntegerConvASR:
+_V1_CONV_FIELDS = ("stride", "padding", "dilation", "groups", "out_bits", "out_signed", "in_scale", "out_scale")
+
+
+def _v1_conv(prefix: str, meta: dict, tensors: dict) -> IntConv:
+    kw = {f: meta[f] for f in _V1_CONV_FIELDS}
+    return IntConv(weight=tensors[prefix + ".weight"], bias=tensors.get(prefix + ".bias"), M=tensors[prefix + ".M"],
+                   shift=tensors[prefix + ".shift"], acc_dtype=getattr(torch, meta["acc_dtype"]),
+                   w_scale=tensors.get(prefix + ".w_scale"), **kw)
+
+
+def _migrate_v1(meta: dict, tensors: dict) -> Program:
+    """A version-1 file (hand-walked blocks) -> the same integers as a program."""
+    blocks = [IntBlock(convs=[_v1_conv(f"blocks.{b}.convs.{i}", m, tensors) for i, m in enumerate(blk["convs"])],
+                       residual=[_v1_conv(f"blocks.{b}.residual.{i}", m, tensors) for i, m in enumerate(blk["residual"])],
+                       dense=blk["dense"])
+              for b, blk in enumerate(meta["blocks"])]
+    return emit_convasr(blocks, _v1_conv("decoder", meta["decoder"], tensors), meta["input_scale"], meta["input_bits"])
+
+
+def load_quantized(path) -> IntegerModel:
+    """Read an .aqz file (version 2, or version 1 migrated to a program); errors name the file."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such quantized model file")
@@ -492,13 +408,14 @@ def load_quantized(path) -> IntegerConvASR:
         raise CheckpointError(f"{path}: not a readable quantized model (weights_only load failed): {e}") from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an asrquant integer model file")
-    if payload.get("version") != VERSION:
-        raise CheckpointError(f"{path}: integer model format version {payload.get('version')} "
-                              f"is not supported (this asrquant reads version {VERSION})")
-    meta, tensors = json.loads(payload["meta"]), payload["tensors"]
-    blocks = [IntBlock(convs=[_conv_from_state(f"blocks.{b}.convs.{i}", m, tensors) for i, m in enumerate(blk["convs"])],
-                       residual=[_conv_from_state(f"blocks.{b}.residual.{i}", m, tensors)
-                                 for i, m in enumerate(blk["residual"])], dense=blk["dense"])
-              for b, blk in enumerate(meta["blocks"])]
-    return IntegerConvASR(meta["config"], blocks, _conv_from_state("decoder", meta["decoder"], tensors),
-                          meta["input_scale"], meta["input_bits"], meta["info"])
+    version = payload.get("version")
+    if version not in (1, VERSION):
+        raise CheckpointError(f"{path}: integer model format version {version!r} is not supported (this asrquant "
+                              f"reads versions 1 and {VERSION}); regenerate it with `asrquant quantize`")
+    try:
+        meta, tensors = json.loads(payload["meta"]), payload["tensors"]
+        program = _migrate_v1(meta, tensors) if version == 1 else Program.from_state(meta["program"], tensors)
+        return IntegerModel(meta["config"], program, meta.get("info"))
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{path}: malformed integer model (version {version}): {type(e).__name__}: {e}; "
+                              f"regenerate it with `asrquant quantize`") from e

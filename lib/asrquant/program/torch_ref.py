@@ -1,0 +1,57 @@
+"""The torch reference backend: every op of ``program.ops`` on integer torch tensors.
+
+This is ``IntegerModel.forward_int``. Each kernel is the exact semantics of its op, built on
+``intops.conv`` (integer convolution) and ``quant.dyadic`` (requantization), and creates no
+floating-point tensor (``verify.float_ops_in_forward`` records every dispatched op to prove it).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..intops.conv import int_conv1d, mask_time
+from ..quant.dyadic import requantize, rescale
+from ..quant.quantizer import qrange, storage_dtype
+from .ops import Backend, Program, torch_dtype
+
+
+def _frames(op, lengths):
+    a = op.attrs
+    return (lengths + 2 * a["padding"] - a["dilation"] * (a["kernel"] - 1) - 1) // a["stride"] + 1
+
+
+def _conv1d(op, x):
+    a = op.attrs
+    return int_conv1d(x, op.params["weight"], op.params.get("bias"), stride=a["stride"], padding=a["padding"],
+                      dilation=a["dilation"], groups=a["groups"], acc_dtype=torch_dtype(a["acc_dtype"]))
+
+
+def _clamp(op, v):
+    lo, hi = qrange(op.attrs["bits"], op.attrs["signed"])
+    return torch.clamp(v, lo, hi).to(storage_dtype(op.attrs["bits"], op.attrs["signed"]))
+
+
+class TorchReference(Backend):
+    name = "torch-reference"
+    kernels = {
+        "mask_time": lambda op, x, lengths: mask_time(x, lengths),
+        "frames": _frames,
+        "conv1d": _conv1d,
+        "requantize": lambda op, acc: requantize(acc, op.params["M"], op.params["shift"], op.attrs["bits"],
+                                                 op.attrs["signed"]),
+        "rescale": lambda op, acc: rescale(acc, op.params["M"], op.params["shift"]),
+        "add": lambda op, a, b: a.to(torch.int64) + b.to(torch.int64),
+        "clamp": _clamp,
+    }
+
+    def run(self, program: Program, x: torch.Tensor, lengths: torch.Tensor):
+        """Integer input [B, F, T] and lengths [B] -> (int64 logits [B, C, T'], lengths [B])."""
+        if x.is_floating_point() or x.is_complex():
+            raise TypeError(f"the integer program takes an integer input, got {x.dtype}")
+        lengths = torch.as_tensor(lengths).to(torch.int64)
+        if lengths.shape != (x.shape[0],):
+            raise ValueError(f"lengths must have one entry per batch item: {tuple(lengths.shape)} for batch {x.shape[0]}")
+        if lengths.numel() and (int(lengths.min()) < 1 or int(lengths.max()) > x.shape[-1]):
+            raise ValueError(f"lengths must lie in 1..{x.shape[-1]} (frames of the input), got {lengths.tolist()}")
+        env = self.execute(program, {program.inputs[0]: x, program.inputs[1]: lengths})
+        return env[program.outputs[0]], env[program.outputs[1]]
