@@ -1,9 +1,10 @@
 """NeMo-format model configs for the architectures the paper uses.
 
 These are the `model_config.yaml` dicts NeMo itself writes for QuartzNet 5x5/10x5/15x5
-(examples/asr/conf/quartznet/quartznet_15x5.yaml) and JasperDR 10x5 (jasper_10x5dr.yaml),
-reduced to what inference needs. `EncDecCTCModel(cfg)` in NeMo and `ConvASR(cfg)` here both
-build the same network from them.
+(examples/asr/conf/quartznet/quartznet_15x5.yaml), JasperDR 10x5 (jasper_10x5dr.yaml) and
+Conformer-CTC small/medium/large (examples/asr/conf/conformer/conformer_ctc_bpe.yaml), reduced
+to what inference needs. `EncDecCTCModel(cfg)` in NeMo and `ConvASR(cfg)` / `ConformerCTC(cfg)`
+here build the same network from them (`build_model` picks the class from the encoder target).
 """
 
 from __future__ import annotations
@@ -69,12 +70,89 @@ def jasper_dr_config() -> dict:
     return _model(jasper, 1024)
 
 
+# ---------------------------------------------------------------------------------------------
+# Conformer-CTC
+# ---------------------------------------------------------------------------------------------
+
+NEMO_CTC_BPE_TARGET = "nemo.collections.asr.models.ctc_bpe_models.EncDecCTCModelBPE"
+
+# NeMo examples/asr/conf/conformer/conformer_ctc_bpe.yaml (and conformer_ctc_char.yaml), header
+# table of "recommended configs for different variants of Conformer-CTC, other parameters are the
+# same as in this config file":
+#   Small (13M): d_model 176, n_heads 4, n_layers 16; Medium (30M): 256, 4, 18;
+#   Large (121M): 512, 8, 18.
+# The large LibriSpeech checkpoint of that recipe is NGC's stt_en_conformer_ctc_large_ls (the
+# paper's Conformer-Large row), BPE (SentencePiece) with 128 tokens.
+CONFORMER_SIZES = {
+    "small": {"d_model": 176, "n_heads": 4, "n_layers": 16},
+    "medium": {"d_model": 256, "n_heads": 4, "n_layers": 18},
+    "large": {"d_model": 512, "n_heads": 8, "n_layers": 18},
+}
+
+
+def conformer_encoder_config(d_model: int, n_layers: int, n_heads: int, feat_in: int = 80, **overrides) -> dict:
+    """The `encoder` section of conformer_ctc_bpe.yaml (inference-relevant keys and the dropouts)."""
+    enc = {
+        "_target_": "nemo.collections.asr.modules.ConformerEncoder",
+        "feat_in": feat_in, "feat_out": -1, "n_layers": n_layers, "d_model": d_model,
+        "subsampling": "striding", "subsampling_factor": 4, "subsampling_conv_channels": -1,
+        "causal_downsampling": False, "ff_expansion_factor": 4,
+        "self_attention_model": "rel_pos", "n_heads": n_heads, "att_context_size": [-1, -1],
+        "att_context_style": "regular", "xscaling": True, "untie_biases": True, "pos_emb_max_len": 5000,
+        "conv_kernel_size": 31, "conv_norm_type": "batch_norm", "conv_context_size": None,
+        "dropout": 0.1, "dropout_pre_encoder": 0.1, "dropout_emb": 0.0, "dropout_att": 0.1,
+        "stochastic_depth_drop_prob": 0.0, "stochastic_depth_mode": "linear", "stochastic_depth_start_layer": 1,
+    }
+    enc.update(overrides)
+    return enc
+
+
+def conformer_ctc_config(size: str = "large", vocabulary: list[str] | None = None, bpe: bool = True,
+                         vocab_size: int = 128, **encoder_overrides) -> dict:
+    """NeMo model_config.yaml layout for Conformer-CTC small / medium / large.
+
+    vocabulary: the CTC labels without the blank (BPE: the tokenizer's pieces in id order; char:
+    the characters). None: BPE gets `vocab_size` placeholder pieces (a random-weight model needs
+    only the count; a real tokenizer replaces them when a .nemo is loaded), char gets English chars.
+    bpe: writes NeMo's EncDecCTCModelBPE target and a `tokenizer` section (type bpe, tokenizer.model
+    inside the archive, NeMo's `nemo:` prefix) instead of the char model's `labels`.
+    encoder_overrides: any ConformerEncoder option, e.g. subsampling="dw_striding", xscaling=False,
+    n_layers=2 (a shallow model for tests).
+    """
+    key = size.lower()
+    if key not in CONFORMER_SIZES:
+        raise ValueError(f"unknown Conformer size {size!r}; known: {sorted(CONFORMER_SIZES)}")
+    if vocabulary is None:
+        vocabulary = [f"<{i}>" for i in range(vocab_size)] if bpe else list(EN_CHARS)
+    vocabulary = list(vocabulary)
+    enc = conformer_encoder_config(**{**CONFORMER_SIZES[key], **encoder_overrides})
+    d_out = enc["feat_out"] if int(enc.get("feat_out", -1)) > 0 else enc["d_model"]
+    cfg = {
+        "target": NEMO_CTC_BPE_TARGET if bpe else NEMO_CTC_TARGET,
+        "sample_rate": 16000,
+    }
+    if bpe:
+        cfg["tokenizer"] = {"dir": None, "type": "bpe", "model_path": "nemo:tokenizer.model"}
+    else:
+        cfg["labels"] = vocabulary
+    cfg.update({
+        "preprocessor": preprocessor_config(features=enc["feat_in"], window_size=0.025, pad_to=0),
+        "encoder": enc,
+        "decoder": {"_target_": "nemo.collections.asr.modules.ConvASRDecoder", "feat_in": d_out,
+                    "num_classes": len(vocabulary), "vocabulary": vocabulary},
+    })
+    return cfg
+
+
 ARCHITECTURES = {
     "quartznet5x5": lambda: quartznet_config(5),
     "quartznet10x5": lambda: quartznet_config(10),
     "quartznet15x5": lambda: quartznet_config(15),
     "jasperdr10x5": jasper_dr_config,
 }
+for _size in CONFORMER_SIZES:  # "conformer_ctc_large", "conformer-large", ... all work
+    ARCHITECTURES[f"conformerctc{_size}"] = ARCHITECTURES[f"conformer{_size}"] = (
+        lambda s: lambda: conformer_ctc_config(s))(_size)
 
 
 def config_for(name: str) -> dict:
