@@ -284,3 +284,89 @@ def _normalize(x: torch.Tensor, valid: torch.Tensor, kind) -> torch.Tensor:
     if kind in (None, False, "", "NA", "none"):
         return x
     raise ValueError(f"normalize must be 'per_feature', 'all_features' or None, got {kind!r}")
+
+
+# --- a front end whose STFT and filterbank are stored weights (the `hama` Conformer's) ---------
+
+class ConvStftFrontend(torch.nn.Module):
+    """Waveform [B, N] -> log-mel [B, n_mels, T] with the STFT done as a strided convolution.
+
+    The STFT kernels (real and imaginary, [n_fft // 2 + 1, 1, n_fft], window included) and the
+    mel filterbank ([n_fft // 2 + 1, n_mels]) are buffers, loaded from a checkpoint; this is how
+    the `hama` package's exported model computes its features (see models/hama.py). Steps, per
+    utterance (so a padded batch gives each utterance its own features):
+
+        reflect-pad n_fft // 2 samples on both sides of the utterance's own samples
+        -> conv1d with the kernels, stride hop  -> power re^2 + im^2  -> @ mel_fb
+        -> log(max(x, log_floor))  -> (round to float16, as the exported graph casts there)
+        -> frames = min(N // hop + 1, max_frames); frames past an utterance's length = pad_value.
+
+    No pre-emphasis, dither or normalization. Until weights are loaded, the buffers hold a
+    periodic-Hann DFT and a slaney mel filterbank of the same shapes (placeholders).
+    """
+
+    def __init__(self, sample_rate: int = 16000, n_fft: int = 400, hop_length: int = 160, features: int = 80,
+                 log_floor: float = 1e-10, round_fp16: bool = True, max_frames: int | None = 3000,
+                 pad_value: float = 0.0, **unused):
+        super().__init__()
+        ignored = set(unused) - {"_target_", "type"}
+        if ignored:
+            warnings.warn(f"ConvStftFrontend: ignoring unknown preprocessor key(s) {sorted(ignored)}")
+        if n_fft <= 0 or hop_length <= 0 or features <= 0:
+            raise ValueError(f"n_fft, hop_length and features must be positive, got {n_fft}, {hop_length}, {features}")
+        self.sample_rate, self.n_fft, self.hop_length, self.nfilt = sample_rate, n_fft, hop_length, features
+        self.pad = n_fft // 2
+        self.log_floor, self.round_fp16 = float(log_floor), bool(round_fp16)
+        self.max_frames = int(max_frames) if max_frames else None
+        self.pad_value = float(pad_value)
+        bins = n_fft // 2 + 1
+        n = torch.arange(n_fft, dtype=torch.float64)
+        k = torch.arange(bins, dtype=torch.float64)[:, None]
+        window = 0.5 - 0.5 * torch.cos(2 * math.pi * n / n_fft)
+        self.register_buffer("stft_real_kernel", (window * torch.cos(2 * math.pi * k * n / n_fft)).float()[:, None])
+        self.register_buffer("stft_imag_kernel", (-window * torch.sin(2 * math.pi * k * n / n_fft)).float()[:, None])
+        fb = mel_filterbank(sample_rate, n_fft, features, 0.0, sample_rate / 2, "slaney")
+        self.register_buffer("mel_fb", torch.from_numpy(fb.T.copy()))
+
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        frames = torch.div(lengths.long(), self.hop_length, rounding_mode="floor") + 1
+        return frames.clamp(max=self.max_frames) if self.max_frames else frames
+
+    @torch.no_grad()
+    def forward(self, audio: torch.Tensor, lengths: torch.Tensor):
+        """audio [B, N], lengths [B] samples -> (log-mel [B, features, T] float32, frames [B] int64)."""
+        if audio.dim() != 2:
+            raise ValueError(f"audio must be [B, N], got shape {tuple(audio.shape)}")
+        lengths = torch.as_tensor(lengths, device=audio.device).long()
+        if lengths.shape != (audio.shape[0],):
+            raise ValueError(f"lengths must be [{audio.shape[0]}], got shape {tuple(lengths.shape)}")
+        if (lengths < 2).any() or (lengths > audio.shape[1]).any():
+            raise ValueError(f"lengths must lie in [2, {audio.shape[1]}], got {lengths.tolist()}")
+        b, n = audio.shape
+        # Reflect-pad each utterance at its own end: sample index s of the padded signal reads
+        # |s| reflected at 0 and at length - 1 (a second reflection only for utterances shorter
+        # than the padding, where the exported engine is undefined; clamped to stay in range).
+        s = (torch.arange(n + 2 * self.pad, device=audio.device) - self.pad)[None, :].expand(b, -1).abs()
+        last = (lengths - 1)[:, None]
+        s = torch.where(s > last, 2 * last - s, s).abs().clamp(max=n - 1)
+        x = torch.gather(audio.float(), 1, s)[:, None, :]
+        re = torch.nn.functional.conv1d(x, self.stft_real_kernel, stride=self.hop_length)
+        im = torch.nn.functional.conv1d(x, self.stft_imag_kernel, stride=self.hop_length)
+        frames = self.output_lengths(lengths)
+        t = int(frames.max())
+        power = (re * re + im * im)[:, :, :t]                     # [B, bins, T]
+        mel = torch.matmul(power.transpose(1, 2), self.mel_fb).transpose(1, 2)
+        x = torch.log(mel.clamp(min=self.log_floor))
+        if self.round_fp16:
+            x = x.half().float()
+        valid = torch.arange(t, device=x.device)[None, :] < frames[:, None]
+        return x.masked_fill(~valid[:, None, :], self.pad_value), frames
+
+
+def frontend_from_config(cfg: dict | None) -> torch.nn.Module:
+    """The front end a model config names: ConvStftFrontend when `preprocessor.type` is 'conv_stft'
+    (or its `_target_` names ConvStftFrontend), else NeMo's mel front end (MelFrontend)."""
+    cfg = dict(cfg or {})
+    if cfg.get("type") == "conv_stft" or str(cfg.get("_target_", "")).endswith("ConvStftFrontend"):
+        return ConvStftFrontend(**cfg)
+    return MelFrontend.from_config(cfg)

@@ -31,6 +31,11 @@ def normalize_transcript(s: str, labels: Sequence[str] = EN_CHARS) -> str:
 
 
 def ctc_greedy_decode(logits, lengths=None, labels: Sequence[str] = EN_CHARS, time_axis: int = 1) -> list[str]:
+    """Best-path CTC decoding to text: `ctc_greedy_tokens` with the labels joined ("" between)."""
+    return ["".join(tokens) for tokens in ctc_greedy_tokens(logits, lengths, labels, time_axis)]
+
+
+def ctc_greedy_tokens(logits, lengths=None, labels: Sequence[str] = EN_CHARS, time_axis: int = 1) -> list[list[str]]:
     """Best-path CTC decoding: argmax per frame, collapse repeats, then drop blanks.
 
     logits: [B, T, C] (time_axis=1) or [B, C, T] (time_axis=2), float or integer
@@ -62,15 +67,15 @@ def ctc_greedy_decode(logits, lengths=None, labels: Sequence[str] = EN_CHARS, ti
     if ids.numel() and (ids.min() < 0 or ids.max() > blank):
         raise ValueError(f"class ids must lie in [0, {blank}] (blank = {blank}), got [{ids.min()}, {ids.max()}]")
 
-    texts = []
+    seqs = []
     for row, n in zip(ids.tolist(), lengths.tolist()):
         out, prev = [], None
         for k in row[:n]:
             if k != prev and k != blank:  # a blank between two equal labels keeps both
                 out.append(labels[k])
             prev = k
-        texts.append("".join(out))
-    return texts
+        seqs.append(out)
+    return seqs
 
 
 @dataclass(frozen=True)
@@ -137,10 +142,7 @@ def wer_summary(refs: Sequence[str], hyps: Sequence[str], n_boot: int = 1000, se
     w_err = np.array([c.errors for c in words], dtype=np.int64)
     w_ref = np.array([c.words for c in words], dtype=np.int64)
 
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(refs), size=(n_boot, len(refs)))
-    boot = 100.0 * w_err[idx].sum(axis=1) / w_ref[idx].sum(axis=1)
-    lo, hi = np.percentile(boot, [2.5, 97.5])
+    lo, hi = bootstrap_ci(w_err, w_ref, n_boot, seed)
 
     n_chars = sum(c.words for c in chars)
     n_char_err = sum(c.errors for c in chars)
@@ -153,4 +155,46 @@ def wer_summary(refs: Sequence[str], hyps: Sequence[str], n_boot: int = 1000, se
         "char_errors": int(n_char_err),
         "utterances": len(refs),
         "ci95": [float(lo), float(hi)],
+    }
+
+
+def bootstrap_ci(errors, lengths, n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95% interval of a corpus error rate (percent): resample utterances with replacement
+    n_boot times (seeded numpy Generator), take the 2.5 / 97.5 percentiles of sum(errors) / sum(lengths)."""
+    errors, lengths = np.asarray(errors, dtype=np.int64), np.asarray(lengths, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(errors), size=(n_boot, len(errors)))
+    boot = 100.0 * errors[idx].sum(axis=1) / lengths[idx].sum(axis=1)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def token_error_summary(refs: Sequence[Sequence[str]], hyps: Sequence[Sequence[str]], n_boot: int = 1000,
+                        seed: int = 0, name: str = "per", unit: str = "phonemes") -> dict:
+    """Corpus token error rate over token sequences (e.g. the phoneme error rate, PER), percent,
+    with the same bootstrap 95% interval as `wer_summary`.
+
+    Rate = total edit distance / total reference tokens. Keys: `name` (e.g. "per"), `unit`
+    (reference token count), f"{unit[:-1]}_errors", "utterances", "ci95". An empty reference
+    raises ValueError naming its index.
+    """
+    if len(refs) != len(hyps):
+        raise ValueError(f"got {len(refs)} references but {len(hyps)} hypotheses")
+    if not refs:
+        raise ValueError("token_error_summary needs at least one utterance")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    for i, ref in enumerate(refs):
+        if not len(ref):
+            raise ValueError(f"reference {i} is empty: every utterance needs a non-empty reference")
+    err = np.array([levenshtein(list(r), list(h)) for r, h in zip(refs, hyps)], dtype=np.int64)
+    n = np.array([len(r) for r in refs], dtype=np.int64)
+    lo, hi = bootstrap_ci(err, n, n_boot, seed)
+    singular = unit[:-1] if unit.endswith("s") else unit
+    return {
+        name: float(100.0 * err.sum() / n.sum()),
+        unit: int(n.sum()),
+        f"{singular}_errors": int(err.sum()),
+        "utterances": len(refs),
+        "ci95": [lo, hi],
     }

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..audio import MelFrontend
+from ..audio import MelFrontend, frontend_from_config
 from .convasr import ConvASRDecoder, frame_mask
 
 # NeMo's value for masked attention scores (multi_head_attention.INF_VAL).
@@ -46,6 +46,8 @@ MASKED_SCORE = -10000.0
 
 SUBSAMPLINGS_2D = ("striding", "dw_striding")
 SUBSAMPLINGS_1D = ("striding_conv1d", "dw_striding_conv1d")
+# NeMo's subsampling always uses ReLU; the others are an option for non-NeMo models (hama: GELU).
+SUBSAMPLING_ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,10 +75,23 @@ class ConvSubsampling(nn.Module):
     striding_conv1d / dw_striding_conv1d: the same idea with Conv1d over time (mel bins are the
     channels, kernel 5, padding 2), the last conv emitting d_model channels; no `out` Linear.
     Module indices in `conv` match NeMo's (ReLUs included), so the keys do.
+    Two options beyond NeMo (its values are the defaults), for the conv1d kinds only:
+    `kernel_size` (padding (k - 1) // 2) and `activation` ("relu", "gelu" (erf) or "silu");
+    the `hama` model is striding_conv1d, factor 2, kernel 3, GELU.
     """
 
-    def __init__(self, subsampling: str, factor: int, feat_in: int, feat_out: int, conv_channels: int):
+    def __init__(self, subsampling: str, factor: int, feat_in: int, feat_out: int, conv_channels: int,
+                 kernel_size: int | None = None, activation: str = "relu"):
         super().__init__()
+        if activation not in SUBSAMPLING_ACTIVATIONS:
+            raise ValueError(f"subsampling activation {activation!r} not supported "
+                             f"(use one of {sorted(SUBSAMPLING_ACTIVATIONS)})")
+        if subsampling in SUBSAMPLINGS_2D and (activation != "relu" or kernel_size not in (None, 3)):
+            raise ValueError(f"{subsampling} subsampling supports only NeMo's kernel 3 and ReLU")
+        k1d = 5 if kernel_size is None else int(kernel_size)
+        if k1d < 1 or k1d % 2 != 1:
+            raise ValueError(f"subsampling kernel size must be odd and positive, got {kernel_size}")
+        act = SUBSAMPLING_ACTIVATIONS[activation]
         if factor < 2 or factor & (factor - 1):
             raise ValueError(f"subsampling_factor must be a power of 2 (>= 2), got {factor}")
         n = int(math.log2(factor))
@@ -93,18 +108,19 @@ class ConvSubsampling(nn.Module):
             for _ in range(n - 1):
                 layers += [nn.Conv2d(c, c, 3, stride=2, padding=1, groups=c), nn.Conv2d(c, c, 1), nn.ReLU()]
         elif subsampling == "striding_conv1d":
-            self.kernel, self.padding, self.stride = 5, 2, 2
+            self.kernel, self.padding, self.stride = k1d, (k1d - 1) // 2, 2
             cin = feat_in
             for i in range(n):
                 cout = feat_out if i == n - 1 else c
-                layers += [nn.Conv1d(cin, cout, 5, stride=2, padding=2), nn.ReLU()]
+                layers += [nn.Conv1d(cin, cout, k1d, stride=2, padding=self.padding), act()]
                 cin = c
         elif subsampling == "dw_striding_conv1d":
-            self.kernel, self.padding, self.stride = 5, 2, 2
+            self.kernel, self.padding, self.stride = k1d, (k1d - 1) // 2, 2
             cin = feat_in
             for i in range(n):
                 cout = feat_out if i == n - 1 else c
-                layers += [nn.Conv1d(cin, cin, 5, stride=2, padding=2, groups=cin), nn.Conv1d(cin, cout, 1), nn.ReLU()]
+                layers += [nn.Conv1d(cin, cin, k1d, stride=2, padding=self.padding, groups=cin),
+                           nn.Conv1d(cin, cout, 1), act()]
                 cin = c
         else:
             raise ValueError(f"subsampling {subsampling!r} not supported "
@@ -167,11 +183,15 @@ def sinusoid_table(positions: torch.Tensor, d_model: int) -> torch.Tensor:
 
 
 class PositionalEncoding(nn.Module):
-    """Absolute positions (abs_pos): x * xscale + sinusoid(0..T-1). Returns (x, pos_emb [1, T, d])."""
+    """Absolute positions (abs_pos): x * xscale + sinusoid(0..T-1). Returns (x, pos_emb [1, T, d]).
 
-    def __init__(self, d_model: int, xscale: float | None):
+    add_sinusoids=False (an option beyond NeMo, for abs_pos models trained without positional
+    encodings, like the `hama` Conformer): x * xscale only, pos_emb None.
+    """
+
+    def __init__(self, d_model: int, xscale: float | None, add_sinusoids: bool = True):
         super().__init__()
-        self.d_model, self.xscale = d_model, xscale
+        self.d_model, self.xscale, self.add_sinusoids = d_model, xscale, add_sinusoids
 
     def positions(self, t: int, device) -> torch.Tensor:
         return torch.arange(0, t, device=device)
@@ -179,6 +199,8 @@ class PositionalEncoding(nn.Module):
     def forward(self, x: torch.Tensor):
         if self.xscale:
             x = x * self.xscale
+        if not self.add_sinusoids:
+            return x, None
         pos_emb = sinusoid_table(self.positions(x.shape[1], x.device), self.d_model).to(x.dtype)[None]
         return x + pos_emb, pos_emb
 
@@ -412,13 +434,18 @@ class ConformerEncoder(nn.Module):
     Takes the keyword arguments of NeMo's `encoder` config section; options that only affect
     training (dropouts, stochastic depth, chunking) are accepted and ignored, options that
     change inference and are not implemented raise a ValueError naming them.
+    Options beyond NeMo (NeMo's behaviour is the default): `subsampling_conv_kernel_size` and
+    `subsampling_activation` (conv1d subsampling kinds), `pos_emb: none` (abs_pos without
+    sinusoids); see models/hama.py for the model that needs them.
     """
 
     def __init__(self, feat_in: int, n_layers: int, d_model: int, feat_out: int = -1,
                  subsampling: str | None = "striding", subsampling_factor: int = 4,
                  subsampling_conv_channels: int = -1, ff_expansion_factor: int = 4,
                  self_attention_model: str = "rel_pos", n_heads: int = 4, xscaling: bool = True,
-                 untie_biases: bool = True, conv_kernel_size: int = 31, use_bias: bool = True, **options):
+                 untie_biases: bool = True, conv_kernel_size: int = 31, use_bias: bool = True,
+                 subsampling_conv_kernel_size: int | None = None, subsampling_activation: str = "relu",
+                 pos_emb: str = "sinusoid", **options):
         super().__init__()
         bad = _unsupported(options)
         unknown = set(options) - _TRAINING_ONLY - {
@@ -433,18 +460,21 @@ class ConformerEncoder(nn.Module):
         self.feat_in, self.d_model, self.n_layers = feat_in, d_model, n_layers
         self.self_attention_model = self_attention_model
         self.xscale = math.sqrt(d_model) if xscaling else None
+        if pos_emb not in ("sinusoid", "none") or (pos_emb == "none" and self_attention_model != "abs_pos"):
+            raise ValueError(f"pos_emb {pos_emb!r} not supported (sinusoid, or none with abs_pos)")
         if subsampling_conv_channels == -1:
             subsampling_conv_channels = d_model
         if subsampling and subsampling_factor > 1:
             self.pre_encode = ConvSubsampling(subsampling, subsampling_factor, feat_in, d_model,
-                                              subsampling_conv_channels)
+                                              subsampling_conv_channels, subsampling_conv_kernel_size,
+                                              subsampling_activation)
         else:
             self.pre_encode = nn.Linear(feat_in, d_model)
 
         if self_attention_model == "rel_pos":
             self.pos_enc = RelPositionalEncoding(d_model, self.xscale)
         elif self_attention_model == "abs_pos":
-            self.pos_enc = PositionalEncoding(d_model, self.xscale)
+            self.pos_enc = PositionalEncoding(d_model, self.xscale, add_sinusoids=pos_emb != "none")
         else:
             raise ValueError(f"self_attention_model {self_attention_model!r} not supported (rel_pos, abs_pos)")
 
@@ -520,7 +550,7 @@ class ConformerCTC(nn.Module):
         self.vocabulary = vocabulary
         self.labels = [piece.replace("\u2581", " ") for piece in vocabulary]
         self.preprocessor = nn.Module()
-        self.preprocessor.featurizer = MelFrontend.from_config(config.get("preprocessor", {}))
+        self.preprocessor.featurizer = frontend_from_config(config.get("preprocessor", {}))
         self.encoder = ConformerEncoder(**config["encoder"])
         self.decoder = ConvASRDecoder(**dec_cfg)
         if self.decoder.num_classes != len(self.labels) + 1:
