@@ -1,12 +1,12 @@
-"""Bias correction (convert._bias_correction, conv_input_means): the expected output shift that
+"""Bias correction (convert._bias_correction, calibration.conv_input_means): the expected output shift that
 weight rounding causes, removed through the bias."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from asrquant.calibration import random_mels
-from asrquant.convert import _bias_correction, _quantize_weight, calibrate, conv_input_means, convert
+from asrquant.calibration import calibrate, conv_input_means, random_mels
+from asrquant.convert import _bias_correction, _quantize_weight, convert
 from asrquant.models import ConvASR, config_for
 
 from conftest import randomize_weights
@@ -26,6 +26,11 @@ def test_delta_is_the_mean_output_shift(groups, cin, cout, k):
     delta = _bias_correction(w, w_q, s_w, groups, mean)
     assert delta.abs().max() > 1e-3  # 4-bit rounding does shift the mean
     torch.testing.assert_close(shift, delta.reshape(1, cout, 1).expand_as(shift), rtol=0, atol=1e-10)
+
+
+def _op(qmodel, name):
+    (op,) = [op for op in qmodel.program.ops if op.name == name]
+    return op
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +67,9 @@ def test_zero_means_change_nothing_and_real_means_change_biases(small):
         b = zero_corrected.forward_int(q, lengths)[0]
     assert torch.equal(a, b)
     corrected = convert(small, obs, 4, 8, input_means=conv_input_means(small, batches))
-    dw = corrected.blocks[1].convs[0]
-    assert dw.groups > 1 and dw.bias is not None and dw.bias.abs().sum() > 0
+    dw = _op(corrected, "blocks.1.convs.0")
+    assert dw.attrs["groups"] > 1 and dw.params["bias"].abs().sum() > 0
+    assert "bias" not in _op(plain, "blocks.1.convs.0").params
     assert corrected.info["bias_correction"] is True
     with pytest.raises(KeyError, match="no input mean"):
         convert(small, obs, 4, 8, input_means={})
@@ -93,7 +99,7 @@ def test_gptq_rounding_lowers_the_output_error(per_row):
 
 
 def test_convert_with_hessians_changes_only_the_rounding(small):
-    from asrquant.convert import conv_input_hessians
+    from asrquant.calibration import conv_input_hessians
 
     batches = random_mels(1, 2, 80, seed=0)
     obs = calibrate(small, batches)
@@ -103,9 +109,11 @@ def test_convert_with_hessians_changes_only_the_rounding(small):
     assert H[dw].shape == (dw.in_channels, dw.kernel_size[0], dw.kernel_size[0])
     assert H[pw].shape == (pw.in_channels, pw.in_channels)
     plain, gptq = convert(small, obs, 4, 8), convert(small, obs, 4, 8, hessians=H)
-    a, b = plain.blocks[1].convs[1], gptq.blocks[1].convs[1]
-    assert torch.equal(a.M, b.M) and torch.equal(a.w_scale, b.w_scale)  # same grid and scales
-    assert not torch.equal(a.weight, b.weight) and b.weight.abs().max() <= 8
+    a, b = _op(plain, "blocks.1.convs.1"), _op(gptq, "blocks.1.convs.1")
+    assert a.meta["w_scale"] == b.meta["w_scale"]  # same grid and scales
+    assert torch.equal(_op(plain, "blocks.1.convs.1.requantize").params["M"],
+                       _op(gptq, "blocks.1.convs.1.requantize").params["M"])
+    assert not torch.equal(a.params["weight"], b.params["weight"]) and b.params["weight"].abs().max() <= 8
     assert gptq.info["rounding"] == "gptq"
 
 

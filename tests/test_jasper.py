@@ -1,4 +1,5 @@
-"""tools/jasper_check.py: the sequential BatchNorm restoration and the accumulator-bound table.
+"""JasperDR: the sequential BatchNorm restoration (models.restore_bn) and tools/jasper_check.py's
+accumulator-bound table.
 
 Runs on a small JasperDR-style net (dense residuals, non-separable convs, dilation) with random
 weights and real test-other audio; the full 333M-parameter check is the tool itself.
@@ -12,7 +13,7 @@ from conftest import randomize_weights
 
 from asrquant.convert import quantize_model
 from asrquant.models import ConvASR
-from asrquant.models.restore_bn import measure_bn_inputs
+from asrquant.models.restore_bn import measure_bn_inputs, restore_bn_sequential, stats_difference
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "jasper_check.py"
 
@@ -38,15 +39,14 @@ def _small_jasper():
 
 
 def test_sequential_bn_restoration_is_a_fixed_point(real_audio_batch):
-    tool = _tool()
     model = _small_jasper()
     audio, lengths = real_audio_batch
-    stats = tool.restore_bn_sequential(model, audio, lengths)
+    stats = restore_bn_sequential(model, audio, lengths)
     assert len(stats) == len(list(model.batchnorms()))
     # measuring again (another batching: one utterance at a time) reproduces the stored statistics
     again = measure_bn_inputs(model, [(audio[i:i + 1, : lengths[i]], lengths[i:i + 1]) for i in range(len(lengths))],
                               progress=False)
-    diff = tool.stats_difference(model, again)
+    diff = stats_difference(model, again)
     assert diff["max_abs_mean_diff_in_std"] < 1e-4 and diff["max_rel_var_diff"] < 1e-4, diff
     # and every BN now normalizes its input: running stats equal what it sees
     for name, (mean, var) in stats.items():
@@ -57,7 +57,7 @@ def test_layer_table_matches_converter_choice(real_audio_batch):
     tool = _tool()
     model = _small_jasper()
     audio, lengths = real_audio_batch
-    tool.restore_bn_sequential(model, audio, lengths)
+    restore_bn_sequential(model, audio, lengths)
     with torch.no_grad():
         mel, mel_len = model.features(audio, lengths)
     qmodel = quantize_model(model, [(mel, mel_len)], 8, 8)
@@ -65,6 +65,6 @@ def test_layer_table_matches_converter_choice(real_audio_batch):
     assert len(table) == len(qmodel.int_convs())
     for row in table:
         assert (row["acc_dtype"] == "int64") == (row["bound_over_int32"] > 1), row
-    specs = tool.input_specs(qmodel)
-    assert specs["blocks.0.convs.0"] == (8, True)            # quantized log-mel: signed
-    assert specs["blocks.2.residual.1"] == (8, False)         # dense branch from block 1's ReLU output
+    rows = {r["layer"]: r for r in table}
+    assert (rows["blocks.0.convs.0"]["x_bits"], rows["blocks.0.convs.0"]["x_signed"]) == (8, True)  # log-mel: signed
+    assert not rows["blocks.2.residual.1"]["x_signed"]     # dense branch from block 1's ReLU output

@@ -57,12 +57,12 @@ import numpy as np
 import torch
 
 from asrquant import paths
-from asrquant.convert import calibrate, convert
+from asrquant.calibration import calibrate
+from asrquant.convert import convert
 from asrquant.data import load_batch, load_dataset
-from asrquant.intops.conv import accumulator_bound
 from asrquant.models import config_for, load_model
-from asrquant.models.convasr import MaskedConv1d, frame_mask
-from asrquant.models.restore_bn import conv_before_each_bn, measure_bn_inputs
+from asrquant.models.restore_bn import (conv_before_each_bn, measure_bn_inputs, restore_bn_sequential,
+                                        stats_difference)
 from asrquant.text import ctc_greedy_decode
 from asrquant.verify import verify
 
@@ -114,59 +114,6 @@ def build_nemo_jasper(path: Path, seed: int) -> dict:
                         "running_var": float(torch.stack([b.running_var.mean() for b in bns]).mean())}}
 
 
-@torch.no_grad()
-def restore_bn_sequential(model, audio, lengths) -> dict:
-    """Set every BN's running stats from its own input, layer by layer, in one forward pass.
-
-    A forward pre-hook on each BatchNorm computes the per-channel mean and unbiased variance of its
-    input over the valid frames (float64 sums), writes them into running_mean / running_var, and
-    then the BN runs (eval mode) with them. Later layers therefore see earlier layers normalized
-    exactly as they will be at inference. The lengths of the BN input are those returned by the
-    conv that produced it (always called right before its BN, main path and residual branches).
-    """
-    state = {"lens": None}
-    handles = []
-    for m in model.encoder.modules():
-        if isinstance(m, MaskedConv1d):
-            handles.append(m.register_forward_hook(lambda _m, _i, out: state.__setitem__("lens", out[1])))
-    stats = {}
-    names = {id(bn): name for name, _conv, bn in conv_before_each_bn(model)}
-
-    def pre_hook(bn, inputs):
-        z = inputs[0]
-        mask = frame_mask(state["lens"], z.shape[-1])[:, None, :]
-        z64 = z.double() * mask
-        n = int(mask.sum())
-        mean = z64.sum(dim=(0, 2)) / n
-        var = ((z64 * z64).sum(dim=(0, 2)) - n * mean * mean) / (n - 1)
-        var = var.clamp_min(0.0)
-        bn.running_mean.copy_(mean)
-        bn.running_var.copy_(var)
-        stats[names[id(bn)]] = (mean.numpy(), var.numpy())
-
-    for _name, _conv, bn in conv_before_each_bn(model):
-        handles.append(bn.register_forward_pre_hook(pre_hook))
-    try:
-        model(audio, lengths)
-    finally:
-        for h in handles:
-            h.remove()
-    return stats
-
-
-def stats_difference(model, measured: dict) -> dict:
-    """Max relative difference between stored running stats and freshly measured ones."""
-    dm, dv = 0.0, 0.0
-    for name, _conv, bn in conv_before_each_bn(model):
-        mean, var = measured[name]
-        rv = bn.running_var.double().numpy()
-        rm = bn.running_mean.double().numpy()
-        scale = np.sqrt(rv + bn.eps)
-        dm = max(dm, float(np.max(np.abs(mean - rm) / scale)))
-        dv = max(dv, float(np.max(np.abs(var - rv) / (rv + bn.eps))))
-    return {"max_abs_mean_diff_in_std": dm, "max_rel_var_diff": dv}
-
-
 def var_profile(stats: dict) -> list[dict]:
     """Median per-channel variance of each BN input, in forward order (main path only)."""
     return [{"bn": name, "median_var": float(np.median(v))} for name, (m, v) in stats.items() if ".res." not in name]
@@ -179,30 +126,16 @@ def mels_of(model, batches):
     return [tuple(t.clone() for t in model.features(a, n)) for a, n in batches]
 
 
-def input_specs(qmodel) -> dict:
-    """(bits, signed) of each integer conv's input, following the graph of `forward_int`."""
-    specs, prev = {}, [(qmodel.input_bits, True)]
-    for b, block in enumerate(qmodel.blocks):
-        x = prev[-1]
-        for i, c in enumerate(block.convs):
-            specs[f"blocks.{b}.convs.{i}"] = x
-            x = (c.out_bits, c.out_signed)
-        for i, _c in enumerate(block.residual):
-            specs[f"blocks.{b}.residual.{i}"] = prev[i]   # dense: one branch per earlier output
-        prev = prev + [x] if block.dense else [x]
-    specs["decoder"] = prev[-1]
-    return specs
-
-
 def layer_table(qmodel) -> list[dict]:
-    """Per integer conv: worst-case |acc| over all inputs in range vs the int32 limit."""
-    specs, rows = input_specs(qmodel), []
-    for name, c in qmodel.int_convs():
-        x_bits, x_signed = specs[name]
-        bound = accumulator_bound(c.weight, x_bits, x_signed, c.bias)
-        rows.append({"layer": name, "shape": "x".join(map(str, c.weight.shape)), "x_bits": x_bits,
-                     "x_signed": x_signed, "acc_bound": int(bound), "bound_over_int32": bound / (2 ** 31 - 1),
-                     "acc_dtype": str(c.acc_dtype).replace("torch.", "")})
+    """Per integer conv of the program: its proven worst-case |acc| vs the int32 limit."""
+    values = qmodel.program.values
+    rows = []
+    for op in qmodel.int_convs():
+        x = values[op.inputs[0]]
+        bound = int(op.meta["bound"])
+        rows.append({"layer": op.name, "shape": "x".join(map(str, op.params["weight"].shape)), "x_bits": x.bits,
+                     "x_signed": x.signed, "acc_bound": bound, "bound_over_int32": bound / (2 ** 31 - 1),
+                     "acc_dtype": op.attrs["acc_dtype"]})
     return rows
 
 
@@ -290,13 +223,15 @@ def check_model(name, model, bn_info, calib_batches, verify_batch, eval_batches,
         worst = max(table, key=lambda r: r["acc_bound"])
         entry["accumulators"] = {"layers": len(table), "worst_layer": worst["layer"], "worst_bound": worst["acc_bound"],
                                  "worst_over_int32": worst["bound_over_int32"], "table": table}
-        log(f"{name} {tag}: verify (float-free, NumPy replay of {numpy_items} utterance, batch invariance)")
+        log(f"{name} {tag}: verify (float-free, every backend on the padded batch (NumPy: {numpy_items} "
+            f"utterance(s)), batch invariance)")
         t = time.time()
         rep = verify(qmodel, *verify_batch, numpy_items=numpy_items)
         entry["verify_s"] = round(time.time() - t, 1)
         entry["verify"] = rep
         log(f"{name} {tag}: verify passed={rep['passed']} float_free={rep['float_free']['passed']} "
-            f"({rep['float_free']['ops_recorded']} ops) numpy_bit_exact={rep['numpy_bit_exact']['passed']} "
+            f"({rep['float_free']['ops_recorded']} ops) bit_exact={rep['bit_exact']['passed']} "
+            f"{ {k: v.get('bit_exact') for k, v in rep['backends'].items()} } "
             f"batch_invariance={rep['batch_invariance']['passed']} [{entry['verify_s']} s]")
         if not rep["batch_invariance"]["passed"]:
             entry["batch_invariance_diagnosis"] = front_end_diagnosis(qmodel, *verify_batch)

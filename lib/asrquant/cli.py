@@ -78,43 +78,34 @@ def cmd_evaluate(args) -> int:
 
 
 def calibration_batches(model, args):
-    """(mel, lengths) batches for the chosen calibration source."""
-    from . import calibration
+    """(mel, lengths) batches for the chosen calibration source (``calibration.calibration_batches``)."""
+    from .calibration import calibration_batches as batches
 
-    if args.calibration == "real":
-        if not args.calibration_data:
-            raise ValueError("--calibration real needs --calibration-data DIR (training-split audio)")
-        return calibration.real_mels(model, args.calibration_data, args.batch_size, args.calibration_limit)
-    if args.calibration == "random":
-        return calibration.random_mels(args.batches, args.batch_size, args.frames, args.seed)
-    from .synth import SyntheticMelGenerator, generate_cached  # noqa: F401  (zero-shot default)
-
-    params = {"n_batches": args.batches, "batch_size": args.batch_size, "frames": args.frames,
-              "iterations": args.iterations, "lr": args.lr, "seed": args.seed}
-    synthetic = generate_cached(model, args.model, params, Path(args.cache_dir))
-    return [(synthetic.mels[i], synthetic.lengths[i]) for i in range(synthetic.mels.shape[0])]
+    return batches(model, args.calibration, seed=args.seed, n_batches=args.batches, batch_size=args.batch_size,
+                   frames=args.frames, data=args.calibration_data, limit=args.calibration_limit,
+                   synth={"iterations": args.iterations, "lr": args.lr}, model_path=args.model,
+                   cache_dir=args.cache_dir)
 
 
 def cmd_quantize(args) -> int:
     import torch
 
-    from .convert import quantize_model, save_quantized
+    from .calibration import collect
+    from .convert import convert, save_quantized
     from .models.checkpoint import load_model
 
     torch.manual_seed(args.seed)
     model = load_model(args.model)
     batches = calibration_batches(model, args)
     info = {"calibration": args.calibration, "seed": args.seed, "source_model": str(args.model)}
-    from .convert import conv_input_hessians, conv_input_means
-
-    means = conv_input_means(model, batches) if args.bias_correction else None
-    hessians = conv_input_hessians(model, batches) if args.rounding == "gptq" else None
-    qmodel = quantize_model(model, batches, args.weight_bits, args.act_bits, observer=args.observer,
-                            weight_method=args.weight_method, info=info, input_means=means,
-                            depthwise_bits=args.depthwise_bits, hessians=hessians)
+    stats = collect(model, batches, means=args.bias_correction, hessians=args.rounding == "gptq",
+                    observer=args.observer)
+    qmodel = convert(model, stats.observers, args.weight_bits, args.act_bits, args.weight_method, info,
+                     input_means=stats.input_means, depthwise_bits=args.depthwise_bits, hessians=stats.hessians)
     out = save_quantized(qmodel, args.out)
     print(f"W{args.weight_bits}A{args.act_bits} integer model ({args.calibration} calibration, "
-          f"{len(batches)} batches) -> {out}; int64 accumulators: {qmodel.int64_layers() or 'none'}")
+          f"{len(batches)} batches, {len(qmodel.program.ops)} integer ops) -> {out}; "
+          f"int64 accumulators: {qmodel.int64_layers() or 'none'}")
     return 0
 
 
@@ -125,18 +116,35 @@ def cmd_verify(args) -> int:
 
     qmodel = load_quantized(args.model)
     utts = load_dataset(args.data, require_text=False, limit=args.utterances)
+    if not utts:
+        raise ValueError(f"{args.data}: no audio found")
     audio, lengths = load_batch(utts)
-    report = verify(qmodel, audio, lengths, numpy_items=args.numpy_utterances)
-    ff, ne, bi = report["float_free"], report["numpy_bit_exact"], report["batch_invariance"]
+    report = verify(qmodel, audio, lengths, numpy_items=args.numpy_utterances, max_seconds=args.seconds,
+                    backends=args.backends, threads=args.threads)
+    ff, bi = report["float_free"], report["batch_invariance"]
     print(f"float-free integer forward: {'PASS' if ff['passed'] else 'FAIL'} "
-          f"({ff['ops_recorded']} ops recorded, input {report['input_dtype']}, logits {report['logits_dtype']})"
-          + (f" float ops: {ff['float_ops']}" if ff["float_ops"] else ""))
-    print(f"bit-exact vs independent NumPy runner: {'PASS' if ne['passed'] else 'FAIL'} "
-          f"({ne['utterances']} utterance(s), max |diff| {ne['max_abs_diff']})")
+          f"({ff['ops_recorded']} ops recorded, {report['program_ops']} program ops, input {report['input_dtype']}, "
+          f"logits {report['logits_dtype']})" + (f" float ops: {ff['float_ops']}" if ff["float_ops"] else ""))
+    pb = report["padded_batch"]
+    print(f"backends vs the torch reference on a padded batch of {pb['utterances']} utterances "
+          f"(frames {pb['frames']}):")
+    for name, r in report["backends"].items():
+        if r.get("skipped"):
+            print(f"  {name:22s} SKIPPED: {r['skipped']}")
+        else:
+            print(f"  {name:22s} {'BIT-EXACT' if r['bit_exact'] else 'MISMATCH'} ({r['differ']} of {r['logits']} "
+                  f"logits differ, max |diff| {r['max_abs_diff']})")
+    for name, r in report.get("simulated", {}).items():
+        if r.get("skipped"):
+            print(f"  {name:22s} SKIPPED: {r['skipped']}")
+        else:
+            print(f"  {name:22s} simulated (float): frame argmax agreement {r['argmax_agreement']:.4f}, "
+                  f"max |diff| {r['max_abs_diff_real']:.3g} (real units)")
     print(f"batch/padding invariance: {'PASS' if bi['passed'] else 'FAIL'} ({bi['utterances']} utterances; "
           f"integer logits identical: {bi['integer_logits_identical']}, transcripts identical: "
           f"{bi['transcripts_identical']})")
     print(f"int64 accumulator layers: {report['int64_accumulator_layers'] or 'none'}")
+    print(f"verify: {'PASS' if report['passed'] else 'FAIL'}")
     _write_json(args.json, report)
     return 0 if report["passed"] else 1
 
@@ -257,7 +265,14 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("model", help="quantized model file")
     v.add_argument("--data", default=str(paths.librispeech("test-other")), help="audio folder or manifest")
     v.add_argument("--utterances", type=int, default=3, help="utterances in the padded test batch")
-    v.add_argument("--numpy-utterances", type=int, default=1, help="utterances replayed by the NumPy runner")
+    v.add_argument("--numpy-utterances", type=int, default=None,
+                   help="utterances of the padded batch the NumPy backend replays (default: all)")
+    v.add_argument("--seconds", type=float, default=6.0,
+                   help="crop each utterance to at most this long (the NumPy replay is slow); 0: no crop")
+    v.add_argument("--backends", nargs="+", default=None,
+                   help="backends to compare with the torch reference (default: all: numpy onnx-int fast-native "
+                        "fast-float-exact onnx-qdq)")
+    v.add_argument("--threads", type=int, default=1)
     v.add_argument("--json", default=None)
     v.set_defaults(func=cmd_verify)
     return p

@@ -36,7 +36,7 @@ class GridSpec:
     real_limit: int | None = None      # calibration utterances for `real` (None: all)
     observer: str = "minmax"
     weight_method: str = "minmax"
-    bias_correction: bool = False     # correct biases for weight rounding (convert.conv_input_means)
+    bias_correction: bool = False     # correct biases for weight rounding (calibration.collect(means=True))
     depthwise_bits: int = 0           # depthwise weight width (0: the same as the other weights)
     rounding: str = "nearest"         # weight rounding: nearest, or gptq (output-aware, quant/gptq.py)
 
@@ -75,27 +75,24 @@ def _row(key: dict, summary: dict, model, w_bits: int, a_bits: int, extra: dict,
 
 
 def calibration_batches(model, model_path, calibration: str, seed: int, spec: GridSpec, calib_data,
-                        cache_dir):
-    from . import calibration as cal
+                        cache_dir, progress: bool = True):
+    """The grid's calibration batches: ``calibration.calibration_batches`` with the spec's settings."""
+    from .calibration import calibration_batches as batches
 
-    if calibration == "real":
-        return cal.real_mels(model, calib_data, limit=spec.real_limit)
+    synth = dict(spec.synth or {})
+    shape = {"n_batches": synth.pop("n_batches", spec.random_batches), "batch_size": synth.pop("batch_size", 8),
+             "frames": synth.pop("frames", spec.random_frames)}
     if calibration == "random":
-        return cal.random_mels(spec.random_batches, 8, spec.random_frames, seed)
-    if calibration == "synthetic":
-        from .synth import generate_cached
-
-        params = dict(spec.synth or {})
-        params["seed"] = seed
-        s = generate_cached(model, model_path, params, Path(cache_dir))
-        return [(s.mels[i], s.lengths[i]) for i in range(s.mels.shape[0])]
-    raise ValueError(f"unknown calibration {calibration!r}")
+        shape = {"n_batches": spec.random_batches, "batch_size": 8, "frames": spec.random_frames}
+    return batches(model, calibration, seed=seed, data=calib_data, limit=spec.real_limit, synth=synth,
+                   model_path=model_path, cache_dir=cache_dir, progress=progress, **shape)
 
 
 def run_grid(model_path, eval_data, csv, spec: GridSpec, calib_data=None, cache_dir="build/synth_cache",
              limit: int | None = None, progress: bool = True) -> pd.DataFrame:
     """Evaluate FP32 and every (calibration, seed, W/A) of `spec`; returns the tidy table."""
-    from .convert import calibrate, conv_input_hessians, conv_input_means, convert
+    from .calibration import collect
+    from .convert import convert
     from .data import load_dataset
     from .evaluate import evaluate
     from .models.checkpoint import load_model
@@ -122,9 +119,9 @@ def run_grid(model_path, eval_data, csv, spec: GridSpec, calib_data=None, cache_
             continue
         start = time.perf_counter()
         batches = calibration_batches(model, model_path, calibration, seed, spec, calib_data, cache_dir)
-        observers = calibrate(model, batches, spec.observer)
-        means = conv_input_means(model, batches) if spec.bias_correction else None
-        hessians = conv_input_hessians(model, batches) if spec.rounding == "gptq" else None
+        stats = collect(model, batches, means=bool(spec.bias_correction), hessians=spec.rounding == "gptq",
+                        observer=spec.observer)
+        observers, means, hessians = stats.observers, stats.input_means, stats.hessians
         calib_seconds = time.perf_counter() - start
         for w, a in todo:
             qmodel = convert(model, observers, w, a, spec.weight_method, {"calibration": calibration, "seed": seed},

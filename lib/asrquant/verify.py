@@ -1,10 +1,13 @@
-"""Proofs that the integer model is what it claims to be.
+"""Proofs that an integer model is what it claims to be.
 
 1. Float-free: a TorchDispatchMode records the output dtype of every op that runs inside
-   `forward_int`; no floating-point tensor may appear between the quantized input and the logits.
-2. Bit-exact: an independent NumPy runner (`numpy_forward`, built only on `intops.reference`,
-   which uses no torch) recomputes the integer logits from the saved integer tensors; every
-   value must be equal.
+   `forward_int` (the torch reference backend of the program); no floating-point tensor may
+   appear between the quantized input and the logits.
+2. Bit-exact across backends: every other backend of the program (the NumPy reference, which
+   shares no code with torch; the integer ONNX graph on onnxruntime; the fast CPU runner) is run
+   on the same padded batch with its lengths, and every valid logit must equal the reference's.
+   A backend that cannot run exactly on this machine (onnxruntime's integer kernels without
+   VNNI, no C compiler) is reported as skipped with its reason, never as a pass.
 3. Batch/padding invariance: an utterance alone and inside a padded batch gives identical integer
    logits on its valid frames (so identical transcripts).
 """
@@ -15,8 +18,8 @@ import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .convert import IntegerConvASR
-from .intops import reference as ref
+BACKENDS = ("numpy", "onnx-int", "fast-native", "fast-float-exact")
+SIMULATED = ("onnx-qdq",)
 
 
 class DtypeRecorder(TorchDispatchMode):
@@ -37,59 +40,88 @@ class DtypeRecorder(TorchDispatchMode):
         return [(op, dt) for op, dt in self.records if dt.is_floating_point or dt.is_complex]
 
 
-def float_ops_in_forward(qmodel: IntegerConvASR, q: torch.Tensor, lengths: torch.Tensor):
+def float_ops_in_forward(qmodel, q: torch.Tensor, lengths: torch.Tensor):
     """Run `forward_int` under the recorder; return (float ops seen, number of ops recorded)."""
     with DtypeRecorder() as rec:
         qmodel.forward_int(q, lengths)
     return rec.float_ops(), len(rec.records)
 
 
-def numpy_forward(qmodel: IntegerConvASR, q: np.ndarray, lengths: np.ndarray):
-    """Independent NumPy replay of `forward_int` from the model's integer tensors."""
-    def arr(t):
-        return None if t is None else t.numpy().astype(np.int64)
+def numpy_forward(qmodel, q: np.ndarray, lengths: np.ndarray):
+    """Independent NumPy replay of the model's program: (int64 logits, int64 lengths)."""
+    from .program.numpy_ref import NumpyReference
 
-    def out_len(conv, lens):
-        k = conv.weight.shape[-1]
-        return (lens + 2 * conv.padding - conv.dilation * (k - 1) - 1) // conv.stride + 1
-
-    def acc(conv, x, lens):
-        return ref.conv1d_ref(ref.mask_time_ref(x, lens), arr(conv.weight), arr(conv.bias), conv.stride,
-                              conv.padding, conv.dilation, conv.groups)
-
-    lengths = np.asarray(lengths, dtype=np.int64)
-    xs = [np.asarray(q, dtype=np.int64)]
-    for block in qmodel.blocks:
-        x, lens = xs[-1], lengths
-        for conv in block.convs[:-1]:
-            x = ref.requantize_ref(acc(conv, x, lens), arr(conv.M), arr(conv.shift), conv.out_bits, conv.out_signed)
-            lens = out_len(conv, lens)
-        last = block.convs[-1]
-        if block.residual:
-            total = ref.rescale_ref(acc(last, x, lens), arr(last.M), arr(last.shift))
-            for x_in, conv in zip(xs, block.residual):
-                total = ref.add_ref(total, ref.rescale_ref(acc(conv, x_in, lengths), arr(conv.M), arr(conv.shift)))
-            y = np.clip(total, *ref.qrange_ref(last.out_bits, signed=False))
-        else:
-            y = ref.requantize_ref(acc(last, x, lens), arr(last.M), arr(last.shift), last.out_bits, last.out_signed)
-        lens = out_len(last, lens)
-        xs = xs + [y] if block.dense else [y]
-        lengths = lens
-    d = qmodel.decoder
-    return ref.rescale_ref(acc(d, xs[-1], lengths), arr(d.M), arr(d.shift)), lengths
+    return NumpyReference().run(qmodel.program, q, lengths)
 
 
-def _valid_equal(a: torch.Tensor, a_len: int, b: torch.Tensor, b_len: int) -> bool:
-    return a_len == b_len and torch.equal(a[:, :a_len], b[:, :b_len])
+def run_backend(name: str, qmodel, q: torch.Tensor, lengths: torch.Tensor, threads: int = 1):
+    """(int64 logits, lengths) of one backend; raises ``BackendUnavailable`` with the reason."""
+    if name == "numpy":
+        return numpy_forward(qmodel, q.numpy(), lengths.numpy())
+    if name == "onnx-int":
+        from .deploy.runtime import ort_kernels_exact
+        from .program.onnx_int import run_onnx_int
+
+        if not ort_kernels_exact(threads):
+            raise BackendUnavailable("onnxruntime's integer kernels are not exact on this CPU (no VNNI: U8S8 "
+                                     "pairs saturate at int16)")
+        return run_onnx_int(qmodel.program, q, lengths, threads=threads)
+    if name in ("fast-native", "fast-float-exact"):
+        from .program.fast import run_fast
+
+        mode = "native" if name == "fast-native" else "float-exact"
+        try:
+            return run_fast(qmodel.program, q, lengths, depthwise=mode, threads=threads)
+        except (NotImplementedError, OSError, RuntimeError) as e:
+            raise BackendUnavailable(f"{type(e).__name__}: {e}") from e
+    raise ValueError(f"unknown backend {name!r}; known: {BACKENDS + SIMULATED}")
 
 
-def verify(qmodel: IntegerConvASR, audio: torch.Tensor, lengths: torch.Tensor, numpy_items: int = 1) -> dict:
-    """Run the three checks on a padded batch of audio; returns a report with `passed`."""
-    report: dict = {}
+class BackendUnavailable(RuntimeError):
+    """A backend that cannot run (exactly) here; the message says why."""
+
+
+def _compare(ref_logits, ref_len, logits, out_len) -> dict:
+    ref_logits, logits = np.asarray(ref_logits).astype(np.int64), np.asarray(logits).astype(np.int64)
+    ref_len, out_len = np.asarray(ref_len).reshape(-1), np.asarray(out_len).reshape(-1)
+    if not np.array_equal(ref_len, out_len):
+        return {"bit_exact": False, "lengths_equal": False, "logits": 0, "differ": -1, "max_abs_diff": -1}
+    n = differ = max_diff = 0
+    for b, t in enumerate(ref_len.tolist()):
+        a, c = ref_logits[b, :, :t], logits[b, :, :t]
+        if a.shape != c.shape:
+            return {"bit_exact": False, "lengths_equal": True, "logits": int(a.size), "differ": int(a.size),
+                    "max_abs_diff": -1, "shape_mismatch": [list(a.shape), list(c.shape)]}
+        n += a.size
+        differ += int((a != c).sum())
+        max_diff = max(max_diff, int(np.abs(a - c).max()) if a.size else 0)
+    return {"bit_exact": differ == 0, "lengths_equal": True, "logits": int(n), "differ": differ,
+            "max_abs_diff": max_diff}
+
+
+def _crop(audio: torch.Tensor, lengths: torch.Tensor, max_samples: int | None):
+    if not max_samples:
+        return audio, lengths
+    lengths = torch.clamp(lengths, max=max_samples)
+    return audio[:, : int(lengths.max())], lengths
+
+
+def verify(qmodel, audio: torch.Tensor, lengths: torch.Tensor, numpy_items: int | None = None,
+           max_seconds: float | None = None, backends=None, threads: int = 1, sample_rate: int = 16000) -> dict:
+    """Run the three checks on a padded batch of audio; returns a report with `passed`.
+
+    backends: names from BACKENDS (and SIMULATED: the Q/DQ graph, compared by frame argmax only,
+    never counted as exact); default all. numpy_items: replay only the first N utterances of
+    the batch in NumPy (its int64 loops are slow; default all). max_seconds: crop every
+    utterance to at most this long first (the lengths still differ, so the batch stays padded)."""
+    backends = list(backends or BACKENDS + SIMULATED)
+    audio, lengths = _crop(audio, lengths, int(max_seconds * sample_rate) if max_seconds else None)
+    report: dict = {"program_ops": len(qmodel.program.ops)}
     with torch.inference_mode():
         mel, mel_len = qmodel.features(audio, lengths)
         q = qmodel.quantize_input(mel)
     report["input_dtype"] = str(q.dtype)
+    report["padded_batch"] = {"utterances": int(q.shape[0]), "frames": [int(n) for n in mel_len]}
 
     floats, n_ops = float_ops_in_forward(qmodel, q, mel_len)
     report["float_free"] = {"passed": not floats, "ops_recorded": n_ops,
@@ -98,19 +130,28 @@ def verify(qmodel: IntegerConvASR, audio: torch.Tensor, lengths: torch.Tensor, n
     with torch.inference_mode():
         logits, out_len = qmodel.forward_int(q, mel_len)
     report["logits_dtype"] = str(logits.dtype)
-    # NumPy replay of the shortest utterances (its int64 loops are slow)
-    order = torch.argsort(mel_len)[:numpy_items]
-    exact, max_diff = True, 0
-    for b in order.tolist():
-        n = int(mel_len[b])
-        np_logits, np_len = numpy_forward(qmodel, q[b:b + 1, :, :n].numpy(), np.array([n]))
-        t = int(out_len[b])
-        ours = logits[b, :, :t].numpy().astype(np.int64)
-        same = int(np_len[0]) == t and np.array_equal(np_logits[0, :, :t], ours)
-        exact &= same
-        if int(np_len[0]) == t:
-            max_diff = max(max_diff, int(np.abs(np_logits[0, :, :t] - ours).max()))
-    report["numpy_bit_exact"] = {"passed": bool(exact), "utterances": len(order), "max_abs_diff": max_diff}
+
+    report["backends"], report["simulated"] = {}, {}
+    for name in backends:
+        if name in SIMULATED:
+            report["simulated"][name] = _simulated(qmodel, mel, mel_len, logits, out_len)
+            continue
+        qb, lb, ref, ref_len = q, mel_len, logits, out_len
+        if name == "numpy" and numpy_items:
+            k = int(numpy_items)
+            qb, lb = q[:k, :, : int(mel_len[:k].max())], mel_len[:k]
+            ref, ref_len = logits[:k], out_len[:k]
+        try:
+            with torch.inference_mode():
+                got, got_len = run_backend(name, qmodel, qb, lb, threads)
+        except BackendUnavailable as e:
+            report["backends"][name] = {"bit_exact": None, "skipped": str(e)}
+            continue
+        report["backends"][name] = _compare(ref.numpy(), ref_len.numpy(), got, got_len)
+        report["backends"][name]["utterances"] = int(qb.shape[0])
+    ran = [r for r in report["backends"].values() if not r.get("skipped")]
+    report["bit_exact"] = {"passed": bool(ran) and all(r["bit_exact"] for r in ran),
+                           "backends_run": len(ran), "backends_skipped": len(report["backends"]) - len(ran)}
 
     # integer level: the same integer input alone vs in the padded batch -> identical integers
     invariant, same_text = True, True
@@ -121,7 +162,8 @@ def verify(qmodel: IntegerConvASR, audio: torch.Tensor, lengths: torch.Tensor, n
         for b in range(audio.shape[0]):
             n = int(mel_len[b])
             alone, alone_out = qmodel.forward_int(q[b:b + 1, :, :n], mel_len[b:b + 1])
-            invariant &= _valid_equal(alone[0], int(alone_out[0]), logits[b], int(out_len[b]))
+            t = int(out_len[b])
+            invariant &= int(alone_out[0]) == t and torch.equal(alone[0, :, :t], logits[b, :, :t])
             # end to end from audio (the float front end may round differently by batch shape)
             alone_mel, alone_len = qmodel.features(audio[b:b + 1, : lengths[b]], lengths[b:b + 1])
             a_logits, a_len = qmodel.forward_int(qmodel.quantize_input(alone_mel), alone_len)
@@ -129,5 +171,24 @@ def verify(qmodel: IntegerConvASR, audio: torch.Tensor, lengths: torch.Tensor, n
     report["batch_invariance"] = {"passed": bool(invariant and same_text), "utterances": int(audio.shape[0]),
                                   "integer_logits_identical": bool(invariant), "transcripts_identical": bool(same_text)}
     report["int64_accumulator_layers"] = qmodel.int64_layers()
-    report["passed"] = all(report[k]["passed"] for k in ("float_free", "numpy_bit_exact", "batch_invariance"))
+    report["passed"] = all(report[k]["passed"] for k in ("float_free", "bit_exact", "batch_invariance"))
     return report
+
+
+def _simulated(qmodel, mel, mel_len, logits, out_len) -> dict:
+    """The Q/DQ graph (float, simulated quantization) against the integer logits, in real units."""
+    try:
+        from .program.onnx_qdq import run_onnx_qdq
+
+        y, y_len = run_onnx_qdq(qmodel.program, mel, mel_len)
+    except (ImportError, NotImplementedError) as e:
+        return {"skipped": f"{type(e).__name__}: {e}"}
+    ref = logits.numpy().astype(np.float64) * qmodel.logit_scale
+    agree = total = 0
+    max_diff = 0.0
+    for b, t in enumerate(out_len.tolist()):
+        a, c = ref[b, :, :t], np.asarray(y)[b, :, :t]
+        agree += int((a.argmax(0) == c.argmax(0)).sum())
+        total += t
+        max_diff = max(max_diff, float(np.abs(a - c).max()) if a.size else 0.0)
+    return {"argmax_agreement": agree / max(total, 1), "frames": total, "max_abs_diff_real": max_diff}

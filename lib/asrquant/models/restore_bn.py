@@ -118,3 +118,59 @@ def restore_batchnorm(model: ConvASR, folded: dict, batches, progress: bool = Tr
     stats = measure_bn_inputs(model, batches, progress=progress)
     apply_bn_statistics(model, stats)
     return stats
+
+
+@torch.no_grad()
+def restore_bn_sequential(model, audio, lengths) -> dict:
+    """Set every BN's running stats from its own input, layer by layer, in one forward pass.
+
+    For a network whose BatchNorms hold no statistics yet (a randomly initialized NeMo model):
+    the statistics of BN k depend on how the BNs before it normalize, so a single measuring pass
+    with the initial BN state (mean 0, var 1) measures every later layer on un-normalized inputs.
+    A forward pre-hook on each BatchNorm computes the per-channel mean and unbiased variance of its
+    input over the valid frames (float64 sums), writes them into running_mean / running_var, and
+    then the BN runs (eval mode) with them. Later layers therefore see earlier layers normalized
+    exactly as they will be at inference. The lengths of the BN input are those returned by the
+    conv that produced it (always called right before its BN, main path and residual branches).
+    """
+    state = {"lens": None}
+    handles = []
+    for m in model.encoder.modules():
+        if isinstance(m, MaskedConv1d):
+            handles.append(m.register_forward_hook(lambda _m, _i, out: state.__setitem__("lens", out[1])))
+    stats = {}
+    names = {id(bn): name for name, _conv, bn in conv_before_each_bn(model)}
+
+    def pre_hook(bn, inputs):
+        z = inputs[0]
+        mask = frame_mask(state["lens"], z.shape[-1])[:, None, :]
+        z64 = z.double() * mask
+        n = int(mask.sum())
+        mean = z64.sum(dim=(0, 2)) / n
+        var = ((z64 * z64).sum(dim=(0, 2)) - n * mean * mean) / (n - 1)
+        var = var.clamp_min(0.0)
+        bn.running_mean.copy_(mean)
+        bn.running_var.copy_(var)
+        stats[names[id(bn)]] = (mean.numpy(), var.numpy())
+
+    for _name, _conv, bn in conv_before_each_bn(model):
+        handles.append(bn.register_forward_pre_hook(pre_hook))
+    try:
+        model(audio, lengths)
+    finally:
+        for h in handles:
+            h.remove()
+    return stats
+
+
+def stats_difference(model, measured: dict) -> dict:
+    """Max relative difference between stored running stats and freshly measured ones."""
+    dm, dv = 0.0, 0.0
+    for name, _conv, bn in conv_before_each_bn(model):
+        mean, var = measured[name]
+        rv = bn.running_var.double().numpy()
+        rm = bn.running_mean.double().numpy()
+        scale = np.sqrt(rv + bn.eps)
+        dm = max(dm, float(np.max(np.abs(mean - rm) / scale)))
+        dv = max(dv, float(np.max(np.abs(var - rv) / (rv + bn.eps))))
+    return {"max_abs_mean_diff_in_std": dm, "max_rel_var_diff": dv}
