@@ -9,6 +9,7 @@ that carries code is refused, not run.
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 import pickle
@@ -132,19 +133,49 @@ def write_nemo(path: str | os.PathLike, config: dict, state_dict: dict[str, torc
     return atomic_write_bytes(path, write)
 
 
-def load_model(path: str | os.PathLike):
-    """Build a float `ConvASR` from a `.nemo` file."""
+def build_model(config: dict, tokenizer=None):
+    """The float model a NeMo config describes, chosen by its encoder `_target_`:
+    ConvASREncoder (or no target: the configs this library wrote before Conformer) -> `ConvASR`,
+    ConformerEncoder -> `ConformerCTC` (with `tokenizer` for BPE models)."""
+    from .conformer import ConformerCTC
     from .convasr import ConvASR
 
-    config, state_dict, _ = read_nemo(path)
+    encoder = config.get("encoder") if isinstance(config, dict) else None
+    if not isinstance(encoder, dict):
+        raise ValueError("config has no encoder section")
+    target = str(encoder.get("_target_") or "ConvASREncoder").rsplit(".", 1)[-1]
+    if target in ("ConformerEncoder", "ConformerEncoderAdapter"):
+        return ConformerCTC(config, tokenizer=tokenizer)
+    if target in ("ConvASREncoder", "ConvASREncoderAdapter"):
+        if tokenizer is not None:
+            raise ValueError("a tokenizer was given for a ConvASR (character) model")
+        return ConvASR(config)
+    raise ValueError(f"encoder {encoder.get('_target_')!r} not supported (ConvASREncoder, ConformerEncoder)")
+
+
+def load_model(path: str | os.PathLike):
+    """Build a float `ConvASR` or `ConformerCTC` (by the encoder `_target_`) from a `.nemo` file.
+
+    BPE Conformers get their SentencePiece tokenizer from the archive (`tokenizer.model_path:
+    nemo:<member>` in the config), read from memory like everything else.
+    """
+    from ..tokenizer import TokenizerError, tokenizer_from_archive
+
+    config, state_dict, files = read_nemo(path)
     try:
-        model = ConvASR(config)
-    except (KeyError, TypeError, ValueError) as e:
+        tokenizer = tokenizer_from_archive(config, files, str(path))
+    except TokenizerError as e:
+        raise CheckpointError(str(e)) from e
+    try:
+        model = build_model(config, tokenizer)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{path}: unsupported model config: {e!r}") from e
     try:
         missing, unexpected = model.load_state_dict(state_dict, strict=False)
     except RuntimeError as e:  # shape mismatches between config and weights
-        raise CheckpointError(f"{path}: weights do not match the config: {str(e).splitlines()[1].strip()}") from e
+        lines = str(e).splitlines()
+        raise CheckpointError(f"{path}: weights do not match the config: "
+                              f"{(lines[1] if len(lines) > 1 else lines[0]).strip()}") from e
     # NeMo keeps the mel filterbank and window as buffers; ours are recomputed from the config
     # and checked equal in the tests, so their absence in a checkpoint is fine.
     missing = [k for k in missing if not k.startswith("preprocessor.")]
@@ -156,4 +187,16 @@ def load_model(path: str | os.PathLike):
 
 
 def save_model(model, path: str | os.PathLike) -> Path:
-    return write_nemo(path, model.config, model.state_dict())
+    """Write `model` as a `.nemo` NeMo can restore; a BPE model's tokenizer goes in as
+    `tokenizer.model` (+ the `tokenizer.vocab` / `vocab.txt` NeMo also asks for), referenced
+    from the config's `tokenizer` section with NeMo's `nemo:` prefix."""
+    config, files = model.config, {}
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is not None:
+        from ..tokenizer import nemo_tokenizer_files
+
+        files, entries = nemo_tokenizer_files(tokenizer)
+        config = copy.deepcopy(config)
+        config["tokenizer"] = {"dir": None, "type": "bpe", **dict(config.get("tokenizer") or {}), **entries}
+        config["tokenizer"]["dir"] = None
+    return write_nemo(path, config, model.state_dict(), files)

@@ -114,8 +114,9 @@ def conformer_ctc_config(size: str = "large", vocabulary: list[str] | None = Non
     vocabulary: the CTC labels without the blank (BPE: the tokenizer's pieces in id order; char:
     the characters). None: BPE gets `vocab_size` placeholder pieces (a random-weight model needs
     only the count; a real tokenizer replaces them when a .nemo is loaded), char gets English chars.
-    bpe: writes NeMo's EncDecCTCModelBPE target and a `tokenizer` section (type bpe, tokenizer.model
-    inside the archive, NeMo's `nemo:` prefix) instead of the char model's `labels`.
+    bpe: writes NeMo's EncDecCTCModelBPE target and a `tokenizer` section (type bpe; model_path
+    stays None until `save_model` stores a tokenizer.model in the archive and points it there with
+    NeMo's `nemo:` prefix) instead of the char model's `labels`.
     encoder_overrides: any ConformerEncoder option, e.g. subsampling="dw_striding", xscaling=False,
     n_layers=2 (a shallow model for tests).
     """
@@ -131,8 +132,8 @@ def conformer_ctc_config(size: str = "large", vocabulary: list[str] | None = Non
         "target": NEMO_CTC_BPE_TARGET if bpe else NEMO_CTC_TARGET,
         "sample_rate": 16000,
     }
-    if bpe:
-        cfg["tokenizer"] = {"dir": None, "type": "bpe", "model_path": "nemo:tokenizer.model"}
+    if bpe:  # save_model points model_path at the archive's tokenizer.model when the model has one
+        cfg["tokenizer"] = {"dir": None, "type": "bpe", "model_path": None}
     else:
         cfg["labels"] = vocabulary
     cfg.update({

@@ -128,7 +128,9 @@ class ConvSubsampling(nn.Module):
         self.conv = nn.Sequential(*layers)
         self.is_2d = subsampling in SUBSAMPLINGS_2D
         if self.is_2d:
-            freq = int(conv_output_lengths(torch.tensor([feat_in]), 3, 2, 1, n)[0])
+            freq = feat_in                          # plain ints: also works on the meta device
+            for _ in range(n):
+                freq = (freq + 2 * 1 - 3) // 2 + 1
             self.out = nn.Linear(c * freq, feat_out)
         else:
             self.out = None
@@ -547,6 +549,9 @@ class ConformerCTC(nn.Module):
         if dec_cfg.get("feat_in") in (None, -1):
             dec_cfg["feat_in"] = config["encoder"].get("feat_out", -1) if int(config["encoder"].get("feat_out", -1)) > 0 \
                 else config["encoder"]["d_model"]
+        if tokenizer is not None and tokenizer.vocabulary != vocabulary:
+            raise ValueError(f"tokenizer pieces ({tokenizer.vocab_size}) differ from the decoder vocabulary "
+                             f"({len(vocabulary)}); build the config with vocabulary=tokenizer.vocabulary")
         self.vocabulary = vocabulary
         self.labels = [piece.replace("\u2581", " ") for piece in vocabulary]
         self.preprocessor = nn.Module()
