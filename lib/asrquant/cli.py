@@ -60,6 +60,31 @@ def cmd_restore_bn(args) -> int:
     return 0
 
 
+def cmd_import_hama(args) -> int:
+    import torch
+
+    from .models import save_model
+    from .models.hama import load_hama_model, restore_conformer_bn
+
+    torch.manual_seed(0)
+    model = load_hama_model(args.hama)
+    note = "folded BatchNorm (identity form)"
+    if args.restore_bn:
+        from .data import load_batch, load_dataset
+        from .evaluate import length_sorted_batches
+
+        utts = load_dataset(args.audio, require_text=False, limit=args.limit)
+        if not utts:
+            raise ValueError(f"{args.audio}: no audio files found")
+        batches = [load_batch([utts[i] for i in idx]) for idx in length_sorted_batches(utts, args.batch_size)]
+        restore_conformer_bn(model, batches, progress=not args.quiet)
+        note = f"BatchNorm statistics restored from {len(utts)} utterances of {args.audio}"
+    out = save_model(model, args.out)
+    print(f"hama Conformer-CTC ({model.config['source'].get('file')}, {len(model.labels)} labels + blank, "
+          f"{note}) -> {out}")
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from .data import load_dataset
     from .evaluate import evaluate
@@ -68,9 +93,13 @@ def cmd_evaluate(args) -> int:
     utts = load_dataset(args.data, limit=args.limit)
     result = evaluate(model, utts, batch_size=args.batch_size, progress=not args.quiet, seed=args.seed)
     lo, hi = result["ci95"]
-    print(f"WER {result['wer']:.2f}% (95% CI {lo:.2f}-{hi:.2f}; {result['word_errors']} errors / "
-          f"{result['words']} words, {result['utterances']} utterances), CER {result['cer']:.2f}%, "
-          f"{result['seconds']:.1f} s")
+    if "per" in result:  # phoneme models
+        print(f"PER {result['per']:.2f}% (95% CI {lo:.2f}-{hi:.2f}; {result['phoneme_errors']} errors / "
+              f"{result['phonemes']} phonemes, {result['utterances']} utterances), {result['seconds']:.1f} s")
+    else:
+        print(f"WER {result['wer']:.2f}% (95% CI {lo:.2f}-{hi:.2f}; {result['word_errors']} errors / "
+              f"{result['words']} words, {result['utterances']} utterances), CER {result['cer']:.2f}%, "
+              f"{result['seconds']:.1f} s")
     if not args.transcripts:
         result.pop("transcripts")
     _write_json(args.json, result)
@@ -206,6 +235,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--transcripts", action="store_true", help="include per-utterance transcripts in the JSON")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_evaluate)
+
+    h = sub.add_parser("import-hama", help="the `hama` package's pretrained phoneme Conformer-CTC as a .nemo")
+    h.add_argument("--out", required=True, help="output .nemo")
+    h.add_argument("--hama", default=None, help="a .hama file (default: the installed package's asr_waveform.hama)")
+    h.add_argument("--restore-bn", action="store_true",
+                   help="measure the conv modules' BatchNorm statistics on --audio (function unchanged)")
+    h.add_argument("--audio", default=str(paths.librispeech("train-clean-100")),
+                   help="training-split audio folder or manifest for --restore-bn")
+    h.add_argument("--batch-size", type=int, default=8)
+    h.add_argument("--limit", type=int, default=None, help="use only the first N utterances")
+    h.add_argument("--quiet", action="store_true")
+    h.set_defaults(func=cmd_import_hama)
 
     q = sub.add_parser("quantize", help="calibrate and convert a float .nemo model to an integer-only model")
     q.add_argument("--model", default=str(paths.restored_model()))
