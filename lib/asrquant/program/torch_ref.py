@@ -46,6 +46,11 @@ class TorchReference(Backend):
 
     def run(self, program: Program, x: torch.Tensor, lengths: torch.Tensor):
         """Integer input [B, F, T] and lengths [B] -> (int64 logits [B, C, T'], lengths [B])."""
+        env = self.trace(program, x, lengths)
+        return env[program.outputs[0]], env[program.outputs[1]]
+
+    def trace(self, program: Program, x: torch.Tensor, lengths: torch.Tensor) -> dict:
+        """Run the program and return every value it computed, by name (for inspection)."""
         if x.is_floating_point() or x.is_complex():
             raise TypeError(f"the integer program takes an integer input, got {x.dtype}")
         lengths = torch.as_tensor(lengths).to(torch.int64)
@@ -53,5 +58,4 @@ class TorchReference(Backend):
             raise ValueError(f"lengths must have one entry per batch item: {tuple(lengths.shape)} for batch {x.shape[0]}")
         if lengths.numel() and (int(lengths.min()) < 1 or int(lengths.max()) > x.shape[-1]):
             raise ValueError(f"lengths must lie in 1..{x.shape[-1]} (frames of the input), got {lengths.tolist()}")
-        env = self.execute(program, {program.inputs[0]: x, program.inputs[1]: lengths})
-        return env[program.outputs[0]], env[program.outputs[1]]
+        return self.execute(program, {program.inputs[0]: x, program.inputs[1]: lengths})
