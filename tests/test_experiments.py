@@ -224,3 +224,96 @@ def test_paper_table_rows_agree_with_constants():
         size, tb = ex.PAPER_TABLE1[(names[r.model], int(r.w_bits), int(r.a_bits))]
         assert math.isclose(r.size_mb, size) and math.isclose(r.bops_t, tb)
     assert ex.paper_table_rows("/nonexistent/paper_results.csv") is None
+
+
+# ---- Conformer-CTC --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def conformer_large():
+    return ex.meta_model("conformer_ctc_large")
+
+
+def _conformer_closed_form(d=512, layers=18, heads=8, vocab=129, t_mel=1001, feat=80, k=31):
+    """Params and weight MACs of Conformer-CTC (striding subsampling, rel_pos) written out by hand."""
+    t1, f1 = (t_mel - 1) // 2 + 1, (feat - 1) // 2 + 1
+    t, f2 = (t1 - 1) // 2 + 1, (f1 - 1) // 2 + 1
+    params = (d * 9 + d) + (d * d * 9 + d) + (d * f2 * d + d)
+    macs = t1 * f1 * d * 9 + t * f2 * d * d * 9 + t * d * f2 * d
+    per_params = (5 * 2 * d                                  # five LayerNorms
+                  + 2 * (d * 4 * d + 4 * d + 4 * d * d + d)  # two feed-forwards
+                  + 4 * (d * d + d) + d * d + 2 * d          # q k v out, linear_pos, pos_bias_u/v
+                  + (d * 2 * d + 2 * d) + (d * k + d) + 2 * d + (d * d + d))  # conv module (+BN)
+    per_macs = 2 * 2 * t * d * 4 * d + 4 * t * d * d + (2 * t - 1) * d * d + t * d * 2 * d + t * d * k + t * d * d
+    params += layers * per_params + d * vocab + vocab
+    macs += layers * per_macs + t * d * vocab
+    attention = layers * (2 * t * t * d + t * (2 * t - 1) * d)
+    return params, macs, attention
+
+
+def test_conformer_counts_match_closed_form_and_modules(conformer_large):
+    params, macs, attention = _conformer_closed_form()
+    assert ex.param_count(conformer_large) == params == sum(p.numel() for p in conformer_large.parameters())
+    assert ex.param_count(conformer_large, fold_bn=True) == params - 18 * 2 * 512  # BN into the dw bias
+    assert ex.macs(conformer_large) == macs
+    assert ex.macs(conformer_large, attention=True) == macs + attention
+    assert ex.bops(conformer_large, 8, 4, attention=True) == macs * 32 + attention * 16
+    df = ex.layer_table(conformer_large)
+    assert df["name"].is_unique
+    assert df["params"].sum() + df["bn_params"].sum() == params
+    assert (df["bn_params"] > 0).sum() == 18
+    assert set(df["kind"]) == {"subsampling", "linear", "linear_pos", "layernorm", "pos_bias", "attention",
+                               "pointwise", "depthwise", "decoder"}
+    # every weight of the model is in exactly one row
+    assert set(df[df["params"] > 0]["name"]) == {n.rsplit(".", 1)[0] if not n.endswith(("pos_bias_u", "pos_bias_v"))
+                                                 else n for n, _ in conformer_large.named_parameters()
+                                                 if ".batch_norm." not in n}
+
+
+@pytest.mark.parametrize("w,a", [(32, 32), (8, 8)])
+def test_conformer_large_against_table1(conformer_large, w, a):
+    """BOPs reproduce the paper's printed values to their precision (44.0, 2.75); the size is
+    1.8% under the paper's in MB = 10^6 and 6.3% in MiB (see the experiments docstring)."""
+    paper_size, paper_bops = ex.PAPER_TABLE1[("conformerctclarge", w, a)]
+    tbops = ex.bops(conformer_large, w, a) / 1e12
+    assert round(tbops, 1 if w == 32 else 2) == paper_bops
+    assert tbops / paper_bops - 1 == pytest.approx(-0.00056, abs=1e-4)
+    assert ex.model_size_mb(conformer_large, w, mb=10**6) == pytest.approx(121_482_881 * w / 8 / 1e6)
+    assert abs(ex.model_size_mb(conformer_large, w, mb=10**6) / paper_size - 1) < 0.02
+    assert abs(ex.model_size_mb(conformer_large, w) / paper_size - 1) < 0.065
+    # with the attention matmuls counted the BOPs would be 5% too high: the paper left them out
+    assert ex.bops(conformer_large, w, a, attention=True) / 1e12 / paper_bops > 1.05
+
+
+def test_conformer_table1_rows():
+    df = ex.table1_comparison(conformer=True)
+    conf = df[df["model"] == "Conformer-Large"]
+    assert len(conf) == 2 and conf["bops_rel_err"].abs().max() < 0.001
+    assert len(ex.table1_comparison()) == 6
+
+
+def test_conformer_layer_table_matches_a_real_forward_pass():
+    """Frames and MACs of every Linear / Conv1d / Conv2d equal what a real (small) model computes."""
+    from asrquant.models import ConformerCTC, conformer_ctc_config
+
+    torch.manual_seed(0)
+    for variant in ({}, {"subsampling": "dw_striding", "self_attention_model": "abs_pos"}):
+        model = ConformerCTC(conformer_ctc_config("small", n_layers=2, **variant)).eval()
+        seconds, sr = 0.93, 16000
+        seen = {}
+
+        def hook(mod, inp, out, name):
+            if isinstance(mod, nn.Linear):
+                seen[name] = out.numel() // out.shape[-1] * mod.in_features * mod.out_features
+            else:
+                seen[name] = out.numel() // out.shape[0] * (mod.in_channels // mod.groups) * math.prod(mod.kernel_size)
+
+        hooks = [m.register_forward_hook(lambda mod, i, o, n=n: hook(mod, i, o, n))
+                 for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
+        n = int(seconds * sr)
+        with torch.no_grad():
+            model(torch.randn(1, n) * 0.1, torch.tensor([n]))
+        for h in hooks:
+            h.remove()
+        df = ex.layer_table(model, seconds=seconds)
+        table = {r["name"]: r["macs"] for _, r in df.iterrows() if r["kind"] not in ("attention", "layernorm", "pos_bias")}
+        assert table == seen

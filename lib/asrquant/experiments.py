@@ -1,7 +1,8 @@
-"""Model size, bit operations (BOPs) and per-layer tables for ConvASR models (paper Table 1).
+"""Model size, bit operations (BOPs) and per-layer tables for ConvASR and Conformer-CTC (paper Table 1).
 
 Everything is counted from the real module structure (every ``nn.Conv1d`` of the encoder,
-its residual branches and the decoder, in forward order), so it works on a model built on
+its residual branches and the decoder, in forward order; for a Conformer every Conv2d, Linear,
+Conv1d, LayerNorm and attention matmul, see "Conformer" below), so it works on a model built on
 PyTorch's meta device, which allocates no weights (JasperDR-10x5 has 332.6 M parameters)::
 
     model = meta_model("jasperdr10x5")          # or ConvASR(cfg) with real weights
@@ -60,6 +61,40 @@ numbers imply 19.35 M (QuartzNet, MiB) / 316.7 M (Jasper, MiB) parameters, or 18
 with MB = 10^6, while the models have 18.92 M / 332.6 M (NeMo publishes 18.9 M and 333 M). With
 MB = 10^6 the errors are +2.4% / +10.1%; MiB is closer for both. No subset of the parameter
 groups (depthwise, pointwise, residual, decoder, BN, front-end buffers) matches both models.
+
+Conformer (ConformerCTC: NeMo's ConformerEncoder + CTC decoder)
+----------------------------------------------------------------
+Rows, in forward order: the subsampling convs (Conv2d k3 s2: MACs = t_out * f_out * C_out *
+C_in/groups * 9, the mel axis shrinking 80 -> 40 -> 20 with time) and its ``out`` Linear; per
+layer: LayerNorms (kind layernorm: parameters, no MACs), feed_forward1 linear1/2, linear_q/k/v,
+linear_pos (kind linear_pos: it runs on the 2T-1 relative positions, not on T frames), pos_bias_u/v
+(parameters added to q, no MACs), the attention matmuls (kind attention: Q K^T = T*T*d, the
+position scores T*(2T-1)*d, attention x V = T*T*d; no parameters), linear_out, the conv module's
+pointwise_conv1 / depthwise_conv (+ BatchNorm, folded into its bias) / pointwise_conv2, feed_forward2
+and norm_out; then the decoder. A Linear applied to T frames costs T * in * out MACs. Softmax, GLU,
+Swish, LayerNorm arithmetic, residual adds and the 0.5 macaron scales are not MACs: not counted.
+
+``macs`` / ``bops`` count the weight layers only by default (attention=False): the attention matmuls
+multiply two activations, not a weight and an activation, and leaving them out is what reproduces the
+paper. Conformer-Large (d 512, 18 layers, 8 heads, vocabulary 128 + blank), 10 s -> 1001 mel frames
+-> 501 -> 251 encoder frames:
+
+==========  =====  ==============================  ==================================
+model       W/A    size (paper 494.8 / 123.7 MB)   BOPs T (paper 44.0 / 2.75)
+==========  =====  ==============================  ==================================
+Conf-Large  32/32  463.4 MiB -6.3%; 485.9 MB -1.8%  43.98 -0.06% (with attention 46.35 +5.3%)
+Conf-Large   8/8   115.9 MiB -6.3%; 121.5 MB -1.8%  2.748 -0.06% (with attention 2.897 +5.3%)
+==========  =====  ==============================  ==================================
+
+42.94 G weight MACs: subsampling convs 11.94 G (the second 512 -> 512 Conv2d alone 11.84 G), Linears
+25.0 G (feed-forwards 18.95 G, q/k/v/out 4.74 G, the subsampling's out 1.32 G), linear_pos 2.36 G,
+conv module 3.62 G, decoder 0.02 G; the attention matmuls would add 2.32 G. The BOPs
+match both printed values to their printed precision. The size does not: the model has 121.50 M
+parameters (121.48 M with the 18 BatchNorms folded; NeMo publishes 121 M for Conformer-CTC Large),
+while 494.8 needs 123.7 M (MB = 10^6) or 129.7 M (MiB). MB = 10^6 is closer here (-1.8%), MiB for
+QuartzNet/Jasper; no one unit fits all three models. Tried and rejected: counting NeMo's positional
+table (9999 x 512 = 5.1 M, a non-persistent buffer: 506.5 MB +2.4%, 483.0 MiB -2.4%), a larger
+vocabulary (1024 pieces adds only 0.46 M), BN unfolded (+18 k).
 """
 
 from __future__ import annotations
@@ -86,19 +121,22 @@ PAPER_TABLE1 = {
     ("jasperdr10x5", 32, 32): (1208.0, 171.0),
     ("jasperdr10x5", 8, 8): (302.0, 10.7),
     ("jasperdr10x5", 6, 8): (226.5, 8.00),
+    ("conformerctclarge", 32, 32): (494.8, 44.0),
+    ("conformerctclarge", 8, 8): (123.7, 2.75),
 }
 
-_MODEL_NAMES = {"quartznet15x5": "QuartzNet15x5", "jasperdr10x5": "JasperDR10x5"}
+_MODEL_NAMES = {"quartznet15x5": "QuartzNet15x5", "jasperdr10x5": "JasperDR10x5",
+                "conformerctclarge": "Conformer-Large"}
 
 
 def meta_model(name: str) -> nn.Module:
-    """ConvASR for an architecture name (``config_for``), built on the meta device: the module
+    """ConvASR or ConformerCTC for an architecture name (``config_for``), built on the meta device: the module
     structure and shapes without allocating any weights."""
+    from .models.checkpoint import build_model
     from .models.configs import config_for
-    from .models.convasr import ConvASR
 
     with torch.device("meta"):
-        return ConvASR(config_for(name))
+        return build_model(config_for(name))
 
 
 def _as_model(model) -> nn.Module:
@@ -148,6 +186,97 @@ def _row(name, kind, block, conv: nn.Conv1d, t_in: int, bn_follows: bool) -> dic
     }
 
 
+def _wrow(name, kind, block, cin, cout, kernel, t_in, t_out, macs, weight=0, bias=0, stride=1, groups=1,
+          bn_follows=False) -> dict:
+    """A layer_table row for any layer (Conformer: Linear, Conv2d, LayerNorm, attention matmul)."""
+    return {
+        "name": name, "kind": kind, "block": block, "in_channels": cin, "out_channels": cout, "kernel": kernel,
+        "stride": stride, "dilation": 1, "groups": groups, "frames_in": t_in, "frames": t_out,
+        "params": weight + bias,
+        "bn_params": 2 * cout if bn_follows else 0,
+        "folded_params": weight + bias + (cout if bn_follows and not bias else 0),
+        "macs": macs,
+    }
+
+
+def _linear_row(name, kind, block, lin: nn.Linear, t: int) -> dict:
+    bias = lin.out_features if lin.bias is not None else 0
+    w = lin.in_features * lin.out_features
+    return _wrow(name, kind, block, lin.in_features, lin.out_features, 1, t, t, t * w, w, bias)
+
+
+def _conformer_rows(model, t: int) -> list[dict]:
+    """Rows of a ConformerCTC for `t` mel frames, in forward order (see the module docstring)."""
+    from .models.conformer import ConvSubsampling, RelPositionMultiHeadAttention
+
+    enc, rows = model.encoder, []
+    pre = enc.pre_encode
+    if isinstance(pre, ConvSubsampling):
+        f = enc.feat_in  # the mel axis, which the 2-D convs shrink too
+        for i, layer in enumerate(pre.conv):
+            if not isinstance(layer, (nn.Conv1d, nn.Conv2d)):
+                continue
+            k, st, pad = layer.kernel_size[0], layer.stride[0], layer.padding[0]
+            t_out = (t + 2 * pad - k) // st + 1
+            f_out = (f + 2 * pad - k) // st + 1 if pre.is_2d else 1
+            ksize = k * k if pre.is_2d else k
+            w = layer.out_channels * (layer.in_channels // layer.groups) * ksize
+            kind = "depthwise" if layer.groups > 1 else ("pointwise" if k == 1 else "subsampling")
+            rows.append(_wrow(f"encoder.pre_encode.conv.{i}", kind, -1, layer.in_channels, layer.out_channels,
+                              ksize, t, t_out, t_out * f_out * w, w, layer.out_channels if layer.bias is not None
+                              else 0, st, layer.groups))
+            t, f = t_out, f_out
+        if pre.out is not None:
+            rows.append(_linear_row("encoder.pre_encode.out", "linear", -1, pre.out, t))
+    else:
+        rows.append(_linear_row("encoder.pre_encode", "linear", -1, pre, t))
+
+    d = enc.d_model
+    for b, layer in enumerate(enc.layers):
+        pfx = f"encoder.layers.{b}"
+
+        def norm(name, ln):
+            rows.append(_wrow(f"{pfx}.{name}", "layernorm", b, d, d, 0, t, t, 0, ln.weight.numel(), ln.bias.numel()))
+
+        def ff(name, module):
+            rows.append(_linear_row(f"{pfx}.{name}.linear1", "linear", b, module.linear1, t))
+            rows.append(_linear_row(f"{pfx}.{name}.linear2", "linear", b, module.linear2, t))
+
+        norm("norm_feed_forward1", layer.norm_feed_forward1)
+        ff("feed_forward1", layer.feed_forward1)
+        norm("norm_self_att", layer.norm_self_att)
+        att = layer.self_attn
+        for n in ("linear_q", "linear_k", "linear_v"):
+            rows.append(_linear_row(f"{pfx}.self_attn.{n}", "linear", b, getattr(att, n), t))
+        if isinstance(att, RelPositionMultiHeadAttention):
+            p = 2 * t - 1   # relative distances t-1 .. -(t-1)
+            w = att.linear_pos.weight.numel()
+            rows.append(_wrow(f"{pfx}.self_attn.linear_pos", "linear_pos", b, d, d, 1, p, p, p * w, w))
+            hd = att.h * att.d_k
+            for n in ("pos_bias_u", "pos_bias_v"):   # added to q: parameters, no MACs
+                rows.append(_wrow(f"{pfx}.self_attn.{n}", "pos_bias", b, hd, hd, 0, t, t, 0, hd))
+            rows.append(_wrow(f"{pfx}.self_attn.matmul_qk", "attention", b, d, t, 0, t, t, t * t * d))
+            rows.append(_wrow(f"{pfx}.self_attn.matmul_qp", "attention", b, d, p, 0, t, t, t * p * d))
+        else:
+            rows.append(_wrow(f"{pfx}.self_attn.matmul_qk", "attention", b, d, t, 0, t, t, t * t * d))
+        rows.append(_wrow(f"{pfx}.self_attn.matmul_av", "attention", b, t, d, 0, t, t, t * t * d))
+        rows.append(_linear_row(f"{pfx}.self_attn.linear_out", "linear", b, att.linear_out, t))
+        norm("norm_conv", layer.norm_conv)
+        cv = layer.conv
+        for n, kind in (("pointwise_conv1", "pointwise"), ("depthwise_conv", "depthwise"),
+                        ("pointwise_conv2", "pointwise")):
+            row = _row(f"{pfx}.conv.{n}", kind, b, getattr(cv, n), t, n == "depthwise_conv")
+            rows.append(row)
+        norm("norm_feed_forward2", layer.norm_feed_forward2)
+        ff("feed_forward2", layer.feed_forward2)
+        norm("norm_out", layer.norm_out)
+    if enc.out_proj is not None:
+        rows.append(_linear_row("encoder.out_proj", "linear", -1, enc.out_proj, t))
+    for i, conv in enumerate(model.decoder.decoder_layers):
+        rows.append(_row(f"decoder.decoder_layers.{i}", "decoder", -1, conv, t, False))
+    return rows
+
+
 def layer_table(model, seconds: float = 10.0, sample_rate: int = 16000, pad_to: int = 0,
                 legacy: bool | None = None) -> pd.DataFrame:
     """One row per convolution, in forward order, for a `seconds` long input.
@@ -160,10 +289,13 @@ def layer_table(model, seconds: float = 10.0, sample_rate: int = 16000, pad_to: 
     channel), macs (frames * out * in/groups * kernel).
     `model`: a ConvASR (real or meta device) or an architecture name.
     """
+    from .models.conformer import ConformerCTC
     from .models.convasr import MaskedConv1d
 
     model = _as_model(model)
     t = input_frames(model, seconds, sample_rate, pad_to, legacy)
+    if isinstance(model, ConformerCTC):
+        return pd.DataFrame(_conformer_rows(model, t))
     rows = []
     for b, block in enumerate(model.encoder.encoder):
         t_block = t
@@ -201,18 +333,29 @@ def param_count(model, fold_bn: bool = False) -> int:
 
 
 def macs(model, seconds: float = 10.0, sample_rate: int = 16000, pad_to: int = 0,
-         legacy: bool | None = None) -> int:
-    """Multiply-accumulates of all convs (encoder, residual branches, decoder) for the input."""
-    return int(layer_table(model, seconds, sample_rate, pad_to, legacy)["macs"].sum())
+         legacy: bool | None = None, attention: bool = False) -> int:
+    """Multiply-accumulates of all weight layers (convs, and for Conformer the Linears) for the
+    input. attention=True adds the Conformer's activation x activation matmuls (Q K^T, the
+    relative-position scores, attention x V), which the paper's BOPs leave out."""
+    df = layer_table(model, seconds, sample_rate, pad_to, legacy)
+    weightless = df["kind"] == "attention"
+    return int(df["macs"][~weightless].sum() + (df["macs"][weightless].sum() if attention else 0))
 
 
 def bops(model, weight_bits: int, act_bits: int, seconds: float = 10.0, sample_rate: int = 16000,
-         pad_to: int = 0, legacy: bool | None = None) -> float:
-    """Bit operations (a plain count, not tera) = sum over convs of MACs * weight_bits * act_bits
-    for a `seconds` long input; 32/32 is the float model. Divide by 1e12 for the paper's T."""
+         pad_to: int = 0, legacy: bool | None = None, attention: bool = False) -> float:
+    """Bit operations (a plain count, not tera) = sum over weight layers of MACs * weight_bits *
+    act_bits for a `seconds` long input; 32/32 is the float model. Divide by 1e12 for the paper's T.
+    attention=True adds the Conformer's attention matmuls at act_bits * act_bits (both operands
+    are activations)."""
     if weight_bits <= 0 or act_bits <= 0:
         raise ValueError(f"bit widths must be positive, got {weight_bits}/{act_bits}")
-    return float(macs(model, seconds, sample_rate, pad_to, legacy)) * weight_bits * act_bits
+    total = float(macs(model, seconds, sample_rate, pad_to, legacy)) * weight_bits * act_bits
+    if attention:
+        att = macs(model, seconds, sample_rate, pad_to, legacy, attention=True) - macs(
+            model, seconds, sample_rate, pad_to, legacy)
+        total += float(att) * act_bits * act_bits
+    return total
 
 
 def model_size_mb(model, weight_bits: int, fold_bn: bool = True, mb: int = MIB,
@@ -231,13 +374,17 @@ def model_size_mb(model, weight_bits: int, fold_bn: bool = True, mb: int = MIB,
     return bits / 8 / mb
 
 
-def table1_comparison(settings=((32, 32), (8, 8), (6, 8)), **kwargs) -> pd.DataFrame:
-    """Our size and BOPs next to the paper's Table 1 for QuartzNet-15x5 and JasperDR-10x5,
+def table1_comparison(settings=((32, 32), (8, 8), (6, 8)), conformer: bool = False, **kwargs) -> pd.DataFrame:
+    """Our size and BOPs next to the paper's Table 1 for QuartzNet-15x5 and JasperDR-10x5 (and
+    Conformer-Large with conformer=True, at the settings the paper prints for it: 32/32, 8/8),
     with relative errors (ours / paper - 1). kwargs go to bops (e.g. pad_to=16, legacy=True)."""
     rows = []
-    for name in ("quartznet15x5", "jasperdr10x5"):
+    names = ("quartznet15x5", "jasperdr10x5") + (("conformerctclarge",) if conformer else ())
+    for name in names:
         model = meta_model(name)
         for w, a in settings:
+            if name == "conformerctclarge" and (name, w, a) not in PAPER_TABLE1:
+                continue
             paper_size, paper_bops = PAPER_TABLE1.get((name, w, a), (math.nan, math.nan))
             size, tbops = model_size_mb(model, w), bops(model, w, a, **kwargs) / 1e12
             rows.append({"model": _MODEL_NAMES[name], "w_bits": w, "a_bits": a,
