@@ -353,6 +353,12 @@ def test_prepare_rejects_bad_input():
         nl.int_exp(torch.zeros(3), nl.prepare_exp(0.1))
     with pytest.raises(ValueError):
         nl.int_glu(torch.zeros(2, 3, dtype=torch.int8), nl.prepare_glu(0.1), dim=1)
+    with pytest.raises(ValueError):  # documented input ranges are enforced on int64 tensors
+        nl.int_softmax(torch.tensor([[1 << 62, 0]]), nl.prepare_softmax(0.1))
+    with pytest.raises(ValueError):
+        nl.int_layernorm(torch.tensor([[(1 << 32) + 1, 0]]), _ln_params(2, 0.1, 0)[2])
+    with pytest.raises(ValueError):
+        nl.int_swish(torch.tensor([-(1 << 31) - 1]), nl.prepare_swish(0.1))
 
 
 # ------------------------------------------------------------------------------------ matmul

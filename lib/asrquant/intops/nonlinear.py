@@ -30,7 +30,7 @@ by a rounded right shift. Then (Python ints)
     z_sat = bit_length(P_max)                (P >> z = 0 for every 0 <= P <= P_max, z >= z_sat)
     q_min = the largest input q whose rescaled value q' is <= -z_sat * q_ln2 (so z >= z_sat)
 
-Kernel, for any integer input q (|q| < 2^62):
+Kernel, for any integer input q (|q| <= 2^62 - 1):
 
     q  = clamp(q, q_min, 0)                  # q > 0 is treated as 0; q < q_min gives 0 anyway
     q' = q << k            (k >= 0)          # |q'| < z_sat q_ln2 + 2^k
@@ -46,7 +46,7 @@ NumPy reference computes the unclamped formula with Python ints to prove it.
 Integer softmax (last axis, optional mask)
 ------------------------------------------
 ``mask`` is a bool tensor broadcastable to q, True where a position is masked out (NeMo's
-convention for padding). Input |q| < 2^62 (any int8/16/32 tensor):
+convention for padding). Input |q| <= 2^62 - 1 (any int8/16/32 tensor):
 
     x   = where(mask, -2^62, q)              # masked positions take the integer minimum
     d   = x - max(x, axis=-1)                # <= 0; the max only sees unmasked values if any
@@ -69,7 +69,8 @@ exactly 1/2):
         = 2^B - n      if q >= 0                           # exact symmetry: sig(q) + sig(-q) = 2^B
 
 Range [0, 2^B] (1.0 is representable), scale 2^-B, dtype int16 for B <= 14 else int32.
-Swish: q * sig(q), GLU: a * sig(b) for the halves (a, b) of the channel axis; integer products
+Swish: q * sig(q), GLU: a * sig(b) for the halves (a, b) of the channel axis (|q| <= 2^31, so
+|product| <= 2^(31+B) <= 2^61); integer products
 with scale S * 2^-B, dtype int32 when |q| <= 2^15 is guaranteed by the input dtype (int8 / uint8 /
 int16) and B <= 15, else int64.
 
@@ -81,25 +82,31 @@ the row sum, y = C q - sum(q) = C (q - mean), |y| <= C 2^33 < 2^49. With h = (61
 
     r   = max(r_E, bit_length(max |y|) - h)          # so |ys| <= 2^h; r <= 27
     ys  = rhu(y / 2^r)
-    W   = sum(ys^2) + rhu(E / 4^(r - r_E))           # W < 2^61 + 2^60 < 2^62
-
-where eps enters in the units of sum(y^2) = C^3 var / S^2 as E = round(eps C^3 / S^2 / 4^r_E) < 2^60,
-r_E = the smallest shift >= 0 that makes it so (preparation; ValueError if r_E > 27, i.e.
-eps C^3 / S^2 >= 2^114: eps would swamp any representable variance).
+    W   = sum(ys^2) + rhu(E / 4^(r - r_E))           # W <= C 2^2h + E < 2^61 + 2^60 < 2^62
     t   = (62 - bit_length(W)) // 2                  # V = W 4^t in [2^60, 2^62) (W > 0)
-    D   = (W << 2t) // C                             # ~ var * 4^(t-r) C^2 / S^2
+    D   = (W << 2t) // C                             # ~ (var + eps) C^2 4^(t-r) / S^2
     sd  = max(isqrt(D), 1)                           # Newton, exact floor(sqrt(D)); sd < 2^31
     e   = F + t - r                                  # F = norm_bits
     u   = (2 A + B) // (2 B),  A = y << max(e, 0),  B = sd << max(-e, 0)
-        = rhu-rounded y 2^e / sd ~ 2^F (x - mean) / sqrt(var + eps)
+                                                     # = floor(y 2^e / sd + 1/2)
+                                                     # ~ 2^F (x - mean) / sqrt(var + eps)
     u   = clamp(u, -U, U),  U = ceil(1.01 * 2^F sqrt(C)) + 1    # |(x-mean)/std| <= sqrt(C-1)
-    acc = u * g_q[c] + b_q[c]                         # g_q = round(gamma / S_g), b_q = round(beta / S_acc)
+    acc = u * g_q[c] + b_q[c]                        # g_q = round(gamma / S_g), b_q = round(beta / S_acc)
     out = clamp(rhu(acc * M / 2^shift), qrange(out_bits))     # M / 2^shift ~ S_acc / S_out
 
-with S_acc = S_g 2^-F. Bounds: D < 2^62 so sd < 2^31; D >= 2^60 / C when W > 0, so sd >= 2^22;
-|y 2^(t-r)| <= sqrt(V) + 2^(t-1) <= 2 sqrt(C) (sd + 1), hence |A| <= 2^(F+1) sqrt(C) (sd + 1)
-<= 2^(F+41) <= 2^61 (F <= 20), B < 2^(31+27) = 2^58, and 2A + B < 2^63. The preparation checks
-|acc| * M + 2^(shift-1) < 2^63 with |acc| <= U max|g_q| + max|b_q| (the tests hit the worst cases).
+eps enters in the units of sum(y^2) = C^3 var / S^2: E = round(eps C^3 / S^2 / 4^r_E) < 2^60
+with r_E the smallest shift >= 0 that makes it so (preparation; ValueError if r_E would exceed 27,
+i.e. eps C^3 / S^2 >= 2^114). S_g = max|gamma| / (2^(gamma_bits-1) - 1), S_acc = S_g 2^-F,
+(M, shift) = dyadic_from_float(S_acc / S_out).
+
+Bounds: D < 2^62 so sd < 2^31; D >= 2^60 / C >= 2^44 when W > 0, so sd >= 2^22.
+|y| 2^(t-r) <= sqrt(V) + 2^(t-1) (ys is y / 2^r rounded, |ys| <= sqrt(W)); r = 0 drops the second
+term, and r > 0 means W >= 2^(2h-2) or W >= E >= 2^58, so 2^(t-1) <= 2 sqrt(C) <= sqrt(C) sd; with
+sqrt(V) < sqrt(C (D + 1)) <= sqrt(C) (sd + 1) this gives |y| 2^(t-r) <= 2 sqrt(C) (sd + 1), hence
+|A| <= 2^(F+1) sqrt(C) (sd + 1) <= 2^(F+40) <= 2^60 (F <= 20), B < 2^(31+27) = 2^58 (-e <= r),
+and 2A + B < 2^63. The preparation checks |acc| * M + 2^(shift-1) < 2^63 with
+|acc| <= U max|g_q| + max|b_q| (ValueError otherwise). The tests run the worst cases (|q| = 2^32,
+C = 2^16, one-hot rows, F = 20) against the Python-int reference.
 
 Integer square root (Newton): k0 = 2^ceil(L/2) with L = bit_length(n) (so k0 > sqrt(n));
 k <- (k + n // k) // 2 while it decreases. For k > isqrt(n) the step is strictly smaller than k
@@ -109,8 +116,9 @@ k = isqrt(n) it does not decrease: the result is exactly floor(sqrt(n)) for 0 <=
 Integer matmul
 --------------
 ``int_matmul(a, b)``: exact batched matmul with an overflow check (K max|a| max|b| must fit the
-accumulator); 2-D int8 x int8 goes to ``torch._int_mm`` (int32), everything else to torch.matmul
-in int32 / int64.
+accumulator); 2-D int8 x int8 with K < 2^17 goes to ``torch._int_mm`` (int32 accumulation, exact),
+everything else (batched Q.K^T, probabilities [0, 2^B) x int8 V, ...) to torch.matmul in int32 /
+int64 (exact).
 """
 from __future__ import annotations
 
@@ -136,12 +144,22 @@ __all__ = [
 EXP_A, EXP_B, EXP_C = 0.3585, 1.353, 0.344
 LN2 = math.log(2.0)
 _MASK_FILL = -(1 << 62)
+_Q_LIMIT = (1 << 62) - 1
 _INT_DTYPES = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64)
 
 
 def _require_int(t: torch.Tensor, name: str) -> None:
     if not isinstance(t, torch.Tensor) or t.dtype not in _INT_DTYPES:
         raise TypeError(f"{name} must be an integer tensor, got {getattr(t, 'dtype', type(t))}")
+
+
+def _check_range(q: torch.Tensor, limit: int, name: str = "q") -> None:
+    """ValueError unless |q| <= limit; only int64 tensors can exceed the limits used here (2^32 and
+    2^62 - 1), so narrower dtypes are not scanned."""
+    if q.dtype == torch.int64 and q.numel():
+        lo, hi = (int(v) for v in torch.aminmax(q))
+        if max(-lo, hi) > limit:
+            raise ValueError(f"|{name}| must be <= {limit}, got values in [{lo}, {hi}]")
 
 
 def _check_scale(s: float, name: str = "in_scale") -> float:
@@ -267,8 +285,9 @@ def _int_exp64(q: torch.Tensor, p: ExpParams) -> torch.Tensor:
 
 
 def int_exp(q: torch.Tensor, p: ExpParams) -> torch.Tensor:
-    """i-exp (module doc): int32 in [0, p.out_max], scale p.out_scale."""
+    """i-exp (module doc): int32 in [0, p.out_max], scale p.out_scale. |q| < 2^62."""
     _require_int(q, "q")
+    _check_range(q, _Q_LIMIT)
     return _int_exp64(q, p).to(torch.int32)
 
 
@@ -294,8 +313,9 @@ def prepare_softmax(in_scale: float, out_bits: int = 8, ln2_bits: int = 14, reci
 
 def int_softmax(q: torch.Tensor, p: SoftmaxParams, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Integer softmax over the last axis (module doc). Returns storage_dtype(out_bits, unsigned)
-    values in [0, 2^out_bits - 1] with scale 2^-out_bits. ``mask``: True = masked out."""
+    values in [0, 2^out_bits - 1] with scale 2^-out_bits. ``mask``: True = masked out. |q| < 2^62."""
     _require_int(q, "q")
+    _check_range(q, _Q_LIMIT)
     x = q.to(torch.int64)
     if mask is not None:
         if mask.dtype != torch.bool:
@@ -361,8 +381,9 @@ def _sigmoid64(q: torch.Tensor, p: SigmoidParams) -> torch.Tensor:
 
 
 def int_sigmoid(q: torch.Tensor, p: SigmoidParams) -> torch.Tensor:
-    """Integer sigmoid (module doc): [0, 2^B], scale 2^-B; int16 for B <= 14 else int32."""
+    """Integer sigmoid (module doc): [0, 2^B], scale 2^-B; int16 for B <= 14 else int32. |q| < 2^62."""
     _require_int(q, "q")
+    _check_range(q, _Q_LIMIT)
     return _sigmoid64(q, p).to(_sig_dtype(p.out_bits))
 
 
@@ -371,14 +392,17 @@ def _product_dtype(in_dtype: torch.dtype, bits: int) -> torch.dtype:
 
 
 def int_swish(q: torch.Tensor, p: SigmoidParams) -> torch.Tensor:
-    """q * sig(q), scale in_scale * 2^-B (module doc)."""
+    """q * sig(q), scale in_scale * 2^-B (module doc). |q| <= 2^31 (so |q| 2^B fits int64)."""
     _require_int(q, "q")
+    _check_range(q, 1 << 31)
     return (q.to(torch.int64) * _sigmoid64(q, p)).to(_product_dtype(q.dtype, p.out_bits))
 
 
 def int_glu(q: torch.Tensor, p: SigmoidParams, dim: int = 1) -> torch.Tensor:
-    """a * sig(b) with (a, b) = the two halves of ``dim`` (module doc), scale in_scale * 2^-B."""
+    """a * sig(b) with (a, b) = the two halves of ``dim`` (module doc), scale in_scale * 2^-B.
+    |q| <= 2^31."""
     _require_int(q, "q")
+    _check_range(q, 1 << 31)
     if q.shape[dim] % 2:
         raise ValueError("GLU needs an even size along dim")
     a, b = q.chunk(2, dim=dim)
@@ -485,6 +509,7 @@ def int_layernorm(q: torch.Tensor, p: LayerNormParams, dim: int = -1) -> torch.T
     """Integer LayerNorm over ``dim`` (module doc). Returns storage_dtype(out_bits) with scale
     p.out_scale. Input |q| <= 2^32."""
     _require_int(q, "q")
+    _check_range(q, 1 << 32)
     C = p.channels
     if q.shape[dim] != C:
         raise ValueError(f"expected {C} channels along dim {dim}, got {q.shape[dim]}")
