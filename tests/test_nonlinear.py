@@ -42,6 +42,10 @@ def test_prepare_exp_invariants(S):
     assert e[0] == e[1] == 0 and e[3] == p.out_max
     assert abs(p.q_min) < 10 or e[2] > 0
     assert math.isclose(p.out_scale * p.out_max, 1.0, rel_tol=4e-3)  # exp(0) ~ a b^2 + c = 1.0003
+    # the multiply-shift reciprocal equals floor division on every dividend the kernel can see
+    X = -nl._rescale_ints(p.q_min, p.in_shift)
+    n = np.arange(X + 1, dtype=np.int64)
+    assert np.array_equal((n * p.recip) >> p.recip_shift, n // p.q_ln2)
 
 
 @pytest.mark.parametrize("S", SCALES)

@@ -36,12 +36,19 @@ Kernel, for any integer input q (|q| <= 2^62 - 1):
     q' = q << k            (k >= 0)          # |q'| < z_sat q_ln2 + 2^k
        = rhu(q / 2^-k)     (k < 0)
     z  = (-q') // q_ln2                      # 0 <= z <= z_max (checked <= 62 at preparation)
+       = ((-q') * R) >> s                    # computed so: no integer division (see below)
     qr = q' + z q_ln2                        # in (-q_ln2, 0]
     P  = (qr + q_b)^2 + q_c                  # qr + q_b > 0 (q_b > q_ln2), so P in (0, P_max]
     e  = P >> z                              # int32, 0 <= e <= P_max, scale a * S'^2
 
 The clamp is exact: without it (infinite precision, any z) the result is the same integer; the
 NumPy reference computes the unclamped formula with Python ints to prove it.
+
+The division by the constant q_ln2 is a multiply and a shift (Granlund & Montgomery 1994, Thm 4.2):
+with X = -q'(q_min) the largest dividend, N = bit_length(X), s = N + bit_length(q_ln2) and
+R = ceil(2^s / q_ln2), we have 2^s <= R q_ln2 < 2^s + q_ln2 <= 2^s + 2^(s-N), which makes
+floor(n R / 2^s) = floor(n / q_ln2) for every 0 <= n < 2^N; n R < 2^(2N+1) + 2^N < 2^45 (N <= 21,
+checked at preparation). The reference divides, so the tests check this identity too.
 
 Integer softmax (last axis, optional mask)
 ------------------------------------------
@@ -217,6 +224,8 @@ class ExpParams:
     q_min: int         # input clamp (input units)
     out_max: int       # P_max = exp(0) in output units, < 2^31
     z_max: int         # largest shift the kernel can apply
+    recip: int         # R = ceil(2^recip_shift / q_ln2): z = (-q' * R) >> recip_shift
+    recip_shift: int   # s
     in_scale: float
     out_scale: float
 
@@ -259,10 +268,17 @@ def prepare_exp(in_scale: float, ln2_bits: int = 14) -> ExpParams:
         m = -k
         q_min = (lo + 1) * (1 << m) - (1 << (m - 1)) - 1
     assert _rescale_ints(q_min, k) <= lo < _rescale_ints(q_min + 1, k) or q_min == 0
-    z_max = (-_rescale_ints(q_min, k)) // q_ln2
+    X = -_rescale_ints(q_min, k)
+    z_max = X // q_ln2
     if z_max > 62:
         raise AssertionError("shift range exceeded")
+    N = X.bit_length()
+    s = N + q_ln2.bit_length()
+    R = -((-(1 << s)) // q_ln2)  # ceil(2^s / q_ln2)
+    if N > 21 or not (1 << s) <= R * q_ln2 <= (1 << s) + (1 << (s - N)):
+        raise AssertionError("reciprocal of q_ln2 out of its proven range")
     return ExpParams(in_shift=k, q_ln2=q_ln2, q_b=q_b, q_c=q_c, q_min=q_min, out_max=p_max, z_max=z_max,
+                     recip=R, recip_shift=s,
                      in_scale=S, out_scale=EXP_A * Sp * Sp)
 
 
@@ -278,7 +294,7 @@ def _int_exp64(q: torch.Tensor, p: ExpParams) -> torch.Tensor:
     else:
         m = -p.in_shift
         x = (x + (1 << (m - 1))) >> m
-    z = torch.div(-x, p.q_ln2, rounding_mode="floor")
+    z = (-x * p.recip) >> p.recip_shift  # == (-x) // q_ln2 (module doc)
     qr = x + z * p.q_ln2
     t = qr + p.q_b
     return (t * t + p.q_c) >> z
