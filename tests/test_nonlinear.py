@@ -129,6 +129,7 @@ def test_int_softmax_extremes():
     assert _same(out, R.softmax_ref(rows.numpy(), p))
     assert out[0].tolist() == [0, 128, 0, 128, 0]
     assert out[1].tolist() == [51] * 5  # 256 / 5 = 51.2
+    assert nl.int_softmax(torch.zeros(2, 0, dtype=torch.int32), p).shape == (2, 0)
     one = nl.int_softmax(torch.tensor([[7]], dtype=torch.int32), p)
     assert one.tolist() == [[255]]  # 1.0 clamps to 2^B - 1
     p = nl.prepare_softmax(0.7)  # coarse scale: every exp maximal in a constant long row

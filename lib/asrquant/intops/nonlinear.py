@@ -340,6 +340,8 @@ def int_softmax(q: torch.Tensor, p: SoftmaxParams, mask: torch.Tensor | None = N
     n = x.shape[-1]
     if n >= 1 << 31:
         raise ValueError("row too long")
+    if x.numel() == 0:
+        return torch.zeros(x.shape, dtype=storage_dtype(p.out_bits, signed=False), device=x.device)
     d = x - x.amax(dim=-1, keepdim=True)
     e = _int_exp64(d, p.exp)
     if mask is not None:
