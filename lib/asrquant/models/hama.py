@@ -145,9 +145,9 @@ def write_hama(path: str | Path, tensors: dict[str, np.ndarray], version: int = 
     codes = {v: k for k, v in _DTYPES.items()}
     table, blob = bytearray(), bytearray()
     for name, arr in tensors.items():
-        a = np.ascontiguousarray(arr)
-        a = a.astype(a.dtype.newbyteorder("<"))
-        code = codes.get(np.dtype(a.dtype.str if a.dtype.itemsize > 1 else a.dtype))
+        a = np.asarray(arr)
+        a = np.array(a, dtype=a.dtype.newbyteorder("<"), order="C")   # keeps 0-d arrays 0-d
+        code = codes.get(a.dtype)
         if code is None:
             raise ValueError(f"unsupported dtype {a.dtype} for {name}")
         blob.extend(b"\0" * (_align16(len(blob)) - len(blob)))
