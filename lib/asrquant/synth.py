@@ -172,9 +172,11 @@ def _normalize_params(params: dict | None = None, **overrides) -> dict:
 
 
 class SyntheticMelGenerator:
-    """Optimize synthetic normalized log-mel batches against a float ConvASR's BatchNorm statistics.
+    """Optimize synthetic log-mel batches against a float model's BatchNorm statistics.
 
-    The model is not modified: its encoder is deep-copied, frozen and (fast=True) sped up.
+    `model`: a ConvASR or a ConformerCTC (or either's encoder); see the module docstring for what
+    the loss covers in each. The model is not modified: its encoder is deep-copied, frozen and
+    (fast=True) sped up.
     """
 
     def __init__(self, model, n_batches: int | None = None, batch_size: int | None = None,
@@ -187,11 +189,17 @@ class SyntheticMelGenerator:
         self.threads = threads
         self.progress = progress
         encoder = _encoder_of(model)
+        self.conformer = _is_conformer(encoder)
         self.n_mels = int(encoder.feat_in)
         self.encoder = copy.deepcopy(encoder).eval()
         self.bns = [m for m in self.encoder.modules() if isinstance(m, nn.BatchNorm1d)]
         if not self.bns:
             raise ValueError("the model has no BatchNorm layers: nothing to match")
+        if self.conformer and all(_placeholder_stats(bn) for bn in self.bns):
+            warnings.warn("every BatchNorm of this Conformer holds placeholder statistics (running mean 0, "
+                          "variance 1 or 1 - eps: a folded BatchNorm in identity form, e.g. `import-hama` without "
+                          "--restore-bn); the synthetic inputs will match those, not real data",
+                          SynthStatsWarning, stacklevel=2)
         self.dtype = next(self.encoder.parameters()).dtype  # float32 normally; float64 for reference runs
         self._stats = [(bn.running_mean.detach().clone().to(self.dtype), bn.running_var.detach().clone().to(self.dtype))
                        for bn in self.bns]
@@ -205,6 +213,7 @@ class SyntheticMelGenerator:
                 if isinstance(m, MaskedConv1d):
                     m.use_mask = False  # every synthetic frame is valid: the mask is all ones
         self._terms: list[torch.Tensor] | None = None
+        self._lengths: torch.Tensor | None = None  # Conformer, padded input: subsampled lengths
         self._last_bn: nn.Module | None = None
         for idx, bn in enumerate(self.bns):
             bn.register_forward_pre_hook(self._make_hook(idx))
@@ -220,7 +229,10 @@ class SyntheticMelGenerator:
             if self._terms is None:
                 return None
             z = inputs[0]
-            var, mean = torch.var_mean(z, dim=(0, 2), correction=1)
+            if self._lengths is None:
+                var, mean = torch.var_mean(z, dim=(0, 2), correction=1)
+            else:
+                var, mean = masked_var_mean(z, self._lengths)
             self._terms.append(bn_kl_loss(mean, var, rm, rv, eps))
             if module is self._last_bn:
                 raise _StopForward
@@ -242,15 +254,28 @@ class SyntheticMelGenerator:
             raise RuntimeError(f"{len(order)} of {len(self.bns)} BatchNorms ran in a forward pass")
         return order
 
-    def loss(self, x: torch.Tensor) -> torch.Tensor:
-        """Sum over BatchNorm layers of the per-layer KL loss for input x [B, n_mels, T]."""
+    def loss(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Sum over BatchNorm layers of the per-layer KL loss for input x [B, n_mels, T].
+
+        lengths (Conformer only; default: all T): valid input frames per item. The statistics are
+        then taken over the valid frames at each BatchNorm (the encoder's subsampled lengths);
+        padded frames contribute nothing. Generation itself always uses full-length inputs."""
+        full = torch.full((x.shape[0],), x.shape[-1], dtype=torch.long)
+        if lengths is None or bool((torch.as_tensor(lengths) == x.shape[-1]).all()):
+            lengths, self._lengths = full, None
+        else:
+            if not self.conformer:
+                raise ValueError("padded inputs are supported for the Conformer only (ConvASR generation "
+                                 "always uses full-length inputs)")
+            lengths = torch.as_tensor(lengths, dtype=torch.long)
+            self._lengths = self.encoder.output_lengths(lengths)
         self._terms = []
         try:
-            self.encoder(x, torch.full((x.shape[0],), x.shape[-1], dtype=torch.long))
+            self.encoder(x, lengths)
         except _StopForward:
             pass
         finally:
-            terms, self._terms = self._terms, None
+            terms, self._terms, self._lengths = self._terms, None, None
         if len(terms) != len(self.bns):
             raise RuntimeError(f"loss has {len(terms)} terms for {len(self.bns)} BatchNorm layers")
         return torch.stack(terms).sum()
@@ -302,11 +327,35 @@ class SyntheticMelGenerator:
         return SyntheticBatches(mels, lengths, curves, _public_params(p))
 
 
+def masked_var_mean(z: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (unbiased variance, mean) of z [B, C, T] over the frames t < lengths[b]."""
+    from .models.convasr import frame_mask
+
+    m = frame_mask(lengths, z.shape[-1])[:, None, :].to(z.dtype)   # [B, 1, T]
+    n = m.sum()
+    mean = (z * m).sum(dim=(0, 2)) / n
+    var = (((z - mean[None, :, None]) * m) ** 2).sum(dim=(0, 2)) / (n - 1)
+    return var, mean
+
+
 def _encoder_of(model) -> nn.Module:
-    """The ConvASREncoder of a ConvASR (or the encoder itself)."""
+    """The encoder of a ConvASR or ConformerCTC (or the encoder itself)."""
+    from .models.conformer import ConformerEncoder
     from .models.convasr import ConvASREncoder
 
-    return model if isinstance(model, ConvASREncoder) else model.encoder
+    return model if isinstance(model, (ConvASREncoder, ConformerEncoder)) else model.encoder
+
+
+def _is_conformer(encoder) -> bool:
+    from .models.conformer import ConformerEncoder
+
+    return isinstance(encoder, ConformerEncoder)
+
+
+def _placeholder_stats(bn: nn.BatchNorm1d) -> bool:
+    """Running mean 0 and variance 1 (PyTorch's initial values) or 1 - eps (a folded BN in identity form)."""
+    rm, rv = bn.running_mean, bn.running_var
+    return bool((rm == 0).all()) and bool(((rv - 1.0).abs() <= max(2.0 * bn.eps, 1e-6)).all())
 
 
 class _threads:
@@ -331,6 +380,10 @@ def _public_params(p: dict) -> dict:
 # -- cache ------------------------------------------------------------------------------------
 class SynthCacheWarning(UserWarning):
     """A cached synthetic batch was unusable (missing checksum match, truncated, wrong shape)."""
+
+
+class SynthStatsWarning(UserWarning):
+    """The model's BatchNorm statistics are placeholders: there is nothing real to match."""
 
 
 def model_hash(model) -> str:
