@@ -1,5 +1,6 @@
-"""Deployment: integer-only ONNX export (bit-exact vs forward_int), dyadic formulation edge cases,
-fast runners, Q/DQ graph, bench JSON, TensorRT/CUDA guards. Small random QuartzNet-5x5 only."""
+"""Deployment: the integer-only ONNX lowering of the program (bit-exact vs forward_int on padded
+batches, dyadic formulation edge cases), the Q/DQ lowering, the float graph and runners, bench
+JSON, TensorRT/CUDA guards. Small random QuartzNet-5x5 and a JasperDR-shaped dense model only."""
 
 import argparse
 import json
@@ -12,15 +13,23 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from asrquant.calibration import random_mels  # noqa: E402
-from asrquant.convert import IntConv, quantize_model, save_quantized  # noqa: E402
+from asrquant.convert import quantize_model, save_quantized  # noqa: E402
 from asrquant.deploy import onnx_export as ox  # noqa: E402
 from asrquant.deploy import runtime as rt  # noqa: E402
 from asrquant.models import ConvASR, config_for  # noqa: E402
-from asrquant.quant.dyadic import requantize, rescale  # noqa: E402
+from asrquant.program import fast  # noqa: E402
+from asrquant.program import onnx_int as oi  # noqa: E402
+from asrquant.program import onnx_qdq as oq  # noqa: E402
+from asrquant.program.ops import Op, Program, Value  # noqa: E402
+from asrquant.program.torch_ref import TorchReference  # noqa: E402
 
 from conftest import randomize_weights  # noqa: E402
+from pinned import pinned_float_model, pinned_inputs  # noqa: E402
 
-INTEGER_OPS = {"ConvInteger", "Cast", "Mul", "Add", "Div", "Clip", "Max", "BitShift"}
+INTEGER_OPS = {"ConvInteger", "Cast", "Mul", "Add", "Div", "Clip", "Max", "BitShift", "Identity",
+               "Shape", "Squeeze", "Unsqueeze", "Range", "Less", "Where"}
+NEEDS_VNNI = pytest.mark.skipif(not rt.ort_kernels_exact(1),
+                                reason="onnxruntime's U8S8 integer kernels are inexact on this CPU (no VNNI)")
 
 
 @pytest.fixture(scope="module")
@@ -37,33 +46,66 @@ def q5(float5):
 
 
 @pytest.fixture(scope="module")
+def q_dense():
+    """JasperDR-shaped: dense residual (several branches per sum), k > 1 dense convs, stride 2."""
+    return quantize_model(pinned_float_model("tiny_dense"), random_mels(1, 2, 160, seed=0))
+
+
+@pytest.fixture(scope="module")
 def q_input(q5):
     g = torch.Generator().manual_seed(1)
     return q5.quantize_input(torch.randn(1, 64, 203, generator=g) * 1.5)
 
 
-def _ref(qmodel, q):
+def _ref(qmodel, q, lengths=None):
+    lengths = torch.full((q.shape[0],), q.shape[-1]) if lengths is None else torch.as_tensor(lengths)
     with torch.inference_mode():
-        return qmodel.forward_int(q, torch.tensor([q.shape[-1]] * q.shape[0]))[0].numpy()
+        logits, out_len = qmodel.forward_int(q, lengths)
+    return logits.numpy(), out_len.numpy()
 
 
+def assert_valid_equal(out, out_len, ref, ref_len):
+    """Same output lengths and the same integers on every valid frame."""
+    assert np.array_equal(np.asarray(out_len), ref_len), (out_len, ref_len)
+    assert out.shape == ref.shape
+    for b, n in enumerate(ref_len.tolist()):
+        assert np.array_equal(out[b, :, :n], ref[b, :, :n]), f"item {b}"
+
+
+@NEEDS_VNNI
 @pytest.mark.parametrize("floor", ["div", "shift"])
-def test_integer_onnx_is_integer_only_and_bit_exact(q5, q_input, floor):
-    model = ox.build_integer_model(q5, floor=floor)
-    rep = ox.integer_only_report(model)
+def test_integer_onnx_is_integer_only_and_bit_exact_on_a_padded_batch(q5, floor):
+    model = oi.build_integer_model(q5, floor=floor)
+    rep = oi.integer_only_report(model)
     assert rep["ok"], rep
     assert set(rep["op_types"]) <= INTEGER_OPS
+    assert rep["bool"] and not rep["non_integer"]  # the masks, and nothing else that is not an integer
     assert not [i for i in model.graph.initializer if i.data_type in (1, 10, 11, 16)]  # no float constants
-    out = rt.OrtIntegerRunner(model, threads=1).run(q_input)
-    ref = _ref(q5, q_input)
-    assert out.dtype == np.int64 and out.shape == ref.shape
-    assert np.array_equal(out, ref)
+    assert [i.name for i in model.graph.input] == ["q", "lengths"]
+    assert [o.name for o in model.graph.output] == ["logits", "logits_lengths"]
+    q, lengths = pinned_inputs()
+    runner = rt.OrtIntegerRunner(model, threads=1)
+    out, out_len = runner.run_with_lengths(q, lengths)
+    assert out.dtype == np.int64
+    assert_valid_equal(out, out_len, *_ref(q5, q, lengths))
+    # batch 1 without lengths: every frame valid
+    assert np.array_equal(runner.run(q[:1]), _ref(q5, q[:1])[0])
 
 
+@NEEDS_VNNI
+def test_integer_onnx_dense_model_and_uniform_call(q_dense):
+    q, lengths = pinned_inputs()
+    out, out_len = oi.run_onnx_int(q_dense.program, q, lengths, threads=1)
+    assert_valid_equal(out, out_len, *_ref(q_dense, q, lengths))
+    out2, _ = oi.run_onnx_int(q_dense.program, q.numpy(), lengths.numpy(), threads=1)  # NumPy in, cached session
+    assert np.array_equal(out, out2)
+
+
+@NEEDS_VNNI
 def test_export_file_and_cli(q5, q_input, tmp_path):
-    path = ox.export_onnx(q5, tmp_path / "m.onnx")
-    assert ox.integer_only_report(path)["ok"]
-    assert np.array_equal(rt.OrtIntegerRunner(path, threads=1).run(q_input), _ref(q5, q_input))
+    path = oi.export_onnx(q5, tmp_path / "m.onnx")
+    assert oi.integer_only_report(path)["ok"]
+    assert np.array_equal(rt.OrtIntegerRunner(path, threads=1).run(q_input), _ref(q5, q_input)[0])
     qpath = save_quantized(q5, tmp_path / "m.aqz")
     p = argparse.ArgumentParser()
     ox.add_export_arguments(p)
@@ -72,118 +114,180 @@ def test_export_file_and_cli(q5, q_input, tmp_path):
     assert (tmp_path / "cli.onnx").is_file() and (tmp_path / "qdq.onnx").is_file()
 
 
-def test_kernel_probe_reports_exact_here():
-    # informative: this CPU has AVX-512 VNNI; on AVX2-only CPUs the probe must say False
+def test_kernel_probe_reports_a_bool():
+    # informative: True with VNNI; on AVX2-only CPUs the probe must say False
     assert isinstance(rt.ort_kernels_exact(1), bool)
 
 
-def _one_conv_graph(conv, x_signed, floor, clamp):
-    g = ox._Graph()
-    x = ox._Act("x", x_signed, 8)
-    acc, bound = ox._conv_integer(g, x, conv)
-    if clamp:
-        y = ox._requant_int8(g, acc, bound, conv, floor).name
-    else:
-        t, R = ox._rescale_terms(g, acc, bound, conv, floor)
-        y = g.op("Add", [t, g.const(ox._col([-r for r in R]), np.int64, "off")])
-    g.nodes.append(g.helper.make_node("Identity", [y], ["y"]))
-    C = conv.weight.shape[1]
-    return g.model([g.helper.make_tensor_value_info("x", g.TP.INT8, [1, C, "t"])],
-                   [g.helper.make_tensor_value_info("y", g.TP.INT8 if clamp else g.TP.INT64, None)], "one")
+def test_int64_accumulators_are_refused():
+    """ConvInteger accumulates in int32: a conv whose bound exceeds it is refused, not wrapped."""
+    C, K = 16, 16384  # sum|w| * 128 = 127 * 16 * 16384 * 128 > 2^31
+    w = torch.full((C, C, K), 127, dtype=torch.int8)
+    p = one_conv_program([("conv", w, None, (1, 1)), ("rescale", (torch.tensor([1]), torch.tensor([0])))])
+    with pytest.raises(NotImplementedError, match="int64 accumulator"):
+        oi.build_integer_model(p)
+
+
+# --------------------------------------------------------------------------- one-op programs
+
+def one_conv_program(spec, input_bits: int = 8) -> Program:
+    """A small program written op by op. spec: ("conv", weight, bias, (M, shift) unused) entries
+    apply a 1x1 conv to the input; then ("requantize", (M, S), bits, signed) or ("rescale", (M, S))
+    on the last accumulator, or ("sum", [(M, S), ...], bits) rescaling every accumulator so far,
+    adding them and clamping unsigned."""
+    values = {"input": Value("int8", "act", input_bits, True, 0.1), "input_lengths": Value("int64", "lengths")}
+    ops = [Op("mask_time", ["input", "input_lengths"], ["x"], name="mask")]
+    values["x"] = Value("int8", "act", input_bits, True, 0.1)
+    accs = []
+    for i, s in enumerate(spec):
+        if s[0] == "conv":
+            _, w, b, _ = s
+            name = f"acc{i}"
+            params = {"weight": w} if b is None else {"weight": w, "bias": b}
+            ops.append(Op("conv1d", ["x"], [name], {"stride": 1, "padding": 0, "dilation": 1, "groups": 1,
+                                                     "acc_dtype": "int32"}, params, name=f"conv{i}"))
+            values[name] = Value("int32", "acc")
+            accs.append(name)
+        elif s[0] == "requantize":
+            (M, S), bits, signed = s[1], s[2], s[3]
+            ops.append(Op("requantize", [accs[-1]], ["logits"], {"bits": bits, "signed": signed}, {"M": M, "shift": S},
+                          name="rq"))
+            values["logits"] = Value("int8" if signed else "int16", "act", bits, signed, 1.0)
+        elif s[0] == "rescale":
+            M, S = s[1]
+            ops.append(Op("rescale", [accs[-1]], ["logits"], {}, {"M": M, "shift": S}, name="rs"))
+            values["logits"] = Value("int64", "acc", scale=1.0)
+        elif s[0] == "sum":
+            terms, bits = s[1], s[2]
+            total = None
+            for j, (acc, (M, S)) in enumerate(zip(accs, terms)):
+                ops.append(Op("rescale", [acc], [f"t{j}"], {}, {"M": M, "shift": S}, name=f"rs{j}"))
+                values[f"t{j}"] = Value("int64", "acc", scale=1.0)
+                if total is None:
+                    total = f"t{j}"
+                else:
+                    ops.append(Op("add", [total, f"t{j}"], [f"s{j}"], name=f"add{j}"))
+                    values[f"s{j}"] = Value("int64", "acc", scale=1.0)
+                    total = f"s{j}"
+            ops.append(Op("clamp", [total], ["logits"], {"bits": bits, "signed": False}, name="clamp"))
+            values["logits"] = Value("int16", "act", bits, False, 1.0)
+    ops.append(Op("frames", ["input_lengths"], ["logits_lengths"], {"kernel": 1, "stride": 1, "padding": 0,
+                                                                     "dilation": 1}, name="frames"))
+    values["logits_lengths"] = Value("int64", "lengths")
+    return Program(values, ops, meta={"input_scale": 0.1, "input_bits": input_bits, "logit_scale": 1.0}).validate()
+
+
+SHIFTS = [0, 1, 1, 2, 3, 7, 31, 62]
+MS = [1, 1, 3, 5, 1, 2 ** 30 + 1, 2 ** 31 - 1, 3]
+BIAS = [0, 0, -1, 7, -5, 100, -(2 ** 20), 2 ** 25]
+
+
+def edge_case_program(kind: str, out_signed: bool) -> Program:
+    """Identity 1x1 conv (acc = x + bias) with chosen M/shift: ties (round half up, also for negative
+    values), negative accumulators, shift 0 and 62, tiny multipliers, all channels; "sum": two
+    branches (identity and negated identity with other biases) rescaled, added and clamped."""
+    C = len(SHIFTS)
+    w = torch.zeros(C, C, 1, dtype=torch.int8)
+    w[range(C), range(C), 0] = 1
+    M, S = torch.tensor(MS), torch.tensor(SHIFTS)
+    conv = ("conv", w, torch.tensor(BIAS, dtype=torch.int32), None)
+    if kind == "requantize":
+        return one_conv_program([conv, ("requantize", (M, S), 8, out_signed)])
+    if kind == "rescale":
+        return one_conv_program([conv, ("rescale", (M, S))])
+    conv2 = ("conv", -w, torch.tensor(BIAS[::-1], dtype=torch.int32), None)
+    M2, S2 = torch.tensor([3, 1, 1, 7, 2 ** 20, 5, 1, 2 ** 31 - 1]), torch.tensor([2, 1, 0, 3, 25, 62, 1, 40])
+    return one_conv_program([conv, conv2, ("sum", [(M, S), (M2, S2)], 8)])
 
 
 @pytest.mark.parametrize("floor", ["div", "shift"])
-@pytest.mark.parametrize("clamp", [True, False])
-@pytest.mark.parametrize("out_signed", [True, False])
-def test_dyadic_onnx_formulation_edge_cases(floor, clamp, out_signed):
-    """Identity 1x1 conv (acc = x + bias) with chosen M/shift: ties (round half up, also for
-    negative values), negative accumulators, shift 0 and 62, tiny multipliers, all channels."""
-    shifts = [0, 1, 1, 2, 3, 7, 31, 62]
-    Ms = [1, 1, 3, 5, 1, 2 ** 30 + 1, 2 ** 31 - 1, 3]
-    C = len(shifts)
-    w = torch.zeros(C, C, 1, dtype=torch.int8)
-    w[range(C), range(C), 0] = 1
-    bias = torch.tensor([0, 0, -1, 7, -5, 100, -(2 ** 20), 2 ** 25], dtype=torch.int32)
-    conv = IntConv(weight=w, bias=bias, M=torch.tensor(Ms), shift=torch.tensor(shifts), out_bits=8,
-                   out_signed=out_signed)
-    x = torch.arange(-128, 128, dtype=torch.int8).repeat(C, 1)[None]  # every int8 value on every channel
-    acc = x.to(torch.int32) + bias.reshape(1, C, 1)
-    ref = (requantize(acc, conv.M, conv.shift, 8, out_signed) if clamp else rescale(acc, conv.M, conv.shift)).to(torch.int64)
-    model = _one_conv_graph(conv, True, floor, clamp)
-    out = rt.make_session(model, 1).run(None, {"x": x.numpy()})[0].astype(np.int64)
-    if clamp and not out_signed:
-        out = out + 128  # unsigned activations are stored as y - 128
-    assert np.array_equal(out, ref.numpy())
-    # the ties really are there: e.g. shift 1, M 1: -3 -> floor(-1.5 + 0.5) = -1, 3 -> 2
-    if not clamp:
+@pytest.mark.parametrize("kind,out_signed", [("requantize", True), ("requantize", False), ("rescale", True),
+                                             ("sum", False)])
+def test_dyadic_edge_cases_in_every_integer_backend(floor, kind, out_signed):
+    """The integer ONNX graph and the fast runner (both modes) against the reference, on every int8
+    value of every channel, with 3 of 4 batch items padded (masked frames must give the zero point)."""
+    program = edge_case_program(kind, out_signed)
+    C = len(SHIFTS)
+    x = torch.arange(-128, 128, dtype=torch.int8).repeat(C, 1)[None].repeat(4, 1, 1)
+    x[1] = x[1].flip(-1)
+    lengths = torch.tensor([256, 255, 100, 1])
+    ref, ref_len = TorchReference().run(program, x, lengths)
+    ref, ref_len = ref.to(torch.int64).numpy(), ref_len.numpy()
+    if kind == "rescale":  # the ties really are there: shift 1, M 1: -3 -> floor(-1.5 + 0.5) = -1, 3 -> 2
         assert ref[0, 1, 128 - 3] == -1 and ref[0, 1, 128 + 3] == 2
+    # identity weights: no pair of products can saturate int16, the ONNX kernels are exact on any CPU
+    out, out_len = oi.run_onnx_int(program, x, lengths, floor=floor, allow_inexact=True)
+    assert_valid_equal(out, out_len, ref, ref_len)
+    if floor == "div":
+        for mode in ("native", "float-exact"):
+            if mode == "native" and not _native_available():
+                continue
+            out, out_len = fast.run_fast(program, x, lengths, depthwise=mode)
+            assert_valid_equal(out, out_len, ref, ref_len)
 
 
-@pytest.mark.parametrize("depthwise", ["ort", "float-exact", "native"])
-def test_torch_integer_runner_bit_exact(q5, q_input, depthwise):
-    if depthwise == "native":
-        from asrquant.intops import native
-
-        if not native.available():
-            pytest.skip("no C compiler: native kernels unavailable")
-    runner = rt.TorchIntegerRunner(q5, threads=1, depthwise=depthwise)
-    assert np.array_equal(runner.run(q_input), _ref(q5, q_input))
-    q2 = torch.cat([q_input, q_input.flip(-1)])  # batch of 2, equal lengths
-    assert np.array_equal(runner.run(q2), _ref(q5, q2))
-
-
-def test_native_runner_creates_no_float_tensor(q5, q_input):
-    """Every torch op the native runner dispatches returns an integer tensor (the C kernels are
-    integer code by construction: native_kernels.c has no floating-point type)."""
+def _native_available() -> bool:
     from asrquant.intops import native
-    from asrquant.verify import DtypeRecorder
 
-    if not native.available():
-        pytest.skip("no C compiler: native kernels unavailable")
-    src = native.SOURCE.read_text()
-    assert not any(w in src for w in ("float", "double")), "native_kernels.c must stay integer-only"
-    runner = rt.TorchIntegerRunner(q5, threads=1, depthwise="native")
-    with DtypeRecorder() as rec:
-        runner.run(q_input)
-    assert len(rec.records) > 50 and rec.float_ops() == []
+    return native.available()
 
+
+# --------------------------------------------------------------------------- float and Q/DQ graphs
 
 def test_float_runners_match_torch(float5):
     mel = torch.randn(1, 64, 150)
     with torch.inference_mode():
         ref = float5.forward_features(mel, torch.tensor([150]))[0].numpy()
-    for runner in (rt.OrtFloatRunner(float5, 1), rt.TorchFloatRunner(float5, 1)):
+    for runner in (rt.OrtFloatRunner(ox.build_float_model(float5), 1), rt.TorchFloatRunner(float5, 1)):
         np.testing.assert_allclose(runner.run(mel), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    with pytest.raises(TypeError, match="build_float_model"):
+        rt.OrtFloatRunner(float5, 1)
 
 
 def test_qdq_model_close_to_integer_model(q5):
-    """Q/DQ (simulated int8, float) vs the integer model on the same input: close, not exact."""
+    """Q/DQ (simulated int8, float) vs the integer program on the same input: close, not exact."""
     mel = torch.randn(1, 64, 203, generator=torch.Generator().manual_seed(2)) * 1.5
-    q = q5.quantize_input(mel)
-    ref = _ref(q5, q).astype(np.float64) * q5.logit_scale
-    model = ox.build_qdq_model(q5)
+    ref = _ref(q5, q5.quantize_input(mel))[0].astype(np.float64) * q5.logit_scale
+    model = oq.build_qdq_model(q5)
     ops = {n.op_type for n in model.graph.node}
-    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
-    out = rt.make_session(model, 1).run(None, {"mel": mel.numpy()})[0]
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv", "Where"} <= ops
+    out, out_len = oq.run_onnx_qdq(q5.program, mel, None)
+    assert out_len.tolist() == [ref.shape[-1]]
     err = np.abs(out - ref).max() / np.abs(ref).max()
     agree = (out.argmax(1) == ref.argmax(1)).mean()
     assert err < 0.1 and agree > 0.9, (err, agree)
-    trt_form = ox.build_qdq_model(q5, signed_only=True)
+    trt_form = oq.build_qdq_model(q5, signed_only=True)
     zps = [i for i in trt_form.graph.initializer if i.name.startswith("zp")]
     assert zps and all(i.data_type == 3 for i in zps)  # int8 only
 
 
+def test_qdq_masks_a_padded_batch(q_dense):
+    """Each item of a padded batch gives what it gives alone (the masks), and the lengths."""
+    mel = torch.randn(3, 64, 150, generator=torch.Generator().manual_seed(3))
+    lengths = torch.tensor([150, 120, 77])
+    out, out_len = oq.run_onnx_qdq(q_dense.program, mel, lengths)
+    assert np.array_equal(out_len, _ref(q_dense, q_dense.quantize_input(mel), lengths)[1])
+    for b, n in enumerate(lengths.tolist()):
+        alone, alone_len = oq.run_onnx_qdq(q_dense.program, mel[b:b + 1, :, :n], None)
+        m = int(alone_len[0])
+        assert m == out_len[b]
+        np.testing.assert_allclose(out[b, :, :m], alone[0], rtol=1e-5, atol=1e-5 * np.abs(alone).max())
+
+
+# --------------------------------------------------------------------------- bench and GPU guards
+
 def test_bench_json(float5, q5, tmp_path):
     from asrquant.deploy import bench
 
-    res = bench.bench(float5, q5, seconds=0.5, repeats=3, warmup=1, threads=1,
-                      runtimes=("torch-fp32", "onnxruntime-fp32", "onnxruntime-int8", "torch+ort-int8"))
+    runtimes = ("torch-fp32", "onnxruntime-fp32", "torch+native-int8") + (("onnxruntime-int8",)
+                                                                         if rt.ort_kernels_exact(1) else ())
+    res = bench.bench(float5, q5, seconds=0.5, repeats=3, warmup=1, threads=1, runtimes=runtimes)
     for k in ("fp32_ms", "int8_ms", "speedup", "fp32_runtime", "int8_runtime", "threads", "batch", "seconds", "machine"):
         assert k in res
     assert res["fp32_ms"] > 0 and res["int8_ms"] > 0 and res["speedup"] == pytest.approx(res["fp32_ms"] / res["int8_ms"])
     assert res["threads"] == 1 and res["batch"] == 1 and res["frames"] > 0
     assert all(r["runs"] == 3 for r in res["runtimes"].values())
-    assert res["runtimes"]["onnxruntime-int8"]["bit_exact"] and res["runtimes"]["torch+ort-int8"]["bit_exact"]
+    assert all(res["runtimes"][n]["bit_exact"] for n in runtimes if "int8" in n)
     assert res["machine"]["torch"] and res["machine"]["onnxruntime"] and "cpu_model" in res["machine"]
     json.dumps(res)  # serializable
     # the CLI wrapper writes the same JSON
@@ -193,10 +297,10 @@ def test_bench_json(float5, q5, tmp_path):
     p = argparse.ArgumentParser()
     bench.add_bench_arguments(p)
     args = p.parse_args(["--model", str(mpath), "--quantized", str(qpath), "--seconds", "0.3", "--repeats", "3",
-                         "--runtimes", "onnxruntime-fp32", "onnxruntime-int8", "--json", str(tmp_path / "b.json"),
+                         "--runtimes", "onnxruntime-fp32", "torch+native-int8", "--json", str(tmp_path / "b.json"),
                          "--quiet"])
     assert bench.cmd_bench(args) == 0
-    assert json.loads((tmp_path / "b.json").read_text())["int8_runtime"] == "onnxruntime-int8"
+    assert json.loads((tmp_path / "b.json").read_text())["int8_runtime"] == "torch+native-int8"
 
 
 def test_tensorrt_and_cuda_guards(q5, float5, tmp_path):

@@ -1,4 +1,5 @@
-"""The fused C kernels (intops/native.py) against a plain NumPy replay of the same integer maths."""
+"""The fused C kernels (intops/native.py) against a plain NumPy replay of the same integer maths, and
+the fast runner that lowers the program onto them (program/fast.py) against forward_int."""
 
 import numpy as np
 import pytest
@@ -6,7 +7,7 @@ import torch
 
 from asrquant.intops import native
 
-pytestmark = pytest.mark.skipif(not native.available(), reason="no C compiler: native kernels unavailable")
+NEEDS_NATIVE = pytest.mark.skipif(not native.available(), reason="no C compiler: native kernels unavailable")
 
 
 def _requant_np(acc, M, C, S):
@@ -20,6 +21,7 @@ def _params(rng, C, big=False):
     return M, Cst, S
 
 
+@NEEDS_NATIVE
 @pytest.mark.parametrize("B,C,T,K,stride,dil,zp", [
     (1, 8, 37, 5, 1, 1, 0), (2, 16, 700, 33, 1, 1, -128), (1, 4, 64, 7, 2, 1, 0), (3, 5, 50, 3, 1, 2, -128),
     (1, 3, 1100, 87, 1, 1, -128), (2, 6, 41, 11, 2, 2, 0),
@@ -45,6 +47,7 @@ def test_dw_conv_requant_matches_numpy(B, C, T, K, stride, dil, zp):
     assert np.array_equal(y.astype(np.int64), ref)
 
 
+@NEEDS_NATIVE
 @pytest.mark.parametrize("n_terms", [1, 2, 3])
 @pytest.mark.parametrize("out_dtype", [torch.int8, torch.int64])
 def test_requant_sum_matches_numpy(n_terms, out_dtype):
@@ -64,6 +67,7 @@ def test_requant_sum_matches_numpy(n_terms, out_dtype):
     assert np.array_equal(y.astype(np.int64), ref)
 
 
+@NEEDS_NATIVE
 def test_threads_give_identical_results():
     rng = np.random.default_rng(0)
     x = torch.from_numpy(rng.integers(-128, 128, (2, 64, 300)).astype(np.int8))
@@ -74,6 +78,7 @@ def test_threads_give_identical_results():
     assert torch.equal(a, b)
 
 
+@NEEDS_NATIVE
 def test_bad_arguments_are_named():
     x = torch.zeros(1, 4, 10, dtype=torch.int8)
     w = torch.zeros(4, 3, dtype=torch.int8)
@@ -102,3 +107,113 @@ def test_compile_failure_is_a_clear_error(monkeypatch, tmp_path):
     finally:
         monkeypatch.undo()
         native._lib.cache_clear()
+
+
+# --------------------------------------------------------------------------- the fast runner (program/fast.py)
+
+MODES = [pytest.param("native", marks=NEEDS_NATIVE), "float-exact"]
+
+
+@pytest.fixture(scope="module")
+def q_qn():
+    from asrquant.calibration import random_mels
+    from asrquant.convert import quantize_model
+    from pinned import pinned_float_model
+
+    return quantize_model(pinned_float_model("quartznet5x5"), random_mels(1, 2, 160, seed=0))
+
+
+@pytest.fixture(scope="module")
+def q_dense():
+    from asrquant.calibration import random_mels
+    from asrquant.convert import quantize_model
+    from pinned import pinned_float_model
+
+    return quantize_model(pinned_float_model("tiny_dense"), random_mels(1, 2, 160, seed=0))
+
+
+def _assert_valid_equal(qmodel, q, lengths, out, out_len):
+    with torch.inference_mode():
+        ref, ref_len = qmodel.forward_int(q, lengths)
+    assert np.array_equal(out_len, ref_len.numpy())
+    assert out.shape == tuple(ref.shape) and out.dtype == np.int64
+    for b, n in enumerate(ref_len.tolist()):
+        assert np.array_equal(out[b, :, :n], ref[b, :, :n].numpy()), f"item {b}"
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("model", ["q_qn", "q_dense"])
+def test_fast_runner_bit_exact_on_a_padded_batch(mode, model, request):
+    from asrquant.program import fast
+    from pinned import pinned_inputs
+
+    qmodel = request.getfixturevalue(model)
+    q, lengths = pinned_inputs()
+    out, out_len = fast.run_fast(qmodel.program, q, lengths, depthwise=mode)
+    _assert_valid_equal(qmodel, q, lengths, out, out_len)
+    runner = fast.TorchIntegerRunner(qmodel, threads=1, depthwise=mode)
+    full = torch.full((3,), q.shape[-1])
+    a = runner.run(q)                       # no lengths: every frame valid, no masks
+    assert np.array_equal(a, runner.run(q, full))
+    _assert_valid_equal(qmodel, q, full, a, runner.run_with_lengths(q)[1].numpy())
+
+
+@NEEDS_NATIVE
+def test_native_runner_fuses_every_conv(q_qn):
+    """QuartzNet lowers to fused groups only: depthwise convs in dw_conv_requant, pointwise ones on
+    _int_mm feeding requant_sum (residual sums included); only masks and frame counts run alone."""
+    from asrquant.program import fast
+
+    runner = fast.TorchIntegerRunner(q_qn, threads=1, depthwise="native")
+    kinds = runner.kinds()
+    n_conv = len(q_qn.program.ops_of("conv1d"))
+    assert set(kinds) <= {"group:dw", "group:native", "conv:ndw", "conv:pw", "conv:int"}
+    assert kinds["conv:ndw"] == kinds["group:dw"] > 0
+    assert sum(v for k, v in kinds.items() if k.startswith("conv:")) == n_conv
+    assert len(runner.groups) == len(q_qn.program.ops_of("requantize")) + len(q_qn.program.ops_of("clamp")) + 1
+
+
+@NEEDS_NATIVE
+def test_native_runner_creates_no_float_tensor(q_qn):
+    """Every torch op the native runner dispatches returns an integer (or bool mask) tensor; the C
+    kernels are integer code by construction (native_kernels.c has no floating-point type)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from asrquant.program import fast
+    from pinned import pinned_inputs
+
+    class Recorder(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.dtypes = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in (out if isinstance(out, (tuple, list)) else [out]):
+                if isinstance(t, torch.Tensor):
+                    self.dtypes.append((str(func), t.dtype))
+            return out
+
+    src = native.SOURCE.read_text()
+    assert not any(w in src for w in ("float", "double")), "native_kernels.c must stay integer-only"
+    runner = fast.TorchIntegerRunner(q_qn, threads=1, depthwise="native")
+    q, lengths = pinned_inputs()
+    with Recorder() as rec:
+        runner.run(q, lengths)
+    assert len(rec.dtypes) > 50
+    assert [r for r in rec.dtypes if r[1].is_floating_point or r[1].is_complex] == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_fast_runner_on_real_audio(small_quartznet, real_audio_batch, mode):
+    """Real test-other features (a padded batch of 3), a model calibrated on them."""
+    from asrquant.convert import quantize_model
+    from asrquant.program import fast
+
+    with torch.inference_mode():
+        mel, mel_len = small_quartznet.features(*real_audio_batch)
+    qmodel = quantize_model(small_quartznet, [(mel, mel_len)])
+    q = qmodel.quantize_input(mel)
+    assert len(set(mel_len.tolist())) > 1
+    out, out_len = fast.run_fast(qmodel.program, q, mel_len, depthwise=mode)
+    _assert_valid_equal(qmodel, q, mel_len, out, out_len)

@@ -11,13 +11,14 @@ INT8 runtime whose logits equal ``forward_int`` bit for bit (checked once, on th
 Runtimes (``RUNTIMES``):
   FP32: torch-fp32 (the float ConvASR as is), onnxruntime-fp32 (BN-folded ONNX graph),
         torch-fp32-fastdw (BN folded, depthwise as conv_transpose1d: our fastest float path).
-  INT8: onnxruntime-int8 (the integer-only ONNX graph), torch+ort-int8 (torch._int_mm pointwise,
-        onnxruntime ConvInteger depthwise, torch int64 requantization: integer-only),
-        torch+native-int8 (torch._int_mm pointwise; depthwise conv + requantization fused in our C
-        kernels, intops/native.py, and every requantization one fused pass: integer-only),
-        torch-int8+fp32exact-dw (the torch+ort path with depthwise convs in float32 on integer values:
-        bit-exact by a bound, but not integer-only arithmetic), torch-int8-reference
-        (``forward_int``; slow, opt-in).
+  INT8 (lowerings of the integer program, ``program/``):
+        onnxruntime-int8 (the integer-only ONNX graph, ``program/onnx_int.py``),
+        torch+native-int8 (``program/fast.py``: torch._int_mm pointwise; depthwise conv +
+        requantization fused in our C kernels, intops/native.py, and every requantization one fused
+        pass: integer-only),
+        torch-int8+fp32exact-dw (``program/fast.py`` with depthwise convs in float32 on integer values
+        and torch int64 requantization: bit-exact by a bound, but not integer-only arithmetic),
+        torch-int8-reference (``forward_int``; slow, opt-in).
 Latency covers the encoder + decoder (log-mel in, logits out), not the mel front end.
 """
 
@@ -33,10 +34,10 @@ from pathlib import Path
 import numpy as np
 
 FP32_RUNTIMES = ("torch-fp32", "onnxruntime-fp32", "torch-fp32-fastdw")
-INT8_RUNTIMES = ("onnxruntime-int8", "torch+ort-int8", "torch+native-int8", "torch-int8+fp32exact-dw")
+INT8_RUNTIMES = ("onnxruntime-int8", "torch+native-int8", "torch-int8+fp32exact-dw")
 REFERENCE = "torch-int8-reference"
 RUNTIMES = FP32_RUNTIMES + INT8_RUNTIMES + (REFERENCE,)
-INTEGER_ONLY = {"onnxruntime-int8", "torch+ort-int8", "torch+native-int8", REFERENCE}
+INTEGER_ONLY = {"onnxruntime-int8", "torch+native-int8", REFERENCE}
 
 
 def machine_info() -> dict:
@@ -81,7 +82,9 @@ def _runners(model, qmodel, names, threads):
     """name -> (kind, callable(input) -> output, input name)."""
     import torch
 
-    from .runtime import OrtFloatRunner, OrtIntegerRunner, TorchFloatRunner, TorchIntegerRunner
+    from ..program.fast import TorchIntegerRunner
+    from .onnx_export import build_float_model
+    from .runtime import OrtFloatRunner, OrtIntegerRunner, TorchFloatRunner
 
     out = {}
     for n in names:
@@ -92,17 +95,15 @@ def _runners(model, qmodel, names, threads):
                     return _m.forward_features(mel, lengths)[0]
             out[n] = ("fp32", f)
         elif n == "onnxruntime-fp32":
-            out[n] = ("fp32", OrtFloatRunner(model, threads).run)
+            out[n] = ("fp32", OrtFloatRunner(build_float_model(model), threads).run)
         elif n == "torch-fp32-fastdw":
             out[n] = ("fp32", TorchFloatRunner(model, threads).run)
         elif n == "onnxruntime-int8":
-            out[n] = ("int8", OrtIntegerRunner(qmodel, threads).run)
-        elif n == "torch+ort-int8":
-            out[n] = ("int8", TorchIntegerRunner(qmodel, threads).run)
+            out[n] = ("int8", OrtIntegerRunner(qmodel.program, threads).run)
         elif n == "torch+native-int8":
-            out[n] = ("int8", TorchIntegerRunner(qmodel, threads, depthwise="native").run)
+            out[n] = ("int8", TorchIntegerRunner(qmodel.program, threads, depthwise="native").run)
         elif n == "torch-int8+fp32exact-dw":
-            out[n] = ("int8", TorchIntegerRunner(qmodel, threads, depthwise="float-exact").run)
+            out[n] = ("int8", TorchIntegerRunner(qmodel.program, threads, depthwise="float-exact").run)
         elif n == REFERENCE:
             def g(q, _q=qmodel):
                 with torch.inference_mode():

@@ -5,7 +5,7 @@ them; only the import guards (clear errors) and the Q/DQ export (run by onnxrunt
 are tested (tests/test_deploy.py). The code follows the TensorRT 8.6/10 Python API.
 
 TensorRT path (the paper's setup: T4, TensorRT 7.2, 10 s input; Fig. 2):
-  1. ``export_onnx_qdq(qmodel, path, signed_only=True)``: the integer model as
+  1. ``export_onnx_qdq(qmodel, path, signed_only=True)`` (``program/onnx_qdq.py``): the program as
      QuantizeLinear/DequantizeLinear around float Conv (explicit quantization). This is
      *simulated* quantization in the graph; TensorRT fuses DQ -> Conv -> Add -> ReLU -> Q into
      int8 kernels with int32 accumulation. TensorRT accepts int8 Q/DQ with zero point 0 only, so
@@ -19,7 +19,7 @@ TensorRT path (the paper's setup: T4, TensorRT 7.2, 10 s input; Fig. 2):
   FP32 baseline: ``build_engine(export_onnx_float(model, ...), int8=False)``.
 
 PyTorch CUDA path (a GPU without TensorRT): ``cuda_int8_runner(qmodel)`` is
-``runtime.TorchIntegerRunner`` on the GPU: pointwise convs with ``torch._int_mm`` (int8 tensor
+``program.fast.TorchIntegerRunner`` on the GPU: pointwise convs with ``torch._int_mm`` (int8 tensor
 cores), the other convs as float32 convolutions on integer values (exact: every partial sum is an
 integer below 2^24, checked per layer; TF32 switched off), int64 requantization: the same integers
 as ``forward_int`` by construction. ``cuda_latency`` times it against the float model with CUDA
@@ -30,7 +30,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .onnx_export import export_onnx_float, export_onnx_qdq  # noqa: F401  (re-exported)
+from ..program.onnx_qdq import export_onnx_qdq  # noqa: F401  (re-exported)
+from .onnx_export import export_onnx_float  # noqa: F401  (re-exported)
 
 TENSORRT_MISSING = "TensorRT is not installed: pip install tensorrt on a machine with an NVIDIA GPU"
 NO_CUDA = "no CUDA device: the TensorRT and PyTorch CUDA INT8 paths need an NVIDIA GPU"
@@ -135,11 +136,11 @@ def cuda_int8_runner(qmodel):
     require_cuda()
     import torch
 
-    from .runtime import TorchIntegerRunner
+    from ..program.fast import TorchIntegerRunner
 
     torch.backends.cudnn.allow_tf32 = False  # TF32 would round the float-exact convolutions
     torch.backends.cuda.matmul.allow_tf32 = False
-    return TorchIntegerRunner(qmodel, device="cuda", depthwise="float-exact")
+    return TorchIntegerRunner(getattr(qmodel, "program", qmodel), device="cuda", depthwise="float-exact")
 
 
 def cuda_latency(model, qmodel, seconds: float = 10.0, batch: int = 1, repeats: int = 50, warmup: int = 5) -> dict:

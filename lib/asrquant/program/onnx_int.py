@@ -1,0 +1,564 @@
+"""The integer-only ONNX lowering of the integer program (onnxruntime integer operators).
+
+``build_integer_model(program)`` writes one ONNX graph per program with ``onnx.helper``, op by
+op, knowing nothing of the model the program came from. Inputs ``q`` int8 [B, F, T] (the
+quantized log-mel, scale ``program.meta["input_scale"]``) and ``lengths`` int64 [B] (valid
+frames); outputs ``logits`` int64 [B, C, T'] (scale ``program.meta["logit_scale"]``) and
+``logits_lengths`` int64 [B]. Every value between them is an integer tensor (ConvInteger,
+Cast/Mul/Add/Div/Clip on int32/int64, Cast to int8, Range/Less/Where for the masks) or a bool
+mask (``integer_only_report`` checks this with ONNX shape inference). On a padded batch the
+logits equal ``forward_int``'s bit for bit on every valid frame (tests/test_deploy.py).
+
+Storage of the program's values
+-------------------------------
+Every program value maps to an ONNX tensor plus its storage convention:
+* activation (``act``, at most 8 bits): int8 s = y + z with zero point z = 0 for signed y and
+  z = -128 for unsigned y in [0, 255]. Weights are stored as uint8 w + 128 with zero point 128.
+  ConvInteger then computes sum (w_u - 128)(s - z) = sum w * y exactly and pads with the zero
+  point (a real 0). With uint8 weights as the GEMM's A operand and int8 activations as B,
+  onnxruntime dispatches its fast U8S8 kernels (~20x faster than uint8 x int8 in onnxruntime
+  1.32). The U8S8 kernels are exact with VNNI (vpdpbusd accumulates u8*s8 products in int32);
+  on AVX2 without VNNI they use vpmaddubsw, which saturates a pair of products at int16, so
+  ``ort_kernels_exact()`` runs an adversarial probe and the runners refuse an inexact kernel.
+* accumulator / rescaled sum (``acc``): an int32 or int64 tensor a with a per-channel constant
+  K and a per-channel bound: true value = a + K, |a| <= bound. A conv1d gives its ConvInteger
+  output (int32, no bias) with K = bias; a rescale gives its shifted quotient with K = -R (below).
+  The constant is folded into whatever consumes the value: the requantize/rescale constant (the
+  bias costs nothing there: the peephole of the old graph, for free), the sum of a residual
+  block (offsets R of its branches add up and come back once, at the clamp), or an explicit Add
+  where a value must be materialized (a mask, a program output). The int32 accumulator must
+  hold sum|w| * max|y| (checked: ConvInteger accumulates in int32, int64 accumulators are
+  refused with NotImplementedError).
+* lengths: int64 [B].
+
+Dyadic requantization with ONNX integer ops
+-------------------------------------------
+Ours (quant.dyadic): v = acc * M + 2^(s-1) (acc with bias), y = clamp(floor(v / 2^s), lo, hi).
+ONNX integer Div truncates toward zero, BitShift exists only for unsigned types. Exact form,
+with the stored a (acc = a + K):
+
+    y - z = Clip( Div(a*M + c, 2^s) + (L - z),  lo - z, hi - z ),   c = K*M + 2^(s-1) - L*2^s
+
+Proof (L = lo). Let n = a*M + c = v - lo*2^s. If n >= 0, Div(n, 2^s) = floor(n / 2^s) =
+floor(v / 2^s) - lo (lo*2^s is a multiple of 2^s), so the sum is floor(v/2^s) - z and the Clip
+is the clamp. If n < 0, then v < lo*2^s, the true result is clamped to lo, and Div(n, 2^s) <= 0
+(truncation of a negative number), so the sum is <= lo - z and the Clip gives lo - z as well.
+
+Without a clamp (rescale) the same holds with L = -R, R = floor(v_max / 2^s) + 1 from the static
+bound |acc| <= (bound + |K|) (so n > 0 always): the quotient is stored with constant -R, exactly.
+With a clamp the offset is L = max(lo, -R) per channel (the same proof; it keeps the constant
+small for channels whose multiplier is tiny: lo * 2^s would overflow int64 for s up to 62).
+``floor="shift"`` replaces Div by Max(n, 0) -> Cast(uint64) -> BitShift(RIGHT) -> Cast(int64),
+the same value for n >= 0 and 0 for n < 0 (then clamped as above); it exists to time both.
+Every constant is checked to keep |n| < 2^63 (OverflowError otherwise).
+
+Masks and lengths
+-----------------
+``mask_time(x, lengths)``: Where(Range(T) < lengths[:, None, None], x, z): padded frames become
+the zero point, a real 0 (an accumulator is materialized first and masked with 0). The bool mask
+is computed once per lengths tensor. ``frames``: (lengths + 2p - d(K-1) - 1) // s + 1 with Add
+and Div on int64; the numerator is shifted by a multiple of s to be nonnegative for lengths >= 0,
+so Div (truncation) is the floor.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..quant.quantizer import qrange
+from .ops import Program
+
+INT64_MAX = (1 << 63) - 1
+INT32_MAX = (1 << 31) - 1
+OPSET = 18
+
+__all__ = ["KERNELS", "build_integer_model", "export_onnx", "integer_only_report", "make_session",
+           "ort_kernels_exact", "run_onnx_int", "save_model"]
+
+
+def _onnx():
+    try:
+        import onnx
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError as e:  # pragma: no cover - onnx is a declared extra
+        raise ImportError("ONNX export needs the 'onnx' package: pip install onnx onnxruntime") from e
+    return onnx, TensorProto, helper, numpy_helper
+
+
+class Graph:
+    """A tiny graph builder: unique names, initializers from NumPy arrays, one node per call."""
+
+    def __init__(self):
+        self.onnx, self.TP, self.helper, self.nh = _onnx()
+        self.nodes, self.inits, self._n = [], [], 0
+
+    def name(self, hint: str) -> str:
+        self._n += 1
+        return f"{hint}_{self._n}"
+
+    def const(self, value, dtype, hint: str = "c") -> str:
+        name = self.name(hint)
+        self.inits.append(self.nh.from_array(np.asarray(value, dtype=dtype), name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], hint: str | None = None, **attrs) -> str:
+        out = self.name(hint or op_type.lower())
+        self.nodes.append(self.helper.make_node(op_type, inputs, [out], name=out, **attrs))
+        return out
+
+    def identity(self, x: str, out: str) -> str:
+        self.nodes.append(self.helper.make_node("Identity", [x], [out], name=out))
+        return out
+
+    def model(self, inputs, outputs, name: str, doc: str = ""):
+        h = self.helper
+        graph = h.make_graph(self.nodes, name, inputs, outputs, self.inits)
+        m = h.make_model(graph, opset_imports=[h.make_opsetid("", OPSET)], producer_name="asrquant",
+                         doc_string=doc)
+        m.ir_version = 9  # readable by onnxruntime >= 1.16
+        return m
+
+
+def save_model(model, path) -> Path:
+    """Check and write an ONNX ModelProto atomically."""
+    onnx = _onnx()[0]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.checker.check_model(model)
+    tmp = path.with_name(path.name + ".tmp")
+    onnx.save(model, str(tmp))
+    tmp.replace(path)
+    return path
+
+
+# --------------------------------------------------------------------------- shared lowering pieces
+
+def col(v) -> np.ndarray:
+    """Per-channel int64 constant shaped [1, C, 1] (C = 1 broadcasts)."""
+    return np.asarray([int(x) for x in v], dtype=np.int64).reshape(1, -1, 1)
+
+
+def ints(t) -> list[int]:
+    return [int(v) for v in t.reshape(-1).tolist()]
+
+
+def broadcast(*lists):
+    """Per-channel lists of length 1 or C -> all of length C (ValueError on a mismatch)."""
+    n = max(len(v) for v in lists)
+    out = []
+    for v in lists:
+        if len(v) not in (1, n):
+            raise ValueError(f"per-channel constants of lengths {[len(x) for x in lists]} do not broadcast")
+        out.append(list(v) * n if len(v) == 1 else list(v))
+    return out
+
+
+class Lengths:
+    """The masks and frame counts of a graph: one bool mask per lengths tensor (lazily, from the
+    time dimension of the first tensor masked with it); ``frames`` in int64 arithmetic."""
+
+    def __init__(self, g: Graph):
+        self.g = g
+        self._masks: dict[str, str] = {}
+
+    def mask(self, x: str, lengths: str) -> str:
+        """bool [B, 1, T]: t < lengths[b], T = the time dimension of x."""
+        if lengths not in self._masks:
+            g = self.g
+            T = g.op("Squeeze", [g.op("Shape", [x], "shape", start=2, end=3)], "T")
+            r = g.op("Range", [g.const(0, np.int64, "zero"), T, g.const(1, np.int64, "one")], "t")
+            lb = g.op("Unsqueeze", [lengths, g.const([1, 2], np.int64, "axes")], "len")
+            self._masks[lengths] = g.op("Less", [r, lb], "mask")
+        return self._masks[lengths]
+
+    def frames(self, lengths: str, attrs: dict) -> str:
+        """(lengths + 2p - d(K-1) - 1) // s + 1, exact floor for lengths >= 0."""
+        g = self.g
+        c = 2 * attrs["padding"] - attrs["dilation"] * (attrs["kernel"] - 1) - 1
+        s = int(attrs["stride"])
+        shift = -(c // s) if c < 0 else 0          # c + s*shift >= 0: the numerator is nonnegative
+        n = lengths
+        if c + s * shift:
+            n = g.op("Add", [n, g.const(c + s * shift, np.int64, "fc")], "fn")
+        if s > 1:
+            n = g.op("Div", [n, g.const(s, np.int64, "fs")], "fd")
+        return g.op("Add", [n, g.const(1 - shift, np.int64, "f1")], "frames")
+
+
+# --------------------------------------------------------------------------- value storage
+
+@dataclass
+class _Act:
+    """An activation stored as int8 s = y + zero_point."""
+
+    name: str
+    signed: bool
+    bits: int
+
+    @property
+    def zero_point(self) -> int:
+        return 0 if self.signed else -128
+
+
+@dataclass
+class _Acc:
+    """An accumulator: true value = stored + const (per channel), |stored| <= bound (per channel)."""
+
+    name: str
+    dtype: str          # "int32" | "int64"
+    const: list
+    bound: list
+
+
+def _floor_div(g: Graph, n: str, shifts: list[int], floor: str) -> str:
+    """Div(n, 2^s) for n >= 0 (any value <= 0 for n < 0, where the caller clamps)."""
+    if floor == "div":
+        return g.op("Div", [n, g.const(col([1 << s for s in shifts]), np.int64, "d")], "q")
+    if floor == "shift":
+        pos = g.op("Max", [n, g.const(0, np.int64, "zero")], "pos")
+        u = g.op("Cast", [pos], "u", to=g.TP.UINT64)
+        sh = g.op("BitShift", [u, g.const(col(shifts).astype(np.uint64), np.uint64, "s")], "sh", direction="RIGHT")
+        return g.op("Cast", [sh], "q", to=g.TP.INT64)
+    raise ValueError(f"floor must be 'div' or 'shift', not {floor!r}")
+
+
+class _Lowering:
+    def __init__(self, program: Program, floor: str):
+        if floor not in ("div", "shift"):
+            raise ValueError(f"floor must be 'div' or 'shift', not {floor!r}")
+        self.program, self.floor = program, floor
+        self.g = Graph()
+        self.lengths = Lengths(self.g)
+
+    # --- helpers
+    def as_acc(self, v) -> _Acc:
+        if isinstance(v, _Acc):
+            return v
+        if isinstance(v, _Act):
+            return _Acc(v.name, "int8", [-v.zero_point], [128])
+        raise TypeError(f"expected a tensor value, got {v!r}")
+
+    def int64(self, a: _Acc) -> str:
+        return a.name if a.dtype == "int64" else self.g.op("Cast", [a.name], "a64", to=self.g.TP.INT64)
+
+    def materialize(self, a: _Acc) -> str:
+        """The true value as an int64 tensor."""
+        x = self.int64(a)
+        if any(a.const):
+            x = self.g.op("Add", [x, self.g.const(col(a.const), np.int64, "k")], "true")
+        return x
+
+    def result_bound(self, a: _Acc, M, S) -> list[int]:
+        """R per channel with |floor(v / 2^s)| < R for every reachable v = (a + K)*M + 2^(s-1)."""
+        bd, K, M, S = broadcast(a.bound, a.const, M, S)
+        return [((b + abs(k)) * m + ((1 << s) >> 1)) // (1 << s) + 1 for b, k, m, s in zip(bd, K, M, S)]
+
+    def scaled(self, a: _Acc, M, S, L) -> str:
+        """Div(a*M + c, 2^s) with c = K*M + 2^(s-1) - L*2^s (module doc), int64."""
+        bd, K, M, S, L = broadcast(a.bound, a.const, M, S, L)
+        if min(S) < 0 or min(M) < 0:
+            raise ValueError("need M >= 0 and shift >= 0")
+        c = [k * m + ((1 << s) >> 1) - l * (1 << s) for k, m, s, l in zip(K, M, S, L)]
+        for b, m, cc in zip(bd, M, c):
+            if b * m + abs(cc) > INT64_MAX:
+                raise OverflowError("requantization constant would overflow int64")
+        g = self.g
+        n = g.op("Add", [g.op("Mul", [self.int64(a), g.const(col(M), np.int64, "M")], "am"),
+                         g.const(col(c), np.int64, "c")], "n")
+        return _floor_div(g, n, S, self.floor)
+
+    def store(self, s: str, lo: int, hi: int, z: int, off) -> str:
+        """Clip(s + off, lo - z, hi - z) -> int8 (off per channel, already including -z)."""
+        g = self.g
+        if any(off):
+            s = g.op("Add", [s, g.const(col(off), np.int64, "off")], "qs")
+        y = g.op("Clip", [s, g.const(lo - z, np.int64, "lo"), g.const(hi - z, np.int64, "hi")], "clip")
+        return g.op("Cast", [y], "y", to=g.TP.INT8)
+
+    # --- kernels, one per op kind
+    def mask_time(self, op, x, lengths):
+        g = self.g
+        if isinstance(x, _Act):
+            m = self.lengths.mask(x.name, lengths)
+            return _Act(g.op("Where", [m, x.name, g.const(x.zero_point, np.int8, "z")], "masked"), x.signed, x.bits)
+        a = self.as_acc(x)
+        t = self.materialize(a)
+        m = self.lengths.mask(t, lengths)
+        bound = [b + abs(k) for b, k in zip(*broadcast(a.bound, a.const))]
+        return _Acc(g.op("Where", [m, t, g.const(0, np.int64, "z")], "masked"), "int64", [0], bound)
+
+    def frames(self, op, lengths):
+        return self.lengths.frames(lengths, op.attrs)
+
+    def conv1d(self, op, x):
+        g = self.g
+        if not isinstance(x, _Act):
+            raise NotImplementedError(f"{op.name}: ConvInteger needs an int8 activation input")
+        if x.bits > 8:
+            raise NotImplementedError(f"{op.name}: integer ONNX lowering needs activations of at most 8 bits")
+        w = op.params["weight"].numpy().astype(np.int64)
+        if w.min() < -128 or w.max() > 127:
+            raise ValueError(f"{op.name}: integer ONNX lowering needs weights within int8")
+        xmax = (1 << (x.bits - 1)) if x.signed else (1 << x.bits) - 1
+        bound = [int(s) * xmax for s in np.abs(w).reshape(w.shape[0], -1).sum(axis=1)]
+        if max(bound) > INT32_MAX:
+            raise NotImplementedError(f"{op.name} needs an int64 accumulator: ConvInteger accumulates in int32")
+        a = op.attrs
+        w_u = g.const((w + 128).astype(np.uint8), np.uint8, "w")
+        acc = g.op("ConvInteger", [x.name, w_u, g.const(x.zero_point, np.int8, "xz"), g.const(128, np.uint8, "wz")],
+                   "acc", kernel_shape=[int(w.shape[-1])], pads=[int(a["padding"])] * 2, strides=[int(a["stride"])],
+                   dilations=[int(a["dilation"])], group=int(a["groups"]))
+        bias = op.params.get("bias")
+        return _Acc(acc, "int32", ints(bias) if bias is not None else [0], bound)
+
+    def requantize(self, op, acc):
+        a = self.as_acc(acc)
+        bits, signed = int(op.attrs["bits"]), bool(op.attrs["signed"])
+        if bits > 8:
+            raise NotImplementedError(f"{op.name}: integer ONNX lowering stores activations of at most 8 bits")
+        lo, hi = qrange(bits, signed)
+        z = 0 if signed else -128
+        M, S = ints(op.params["M"]), ints(op.params["shift"])
+        L = [max(lo, -r) for r in self.result_bound(a, M, S)]
+        q = self.scaled(a, M, S, L)
+        return _Act(self.store(q, lo, hi, z, [l - z for l in L]), signed, bits)
+
+    def rescale(self, op, acc):
+        a = self.as_acc(acc)
+        M, S = ints(op.params["M"]), ints(op.params["shift"])
+        R = self.result_bound(a, M, S)
+        return _Acc(self.scaled(a, M, S, [-r for r in R]), "int64", [-r for r in R], [2 * r for r in R])
+
+    def add(self, op, x, y):
+        a, b = self.as_acc(x), self.as_acc(y)
+        ka, kb = broadcast(a.const, b.const)
+        ba, bb = broadcast(a.bound, b.bound)
+        bound = [p + q for p, q in zip(ba, bb)]
+        if max(b + abs(k1 + k2) for b, k1, k2 in zip(bound, ka, kb)) > INT64_MAX:
+            raise OverflowError(f"{op.name}: the sum could overflow int64")
+        s = self.g.op("Add", [self.int64(a), self.int64(b)], "sum")
+        return _Acc(s, "int64", [p + q for p, q in zip(ka, kb)], bound)
+
+    def clamp(self, op, v):
+        a = self.as_acc(v)
+        bits, signed = int(op.attrs["bits"]), bool(op.attrs["signed"])
+        if bits > 8:
+            raise NotImplementedError(f"{op.name}: integer ONNX lowering stores activations of at most 8 bits")
+        lo, hi = qrange(bits, signed)
+        z = 0 if signed else -128
+        K, bd = broadcast(a.const, a.bound)
+        if max(b + abs(k - z) for b, k in zip(bd, K)) > INT64_MAX:
+            raise OverflowError(f"{op.name}: the clamp offset could overflow int64")
+        return _Act(self.store(self.int64(a), lo, hi, z, [k - z for k in K]), signed, bits)
+
+    # --- the whole program
+    def build(self, frames: int | None, labels=None):
+        p, g = self.program, self.g
+        TP, h = g.TP, g.helper
+        x_in, len_in = p.inputs
+        v = p.values[x_in]
+        if v.bits is None or v.bits > 8 or not v.signed:
+            raise NotImplementedError("the integer ONNX graph takes a signed input of at most 8 bits")
+        env = {x_in: _Act("q", True, int(v.bits)), len_in: "lengths"}
+        for op in p.ops:
+            fn = KERNELS.get(op.kind)
+            if fn is None:
+                raise NotImplementedError(f"integer ONNX lowering has no kernel for op {op.kind!r}")
+            env[op.outputs[0]] = fn(self, op, *[env[i] for i in op.inputs])
+        logits, lens = env[p.outputs[0]], env[p.outputs[1]]
+        g.identity(self.materialize(self.as_acc(logits)), "logits")
+        g.identity(lens, "logits_lengths")
+        feats, classes = _io_channels(p)
+        inputs = [h.make_tensor_value_info("q", TP.INT8, ["batch", feats, frames or "frames"]),
+                  h.make_tensor_value_info("lengths", TP.INT64, ["batch"])]
+        outputs = [h.make_tensor_value_info("logits", TP.INT64, ["batch", classes, "out_frames"]),
+                   h.make_tensor_value_info("logits_lengths", TP.INT64, ["batch"])]
+        meta = p.meta
+        doc = (f"asrquant integer-only program: int8 log-mel (scale {meta.get('input_scale')!r}) and lengths -> "
+               f"int64 logits (scale {meta.get('logit_scale')!r}) and lengths; padded frames masked.")
+        model = g.model(inputs, outputs, "asrquant_integer", doc)
+        props = {"input_scale": repr(meta.get("input_scale")), "logit_scale": repr(meta.get("logit_scale")),
+                 "floor": self.floor}
+        if labels is not None:
+            props["labels"] = "".join(labels)
+        for k, val in props.items():
+            pr = model.metadata_props.add()
+            pr.key, pr.value = k, val
+        return model
+
+
+KERNELS = {
+    "mask_time": _Lowering.mask_time,
+    "frames": _Lowering.frames,
+    "conv1d": _Lowering.conv1d,
+    "requantize": _Lowering.requantize,
+    "rescale": _Lowering.rescale,
+    "add": _Lowering.add,
+    "clamp": _Lowering.clamp,
+}
+
+
+def _io_channels(p: Program):
+    """(input features, output classes) for the graph's declared shapes (symbolic if unknown)."""
+    convs = p.ops_of("conv1d")
+    feats = "features"
+    if convs:
+        w = convs[0].params["weight"]
+        feats = int(w.shape[1]) * int(convs[0].attrs["groups"])
+    prod = p.producer()
+    name, classes = p.outputs[0], "classes"
+    while name in prod:
+        op = prod[name]
+        if op.kind == "conv1d":
+            classes = int(op.params["weight"].shape[0])
+            break
+        name = op.inputs[0]
+    return feats, classes
+
+
+def _program(model) -> tuple[Program, list | None]:
+    if isinstance(model, Program):
+        return model, None
+    if hasattr(model, "program"):
+        return model.program, getattr(model, "labels", None)
+    raise TypeError(f"expected a Program or an IntegerModel, got {type(model).__name__}")
+
+
+def build_integer_model(model, frames: int | None = None, floor: str = "div"):
+    """The integer-only ONNX ModelProto of a program (or of an IntegerModel's program; module doc)."""
+    program, labels = _program(model)
+    return _Lowering(program, floor).build(frames, labels)
+
+
+def export_onnx(model, path, frames: int | None = None, floor: str = "div") -> Path:
+    """Write the integer-only graph (inputs ``q``, ``lengths``; outputs ``logits``,
+    ``logits_lengths``) to ``path``. frames: fix T (None: dynamic)."""
+    return save_model(build_integer_model(model, frames, floor), path)
+
+
+def integer_only_report(model_or_path) -> dict:
+    """Shape-infer the graph; list every value whose element type is neither an integer type nor
+    BOOL (the time masks: Less -> Where, which select between integer tensors).
+
+    Returns {"ok": bool, "non_integer": [(name, type)], "bool": [names], "untyped": [names],
+    "op_types": sorted ops, "values": n}.
+    """
+    onnx, TP, _, _ = _onnx()
+    m = onnx.load(str(model_or_path)) if isinstance(model_or_path, (str, Path)) else model_or_path
+    inferred = onnx.shape_inference.infer_shapes(m, check_type=True, strict_mode=True)
+    ints_ = {TP.INT8, TP.UINT8, TP.INT16, TP.UINT16, TP.INT32, TP.UINT32, TP.INT64, TP.UINT64}
+    g = inferred.graph
+    types = {}
+    for vi in list(g.input) + list(g.output) + list(g.value_info):
+        types[vi.name] = vi.type.tensor_type.elem_type
+    for init in g.initializer:
+        types[init.name] = init.data_type
+    produced = {o for n in g.node for o in n.output}
+    missing = sorted(produced - set(types))
+    bools = sorted(n for n, t in types.items() if t == TP.BOOL)
+    bad = [(n, TP.DataType.Name(t)) for n, t in types.items() if t not in ints_ and t != TP.BOOL]
+    return {"ok": not bad and not missing, "non_integer": bad, "bool": bools, "untyped": missing,
+            "op_types": sorted({n.op_type for n in g.node}), "values": len(types)}
+
+
+# --------------------------------------------------------------------------- onnxruntime
+
+def _ort():
+    try:
+        import onnxruntime as ort
+    except ImportError as e:  # pragma: no cover
+        raise ImportError("onnxruntime is not installed: pip install onnxruntime") from e
+    return ort
+
+
+def make_session(model, threads: int | None = None):
+    """An onnxruntime CPU InferenceSession from a path or a ModelProto; ``threads`` intra-op
+    threads (None: onnxruntime's default), one inter-op thread, sequential execution."""
+    ort = _ort()
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = int(threads)
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    src = str(model) if isinstance(model, (str, os.PathLike)) else model.SerializeToString()
+    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+
+
+@functools.lru_cache(maxsize=None)
+def ort_kernels_exact(threads: int = 1) -> bool:
+    """True iff onnxruntime's ConvInteger (the layout of the integer graph: int8 activations with
+    zero point 0 or -128, uint8 weights with zero point 128) is exact on worst-case inputs here."""
+    _, TP, h, nh = _onnx()
+    rng = np.random.default_rng(0)
+    cin, cout, T, K = 64, 16, 64, 3
+    # extreme magnitudes with correlated signs: what saturates an int16 pair sum
+    x = np.where(rng.random((1, cin, T)) < 0.5, -128, 127).astype(np.int8)
+    x[..., : T // 2] = 127
+    w = np.where(rng.random((cout, cin, K)) < 0.5, 0, 255).astype(np.uint8)
+    w[: cout // 2] = 255
+    ok = True
+    for xz in (0, -128):
+        nodes = [h.make_node("ConvInteger", ["x", "w", "xz", "wz"], ["y"], kernel_shape=[K], pads=[1, 1])]
+        inits = [nh.from_array(w, "w"), nh.from_array(np.array(xz, np.int8), "xz"), nh.from_array(np.array(128, np.uint8), "wz")]
+        gr = h.make_graph(nodes, "probe", [h.make_tensor_value_info("x", TP.INT8, [1, cin, T])],
+                          [h.make_tensor_value_info("y", TP.INT32, None)], inits)
+        m = h.make_model(gr, opset_imports=[h.make_opsetid("", OPSET)])
+        m.ir_version = 9
+        y = make_session(m, threads).run(None, {"x": x})[0].astype(np.int64)
+        xr = np.pad(x.astype(np.int64) - xz, ((0, 0), (0, 0), (1, 1)))  # padding = zero point = real 0
+        wr = w.astype(np.int64) - 128
+        ref = sum(np.einsum("oc,bct->bot", wr[:, :, k], xr[:, :, k:k + T]) for k in range(K))
+        ok &= bool(np.array_equal(y, ref))
+    return ok
+
+
+INEXACT = ("onnxruntime's integer kernels are not exact on this CPU (no VNNI: int16 saturation in U8S8); "
+           "pass allow_inexact=True to run anyway, or use the torch integer path (program.fast)")
+
+
+def as_numpy(x, dtype) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.ascontiguousarray(np.asarray(x, dtype=dtype))
+
+
+def full_lengths(x, lengths) -> np.ndarray:
+    """lengths as int64 [B]; None means every frame of every item is valid."""
+    B, T = int(x.shape[0]), int(x.shape[-1])
+    if lengths is None:
+        return np.full((B,), T, dtype=np.int64)
+    out = as_numpy(lengths, np.int64).reshape(-1)
+    if out.shape != (B,):
+        raise ValueError(f"lengths must have one entry per batch item: {out.shape} for batch {B}")
+    return out
+
+
+_SESSIONS: dict = {}
+
+
+def _cached_session(program: Program, key: tuple, build):
+    """One session per (program object, options); dropped when the program is garbage collected."""
+    k = (id(program),) + key
+    if k not in _SESSIONS:
+        _SESSIONS[k] = build()
+        weakref.finalize(program, _SESSIONS.pop, k, None)
+    return _SESSIONS[k]
+
+
+def run_onnx_int(program: Program, q, lengths, threads: int = 1, floor: str = "div", allow_inexact: bool = False):
+    """The uniform backend call: int8 [B, F, T] and lengths [B] -> (int64 logits [B, C, T'],
+    int64 lengths [B]) from onnxruntime on the integer-only graph (built once per program)."""
+    if not allow_inexact and not ort_kernels_exact(threads or 1):
+        raise ValueError(INEXACT)
+    sess = _cached_session(program, ("int", threads, floor),
+                           lambda: make_session(build_integer_model(program, floor=floor), threads))
+    x = as_numpy(q, np.int8)
+    logits, out_len = sess.run(None, {"q": x, "lengths": full_lengths(x, lengths)})
+    return logits.astype(np.int64, copy=False), out_len.astype(np.int64, copy=False)
