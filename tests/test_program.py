@@ -111,7 +111,7 @@ def test_hand_computed_program():
 def test_validation_names_the_problem():
     p = _one_conv_program()
     with pytest.raises(ProgramError, match="unknown op kind"):
-        Program(p.values, p.ops + [Op("gelu", ["logits"], ["logits"])], p.inputs, p.outputs).validate()
+        Program(p.values, p.ops + [Op("warp_drive", ["logits"], ["logits"])], p.inputs, p.outputs).validate()
     with pytest.raises(ProgramError, match="used before it is defined"):
         Program(p.values, list(reversed(p.ops)), p.inputs, p.outputs).validate()
     bad = Op("rescale", ["input"], ["logits"], {}, {"M": torch.tensor([0.5]), "shift": torch.tensor([1])})

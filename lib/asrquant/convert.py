@@ -172,24 +172,34 @@ def emit_convasr(blocks: list[IntBlock], decoder: IntConv, input_scale: float, i
 # --------------------------------------------------------------------------- integer model
 
 def _frontend(config: dict):
-    from .audio import MelFrontend
+    from .audio import frontend_from_config
 
-    return MelFrontend.from_config(config.get("preprocessor", {}))
+    return frontend_from_config(config.get("preprocessor", {}))
 
 
 class IntegerModel(nn.Module):
     """An integer program with its float front end. `forward_int` takes and returns integers only."""
 
-    def __init__(self, config: dict, program: Program, info: dict | None = None):
+    def __init__(self, config: dict, program: Program, info: dict | None = None,
+                 frontend_state: dict | None = None):
         super().__init__()
         self.float_model_config = config
-        self.labels = list(config.get("labels") or config["decoder"]["vocabulary"])
-        # The mel front end is float and sits before the quantization boundary.
+        vocabulary = list(config.get("labels") or config["decoder"]["vocabulary"])
+        self.labels = [piece.replace("\u2581", " ") for piece in vocabulary]  # BPE word marks, as ConformerCTC
+        # The front end is float and sits before the quantization boundary; a front end with
+        # weights of its own (hama's stored STFT and mel kernels) travels in the file.
         self.preprocessor = nn.Module()
         self.preprocessor.featurizer = _frontend(config)
+        if frontend_state:
+            self.preprocessor.featurizer.load_state_dict(frontend_state)
         self.program = program
         self.info = dict(info or {})
         self.eval()
+
+    @property
+    def config(self) -> dict:
+        """The float model's config (evaluation reads its `phonemes` / `decoding` sections)."""
+        return self.float_model_config
 
     @property
     def input_scale(self) -> float:
@@ -365,8 +375,10 @@ def quantize_model(model: ConvASR, calibration_mels, weight_bits=8, act_bits=8, 
 def save_quantized(qmodel: IntegerModel, path) -> Path:
     """One versioned file (a torch zip of integer tensors + JSON metadata), written atomically."""
     desc, tensors = qmodel.program.to_state()
+    frontend = {k: v for k, v in qmodel.preprocessor.featurizer.state_dict().items()}
+    tensors = {**tensors, **{"frontend." + k: v for k, v in frontend.items()}}
     meta = {"format": FORMAT, "version": VERSION, "config": qmodel.float_model_config, "program": desc,
-            "info": qmodel.info}
+            "info": qmodel.info, "frontend": sorted(frontend)}
     payload = {"format": FORMAT, "version": VERSION, "meta": json.dumps(meta), "tensors": tensors}
     return atomic_write_bytes(path, lambda f: torch.save(payload, f))
 
@@ -415,7 +427,8 @@ def load_quantized(path) -> IntegerModel:
     try:
         meta, tensors = json.loads(payload["meta"]), payload["tensors"]
         program = _migrate_v1(meta, tensors) if version == 1 else Program.from_state(meta["program"], tensors)
-        return IntegerModel(meta["config"], program, meta.get("info"))
+        frontend = {k: tensors["frontend." + k] for k in meta.get("frontend", [])}
+        return IntegerModel(meta["config"], program, meta.get("info"), frontend_state=frontend)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{path}: malformed integer model (version {version}): {type(e).__name__}: {e}; "
                               f"regenerate it with `asrquant quantize`") from e

@@ -10,8 +10,36 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..intops import nonlinear_ref as nref
 from ..intops import reference as ref
+from ..intops.gelu import gelu_ref
+from . import nonlinear_params as nlp
 from .ops import Backend, Program
+
+
+def _attention_mask(lengths, t: int) -> np.ndarray:
+    mask = np.ones((len(lengths), 1, t, t), dtype=bool)
+    for b, n in enumerate(np.asarray(lengths).reshape(-1)):
+        mask[b, 0, : int(n), : int(n)] = False
+    return mask
+
+
+def _matmul_qk(op, q, k):
+    B, d, T = q.shape
+    h = op.attrs["heads"]
+    qh = q.reshape(B, h, d // h, T).transpose(0, 1, 3, 2)          # [B, H, T, d_k]
+    return nref.matmul_ref(qh, k.reshape(B, h, d // h, T))         # [B, H, T, T]
+
+
+def _matmul_pv(op, p, v):
+    B, d, T = v.shape
+    h = op.attrs["heads"]
+    out = np.zeros((B, h, d // h, p.shape[2]), dtype=np.int64)
+    vh = v.reshape(B, h, d // h, T)
+    for b in range(B):                                             # y[c, i] = sum_j v[c, j] p[i, j]
+        for head in range(h):
+            out[b, head] = nref.matmul_ref(vh[b, head], np.asarray(p[b, head]).T)
+    return out.reshape(B, d, -1)
 
 
 def _np(t):
@@ -40,6 +68,13 @@ class NumpyReference(Backend):
         "rescale": lambda op, acc: ref.rescale_ref(acc, _np(op.params["M"]), _np(op.params["shift"])),
         "add": lambda op, a, b: ref.add_ref(a, b),
         "clamp": lambda op, v: np.clip(v, *ref.qrange_ref(op.attrs["bits"], op.attrs["signed"])),
+        "layernorm": lambda op, x: nref.layernorm_ref(x, nlp.layernorm_params(op), dim=1),
+        "softmax": lambda op, s, lengths: nref.softmax_ref(s, nlp.softmax_params(op), _attention_mask(lengths, s.shape[-1])),
+        "swish": lambda op, x: nref.swish_ref(x, nlp.sigmoid_params(op)),
+        "glu": lambda op, x: nref.glu_ref(x, nlp.sigmoid_params(op), dim=1),
+        "gelu": lambda op, x: gelu_ref(x, nlp.gelu_params(op)),
+        "matmul_qk": _matmul_qk,
+        "matmul_pv": _matmul_pv,
     }
 
     def run(self, program: Program, x, lengths):

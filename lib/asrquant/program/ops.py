@@ -34,6 +34,24 @@ rescale(acc) -> v               params M, shift: v = (acc * M + 2^(shift-1)) >> 
 add(a, b) -> c                  c = a + b in int64 (operands are int64 rescaled terms).
 clamp(v) -> y                   attrs bits, signed: y = clamp(v, qrange(bits, signed)), storage dtype.
 
+The Conformer's ops (constants prepared at conversion: ``intops.nonlinear`` / ``intops.gelu``
+give the exact integer formulas, every bound proven there):
+layernorm(x) -> y               over the channel axis 1: integer mean as the row sum, variance by
+                                dynamic shifts, exact integer square root (Newton), normalized with
+                                ``norm_bits`` fraction bits, gamma_q/beta_q multiply-add, dyadic
+                                (M, shift) to ``out_bits`` signed.
+softmax(s, lengths) -> p        over the last axis of s [B, H, T, T]; (query i, key j) is masked
+                                when i or j >= lengths[b]: masked scores take the integer minimum
+                                and give probability exactly 0 (padded query rows are all 0);
+                                i-exp, 2^K // sum reciprocal, ``out_bits`` unsigned, scale 2^-out_bits.
+swish(x) -> y                   x * sigmoid(x), sigmoid by i-exp with ``sig_bits``: int32/int64
+                                product with scale S 2^-sig_bits.
+glu(x) -> y                     a * sigmoid(b) for the two halves (a, b) of the channel axis.
+gelu(x) -> y                    I-BERT's i-GELU: q (q_one + sign(q) (q_one - t^2)), t = min(|q|, q_b) - q_b.
+matmul_qk(q, k) -> s            s[b, h, i, j] = sum_{c < d_k} q[b, h d_k + c, i] k[b, h d_k + c, j]
+                                (q, k [B, H d_k, T]; s in acc_dtype).
+matmul_pv(p, v) -> y            y[b, h d_k + c, i] = sum_j p[b, h, i, j] v[b, h d_k + c, j].
+
 Every op also carries ``meta`` (real scales, bounds, the float layer it came from) that no
 backend may use for arithmetic.
 """
@@ -68,6 +86,15 @@ OPS: dict[str, OpSpec] = {
     "rescale": OpSpec(1, 1, params=("M", "shift")),
     "add": OpSpec(2, 1),
     "clamp": OpSpec(1, 1, attrs=("bits", "signed")),
+    # the Conformer's ops (integer non-linearities of intops/nonlinear.py and intops/gelu.py)
+    "layernorm": OpSpec(1, 1, attrs=("channels", "h", "eps_int", "eps_shift", "norm_bits", "u_max", "M", "shift",
+                                      "out_bits"), params=("gamma_q", "beta_q")),
+    "softmax": OpSpec(2, 1, attrs=("exp", "out_bits", "recip_bits")),
+    "swish": OpSpec(1, 1, attrs=("exp", "sig_bits")),
+    "glu": OpSpec(1, 1, attrs=("exp", "sig_bits")),
+    "gelu": OpSpec(1, 1, attrs=("q_b", "q_one")),
+    "matmul_qk": OpSpec(2, 1, attrs=("heads", "acc_dtype")),
+    "matmul_pv": OpSpec(2, 1, attrs=("heads", "acc_dtype")),
 }
 
 _DTYPES = {"int8": torch.int8, "int16": torch.int16, "int32": torch.int32, "int64": torch.int64}

@@ -10,9 +10,39 @@ from __future__ import annotations
 import torch
 
 from ..intops.conv import int_conv1d, mask_time
+from ..intops.gelu import int_gelu
+from ..intops.nonlinear import int_glu, int_layernorm, int_matmul, int_softmax, int_swish
+from . import nonlinear_params as nlp
 from ..quant.dyadic import requantize, rescale
 from ..quant.quantizer import qrange, storage_dtype
 from .ops import Backend, Program, torch_dtype
+
+
+def attention_mask(lengths: torch.Tensor, t: int) -> torch.Tensor:
+    """[B, 1, T, T] bool, True where query i or key j is a padded frame (i or j >= lengths[b])."""
+    valid = torch.arange(t, device=lengths.device)[None, :] < lengths[:, None]
+    return ~(valid[:, :, None] & valid[:, None, :])[:, None]
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """[B, H d_k, T] -> [B, H, d_k, T]."""
+    b, d, t = x.shape
+    return x.reshape(b, heads, d // heads, t)
+
+
+def _matmul_qk(op, q, k):
+    acc = torch_dtype(op.attrs["acc_dtype"])
+    h = op.attrs["heads"]
+    # [B, H, T, d_k] @ [B, H, d_k, T]: the inner size is d_k
+    return int_matmul(_heads(q, h).transpose(-1, -2), _heads(k, h), acc)
+
+
+def _matmul_pv(op, p, v):
+    acc = torch_dtype(op.attrs["acc_dtype"])
+    h = op.attrs["heads"]
+    # [B, H, d_k, T_k] @ [B, H, T_k, T_q] -> [B, H, d_k, T_q] -> [B, H d_k, T]
+    y = int_matmul(_heads(v, h), p.transpose(-1, -2), acc)
+    return y.reshape(v.shape[0], -1, v.shape[-1])
 
 
 def _frames(op, lengths):
@@ -42,6 +72,13 @@ class TorchReference(Backend):
         "rescale": lambda op, acc: rescale(acc, op.params["M"], op.params["shift"]),
         "add": lambda op, a, b: a.to(torch.int64) + b.to(torch.int64),
         "clamp": _clamp,
+        "layernorm": lambda op, x: int_layernorm(x, nlp.layernorm_params(op), dim=1),
+        "softmax": lambda op, s, lengths: int_softmax(s, nlp.softmax_params(op), attention_mask(lengths, s.shape[-1])),
+        "swish": lambda op, x: int_swish(x, nlp.sigmoid_params(op)),
+        "glu": lambda op, x: int_glu(x, nlp.sigmoid_params(op), dim=1),
+        "gelu": lambda op, x: int_gelu(x, nlp.gelu_params(op)),
+        "matmul_qk": _matmul_qk,
+        "matmul_pv": _matmul_pv,
     }
 
     def run(self, program: Program, x: torch.Tensor, lengths: torch.Tensor):

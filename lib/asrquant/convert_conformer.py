@@ -1,0 +1,419 @@
+"""Float Conformer-CTC -> integer program (the I-BERT recipe of the paper's Section 2.2).
+
+One walk of the Conformer (``walk``) is written once against a small set of primitives and run
+twice: by ``FloatTaps`` (the float model, in the program's [B, C, T] layout, recording the range
+of every quantization point on valid frames: calibration) and by ``IntEmitter`` (the same steps as
+integer ops: conversion). A test checks that the float walk reproduces ``ConformerCTC`` exactly,
+so the points calibrated are the points the program quantizes.
+
+What the program computes, per Conformer layer (x: the residual stream, `residual_bits` signed):
+    LayerNorm            integer mean / variance / Newton square root  -> int8
+    Linear               conv1d k=1 (int8 x int8 -> int32), per-output-channel weights
+    Swish, GLU, GELU     i-exp sigmoid / i-GELU products (int32/int64) -> requantize -> int8
+    attention            q.k^T per head (int32) -> integer softmax with the padding mask (uint8,
+                         scale 2^-8; 1/sqrt(d_k) folded into its input scale) -> probs.v (int32)
+    depthwise conv       BatchNorm folded, padded frames zeroed first
+    residual             x + f * branch: both rescaled (the macaron f = 1/2 folded into the dyadic
+                         multiplier) onto the new stream's scale, added in int64, clamped
+Scales: activations per tensor, symmetric, from min/max observers on the calibration batches
+(float model); weights per output channel. The logits share one scale (the decoder as in ConvASR).
+Not yet integer: NeMo's Conv2d subsampling (striding, dw_striding) and relative-position
+attention (rel_pos); they raise NotImplementedError naming the part.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .intops.conv import accumulator_bound, choose_acc_dtype
+from .intops.gelu import prepare_gelu
+from .intops.nonlinear import prepare_layernorm, prepare_softmax, prepare_swish
+from .models.conformer import MultiHeadAttention, RelPositionMultiHeadAttention
+from .models.convasr import frame_mask
+from .program import nonlinear_params as nlp
+from .program.ops import Value, dtype_name
+from .quant.dyadic import dyadic_from_float
+from .quant.observers import make_observer
+from .quant.quantizer import qrange, scale_from_range, storage_dtype
+
+SIG_BITS = 14  # fraction bits of the sigmoid inside Swish / GLU
+
+
+# --------------------------------------------------------------------------- the one walk
+
+def walk(model, g, x, lengths):
+    """The Conformer's inference graph in primitives of `g` (FloatTaps or IntEmitter)."""
+    enc = model.encoder
+    if isinstance(enc.pre_encode, nn.Linear):
+        raise NotImplementedError("integer Conformer: a Linear pre_encode (no subsampling) is not supported")
+    sub = enc.pre_encode
+    if sub.is_2d:
+        raise NotImplementedError(f"integer Conformer: {sub.subsampling} (Conv2d) subsampling is not integer yet")
+    layers = list(sub.conv)
+    pending = None  # a conv accumulator waiting for its activation
+    for i, layer in enumerate(layers):
+        name = f"encoder.pre_encode.conv.{i}"
+        if isinstance(layer, nn.Conv1d):
+            if pending is not None:
+                x = g.requantize(pending[0], pending[1])
+            x = g.mask(x, lengths)
+            acc, lengths = g.conv(name, x, layer, lengths)
+            pending = (name, acc)
+        else:
+            kind = {nn.ReLU: "relu", nn.GELU: "gelu", nn.SiLU: "swish"}[type(layer)]
+            scale = enc.xscale if (enc.xscale and i == len(layers) - 1) else 1.0
+            x = g.activation(name, pending[1], kind, factor=scale)
+            pending = None
+    if pending is not None:
+        x = g.requantize(pending[0], pending[1], factor=enc.xscale or 1.0)
+    if enc.self_attention_model == "abs_pos" and enc.pos_enc.add_sinusoids:
+        raise NotImplementedError("integer Conformer: abs_pos with sinusoids is not integer yet")
+    for li, layer in enumerate(enc.layers):
+        p = f"encoder.layers.{li}"
+        if isinstance(layer.self_attn, RelPositionMultiHeadAttention):
+            raise NotImplementedError("integer Conformer: rel_pos attention is not integer yet")
+        h = g.layernorm(f"{p}.norm_feed_forward1", x, layer.norm_feed_forward1)
+        x = g.residual(f"{p}.ff1", x, feed_forward(g, f"{p}.feed_forward1", h, layer.feed_forward1, lengths),
+                       layer.fc_factor)
+        h = g.layernorm(f"{p}.norm_self_att", x, layer.norm_self_att)
+        x = g.residual(f"{p}.att", x, attention(g, f"{p}.self_attn", h, layer.self_attn, lengths), 1.0)
+        h = g.layernorm(f"{p}.norm_conv", x, layer.norm_conv)
+        x = g.residual(f"{p}.conv", x, conv_module(g, f"{p}.conv", h, layer.conv, lengths), 1.0)
+        h = g.layernorm(f"{p}.norm_feed_forward2", x, layer.norm_feed_forward2)
+        x = g.residual(f"{p}.ff2", x, feed_forward(g, f"{p}.feed_forward2", h, layer.feed_forward2, lengths),
+                       layer.fc_factor)
+        x = g.layernorm(f"{p}.norm_out", x, layer.norm_out)
+    if enc.out_proj is not None:
+        acc, _ = g.conv("encoder.out_proj", x, enc.out_proj, lengths)
+        x = g.requantize("encoder.out_proj", acc)
+    return g.logits(x, model.decoder.decoder_layers[0], lengths)
+
+
+def feed_forward(g, p, x, ff, lengths):
+    acc, _ = g.conv(f"{p}.linear1", x, ff.linear1, lengths)
+    h = g.activation(f"{p}.activation", acc, "swish")
+    return g.conv(f"{p}.linear2", h, ff.linear2, lengths)[0]
+
+
+def attention(g, p, x, attn: MultiHeadAttention, lengths):
+    q = g.requantize(f"{p}.linear_q", g.conv(f"{p}.linear_q", x, attn.linear_q, lengths)[0])
+    k = g.requantize(f"{p}.linear_k", g.conv(f"{p}.linear_k", x, attn.linear_k, lengths)[0])
+    v = g.requantize(f"{p}.linear_v", g.conv(f"{p}.linear_v", x, attn.linear_v, lengths)[0])
+    ctx = g.attend(p, q, k, v, attn.h, lengths)
+    return g.conv(f"{p}.linear_out", ctx, attn.linear_out, lengths)[0]
+
+
+def conv_module(g, p, x, conv, lengths):
+    acc, _ = g.conv(f"{p}.pointwise_conv1", x, conv.pointwise_conv1, lengths)
+    h = g.activation(f"{p}.glu", g.requantize_to(f"{p}.pointwise_conv1", acc), "glu")
+    h = g.mask(h, lengths)
+    acc, _ = g.conv(f"{p}.depthwise_conv", h, conv.depthwise_conv, lengths, bn=conv.batch_norm)
+    h = g.activation(f"{p}.activation", acc, "swish")
+    return g.conv(f"{p}.pointwise_conv2", h, conv.pointwise_conv2, lengths)[0]
+
+
+def _weight_bias(layer: nn.Module, bn: nn.BatchNorm1d | None = None):
+    """(weight [out, in/groups, k] float64, bias float64 or None) of a Linear / Conv1d, BN folded."""
+    w = layer.weight.detach().double()
+    if w.dim() == 2:
+        w = w[:, :, None]
+    b = layer.bias.detach().double() if layer.bias is not None else None
+    if bn is not None:
+        from .quant.bn import fold_batchnorm
+
+        w, b = fold_batchnorm(w, b, bn)
+        w, b = w.double(), b.double()
+    return w, b
+
+
+def _geometry(layer) -> dict:
+    if isinstance(layer, nn.Conv1d):
+        return {"stride": layer.stride[0], "padding": layer.padding[0], "dilation": layer.dilation[0],
+                "groups": layer.groups}
+    return {"stride": 1, "padding": 0, "dilation": 1, "groups": 1}
+
+
+def _out_lengths(lengths, layer):
+    if isinstance(layer, nn.Conv1d) and layer.stride[0] != 1:
+        k, s, p, d = layer.kernel_size[0], layer.stride[0], layer.padding[0], layer.dilation[0]
+        return (lengths + 2 * p - d * (k - 1) - 1) // s + 1
+    return lengths
+
+
+# --------------------------------------------------------------------------- float taps
+
+class FloatTaps:
+    """The walk in float ([B, C, T] tensors): records every quantization point's range."""
+
+    def __init__(self, observer: str = "minmax", **observer_kw):
+        self.observers: dict = {}
+        self._make = lambda: make_observer(observer, **observer_kw)
+        self.lengths = None
+
+    def observe(self, name, y, lengths):
+        obs = self.observers.setdefault(name, self._make())
+        obs.update(y, frame_mask(lengths, y.shape[-1])[:, None, :])
+
+    def mask(self, x, lengths):
+        return x * frame_mask(lengths, x.shape[-1])[:, None, :].to(x.dtype)
+
+    def conv(self, name, x, layer, lengths, bn=None):
+        if isinstance(layer, nn.Linear):
+            y = F.linear(x.transpose(1, 2), layer.weight, layer.bias).transpose(1, 2)
+        else:
+            y = layer(x)
+        if bn is not None:
+            y = bn(y)
+        out_len = _out_lengths(lengths, layer)
+        self.lengths = out_len
+        return y, out_len
+
+    def requantize(self, name, acc, factor=1.0):
+        y = acc * factor
+        self.observe(name, y, self.lengths)
+        return y
+
+    requantize_to = requantize
+
+    def activation(self, name, acc, kind, factor=1.0):
+        if kind != "glu":
+            self.observe(name + ":in", acc, self.lengths)
+        fn = {"relu": torch.relu, "gelu": F.gelu, "swish": F.silu, "glu": lambda t: F.glu(t, dim=1)}[kind]
+        y = fn(acc) * factor
+        self.observe(name, y, self.lengths)
+        return y
+
+    def layernorm(self, name, x, ln):
+        y = F.layer_norm(x.transpose(1, 2), ln.normalized_shape, ln.weight, ln.bias, ln.eps).transpose(1, 2)
+        self.observe(name, y, self.lengths)
+        return y
+
+    def residual(self, name, x, branch, factor):
+        y = x + factor * branch
+        self.observe(name, y, self.lengths)
+        return y
+
+    def attend(self, p, q, k, v, heads, lengths):
+        b, d, t = q.shape
+        dk = d // heads
+        qh = q.reshape(b, heads, dk, t).transpose(-1, -2)                 # [B, H, T, d_k]
+        scores = torch.matmul(qh, k.reshape(b, heads, dk, t)) / math.sqrt(dk)
+        valid = frame_mask(lengths, t)
+        mask = ~(valid[:, :, None] & valid[:, None, :])[:, None]
+        probs = torch.softmax(scores.masked_fill(mask, -10000.0), dim=-1).masked_fill(mask, 0.0)
+        ctx = torch.matmul(probs, v.reshape(b, heads, dk, t).transpose(-1, -2))   # [B, H, T, d_k]
+        ctx = ctx.transpose(-1, -2).reshape(b, d, t)
+        self.observe(p + ".context", ctx, lengths)
+        return ctx
+
+    def logits(self, x, dec, lengths):
+        self.observe("decoder:in", x, lengths)
+        return dec(x), lengths
+
+
+@torch.no_grad()
+def float_forward(model, mel, lengths, taps: FloatTaps | None = None):
+    """The walk in float: equals ``model.forward_features`` (tested); fills `taps`' observers."""
+    taps = taps or FloatTaps()
+    taps.lengths = lengths
+    taps.observe("input", mel, lengths)
+    return walk(model, taps, mel, lengths)
+
+
+@torch.no_grad()
+def calibrate_conformer(model, batches, observer: str = "minmax", **observer_kw) -> dict:
+    taps = FloatTaps(observer, **observer_kw)
+    n = 0
+    for mel, lengths in batches:
+        float_forward(model, mel, lengths, taps)
+        n += 1
+    if n == 0:
+        raise ValueError("calibration needs at least one batch")
+    return taps.observers
+
+
+# --------------------------------------------------------------------------- integer emission
+
+class _Act:
+    """An integer activation in the program: value name, real scale, bits, signedness."""
+
+    def __init__(self, name, scale, bits, signed=True):
+        self.name, self.scale, self.bits, self.signed = name, float(scale), int(bits), bool(signed)
+
+    @property
+    def absmax(self) -> int:
+        lo, hi = qrange(self.bits, self.signed)
+        return max(abs(lo), abs(hi))
+
+
+class _Acc:
+    """An accumulator: value name, real scale per channel (or one), proven bound on |value|."""
+
+    def __init__(self, name, scale, bound):
+        self.name, self.scale, self.bound = name, np.asarray(scale, dtype=np.float64).reshape(-1), int(bound)
+
+
+class IntEmitter:
+    """The walk as integer ops (``convert.ProgramBuilder``), with the ranges FloatTaps recorded."""
+
+    def __init__(self, observers, weight_bits=8, act_bits=8, residual_bits=None, weight_method="minmax"):
+        from .convert import ProgramBuilder
+
+        self.obs, self.wb, self.ab = observers, weight_bits, act_bits
+        self.rb = residual_bits or act_bits
+        self.method = weight_method
+        s_in = self.scale("input", act_bits)
+        self.g = ProgramBuilder(act_bits, s_in)
+        self.input = _Act("input", s_in, act_bits)
+        self._masked: dict = {}
+
+    def scale(self, point, bits, signed=True) -> float:
+        if point not in self.obs:
+            raise KeyError(f"no calibration range for {point!r} (calibrate this model first)")
+        return float(scale_from_range(self.obs[point].alpha(), bits, signed=signed))
+
+    def mask(self, x: _Act, lengths) -> _Act:
+        return _Act(self.g.masked(x.name, lengths), x.scale, x.bits, x.signed)
+
+    def conv(self, name, x: _Act, layer, lengths, bn=None):
+        from .convert import _quantize_weight
+
+        w, b = _weight_bias(layer, bn)
+        w_q, s_w = _quantize_weight(w, self.wb, self.method)
+        acc_scale = x.scale * s_w
+        params = {"weight": w_q}
+        bias_q = None
+        if b is not None:
+            bias_q = torch.round(b / acc_scale).to(torch.int64)
+            if bias_q.abs().max() < 2 ** 31 - 1:
+                bias_q = bias_q.to(torch.int32)
+            params["bias"] = bias_q
+        bound = accumulator_bound(w_q, x.bits, x.signed, bias_q)
+        acc_dtype = choose_acc_dtype(bound)
+        geo = _geometry(layer)
+        out = self.g.add("conv1d", [x.name], f"{name}.acc", Value(dtype_name(acc_dtype), "acc"), name,
+                         {**geo, "acc_dtype": dtype_name(acc_dtype)}, params,
+                         {"bound": bound, "in_scale": x.scale, "w_scale": [float(v) for v in s_w]})
+        out_len = lengths
+        if isinstance(layer, nn.Conv1d) and layer.stride[0] != 1:
+            k = layer.kernel_size[0]
+            out_len = self.g.add("frames", [lengths], f"{name}.lengths", Value("int64", "lengths"), f"{name}.frames",
+                                 {"kernel": k, **{a: geo[a] for a in ("stride", "padding", "dilation")}})
+        return _Acc(out, acc_scale.numpy(), bound), out_len
+
+    def _requant(self, name, acc: _Acc, s_out, bits, signed, factor=1.0, output=None) -> _Act:
+        m = factor * acc.scale / s_out
+        M, shift = dyadic_from_float(m, bits=min(31, 62 - max(acc.bound, 1).bit_length()))
+        out = self.g.add("requantize", [acc.name], output or f"{name}.out",
+                         Value(dtype_name(storage_dtype(bits, signed)), "act", bits, signed, s_out),
+                         f"{name}.requantize", {"bits": bits, "signed": signed},
+                         {"M": torch.as_tensor(M, dtype=torch.int64).reshape(-1),
+                          "shift": torch.as_tensor(shift, dtype=torch.int64).reshape(-1)},
+                         {"out_scale": s_out})
+        return _Act(out, s_out, bits, signed)
+
+    def requantize(self, name, acc: _Acc, factor=1.0) -> _Act:
+        return self._requant(name, acc, self.scale(name, self.ab), self.ab, True, factor)
+
+    def requantize_to(self, name, acc: _Acc) -> _Act:
+        return self.requantize(name, acc)
+
+    def activation(self, name, acc, kind, factor=1.0) -> _Act:
+        if kind == "relu":   # the clamp at 0 is the ReLU: one requantize to unsigned
+            s = self.scale(name, self.ab, signed=False)
+            return self._requant(name, acc, s, self.ab, False, factor)
+        x = acc if isinstance(acc, _Act) else self._requant(name + ":in", acc, self.scale(name + ":in", self.ab),
+                                                            self.ab, True)
+        if kind == "gelu":
+            p = prepare_gelu(x.scale)
+            attrs, out_scale, bound = {"q_b": p.q_b, "q_one": p.q_one}, p.out_scale, x.absmax * 2 * p.q_one
+            dtype = "int64"
+        else:
+            p = prepare_swish(x.scale, SIG_BITS)
+            attrs = {"exp": nlp.exp_attrs(p.exp), "sig_bits": SIG_BITS}
+            out_scale, bound = p.out_scale, x.absmax << SIG_BITS
+            dtype = "int32" if x.bits <= 16 and SIG_BITS <= 15 else "int64"
+        y = self.g.add(kind, [x.name], f"{name}.{kind}", Value(dtype, "acc", scale=out_scale), f"{name}.{kind}",
+                       attrs, {}, {"in_scale": x.scale, "out_scale": out_scale, "bound": bound})
+        return self._requant(name, _Acc(y, out_scale, bound), self.scale(name, self.ab), self.ab, True, factor)
+
+    def layernorm(self, name, x: _Act, ln) -> _Act:
+        s_out = self.scale(name, self.ab)
+        p = prepare_layernorm(x.scale, ln.weight.detach().double().numpy(), ln.bias.detach().double().numpy(),
+                              s_out, eps=ln.eps, out_bits=self.ab)
+        out = self.g.add("layernorm", [x.name], f"{name}.out",
+                         Value(dtype_name(storage_dtype(self.ab, True)), "act", self.ab, True, s_out), name,
+                         nlp.layernorm_attrs(p),
+                         {"gamma_q": torch.tensor(p.gamma_q, dtype=torch.int64),
+                          "beta_q": torch.tensor(p.beta_q, dtype=torch.int64)},
+                         {"in_scale": x.scale, "out_scale": s_out, "gamma_scale": p.gamma_scale})
+        return _Act(out, s_out, self.ab)
+
+    def residual(self, name, x: _Act, branch: _Acc, factor) -> _Act:
+        s_out = self.scale(name, self.rb)
+        xs = _Acc(x.name, x.scale, x.absmax)
+        a = self._rescale(name + ".skip", xs, s_out, 1.0)
+        b = self._rescale(name + ".branch", branch, s_out, factor)
+        total = self.g.add("add", [a, b], f"{name}.sum", Value("int64", "acc", scale=s_out), f"{name}.add")
+        out = self.g.add("clamp", [total], f"{name}.out",
+                         Value(dtype_name(storage_dtype(self.rb, True)), "act", self.rb, True, s_out),
+                         f"{name}.clamp", {"bits": self.rb, "signed": True})
+        return _Act(out, s_out, self.rb)
+
+    def _rescale(self, name, acc: _Acc, s_out, factor, output=None) -> str:
+        m = factor * acc.scale / s_out
+        M, shift = dyadic_from_float(m, bits=min(31, 62 - max(acc.bound, 1).bit_length()))
+        return self.g.add("rescale", [acc.name], output or f"{name}.scaled", Value("int64", "acc", scale=s_out),
+                          f"{name}.rescale", {}, {"M": torch.as_tensor(M, dtype=torch.int64).reshape(-1),
+                                                  "shift": torch.as_tensor(shift, dtype=torch.int64).reshape(-1)},
+                          {"out_scale": s_out})
+
+    def attend(self, p, q: _Act, k: _Act, v: _Act, heads, lengths) -> _Act:
+        s_qk = q.scale * k.scale
+        scores = self.g.add("matmul_qk", [q.name, k.name], f"{p}.scores", Value("int32", "acc", scale=s_qk),
+                            f"{p}.matmul_qk", {"heads": heads, "acc_dtype": "int32"}, {}, {"scale": s_qk})
+        dk = self.head_dim
+        sm = prepare_softmax(s_qk / math.sqrt(dk), out_bits=self.ab)
+        probs = self.g.add("softmax", [scores, lengths], f"{p}.probs",
+                           Value(dtype_name(storage_dtype(self.ab, False)), "act", self.ab, False, sm.out_scale),
+                           f"{p}.softmax", {"exp": nlp.exp_attrs(sm.exp), "out_bits": self.ab,
+                                            "recip_bits": sm.recip_bits}, {},
+                           {"in_scale": s_qk / math.sqrt(dk), "out_scale": sm.out_scale})
+        s_ctx = sm.out_scale * v.scale
+        ctx = self.g.add("matmul_pv", [probs, v.name], f"{p}.context.acc", Value("int32", "acc", scale=s_ctx),
+                         f"{p}.matmul_pv", {"heads": heads, "acc_dtype": "int32"}, {},
+                         {"scale": s_ctx, "bound": "128 * (2^8 + T) per output (T < 2^22 frames)"})
+        bound = v.absmax * ((1 << self.ab) + (1 << 22))
+        return self.requantize(f"{p}.context", _Acc(ctx, s_ctx, bound))
+
+    def logits(self, x: _Act, dec, lengths):
+        acc, _ = self.conv("decoder", x, dec, lengths)
+        s_logit = float(acc.scale.min())
+        self.logit_scale = s_logit
+        self._rescale("decoder", acc, s_logit, 1.0, output="logits")
+        self.g.add("frames", [lengths], "logits_lengths", Value("int64", "lengths"), "logits.frames",
+                   {"kernel": 1, "stride": 1, "padding": 0, "dilation": 1})
+        return "logits", "logits_lengths"
+
+
+def convert_conformer(model, observers: dict, weight_bits: int = 8, act_bits: int = 8, weight_method: str = "minmax",
+                      info: dict | None = None, residual_bits: int | None = None):
+    """Integer program of a calibrated ConformerCTC (``calibrate_conformer``), as an IntegerModel."""
+    from .convert import IntegerModel
+
+    em = IntEmitter(observers, weight_bits, act_bits, residual_bits, weight_method)
+    em.head_dim = model.encoder.d_model // model.encoder.layers[0].self_attn.h if len(model.encoder.layers) else 1
+    walk(model, em, em.input, "input_lengths")
+    program = em.g.program(("logits", "logits_lengths"), {"input_scale": em.input.scale, "input_bits": act_bits,
+                                                          "logit_scale": em.logit_scale})
+    qinfo = {"weight_bits": weight_bits, "act_bits": act_bits, "residual_bits": em.rb, "weight_method": weight_method,
+             "observer": type(observers["input"]).__name__, "bias_correction": False,
+             "depthwise_bits": weight_bits, "rounding": "nearest", "architecture": "conformer"}
+    qinfo.update(info or {})
+    return IntegerModel(model.config, program, qinfo, frontend_state=model.preprocessor.featurizer.state_dict())
+
