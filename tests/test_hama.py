@@ -275,3 +275,12 @@ def test_evaluate_reports_per(model, few_utts, tmp_path):
     assert "per" in result and "wer" not in result
     assert result["phonemes"] > 50 and 0 <= result["per"] < 40
     assert all(t["hyp"] and t["ref"] for t in result["transcripts"])
+
+
+def test_checkpoint_without_front_end_weights_is_refused(tmp_path, model):
+    from asrquant.models.checkpoint import write_nemo
+
+    sd = {k: v for k, v in model.state_dict().items() if not k.startswith("preprocessor.")}
+    path = write_nemo(tmp_path / "nofe.nemo", model.config, sd)
+    with pytest.raises(CheckpointError, match="preprocessor.featurizer"):
+        load_model(path)

@@ -305,6 +305,8 @@ class ConvStftFrontend(torch.nn.Module):
     periodic-Hann DFT and a slaney mel filterbank of the same shapes (placeholders).
     """
 
+    stored_weights = True  # checkpoints must carry the buffers (models/checkpoint.py load_model)
+
     def __init__(self, sample_rate: int = 16000, n_fft: int = 400, hop_length: int = 160, features: int = 80,
                  log_floor: float = 1e-10, round_fp16: bool = True, max_frames: int | None = 3000,
                  pad_value: float = 0.0, **unused):

@@ -177,8 +177,10 @@ def load_model(path: str | os.PathLike):
         raise CheckpointError(f"{path}: weights do not match the config: "
                               f"{(lines[1] if len(lines) > 1 else lines[0]).strip()}") from e
     # NeMo keeps the mel filterbank and window as buffers; ours are recomputed from the config
-    # and checked equal in the tests, so their absence in a checkpoint is fine.
-    missing = [k for k in missing if not k.startswith("preprocessor.")]
+    # and checked equal in the tests, so their absence in a checkpoint is fine. A front end whose
+    # buffers are weights (audio.ConvStftFrontend: stored STFT kernels and filterbank) needs them.
+    stored = getattr(getattr(model, "featurizer", None), "stored_weights", False)
+    missing = [k for k in missing if stored or not k.startswith("preprocessor.")]
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not match the config: missing {missing[:5]}"
                               f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}")
