@@ -24,7 +24,7 @@ from asrquant.data import load_batch, load_dataset  # noqa: E402
 from asrquant.evaluate import apply_decoding, decode_batch, evaluate  # noqa: E402
 from asrquant.models.checkpoint import CheckpointError, load_model  # noqa: E402
 from asrquant.models.conformer import ConformerCTC  # noqa: E402
-from asrquant.models.hama import (MAGIC, g2p_references, hama_labels, load_hama_model, parse_hama,  # noqa: E402
+from asrquant.models.hama import (MAGIC, HamaEngine, g2p_references, hama_labels, load_hama_model, parse_hama,  # noqa: E402
                                   read_hama, restore_conformer_bn, scored_phonemes, write_hama)
 from asrquant.text import token_error_summary  # noqa: E402
 
@@ -46,19 +46,10 @@ def model():
 
 @pytest.fixture(scope="module")
 def engine():
-    from importlib import resources
-
-    from hama import _engine
-
-    if not _engine.available():
-        pytest.skip("libhama (the package's native engine) is not available on this platform")
-    return _engine.AsrSession(resources.files("hama.assets").joinpath("asr_waveform.hama").read_bytes())
-
-
-def engine_log_probs(engine, wav: np.ndarray) -> np.ndarray:
-    lp, n = engine.run(["log_probs", "out_lengths"], {"waveform": wav[None].astype(np.float32),
-                                                      "waveform_lengths": np.array([len(wav)], dtype=np.int64)})
-    return lp[0, :int(np.asarray(n).reshape(-1)[0])]
+    try:
+        return HamaEngine()
+    except RuntimeError as e:
+        pytest.skip(str(e))
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +141,7 @@ def test_log_probs_match_the_engine(model, engine, few_utts):
     ours = model.log_probs(logits).numpy()
     worst = 0.0
     for i in range(len(few_utts)):
-        ref = engine_log_probs(engine, audio[i, :lengths[i]].numpy())
+        ref = engine.log_probs(audio[i, :lengths[i]].numpy())
         assert int(out_len[i]) == len(ref)
         got = ours[i, :len(ref)]
         worst = max(worst, float(np.abs(got - ref).max()))
@@ -158,17 +149,13 @@ def test_log_probs_match_the_engine(model, engine, few_utts):
     assert worst < LOGPROB_TOL, f"max |log-prob difference| {worst}"
 
 
-def test_greedy_transcripts_match_the_engine(model, few_utts):
-    from hama.asr import ASRModel
-
-    asr = ASRModel()
+def test_greedy_transcripts_match_the_engine(model, engine, few_utts):
     audio, lengths = load_batch(few_utts)
     with torch.no_grad():
         logits, out_len = model(audio, lengths)
     ours = decode_batch(model, logits, out_len)
     for i in range(len(few_utts)):
-        theirs = asr.transcribe_waveform(audio[i, :lengths[i]].numpy(), 16000).phonemes
-        assert ours[i] == scored_phonemes(theirs) and len(ours[i]) > 10
+        assert ours[i] == engine.phonemes(audio[i, :lengths[i]].numpy()) and len(ours[i]) > 10
 
 
 def test_decoding_applies_temperature_and_blank_bias(model):

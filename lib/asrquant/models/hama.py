@@ -385,6 +385,33 @@ def restore_conformer_bn(model, batches, progress: bool = True) -> dict:
     return stats
 
 
+
+# --- the package's own engine, as the reference ----------------------------------------------
+
+class HamaEngine:
+    """The `hama` package's native engine on the same asset: the reference our model is checked
+    against. `log_probs(wav)` -> raw frame log-probs [T, 191] (float32, valid frames only);
+    `phonemes(wav)` -> the package's greedy transcript (its ASRDecodeConfig: log-probs / 0.95,
+    blank - 0.1, argmax, collapse, blanks and `<wb>` dropped), as `scored_phonemes`."""
+
+    def __init__(self):
+        from hama import _engine
+        from hama.asr import ASRModel
+
+        if not _engine.available():
+            raise RuntimeError("libhama (the hama package's native engine) is not available on this platform")
+        self.session = _engine.AsrSession(resources.files(ASSET_PACKAGE).joinpath(ASSET_NAME).read_bytes())
+        self.asr = ASRModel()
+
+    def log_probs(self, wav: np.ndarray) -> np.ndarray:
+        wav = np.asarray(wav, dtype=np.float32).reshape(-1)
+        lp, n = self.session.run(["log_probs", "out_lengths"],
+                                 {"waveform": wav[None], "waveform_lengths": np.array([len(wav)], dtype=np.int64)})
+        return lp[0, :int(np.asarray(n).reshape(-1)[0])]
+
+    def phonemes(self, wav: np.ndarray, sample_rate: int = 16000) -> list[str]:
+        return scored_phonemes(self.asr.transcribe_waveform(np.asarray(wav, dtype=np.float32), sample_rate).phonemes)
+
 # --- phoneme references: the package's own English G2P, cached -------------------------------
 
 WORD_BOUNDARY = "<wb>"
