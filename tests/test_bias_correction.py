@@ -33,6 +33,16 @@ def _op(qmodel, name):
     return op
 
 
+def _conv(qmodel, name: str):
+    """The conv1d op of the integer program that came from the float layer ``name``."""
+    return next(op for op in qmodel.program.ops_of("conv1d") if op.name == name)
+
+
+def _multiplier(qmodel, conv) -> torch.Tensor:
+    """M of the requantize/rescale op that consumes the conv's accumulator."""
+    return next(op for op in qmodel.program.ops if op.inputs == conv.outputs and "M" in op.params).params["M"]
+
+
 @pytest.fixture(scope="module")
 def small():
     torch.manual_seed(0)
@@ -119,10 +129,9 @@ def test_convert_with_hessians_changes_only_the_rounding(small):
 
 def test_corrected_model_stays_bit_exact_in_the_native_runner(small):
     """Bias correction gives depthwise convs a bias: every integer path must carry it."""
-    pytest.importorskip("onnxruntime")
-    from asrquant.deploy.runtime import TorchIntegerRunner
     from asrquant.intops import native
-    from asrquant.verify import numpy_forward
+    from asrquant.program.fast import run_fast
+    from asrquant.program.numpy_ref import NumpyReference
 
     batches = random_mels(1, 2, 80, seed=0)
     q = convert(small, calibrate(small, batches), 4, 8, input_means=conv_input_means(small, batches),
@@ -131,7 +140,7 @@ def test_corrected_model_stays_bit_exact_in_the_native_runner(small):
     lengths = torch.tensor([x.shape[-1]])
     with torch.inference_mode():
         ref = q.forward_int(x, lengths)[0].numpy()
-    ref_np = numpy_forward(q, x.numpy(), lengths.numpy())[0]
+    ref_np = NumpyReference().run(q.program, x.numpy(), lengths.numpy())[0]
     assert (ref_np == ref).all()
-    if native.available():
-        assert (TorchIntegerRunner(q, 1, depthwise="native").run(x) == ref).all()
+    for mode in ("native", "float-exact") if native.available() else ("float-exact",):
+        assert (run_fast(q.program, x, lengths, depthwise=mode)[0] == ref).all()
