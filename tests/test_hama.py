@@ -167,6 +167,12 @@ def test_decoding_applies_temperature_and_blank_bias(model):
     assert int(logits[0, :, 0].argmax()) == blank
     assert int(adjusted[0, :, 0].argmax()) != blank
 
+    class IntModel:  # an integer model: int logits in units of logit_scale (convert.IntegerModel)
+        labels, config, logit_scale = model.labels, model.config, 0.01
+
+    int_logits = (logits / 0.01).round().to(torch.int32)
+    assert torch.allclose(apply_decoding(IntModel(), int_logits), adjusted, atol=1e-6)
+
 
 def test_front_end_is_batch_invariant(model, few_utts):
     audio, lengths = load_batch(few_utts)
