@@ -3,7 +3,8 @@ Q/DQ (TensorRT form, simulated int8 in float) graph is from the integer model.
 
     .venv/bin/python benchmarks/check_exact.py --quantized Q.aqz [--limit 40] [--json OUT]
 
-Each test-other utterance runs alone (batch 1, no padding: the exported graphs have no masks).
+Each test-other utterance runs alone (batch 1; the graphs take lengths and mask padded batches too,
+tests/test_deploy.py checks that).
 Per utterance and runtime: number of integer logits that differ from ``forward_int`` and
 whether the greedy CTC transcript changes. Q/DQ: max |logit difference| in units of the integer
 logit scale, frames whose argmax differs, transcript changes (onnxruntime CPU, float).
@@ -26,8 +27,9 @@ sys.path.insert(0, str(ROOT / "lib"))
 from asrquant import paths  # noqa: E402
 from asrquant.convert import load_quantized  # noqa: E402
 from asrquant.data import load_batch, load_dataset  # noqa: E402
-from asrquant.deploy.onnx_export import build_qdq_model  # noqa: E402
-from asrquant.deploy.runtime import OrtIntegerRunner, TorchIntegerRunner, make_session  # noqa: E402
+from asrquant.deploy.runtime import OrtIntegerRunner, make_session  # noqa: E402
+from asrquant.program.fast import TorchIntegerRunner  # noqa: E402
+from asrquant.program.onnx_qdq import build_qdq_model  # noqa: E402
 from asrquant.text import ctc_greedy_decode  # noqa: E402
 
 
@@ -41,12 +43,12 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     qmodel = load_quantized(args.quantized)
-    runners = {"onnxruntime-int8": OrtIntegerRunner(qmodel, args.threads),
-               "torch+ort-int8": TorchIntegerRunner(qmodel, args.threads),
-               "torch+native-int8": TorchIntegerRunner(qmodel, args.threads, depthwise="native"),
-               "torch-int8+fp32exact-dw": TorchIntegerRunner(qmodel, args.threads, depthwise="float-exact")}
-    qdq = {"qdq-uint8": make_session(build_qdq_model(qmodel), args.threads),
-           "qdq-int8-trt": make_session(build_qdq_model(qmodel, signed_only=True), args.threads)}
+    program = qmodel.program
+    runners = {"onnxruntime-int8": OrtIntegerRunner(program, args.threads),
+               "torch+native-int8": TorchIntegerRunner(program, args.threads, depthwise="native"),
+               "torch-int8+fp32exact-dw": TorchIntegerRunner(program, args.threads, depthwise="float-exact")}
+    qdq = {"qdq-uint8": make_session(build_qdq_model(program), args.threads),
+           "qdq-int8-trt": make_session(build_qdq_model(program, signed_only=True), args.threads)}
     utts = load_dataset(args.data, limit=args.limit)
     stats = {n: {"logits": 0, "differ": 0, "transcripts_changed": 0} for n in runners}
     stats.update({n: {"frames": 0, "argmax_differ": 0, "max_abs_diff_units": 0.0, "transcripts_changed": 0}
@@ -68,7 +70,7 @@ def main(argv=None) -> int:
             s["transcripts_changed"] += ctc_greedy_decode(torch.from_numpy(y), ref_len, qmodel.labels, time_axis=2)[0] != text
         melf = mel[:, :, : int(mel_len[0])].numpy()
         for n, sess in qdq.items():
-            y = sess.run(None, {"mel": melf})[0] / qmodel.logit_scale
+            y = sess.run(None, {"mel": melf, "lengths": mel_len.numpy().astype(np.int64)})[0] / qmodel.logit_scale
             s = stats[n]
             s["frames"] += ref.shape[-1]
             s["argmax_differ"] += int((y.argmax(1) != ref.argmax(1)).sum())

@@ -34,7 +34,7 @@ from asrquant.models import ConvASR, config_for  # noqa: E402
 
 MODELS = ("quartznet5x5", "quartznet10x5", "quartznet15x5")
 LABEL = {"quartznet5x5": "QuartzNet-5x5", "quartznet10x5": "QuartzNet-10x5", "quartznet15x5": "QuartzNet-15x5"}
-FIG2_RUNTIMES = ("onnxruntime-fp32", "torch-fp32-fastdw", "onnxruntime-int8", "torch+ort-int8", "torch+native-int8",
+FIG2_RUNTIMES = ("onnxruntime-fp32", "torch-fp32-fastdw", "onnxruntime-int8", "torch+native-int8",
                  "torch-int8+fp32exact-dw")
 
 
