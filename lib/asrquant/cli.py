@@ -119,18 +119,17 @@ def calibration_batches(model, args):
 def cmd_quantize(args) -> int:
     import torch
 
-    from .calibration import collect
-    from .convert import convert, save_quantized
+    from .convert import save_quantized
     from .models.checkpoint import load_model
+    from .quantize import quantize
 
     torch.manual_seed(args.seed)
     model = load_model(args.model)
     batches = calibration_batches(model, args)
     info = {"calibration": args.calibration, "seed": args.seed, "source_model": str(args.model)}
-    stats = collect(model, batches, means=args.bias_correction, hessians=args.rounding == "gptq",
-                    observer=args.observer)
-    qmodel = convert(model, stats.observers, args.weight_bits, args.act_bits, args.weight_method, info,
-                     input_means=stats.input_means, depthwise_bits=args.depthwise_bits, hessians=stats.hessians)
+    qmodel = quantize(model, batches, args.weight_bits, args.act_bits, observer=args.observer,
+                      weight_method=args.weight_method, bias_correction=args.bias_correction, rounding=args.rounding,
+                      depthwise_bits=args.depthwise_bits, residual_bits=args.residual_bits, info=info)
     out = save_quantized(qmodel, args.out)
     print(f"W{args.weight_bits}A{args.act_bits} integer model ({args.calibration} calibration, "
           f"{len(batches)} batches, {len(qmodel.program.ops)} integer ops) -> {out}; "
@@ -206,6 +205,8 @@ def _add_quantization_options(p: argparse.ArgumentParser) -> None:
                    help="weight width of the depthwise convs (default: the same as the other weights)")
     p.add_argument("--rounding", choices=["nearest", "gptq"], default="nearest",
                    help="weight rounding: nearest, or gptq (output-aware, on the calibration data)")
+    p.add_argument("--residual-bits", type=int, default=None,
+                   help="Conformer: width of the residual stream (default: --act-bits)")
     p.add_argument("--bias-correction", action="store_true",
                    help="correct biases for the mean shift weight rounding causes (input means from the calibration data)")
 

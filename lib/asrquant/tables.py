@@ -64,12 +64,19 @@ def _done(df: pd.DataFrame, key: dict) -> bool:
 
 def _row(key: dict, summary: dict, model, w_bits: int, a_bits: int, extra: dict,
          depthwise_bits: int | None = None) -> dict:
+    """One tidy row. Word models carry WER/CER over words; phoneme models (hama) carry PER over
+    phonemes in the same columns' places: `metric` says which (wer or per), `error_rate` the value."""
     from .experiments import bops, model_size_mb
 
     lo, hi = summary["ci95"]
-    return {**key, "wer": summary["wer"], "cer": summary["cer"], "words": summary["words"],
-            "word_errors": summary["word_errors"], "utterances": summary["utterances"],
-            "ci95_lo": lo, "ci95_hi": hi,
+    if "per" in summary:
+        metric = {"metric": "per", "error_rate": summary["per"], "per": summary["per"], "units": summary["phonemes"],
+                  "unit_errors": summary["phoneme_errors"]}
+    else:
+        metric = {"metric": "wer", "error_rate": summary["wer"], "wer": summary["wer"], "cer": summary["cer"],
+                  "words": summary["words"], "word_errors": summary["word_errors"], "units": summary["words"],
+                  "unit_errors": summary["word_errors"]}
+    return {**key, **metric, "utterances": summary["utterances"], "ci95_lo": lo, "ci95_hi": hi,
             "size_mb": round(model_size_mb(model, w_bits, depthwise_bits=depthwise_bits), 2),
             "bops_t": round(bops(model, w_bits, a_bits) / 1e12, 3), "eval_seconds": summary["seconds"], **extra}
 
@@ -93,6 +100,7 @@ def run_grid(model_path, eval_data, csv, spec: GridSpec, calib_data=None, cache_
     """Evaluate FP32 and every (calibration, seed, W/A) of `spec`; returns the tidy table."""
     from .calibration import collect
     from .convert import convert
+    from .quantize import is_conformer
     from .data import load_dataset
     from .evaluate import evaluate
     from .models.checkpoint import load_model
@@ -119,13 +127,23 @@ def run_grid(model_path, eval_data, csv, spec: GridSpec, calib_data=None, cache_
             continue
         start = time.perf_counter()
         batches = calibration_batches(model, model_path, calibration, seed, spec, calib_data, cache_dir)
-        stats = collect(model, batches, means=bool(spec.bias_correction), hessians=spec.rounding == "gptq",
-                        observer=spec.observer)
-        observers, means, hessians = stats.observers, stats.input_means, stats.hessians
+        if is_conformer(model):
+            from .convert_conformer import calibrate_conformer, convert_conformer
+
+            observers = calibrate_conformer(model, batches, spec.observer)
+
+            def convert_at(w, a, info):
+                return convert_conformer(model, observers, w, a, spec.weight_method, info)
+        else:
+            stats = collect(model, batches, means=bool(spec.bias_correction), hessians=spec.rounding == "gptq",
+                            observer=spec.observer)
+
+            def convert_at(w, a, info):
+                return convert(model, stats.observers, w, a, spec.weight_method, info, input_means=stats.input_means,
+                               depthwise_bits=spec.depthwise_bits or None, hessians=stats.hessians)
         calib_seconds = time.perf_counter() - start
         for w, a in todo:
-            qmodel = convert(model, observers, w, a, spec.weight_method, {"calibration": calibration, "seed": seed},
-                             input_means=means, depthwise_bits=spec.depthwise_bits or None, hessians=hessians)
+            qmodel = convert_at(w, a, {"calibration": calibration, "seed": seed})
             summary = evaluate(qmodel, utts, progress=False)
             df = _append(csv, df, _row(keys[(w, a)], summary, model, w, a, {"calib_seconds": round(calib_seconds, 1)},
                                        spec.depthwise_bits or None))
@@ -133,13 +151,18 @@ def run_grid(model_path, eval_data, csv, spec: GridSpec, calib_data=None, cache_
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std of WER over seeds per (model, W/A, calibration), with the FP32 gap."""
+    """Mean and std of the error rate (WER, or PER for phoneme models: column `metric`) over seeds
+    per (model, W/A, calibration), with the FP32 gap. `wer_mean`/`words`/... keep their names for
+    word models; `rate_mean`/`units`/... hold either metric."""
     df = _load_frame(df)
     g = df.groupby(["model", "w_bits", "a_bits", "calibration", *_DEFAULTS], as_index=False).agg(
-        wer_mean=("wer", "mean"), wer_std=("wer", "std"), seeds=("seed", "nunique"), words=("words", "first"),
-        word_errors_mean=("word_errors", "mean"), size_mb=("size_mb", "first"), bops_t=("bops_t", "first"))
-    fp32 = g[g.w_bits == 32].set_index("model")["wer_mean"]
-    g["delta_vs_fp32"] = g["wer_mean"] - g["model"].map(fp32)
+        metric=("metric", "first"), rate_mean=("error_rate", "mean"), rate_std=("error_rate", "std"),
+        seeds=("seed", "nunique"), units=("units", "first"), unit_errors_mean=("unit_errors", "mean"),
+        size_mb=("size_mb", "first"), bops_t=("bops_t", "first"))
+    g["wer_mean"], g["wer_std"] = g["rate_mean"], g["rate_std"]
+    g["words"], g["word_errors_mean"] = g["units"], g["unit_errors_mean"]
+    fp32 = g[g.w_bits == 32].set_index("model")["rate_mean"]
+    g["delta_vs_fp32"] = g["rate_mean"] - g["model"].map(fp32)
     return g.sort_values(["model", "w_bits", "calibration"], ascending=[True, False, True]).reset_index(drop=True)
 
 
@@ -171,6 +194,12 @@ def _load_frame(df: pd.DataFrame) -> pd.DataFrame:
     df = df.copy()
     for col, default in _DEFAULTS.items():
         df[col] = df[col].fillna(default) if col in df else default
+    # rows written before phoneme models existed: WER over words
+    for col, old in (("error_rate", "wer"), ("units", "words"), ("unit_errors", "word_errors")):
+        if old in df:
+            df[col] = df[col].fillna(df[old]) if col in df else df[old]
+    if "metric" in df or "wer" in df:
+        df["metric"] = df["metric"].fillna("wer") if "metric" in df else "wer"
     return df
 
 
