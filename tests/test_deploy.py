@@ -82,6 +82,10 @@ def test_integer_onnx_is_integer_only_and_bit_exact_on_a_padded_batch(q5, floor)
     assert rep["bool"] and not rep["non_integer"]  # the masks, and nothing else that is not an integer
     assert not [i for i in model.graph.initializer if i.data_type in (1, 10, 11, 16)]  # no float constants
     assert [i.name for i in model.graph.input] == ["q", "lengths"]
+    # one Where per mask that a padded conv reads; masks read only by pointwise convs are left out
+    n_where = sum(n.op_type == "Where" for n in model.graph.node)
+    n_masks = len(q5.program.ops_of("mask_time"))
+    assert 0 < n_where == n_masks - len(oi.redundant_masks(q5.program)) < n_masks
     assert [o.name for o in model.graph.output] == ["logits", "logits_lengths"]
     q, lengths = pinned_inputs()
     runner = rt.OrtIntegerRunner(model, threads=1)

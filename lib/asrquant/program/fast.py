@@ -36,8 +36,9 @@ folds the bias, the input zero point and the output storage offset zo into one c
 Every constant is checked with Python ints: |acc| * M + |C| < 2^63 (else zo is added after the
 shift, or the zero-point correction is applied to the accumulator; OverflowError if nothing fits).
 
-Masks. ``mask_time`` sets the padded frames of a stored activation to its zero point (a real 0).
-When lengths is None or every length equals T, every mask is the identity (the frame counts
+Masks. ``mask_time`` sets the padded frames of a stored activation to its zero point (a real 0);
+a mask read only by convs without padding is skipped (``onnx_int.redundant_masks``: no valid
+output frame can see a padded frame through them). When lengths is None or every length equals T, every mask is the identity (the frame counts
 derived by ``frames`` equal the tensors' lengths too) and the masks are skipped: no cost for
 batch 1.
 
@@ -61,6 +62,7 @@ from ..intops.conv import int_conv1d
 from ..quant.dyadic import requantize as _requantize
 from ..quant.dyadic import rescale as _rescale
 from ..quant.quantizer import qrange, storage_dtype
+from .onnx_int import redundant_masks
 from .ops import Program, Value
 
 __all__ = ["KERNELS", "TorchIntegerRunner", "run_fast"]
@@ -302,6 +304,10 @@ def _k_mask_time(program, device, op):
     x, lengths = op.inputs
     zp = _zp(program.values[x]) or 0
     out, dev = op.outputs[0], device
+    if out in redundant_masks(program):  # only convs without padding read it (onnx_int.redundant_masks)
+        def alias(env):
+            env[out] = env[x]
+        return alias
 
     def step(env):
         t = env[x]

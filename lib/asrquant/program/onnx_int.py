@@ -56,7 +56,9 @@ Masks and lengths
 -----------------
 ``mask_time(x, lengths)``: Where(Range(T) < lengths[:, None, None], x, z): padded frames become
 the zero point, a real 0 (an accumulator is materialized first and masked with 0). The bool mask
-is computed once per lengths tensor. ``frames``: (lengths + 2p - d(K-1) - 1) // s + 1 with Add
+is computed once per lengths tensor. A mask whose every consumer is a conv without padding (the
+pointwise convs) is left out (``redundant_masks``): no valid output frame reads a padded frame
+through such a conv, so only padded frames change, and they are not part of the result. ``frames``: (lengths + 2p - d(K-1) - 1) // s + 1 with Add
 and Div on int64; the numerator is shifted by a multiple of s to be nonnegative for lengths >= 0,
 so Div (truncation) is the floor.
 """
@@ -159,6 +161,19 @@ def broadcast(*lists):
     return out
 
 
+def redundant_masks(program: Program) -> set[str]:
+    """Outputs of mask_time ops that no valid output frame can see: every consumer is a conv1d
+    without padding. Such a conv's valid output frame t < L' = (L - d(K-1) - 1) // s + 1 reads
+    input frames t*s + k*d <= (L' - 1)*s + d(K-1) <= L - 1, all valid, and every other op acts
+    frame by frame; so skipping the mask changes only padded frames, which are not part of the
+    result (a later mask or a padded conv's own mask still zeroes them where it matters)."""
+    cons = program.consumers()
+    outs = set(program.outputs)
+    return {op.outputs[0] for op in program.ops
+            if op.kind == "mask_time" and op.outputs[0] not in outs and cons.get(op.outputs[0])
+            and all(c.kind == "conv1d" and int(c.attrs["padding"]) == 0 for c in cons[op.outputs[0]])}
+
+
 class Lengths:
     """The masks and frame counts of a graph: one bool mask per lengths tensor (lazily, from the
     time dimension of the first tensor masked with it); ``frames`` in int64 arithmetic."""
@@ -235,6 +250,7 @@ class _Lowering:
         self.program, self.floor = program, floor
         self.g = Graph()
         self.lengths = Lengths(self.g)
+        self.skip_masks = redundant_masks(program)
 
     # --- helpers
     def as_acc(self, v) -> _Acc:
@@ -284,6 +300,8 @@ class _Lowering:
     # --- kernels, one per op kind
     def mask_time(self, op, x, lengths):
         g = self.g
+        if op.outputs[0] in self.skip_masks:
+            return x
         if isinstance(x, _Act):
             m = self.lengths.mask(x.name, lengths)
             return _Act(g.op("Where", [m, x.name, g.const(x.zero_point, np.int8, "z")], "masked"), x.signed, x.bits)
