@@ -105,7 +105,12 @@ def _tp(g: Graph, name: str) -> int:
 
 
 def _k(g: Graph, v, hint: str = "c") -> str:
-    """int64 constant (scalar or array)."""
+    """int64 constant (scalar or array); scalars are shared within a graph (one initializer each)."""
+    if isinstance(v, (int, np.integer)):
+        cache = g.__dict__.setdefault("_nl_int64_scalars", {})
+        if int(v) not in cache:
+            cache[int(v)] = g.const(int(v), np.int64, hint)
+        return cache[int(v)]
     return g.const(v, np.int64, hint)
 
 
@@ -166,7 +171,7 @@ def lower_isqrt(g: Graph, n: str, steps: int = ISQRT_STEPS) -> str:
 
 
 def lower_exp(g: Graph, x: str, p: ExpParams) -> str:
-    """i-exp of int64 x (|x| < 2^63 - |q_min| after the caller's arithmetic), int64 in [0, P_max]."""
+    """i-exp of any int64 x (clipped to [q_min, 0] first, as the kernel), int64 in [0, P_max]."""
     w = g.op("Neg", [g.op("Clip", [x, _k(g, p.q_min, "qmin"), _k(g, 0, "zero")], "xc")], "w")  # in [0, -q_min]
     k = p.in_shift
     if k > 0:
