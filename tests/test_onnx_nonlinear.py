@@ -182,6 +182,30 @@ def test_softmax_dynamic_shapes():
         np.testing.assert_array_equal(out, ref.numpy())
 
 
+def test_softmax_shared_keep_mask_and_larger_batch():
+    """Two softmaxes (different scales) in one graph share one attention_keep mask; realistic size."""
+    from asrquant.program.onnx_int import Graph
+
+    ops = [_softmax_op(0.004), _softmax_op(0.02, recip_bits=40)]
+    g = Graph()
+    h = g.helper
+    keep = on.attention_keep(g, "in0", "in1")
+    outs = [on.lower(g, op, ["in0", "in1"], keep=keep) for op in ops]
+    for i, y in enumerate(outs):
+        g.identity(y, f"out{i}")
+    model = g.model([h.make_tensor_value_info("in0", g.TP.INT32, ["B", 4, "T", "T"]),
+                     h.make_tensor_value_info("in1", g.TP.INT64, ["B"])],
+                    [h.make_tensor_value_info(f"out{i}", g.TP.INT16, None) for i in range(2)], "two")
+    assert integer_only_report(model)["ok"]
+    assert sum(n.op_type == "Range" for n in model.graph.node) == 1
+    rng = _rng(12)
+    s = _rand(rng, np.int32, (3, 4, 60, 60), -(1 << 15), 1 << 15)
+    lengths = np.array([60, 37, 1], np.int64)
+    got = make_session(model, threads=1).run(None, {"in0": s, "in1": lengths})
+    for op, out in zip(ops, got):
+        np.testing.assert_array_equal(out, KERNELS["softmax"](op, torch.from_numpy(s), torch.from_numpy(lengths)).numpy())
+
+
 # ----------------------------------------------------------------------------- swish / glu / gelu
 
 def _sig_op(kind, scale, sig_bits):

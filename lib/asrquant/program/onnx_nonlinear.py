@@ -51,7 +51,8 @@ i-exp (inside softmax / swish / glu), ExpParams constants as int64 initializers:
     z  = Div(w' R, 2^s)                             # w' >= 0: the kernel's (-q' R) >> s
     P  = (z q_ln2 - w' + q_b)^2 + q_c ;  e = P >> z  (BitShift on uint64, z <= z_max <= 62)
 softmax(s, lengths): valid = Range(T) < lengths[:, None]; keep = valid[b, i] & valid[b, j]
-    (Unsqueeze + And, [B, 1, T, T]); x = Where(keep, s, -2^62); d = x - ReduceMax(x); e = Where(keep,
+    (Unsqueeze + And, [B, 1, T, T]; ``attention_keep``, which a whole graph can build once and pass
+    to every softmax as ``keep=``); x = Where(keep, s, -2^62); d = x - ReduceMax(x); e = Where(keep,
     i-exp(d), 0); f = Div(2^K, Max(ReduceSum(e), 1)); p = Min(Div(e f + 2^(K-B-1), 2^(K-B)), 2^B - 1)
     (all dividends >= 0), Cast to the storage dtype. Fully masked rows: every e is 0, so p = 0.
 swish / glu: E = i-exp(-Abs(q)); n = Div(E 2^(B+1) + (E + one), 2 (E + one)); sig = Where(q < 0, n,
@@ -89,7 +90,7 @@ from .ops import Op, dtype_name
 from .onnx_int import Graph
 
 __all__ = ["ISQRT_STEPS", "LOWERINGS", "lower", "lower_layernorm", "lower_softmax", "lower_swish", "lower_glu",
-           "lower_gelu", "lower_matmul_qk", "lower_matmul_pv", "lower_exp", "lower_bit_length", "lower_isqrt",
+           "lower_gelu", "lower_matmul_qk", "lower_matmul_pv", "attention_keep", "lower_exp", "lower_bit_length", "lower_isqrt",
            "output_dtype", "build_single_op_model", "build_unary_model"]
 
 ISQRT_STEPS = 6
@@ -254,17 +255,26 @@ def lower_layernorm(g: Graph, x: str, op: Op, out_dtype: str | None = None) -> s
     return _cast(g, out, out_dtype or output_dtype(op), "layernorm")
 
 
-def lower_softmax(g: Graph, scores: str, lengths: str, op: Op, out_dtype: str | None = None) -> str:
-    """Integer softmax over the last axis of scores [B, H, T, T], (query i, key j) masked where i or
-    j >= lengths[b] (torch_ref.attention_mask); storage_dtype(out_bits, unsigned)."""
-    p = nlp.softmax_params(op)
-    x = _i64(g, scores)
-    T = g.op("Squeeze", [g.op("Shape", [x], "shape", start=-1)], "T")
+def attention_keep(g: Graph, scores: str, lengths: str) -> str:
+    """bool [B, 1, T, T]: True where query i and key j are both valid (< lengths[b]), T = the last
+    dimension of ``scores``; the negation of torch_ref.attention_mask. Reusable across layers."""
+    T = g.op("Squeeze", [g.op("Shape", [scores], "shape", start=-1)], "T")
     rng = g.op("Range", [_k(g, 0, "zero"), T, _k(g, 1, "one")], "rng")
     valid = g.op("Less", [g.op("Unsqueeze", [rng, _k(g, [0], "ax0")], "rng1"),
                           g.op("Unsqueeze", [_i64(g, lengths), _k(g, [1], "ax1")], "len1")], "valid")  # [B, T]
-    keep = g.op("And", [g.op("Unsqueeze", [valid, _k(g, [1, 3], "ax13")], "vq"),
+    return g.op("And", [g.op("Unsqueeze", [valid, _k(g, [1, 3], "ax13")], "vq"),
                         g.op("Unsqueeze", [valid, _k(g, [1, 2], "ax12")], "vk")], "keep")       # [B, 1, T, T]
+
+
+def lower_softmax(g: Graph, scores: str, lengths: str, op: Op, out_dtype: str | None = None,
+                  keep: str | None = None) -> str:
+    """Integer softmax over the last axis of scores [B, H, T, T], (query i, key j) masked where i or
+    j >= lengths[b] (torch_ref.attention_mask); storage_dtype(out_bits, unsigned). ``keep``: an
+    ``attention_keep`` mask already in the graph for these lengths and T (else one is built)."""
+    p = nlp.softmax_params(op)
+    x = _i64(g, scores)
+    if keep is None:
+        keep = attention_keep(g, x, lengths)
     zero = _k(g, 0, "zero")
     x = g.op("Where", [keep, x, _k(g, MASK_FILL, "fill")], "xm")
     d = g.op("Sub", [x, _reduce(g, "ReduceMax", x, -1)], "d")
@@ -337,7 +347,7 @@ def lower_matmul_pv(g: Graph, p: str, v: str, op: Op, out_dtype: str | None = No
 
 LOWERINGS = {
     "layernorm": lambda g, op, x, **kw: lower_layernorm(g, x, op, **kw),
-    "softmax": lambda g, op, s, lengths, **kw: lower_softmax(g, s, lengths, op, **kw),
+    "softmax": lambda g, op, s, lengths, **kw: lower_softmax(g, s, lengths, op, **kw),  # keep= to share a mask
     "swish": lambda g, op, x, **kw: lower_swish(g, x, op, **kw),
     "glu": lambda g, op, x, **kw: lower_glu(g, x, op, **kw),
     "gelu": lambda g, op, x, **kw: lower_gelu(g, x, op, **kw),
@@ -346,12 +356,13 @@ LOWERINGS = {
 }
 
 
-def lower(g: Graph, op: Op, inputs: list[str], out_dtype: str | None = None) -> str:
-    """Dispatch on op.kind: append op's lowering with input tensor names ``inputs``."""
+def lower(g: Graph, op: Op, inputs: list[str], out_dtype: str | None = None, **extra) -> str:
+    """Dispatch on op.kind: append op's lowering with input tensor names ``inputs`` (``extra``:
+    keyword options of that lowering, e.g. softmax's ``keep``)."""
     fn = LOWERINGS.get(op.kind)
     if fn is None:
         raise NotImplementedError(f"no Conformer lowering for op kind {op.kind!r}")
-    return fn(g, op, *inputs, out_dtype=out_dtype)
+    return fn(g, op, *inputs, out_dtype=out_dtype, **extra)
 
 
 # --------------------------------------------------------------------------- single-op models
