@@ -17,8 +17,19 @@ What the program computes, per Conformer layer (x: the residual stream, `residua
                          multiplier) onto the new stream's scale, added in int64, clamped
 Scales: activations per tensor, symmetric, from min/max observers on the calibration batches
 (float model); weights per output channel. The logits share one scale (the decoder as in ConvASR).
-Not yet integer: NeMo's Conv2d subsampling (striding, dw_striding) and relative-position
-attention (rel_pos); they raise NotImplementedError naming the part.
+NeMo's architecture (conformer_ctc_small / large):
+    Conv2d subsampling   the mel as an image [B, 1, T, F] (``to_image``); each Conv2d is ``conv2d``
+                         (int8 x int8 -> int32, per-output-channel weights) with padded frames zeroed
+                         before it, ReLU = the unsigned requantize; ``flatten_freq`` gives NeMo's
+                         (channel, freq) order for the ``out`` Linear; xscaling (sqrt(d_model)) is
+                         folded into the requantization after ``out``.
+    rel_pos attention    (q + u) k^T: ``matmul_qk`` on a copy of linear_q with u folded into its bias;
+                         (q + v) p^T with rel_shift: ``matmul_pos`` on a second copy (v folded in)
+                         against p = linear_pos(sinusoids of positions L-1 .. -(L-1)), precomputed
+                         for L = pos_emb_max_len (a converter argument, NeMo's 5000) and quantized per
+                         tensor (int8) into a param the op slices (2T-1 columns). Both score terms
+                         are rescaled onto one scale and added (int64) before the integer softmax.
+Not integer: a Linear pre_encode (no subsampling) and abs_pos with sinusoids (NotImplementedError).
 """
 
 from __future__ import annotations
@@ -33,13 +44,13 @@ from torch import nn
 from .intops.conv import accumulator_bound, choose_acc_dtype
 from .intops.gelu import prepare_gelu
 from .intops.nonlinear import prepare_layernorm, prepare_softmax, prepare_swish
-from .models.conformer import MultiHeadAttention, RelPositionMultiHeadAttention
+from .models.conformer import MultiHeadAttention, RelPositionMultiHeadAttention, rel_shift, sinusoid_table
 from .models.convasr import frame_mask
 from .program import nonlinear_params as nlp
 from .program.ops import Value, dtype_name
 from .quant.dyadic import dyadic_from_float
 from .quant.observers import make_observer
-from .quant.quantizer import qrange, scale_from_range, storage_dtype
+from .quant.quantizer import qrange, quantize, scale_from_range, storage_dtype
 
 SIG_BITS = 14  # fraction bits of the sigmoid inside Swish / GLU
 
@@ -52,13 +63,13 @@ def walk(model, g, x, lengths):
     if isinstance(enc.pre_encode, nn.Linear):
         raise NotImplementedError("integer Conformer: a Linear pre_encode (no subsampling) is not supported")
     sub = enc.pre_encode
-    if sub.is_2d:
-        raise NotImplementedError(f"integer Conformer: {sub.subsampling} (Conv2d) subsampling is not integer yet")
     layers = list(sub.conv)
+    if sub.is_2d:
+        x = g.to_image(x)   # [B, 1, T, F]: time is axis 2 until flatten_freq
     pending = None  # a conv accumulator waiting for its activation
     for i, layer in enumerate(layers):
         name = f"encoder.pre_encode.conv.{i}"
-        if isinstance(layer, nn.Conv1d):
+        if isinstance(layer, (nn.Conv1d, nn.Conv2d)):
             if pending is not None:
                 x = g.requantize(pending[0], pending[1])
             x = g.mask(x, lengths)
@@ -66,17 +77,21 @@ def walk(model, g, x, lengths):
             pending = (name, acc)
         else:
             kind = {nn.ReLU: "relu", nn.GELU: "gelu", nn.SiLU: "swish"}[type(layer)]
-            scale = enc.xscale if (enc.xscale and i == len(layers) - 1) else 1.0
+            scale = enc.xscale if (enc.xscale and i == len(layers) - 1 and not sub.is_2d) else 1.0
             x = g.activation(name, pending[1], kind, factor=scale)
             pending = None
-    if pending is not None:
+    if sub.is_2d:
+        if pending is not None:
+            x = g.requantize(pending[0], pending[1])
+        x = g.flatten_freq(g.mask(x, lengths))   # [B, C F', T], NeMo's (channel, freq) order
+        acc, _ = g.conv("encoder.pre_encode.out", x, sub.out, lengths)
+        x = g.requantize("encoder.pre_encode.out", acc, factor=enc.xscale or 1.0)
+    elif pending is not None:
         x = g.requantize(pending[0], pending[1], factor=enc.xscale or 1.0)
     if enc.self_attention_model == "abs_pos" and enc.pos_enc.add_sinusoids:
         raise NotImplementedError("integer Conformer: abs_pos with sinusoids is not integer yet")
     for li, layer in enumerate(enc.layers):
         p = f"encoder.layers.{li}"
-        if isinstance(layer.self_attn, RelPositionMultiHeadAttention):
-            raise NotImplementedError("integer Conformer: rel_pos attention is not integer yet")
         h = g.layernorm(f"{p}.norm_feed_forward1", x, layer.norm_feed_forward1)
         x = g.residual(f"{p}.ff1", x, feed_forward(g, f"{p}.feed_forward1", h, layer.feed_forward1, lengths),
                        layer.fc_factor)
@@ -101,6 +116,16 @@ def feed_forward(g, p, x, ff, lengths):
 
 
 def attention(g, p, x, attn: MultiHeadAttention, lengths):
+    if isinstance(attn, RelPositionMultiHeadAttention):
+        # q + u and q + v: two copies of linear_q, the biases u / v folded into theirs
+        u, v_bias = attn.pos_bias_u.detach().reshape(-1), attn.pos_bias_v.detach().reshape(-1)
+        qu = g.requantize(f"{p}.linear_q_u", g.conv(f"{p}.linear_q_u", x, attn.linear_q, lengths, extra_bias=u)[0])
+        qv = g.requantize(f"{p}.linear_q_v", g.conv(f"{p}.linear_q_v", x, attn.linear_q, lengths,
+                                                    extra_bias=v_bias)[0])
+        k = g.requantize(f"{p}.linear_k", g.conv(f"{p}.linear_k", x, attn.linear_k, lengths)[0])
+        v = g.requantize(f"{p}.linear_v", g.conv(f"{p}.linear_v", x, attn.linear_v, lengths)[0])
+        ctx = g.attend_rel(p, qu, qv, k, v, attn, lengths)
+        return g.conv(f"{p}.linear_out", ctx, attn.linear_out, lengths)[0]
     q = g.requantize(f"{p}.linear_q", g.conv(f"{p}.linear_q", x, attn.linear_q, lengths)[0])
     k = g.requantize(f"{p}.linear_k", g.conv(f"{p}.linear_k", x, attn.linear_k, lengths)[0])
     v = g.requantize(f"{p}.linear_v", g.conv(f"{p}.linear_v", x, attn.linear_v, lengths)[0])
@@ -117,12 +142,16 @@ def conv_module(g, p, x, conv, lengths):
     return g.conv(f"{p}.pointwise_conv2", h, conv.pointwise_conv2, lengths)[0]
 
 
-def _weight_bias(layer: nn.Module, bn: nn.BatchNorm1d | None = None):
-    """(weight [out, in/groups, k] float64, bias float64 or None) of a Linear / Conv1d, BN folded."""
+def _weight_bias(layer: nn.Module, bn: nn.BatchNorm1d | None = None, extra_bias=None):
+    """(weight [out, in/groups, k] (Conv2d: [out, in/groups, kT, kF]) float64, bias float64 or None)
+    of a Linear / Conv1d / Conv2d, BN folded, `extra_bias` (rel_pos's u or v) added to the bias."""
     w = layer.weight.detach().double()
     if w.dim() == 2:
         w = w[:, :, None]
     b = layer.bias.detach().double() if layer.bias is not None else None
+    if extra_bias is not None:
+        e = torch.as_tensor(extra_bias).detach().double().reshape(-1)
+        b = e if b is None else b + e
     if bn is not None:
         from .quant.bn import fold_batchnorm
 
@@ -139,7 +168,7 @@ def _geometry(layer) -> dict:
 
 
 def _out_lengths(lengths, layer):
-    if isinstance(layer, nn.Conv1d) and layer.stride[0] != 1:
+    if isinstance(layer, (nn.Conv1d, nn.Conv2d)) and layer.stride[0] != 1:
         k, s, p, d = layer.kernel_size[0], layer.stride[0], layer.padding[0], layer.dilation[0]
         return (lengths + 2 * p - d * (k - 1) - 1) // s + 1
     return lengths
@@ -156,17 +185,46 @@ class FloatTaps:
         self.lengths = None
 
     def observe(self, name, y, lengths):
+        """Record y's range at quantization point `name`; returns y (a simulation returns y
+        fake-quantized: ``simulate.SimulatedTaps``)."""
         obs = self.observers.setdefault(name, self._make())
-        obs.update(y, frame_mask(lengths, y.shape[-1])[:, None, :])
+        obs.update(y, self._frames(lengths, y))
+        return y
+
+    @staticmethod
+    def _frames(lengths, y):
+        """Valid-frame mask shaped for y: [B, 1, T] ([B, C, T]) or [B, 1, T, 1] (images, time axis 2)."""
+        if y.dim() == 4:
+            return frame_mask(lengths, y.shape[2])[:, None, :, None]
+        return frame_mask(lengths, y.shape[-1])[:, None, :]
+
+    def weight(self, layer, w):
+        """The weights a layer computes with (float: as they are)."""
+        return w
+
+    def probs(self, p):
+        """The attention probabilities (float: as they are)."""
+        return p
 
     def mask(self, x, lengths):
-        return x * frame_mask(lengths, x.shape[-1])[:, None, :].to(x.dtype)
+        return x * self._frames(lengths, x).to(x.dtype)
 
-    def conv(self, name, x, layer, lengths, bn=None):
+    def to_image(self, x):
+        return x.transpose(1, 2).unsqueeze(1)         # as ConvSubsampling: [B, F, T] -> [B, 1, T, F]
+
+    def flatten_freq(self, x):
+        b, c, t, f = x.shape
+        # [B, C F, T] as a view of the very [B, T, C F] tensor ConvSubsampling feeds its `out` Linear
+        return x.transpose(1, 2).reshape(b, t, c * f).transpose(1, 2)
+
+    def conv(self, name, x, layer, lengths, bn=None, extra_bias=None):
         if isinstance(layer, nn.Linear):
-            y = F.linear(x.transpose(1, 2), layer.weight, layer.bias).transpose(1, 2)
+            y = F.linear(x.transpose(1, 2), self.weight(layer, layer.weight), layer.bias)
+            if extra_bias is not None:   # rel_pos: linear_q(x) + u, as the model adds it
+                y = y + extra_bias.to(y.dtype)
+            y = y.transpose(1, 2)
         else:
-            y = layer(x)
+            y = layer._conv_forward(x, self.weight(layer, layer.weight), layer.bias)
         if bn is not None:
             y = bn(y)
         out_len = _out_lengths(lengths, layer)
@@ -174,29 +232,22 @@ class FloatTaps:
         return y, out_len
 
     def requantize(self, name, acc, factor=1.0):
-        y = acc * factor
-        self.observe(name, y, self.lengths)
-        return y
+        return self.observe(name, acc * factor, self.lengths)
 
     requantize_to = requantize
 
     def activation(self, name, acc, kind, factor=1.0):
-        if kind != "glu":
-            self.observe(name + ":in", acc, self.lengths)
+        if kind not in ("glu", "relu"):
+            acc = self.observe(name + ":in", acc, self.lengths)
         fn = {"relu": torch.relu, "gelu": F.gelu, "swish": F.silu, "glu": lambda t: F.glu(t, dim=1)}[kind]
-        y = fn(acc) * factor
-        self.observe(name, y, self.lengths)
-        return y
+        return self.observe(name, fn(acc) * factor, self.lengths)
 
     def layernorm(self, name, x, ln):
         y = F.layer_norm(x.transpose(1, 2), ln.normalized_shape, ln.weight, ln.bias, ln.eps).transpose(1, 2)
-        self.observe(name, y, self.lengths)
-        return y
+        return self.observe(name, y, self.lengths)
 
     def residual(self, name, x, branch, factor):
-        y = x + factor * branch
-        self.observe(name, y, self.lengths)
-        return y
+        return self.observe(name, x + factor * branch, self.lengths)
 
     def attend(self, p, q, k, v, heads, lengths):
         b, d, t = q.shape
@@ -205,15 +256,34 @@ class FloatTaps:
         scores = torch.matmul(qh, k.reshape(b, heads, dk, t)) / math.sqrt(dk)
         valid = frame_mask(lengths, t)
         mask = ~(valid[:, :, None] & valid[:, None, :])[:, None]
-        probs = torch.softmax(scores.masked_fill(mask, -10000.0), dim=-1).masked_fill(mask, 0.0)
+        probs = self.probs(torch.softmax(scores.masked_fill(mask, -10000.0), dim=-1).masked_fill(mask, 0.0))
         ctx = torch.matmul(probs, v.reshape(b, heads, dk, t).transpose(-1, -2))   # [B, H, T, d_k]
-        ctx = ctx.transpose(-1, -2).reshape(b, d, t)
-        self.observe(p + ".context", ctx, lengths)
-        return ctx
+        return self.observe(p + ".context", ctx.transpose(-1, -2).reshape(b, d, t), lengths)
+
+    def pos_table(self, p, pe):
+        """linear_pos of the sinusoids, [1, 2T-1, d] (float: as it is)."""
+        return pe
+
+    def attend_rel(self, p, qu, qv, k, v, attn, lengths):
+        """NeMo's rel_pos attention from q + u, q + v, k, v ([B, d, T]), as the model computes it."""
+        b, d, t = qu.shape
+        heads, dk = attn.h, attn.d_k
+        pos_emb = sinusoid_table(torch.arange(t - 1, -t, -1), d).to(qu.dtype)[None]   # RelPositionalEncoding
+        pe = self.pos_table(p, F.linear(pos_emb, self.weight(attn.linear_pos, attn.linear_pos.weight)))
+        pe = attn.heads(pe)                                                             # [1, H, 2T-1, d_k]
+        quh, qvh, kh, vh = (z.transpose(1, 2).reshape(b, t, heads, dk).transpose(1, 2) for z in (qu, qv, k, v))
+        content = torch.matmul(quh, kh.transpose(-2, -1))
+        position = rel_shift(torch.matmul(qvh, pe.transpose(-2, -1)))
+        scores = (content + position) / math.sqrt(dk)
+        valid = frame_mask(lengths, t)
+        mask = ~(valid[:, :, None] & valid[:, None, :])[:, None]
+        probs = self.probs(torch.softmax(scores.masked_fill(mask, -10000.0), dim=-1).masked_fill(mask, 0.0))
+        ctx = torch.matmul(probs, vh)                                                   # [B, H, T, d_k]
+        return self.observe(p + ".context", ctx.transpose(1, 2).reshape(b, t, d).transpose(1, 2), lengths)
 
     def logits(self, x, dec, lengths):
         self.observe("decoder:in", x, lengths)
-        return dec(x), lengths
+        return dec._conv_forward(x, self.weight(dec, dec.weight), dec.bias), lengths
 
 
 @torch.no_grad()
@@ -221,7 +291,7 @@ def float_forward(model, mel, lengths, taps: FloatTaps | None = None):
     """The walk in float: equals ``model.forward_features`` (tested); fills `taps`' observers."""
     taps = taps or FloatTaps()
     taps.lengths = lengths
-    taps.observe("input", mel, lengths)
+    mel = taps.observe("input", mel, lengths)
     return walk(model, taps, mel, lengths)
 
 
@@ -280,10 +350,20 @@ class IntEmitter:
     def mask(self, x: _Act, lengths) -> _Act:
         return _Act(self.g.masked(x.name, lengths), x.scale, x.bits, x.signed)
 
-    def conv(self, name, x: _Act, layer, lengths, bn=None):
+    def to_image(self, x: _Act) -> _Act:
+        out = self.g.add("to_image", [x.name], f"{x.name}.image", Value(self.g.values[x.name].dtype, "act", x.bits,
+                                                                         x.signed, x.scale), "pre_encode.to_image")
+        return _Act(out, x.scale, x.bits, x.signed)
+
+    def flatten_freq(self, x: _Act) -> _Act:
+        out = self.g.add("flatten_freq", [x.name], f"{x.name}.flat", Value(self.g.values[x.name].dtype, "act", x.bits,
+                                                                            x.signed, x.scale), "pre_encode.flatten_freq")
+        return _Act(out, x.scale, x.bits, x.signed)
+
+    def conv(self, name, x: _Act, layer, lengths, bn=None, extra_bias=None):
         from .convert import _quantize_weight
 
-        w, b = _weight_bias(layer, bn)
+        w, b = _weight_bias(layer, bn, extra_bias)
         w_q, s_w = _quantize_weight(w, self.wb, self.method)
         acc_scale = x.scale * s_w
         params = {"weight": w_q}
@@ -295,10 +375,22 @@ class IntEmitter:
             params["bias"] = bias_q
         bound = accumulator_bound(w_q, x.bits, x.signed, bias_q)
         acc_dtype = choose_acc_dtype(bound)
+        meta = {"bound": bound, "in_scale": x.scale, "w_scale": [float(v) for v in s_w]}
+        if isinstance(layer, nn.Conv2d):
+            if layer.dilation != (1, 1) or not isinstance(layer.padding, tuple):
+                raise NotImplementedError(f"integer Conformer: Conv2d {name} with dilation / string padding")
+            out = self.g.add("conv2d", [x.name], f"{name}.acc", Value(dtype_name(acc_dtype), "acc"), name,
+                             {"stride": list(layer.stride), "padding": list(layer.padding), "groups": layer.groups,
+                              "acc_dtype": dtype_name(acc_dtype)}, params, meta)
+            out_len = lengths
+            if layer.stride[0] != 1:
+                out_len = self.g.add("frames", [lengths], f"{name}.lengths", Value("int64", "lengths"),
+                                     f"{name}.frames", {"kernel": layer.kernel_size[0], "stride": layer.stride[0],
+                                                        "padding": layer.padding[0], "dilation": 1})
+            return _Acc(out, acc_scale.numpy(), bound), out_len
         geo = _geometry(layer)
         out = self.g.add("conv1d", [x.name], f"{name}.acc", Value(dtype_name(acc_dtype), "acc"), name,
-                         {**geo, "acc_dtype": dtype_name(acc_dtype)}, params,
-                         {"bound": bound, "in_scale": x.scale, "w_scale": [float(v) for v in s_w]})
+                         {**geo, "acc_dtype": dtype_name(acc_dtype)}, params, meta)
         out_len = lengths
         if isinstance(layer, nn.Conv1d) and layer.stride[0] != 1:
             k = layer.kernel_size[0]
@@ -377,13 +469,40 @@ class IntEmitter:
         s_qk = q.scale * k.scale
         scores = self.g.add("matmul_qk", [q.name, k.name], f"{p}.scores", Value("int32", "acc", scale=s_qk),
                             f"{p}.matmul_qk", {"heads": heads, "acc_dtype": "int32"}, {}, {"scale": s_qk})
-        dk = self.head_dim
-        sm = prepare_softmax(s_qk / math.sqrt(dk), out_bits=self.ab)
+        return self._softmax_pv(p, scores, s_qk, v, heads, self.head_dim, lengths)
+
+    def pos_table(self, attn) -> tuple[torch.Tensor, float]:
+        """p = linear_pos(sinusoids of positions L-1, ..., -(L-1)), L = pos_max_len, as int8
+        [d, 2L-1] (column m: position L-1-m) with its per-tensor scale (float64 at conversion)."""
+        L = self.pos_max_len
+        table = sinusoid_table(torch.arange(L - 1, -L, -1), attn.h * attn.d_k).double()   # as NeMo's pe buffer
+        pe = table @ attn.linear_pos.weight.detach().double().T                              # [2L-1, d]
+        s_p = float(scale_from_range(float(pe.abs().max()), 8, signed=True))
+        return quantize(pe.T.contiguous(), s_p, 8, signed=True), s_p
+
+    def attend_rel(self, p, qu: _Act, qv: _Act, k: _Act, v: _Act, attn, lengths) -> _Act:
+        heads, dk = attn.h, attn.d_k
+        s_c = qu.scale * k.scale
+        content = self.g.add("matmul_qk", [qu.name, k.name], f"{p}.content", Value("int32", "acc", scale=s_c),
+                             f"{p}.matmul_qk", {"heads": heads, "acc_dtype": "int32"}, {}, {"scale": s_c})
+        pos_q, s_p = self.pos_table(attn)
+        s_pos = qv.scale * s_p
+        position = self.g.add("matmul_pos", [qv.name], f"{p}.position", Value("int32", "acc", scale=s_pos),
+                              f"{p}.matmul_pos", {"heads": heads, "max_len": self.pos_max_len, "acc_dtype": "int32"},
+                              {"pos": pos_q}, {"scale": s_pos, "pos_scale": s_p})
+        s = min(s_c, s_pos)   # both terms onto the finer scale (multipliers >= 1), summed in int64
+        a = self._rescale(f"{p}.content", _Acc(content, s_c, dk * qu.absmax * k.absmax), s, 1.0)
+        b = self._rescale(f"{p}.position", _Acc(position, s_pos, dk * qv.absmax * 128), s, 1.0)
+        scores = self.g.add("add", [a, b], f"{p}.scores", Value("int64", "acc", scale=s), f"{p}.scores.add")
+        return self._softmax_pv(p, scores, s, v, heads, dk, lengths)
+
+    def _softmax_pv(self, p, scores, s_scores, v: _Act, heads, dk, lengths) -> _Act:
+        sm = prepare_softmax(s_scores / math.sqrt(dk), out_bits=self.ab)
         probs = self.g.add("softmax", [scores, lengths], f"{p}.probs",
                            Value(dtype_name(storage_dtype(self.ab, False)), "act", self.ab, False, sm.out_scale),
                            f"{p}.softmax", {"exp": nlp.exp_attrs(sm.exp), "out_bits": self.ab,
                                             "recip_bits": sm.recip_bits}, {},
-                           {"in_scale": s_qk / math.sqrt(dk), "out_scale": sm.out_scale})
+                           {"in_scale": s_scores / math.sqrt(dk), "out_scale": sm.out_scale})
         s_ctx = sm.out_scale * v.scale
         ctx = self.g.add("matmul_pv", [probs, v.name], f"{p}.context.acc", Value("int32", "acc", scale=s_ctx),
                          f"{p}.matmul_pv", {"heads": heads, "acc_dtype": "int32"}, {},
@@ -402,11 +521,16 @@ class IntEmitter:
 
 
 def convert_conformer(model, observers: dict, weight_bits: int = 8, act_bits: int = 8, weight_method: str = "minmax",
-                      info: dict | None = None, residual_bits: int | None = None):
-    """Integer program of a calibrated ConformerCTC (``calibrate_conformer``), as an IntegerModel."""
+                      info: dict | None = None, residual_bits: int | None = None, pos_emb_max_len: int | None = None):
+    """Integer program of a calibrated ConformerCTC (``calibrate_conformer``), as an IntegerModel.
+
+    pos_emb_max_len (rel_pos only): the longest encoder input (frames after subsampling) the
+    program accepts; its relative-position table covers L-1 .. -(L-1). Default: the encoder
+    config's pos_emb_max_len (NeMo: 5000, i.e. 200 s at 40 ms per frame)."""
     from .convert import IntegerModel
 
     em = IntEmitter(observers, weight_bits, act_bits, residual_bits, weight_method)
+    em.pos_max_len = int(pos_emb_max_len or model.config.get("encoder", {}).get("pos_emb_max_len") or 5000)
     em.head_dim = model.encoder.d_model // model.encoder.layers[0].self_attn.h if len(model.encoder.layers) else 1
     walk(model, em, em.input, "input_lengths")
     program = em.g.program(("logits", "logits_lengths"), {"input_scale": em.input.scale, "input_bits": act_bits,
