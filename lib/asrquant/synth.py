@@ -1,10 +1,12 @@
 """Synthetic log-mel inputs whose BatchNorm statistics match the running statistics (paper Eq. 2).
 
-The zero-shot calibration data of Kim et al. (section 2.3): a batch of normalized log-mel
-spectrograms x [B, n_mels, T] is a learnable tensor, initialized U[-0.3, 0.3], fed straight to
+The zero-shot calibration data of Kim et al. (section 2.3): a batch of log-mel spectrograms
+x [B, n_mels, T] in the domain of the model's own front end (normalized for the NeMo models;
+n_mels = model.encoder.feat_in) is a learnable tensor, initialized U[-0.3, 0.3], fed straight to
 `model.encoder` (the mel front end is bypassed), and optimized with Adam so that, at the input of
-every BatchNorm (main path and residual branches), the per-channel mean and variance pooled over
-batch and time (dims 0 and 2) match the layer's running mean and variance:
+every BatchNorm (ConvASR: main path and residual branches; Conformer-CTC: the one in each
+layer's convolution module, see below), the per-channel mean and variance pooled over batch and
+time (dims 0 and 2) match the layer's running mean and variance:
 
     loss = sum over BN layers of  mean over channels of
            log(sig_hat / sig_bn) - 1/2 * (1 - (sig_bn^2 + (mu_bn - mu_hat)^2) / sig_hat^2)
@@ -78,6 +80,51 @@ build/synth_cache/5225e5a4.../ by
     PYTHONPATH=lib python -c 'import argparse,sys; from asrquant import synth; p=argparse.ArgumentParser();
         synth.add_synth_arguments(p); synth.cmd_synth(p.parse_args(sys.argv[1:]))' --batches 1 --threads 1
 (= `asrquant synth --batches 1 --threads 1` once wired into cli.py).
+
+Conformer-CTC (models/conformer.py; `SyntheticMelGenerator(conformer_ctc_model)`, the cache and
+`asrquant synth --model conformer.nemo` take it as they take a ConvASR). The loss has one term
+per Conformer layer: the input of `layers.{i}.conv.batch_norm`, i.e. the depthwise-conv output
+of the convolution module (bias included, as BatchNorm sees it), statistics over batch and
+valid time frames (the subsampled lengths; with the full-length inputs that generation uses,
+every frame is valid and the statistics are exactly the ConvASR ones). `loss(x, lengths)` takes
+padded inputs too: padded frames contribute nothing (tests/test_synth_conformer.py).
+What constrains the input, and what does not:
+- constrained: the per-channel mean/variance of those n_layers depthwise outputs (4 for the hama
+  model, 16/18 for NeMo's small/large): through them the subsampling, every earlier layer, and
+  layer i's FF1, attention, norm_conv, pointwise_conv1 + GLU and depthwise conv;
+- not constrained: everything after the last layer's BatchNorm (its Swish, pointwise_conv2, FF2,
+  norm_out, the decoder: the fast path does not even run them); the attention and feed-forward
+  activations themselves (LayerNorms have no running statistics, so there are no targets there,
+  and none are invented); and, through the LayerNorm in front of every conv module, each frame's
+  mean and scale across d_model. The input's global level and scale are constrained only weakly:
+  on a real train-clean-100 batch of the restored hama model (loss 0.019 at its valid frames),
+  real + 5 or real - 5 gives 0.074, real * 2 0.085, real * 0.5 0.18; removing each frame's mean
+  costs 17.0 and per-channel standardizing 1550. So synthetic inputs can match the BatchNorm
+  statistics while their level differs from real features: the hama front end is an
+  unnormalized log-mel (real frames: mean -10, std 4, range [-23.0, 3.9]), synthetic ones stay
+  centred (mean -0.08 to -0.24 in the runs below): the input range is not a BatchNorm target.
+The fast path for the Conformer: parameters frozen, depthwise convs on FastDepthwiseConv1d
+(k 31, stride 1: covered exactly), forward stopped after the last BatchNorm input; masks are kept
+(the pad and attention masks are all-False for full-length inputs, so they cost little and are
+exact no-ops). Placeholder statistics (every BatchNorm at mean 0, variance 1 or 1 - eps: hama's
+folded identity form before `import-hama --restore-bn`) raise a `SynthStatsWarning`.
+
+Measured (restored hama Conformer from `import-hama --restore-bn`, 251 train-clean-100
+utterances; B=8, T=500 -> 250 frames after subsampling; 1 thread; shared 2-core CPU with load
+4-10 from other jobs):
+- per iteration (forward + backward), 5 iterations: straightforward 1.20-1.35 s, fast 0.47-0.62 s
+  (load ~5); 2.63 vs 1.10 s at load 9.4. Most of it is the frozen parameters (no weight
+  gradients); the depthwise swap and the early stop are within the noise here.
+  Losses of both paths agree to 3e-6 relative over 5 Adam steps.
+- 200 iterations, paper settings (lr 0.05, U[-0.3, 0.3]), batch 0, seeds 0 / 1 / 2:
+  32255.9 -> 21.03, 31661.1 -> 20.92, 32146.2 -> 20.31 (x1500; 86 / 82 / 80 after 50 iterations;
+  per layer at the end [10.7, 4.7, 3.3, 2.4] for seed 0), 0.49-1.36 s/it (load 5-10); the
+  learning rate never decayed (monotone curves). On real features the loss is 0.02-0.1.
+- the paper's step size is for normalized features (std ~1); hama's real features have std ~4.
+  Seed 0 with lr 0.2: 4.15 after 200 iterations, lr 0.5: 2.06; lr 0.05 for 600 iterations: 8.39.
+  The defaults stay the paper's (and so do the cache keys); `--lr` sets it.
+Reproduce a curve with `asrquant synth --model hama.nemo --batches 1 --seed S --threads 1`
+(batch 0 of seed S).
 """
 
 from __future__ import annotations
