@@ -259,7 +259,7 @@ class _Group:
             t = self.terms[0]
             c = t.conv
             lo, hi = self.clamp
-            env[self.out_name] = native.dw_conv_requant(env[c.input], c.Wn, t.Mv, t.Cv, t.Sv, stride=c.stride,
+            env[self.out_name] = native.dw_conv_requant(env[c.input].contiguous(), c.Wn, t.Mv, t.Cv, t.Sv, stride=c.stride,
                                                         padding=c.padding, dilation=c.dilation, zp=c.zp,
                                                         post=self.post, lo=lo, hi=hi, threads=self.threads)
         elif self.kind == "native":
@@ -293,10 +293,12 @@ def _store(y: torch.Tensor, v: Value) -> torch.Tensor:
     return (y + zp).to(torch.int8) if zp else y.to(torch.int8)
 
 
-def _mask(env: dict, lengths: str, T: int, device) -> torch.Tensor:
-    key = ("mask", lengths, T)
+def _mask(env: dict, lengths: str, T: int, ndim: int, device) -> torch.Tensor:
+    """bool [B, 1, ..., T]: True on padded frames (time is the last axis)."""
+    key = ("mask", lengths, T, ndim)
     if key not in env:
-        env[key] = (torch.arange(T, device=device).reshape(1, 1, T) >= env[lengths].reshape(-1, 1, 1))
+        env[key] = (torch.arange(T, device=device).reshape([1] * (ndim - 1) + [T])
+                    >= env[lengths].reshape([-1] + [1] * (ndim - 1)))
     return env[key]
 
 
@@ -311,7 +313,7 @@ def _k_mask_time(program, device, op):
 
     def step(env):
         t = env[x]
-        env[out] = t.masked_fill(_mask(env, lengths, t.shape[-1], dev), zp) if env["__mask__"] else t
+        env[out] = t.masked_fill(_mask(env, lengths, t.shape[-1], t.dim(), dev), zp) if env["__mask__"] else t
     return step
 
 
@@ -448,7 +450,12 @@ def find_groups(program: Program) -> tuple[dict, set]:
 
 class TorchIntegerRunner:
     """The program compiled into fused steps (module doc): ``run(q, lengths=None) -> int64 logits``
-    (NumPy on the CPU, a tensor on CUDA); ``run_with_lengths`` also returns the output lengths."""
+    (NumPy on the CPU, a tensor on CUDA); ``run_with_lengths`` also returns the output lengths.
+
+    model: a Program or an IntegerModel. depthwise: "native" (name ``torch+native-int8``: C kernels,
+    integer-only) or "float-exact" (``torch-int8+fp32exact-dw``). threads: the native kernels'
+    OpenMP threads (torch ops use torch's own setting). device: "cpu" or "cuda" (module doc).
+    allow_inexact: accepted for compatibility; no onnxruntime kernel is used any more."""
 
     def __init__(self, model, threads: int | None = None, depthwise: str = "native", device: str = "cpu",
                  allow_inexact: bool = False):
