@@ -70,3 +70,37 @@ def test_backends_agree_on_a_padded_batch():
         assert np.array_equal(np.asarray(out_len), ref_len), name
         for b, n in enumerate(ref_len.tolist()):
             assert np.array_equal(np.asarray(out)[b, :, :n], ref[b, :, :n]), (name, b)
+
+
+def test_fast_runner_on_a_conformer_program():
+    """Ops beyond the ConvASR set run in the fast runner through the torch reference kernels (and
+    its pointwise/depthwise convs fused): bit-exact on a padded batch of a 1-layer Conformer."""
+    from asrquant.program import fast
+
+    try:
+        from asrquant.models import ConformerCTC, conformer_ctc_config
+        from asrquant.quantize import quantize
+    except ImportError as e:
+        pytest.skip(f"no Conformer converter here: {e}")
+    from conftest import fill_bn_statistics
+
+    torch.manual_seed(0)
+    model = ConformerCTC(conformer_ctc_config("small", n_layers=1))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not name.startswith("preprocessor"):
+                p.copy_(torch.randn(p.shape, generator=g) / max(1, p[0].numel()) ** 0.5 if p.dim() > 1
+                        else (1.0 if name.endswith("weight") else 0.0) + 0.2 * torch.randn(p.shape, generator=g))
+    mel, lengths = torch.randn(3, 80, 96, generator=g), torch.tensor([96, 70, 41])
+    fill_bn_statistics(model.encoder, mel, lengths)
+    qmodel = quantize(model, [(mel, lengths)], 8, 8)
+    assert set(op.kind for op in qmodel.program.ops) - CONVASR_OPS  # really beyond the ConvASR set
+    q = qmodel.quantize_input(mel)
+    with torch.inference_mode():
+        ref, ref_len = qmodel.forward_int(q, lengths)
+    for mode in ("native", "float-exact"):
+        out, out_len = fast.run_fast(qmodel.program, q, lengths, depthwise=mode)
+        assert np.array_equal(out_len, ref_len.numpy())
+        for b, n in enumerate(ref_len.tolist()):
+            assert np.array_equal(out[b, :, :n], ref[b, :, :n].numpy()), (mode, b)

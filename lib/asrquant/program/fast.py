@@ -293,12 +293,21 @@ def _store(y: torch.Tensor, v: Value) -> torch.Tensor:
     return (y + zp).to(torch.int8) if zp else y.to(torch.int8)
 
 
-def _mask(env: dict, lengths: str, T: int, ndim: int, device) -> torch.Tensor:
-    """bool [B, 1, ..., T]: True on padded frames (time is the last axis)."""
-    key = ("mask", lengths, T, ndim)
+def _time_axis(x: torch.Tensor) -> int:
+    """Time is the last axis of [B, C, T] (and [B, T]); axis 2 of a 4-D image [B, C, T, F] (ops doc)."""
+    return 2 if x.dim() == 4 else x.dim() - 1
+
+
+def _mask(env: dict, lengths: str, x: torch.Tensor, device) -> torch.Tensor:
+    """bool, True on padded frames, shaped to broadcast against x (time axis per ``_time_axis``)."""
+    ax, T = _time_axis(x), x.shape[_time_axis(x)]
+    key = ("mask", lengths, T, x.dim(), ax)
     if key not in env:
-        env[key] = (torch.arange(T, device=device).reshape([1] * (ndim - 1) + [T])
-                    >= env[lengths].reshape([-1] + [1] * (ndim - 1)))
+        shape = [1] * x.dim()
+        shape[ax] = T
+        lshape = [1] * x.dim()
+        lshape[0] = -1
+        env[key] = torch.arange(T, device=device).reshape(shape) >= env[lengths].reshape(lshape)
     return env[key]
 
 
@@ -313,7 +322,7 @@ def _k_mask_time(program, device, op):
 
     def step(env):
         t = env[x]
-        env[out] = t.masked_fill(_mask(env, lengths, t.shape[-1], t.dim(), dev), zp) if env["__mask__"] else t
+        env[out] = t.masked_fill(_mask(env, lengths, t, dev), zp) if env["__mask__"] else t
     return step
 
 
