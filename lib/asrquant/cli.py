@@ -188,7 +188,7 @@ def cmd_grid(args) -> int:
     spec = GridSpec(bits=bits, calibrations=tuple(args.calibrations), seeds=tuple(args.seeds), synth=synth,
                     random_batches=args.synth_batches, random_frames=args.synth_frames, real_limit=args.real_limit,
                     observer=args.observer, weight_method=args.weight_method, bias_correction=args.bias_correction,
-                    depthwise_bits=args.depthwise_bits or 0, rounding=args.rounding)
+                    depthwise_bits=args.depthwise_bits or 0, rounding=args.rounding, simulated=args.simulated)
     df = run_grid(args.model, args.data, args.out, spec, calib_data=args.calibration_data,
                   cache_dir=args.cache_dir, limit=args.limit, progress=not args.quiet)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
@@ -284,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quantization_options(g)
     g.add_argument("--cache-dir", default=str(paths.build_dir() / "synth_cache"))
     g.add_argument("--limit", type=int, default=None, help="evaluate on the first N utterances only")
+    g.add_argument("--simulated", action="store_true",
+                   help="Conformer: also evaluate each setting with float non-linearities (fake quantization) to "
+                        "separate the cost of the integer approximations from that of quantization")
     g.add_argument("--quiet", action="store_true")
     g.set_defaults(func=cmd_grid)
 

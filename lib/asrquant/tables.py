@@ -18,11 +18,11 @@ from tqdm.auto import tqdm
 from .models.checkpoint import atomic_write_bytes
 
 KEY = ["model", "w_bits", "a_bits", "calibration", "seed", "observer", "weight_method", "bias_correction",
-       "depthwise_bits", "rounding"]
+       "depthwise_bits", "rounding", "nonlinear"]
 # columns added after the first grids ran: rows written before them used these settings
 # (depthwise_bits 0: the same width as every other weight)
 _DEFAULTS = {"observer": "minmax", "weight_method": "minmax", "bias_correction": False, "depthwise_bits": 0,
-             "rounding": "nearest"}
+             "rounding": "nearest", "nonlinear": "integer"}
 
 
 @dataclass
@@ -39,6 +39,7 @@ class GridSpec:
     bias_correction: bool = False     # correct biases for weight rounding (calibration.collect(means=True))
     depthwise_bits: int = 0           # depthwise weight width (0: the same as the other weights)
     rounding: str = "nearest"         # weight rounding: nearest, or gptq (output-aware, quant/gptq.py)
+    simulated: bool = False           # Conformer: also rows with float non-linearities (simulate.py)
 
 
 def _load(csv: Path) -> pd.DataFrame:
@@ -118,10 +119,12 @@ def run_grid(model_path, eval_data, csv, spec: GridSpec, calib_data=None, cache_
     settings = dict(observer=spec.observer, weight_method=spec.weight_method,
                     bias_correction=bool(spec.bias_correction), depthwise_bits=int(spec.depthwise_bits or 0),
                     rounding=spec.rounding)
+    kinds = ("integer", "float") if (spec.simulated and is_conformer(model)) else ("integer",)
     jobs = [(c, s) for c in spec.calibrations for s in (spec.seeds if c != "real" else spec.seeds[:1])]
     for calibration, seed in tqdm(jobs, desc="grid", disable=not progress):
-        keys = {(w, a): dict(model=name, w_bits=w, a_bits=a, calibration=calibration, seed=seed, **settings)
-                for w, a in spec.bits}
+        keys = {(w, a, nl): dict(model=name, w_bits=w, a_bits=a, calibration=calibration, seed=seed, **settings,
+                                 nonlinear=nl)
+                for w, a in spec.bits for nl in kinds}
         todo = [wa for wa, key in keys.items() if not _done(df, key)]
         if not todo:
             continue
@@ -129,23 +132,26 @@ def run_grid(model_path, eval_data, csv, spec: GridSpec, calib_data=None, cache_
         batches = calibration_batches(model, model_path, calibration, seed, spec, calib_data, cache_dir)
         if is_conformer(model):
             from .convert_conformer import calibrate_conformer, convert_conformer
+            from .simulate import SimulatedConformer
 
             observers = calibrate_conformer(model, batches, spec.observer)
 
-            def convert_at(w, a, info):
+            def convert_at(w, a, info, nonlinear="integer"):
+                if nonlinear == "float":   # the ablation: same rounding points, float non-linearities
+                    return SimulatedConformer(model, observers, w, a)
                 return convert_conformer(model, observers, w, a, spec.weight_method, info)
         else:
             stats = collect(model, batches, means=bool(spec.bias_correction), hessians=spec.rounding == "gptq",
                             observer=spec.observer)
 
-            def convert_at(w, a, info):
+            def convert_at(w, a, info, nonlinear="integer"):
                 return convert(model, stats.observers, w, a, spec.weight_method, info, input_means=stats.input_means,
                                depthwise_bits=spec.depthwise_bits or None, hessians=stats.hessians)
         calib_seconds = time.perf_counter() - start
-        for w, a in todo:
-            qmodel = convert_at(w, a, {"calibration": calibration, "seed": seed})
+        for w, a, nl in todo:
+            qmodel = convert_at(w, a, {"calibration": calibration, "seed": seed}, nl)
             summary = evaluate(qmodel, utts, progress=False)
-            df = _append(csv, df, _row(keys[(w, a)], summary, model, w, a, {"calib_seconds": round(calib_seconds, 1)},
+            df = _append(csv, df, _row(keys[(w, a, nl)], summary, model, w, a, {"calib_seconds": round(calib_seconds, 1)},
                                        spec.depthwise_bits or None))
     return df
 
