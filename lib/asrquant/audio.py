@@ -335,6 +335,11 @@ class ConvStftFrontend(torch.nn.Module):
         return frames.clamp(max=self.max_frames) if self.max_frames else frames
 
     @torch.no_grad()
+    def num_frames(self, n_samples: int) -> int:
+        """Frames for an input of n_samples (N // hop + 1, at most max_frames)."""
+        t = int(n_samples) // self.hop_length + 1
+        return min(t, self.max_frames) if self.max_frames else t
+
     def forward(self, audio: torch.Tensor, lengths: torch.Tensor):
         """audio [B, N], lengths [B] samples -> (log-mel [B, features, T] float32, frames [B] int64)."""
         if audio.dim() != 2:

@@ -154,6 +154,11 @@ def input_frames(model, seconds: float = 10.0, sample_rate: int = 16000, pad_to:
     n = int(round(seconds * sample_rate))
     if fz.sample_rate != sample_rate:
         raise ValueError(f"model front end runs at {fz.sample_rate} Hz, not {sample_rate}")
+    if hasattr(fz, "num_frames"):      # a front end that says it (hama's ConvStftFrontend)
+        t = fz.num_frames(n)
+        if pad_to and t % pad_to:
+            t += pad_to - t % pad_to
+        return t
     legacy = fz.legacy if legacy is None else legacy
     if legacy:
         t = -(-n // fz.hop_length)
