@@ -497,17 +497,22 @@ class IntEmitter:
         return self._softmax_pv(p, scores, s, v, heads, dk, lengths)
 
     def _softmax_pv(self, p, scores, s_scores, v: _Act, heads, dk, lengths) -> _Act:
-        sm = prepare_softmax(s_scores / math.sqrt(dk), out_bits=self.ab)
+        pb = getattr(self, "prob_bits", None) or self.ab   # probabilities: pb bits unsigned, scale 2^-pb
+        sm = prepare_softmax(s_scores / math.sqrt(dk), out_bits=pb)
         probs = self.g.add("softmax", [scores, lengths], f"{p}.probs",
-                           Value(dtype_name(storage_dtype(self.ab, False)), "act", self.ab, False, sm.out_scale),
-                           f"{p}.softmax", {"exp": nlp.exp_attrs(sm.exp), "out_bits": self.ab,
+                           Value(dtype_name(storage_dtype(pb, False)), "act", pb, False, sm.out_scale),
+                           f"{p}.softmax", {"exp": nlp.exp_attrs(sm.exp), "out_bits": pb,
                                             "recip_bits": sm.recip_bits}, {},
                            {"in_scale": s_scores / math.sqrt(dk), "out_scale": sm.out_scale})
         s_ctx = sm.out_scale * v.scale
-        ctx = self.g.add("matmul_pv", [probs, v.name], f"{p}.context.acc", Value("int32", "acc", scale=s_ctx),
-                         f"{p}.matmul_pv", {"heads": heads, "acc_dtype": "int32"}, {},
-                         {"scale": s_ctx, "bound": "128 * (2^8 + T) per output (T < 2^22 frames)"})
-        bound = v.absmax * ((1 << self.ab) + (1 << 22))
+        # |ctx| <= max|v| (2^pb + T): the probabilities of a row sum to 2^pb up to rounding. The
+        # kernel's own check (T max|p| max|v|) is looser: 8-bit probabilities keep int32 for T < 2^16
+        # frames, wider ones take int64.
+        acc = "int32" if pb <= 8 else "int64"
+        ctx = self.g.add("matmul_pv", [probs, v.name], f"{p}.context.acc", Value(acc, "acc", scale=s_ctx),
+                         f"{p}.matmul_pv", {"heads": heads, "acc_dtype": acc}, {},
+                         {"scale": s_ctx, "bound": f"128 * (2^{pb} + T) per output (T < 2^22 frames)"})
+        bound = v.absmax * ((1 << pb) + (1 << 22))
         return self.requantize(f"{p}.context", _Acc(ctx, s_ctx, bound))
 
     def logits(self, x: _Act, dec, lengths):
@@ -521,21 +526,27 @@ class IntEmitter:
 
 
 def convert_conformer(model, observers: dict, weight_bits: int = 8, act_bits: int = 8, weight_method: str = "minmax",
-                      info: dict | None = None, residual_bits: int | None = None, pos_emb_max_len: int | None = None):
+                      info: dict | None = None, residual_bits: int | None = None, pos_emb_max_len: int | None = None,
+                      prob_bits: int | None = None):
     """Integer program of a calibrated ConformerCTC (``calibrate_conformer``), as an IntegerModel.
 
     pos_emb_max_len (rel_pos only): the longest encoder input (frames after subsampling) the
     program accepts; its relative-position table covers L-1 .. -(L-1). Default: the encoder
-    config's pos_emb_max_len (NeMo: 5000, i.e. 200 s at 40 ms per frame)."""
+    config's pos_emb_max_len (NeMo: 5000, i.e. 200 s at 40 ms per frame).
+    prob_bits: width of the attention probabilities (unsigned, scale 2^-prob_bits; default
+    act_bits). With 8 bits a probability below 2^-9 rounds to 0, which long utterances (hundreds
+    of frames after subsampling, flat attention) feel; 16 keeps them (matmul_pv then in int64)."""
     from .convert import IntegerModel
 
     em = IntEmitter(observers, weight_bits, act_bits, residual_bits, weight_method)
     em.pos_max_len = int(pos_emb_max_len or model.config.get("encoder", {}).get("pos_emb_max_len") or 5000)
+    em.prob_bits = prob_bits
     em.head_dim = model.encoder.d_model // model.encoder.layers[0].self_attn.h if len(model.encoder.layers) else 1
     walk(model, em, em.input, "input_lengths")
     program = em.g.program(("logits", "logits_lengths"), {"input_scale": em.input.scale, "input_bits": act_bits,
                                                           "logit_scale": em.logit_scale})
     qinfo = {"weight_bits": weight_bits, "act_bits": act_bits, "residual_bits": em.rb, "weight_method": weight_method,
+             "prob_bits": prob_bits or act_bits,
              "observer": type(observers["input"]).__name__, "bias_correction": False,
              "depthwise_bits": weight_bits, "rounding": "nearest", "architecture": "conformer"}
     qinfo.update(info or {})

@@ -42,6 +42,84 @@ def _matmul_pv(op, p, v):
     return out.reshape(B, d, -1)
 
 
+def _mask_time(op, x, lengths):
+    if np.ndim(x) != 4:
+        return ref.mask_time_ref(x, lengths)
+    y = np.asarray(x).astype(np.int64).copy()
+    for b, n in enumerate(np.asarray(lengths).reshape(-1)):
+        y[b, :, int(n):, :] = 0
+    return y
+
+
+def _to_image(op, x):
+    x = np.asarray(x, dtype=np.int64)
+    B, F, T = x.shape
+    y = np.zeros((B, 1, T, F), dtype=np.int64)
+    for f in range(F):
+        y[:, 0, :, f] = x[:, f, :]
+    return y
+
+
+def _flatten_freq(op, x):
+    x = np.asarray(x, dtype=np.int64)
+    B, C, T, F = x.shape
+    y = np.zeros((B, C * F, T), dtype=np.int64)
+    for c in range(C):
+        for f in range(F):
+            y[:, c * F + f, :] = x[:, c, :, f]
+    return y
+
+
+def _conv2d(op, x):
+    """acc[b, o, t, f] = bias[o] + sum_{c, i, j} w[o, c, i, j] xpad[b, g Cin_g + c, t sT + i, f sF + j]:
+    a loop over groups and the kT x kF taps, int64 throughout."""
+    a = op.attrs
+    w = _np(op.params["weight"])
+    bias = _np(op.params.get("bias"))
+    x = np.asarray(x, dtype=np.int64)
+    B, Cin, T, F = x.shape
+    Cout, cin_g, kT, kF = w.shape
+    groups = a["groups"]
+    (sT, sF), (pT, pF) = a["stride"], a["padding"]
+    cout_g = Cout // groups
+    bound = int(np.abs(w).reshape(Cout, -1).sum(axis=1).max()) * int(np.abs(x).max(initial=0))
+    assert bound + (int(np.abs(bias).max()) if bias is not None else 0) < 2 ** 63, "reference conv2d would overflow"
+    xp = np.zeros((B, Cin, T + 2 * pT, F + 2 * pF), dtype=np.int64)
+    xp[:, :, pT:pT + T, pF:pF + F] = x
+    t_out, f_out = (T + 2 * pT - kT) // sT + 1, (F + 2 * pF - kF) // sF + 1
+    out = np.zeros((B, Cout, t_out, f_out), dtype=np.int64)
+    for g in range(groups):
+        xg = xp[:, g * cin_g:(g + 1) * cin_g]
+        wg = w[g * cout_g:(g + 1) * cout_g]
+        for i in range(kT):
+            for j in range(kF):
+                xs = xg[:, :, i:i + sT * (t_out - 1) + 1:sT, j:j + sF * (f_out - 1) + 1:sF]   # [B, cin_g, t, f]
+                out[:, g * cout_g:(g + 1) * cout_g] += np.einsum("oc,bctf->botf", wg[:, :, i, j], xs)
+    if bias is not None:
+        out += bias.reshape(1, Cout, 1, 1)
+    return out
+
+
+def _matmul_pos(op, q):
+    """s[b, h, i, j] = sum_c q[b, h d_k + c, i] pos[h d_k + c, (L-1) - i + j], one query row at a time."""
+    h, L = op.attrs["heads"], op.attrs["max_len"]
+    pos = _np(op.params["pos"])
+    q = np.asarray(q, dtype=np.int64)
+    B, d, T = q.shape
+    if T > L:
+        raise ValueError(f"matmul_pos: {T} frames exceed max_len {L} (the converter's pos_emb_max_len)")
+    dk = d // h
+    out = np.zeros((B, h, T, T), dtype=np.int64)
+    for b in range(B):
+        for head in range(h):
+            qh = q[b, head * dk:(head + 1) * dk]                   # [d_k, T]
+            ph = pos[head * dk:(head + 1) * dk]                    # [d_k, 2L-1]
+            for i in range(T):
+                cols = ph[:, (L - 1) - i:(L - 1) - i + T]           # distances i - j for j = 0..T-1
+                out[b, head, i] = nref.matmul_ref(qh[:, i][None, :], cols)[0]
+    return out
+
+
 def _np(t):
     return None if t is None else t.numpy().astype(np.int64)
 
@@ -60,7 +138,7 @@ def _conv1d(op, x):
 class NumpyReference(Backend):
     name = "numpy-reference"
     kernels = {
-        "mask_time": lambda op, x, lengths: ref.mask_time_ref(x, lengths),
+        "mask_time": _mask_time,
         "frames": _frames,
         "conv1d": _conv1d,
         "requantize": lambda op, acc: ref.requantize_ref(acc, _np(op.params["M"]), _np(op.params["shift"]),
@@ -75,6 +153,10 @@ class NumpyReference(Backend):
         "gelu": lambda op, x: gelu_ref(x, nlp.gelu_params(op)),
         "matmul_qk": _matmul_qk,
         "matmul_pv": _matmul_pv,
+        "to_image": _to_image,
+        "conv2d": _conv2d,
+        "flatten_freq": _flatten_freq,
+        "matmul_pos": _matmul_pos,
     }
 
     def run(self, program: Program, x, lengths):

@@ -10,13 +10,16 @@ Values
 Every tensor has a name and a ``Value`` record: its storage dtype, its role (``act``: an
 activation whose integers lie in ``qrange(bits, signed)``; ``acc``: an accumulator or a
 rescaled sum, int32/int64; ``lengths``: int64 [B] valid frames), and, as metadata only, the real
-scale (real value = integer * scale). Activations and accumulators are [B, C, T] with time last.
+scale (real value = integer * scale). Activations and accumulators are [B, C, T] with time last
+(NeMo's Conv2d subsampling: images [B, C, T, F], time axis 2).
 The program has two inputs (``input`` int8 [B, F, T] and ``input_lengths``) and two outputs
 (``logits`` int64 [B, classes, T'] and ``logits_lengths``).
 
 Exact semantics (all integer; ``>>`` is an arithmetic shift = floor division by 2^s)
 ------------------------------------------------------------------------------------
-mask_time(x, lengths) -> y      y[b, :, t] = x[b, :, t] if t < lengths[b] else 0      (same dtype)
+mask_time(x, lengths) -> y      y[b, :, t] = x[b, :, t] if t < lengths[b] else 0      (same dtype);
+                                for a 4-D image x [B, C, T, F] the time axis is 2:
+                                y[b, :, t, :] = x[b, :, t, :] if t < lengths[b] else 0
 frames(lengths) -> lengths'     attrs kernel K, stride s, padding p, dilation d:
                                 lengths' = (lengths + 2p - d(K-1) - 1) // s + 1   (int64, floor)
 conv1d(x) -> acc                params weight int8 [Cout, Cin/g, K], bias int32/int64 [Cout] or
@@ -30,9 +33,22 @@ requantize(acc) -> y            params M, shift int64 [Cout] (or [1]); attrs bit
                                 computed in int64 (round half up), stored as storage_dtype(bits,
                                 signed): int8 signed, int16 for unsigned 8 bit (ReLU = the clamp
                                 at 0).
+                                M and shift broadcast along axis 1 (channels) whatever the rank
+                                (also for rescale): [B, C, T] and images [B, C, T, F] alike.
 rescale(acc) -> v               params M, shift: v = (acc * M + 2^(shift-1)) >> shift, int64, no clamp.
 add(a, b) -> c                  c = a + b in int64 (operands are int64 rescaled terms).
 clamp(v) -> y                   attrs bits, signed: y = clamp(v, qrange(bits, signed)), storage dtype.
+
+NeMo's Conv2d subsampling (``striding`` / ``dw_striding``): the mel is an image, time = axis 2:
+to_image(x) -> y                x [B, F, T] -> y [B, 1, T, F], y[b, 0, t, f] = x[b, f, t]   (same dtype)
+conv2d(x) -> acc                x [B, Cin, T, F]; params weight int8 [Cout, Cin/g, kT, kF], bias
+                                int32/int64 [Cout] or none; attrs stride [sT, sF], padding [pT, pF],
+                                groups, acc_dtype: acc[b, o, t, f] = bias[o] + sum_{c, i, j}
+                                w[o, c, i, j] xpad[b, g(o) Cin/g + c, t sT + i, f sF + j], xpad = x
+                                zero-padded by pT frames and pF bins on each side. Exact: |acc| <=
+                                meta ``bound`` (sum |w| * max|x| + |bias|, proven at conversion).
+flatten_freq(x) -> y            x [B, C, T, F] -> y [B, C F, T], y[b, c F + f, t] = x[b, c, t, f]
+                                (NeMo's (channel, freq) order per frame, the ``out`` Linear's input).
 
 The Conformer's ops (constants prepared at conversion: ``intops.nonlinear`` / ``intops.gelu``
 give the exact integer formulas, every bound proven there):
@@ -40,7 +56,8 @@ layernorm(x) -> y               over the channel axis 1: integer mean as the row
                                 dynamic shifts, exact integer square root (Newton), normalized with
                                 ``norm_bits`` fraction bits, gamma_q/beta_q multiply-add, dyadic
                                 (M, shift) to ``out_bits`` signed.
-softmax(s, lengths) -> p        over the last axis of s [B, H, T, T]; (query i, key j) is masked
+softmax(s, lengths) -> p        over the last axis of s [B, H, T, T] (any integer dtype, int64
+                                included, |s| < 2^62); (query i, key j) is masked
                                 when i or j >= lengths[b]: masked scores take the integer minimum
                                 and give probability exactly 0 (padded query rows are all 0);
                                 i-exp, 2^K // sum reciprocal, ``out_bits`` unsigned, scale 2^-out_bits.
@@ -51,6 +68,13 @@ gelu(x) -> y                    I-BERT's i-GELU: q (q_one + sign(q) (q_one - t^2
 matmul_qk(q, k) -> s            s[b, h, i, j] = sum_{c < d_k} q[b, h d_k + c, i] k[b, h d_k + c, j]
                                 (q, k [B, H d_k, T]; s in acc_dtype).
 matmul_pv(p, v) -> y            y[b, h d_k + c, i] = sum_j p[b, h, i, j] v[b, h d_k + c, j].
+matmul_pos(q) -> s              relative-position scores (Transformer-XL / NeMo rel_pos, rel_shift
+                                included): q [B, H d_k, T]; param pos int8 [H d_k, 2L - 1], column m
+                                = linear_pos(sinusoid(position L-1-m)) quantized per tensor, i.e.
+                                positions L-1, ..., -(L-1) (L = attr max_len); attrs heads, max_len,
+                                acc_dtype: s[b, h, i, j] = sum_{c < d_k} q[b, h d_k + c, i]
+                                pos[h d_k + c, (L-1) - i + j], the score for distance i - j
+                                (ValueError naming max_len when T > L).
 
 Every op also carries ``meta`` (real scales, bounds, the float layer it came from) that no
 backend may use for arithmetic.
@@ -95,6 +119,12 @@ OPS: dict[str, OpSpec] = {
     "gelu": OpSpec(1, 1, attrs=("q_b", "q_one")),
     "matmul_qk": OpSpec(2, 1, attrs=("heads", "acc_dtype")),
     "matmul_pv": OpSpec(2, 1, attrs=("heads", "acc_dtype")),
+    # NeMo's Conformer: Conv2d subsampling and relative-position attention
+    "to_image": OpSpec(1, 1),
+    "conv2d": OpSpec(1, 1, attrs=("stride", "padding", "groups", "acc_dtype"), params=("weight",),
+                     optional_params=("bias",)),
+    "flatten_freq": OpSpec(1, 1),
+    "matmul_pos": OpSpec(1, 1, attrs=("heads", "max_len", "acc_dtype"), params=("pos",)),
 }
 
 _DTYPES = {"int8": torch.int8, "int16": torch.int16, "int32": torch.int32, "int64": torch.int64}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..intops.conv import int_conv1d, mask_time
+from ..intops.conv2d import int_conv2d
 from ..intops.gelu import int_gelu
 from ..intops.nonlinear import int_glu, int_layernorm, int_matmul, int_softmax, int_swish
 from . import nonlinear_params as nlp
@@ -56,6 +57,45 @@ def _conv1d(op, x):
                       dilation=a["dilation"], groups=a["groups"], acc_dtype=torch_dtype(a["acc_dtype"]))
 
 
+def _mask_time(op, x, lengths):
+    """[B, C, T] as ``intops.conv.mask_time``; a 4-D image [B, C, T, F]: time is axis 2."""
+    if x.dim() != 4:
+        return mask_time(x, lengths)
+    keep = torch.arange(x.shape[2], device=x.device)[None, :] < lengths.to(torch.int64).reshape(-1, 1)
+    return x.masked_fill(~keep[:, None, :, None], 0)
+
+
+def _conv2d(op, x):
+    a = op.attrs
+    return int_conv2d(x, op.params["weight"], op.params.get("bias"), stride=a["stride"], padding=a["padding"],
+                      groups=a["groups"], acc_dtype=torch_dtype(a["acc_dtype"]))
+
+
+def _flatten_freq(op, x):
+    b, c, t, f = x.shape
+    return x.permute(0, 1, 3, 2).reshape(b, c * f, t)
+
+
+def _rel_shift(x: torch.Tensor) -> torch.Tensor:
+    """[B, H, T, 2T-1] -> [B, H, T, T], out[..., i, j] = x[..., i, (T-1) - i + j] (Transformer-XL's
+    pad-and-reshape trick, pure data movement)."""
+    b, h, t, p = x.shape
+    x = torch.nn.functional.pad(x, (1, 0)).view(b, h, p + 1, t)
+    return x[:, :, 1:].reshape(b, h, t, p)[:, :, :, :t]
+
+
+def _matmul_pos(op, q):
+    h, L = op.attrs["heads"], op.attrs["max_len"]
+    acc = torch_dtype(op.attrs["acc_dtype"])
+    t = q.shape[-1]
+    if t > L:
+        raise ValueError(f"matmul_pos: {t} frames exceed max_len {L} (the converter's pos_emb_max_len); "
+                         f"convert again with a larger pos_emb_max_len")
+    pos = op.params["pos"][:, L - t: L + t - 1]                       # positions t-1 ... -(t-1)
+    bd = int_matmul(_heads(q, h).transpose(-1, -2), _heads(pos[None], h), acc)   # [B, H, T, 2T-1]
+    return _rel_shift(bd)
+
+
 def _clamp(op, v):
     lo, hi = qrange(op.attrs["bits"], op.attrs["signed"])
     return torch.clamp(v, lo, hi).to(storage_dtype(op.attrs["bits"], op.attrs["signed"]))
@@ -64,7 +104,7 @@ def _clamp(op, v):
 class TorchReference(Backend):
     name = "torch-reference"
     kernels = {
-        "mask_time": lambda op, x, lengths: mask_time(x, lengths),
+        "mask_time": _mask_time,
         "frames": _frames,
         "conv1d": _conv1d,
         "requantize": lambda op, acc: requantize(acc, op.params["M"], op.params["shift"], op.attrs["bits"],
@@ -79,6 +119,10 @@ class TorchReference(Backend):
         "gelu": lambda op, x: int_gelu(x, nlp.gelu_params(op)),
         "matmul_qk": _matmul_qk,
         "matmul_pv": _matmul_pv,
+        "to_image": lambda op, x: x.transpose(1, 2).unsqueeze(1),
+        "conv2d": _conv2d,
+        "flatten_freq": _flatten_freq,
+        "matmul_pos": _matmul_pos,
     }
 
     def run(self, program: Program, x: torch.Tensor, lengths: torch.Tensor):
