@@ -56,7 +56,7 @@ def _rand(rng, dtype, shape, lo=None, hi=None):
 # ----------------------------------------------------------------------------- coverage
 
 def test_every_conformer_nonlinear_op_kind_has_a_lowering():
-    kinds = {"layernorm", "softmax", "swish", "glu", "gelu", "matmul_qk", "matmul_pv"}
+    kinds = {"layernorm", "softmax", "swish", "glu", "gelu", "matmul_qk", "matmul_pv", "matmul_pos"}
     assert kinds <= set(OPS) and set(on.LOWERINGS) == kinds
 
 
@@ -353,6 +353,42 @@ def test_matmul_dynamic_shapes():
         q, k = _rand(rng, np.int8, (B, 32, T)), _rand(rng, np.int8, (B, 32, T))
         out = sess.run(None, {"in0": q, "in1": k})[0]
         np.testing.assert_array_equal(out, KERNELS["matmul_qk"](op, torch.from_numpy(q), torch.from_numpy(k)).numpy())
+
+
+def _pos_op(heads, dk, L, acc, seed=0, extreme=None):
+    rng = _rng(seed)
+    pos = _rand(rng, np.int8, (heads * dk, 2 * L - 1)) if extreme is None else np.full((heads * dk, 2 * L - 1), extreme,
+                                                                                         np.int8)
+    return Op("matmul_pos", ["q"], ["s"], {"heads": heads, "max_len": L, "acc_dtype": acc},
+              {"pos": torch.from_numpy(pos)})
+
+
+@pytest.mark.parametrize("heads", [1, 2, 4])
+@pytest.mark.parametrize("acc", ["int32", "int64"])
+def test_matmul_pos(heads, acc):
+    """Relative-position scores with rel_shift, T < L and T = L (every table column used)."""
+    rng = _rng(heads + 20)
+    B, dk, L = 2, 8, 9
+    op = _pos_op(heads, dk, L, acc, seed=heads)
+    for T in (1, 2, 5, L):
+        _check(op, _rand(rng, np.int8, (B, heads * dk, T)))
+    ext = _pos_op(heads, dk, L, acc, extreme=-128)
+    _check(ext, np.full((B, heads * dk, L), -128, np.int8))   # the largest |sum|: d_k 2^14
+
+
+def test_matmul_pos_dynamic_shapes_and_too_long():
+    """One graph for every T <= L; T > L (the torch kernel's ValueError) fails at run time."""
+    op = _pos_op(2, 4, 6, "int32", seed=3)
+    model = on.build_single_op_model(op, [("int8", ["B", 8, "T"])])
+    assert integer_only_report(model)["ok"]
+    sess = make_session(model, threads=1)
+    rng = _rng(4)
+    for B, T in ((1, 1), (3, 4), (2, 6)):
+        q = _rand(rng, np.int8, (B, 8, T))
+        out = sess.run(None, {"in0": q})[0]
+        np.testing.assert_array_equal(out, KERNELS["matmul_pos"](op, torch.from_numpy(q)).numpy())
+    with pytest.raises(Exception):
+        sess.run(None, {"in0": _rand(rng, np.int8, (1, 8, 7))})
 
 
 # ----------------------------------------------------------------------------- output dtypes

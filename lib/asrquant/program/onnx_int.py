@@ -141,9 +141,9 @@ def save_model(model, path) -> Path:
 
 # --------------------------------------------------------------------------- shared lowering pieces
 
-def col(v) -> np.ndarray:
-    """Per-channel int64 constant shaped [1, C, 1] (C = 1 broadcasts)."""
-    return np.asarray([int(x) for x in v], dtype=np.int64).reshape(1, -1, 1)
+def col(v, rank: int = 3) -> np.ndarray:
+    """Per-channel int64 constant shaped [1, C, 1] (rank 4: [1, C, 1, 1]; C = 1 broadcasts)."""
+    return np.asarray([int(x) for x in v], dtype=np.int64).reshape((1, -1) + (1,) * (rank - 2))
 
 
 def ints(t) -> list[int]:
@@ -180,17 +180,26 @@ class Lengths:
 
     def __init__(self, g: Graph):
         self.g = g
-        self._masks: dict[str, str] = {}
+        self._masks: dict = {}
 
-    def mask(self, x: str, lengths: str) -> str:
-        """bool [B, 1, T]: t < lengths[b], T = the time dimension of x."""
+    def mask(self, x: str, lengths: str, rank: int = 3) -> str:
+        """bool [B, 1, T] (rank 4, images [B, C, T, F]: [B, 1, T, 1]): t < lengths[b], T = the
+        time dimension (axis 2) of x."""
         if lengths not in self._masks:
             g = self.g
             T = g.op("Squeeze", [g.op("Shape", [x], "shape", start=2, end=3)], "T")
             r = g.op("Range", [g.const(0, np.int64, "zero"), T, g.const(1, np.int64, "one")], "t")
             lb = g.op("Unsqueeze", [lengths, g.const([1, 2], np.int64, "axes")], "len")
             self._masks[lengths] = g.op("Less", [r, lb], "mask")
-        return self._masks[lengths]
+        if rank == 3:
+            return self._masks[lengths]
+        if rank != 4:
+            raise NotImplementedError(f"time masks of rank {rank}")
+        if (lengths, 4) not in self._masks:
+            g = self.g
+            self._masks[(lengths, 4)] = g.op("Unsqueeze", [self._masks[lengths], g.const([3], np.int64, "axes")],
+                                             "mask4")
+        return self._masks[(lengths, 4)]
 
     def frames(self, lengths: str, attrs: dict) -> str:
         """(lengths + 2p - d(K-1) - 1) // s + 1, exact floor for lengths >= 0."""
@@ -210,37 +219,76 @@ class Lengths:
 
 @dataclass
 class _Act:
-    """An activation stored as int8 s = y + zero_point."""
+    """An activation stored as s = y + zero_point: int8 for at most 8 bits (zero point 0 signed,
+    -128 unsigned), wider signed activations (residual_bits 16) as int16/int32 with zero point 0."""
 
     name: str
     signed: bool
     bits: int
+    rank: int = 3
 
     @property
     def zero_point(self) -> int:
         return 0 if self.signed else -128
 
+    @property
+    def dtype(self) -> str:
+        return _act_dtype(self.bits, self.signed)
+
+    @property
+    def absmax(self) -> int:
+        """max |y| over qrange(bits, signed)."""
+        return (1 << (self.bits - 1)) if self.signed else (1 << self.bits) - 1
+
+
+def _act_dtype(bits: int, signed: bool) -> str:
+    if bits <= 8:
+        return "int8"
+    if not signed:
+        raise NotImplementedError("integer ONNX lowering stores unsigned activations of at most 8 bits")
+    return "int16" if bits <= 16 else "int32" if bits <= 32 else "int64"
+
+
+_DTYPE_BOUND = {"int8": 1 << 7, "int16": 1 << 15, "int32": 1 << 31, "int64": None}
+
 
 @dataclass
 class _Acc:
-    """An accumulator: true value = stored + const (per channel), |stored| <= bound (per channel)."""
+    """An accumulator: true value = stored + const (per channel), |stored| <= bound (per channel).
+    bound None: not known statically (a matmul over a dynamic number of frames, a wide sum of
+    such); the program's conversion proved the range (the reference computes in the same dtypes),
+    and requantize/rescale take the bound-free floor form (``_Lowering.scaled``)."""
 
     name: str
-    dtype: str          # "int32" | "int64"
+    dtype: str          # "int8" | "int16" | "int32" | "int64"
     const: list
-    bound: list
+    bound: list | None
+    rank: int = 3
 
 
-def _floor_div(g: Graph, n: str, shifts: list[int], floor: str) -> str:
+def _floor_div(g: Graph, n: str, shifts: list[int], floor: str, rank: int = 3) -> str:
     """Div(n, 2^s) for n >= 0 (any value <= 0 for n < 0, where the caller clamps)."""
     if floor == "div":
-        return g.op("Div", [n, g.const(col([1 << s for s in shifts]), np.int64, "d")], "q")
+        return g.op("Div", [n, g.const(col([1 << s for s in shifts], rank), np.int64, "d")], "q")
     if floor == "shift":
         pos = g.op("Max", [n, g.const(0, np.int64, "zero")], "pos")
         u = g.op("Cast", [pos], "u", to=g.TP.UINT64)
-        sh = g.op("BitShift", [u, g.const(col(shifts).astype(np.uint64), np.uint64, "s")], "sh", direction="RIGHT")
+        sh = g.op("BitShift", [u, g.const(col(shifts, rank).astype(np.uint64), np.uint64, "s")], "sh",
+                  direction="RIGHT")
         return g.op("Cast", [sh], "q", to=g.TP.INT64)
     raise ValueError(f"floor must be 'div' or 'shift', not {floor!r}")
+
+
+def _floor_div_signed(g: Graph, n: str, d: str) -> str:
+    """floor(n / d) for int64 n of either sign and d > 0: q = Div(n, d) - [Div(n, d) d > n]
+    (truncation is the floor for n >= 0; for n < 0 it is the ceiling, one above the floor unless
+    d divides n)."""
+    q = g.op("Div", [n, d], "trunc")
+    over = g.op("Greater", [g.op("Mul", [q, d], "qd"), n], "over")
+    return g.op("Sub", [q, g.op("Cast", [over], "over64", to=g.TP.INT64)], "floor")
+
+
+_NP = {"int8": np.int8, "int16": np.int16, "int32": np.int32, "int64": np.int64}
 
 
 class _Lowering:
@@ -251,13 +299,14 @@ class _Lowering:
         self.g = Graph()
         self.lengths = Lengths(self.g)
         self.skip_masks = redundant_masks(program)
+        self._keep: dict[str, str] = {}     # lengths -> attention_keep mask (softmax)
 
     # --- helpers
     def as_acc(self, v) -> _Acc:
         if isinstance(v, _Acc):
             return v
         if isinstance(v, _Act):
-            return _Acc(v.name, "int8", [-v.zero_point], [128])
+            return _Acc(v.name, v.dtype, [-v.zero_point], [_DTYPE_BOUND[v.dtype]], v.rank)
         raise TypeError(f"expected a tensor value, got {v!r}")
 
     def int64(self, a: _Acc) -> str:
@@ -267,16 +316,38 @@ class _Lowering:
         """The true value as an int64 tensor."""
         x = self.int64(a)
         if any(a.const):
-            x = self.g.op("Add", [x, self.g.const(col(a.const), np.int64, "k")], "true")
+            x = self.g.op("Add", [x, self.g.const(col(a.const, a.rank), np.int64, "k")], "true")
         return x
 
-    def result_bound(self, a: _Acc, M, S) -> list[int]:
-        """R per channel with |floor(v / 2^s)| < R for every reachable v = (a + K)*M + 2^(s-1)."""
+    def true_value(self, v) -> str:
+        """A tensor (any integer dtype) holding v's true integers: the stored tensor itself where
+        the zero point / constant is 0 (the Conformer's signed int8 activations, the nonlinear
+        ops' products), else the int64 sum."""
+        if isinstance(v, _Act) and v.zero_point == 0:
+            return v.name
+        a = self.as_acc(v)
+        return a.name if not any(a.const) else self.materialize(a)
+
+    @staticmethod
+    def absmax(v) -> int | None:
+        """A static bound on |true value| (None: unknown)."""
+        if isinstance(v, _Act):
+            return v.absmax
+        if v.bound is None:
+            return None
+        return max(b + abs(k) for b, k in zip(*broadcast(v.bound, v.const)))
+
+    def result_bound(self, a: _Acc, M, S) -> list[int] | None:
+        """R per channel with |floor(v / 2^s)| < R for every reachable v = (a + K)*M + 2^(s-1)
+        (None when a's bound is unknown)."""
+        if a.bound is None:
+            return None
         bd, K, M, S = broadcast(a.bound, a.const, M, S)
         return [((b + abs(k)) * m + ((1 << s) >> 1)) // (1 << s) + 1 for b, k, m, s in zip(bd, K, M, S)]
 
     def scaled(self, a: _Acc, M, S, L) -> str:
-        """Div(a*M + c, 2^s) with c = K*M + 2^(s-1) - L*2^s (module doc), int64."""
+        """Div(a*M + c, 2^s) with c = K*M + 2^(s-1) - L*2^s (module doc), int64. OverflowError
+        (before any node is added) when a constant could overflow int64."""
         bd, K, M, S, L = broadcast(a.bound, a.const, M, S, L)
         if min(S) < 0 or min(M) < 0:
             raise ValueError("need M >= 0 and shift >= 0")
@@ -285,17 +356,32 @@ class _Lowering:
             if b * m + abs(cc) > INT64_MAX:
                 raise OverflowError("requantization constant would overflow int64")
         g = self.g
-        n = g.op("Add", [g.op("Mul", [self.int64(a), g.const(col(M), np.int64, "M")], "am"),
-                         g.const(col(c), np.int64, "c")], "n")
-        return _floor_div(g, n, S, self.floor)
+        n = g.op("Add", [g.op("Mul", [self.int64(a), g.const(col(M, a.rank), np.int64, "M")], "am"),
+                         g.const(col(c, a.rank), np.int64, "c")], "n")
+        return _floor_div(g, n, S, self.floor, a.rank)
 
-    def store(self, s: str, lo: int, hi: int, z: int, off) -> str:
+    def scaled_floor(self, a: _Acc, M, S) -> str:
+        """floor(((a + K) M + 2^(s-1)) / 2^s), int64, for a stored value of unknown bound: n = a M
+        + (K M + 2^(s-1)) of either sign and the sign-aware floor division. Exact whenever the
+        reference's own int64 product (a + K) M + 2^(s-1) does not wrap (K = 0 for every value
+        that reaches here unbounded, so n is that product)."""
+        K, M, S = broadcast(a.const, M, S)
+        if min(S) < 0 or min(M) < 0:
+            raise ValueError("need M >= 0 and shift >= 0")
+        g = self.g
+        n = g.op("Mul", [self.int64(a), g.const(col(M, a.rank), np.int64, "M")], "am")
+        c = [k * m + ((1 << s) >> 1) for k, m, s in zip(K, M, S)]
+        if any(c):
+            n = g.op("Add", [n, g.const(col(c, a.rank), np.int64, "c")], "n")
+        return _floor_div_signed(g, n, g.const(col([1 << s for s in S], a.rank), np.int64, "d"))
+
+    def store(self, s: str, lo: int, hi: int, z: int, off, rank: int = 3, dtype: str = "int8") -> str:
         """Clip(s + off, lo - z, hi - z) -> int8 (off per channel, already including -z)."""
         g = self.g
         if any(off):
-            s = g.op("Add", [s, g.const(col(off), np.int64, "off")], "qs")
+            s = g.op("Add", [s, g.const(col(off, rank), np.int64, "off")], "qs")
         y = g.op("Clip", [s, g.const(lo - z, np.int64, "lo"), g.const(hi - z, np.int64, "hi")], "clip")
-        return g.op("Cast", [y], "y", to=g.TP.INT8)
+        return g.op("Cast", [y], "y", to=getattr(g.TP, dtype.upper()))
 
     # --- kernels, one per op kind
     def mask_time(self, op, x, lengths):
@@ -303,13 +389,14 @@ class _Lowering:
         if op.outputs[0] in self.skip_masks:
             return x
         if isinstance(x, _Act):
-            m = self.lengths.mask(x.name, lengths)
-            return _Act(g.op("Where", [m, x.name, g.const(x.zero_point, np.int8, "z")], "masked"), x.signed, x.bits)
+            m = self.lengths.mask(x.name, lengths, x.rank)
+            return _Act(g.op("Where", [m, x.name, g.const(x.zero_point, _NP[x.dtype], "z")], "masked"), x.signed,
+                        x.bits, x.rank)
         a = self.as_acc(x)
         t = self.materialize(a)
-        m = self.lengths.mask(t, lengths)
-        bound = [b + abs(k) for b, k in zip(*broadcast(a.bound, a.const))]
-        return _Acc(g.op("Where", [m, t, g.const(0, np.int64, "z")], "masked"), "int64", [0], bound)
+        m = self.lengths.mask(t, lengths, a.rank)
+        bound = None if a.bound is None else [b + abs(k) for b, k in zip(*broadcast(a.bound, a.const))]
+        return _Acc(g.op("Where", [m, t, g.const(0, np.int64, "z")], "masked"), "int64", [0], bound, a.rank)
 
     def frames(self, op, lengths):
         return self.lengths.frames(lengths, op.attrs)
@@ -335,45 +422,173 @@ class _Lowering:
         bias = op.params.get("bias")
         return _Acc(acc, "int32", ints(bias) if bias is not None else [0], bound)
 
+    def conv2d(self, op, x):
+        """ConvInteger over an image [B, Cin, T, F] (same storage as conv1d: int8 input with zero
+        point 0 / -128, uint8 weights + 128 with zero point 128, pads = the zero point)."""
+        g = self.g
+        if not isinstance(x, _Act) or x.rank != 4:
+            raise NotImplementedError(f"{op.name}: ConvInteger needs an int8 image activation input")
+        if x.bits > 8:
+            raise NotImplementedError(f"{op.name}: integer ONNX lowering needs activations of at most 8 bits")
+        w = op.params["weight"].numpy().astype(np.int64)
+        if w.ndim != 4 or w.min() < -128 or w.max() > 127:
+            raise ValueError(f"{op.name}: integer ONNX lowering needs 4-D weights within int8")
+        bound = [int(s) * x.absmax for s in np.abs(w).reshape(w.shape[0], -1).sum(axis=1)]
+        if max(bound) > INT32_MAX:
+            raise NotImplementedError(f"{op.name} needs an int64 accumulator: ConvInteger accumulates in int32")
+        a = op.attrs
+        (sT, sF), (pT, pF) = [int(v) for v in a["stride"]], [int(v) for v in a["padding"]]
+        w_u = g.const((w + 128).astype(np.uint8), np.uint8, "w")
+        acc = g.op("ConvInteger", [x.name, w_u, g.const(x.zero_point, np.int8, "xz"), g.const(128, np.uint8, "wz")],
+                   "acc2d", kernel_shape=[int(w.shape[2]), int(w.shape[3])], pads=[pT, pF, pT, pF],
+                   strides=[sT, sF], dilations=[1, 1], group=int(a["groups"]))
+        bias = op.params.get("bias")
+        return _Acc(acc, "int32", ints(bias) if bias is not None else [0], bound, 4)
+
     def requantize(self, op, acc):
         a = self.as_acc(acc)
         bits, signed = int(op.attrs["bits"]), bool(op.attrs["signed"])
-        if bits > 8:
-            raise NotImplementedError(f"{op.name}: integer ONNX lowering stores activations of at most 8 bits")
+        if bits > 8 and not signed:
+            raise NotImplementedError(f"{op.name}: integer ONNX lowering stores unsigned activations of at most 8 bits")
+        dtype = _act_dtype(bits, signed)
         lo, hi = qrange(bits, signed)
         z = 0 if signed else -128
         M, S = ints(op.params["M"]), ints(op.params["shift"])
-        L = [max(lo, -r) for r in self.result_bound(a, M, S)]
-        q = self.scaled(a, M, S, L)
-        return _Act(self.store(q, lo, hi, z, [l - z for l in L]), signed, bits)
+        R = self.result_bound(a, M, S)
+        if R is not None:
+            L = [max(lo, -r) for r in R]
+            try:
+                q = self.scaled(a, M, S, L)
+            except OverflowError:
+                pass
+            else:
+                return _Act(self.store(q, lo, hi, z, [l - z for l in L], a.rank, dtype), signed, bits, a.rank)
+        q = self.scaled_floor(a, M, S)
+        return _Act(self.store(q, lo, hi, z, [-z], a.rank, dtype), signed, bits, a.rank)
 
     def rescale(self, op, acc):
         a = self.as_acc(acc)
         M, S = ints(op.params["M"]), ints(op.params["shift"])
         R = self.result_bound(a, M, S)
-        return _Acc(self.scaled(a, M, S, [-r for r in R]), "int64", [-r for r in R], [2 * r for r in R])
+        if R is not None:
+            try:
+                q = self.scaled(a, M, S, [-r for r in R])
+            except OverflowError:
+                pass
+            else:
+                return _Acc(q, "int64", [-r for r in R], [2 * r for r in R], a.rank)
+        return _Acc(self.scaled_floor(a, M, S), "int64", [0], None, a.rank)
 
     def add(self, op, x, y):
         a, b = self.as_acc(x), self.as_acc(y)
         ka, kb = broadcast(a.const, b.const)
-        ba, bb = broadcast(a.bound, b.bound)
-        bound = [p + q for p, q in zip(ba, bb)]
-        if max(b + abs(k1 + k2) for b, k1, k2 in zip(bound, ka, kb)) > INT64_MAX:
-            raise OverflowError(f"{op.name}: the sum could overflow int64")
+        bound = None
+        if a.bound is not None and b.bound is not None:
+            ba, bb = broadcast(a.bound, b.bound)
+            bound = [p + q for p, q in zip(ba, bb)]
+            if max(b + abs(k1 + k2) for b, k1, k2 in zip(bound, ka, kb)) > INT64_MAX:
+                raise OverflowError(f"{op.name}: the sum could overflow int64")
         s = self.g.op("Add", [self.int64(a), self.int64(b)], "sum")
-        return _Acc(s, "int64", [p + q for p, q in zip(ka, kb)], bound)
+        return _Acc(s, "int64", [p + q for p, q in zip(ka, kb)], bound, max(a.rank, b.rank))
 
     def clamp(self, op, v):
         a = self.as_acc(v)
         bits, signed = int(op.attrs["bits"]), bool(op.attrs["signed"])
-        if bits > 8:
-            raise NotImplementedError(f"{op.name}: integer ONNX lowering stores activations of at most 8 bits")
+        if bits > 8 and not signed:
+            raise NotImplementedError(f"{op.name}: integer ONNX lowering stores unsigned activations of at most 8 bits")
+        dtype = _act_dtype(bits, signed)
         lo, hi = qrange(bits, signed)
         z = 0 if signed else -128
-        K, bd = broadcast(a.const, a.bound)
-        if max(b + abs(k - z) for b, k in zip(bd, K)) > INT64_MAX:
-            raise OverflowError(f"{op.name}: the clamp offset could overflow int64")
-        return _Act(self.store(self.int64(a), lo, hi, z, [k - z for k in K]), signed, bits)
+        if a.bound is None:
+            K = list(a.const)
+        else:
+            K, bd = broadcast(a.const, a.bound)
+            if max(b + abs(k - z) for b, k in zip(bd, K)) > INT64_MAX:
+                raise OverflowError(f"{op.name}: the clamp offset could overflow int64")
+        return _Act(self.store(self.int64(a), lo, hi, z, [k - z for k in K], a.rank, dtype), signed, bits, a.rank)
+
+    # --- layout ops (NeMo's Conv2d subsampling)
+    def _layout_input(self, v):
+        """(tensor, how to wrap the result): activations keep their storage; an accumulator with
+        per-channel constants is materialized first (its channel axis moves)."""
+        if isinstance(v, _Act):
+            return v.name, lambda name, rank: _Act(name, v.signed, v.bits, rank)
+        a = self.as_acc(v)
+        if not any(a.const):
+            return a.name, lambda name, rank: _Acc(name, a.dtype, [0], None if a.bound is None else [max(a.bound)],
+                                                   rank)
+        m = self.absmax(a)
+        return self.materialize(a), lambda name, rank: _Acc(name, "int64", [0], None if m is None else [m], rank)
+
+    def to_image(self, op, x):
+        t, wrap = self._layout_input(x)
+        g = self.g
+        y = g.op("Unsqueeze", [g.op("Transpose", [t], "tf", perm=[0, 2, 1]), g.const([1], np.int64, "axes")], "image")
+        return wrap(y, 4)
+
+    def flatten_freq(self, op, x):
+        t, wrap = self._layout_input(x)
+        g = self.g
+        shape = g.op("Concat", [g.op("Shape", [t], "bdim", start=0, end=1), g.const([-1], np.int64, "m1"),
+                                g.op("Shape", [t], "tdim", start=2, end=3)], "fshape", axis=0)
+        y = g.op("Reshape", [g.op("Transpose", [t], "cft", perm=[0, 1, 3, 2]), shape], "flat")
+        return wrap(y, 3)
+
+    # --- the Conformer's ops (program/onnx_nonlinear.py), on true values
+    def layernorm(self, op, x):
+        from . import onnx_nonlinear as onl
+
+        bits = int(op.attrs["out_bits"])
+        return _Act(onl.lower(self.g, op, [self.true_value(x)], out_dtype=_act_dtype(bits, True)), True, bits)
+
+    def softmax(self, op, scores, lengths):
+        """Probabilities in [0, 2^B - 1] kept as an int32 tensor (zero point 0): matmul_pv, their
+        consumer, computes in int32/int64 (no int8 storage to fit: no cast, no offset)."""
+        from . import onnx_nonlinear as onl
+
+        s = self.true_value(scores)
+        if lengths not in self._keep:
+            self._keep[lengths] = onl.attention_keep(self.g, s, lengths)
+        B = int(op.attrs["out_bits"])
+        dt = "int32" if B <= 30 else "int64"
+        p = onl.lower(self.g, op, [s, lengths], out_dtype=dt, keep=self._keep[lengths])
+        return _Acc(p, dt, [0], [(1 << B) - 1], 4)
+
+    def _product(self, op, x, bound_of):
+        from . import onnx_nonlinear as onl
+
+        dt = self.program.values[op.outputs[0]].dtype
+        y = onl.lower(self.g, op, [self.true_value(x)], out_dtype=dt)
+        m = self.absmax(x)
+        return _Acc(y, dt, [0], None if m is None else [bound_of(m)], getattr(x, "rank", 3))
+
+    def swish(self, op, x):
+        return self._product(op, x, lambda m: m << int(op.attrs["sig_bits"]))     # sig in [0, 2^B]
+
+    def glu(self, op, x):
+        return self._product(op, x, lambda m: m << int(op.attrs["sig_bits"]))
+
+    def gelu(self, op, x):
+        qb, qone = int(op.attrs["q_b"]), int(op.attrs["q_one"])
+        # |q_one + sign(q)(q_one - t^2)| <= q_one + max(q_one, q_b^2) for t^2 in [0, q_b^2]
+        return self._product(op, x, lambda m: m * (qone + max(qone, qb * qb)))
+
+    def _matmul(self, op, rank, *xs):
+        from . import onnx_nonlinear as onl
+
+        dt = str(op.attrs["acc_dtype"])
+        y = onl.lower(self.g, op, [self.true_value(v) for v in xs], out_dtype=dt)
+        b = _DTYPE_BOUND[dt]          # the converter proved the sum fits acc_dtype
+        return _Acc(y, dt, [0], None if b is None else [b], rank)
+
+    def matmul_qk(self, op, q, k):
+        return self._matmul(op, 4, q, k)
+
+    def matmul_pv(self, op, p, v):
+        return self._matmul(op, 3, p, v)
+
+    def matmul_pos(self, op, q):
+        return self._matmul(op, 4, q)
 
     # --- the whole program
     def build(self, frames: int | None, labels=None):
@@ -411,22 +626,17 @@ class _Lowering:
         return model
 
 
-KERNELS = {
-    "mask_time": _Lowering.mask_time,
-    "frames": _Lowering.frames,
-    "conv1d": _Lowering.conv1d,
-    "requantize": _Lowering.requantize,
-    "rescale": _Lowering.rescale,
-    "add": _Lowering.add,
-    "clamp": _Lowering.clamp,
-}
+KERNELS = {kind: getattr(_Lowering, kind) for kind in (
+    "mask_time", "frames", "conv1d", "requantize", "rescale", "add", "clamp",
+    "to_image", "conv2d", "flatten_freq",
+    "layernorm", "softmax", "swish", "glu", "gelu", "matmul_qk", "matmul_pv", "matmul_pos")}
 
 
 def _io_channels(p: Program):
     """(input features, output classes) for the graph's declared shapes (symbolic if unknown)."""
     convs = p.ops_of("conv1d")
     feats = "features"
-    if convs:
+    if convs and not p.ops_of("to_image"):   # an image front end (conv2d): the mel bins are free
         w = convs[0].params["weight"]
         feats = int(w.shape[1]) * int(convs[0].attrs["groups"])
     prod = p.producer()

@@ -90,7 +90,7 @@ from .ops import Op, dtype_name
 from .onnx_int import Graph
 
 __all__ = ["ISQRT_STEPS", "LOWERINGS", "lower", "lower_layernorm", "lower_softmax", "lower_swish", "lower_glu",
-           "lower_gelu", "lower_matmul_qk", "lower_matmul_pv", "attention_keep", "lower_exp", "lower_bit_length", "lower_isqrt",
+           "lower_gelu", "lower_matmul_qk", "lower_matmul_pv", "lower_matmul_pos", "attention_keep", "lower_exp", "lower_bit_length", "lower_isqrt",
            "output_dtype", "build_single_op_model", "build_unary_model"]
 
 ISQRT_STEPS = 6
@@ -213,7 +213,7 @@ def output_dtype(op: Op, in_dtypes=None) -> str:
         return "int32" if narrow and int(a["sig_bits"]) <= 15 else "int64"
     if op.kind == "gelu":
         return "int64"
-    if op.kind in ("matmul_qk", "matmul_pv"):
+    if op.kind in ("matmul_qk", "matmul_pv", "matmul_pos"):
         return str(a["acc_dtype"])
     raise NotImplementedError(f"no Conformer lowering for op kind {op.kind!r}")
 
@@ -345,6 +345,47 @@ def lower_matmul_pv(g: Graph, p: str, v: str, op: Op, out_dtype: str | None = No
     return y if dt == acc else _cast(g, y, dt, "ctx_c")
 
 
+def lower_matmul_pos(g: Graph, q: str, op: Op, out_dtype: str | None = None) -> str:
+    """Relative-position scores with rel_shift (torch_ref._matmul_pos): s[b, h, i, j] =
+    sum_c q[b, h d_k + c, i] pos[h d_k + c, (L-1) - i + j], in acc_dtype, [B, H, T, T].
+
+    The int8 table [H d_k, 2L-1] is an initializer; Gather takes columns L-T .. L+T-2 (positions
+    T-1 ... -(T-1)), Cast to acc_dtype after the gather, MatMul of q's heads [B, H, T, d_k] with
+    [1, H, d_k, 2T-1] -> [B, H, T, 2T-1], then Transformer-XL's rel_shift as in the torch kernel:
+    Pad one zero column in front -> [B, H, T, 2T], Reshape [B, H, 2T, T], drop row 0, Reshape
+    [B, H, T, 2T-1], keep columns < T: out[i, j] = x[i, (T-1) - i + j] (pure data movement).
+    T > L (the torch kernel's ValueError): the column index L+T-2 is out of the table's range and
+    the Gather fails at run time (an error, never wrong scores)."""
+    acc = str(op.attrs["acc_dtype"])
+    h, L = int(op.attrs["heads"]), int(op.attrs["max_len"])
+    pos = op.params["pos"].numpy()
+    if pos.min() < -128 or pos.max() > 127:
+        raise ValueError(f"{op.name}: matmul_pos table must lie within int8")
+    table = g.const(pos.astype(np.int8), np.int8, "pos")
+    T1 = g.op("Shape", [q], "tdim", start=2, end=3)                              # [T]
+    T = g.op("Squeeze", [T1], "T")
+    # columns L-T .. L+T-2 by Gather: for T > L the last index exceeds 2L-2 and Gather fails at run
+    # time (never silently wrong scores). The offset is added after the Range on purpose:
+    # onnxruntime rewrites Gather(Range) into a Slice, which clamps instead of failing.
+    n = g.op("Sub", [g.op("Add", [T, T], "T2"), _k(g, 1, "one")], "ncols")
+    idx = g.op("Add", [g.op("Range", [_k(g, 0, "zero"), n, _k(g, 1, "one")], "prng"),
+                       g.op("Sub", [_k(g, L, "L"), T], "LmT")], "pidx")
+    cols = _cast(g, g.op("Gather", [table, idx], "pcols", axis=1), acc, "pa")      # [H d_k, 2T-1]
+    ph = g.op("Reshape", [cols, _k(g, [1, h, pos.shape[0] // h, -1], "phshape")], "pheads")   # [1, H, d_k, 2T-1]
+    qh = g.op("Transpose", [_heads(g, _cast(g, q, acc, "qa"), h)], "qT", perm=[0, 1, 3, 2])
+    x = g.op("MatMul", [qh, ph], "bd")                                             # [B, H, T, 2T-1]
+    x = g.op("Pad", [x, _k(g, [0, 0, 0, 1, 0, 0, 0, 0], "pads")], "bdpad", mode="constant")
+    x = g.op("Reshape", [x, g.op("Concat", [_k(g, [0, 0, -1], "r1"), T1], "s1", axis=0)], "bdr")   # [B, H, 2T, T]
+    x = g.op("Slice", [x, _k(g, [1], "one1"), _k(g, [INT64_END], "end"), _k(g, [2], "ax2")], "bddrop")
+    x = g.op("Reshape", [x, g.op("Concat", [_k(g, [0, 0], "r2"), T1, _k(g, [-1], "m1")], "s2", axis=0)], "bdr2")
+    s = g.op("Slice", [x, _k(g, [0], "z1"), T1, _k(g, [3], "ax3")], "relshift")  # [B, H, T, T]
+    dt = out_dtype or output_dtype(op)
+    return s if dt == acc else _cast(g, s, dt, "pos_c")
+
+
+INT64_END = (1 << 63) - 1
+
+
 LOWERINGS = {
     "layernorm": lambda g, op, x, **kw: lower_layernorm(g, x, op, **kw),
     "softmax": lambda g, op, s, lengths, **kw: lower_softmax(g, s, lengths, op, **kw),  # keep= to share a mask
@@ -353,6 +394,7 @@ LOWERINGS = {
     "gelu": lambda g, op, x, **kw: lower_gelu(g, x, op, **kw),
     "matmul_qk": lambda g, op, q, k, **kw: lower_matmul_qk(g, q, k, op, **kw),
     "matmul_pv": lambda g, op, p, v, **kw: lower_matmul_pv(g, p, v, op, **kw),
+    "matmul_pos": lambda g, op, q, **kw: lower_matmul_pos(g, q, op, **kw),
 }
 
 
