@@ -52,6 +52,33 @@ small for channels whose multiplier is tiny: lo * 2^s would overflow int64 for s
 the same value for n >= 0 and 0 for n < 0 (then clamped as above); it exists to time both.
 Every constant is checked to keep |n| < 2^63 (OverflowError otherwise).
 
+The Conformer's ops
+-------------------
+* layernorm, softmax, swish, glu, gelu, matmul_qk, matmul_pv, matmul_pos: ``onnx_nonlinear``'s
+  exact integer lowerings (proofs there), fed with the *true* integers of their inputs: a signed
+  activation (zero point 0, the Conformer's int8 stream) is passed as stored; an unsigned one or an
+  accumulator with constants is materialized (int64) first. layernorm gives a signed activation
+  (int8); swish / glu / gelu give accumulators in the program's dtypes (int32 / int64) with constant
+  0 and the static bound max|x| 2^sig_bits (swish, glu) or max|x| (q_one + max(q_one, q_b^2))
+  (gelu); the matmuls give acc_dtype accumulators bounded by their dtype (int32: the conversion
+  proved the sum fits). Softmax probabilities (0 .. 2^B - 1, int16 in the program) are kept as an
+  int32 accumulator with constant 0: matmul_pv, their only consumer, computes in int32 anyway, so
+  no offset or narrowing is spent on them. One ``attention_keep`` mask per lengths tensor is shared
+  by every softmax.
+* A ``rescale`` or ``requantize`` of any value works on its stored form with its constant (a
+  residual skip rescales an int8 activation: stored s with constant -z and bound 128). Where a
+  value's bound is unknown (an int64 matmul accumulator, sums of such) or the bounded offset would
+  overflow int64, the offset form is replaced by the sign-aware floor division: n = a M + (K M +
+  2^(s-1)), q = Div(n, 2^s) - [Div(n, 2^s) 2^s > n] (= floor for either sign), clamped as usual.
+  It needs no bound: it is exact whenever the reference's own int64 product does not wrap.
+* Signed activations wider than 8 bits (``residual_bits=16``) are stored as int16 / int32 with zero
+  point 0 (only ConvInteger needs int8; it refuses them).
+* NeMo's Conv2d subsampling: ``conv2d`` is a 2-D ConvInteger with the conv1d storage (int8 input
+  with its zero point, uint8 weights + 128; ``ort_kernels_exact`` probes the 2-D form too);
+  ``to_image`` Transpose + Unsqueeze, ``flatten_freq`` Transpose + Reshape (an accumulator with
+  per-channel constants is materialized first); images carry [1, C, 1, 1] per-channel constants
+  and [B, 1, T, 1] masks. ``matmul_pos`` with T > max_len fails at run time (Gather out of range).
+
 Masks and lengths
 -----------------
 ``mask_time(x, lengths)``: Where(Range(T) < lengths[:, None, None], x, z): padded frames become
@@ -288,6 +315,18 @@ def _floor_div_signed(g: Graph, n: str, d: str) -> str:
     return g.op("Sub", [q, g.op("Cast", [over], "over64", to=g.TP.INT64)], "floor")
 
 
+def to_image_nodes(g: Graph, x: str) -> str:
+    """[B, F, T] -> [B, 1, T, F] (any dtype): Transpose, Unsqueeze."""
+    return g.op("Unsqueeze", [g.op("Transpose", [x], "tf", perm=[0, 2, 1]), g.const([1], np.int64, "axes")], "image")
+
+
+def flatten_freq_nodes(g: Graph, x: str) -> str:
+    """[B, C, T, F] -> [B, C F, T], channel c F + f (any dtype): Transpose, Reshape."""
+    shape = g.op("Concat", [g.op("Shape", [x], "bdim", start=0, end=1), g.const([-1], np.int64, "m1"),
+                            g.op("Shape", [x], "tdim", start=2, end=3)], "fshape", axis=0)
+    return g.op("Reshape", [g.op("Transpose", [x], "cft", perm=[0, 1, 3, 2]), shape], "flat")
+
+
 _NP = {"int8": np.int8, "int16": np.int16, "int32": np.int32, "int64": np.int64}
 
 
@@ -522,17 +561,11 @@ class _Lowering:
 
     def to_image(self, op, x):
         t, wrap = self._layout_input(x)
-        g = self.g
-        y = g.op("Unsqueeze", [g.op("Transpose", [t], "tf", perm=[0, 2, 1]), g.const([1], np.int64, "axes")], "image")
-        return wrap(y, 4)
+        return wrap(to_image_nodes(self.g, t), 4)
 
     def flatten_freq(self, op, x):
         t, wrap = self._layout_input(x)
-        g = self.g
-        shape = g.op("Concat", [g.op("Shape", [t], "bdim", start=0, end=1), g.const([-1], np.int64, "m1"),
-                                g.op("Shape", [t], "tdim", start=2, end=3)], "fshape", axis=0)
-        y = g.op("Reshape", [g.op("Transpose", [t], "cft", perm=[0, 1, 3, 2]), shape], "flat")
-        return wrap(y, 3)
+        return wrap(flatten_freq_nodes(self.g, t), 3)
 
     # --- the Conformer's ops (program/onnx_nonlinear.py), on true values
     def layernorm(self, op, x):
@@ -722,7 +755,8 @@ def make_session(model, threads: int | None = None):
 @functools.lru_cache(maxsize=None)
 def ort_kernels_exact(threads: int = 1) -> bool:
     """True iff onnxruntime's ConvInteger (the layout of the integer graph: int8 activations with
-    zero point 0 or -128, uint8 weights with zero point 128) is exact on worst-case inputs here."""
+    zero point 0 or -128, uint8 weights with zero point 128), 1-D and 2-D, is exact on worst-case
+    inputs here."""
     _, TP, h, nh = _onnx()
     rng = np.random.default_rng(0)
     cin, cout, T, K = 64, 16, 64, 3
@@ -743,6 +777,26 @@ def ort_kernels_exact(threads: int = 1) -> bool:
         xr = np.pad(x.astype(np.int64) - xz, ((0, 0), (0, 0), (1, 1)))  # padding = zero point = real 0
         wr = w.astype(np.int64) - 128
         ref = sum(np.einsum("oc,bct->bot", wr[:, :, k], xr[:, :, k:k + T]) for k in range(K))
+        ok &= bool(np.array_equal(y, ref))
+    # the 2-D form (NeMo's Conv2d subsampling): the same im2col + U8S8 GEMM, probed the same way
+    cin2, H, W = 16, 12, 12
+    x2 = np.where(rng.random((1, cin2, H, W)) < 0.5, -128, 127).astype(np.int8)
+    x2[..., : H // 2, :] = 127
+    w2 = np.where(rng.random((cout, cin2, 3, 3)) < 0.5, 0, 255).astype(np.uint8)
+    w2[: cout // 2] = 255
+    for xz in (0, -128):
+        nodes = [h.make_node("ConvInteger", ["x", "w", "xz", "wz"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])]
+        inits = [nh.from_array(w2, "w"), nh.from_array(np.array(xz, np.int8), "xz"),
+                 nh.from_array(np.array(128, np.uint8), "wz")]
+        gr = h.make_graph(nodes, "probe2d", [h.make_tensor_value_info("x", TP.INT8, [1, cin2, H, W])],
+                          [h.make_tensor_value_info("y", TP.INT32, None)], inits)
+        m = h.make_model(gr, opset_imports=[h.make_opsetid("", OPSET)])
+        m.ir_version = 9
+        y = make_session(m, threads).run(None, {"x": x2})[0].astype(np.int64)
+        xr = np.pad(x2.astype(np.int64) - xz, ((0, 0), (0, 0), (1, 1), (1, 1)))
+        wr = w2.astype(np.int64) - 128
+        ref = sum(np.einsum("oc,bctf->botf", wr[:, :, i, j], xr[:, :, i:i + H, j:j + W])
+                  for i in range(3) for j in range(3))
         ok &= bool(np.array_equal(y, ref))
     return ok
 

@@ -1,4 +1,5 @@
-"""Integer-only ONNX lowerings of the Conformer's ops (layernorm, softmax, swish, glu, gelu, matmuls).
+"""Integer-only ONNX lowerings of the Conformer's ops (layernorm, softmax, swish, glu, gelu, matmuls,
+relative-position scores).
 
 Each ``lower_<kind>(g, ..., op)`` appends nodes to a graph builder ``g`` (``program.onnx_int.Graph``)
 and returns the name of its output tensor. The arithmetic is the exact integer formula of the torch
@@ -71,6 +72,9 @@ matmul_qk(q, k): Cast to acc_dtype, Reshape [B, H, d_k, T] (shape Concat(B, H, -
     proves: the same bound the torch kernel checks).
 matmul_pv(p, v): MatMul(v heads [B, H, d_k, T_k], Transpose(p) [B, H, T_k, T_q]), Reshape to
     Shape(v) = [B, H d_k, T].
+matmul_pos(q): Gather of the int8 table's columns L-T .. L+T-2, Cast, MatMul with q's heads, then
+    Transformer-XL's rel_shift by Pad / Reshape / Slice (``rel_pos_scores``, shared with the Q/DQ
+    graph); T > max_len: Gather out of range, a run-time error.
 
 Not exact / not covered: nothing within the kernels' documented input ranges. The lowerings do not
 re-check those ranges at run time (the torch kernels raise ValueError for |q| > 2^62 - 1 in
@@ -90,7 +94,7 @@ from .ops import Op, dtype_name
 from .onnx_int import Graph
 
 __all__ = ["ISQRT_STEPS", "LOWERINGS", "lower", "lower_layernorm", "lower_softmax", "lower_swish", "lower_glu",
-           "lower_gelu", "lower_matmul_qk", "lower_matmul_pv", "lower_matmul_pos", "attention_keep", "lower_exp", "lower_bit_length", "lower_isqrt",
+           "lower_gelu", "lower_matmul_qk", "lower_matmul_pv", "lower_matmul_pos", "rel_pos_scores", "attention_keep", "lower_exp", "lower_bit_length", "lower_isqrt",
            "output_dtype", "build_single_op_model", "build_unary_model"]
 
 ISQRT_STEPS = 6
@@ -362,6 +366,19 @@ def lower_matmul_pos(g: Graph, q: str, op: Op, out_dtype: str | None = None) -> 
     if pos.min() < -128 or pos.max() > 127:
         raise ValueError(f"{op.name}: matmul_pos table must lie within int8")
     table = g.const(pos.astype(np.int8), np.int8, "pos")
+    s = rel_pos_scores(g, _cast(g, q, acc, "qa"), table, h, L, cast_to=acc)
+    dt = out_dtype or output_dtype(op)
+    return s if dt == acc else _cast(g, s, dt, "pos_c")
+
+
+INT64_END = (1 << 63) - 1
+
+
+def rel_pos_scores(g: Graph, q: str, table: str, heads: int, L: int, cast_to: str | None = None) -> str:
+    """rel_shift(q_heads^T @ table columns L-T .. L+T-2) -> [B, H, T, T] (lower_matmul_pos's doc),
+    on any numeric dtype: q [B, H d_k, T] and table [H d_k, 2L-1] of one dtype (``cast_to``: cast
+    the gathered columns to it first; the Q/DQ graph calls this with float tensors)."""
+    h = int(heads)
     T1 = g.op("Shape", [q], "tdim", start=2, end=3)                              # [T]
     T = g.op("Squeeze", [T1], "T")
     # columns L-T .. L+T-2 by Gather: for T > L the last index exceeds 2L-2 and Gather fails at run
@@ -370,20 +387,19 @@ def lower_matmul_pos(g: Graph, q: str, op: Op, out_dtype: str | None = None) -> 
     n = g.op("Sub", [g.op("Add", [T, T], "T2"), _k(g, 1, "one")], "ncols")
     idx = g.op("Add", [g.op("Range", [_k(g, 0, "zero"), n, _k(g, 1, "one")], "prng"),
                        g.op("Sub", [_k(g, L, "L"), T], "LmT")], "pidx")
-    cols = _cast(g, g.op("Gather", [table, idx], "pcols", axis=1), acc, "pa")      # [H d_k, 2T-1]
-    ph = g.op("Reshape", [cols, _k(g, [1, h, pos.shape[0] // h, -1], "phshape")], "pheads")   # [1, H, d_k, 2T-1]
-    qh = g.op("Transpose", [_heads(g, _cast(g, q, acc, "qa"), h)], "qT", perm=[0, 1, 3, 2])
+    cols = g.op("Gather", [table, idx], "pcols", axis=1)                         # [H d_k, 2T-1]
+    if cast_to is not None:
+        cols = _cast(g, cols, cast_to, "pa")
+    dk = g.op("Div", [g.op("Shape", [table], "hd", start=0, end=1), _k(g, [h], "H")], "dk")
+    ph = g.op("Reshape", [cols, g.op("Concat", [_k(g, [1, h], "oneh"), dk, _k(g, [-1], "m1")], "phs", axis=0)],
+              "pheads")                                                            # [1, H, d_k, 2T-1]
+    qh = g.op("Transpose", [_heads(g, q, h)], "qT", perm=[0, 1, 3, 2])
     x = g.op("MatMul", [qh, ph], "bd")                                             # [B, H, T, 2T-1]
     x = g.op("Pad", [x, _k(g, [0, 0, 0, 1, 0, 0, 0, 0], "pads")], "bdpad", mode="constant")
     x = g.op("Reshape", [x, g.op("Concat", [_k(g, [0, 0, -1], "r1"), T1], "s1", axis=0)], "bdr")   # [B, H, 2T, T]
     x = g.op("Slice", [x, _k(g, [1], "one1"), _k(g, [INT64_END], "end"), _k(g, [2], "ax2")], "bddrop")
     x = g.op("Reshape", [x, g.op("Concat", [_k(g, [0, 0], "r2"), T1, _k(g, [-1], "m1")], "s2", axis=0)], "bdr2")
-    s = g.op("Slice", [x, _k(g, [0], "z1"), T1, _k(g, [3], "ax3")], "relshift")  # [B, H, T, T]
-    dt = out_dtype or output_dtype(op)
-    return s if dt == acc else _cast(g, s, dt, "pos_c")
-
-
-INT64_END = (1 << 63) - 1
+    return g.op("Slice", [x, _k(g, [0], "z1"), T1, _k(g, [3], "ax3")], "relshift")  # [B, H, T, T]
 
 
 LOWERINGS = {
