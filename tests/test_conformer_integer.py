@@ -338,12 +338,32 @@ def test_nemo_pos_emb_max_len_limits_the_input(nemo_small):
 def test_nemo_dw_striding_numpy_exact(nemo_audio):
     mel, lengths = _mel(nemo_audio)
     model = _nemo_random_model("small", (mel, lengths), subsampling="dw_striding", n_layers=2, untie_biases=False)
-    qmodel = quantize(model, [(mel, lengths)], 8, 8)
-    assert any(op.kind == "conv2d" and op.attrs["groups"] > 1 for op in qmodel.program.ops)
+    obs = calibrate_conformer(model, [(mel, lengths)])
+    plain = convert_conformer(model, obs, 8, 8)
+    wide = convert_conformer(model, obs, 8, 8, prob_bits=16, residual_bits=16)   # int32 probs, int64 p.v
+    assert any(op.kind == "conv2d" and op.attrs["groups"] > 1 for op in plain.program.ops)
+    assert {op.attrs["acc_dtype"] for op in wide.program.ops_of("matmul_pv")} == {"int64"}
+    for qmodel in (plain, wide):
+        q = qmodel.quantize_input(mel)
+        with torch.inference_mode():
+            ours, out_len = qmodel.forward_int(q, lengths)
+        ref, ref_len = NumpyReference().run(qmodel.program, q.numpy(), lengths.numpy())
+        assert np.array_equal(ref_len, out_len.numpy())
+        for b, t in enumerate(out_len.tolist()):
+            assert np.array_equal(ref[b, :, :t], ours[b, :, :t].numpy())
+
+
+def test_nemo_small_fast_runner_is_bit_exact(nemo_small):
+    """The fast CPU runner (fused convs, reference kernels for the new ops) on the NeMo program."""
+    from asrquant.intops import native
+    from asrquant.program import fast
+
+    _, qmodel, (mel, lengths) = nemo_small
     q = qmodel.quantize_input(mel)
     with torch.inference_mode():
         ours, out_len = qmodel.forward_int(q, lengths)
-    ref, ref_len = NumpyReference().run(qmodel.program, q.numpy(), lengths.numpy())
-    assert np.array_equal(ref_len, out_len.numpy())
-    for b, t in enumerate(out_len.tolist()):
-        assert np.array_equal(ref[b, :, :t], ours[b, :, :t].numpy())
+    for mode in ["float-exact"] + (["native"] if native.available() else []):
+        out, got_len = fast.run_fast(qmodel.program, q, lengths, depthwise=mode)
+        assert np.array_equal(got_len, out_len.numpy()), mode
+        for b, t in enumerate(out_len.tolist()):
+            assert np.array_equal(out[b, :, :t], ours[b, :, :t].numpy()), (mode, b)
