@@ -320,7 +320,9 @@ def test_nemo_small_integer_logits_track_the_float_model(nemo_small):
     assert (num / den) ** 0.5 < 0.3 and agree / frames > 0.6, ((num / den) ** 0.5, agree / frames)
 
 
-def test_nemo_pos_emb_max_len_limits_the_input(nemo_small):
+def test_nemo_pos_emb_max_len_limits_the_input(nemo_small, tmp_path):
+    from asrquant.convert import load_quantized, save_quantized
+
     model, qmodel, (mel, lengths) = nemo_small
     assert {op.attrs["max_len"] for op in qmodel.program.ops_of("matmul_pos")} == {5000}
     assert qmodel.program.ops_of("matmul_pos")[0].params["pos"].shape == (176, 2 * 5000 - 1)
@@ -333,6 +335,10 @@ def test_nemo_pos_emb_max_len_limits_the_input(nemo_small):
         assert out_len.tolist() == [39]
         with pytest.raises(ValueError, match="max_len 40"):
             short.forward_int(short.quantize_input(mel), lengths)                  # 50 frames do not
+    again = load_quantized(save_quantized(short, tmp_path / "nemo_small.aqz"))   # conv2d / matmul_pos in the file
+    x = short.quantize_input(mel[1:2, :, :n])
+    with torch.inference_mode():
+        assert torch.equal(again.forward_int(x, lengths[1:2])[0], short.forward_int(x, lengths[1:2])[0])
 
 
 def test_nemo_dw_striding_numpy_exact(nemo_audio):
