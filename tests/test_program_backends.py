@@ -120,19 +120,24 @@ def _audio(seconds=(2.0, 1.4, 0.9), seed=0):
     return audio, torch.tensor(n)
 
 
-def _onnx_int_bit_exact(qmodel, mel, lengths):
+def _onnx_int_bit_exact(qmodel, mel, lengths, fresh: bool = False):
     """The integer-only graph (integer-only by shape inference) == forward_int on every valid frame
-    of the padded batch, lengths included."""
+    of the padded batch, lengths included. fresh: a new session on a newly built graph (not
+    run_onnx_int's per-program cache)."""
     from asrquant.program import onnx_int
 
     if not onnx_int.ort_kernels_exact(1):
         pytest.skip("onnxruntime's integer kernels are not exact on this CPU (no VNNI): ort_kernels_exact() is False")
-    rep = onnx_int.integer_only_report(onnx_int.build_integer_model(qmodel.program))
+    model = onnx_int.build_integer_model(qmodel.program)
+    rep = onnx_int.integer_only_report(model)
     assert rep["ok"], rep
     q = qmodel.quantize_input(mel)
     with torch.inference_mode():
         ref, ref_len = qmodel.forward_int(q, lengths)
-    out, out_len = onnx_int.run_onnx_int(qmodel.program, q, lengths)
+    if fresh:
+        out, out_len = onnx_int.make_session(model, 1).run(None, {"q": q.numpy(), "lengths": lengths.numpy()})
+    else:
+        out, out_len = onnx_int.run_onnx_int(qmodel.program, q, lengths)
     assert np.array_equal(out_len, ref_len.numpy())
     assert out.dtype == np.int64
     for b, n in enumerate(ref_len.tolist()):
@@ -177,6 +182,17 @@ def test_hama_conformer_onnx_int_is_bit_exact(hama_w8a8):
 def test_hama_conformer_onnx_qdq_agrees(hama_w8a8):
     _, qmodel, (mel, lengths) = hama_w8a8
     assert _qdq_agreement(qmodel, mel, lengths) >= 0.9   # measured 0.97
+
+
+def test_hama_conformer_onnx_int_formulas_are_bit_exact(hama_w8a8, monkeypatch):
+    """The same graph with swish / glu / gelu as onnx_nonlinear's integer formulas instead of the
+    256-entry tables (the path of activations wider than 8 bits)."""
+    from asrquant.program import onnx_int
+
+    monkeypatch.setattr(onnx_int, "LUT_MAX_BITS", 0)
+    _, qmodel, (mel, lengths) = hama_w8a8
+    assert "Gather" not in onnx_int.integer_only_report(onnx_int.build_integer_model(qmodel.program))["op_types"]
+    _onnx_int_bit_exact(qmodel, mel, lengths, fresh=True)
 
 
 @pytest.mark.parametrize("kw", [{"residual_bits": 16}, {"prob_bits": 16}])

