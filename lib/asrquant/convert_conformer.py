@@ -304,6 +304,11 @@ def calibrate_conformer(model, batches, observer: str = "minmax", **observer_kw)
         n += 1
     if n == 0:
         raise ValueError("calibration needs at least one batch")
+    fe = getattr(getattr(model, "preprocessor", None), "featurizer", None)
+    if fe is not None and hasattr(fe, "log_floor"):
+        # the input range includes the front end's floor log(floor) (digital silence), whatever the
+        # calibration data: a property of the front end, known without data
+        taps.observers["input"].update(torch.full((1, 1, 1), math.log(fe.log_floor), dtype=torch.float64))
     return taps.observers
 
 

@@ -155,6 +155,7 @@ DEFAULT_PARAMS = {
     "lr": 0.05,
     "seed": 0,
     "init_range": 0.3,
+    "init_center": None,      # None: the model front end's level prior (input_level_prior); 0 for NeMo's
     "betas": (0.9, 0.999),
     "patience": 25,
     "min_lr": 1e-4,
@@ -212,6 +213,8 @@ def _normalize_params(params: dict | None = None, **overrides) -> dict:
         p[k] = int(p[k])
     for k in ("lr", "init_range", "min_lr", "eps"):
         p[k] = float(p[k])
+    if p["init_center"] is not None:
+        p["init_center"] = float(p["init_center"])
     p["betas"] = tuple(float(b) for b in p["betas"])
     if p["n_batches"] < 0 or p["batch_size"] < 1 or p["frames"] < 1 or p["iterations"] < 0:
         raise ValueError(f"invalid synthetic-data parameters: {p}")
@@ -236,6 +239,8 @@ class SyntheticMelGenerator:
         self.threads = threads
         self.progress = progress
         encoder = _encoder_of(model)
+        c = self.params["init_center"]
+        self.center = float(input_level_prior(model) if c is None else c)
         self.conformer = _is_conformer(encoder)
         self.n_mels = int(encoder.feat_in)
         self.encoder = copy.deepcopy(encoder).eval()
@@ -333,6 +338,8 @@ class SyntheticMelGenerator:
         g = torch.Generator().manual_seed(batch_seed(p["seed"], index))
         r = p["init_range"]
         x = (torch.rand(p["batch_size"], self.n_mels, p["frames"], generator=g) * 2.0 - 1.0) * r
+        if self.center:
+            x = x + self.center
         return x.to(self.dtype)
 
     def generate_batch(self, index: int) -> tuple[torch.Tensor, list[float]]:
@@ -446,9 +453,44 @@ def model_hash(model) -> str:
     return h.hexdigest()
 
 
+def _keyed(p: dict) -> dict:
+    """The parameters a batch depends on. init_center only when it is not 0, so that the keys of
+    models with a normalized front end (every ConvASR) stay what they were before it existed."""
+    keyed = {k: (list(p[k]) if isinstance(p[k], tuple) else p[k]) for k in _KEYED}
+    if p.get("init_center"):
+        keyed["init_center"] = p["init_center"]
+    return keyed
+
+
+def input_level_prior(model) -> float:
+    """Where synthetic inputs start, in the model's input domain, knowing only its front end.
+
+    NeMo's front end normalizes every mel channel to zero mean over the utterance: 0. A front end
+    without normalization (hama's ConvStftFrontend: log(max(mel energy, floor))) has features
+    whose level the BatchNorm statistics do not constrain (shifting real hama features by +-5
+    changes the KL loss from 0.019 to 0.074, while real features average about -10): the
+    synthetic inputs then stay near 0 and every range before the first LayerNorm is calibrated
+    at the wrong level. Data-free prior: the centre of the front end's own dynamic range,
+    halfway between its floor, log(floor) (digital silence), and the mean feature of full-scale
+    white noise (1 s, uniform in [-1, 1], seeded: synthetic audio, not data)."""
+    fe = getattr(getattr(model, "preprocessor", None), "featurizer", None)
+    if fe is None or not hasattr(fe, "log_floor"):
+        return 0.0
+    import math
+
+    floor = math.log(fe.log_floor)
+    g = torch.Generator().manual_seed(0)
+    n = int(getattr(fe, "sample_rate", 16000))
+    noise = torch.rand(1, n, generator=g) * 2.0 - 1.0
+    with torch.no_grad():
+        mel, frames = fe(noise, torch.tensor([n]))
+    top = float(mel[0, :, : int(frames[0])].double().mean())
+    return (floor + top) / 2.0
+
+
 def cache_key(model_digest: str, params: dict) -> str:
     p = _normalize_params(params)
-    keyed = {k: (list(p[k]) if isinstance(p[k], tuple) else p[k]) for k in _KEYED}
+    keyed = _keyed(p)
     blob = json.dumps({"format": CACHE_FORMAT, "model": model_digest, "params": keyed}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -482,13 +524,15 @@ def generate_cached(model, model_path_or_hash=None, params: dict | None = None, 
     from .paths import build_dir
 
     p = _normalize_params(params)
+    if p["init_center"] is None:   # resolved here so that the key says where the inputs started
+        p["init_center"] = input_level_prior(model)
     digest = model_path_or_hash if _is_hex_digest(model_path_or_hash) else model_hash(model)
     key = cache_key(digest, p)
     folder = Path(cache_dir if cache_dir is not None else build_dir() / "synth_cache") / key
     folder.mkdir(parents=True, exist_ok=True)
     manifest_path = folder / "manifest.json"
     manifest = _read_manifest(manifest_path)
-    keyed = {k: (list(p[k]) if isinstance(p[k], tuple) else p[k]) for k in _KEYED}
+    keyed = _keyed(p)
     manifest.update({"format": CACHE_FORMAT, "key": key, "model_hash": digest, "params": keyed})
     if model_path_or_hash is not None and not _is_hex_digest(model_path_or_hash):
         manifest["model_path"] = str(model_path_or_hash)
