@@ -104,58 +104,15 @@ from pathlib import Path
 import numpy as np
 
 from ..quant.quantizer import qrange
+from .onnx_graph import OPSET, Graph, _onnx  # noqa: F401  (re-exported)
 from .ops import Program
 
 INT64_MAX = (1 << 63) - 1
 LUT_MAX_BITS = 8    # swish / glu / gelu of activations up to this width: table lookup (0: the formulas)
 INT32_MAX = (1 << 31) - 1
-OPSET = 18
 
 __all__ = ["KERNELS", "build_integer_model", "export_onnx", "integer_only_report", "make_session",
            "ort_kernels_exact", "run_onnx_int", "save_model"]
-
-
-def _onnx():
-    try:
-        import onnx
-        from onnx import TensorProto, helper, numpy_helper
-    except ImportError as e:  # pragma: no cover - onnx is a declared extra
-        raise ImportError("ONNX export needs the 'onnx' package: pip install onnx onnxruntime") from e
-    return onnx, TensorProto, helper, numpy_helper
-
-
-class Graph:
-    """A tiny graph builder: unique names, initializers from NumPy arrays, one node per call."""
-
-    def __init__(self):
-        self.onnx, self.TP, self.helper, self.nh = _onnx()
-        self.nodes, self.inits, self._n = [], [], 0
-
-    def name(self, hint: str) -> str:
-        self._n += 1
-        return f"{hint}_{self._n}"
-
-    def const(self, value, dtype, hint: str = "c") -> str:
-        name = self.name(hint)
-        self.inits.append(self.nh.from_array(np.asarray(value, dtype=dtype), name))
-        return name
-
-    def op(self, op_type: str, inputs: list[str], hint: str | None = None, **attrs) -> str:
-        out = self.name(hint or op_type.lower())
-        self.nodes.append(self.helper.make_node(op_type, inputs, [out], name=out, **attrs))
-        return out
-
-    def identity(self, x: str, out: str) -> str:
-        self.nodes.append(self.helper.make_node("Identity", [x], [out], name=out))
-        return out
-
-    def model(self, inputs, outputs, name: str, doc: str = ""):
-        h = self.helper
-        graph = h.make_graph(self.nodes, name, inputs, outputs, self.inits)
-        m = h.make_model(graph, opset_imports=[h.make_opsetid("", OPSET)], producer_name="asrquant",
-                         doc_string=doc)
-        m.ir_version = 9  # readable by onnxruntime >= 1.16
-        return m
 
 
 def save_model(model, path) -> Path:

@@ -1,7 +1,7 @@
 """Integer-only ONNX lowerings of the Conformer's ops (layernorm, softmax, swish, glu, gelu, matmuls,
 relative-position scores).
 
-Each ``lower_<kind>(g, ..., op)`` appends nodes to a graph builder ``g`` (``program.onnx_int.Graph``)
+Each ``lower_<kind>(g, ..., op)`` appends nodes to a graph builder ``g`` (``program.onnx_graph.Graph``)
 and returns the name of its output tensor. The arithmetic is the exact integer formula of the torch
 kernel (``intops.nonlinear`` / ``intops.gelu``, module docs there), written with ONNX integer
 operators only, so onnxruntime (CPU, opset 18) gives the same integers bit for bit
@@ -91,7 +91,7 @@ from ..intops.nonlinear import ExpParams
 from ..quant.quantizer import qrange, storage_dtype
 from . import nonlinear_params as nlp
 from .ops import Op, dtype_name
-from .onnx_int import Graph
+from .onnx_graph import Graph
 
 __all__ = ["ISQRT_STEPS", "LOWERINGS", "lower", "lower_layernorm", "lower_softmax", "lower_swish", "lower_glu",
            "lower_gelu", "lower_matmul_qk", "lower_matmul_pv", "lower_matmul_pos", "rel_pos_scores", "attention_keep", "lower_exp", "lower_bit_length", "lower_isqrt",
