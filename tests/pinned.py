@@ -1,8 +1,11 @@
 """Small fixed integer models whose logits are pinned (tests/data/pinned_logits.json).
 
-The pins were recorded on main before the integer program existed (commit 27422e9, the
+The pins were recorded on main before the integer program existed (commit ea49127, the
 hand-walked IntBlock model): the refactor must not change a single integer. Everything here is
-seeded and needs no shared data.
+seeded and needs no shared data, and nothing depends on the machine: the float models' weights
+and BatchNorm statistics come from a seeded generator (no float forward pass, whose summation
+order depends on the thread count), and the calibration (activation ranges, and input means for
+bias correction) is the one recorded with the pins, replayed through ``FixedObserver``.
 """
 from __future__ import annotations
 
@@ -34,17 +37,43 @@ def pinned_float_model(name: str):
         for pname, p in model.named_parameters():
             if pname.startswith(("encoder", "decoder")):
                 p.copy_(torch.randn(p.shape, generator=g) / max(1, p[0].numel()) ** 0.5)
-    mel = torch.randn(3, 64, 160, generator=g)
-    lengths = torch.tensor([160, 131, 97])
-    for m in model.encoder.modules():
-        if isinstance(m, torch.nn.BatchNorm1d):
-            m.reset_running_stats()
-            m.momentum = None
-    model.encoder.train()
     with torch.no_grad():
-        model.encoder(mel, lengths)
+        for m in model.encoder.modules():
+            if isinstance(m, torch.nn.BatchNorm1d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.3)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) * 2.0 + 0.05)
+                m.weight.copy_(1.0 + 0.2 * torch.randn(m.num_features, generator=g))
+                m.bias.copy_(0.1 * torch.randn(m.num_features, generator=g))
     model.eval()
     return model
+
+
+class FixedObserver:
+    """An observer whose range was recorded (replays a calibration exactly, on any machine)."""
+
+    def __init__(self, alpha: float, name: str = "MinMaxObserver"):
+        self._alpha, self.name = float(alpha), name
+
+    def alpha(self) -> float:
+        return self._alpha
+
+
+def observer_key(key) -> str:
+    return key if isinstance(key, str) else ",".join(str(k) for k in key)
+
+
+def fixed_calibration(model, record: dict):
+    """(observers, input_means or None) from a recorded calibration (see CASES)."""
+    observers = {}
+    for k, a in record["alphas"].items():
+        key = k if k == "input" else tuple(int(v) for v in k.split(","))
+        observers[key] = FixedObserver(a)
+    type(observers["input"]).__name__  # noqa: B018  (convert records the observer's class name)
+    means = None
+    if record.get("means"):
+        modules = dict(model.named_modules())
+        means = {modules[n]: torch.tensor(v, dtype=torch.float64) for n, v in record["means"].items()}
+    return observers, means
 
 
 CASES = {  # name -> (float model, weight bits, act bits, bias correction)

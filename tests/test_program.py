@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from pinned import CASES, digest, pinned_float_model, pinned_inputs
+from pinned import CASES, digest, fixed_calibration, pinned_float_model, pinned_inputs
 
-from asrquant.calibration import collect, random_mels
+from asrquant.calibration import random_mels
 from asrquant.convert import ProgramBuilder, convert, load_quantized, save_quantized
 from asrquant.models import CheckpointError
 from asrquant.program.numpy_ref import NumpyReference
@@ -24,11 +24,12 @@ PINS = json.loads((DATA / "pinned_logits.json").read_text())["cases"]
 
 
 def _quantize(case):
+    """The pinned case converted with the calibration recorded beside its pin (machine-independent)."""
     arch, wb, ab, bc = CASES[case]
     model = pinned_float_model(arch)
-    batches = random_mels(1, 4, 200, seed=1)
-    stats = collect(model, batches, means=bc)
-    return convert(model, stats.observers, wb, ab, input_means=stats.input_means)
+    observers, means = fixed_calibration(model, PINS[case])
+    assert (means is not None) == bc
+    return convert(model, observers, wb, ab, input_means=means)
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))
@@ -143,3 +144,23 @@ def test_program_table_lists_every_op(pinned_case):
     assert len(rows) == len(qmodel.program.ops)
     convs = [r for r in rows if r["kind"] == "conv1d"]
     assert all(r["bound"] > 0 and r["out"] in ("int32", "int64") for r in convs)
+
+
+def test_one_pass_calibration_reproduces_the_recorded_one():
+    """calibration.collect (one hooked pass) measures what the old calibrate / conv_input_means
+    measured when the pins were recorded (float tolerance: summation order depends on threads)."""
+    from asrquant.calibration import collect
+    from pinned import observer_key
+
+    model = pinned_float_model("quartznet5x5")
+    stats = collect(model, random_mels(1, 4, 200, seed=1), means=True)
+    rec = PINS["quartznet5x5_w6a8_bc"]
+    alphas = {observer_key(k): o.alpha() for k, o in stats.observers.items()}
+    assert alphas.keys() == rec["alphas"].keys()
+    for k, a in rec["alphas"].items():
+        assert abs(alphas[k] - a) <= 1e-5 * abs(a), k
+    names = {m: n for n, m in model.named_modules()}
+    means = {names[c]: m for c, m in stats.input_means.items()}
+    assert means.keys() == rec["means"].keys()
+    for n, v in rec["means"].items():
+        torch.testing.assert_close(means[n], torch.tensor(v, dtype=torch.float64), rtol=1e-5, atol=1e-6)
