@@ -20,6 +20,7 @@ Runtimes (``RUNTIMES``):
         and torch int64 requantization: bit-exact by a bound, but not integer-only arithmetic),
         torch-int8-reference (``forward_int``; slow, opt-in).
 Latency covers the encoder + decoder (log-mel in, logits out), not the mel front end.
+The Conformer (``CONFORMER_RUNTIMES``): torch-fp32 against onnxruntime-int8 and torch+native-int8.
 """
 
 from __future__ import annotations
@@ -38,6 +39,15 @@ INT8_RUNTIMES = ("onnxruntime-int8", "torch+native-int8", "torch-int8+fp32exact-
 REFERENCE = "torch-int8-reference"
 RUNTIMES = FP32_RUNTIMES + INT8_RUNTIMES + (REFERENCE,)
 INTEGER_ONLY = {"onnxruntime-int8", "torch+native-int8", REFERENCE}
+# The Conformer: the float model in torch (no BN-folded float graph of it here), and the two
+# integer-only runtimes (the fast runner uses the reference kernels for the Conformer's ops).
+CONFORMER_RUNTIMES = ("torch-fp32", "onnxruntime-int8", "torch+native-int8")
+
+
+def default_runtimes(model) -> tuple[str, ...]:
+    from ..quantize import is_conformer
+
+    return CONFORMER_RUNTIMES if is_conformer(model) else FP32_RUNTIMES + INT8_RUNTIMES
 
 
 def machine_info() -> dict:
@@ -219,7 +229,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1, help="intra-op threads for every runtime")
     p.add_argument("--repeats", type=int, default=20, help="timed runs per runtime (interleaved)")
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--runtimes", nargs="+", default=list(FP32_RUNTIMES + INT8_RUNTIMES), choices=list(RUNTIMES))
+    p.add_argument("--runtimes", nargs="+", default=None, choices=list(RUNTIMES),
+                   help="default: every FP32 and INT8 runtime the model has (the Conformer: "
+                        + ", ".join(CONFORMER_RUNTIMES) + ")")
     p.add_argument("--json", default=None, help="write the full result here")
     p.add_argument("--quiet", action="store_true")
 
@@ -230,8 +242,9 @@ def cmd_bench(args) -> int:
 
     model = load_model(args.model)
     qmodel = load_quantized(args.quantized)
+    runtimes = args.runtimes or default_runtimes(model)
     res = bench(model, qmodel, args.seconds, args.batch, args.threads, args.repeats, args.warmup,
-                runtimes=args.runtimes, progress=not args.quiet)
+                runtimes=runtimes, progress=not args.quiet)
     res["model_path"], res["quantized_path"] = str(args.model), str(args.quantized)
     print(format_report(res))
     if args.json:
