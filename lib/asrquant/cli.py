@@ -129,7 +129,8 @@ def cmd_quantize(args) -> int:
     info = {"calibration": args.calibration, "seed": args.seed, "source_model": str(args.model)}
     qmodel = quantize(model, batches, args.weight_bits, args.act_bits, observer=args.observer,
                       weight_method=args.weight_method, bias_correction=args.bias_correction, rounding=args.rounding,
-                      depthwise_bits=args.depthwise_bits, residual_bits=args.residual_bits, info=info)
+                      depthwise_bits=args.depthwise_bits, residual_bits=args.residual_bits,
+                      prob_bits=args.prob_bits, info=info)
     out = save_quantized(qmodel, args.out)
     print(f"W{args.weight_bits}A{args.act_bits} integer model ({args.calibration} calibration, "
           f"{len(batches)} batches, {len(qmodel.program.ops)} integer ops) -> {out}; "
@@ -182,6 +183,8 @@ def cmd_grid(args) -> int:
 
     from .tables import GridSpec, run_grid, summarize
 
+    if args.residual_bits or args.prob_bits:
+        raise ValueError("grid: --residual-bits / --prob-bits are not grid settings yet (use `asrquant quantize`)")
     bits = tuple(tuple(int(x) for x in b.split("/")) for b in args.bits)
     synth = {"n_batches": args.synth_batches, "batch_size": 8, "frames": args.synth_frames,
              "iterations": args.synth_iterations, "lr": args.lr}
@@ -207,6 +210,8 @@ def _add_quantization_options(p: argparse.ArgumentParser) -> None:
                    help="weight rounding: nearest, or gptq (output-aware, on the calibration data)")
     p.add_argument("--residual-bits", type=int, default=None,
                    help="Conformer: width of the residual stream (default: --act-bits)")
+    p.add_argument("--prob-bits", type=int, default=None,
+                   help="Conformer: width of the attention probabilities (default: --act-bits; 16 helps long inputs)")
     p.add_argument("--bias-correction", action="store_true",
                    help="correct biases for the mean shift weight rounding causes (input means from the calibration data)")
 

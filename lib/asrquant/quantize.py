@@ -18,7 +18,8 @@ def is_conformer(model) -> bool:
 
 def quantize(model, batches, weight_bits: int = 8, act_bits: int = 8, *, observer: str = "minmax",
              weight_method: str = "minmax", bias_correction: bool = False, rounding: str = "nearest",
-             depthwise_bits: int | None = None, residual_bits: int | None = None, info: dict | None = None):
+             depthwise_bits: int | None = None, residual_bits: int | None = None, prob_bits: int | None = None,
+             info: dict | None = None):
     """Calibrate `model` on (mel, lengths) batches and convert it to an integer model."""
     if is_conformer(model):
         from .convert_conformer import calibrate_conformer, convert_conformer
@@ -28,11 +29,12 @@ def quantize(model, batches, weight_bits: int = 8, act_bits: int = 8, *, observe
         if unsupported:
             raise ValueError(f"{', '.join(unsupported)}: supported for ConvASR models only, not the Conformer")
         observers = calibrate_conformer(model, batches, observer)
-        return convert_conformer(model, observers, weight_bits, act_bits, weight_method, info, residual_bits)
+        return convert_conformer(model, observers, weight_bits, act_bits, weight_method, info, residual_bits,
+                                 prob_bits=prob_bits)
     if not isinstance(model, ConvASR):
         raise TypeError(f"cannot quantize a {type(model).__name__}")
-    if residual_bits:
-        raise ValueError("--residual-bits: supported for the Conformer only")
+    if residual_bits or prob_bits:
+        raise ValueError("--residual-bits / --prob-bits: supported for the Conformer only")
     from .calibration import collect
     from .convert import convert
 
