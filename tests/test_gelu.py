@@ -17,7 +17,6 @@ def test_matches_reference_and_gelu(scale):
     # I-BERT's erf polynomial (about 0.02) evaluated on the input's integer grid (coarse at large scales)
     assert float(err.max()) < 0.03 + 0.1 * scale
     big = q.double() * scale > 2.6          # beyond the clip point GELU(x) = x: exactly, no gain error
-    assert torch.equal(y[big].double() * p.out_scale * 2 * p.q_one, q[big].double() * scale * 2 * p.q_one)
     assert (y[big] == q[big] * 2 * p.q_one).all()
 
 
