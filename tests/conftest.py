@@ -38,6 +38,23 @@ def train_clean_dir(shared_dir) -> Path:
     return _split(shared_dir, "train-clean-100")
 
 
+def speech_like_audio(seconds=(2.0, 1.4, 0.9), seed=0):
+    """A padded batch (audio [B, N], lengths) of speech-like noise at 16 kHz: harmonic tones with
+    a slow envelope, one utterance per duration; needs no shared data."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    n = [int(s * 16000) for s in seconds]
+    audio = torch.zeros(len(n), max(n))
+    t = torch.arange(max(n)) / 16000
+    for b, k in enumerate(n):
+        f0 = 100 + 80 * torch.rand(1, generator=g)
+        sig = sum(torch.sin(2 * torch.pi * f0 * h * t) / h for h in range(1, 6))
+        env = 0.5 + 0.5 * torch.sin(2 * torch.pi * 3 * t + torch.rand(1, generator=g) * 6)
+        audio[b, :k] = (0.1 * sig * env + 0.01 * torch.randn(max(n), generator=g))[:k]
+    return audio, torch.tensor(n)
+
+
 def randomize_weights(model, seed: int) -> None:
     """Encoder/decoder weights ~ N(0, 1/fan_in): a random but well-scaled network."""
     import torch

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import speech_like_audio
+
 from asrquant.calibration import random_mels
 from asrquant.convert_conformer import calibrate_conformer, convert_conformer, float_forward
 from asrquant.program.numpy_ref import NumpyReference
@@ -17,26 +19,12 @@ from asrquant.verify import float_ops_in_forward
 pytest.importorskip("hama")
 
 
-def _audio(seconds=(2.0, 1.4, 0.9), seed=0):
-    """Speech-like noise: a few harmonic tones with a slow envelope, per utterance."""
-    g = torch.Generator().manual_seed(seed)
-    n = [int(s * 16000) for s in seconds]
-    audio = torch.zeros(len(n), max(n))
-    t = torch.arange(max(n)) / 16000
-    for b, k in enumerate(n):
-        f0 = 100 + 80 * torch.rand(1, generator=g)
-        sig = sum(torch.sin(2 * torch.pi * f0 * h * t) / h for h in range(1, 6))
-        env = 0.5 + 0.5 * torch.sin(2 * torch.pi * 3 * t + torch.rand(1, generator=g) * 6)
-        audio[b, :k] = (0.1 * sig * env + 0.01 * torch.randn(max(n), generator=g))[:k]
-    return audio, torch.tensor(n)
-
-
 @pytest.fixture(scope="module")
 def hama_model():
     from asrquant.models.hama import load_hama_model, restore_conformer_bn
 
     model = load_hama_model()
-    audio, lengths = _audio((3.0, 2.5, 2.0, 1.5), seed=1)
+    audio, lengths = speech_like_audio((3.0, 2.5, 2.0, 1.5), seed=1)
     restore_conformer_bn(model, [(audio, lengths)], progress=False)
     return model
 
@@ -44,7 +32,7 @@ def hama_model():
 @pytest.fixture(scope="module")
 def batch(hama_model):
     with torch.no_grad():
-        return hama_model.features(*_audio())
+        return hama_model.features(*speech_like_audio())
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import speech_like_audio
+
 from asrquant.program import OPS
 from asrquant.program.numpy_ref import NumpyReference
 from asrquant.program.torch_ref import TorchReference
@@ -106,20 +108,6 @@ def test_fast_runner_on_a_conformer_program():
 
 # ----------------------------------------------------------------------------- Conformers through ONNX
 
-def _audio(seconds=(2.0, 1.4, 0.9), seed=0):
-    """Speech-like noise (tests/test_conformer_integer.py): harmonic tones with a slow envelope."""
-    g = torch.Generator().manual_seed(seed)
-    n = [int(s * 16000) for s in seconds]
-    audio = torch.zeros(len(n), max(n))
-    t = torch.arange(max(n)) / 16000
-    for b, k in enumerate(n):
-        f0 = 100 + 80 * torch.rand(1, generator=g)
-        sig = sum(torch.sin(2 * torch.pi * f0 * h * t) / h for h in range(1, 6))
-        env = 0.5 + 0.5 * torch.sin(2 * torch.pi * 3 * t + torch.rand(1, generator=g) * 6)
-        audio[b, :k] = (0.1 * sig * env + 0.01 * torch.randn(max(n), generator=g))[:k]
-    return audio, torch.tensor(n)
-
-
 def _onnx_int_bit_exact(qmodel, mel, lengths, fresh: bool = False):
     """The integer-only graph (integer-only by shape inference) == forward_int on every valid frame
     of the padded batch, lengths included. fresh: a new session on a newly built graph (not
@@ -165,9 +153,9 @@ def hama_w8a8():
     from asrquant.quantize import quantize
 
     model = load_hama_model()
-    restore_conformer_bn(model, [_audio((3.0, 2.5, 2.0, 1.5), seed=1)], progress=False)
+    restore_conformer_bn(model, [speech_like_audio((3.0, 2.5, 2.0, 1.5), seed=1)], progress=False)
     with torch.no_grad():
-        mel, lengths = model.features(*_audio())
+        mel, lengths = model.features(*speech_like_audio())
     return model, quantize(model, [(mel, lengths)], 8, 8), (mel, lengths)
 
 
@@ -220,7 +208,7 @@ def _nemo_small(subsampling: str, **overrides):
             if not name.startswith("preprocessor"):
                 p.copy_(torch.randn(p.shape, generator=g) / max(1, p[0].numel()) ** 0.5 if p.dim() > 1
                         else (1.0 if name.endswith("weight") else 0.0) + 0.2 * torch.randn(p.shape, generator=g))
-        mel, lengths = model.features(*_audio())
+        mel, lengths = model.features(*speech_like_audio())
     fill_bn_statistics(model.encoder, mel, lengths)
     return quantize(model, [(mel, lengths)], 8, 8), (mel, lengths)
 
