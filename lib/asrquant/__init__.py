@@ -12,6 +12,17 @@ Modules, each with one job:
   experiments tables, BOPs, model sizes
   deploy/    ONNX export, onnxruntime / TensorRT runners, latency benchmarks
   cli        the `asrquant` command
+  api        `asrquant.load(path).transcribe(files_or_arrays)`
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """`asrquant.load` and `asrquant.Recognizer`, imported on first use (torch is not imported
+    when the package is)."""
+    if name in ("load", "Recognizer"):
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -377,3 +377,15 @@ def frontend_from_config(cfg: dict | None) -> torch.nn.Module:
     if cfg.get("type") == "conv_stft" or str(cfg.get("_target_", "")).endswith("ConvStftFrontend"):
         return ConvStftFrontend(**cfg)
     return MelFrontend.from_config(cfg)
+
+
+def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    """1-D float audio at `from_rate` Hz -> float32 at `to_rate` Hz, with the same exact rational
+    polyphase filter load_audio uses (unchanged, as float32, when the rates agree)."""
+    audio = np.asarray(audio, dtype=np.float32)
+    if int(from_rate) <= 0 or int(to_rate) <= 0:
+        raise ValueError(f"sample rates must be positive, got {from_rate} -> {to_rate}")
+    if int(from_rate) != int(to_rate):
+        ratio = Fraction(int(to_rate), int(from_rate))
+        audio = resample_poly(audio, ratio.numerator, ratio.denominator).astype(np.float32)
+    return np.ascontiguousarray(audio, dtype=np.float32)

@@ -10,7 +10,7 @@ from pathlib import Path
 from . import paths
 
 
-def _write_json(path: str | None, obj: dict) -> None:
+def _write_json(path: str | None, obj) -> None:
     if not path:
         return
     from .models.checkpoint import atomic_write_bytes
@@ -19,17 +19,10 @@ def _write_json(path: str | None, obj: dict) -> None:
 
 
 def open_model(path: str | Path):
-    """A float `.nemo` model or a quantized model file, by content."""
-    path = Path(path)
-    from .models.checkpoint import load_model
+    """A float `.nemo` model or a quantized model file, by content (``api.open_model``)."""
+    from .api import open_model as _open_model
 
-    try:
-        from .convert import is_quantized_file, load_quantized
-    except ImportError:  # the integer engine is optional for float-only use
-        return load_model(path)
-    if path.is_file() and is_quantized_file(path):
-        return load_quantized(path)
-    return load_model(path)
+    return _open_model(path)
 
 
 def cmd_restore_bn(args) -> int:
@@ -103,6 +96,22 @@ def cmd_evaluate(args) -> int:
     if not args.transcripts:
         result.pop("transcripts")
     _write_json(args.json, result)
+    return 0
+
+
+def cmd_transcribe(args) -> int:
+    from .api import expand_inputs, load
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    files = expand_inputs(args.inputs)
+    recognizer = load(args.model)
+    results = recognizer.transcribe_detailed(
+        files, batch_size=args.batch_size,
+        on_note=lambda note: print(f"asrquant transcribe: note: {note}", file=sys.stderr))
+    for r in results:
+        print(f"{r['path']}\t{r['text']}")
+    _write_json(args.json, results)
     return 0
 
 
@@ -241,6 +250,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--transcripts", action="store_true", help="include per-utterance transcripts in the JSON")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_evaluate)
+
+    t = sub.add_parser("transcribe", help="transcribe audio files, folders or a manifest with any model")
+    t.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="audio files (any format soundfile reads, any rate and channel count), folders "
+                        "(searched recursively) or NeMo JSON-lines manifests")
+    t.add_argument("--model", required=True, help="a float .nemo or a quantized .aqz model")
+    t.add_argument("--json", default=None, help="also write [{path, text, seconds}, ...] here")
+    t.add_argument("--batch-size", type=int, default=8)
+    t.set_defaults(func=cmd_transcribe)
 
     h = sub.add_parser("import-hama", help="the `hama` package's pretrained phoneme Conformer-CTC as a .nemo")
     h.add_argument("--out", required=True, help="output .nemo")

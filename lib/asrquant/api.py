@@ -1,0 +1,225 @@
+"""The Python API: open any model and transcribe audio files or arrays.
+
+    import asrquant
+    asr = asrquant.load("qn15_w8a8.aqz")          # a float .nemo or a quantized .aqz
+    asr.transcribe(["a.wav", "b.flac"])          # -> ["text of a", "text of b"]
+    asr.transcribe([samples], sample_rate=8000)  # 1-D float arrays / tensors, resampled to the model's rate
+
+Files may be any format soundfile reads, at any sample rate and channel count (mixed down to mono
+and resampled to the model's rate). Inputs are batched by length, and the models mask padding, so
+an input gives the same transcript alone or in a batch. Phoneme models (the hama Conformer) give
+their phonemes joined by spaces. `expand_inputs` turns folders (searched recursively) and NeMo
+manifests into the list of audio files the `asrquant transcribe` command reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .audio import AudioError, load_audio, resample
+from .evaluate import decode_batch, phoneme_config
+
+# File name endings searched for in folders (what libsndfile reads; mp3 where it is built in).
+AUDIO_SUFFIXES = frozenset({".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".aifc",
+                            ".au", ".snd", ".caf", ".w64", ".rf64", ".sph", ".nist", ".voc"})
+MANIFEST_SUFFIXES = frozenset({".json", ".jsonl", ".manifest"})
+
+
+def _is_manifest(path: Path) -> bool:
+    """A NeMo JSON-lines manifest: by its suffix, or (no audio suffix) a file starting with '{'."""
+    if path.suffix.lower() in MANIFEST_SUFFIXES:
+        return True
+    if path.suffix.lower() in AUDIO_SUFFIXES:
+        return False
+    try:
+        with open(path, "rb") as f:
+            return f.read(256).lstrip()[:1] == b"{"
+    except OSError:
+        return False
+
+
+def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    """Audio files, folders (searched recursively for audio files, sorted) and NeMo manifests
+    -> the audio files, in order. A missing path, a folder without audio or an empty manifest
+    raises AudioError naming it."""
+    from .data import read_manifest
+
+    files: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_SUFFIXES)
+            if not found:
+                raise AudioError(f"{p}: no audio files in this folder (searched recursively for "
+                                 f"{', '.join(sorted(AUDIO_SUFFIXES))})")
+            files.extend(found)
+        elif p.is_file():
+            if _is_manifest(p):
+                utts = read_manifest(p)
+                if not utts:
+                    raise AudioError(f"{p}: the manifest lists no audio files")
+                files.extend(Path(u.audio_path) for u in utts)
+            else:
+                files.append(p)
+        else:
+            raise AudioError(f"{p}: no such file or folder")
+    return files
+
+
+@dataclass
+class _Source:
+    """One input: a file (read when its batch is built) or an array already at the model's rate."""
+    name: str
+    seconds: float            # duration at the input's own rate
+    rate: int
+    channels: int
+    path: Path | None = None
+    samples: np.ndarray | None = None
+
+
+def _probe_file(path: Path) -> _Source:
+    import soundfile as sf
+
+    if not path.is_file():
+        raise AudioError(f"{path}: file not found")
+    try:
+        info = sf.info(str(path))
+    except Exception as e:  # LibsndfileError / RuntimeError / TypeError, by soundfile version and format
+        reason = getattr(e, "error_string", None) or str(e)
+        raise AudioError(f"{path}: not an audio file soundfile can read ({reason})") from e
+    if info.frames <= 0:
+        raise AudioError(f"{path}: audio is empty (0 samples)")
+    return _Source(str(path), info.frames / info.samplerate, int(info.samplerate), int(info.channels), path=path)
+
+
+def _array_source(x, index: int, rate: int) -> _Source:
+    name = f"<array {index}>"
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    x = np.asarray(x)
+    if x.ndim != 1:
+        raise AudioError(f"{name}: expected a 1-D array of samples (mono), got shape {x.shape}")
+    if x.size == 0:
+        raise AudioError(f"{name}: audio is empty (0 samples)")
+    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        raise AudioError(f"{name}: expected float samples, got dtype {x.dtype}")
+    x = x.astype(np.float32)
+    if not np.isfinite(x).all():
+        raise AudioError(f"{name}: audio contains NaN or infinite samples")
+    return _Source(name, x.size / rate, int(rate), 1, samples=x)
+
+
+class Recognizer:
+    """A float or quantized CTC model with its front end, ready to transcribe.
+
+    model: anything with `labels`, `features(audio, lengths)` and `forward_features(mel, lengths)`
+    (ConvASR, ConformerCTC, the integer model of an .aqz file).
+    """
+
+    def __init__(self, model, path: str | Path | None = None):
+        self.model = model.eval() if hasattr(model, "eval") else model
+        self.path = None if path is None else Path(path)
+        fe = getattr(getattr(model, "preprocessor", None), "featurizer", None)
+        config = getattr(model, "config", None) or {}
+        self.sample_rate = int(getattr(fe, "sample_rate", None) or config.get("sample_rate") or 16000)
+        # the shortest input that fills one analysis window
+        self.min_samples = int(getattr(fe, "n_fft", None) or getattr(fe, "win_length", None) or 1)
+        self.phonemes = phoneme_config(model) is not None
+
+    def __repr__(self) -> str:
+        return (f"Recognizer({type(self.model).__name__}, {self.sample_rate} Hz"
+                f"{', phonemes' if self.phonemes else ''}{f', {self.path}' if self.path else ''})")
+
+    def transcribe(self, inputs, sample_rate: int | None = None, batch_size: int = 8) -> list[str]:
+        """Transcripts, one per input, in input order. `inputs`: audio file paths and/or 1-D float
+        arrays (numpy or torch) at `sample_rate` Hz (default: the model's rate); a single path or
+        array is taken as a list of one."""
+        return [r["text"] for r in self.transcribe_detailed(inputs, sample_rate, batch_size)]
+
+    def transcribe_detailed(self, inputs, sample_rate: int | None = None, batch_size: int = 8,
+                            on_note: Callable[[str], None] | None = None) -> list[dict]:
+        """Like transcribe, as dicts {path, text, seconds} (seconds: the input's duration).
+        Every file's header is checked before anything is decoded. on_note receives one message
+        when some inputs are resampled or mixed down to mono."""
+        if isinstance(inputs, (str, Path, np.ndarray, torch.Tensor)) and not (
+                isinstance(inputs, (np.ndarray, torch.Tensor)) and inputs.ndim == 2):
+            inputs = [inputs]
+        if batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {batch_size}")
+        rate = int(sample_rate) if sample_rate is not None else self.sample_rate
+        if rate <= 0:
+            raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+        sources = [_probe_file(Path(x)) if isinstance(x, (str, Path)) else _array_source(x, i, rate)
+                   for i, x in enumerate(inputs)]
+        if on_note is not None:
+            note = self._conversion_note(sources)
+            if note:
+                on_note(note)
+        results: list[dict | None] = [None] * len(sources)
+        order = sorted(range(len(sources)), key=lambda i: (sources[i].seconds, i))
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            texts = self._run([self._load(sources[i]) for i in idx])
+            for i, text in zip(idx, texts):
+                results[i] = {"path": sources[i].name, "text": text, "seconds": round(sources[i].seconds, 3)}
+        return results
+
+    def _conversion_note(self, sources: list[_Source]) -> str | None:
+        rates = sorted({s.rate for s in sources if s.rate != self.sample_rate})
+        multi = sum(1 for s in sources if s.channels > 1)
+        parts = []
+        if rates:
+            n = sum(1 for s in sources if s.rate != self.sample_rate)
+            parts.append(f"resampling {n} input(s) from {', '.join(f'{r} Hz' for r in rates)} to the model's "
+                         f"{self.sample_rate} Hz")
+        if multi:
+            parts.append(f"mixing {multi} multi-channel input(s) down to mono")
+        return "; ".join(parts) or None
+
+    def _load(self, s: _Source) -> tuple[str, np.ndarray]:
+        wave = load_audio(s.path, self.sample_rate) if s.path is not None else resample(s.samples, s.rate,
+                                                                                        self.sample_rate)
+        if len(wave) < self.min_samples:
+            raise AudioError(f"{s.name}: audio too short ({len(wave)} samples at {self.sample_rate} Hz; "
+                             f"at least {self.min_samples} are needed)")
+        return s.name, wave
+
+    @torch.inference_mode()
+    def _run(self, named_waves: list[tuple[str, np.ndarray]]) -> list[str]:
+        waves = [w for _, w in named_waves]
+        lengths = torch.tensor([len(w) for w in waves], dtype=torch.int64)
+        audio = torch.zeros(len(waves), int(lengths.max()), dtype=torch.float32)
+        for i, w in enumerate(waves):
+            audio[i, :len(w)] = torch.from_numpy(w)
+        mel, mel_len = self.model.features(audio, lengths)
+        logits, out_len = self.model.forward_features(mel, mel_len)
+        return [" ".join(t) if isinstance(t, (list, tuple)) else str(t)
+                for t in decode_batch(self.model, logits, out_len)]
+
+
+def open_model(path: str | Path):
+    """A float `.nemo` model or a quantized model file, by content."""
+    from .models.checkpoint import load_model
+
+    path = Path(path)
+    try:
+        from .convert import is_quantized_file, load_quantized
+    except ImportError:  # the integer engine is optional for float-only use
+        return load_model(path)
+    if path.is_file() and is_quantized_file(path):
+        return load_quantized(path)
+    return load_model(path)
+
+
+def load(path: str | Path) -> Recognizer:
+    """Open a float `.nemo` (QuartzNet, JasperDR, Conformer-CTC, the imported hama Conformer) or a
+    quantized `.aqz` model file as a Recognizer."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: model file not found")
+    return Recognizer(open_model(path), path)
