@@ -86,6 +86,17 @@ def test_cli_one_line_per_file_in_order_json_and_one_note(workdir, capsys, tmp_p
     assert [r["path"] for r in rows] == [str(f) for f in inputs]
     assert [r["text"] for r in rows] == [t for _, t in lines]
     assert [r["seconds"] for r in rows] == pytest.approx([0.8, 1.5, 2.0], abs=1e-3)
+    for r in rows:  # word time stamps from the CTC frames: the transcript's words, in order, in the audio
+        _check_words(r)
+
+
+def _check_words(row: dict) -> None:
+    words = row["words"]
+    assert " ".join(w["word"] for w in words) == " ".join(row["text"].split())
+    ends = 0.0
+    for w in words:
+        assert ends <= w["start"] < w["end"] <= row["seconds"] + 0.05, words
+        ends = w["end"]
 
 
 @pytest.mark.parametrize("kind", ["nemo", "aqz"])
@@ -211,3 +222,7 @@ def test_hama_phonemes_match_evaluate(test_other_dir):
     assert texts == [" ".join(p) for p in transcribe(model, utts, batch_size=3, progress=False)]
     assert texts == [asr.transcribe(u.audio_path)[0] for u in utts]
     assert all(len(t.split()) > 10 for t in texts)
+    for u, r in zip(utts, asr.transcribe_detailed([u.audio_path for u in utts], words=True)):
+        assert r["path"] == str(u.audio_path)
+        _check_words(r)  # a word: its phonemes joined by spaces, between word-boundary tokens
+        assert len(r["words"]) >= len(u.text.split()) // 2

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .audio import AudioError, load_audio, resample
-from .evaluate import decode_batch, phoneme_config
+from .evaluate import apply_decoding, decode_batch, phoneme_config
 
 # File name endings searched for in folders (what libsndfile reads; mp3 where it is built in).
 AUDIO_SUFFIXES = frozenset({".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".aifc",
@@ -130,6 +130,9 @@ class Recognizer:
         # the shortest input that fills one analysis window
         self.min_samples = int(getattr(fe, "n_fft", None) or getattr(fe, "win_length", None) or 1)
         self.phonemes = phoneme_config(model) is not None
+        hop = getattr(fe, "hop_length", None)
+        self._hop_seconds = hop / self.sample_rate if hop else None
+        self._subsampling = _subsampling_factor(config)
 
     def __repr__(self) -> str:
         return (f"Recognizer({type(self.model).__name__}, {self.sample_rate} Hz"
@@ -142,10 +145,12 @@ class Recognizer:
         return [r["text"] for r in self.transcribe_detailed(inputs, sample_rate, batch_size)]
 
     def transcribe_detailed(self, inputs, sample_rate: int | None = None, batch_size: int = 8,
-                            on_note: Callable[[str], None] | None = None) -> list[dict]:
-        """Like transcribe, as dicts {path, text, seconds} (seconds: the input's duration).
-        Every file's header is checked before anything is decoded. on_note receives one message
-        when some inputs are resampled or mixed down to mono."""
+                            on_note: Callable[[str], None] | None = None, words: bool = False) -> list[dict]:
+        """Like transcribe, as dicts {path, text, seconds} (seconds: the input's duration), with
+        words=True also "words": [{word, start, end}, ...] in seconds, from the CTC frames that emit
+        each word's tokens (phoneme models: a word is its phonemes joined by spaces, between
+        word-boundary tokens). Every file's header is checked before anything is decoded. on_note
+        receives one message when some inputs are resampled or mixed down to mono."""
         if isinstance(inputs, (str, Path, np.ndarray, torch.Tensor)) and not (
                 isinstance(inputs, (np.ndarray, torch.Tensor)) and inputs.ndim == 2):
             inputs = [inputs]
@@ -164,9 +169,11 @@ class Recognizer:
         order = sorted(range(len(sources)), key=lambda i: (sources[i].seconds, i))
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            texts = self._run([self._load(sources[i]) for i in idx])
-            for i, text in zip(idx, texts):
+            texts, timings = self._run([self._load(sources[i]) for i in idx], words)
+            for i, text, timing in zip(idx, texts, timings):
                 results[i] = {"path": sources[i].name, "text": text, "seconds": round(sources[i].seconds, 3)}
+                if words:
+                    results[i]["words"] = timing
         return results
 
     def _conversion_note(self, sources: list[_Source]) -> str | None:
@@ -190,7 +197,7 @@ class Recognizer:
         return s.name, wave
 
     @torch.inference_mode()
-    def _run(self, named_waves: list[tuple[str, np.ndarray]]) -> list[str]:
+    def _run(self, named_waves: list[tuple[str, np.ndarray]], words: bool = False):
         waves = [w for _, w in named_waves]
         lengths = torch.tensor([len(w) for w in waves], dtype=torch.int64)
         audio = torch.zeros(len(waves), int(lengths.max()), dtype=torch.float32)
@@ -198,8 +205,58 @@ class Recognizer:
             audio[i, :len(w)] = torch.from_numpy(w)
         mel, mel_len = self.model.features(audio, lengths)
         logits, out_len = self.model.forward_features(mel, mel_len)
-        return [" ".join(t) if isinstance(t, (list, tuple)) else str(t)
-                for t in decode_batch(self.model, logits, out_len)]
+        texts = [" ".join(t) if isinstance(t, (list, tuple)) else str(t)
+                 for t in decode_batch(self.model, logits, out_len)]
+        if not words:
+            return texts, [None] * len(texts)
+        frame = self._frame_seconds(mel_len, out_len)
+        ids = apply_decoding(self.model, logits).argmax(dim=1).cpu()  # [B, T'], as decode_batch reads them
+        return texts, [self._words(ids[b, :int(out_len[b])].tolist(), frame) for b in range(len(texts))]
+
+    def _frame_seconds(self, mel_len: torch.Tensor, out_len: torch.Tensor) -> float:
+        """Seconds per output (logit) frame: feature hop x the encoder's subsampling."""
+        hop = self._hop_seconds or 0.01
+        factor = self._subsampling
+        if not factor:  # not in the config: the ratio of feature to output frames
+            factor = max(1, round(float(mel_len.max()) / max(1, int(out_len.max()))))
+        return hop * factor
+
+    def _words(self, ids: list[int], frame: float) -> list[dict]:
+        """Greedy CTC with frame positions -> [{word, start, end}] (end: after the last emitting frame)."""
+        from .models.hama import WORD_BOUNDARY
+
+        labels, blank = self.model.labels, len(self.model.labels)
+        out, current, first, last, prev = [], [], 0, 0, None
+
+        def close():
+            if current:
+                out.append({"word": (" " if self.phonemes else "").join(current),
+                            "start": round(first * frame, 3), "end": round((last + 1) * frame, 3)})
+                current.clear()
+
+        for t, k in enumerate(ids):
+            if k != prev and k != blank and 0 <= k < blank:
+                label = labels[k]
+                if self.phonemes:
+                    if not label.strip() or label == WORD_BOUNDARY:
+                        close()
+                    elif label != "<blank>":
+                        if not current:
+                            first = t
+                        current.append(label)
+                        last = t
+                else:
+                    for ch in label:
+                        if ch.isspace():
+                            close()
+                        else:
+                            if not current:
+                                first = t
+                            current.append(ch)
+                            last = t
+            prev = k
+        close()
+        return out
 
 
 def open_model(path: str | Path):
@@ -214,6 +271,21 @@ def open_model(path: str | Path):
     if path.is_file() and is_quantized_file(path):
         return load_quantized(path)
     return load_model(path)
+
+
+def _subsampling_factor(config: dict) -> int | None:
+    """Input frames per output frame from a model config: the product of a ConvASR's block strides,
+    or a Conformer's subsampling_factor; None when the config does not say."""
+    enc = config.get("encoder") or {}
+    if "jasper" in enc:
+        factor = 1
+        for block in enc["jasper"]:
+            stride = block.get("stride", [1])
+            factor *= int(stride[0] if isinstance(stride, (list, tuple)) else stride)
+        return factor
+    if enc.get("subsampling_factor"):
+        return 1 if "subsampling" in enc and not enc["subsampling"] else int(enc["subsampling_factor"])
+    return None
 
 
 def load(path: str | Path) -> Recognizer:

@@ -108,7 +108,7 @@ def cmd_transcribe(args) -> int:
     recognizer = load(args.model)
     results = recognizer.transcribe_detailed(
         files, batch_size=args.batch_size,
-        on_note=lambda note: print(f"asrquant transcribe: note: {note}", file=sys.stderr))
+        on_note=lambda note: print(f"asrquant transcribe: note: {note}", file=sys.stderr), words=bool(args.json))
     for r in results:
         print(f"{r['path']}\t{r['text']}")
     _write_json(args.json, results)
@@ -256,7 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="audio files (any format soundfile reads, any rate and channel count), folders "
                         "(searched recursively) or NeMo JSON-lines manifests")
     t.add_argument("--model", required=True, help="a float .nemo or a quantized .aqz model")
-    t.add_argument("--json", default=None, help="also write [{path, text, seconds}, ...] here")
+    t.add_argument("--json", default=None,
+                   help="also write [{path, text, seconds, words: [{word, start, end}, ...]}, ...] here "
+                        "(word times in seconds, from the CTC frames)")
     t.add_argument("--batch-size", type=int, default=8)
     t.set_defaults(func=cmd_transcribe)
 
