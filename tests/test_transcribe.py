@@ -147,6 +147,8 @@ def test_bad_inputs_exit_2_name_the_file_no_traceback(workdir, capsys, tmp_path)
     corrupt.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(range(256)) * 4)
     empty_wav = tmp_path / "empty.wav"
     sf.write(empty_wav, np.zeros(0, dtype=np.float32), 16000)
+    short = tmp_path / "click.wav"
+    sf.write(short, np.ones(40, dtype=np.float32) * 0.1, 8000)
     empty_dir = tmp_path / "no_audio"
     empty_dir.mkdir()
     (empty_dir / "readme.txt").write_text("nothing here")
@@ -156,6 +158,7 @@ def test_bad_inputs_exit_2_name_the_file_no_traceback(workdir, capsys, tmp_path)
         (["--model", workdir["aqz"], corrupt], "corrupt.wav"),
         (["--model", workdir["nemo"], empty_wav], "empty.wav"),
         (["--model", workdir["nemo"], empty_dir], "no_audio"),
+        (["--model", workdir["aqz"], good, short], "click.wav"),
         (["--model", tmp_path / "missing.nemo", good], "missing.nemo"),
         (["--model", workdir["nemo"], "--batch-size", "0", good], "batch-size"),
     ]
@@ -180,6 +183,10 @@ def test_api_rejects_bad_arrays(workdir):
         asr.transcribe([np.full(16000, np.nan, dtype=np.float32)])
     with pytest.raises(ValueError, match="empty"):
         asr.transcribe([np.zeros(0, dtype=np.float32)])
+    with pytest.raises(ValueError, match="1-D"):
+        asr.transcribe(np.zeros((16000, 2), dtype=np.float32))  # stereo: mix down first
+    pcm = (_chirp(1.0, 16000, 300, 5) * 32767).astype(np.int16)
+    assert asr.transcribe(pcm) == asr.transcribe(pcm.astype(np.float32) / 32768)
     with pytest.raises(FileNotFoundError, match="nope.aqz"):
         asrquant.load(workdir["dir"] / "nope.aqz")
 

@@ -106,8 +106,10 @@ def _array_source(x, index: int, rate: int) -> _Source:
         raise AudioError(f"{name}: expected a 1-D array of samples (mono), got shape {x.shape}")
     if x.size == 0:
         raise AudioError(f"{name}: audio is empty (0 samples)")
-    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
-        raise AudioError(f"{name}: expected float samples, got dtype {x.dtype}")
+    if np.issubdtype(x.dtype, np.signedinteger):  # integer PCM, scaled as soundfile reads it
+        x = x.astype(np.float64) / float(np.iinfo(x.dtype).max + 1)
+    elif not np.issubdtype(x.dtype, np.floating):
+        raise AudioError(f"{name}: expected float samples (or signed integer PCM), got dtype {x.dtype}")
     x = x.astype(np.float32)
     if not np.isfinite(x).all():
         raise AudioError(f"{name}: audio contains NaN or infinite samples")
@@ -151,8 +153,10 @@ class Recognizer:
         each word's tokens (phoneme models: a word is its phonemes joined by spaces, between
         word-boundary tokens). Every file's header is checked before anything is decoded. on_note
         receives one message when some inputs are resampled or mixed down to mono."""
-        if isinstance(inputs, (str, Path, np.ndarray, torch.Tensor)) and not (
-                isinstance(inputs, (np.ndarray, torch.Tensor)) and inputs.ndim == 2):
+        if isinstance(inputs, (np.ndarray, torch.Tensor)) and inputs.ndim != 1:
+            raise AudioError(f"expected a list of 1-D arrays (or one 1-D array), got an array of shape "
+                             f"{tuple(inputs.shape)}")
+        if isinstance(inputs, (str, Path, np.ndarray, torch.Tensor)):
             inputs = [inputs]
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
@@ -161,10 +165,14 @@ class Recognizer:
             raise ValueError(f"sample_rate must be positive, got {sample_rate}")
         sources = [_probe_file(Path(x)) if isinstance(x, (str, Path)) else _array_source(x, i, rate)
                    for i, x in enumerate(inputs)]
+        for src in sources:  # before anything is decoded
+            if src.seconds * self.sample_rate < self.min_samples:
+                raise AudioError(f"{src.name}: audio too short ({src.seconds * 1000:.1f} ms; at least "
+                                 f"{self.min_samples} samples at {self.sample_rate} Hz are needed)")
         if on_note is not None:
-            note = self._conversion_note(sources)
-            if note:
-                on_note(note)
+            for note in (self._conversion_note(sources), self._length_note(sources)):
+                if note:
+                    on_note(note)
         results: list[dict | None] = [None] * len(sources)
         order = sorted(range(len(sources)), key=lambda i: (sources[i].seconds, i))
         for start in range(0, len(order), batch_size):
@@ -187,6 +195,19 @@ class Recognizer:
         if multi:
             parts.append(f"mixing {multi} multi-channel input(s) down to mono")
         return "; ".join(parts) or None
+
+    def _length_note(self, sources: list[_Source]) -> str | None:
+        """Front ends with a frame limit (hama's: 3000 frames) read only the start of longer inputs."""
+        fe = getattr(getattr(self.model, "preprocessor", None), "featurizer", None)
+        max_frames, hop = getattr(fe, "max_frames", None), getattr(fe, "hop_length", None)
+        if not max_frames or not hop:
+            return None
+        limit = (max_frames - 1) * hop / self.sample_rate
+        longer = [s.name for s in sources if s.seconds > limit]
+        if not longer:
+            return None
+        return (f"the model's front end reads at most {limit:g} s; only the first {limit:g} s of "
+                f"{len(longer)} input(s) are transcribed (e.g. {longer[0]})")
 
     def _load(self, s: _Source) -> tuple[str, np.ndarray]:
         wave = load_audio(s.path, self.sample_rate) if s.path is not None else resample(s.samples, s.rate,
