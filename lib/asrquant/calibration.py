@@ -95,7 +95,7 @@ def quant_points(model: ConvASR) -> dict:
                 points[(b, i)] = layer                     # depthwise output feeds the pointwise conv
             else:
                 nxt = layers[i + 2] if i + 2 < len(layers) else None  # conv, BN, act
-                points[(b, i)] = nxt if isinstance(nxt, nn.ReLU) else block.mout
+                points[(b, i)] = nxt if isinstance(nxt, (nn.ReLU, nn.Hardtanh)) else block.mout
     return points
 
 
