@@ -323,3 +323,18 @@ def test_tensorrt_and_cuda_guards(q5, float5, tmp_path):
             trtmod.cuda_int8_runner(q5)
         with pytest.raises(trtmod.DeploymentUnavailable, match="no CUDA device"):
             trtmod.cuda_latency(float5, q5, seconds=0.5)
+
+
+def test_bench_skips_an_inexact_runtime_with_its_reason(float5, q5, monkeypatch):
+    """On a CPU without VNNI onnxruntime's integer kernels are not exact: bench goes on without
+    that runtime and says why (simulated here by making the exactness probe answer no)."""
+    from asrquant.deploy import bench
+    from asrquant.program import onnx_int
+
+    monkeypatch.setattr(onnx_int, "ort_kernels_exact", lambda threads=1: False)
+    monkeypatch.setattr(rt, "ort_kernels_exact", lambda threads=1: False)
+    res = bench.bench(float5, q5, seconds=0.3, repeats=2, warmup=1, threads=1,
+                      runtimes=("torch-fp32", "onnxruntime-int8", "torch+native-int8"))
+    assert "onnxruntime-int8" not in res["runtimes"] and "not exact" in res["skipped"]["onnxruntime-int8"]
+    assert res["int8_runtime"] == "torch+native-int8" and res["runtimes"]["torch+native-int8"]["bit_exact"]
+    assert "onnxruntime-int8" in bench.format_report(res) and "skipped" in bench.format_report(res)

@@ -88,8 +88,14 @@ def _stats(ms: list[float]) -> dict:
             "min_ms": float(a.min()), "mean_ms": float(a.mean()), "runs": int(a.size)}
 
 
-def _runners(model, qmodel, names, threads):
-    """name -> (kind, callable(input) -> output, input name)."""
+def _runners(model, qmodel, names, threads, skipped: dict | None = None):
+    """name -> (kind, callable(input) -> output). A runtime that cannot run (exactly) on this
+    machine (onnxruntime's integer kernels without VNNI, no C compiler for the native kernels) is
+    left out and its reason recorded in `skipped` (when given; else the error propagates)."""
+    return _build_runners(model, qmodel, names, threads, skipped)
+
+
+def _build_runners(model, qmodel, names, threads, skipped):
     import torch
 
     from ..program.fast import TorchIntegerRunner
@@ -98,6 +104,12 @@ def _runners(model, qmodel, names, threads):
 
     out = {}
     for n in names:
+        if skipped is not None and n in INT8_RUNTIMES:
+            try:
+                out.update(_build_runners(model, qmodel, [n], threads, None))
+            except (ValueError, OSError, RuntimeError, NotImplementedError) as e:  # inexact / unbuildable here
+                skipped[n] = f"{type(e).__name__}: {e}"
+            continue
         if n == "torch-fp32":
             def f(mel, _m=model):
                 with torch.inference_mode():
@@ -144,7 +156,11 @@ def bench(model, qmodel, seconds: float = 10.0, batch: int = 1, threads: int = 1
     g = torch.Generator().manual_seed(seed)
     mel = torch.randn(batch, model.encoder.feat_in, T, generator=g)
     q = qmodel.quantize_input(mel)
-    runners = _runners(model, qmodel, list(runtimes), threads)
+    skipped: dict = {}
+    runners = _runners(model, qmodel, list(runtimes), threads, skipped)
+    for n, why in skipped.items():
+        if progress:
+            print(f"{n}: skipped ({why})", flush=True)
     inputs = {"fp32": mel, "int8": q}
 
     # correctness, once, on the timed input
@@ -195,7 +211,7 @@ def bench(model, qmodel, seconds: float = 10.0, batch: int = 1, threads: int = 1
         "int8_runtime": i8_best, "int8_ms": i8[i8_best]["median_ms"] if i8_best else None,
         "int8_integer_only_runtime": i8_int_best,
         "int8_integer_only_ms": i8_int[i8_int_best]["median_ms"] if i8_int_best else None,
-        "runtimes": results, "machine": machine_info(), "loadavg_before": load_before,
+        "runtimes": results, "skipped": skipped, "machine": machine_info(), "loadavg_before": load_before,
     }
     out["speedup"] = out["fp32_ms"] / out["int8_ms"] if out["fp32_ms"] and out["int8_ms"] else None
     out["speedup_integer_only"] = (out["fp32_ms"] / out["int8_integer_only_ms"]
@@ -212,6 +228,8 @@ def format_report(res: dict) -> str:
         extra = (f"bit-exact {r['bit_exact']} ({r['logits_differ']} of {r['logits']} logits differ)"
                  if r["precision"] == "int8" else f"max |diff| vs torch {r['max_abs_diff_vs_torch']:.2e}")
         lines.append(f"  {n:26s} {r['precision']}  median {r['median_ms']:8.1f} ms  IQR {r['q25_ms']:.1f}-{r['q75_ms']:.1f}  {extra}")
+    for n, why in (res.get("skipped") or {}).items():
+        lines.append(f"  {n:26s} skipped: {why}")
     if res["speedup"]:
         lines.append(f"FP32 {res['fp32_ms']:.1f} ms ({res['fp32_runtime']}) vs INT8 {res['int8_ms']:.1f} ms "
                      f"({res['int8_runtime']}): {res['speedup']:.2f}x")
