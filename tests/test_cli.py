@@ -83,3 +83,20 @@ def test_bad_inputs_fail_cleanly_and_write_nothing(restored_small, test_other_di
     assert main(["restore-bn", "--folded", str(tmp_path / "none.npz"), "--audio", str(data),
                  "--out", str(target), "--quiet"]) == 2
     assert "none.npz" in capsys.readouterr().err and not target.exists()
+
+
+def test_unsupported_model_part_is_one_line_not_a_traceback(tmp_path, capsys):
+    """A library NotImplementedError (here: bias correction asked of a Conformer is a ValueError,
+    a Conformer part that is not integer yet a NotImplementedError) ends as one line, exit 2."""
+    from asrquant.cli import main as cli_main
+    from asrquant.models import save_model
+    from asrquant.models.conformer import ConformerCTC
+    from asrquant.models.configs import conformer_ctc_config
+
+    cfg = conformer_ctc_config("small", n_layers=1, d_model=64, n_heads=2, subsampling="striding",
+                               self_attention_model="abs_pos")
+    src = save_model(ConformerCTC(cfg), tmp_path / "c.nemo")
+    rc = cli_main(["quantize", "--model", str(src), "--calibration", "random", "--frames", "64",
+                   "--batch-size", "1", "--out", str(tmp_path / "c.aqz")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and err.count("\n") == 1 and "not integer yet" in err

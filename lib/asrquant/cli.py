@@ -352,7 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, KeyError, OSError) as e:
+    except (FileNotFoundError, ValueError, KeyError, OSError, NotImplementedError, OverflowError, RuntimeError) as e:
+        # library errors name the file and the problem: one line, no traceback (RuntimeError covers
+        # NativeBuildError and DeploymentUnavailable; a bug elsewhere still shows its traceback)
         print(f"asrquant {args.command}: error: {e}", file=sys.stderr)
         return 2
 
