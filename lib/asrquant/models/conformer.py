@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..audio import MelFrontend, frontend_from_config
-from .convasr import ConvASRDecoder, frame_mask
+from ..audio import frontend_from_config
+from .convasr import ConvASRDecoder, CTCModel, frame_mask
 
 # NeMo's value for masked attention scores (multi_head_attention.INF_VAL).
 MASKED_SCORE = -10000.0
@@ -528,12 +528,12 @@ class ConformerEncoder(nn.Module):
         return x.transpose(1, 2), lengths
 
 
-class ConformerCTC(nn.Module):
+class ConformerCTC(CTCModel):
     """The whole CTC model: `preprocessor` (mel) -> `encoder` (Conformer) -> `decoder` (1x1 conv).
 
     Built from a NeMo model config (see `configs.conformer_ctc_config`); the same interface as
-    `ConvASR`: `features`, `forward_features`, `forward`, `log_probs`, `labels`, `config`,
-    `batchnorms`. For BPE models `labels` are the SentencePiece pieces with the word-boundary
+    `ConvASR` (both are `convasr.CTCModel`s): `features`, `forward_features`, `forward`, `log_probs`,
+    `labels`, `config`, `batchnorms`. For BPE models `labels` are the SentencePiece pieces with the word-boundary
     mark '▁' turned into a space, so plain greedy CTC decoding ("".join of labels, as
     `text.ctc_greedy_decode` does) gives the text; `tokenizer` (when given) decodes exactly.
     """
@@ -562,28 +562,6 @@ class ConformerCTC(nn.Module):
             raise ValueError(f"decoder has {self.decoder.num_classes - 1} classes but {len(self.labels)} labels")
         self.eval()
 
-    @property
-    def featurizer(self) -> MelFrontend:
-        return self.preprocessor.featurizer
-
-    def features(self, audio: torch.Tensor, lengths: torch.Tensor):
-        """Waveform [B, N] -> normalized log-mel [B, F, T], frame lengths [B]."""
-        return self.featurizer(audio, lengths)
-
-    def forward_features(self, mel: torch.Tensor, lengths: torch.Tensor):
-        """Log-mel -> logits [B, C, T'] and output lengths (the part that gets quantized)."""
-        enc, enc_len = self.encoder(mel, lengths)
-        return self.decoder(enc), enc_len
-
-    def forward(self, audio: torch.Tensor, lengths: torch.Tensor):
-        mel, mel_len = self.features(audio, lengths)
-        return self.forward_features(mel, mel_len)
-
-    @staticmethod
-    def log_probs(logits: torch.Tensor) -> torch.Tensor:
-        """NeMo's decoder output: log-softmax over classes, [B, T, C]."""
-        return torch.log_softmax(logits.transpose(1, 2), dim=-1)
-
     def decode(self, logits: torch.Tensor, lengths: torch.Tensor) -> list[str]:
         """Greedy CTC transcripts: with the tokenizer when there is one (BPE), else the labels."""
         from ..text import ctc_greedy_decode
@@ -593,6 +571,3 @@ class ConformerCTC(nn.Module):
 
             return ctc_greedy_decode_bpe(logits, lengths, self.tokenizer, time_axis=2)
         return ctc_greedy_decode(logits, lengths, self.labels, time_axis=2)
-
-    def batchnorms(self) -> list[tuple[str, nn.BatchNorm1d]]:
-        return [(n, m) for n, m in self.encoder.named_modules() if isinstance(m, nn.BatchNorm1d)]

@@ -171,20 +171,10 @@ class ConvASRDecoder(nn.Module):
         return self.decoder_layers(x)
 
 
-class ConvASR(nn.Module):
-    """The whole CTC model: `preprocessor` (mel) -> `encoder` -> `decoder`, built from a NeMo config."""
-
-    def __init__(self, config: dict):
-        super().__init__()
-        self.config = config
-        self.labels = list(config.get("labels") or config["decoder"]["vocabulary"])
-        self.preprocessor = nn.Module()
-        self.preprocessor.featurizer = MelFrontend.from_config(config.get("preprocessor", {}))
-        self.encoder = ConvASREncoder(**config["encoder"])
-        self.decoder = ConvASRDecoder(**config["decoder"])
-        if self.decoder.num_classes != len(self.labels) + 1:
-            raise ValueError(f"decoder has {self.decoder.num_classes - 1} classes but {len(self.labels)} labels")
-        self.eval()
+class CTCModel(nn.Module):
+    """What every float CTC recognizer here shares (ConvASR, ConformerCTC): a float front end
+    `preprocessor.featurizer`, an `encoder` (mel, lengths) -> (features, lengths) and a `decoder`
+    (1x1 conv to the classes). Subclasses build the three parts from a NeMo config."""
 
     @property
     def featurizer(self) -> MelFrontend:
@@ -210,3 +200,19 @@ class ConvASR(nn.Module):
 
     def batchnorms(self) -> list[tuple[str, nn.BatchNorm1d]]:
         return [(n, m) for n, m in self.encoder.named_modules() if isinstance(m, nn.BatchNorm1d)]
+
+
+class ConvASR(CTCModel):
+    """The whole CTC model: `preprocessor` (mel) -> `encoder` -> `decoder`, built from a NeMo config."""
+
+    def __init__(self, config: dict):
+        super().__init__()
+        self.config = config
+        self.labels = list(config.get("labels") or config["decoder"]["vocabulary"])
+        self.preprocessor = nn.Module()
+        self.preprocessor.featurizer = MelFrontend.from_config(config.get("preprocessor", {}))
+        self.encoder = ConvASREncoder(**config["encoder"])
+        self.decoder = ConvASRDecoder(**config["decoder"])
+        if self.decoder.num_classes != len(self.labels) + 1:
+            raise ValueError(f"decoder has {self.decoder.num_classes - 1} classes but {len(self.labels)} labels")
+        self.eval()
