@@ -321,11 +321,13 @@ def measure_conv_bn_inputs(model, batches, progress: bool = True) -> dict:
     import torch
     from tqdm.auto import tqdm
 
+    from .restore_bn import ChannelMoments
+
     acc, handles, masks = {}, [], {}
     for name, conv in conv_modules(model):
         if conv.depthwise_conv.bias is not None and conv.depthwise_conv.bias.detach().abs().max() > 0:
             raise ValueError(f"{name}.depthwise_conv has a non-zero bias: fold it into the BatchNorm first")
-        acc[name] = [0.0, 0.0, 0]
+        acc[name] = ChannelMoments()
 
         def pre(_m, args, kwargs, name=name):
             pad_mask = kwargs.get("pad_mask", args[1] if len(args) > 1 else None)
@@ -334,11 +336,7 @@ def measure_conv_bn_inputs(model, batches, progress: bool = True) -> dict:
         def post(_m, _inp, z, name=name):
             pad_mask = masks[name]
             valid = (torch.ones(z.shape[0], z.shape[2], dtype=torch.bool) if pad_mask is None else ~pad_mask)
-            z64 = z.double() * valid[:, None, :]
-            a = acc[name]
-            a[0] = a[0] + z64.sum(dim=(0, 2))
-            a[1] = a[1] + (z64 * z64).sum(dim=(0, 2))
-            a[2] += int(valid.sum())
+            acc[name].add(z, valid[:, None, :])
 
         handles.append(conv.register_forward_pre_hook(pre, with_kwargs=True))
         handles.append(conv.depthwise_conv.register_forward_hook(post))
@@ -349,14 +347,7 @@ def measure_conv_bn_inputs(model, batches, progress: bool = True) -> dict:
     finally:
         for h in handles:
             h.remove()
-    stats = {}
-    for name, (s, ss, n) in acc.items():
-        if n < 2:
-            raise ValueError("need at least two valid frames to estimate BatchNorm statistics")
-        mean = s / n
-        var = (ss - n * mean * mean) / (n - 1)
-        stats[name] = (mean.numpy(), np.maximum(var.numpy(), 0.0))
-    return stats
+    return {name: m.result() for name, m in acc.items()}
 
 
 def restore_conformer_bn(model, batches, progress: bool = True) -> dict:
@@ -365,7 +356,7 @@ def restore_conformer_bn(model, batches, progress: bool = True) -> dict:
     computes the same function (quant/bn.py `set_identity_affine`). Returns the statistics."""
     import torch
 
-    from ..quant.bn import set_identity_affine
+    from .restore_bn import restore_identity_bn
 
     for name, conv in conv_modules(model):
         bn = conv.batch_norm
@@ -376,11 +367,7 @@ def restore_conformer_bn(model, batches, progress: bool = True) -> dict:
     stats = measure_conv_bn_inputs(model, batches, progress=progress)
     with torch.no_grad():
         for name, conv in conv_modules(model):
-            bn = conv.batch_norm
-            b_f = bn.bias.detach().double().clone()
-            bn.running_mean.copy_(torch.as_tensor(stats[name][0]))
-            bn.running_var.copy_(torch.as_tensor(stats[name][1]))
-            set_identity_affine(bn, b_f)
+            restore_identity_bn(conv.batch_norm, *stats[name])
     model.config.setdefault("source", {})["batchnorm"] = "restored"
     return stats
 

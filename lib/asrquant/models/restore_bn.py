@@ -67,6 +67,28 @@ def load_folded(model: ConvASR, folded: dict[str, np.ndarray | torch.Tensor]) ->
     model.load_state_dict(sd)
 
 
+class ChannelMoments:
+    """Per-channel mean and unbiased variance of [B, C, T] activations over their valid frames,
+    accumulated batch by batch in float64 (so batching changes nothing beyond float32 rounding)."""
+
+    def __init__(self):
+        self.s, self.ss, self.n = 0.0, 0.0, 0
+
+    def add(self, z: torch.Tensor, valid: torch.Tensor) -> None:
+        """valid: [B, 1, T] (or broadcastable) 1 on valid frames, 0 on padding."""
+        z64 = z.double() * valid
+        self.s = self.s + z64.sum(dim=(0, 2))
+        self.ss = self.ss + (z64 * z64).sum(dim=(0, 2))
+        self.n += int(valid.sum())
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.n < 2:
+            raise ValueError("need at least two valid frames to estimate BatchNorm statistics")
+        mean = self.s / self.n
+        var = (self.ss - self.n * mean * mean) / (self.n - 1)
+        return mean.numpy(), np.maximum(var.numpy(), 0.0)
+
+
 @torch.no_grad()
 def measure_bn_inputs(model: ConvASR, batches, progress: bool = True) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per-channel mean and unbiased variance of every BN input over the valid frames of `batches`.
@@ -75,17 +97,12 @@ def measure_bn_inputs(model: ConvASR, batches, progress: bool = True) -> dict[st
     depend on how the data was batched beyond float32 rounding of the activations themselves.
     """
     pairs = conv_before_each_bn(model)
-    acc = {name: [0.0, 0.0, 0] for name, _, _ in pairs}
+    acc = {name: ChannelMoments() for name, _, _ in pairs}
     handles = []
     for name, conv, _ in pairs:
         def hook(_m, _inp, out, name=name):
             z, lens = out
-            mask = frame_mask(lens, z.shape[-1])[:, None, :]
-            z64 = z.double() * mask
-            a = acc[name]
-            a[0] = a[0] + z64.sum(dim=(0, 2))
-            a[1] = a[1] + (z64 * z64).sum(dim=(0, 2))
-            a[2] += int(mask.sum())
+            acc[name].add(z, frame_mask(lens, z.shape[-1])[:, None, :])
         handles.append(conv.register_forward_hook(hook))
     try:
         for audio, lengths in tqdm(batches, desc="BN statistics", disable=not progress):
@@ -93,23 +110,22 @@ def measure_bn_inputs(model: ConvASR, batches, progress: bool = True) -> dict[st
     finally:
         for h in handles:
             h.remove()
-    stats = {}
-    for name, (s, ss, n) in acc.items():
-        if n < 2:
-            raise ValueError("need at least two valid frames to estimate BatchNorm statistics")
-        mean = s / n
-        var = (ss - n * mean * mean) / (n - 1)
-        stats[name] = (mean.numpy(), np.maximum(var.numpy(), 0.0))
-    return stats
+    return {name: m.result() for name, m in acc.items()}
+
+
+def restore_identity_bn(bn: nn.BatchNorm1d, mean, var) -> None:
+    """Turn a `z + b_f` BatchNorm (identity scale, bias b_f) into one with running statistics
+    (mean, var) that computes the same function (quant/bn.py `set_identity_affine`)."""
+    b_f = bn.bias.detach().double().clone()
+    bn.running_mean.copy_(torch.as_tensor(mean))
+    bn.running_var.copy_(torch.as_tensor(var))
+    set_identity_affine(bn, b_f)  # quant/bn.py: the same identity bn_from_stats builds
 
 
 def apply_bn_statistics(model: ConvASR, stats: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
     """Turn each `z + b_f` BatchNorm into one with measured running statistics, same function."""
     for name, _conv, bn in conv_before_each_bn(model):
-        b_f = bn.bias.detach().double().clone()
-        bn.running_mean.copy_(torch.as_tensor(stats[name][0]))
-        bn.running_var.copy_(torch.as_tensor(stats[name][1]))
-        set_identity_affine(bn, b_f)  # quant/bn.py: the same identity bn_from_stats builds
+        restore_identity_bn(bn, *stats[name])
 
 
 def restore_batchnorm(model: ConvASR, folded: dict, batches, progress: bool = True) -> dict:
@@ -143,15 +159,12 @@ def restore_bn_sequential(model, audio, lengths) -> dict:
 
     def pre_hook(bn, inputs):
         z = inputs[0]
-        mask = frame_mask(state["lens"], z.shape[-1])[:, None, :]
-        z64 = z.double() * mask
-        n = int(mask.sum())
-        mean = z64.sum(dim=(0, 2)) / n
-        var = ((z64 * z64).sum(dim=(0, 2)) - n * mean * mean) / (n - 1)
-        var = var.clamp_min(0.0)
-        bn.running_mean.copy_(mean)
-        bn.running_var.copy_(var)
-        stats[names[id(bn)]] = (mean.numpy(), var.numpy())
+        moments = ChannelMoments()
+        moments.add(z, frame_mask(state["lens"], z.shape[-1])[:, None, :])
+        mean, var = moments.result()
+        bn.running_mean.copy_(torch.as_tensor(mean))
+        bn.running_var.copy_(torch.as_tensor(var))
+        stats[names[id(bn)]] = (mean, var)
 
     for _name, _conv, bn in conv_before_each_bn(model):
         handles.append(bn.register_forward_pre_hook(pre_hook))
