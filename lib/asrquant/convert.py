@@ -112,12 +112,15 @@ class ProgramBuilder:
         acc = self.add("conv1d", [self.masked(x, lengths)], f"{name}.acc", Value(dtype_name(c.acc_dtype), "acc"), name,
                        {"stride": c.stride, "padding": c.padding, "dilation": c.dilation, "groups": c.groups,
                         "acc_dtype": dtype_name(c.acc_dtype)}, params, meta)
-        K = int(c.weight.shape[-1])
-        if c.stride == 1 and 2 * c.padding == c.dilation * (K - 1):
-            return acc, lengths
-        out_len = self.add("frames", [lengths], f"{name}.lengths", Value("int64", "lengths"), f"{name}.frames",
-                           {"kernel": K, "stride": c.stride, "padding": c.padding, "dilation": c.dilation})
-        return acc, out_len
+        return acc, self.frames(name, lengths, int(c.weight.shape[-1]), c.stride, c.padding, c.dilation)
+
+    def frames(self, name: str, lengths: str, kernel: int, stride: int, padding: int, dilation: int = 1) -> str:
+        """The lengths after a conv along time: the same value when the conv keeps them ('same'
+        padding, stride 1), else a `frames` op."""
+        if stride == 1 and 2 * padding == dilation * (kernel - 1):
+            return lengths
+        return self.add("frames", [lengths], f"{name}.lengths", Value("int64", "lengths"), f"{name}.frames",
+                        {"kernel": kernel, "stride": stride, "padding": padding, "dilation": dilation})
 
     def requantize(self, name: str, acc: str, c: IntConv) -> str:
         return self.add("requantize", [acc], f"{name}.out",
@@ -256,6 +259,21 @@ def _quantize_weight(w: torch.Tensor, bits: int, method: str):
     return w_q, s_w
 
 
+def quantize_bias(b: torch.Tensor | None, acc_scale: torch.Tensor) -> torch.Tensor | None:
+    """round(b / (s_x s_w)) per output channel: int32 when it fits, else int64 (None: no bias)."""
+    if b is None:
+        return None
+    bias_q = torch.round(b / acc_scale).to(torch.int64)
+    return bias_q.to(torch.int32) if bias_q.abs().max() < 2 ** 31 - 1 else bias_q
+
+
+def dyadic_multiplier(m, bound: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, shift) int64 [C] with M / 2^shift ~= m (per channel). acc * M must fit int64 for
+    |acc| <= bound: wide accumulators get a shorter multiplier (at most 31 bits)."""
+    M, shift = dyadic_from_float(m, bits=min(31, 62 - max(int(bound), 1).bit_length()))
+    return (torch.as_tensor(M, dtype=torch.int64).reshape(-1), torch.as_tensor(shift, dtype=torch.int64).reshape(-1))
+
+
 def _bias_correction(w: torch.Tensor, w_q: torch.Tensor, s_w: torch.Tensor, groups: int,
                      x_mean: torch.Tensor) -> torch.Tensor:
     """Expected output shift the weight rounding causes, per output channel:
@@ -287,21 +305,13 @@ def _int_conv(conv: nn.Conv1d, bn: nn.BatchNorm1d | None, s_x: float, x_bits: in
         delta = _bias_correction(w, w_q, s_w, conv.groups, input_means[conv])
         b = -delta if b is None else b - delta
     acc_scale = s_x * s_w
-    bias_q = None
-    if b is not None:
-        bias_q = torch.round(b / acc_scale).to(torch.int64)
-        if bias_q.abs().max() < 2 ** 31 - 1:
-            bias_q = bias_q.to(torch.int32)
+    bias_q = quantize_bias(b, acc_scale)
     bound = accumulator_bound(w_q, x_bits, x_signed, bias_q)
     acc_dtype = choose_acc_dtype(bound)
     if s_out is None:  # decoder: one common scale, every class multiplied by m_c >= 1
         s_out = float(acc_scale.min())
-    # acc * M must fit int64: wide (16-bit) accumulators get a shorter multiplier.
-    m = (acc_scale / s_out).numpy()
-    m_bits = min(31, 62 - bound.bit_length())
-    M, shift = dyadic_from_float(m, bits=m_bits)
-    return IntConv(weight=w_q, bias=bias_q,
-                   M=torch.as_tensor(M, dtype=torch.int64).reshape(-1), shift=torch.as_tensor(shift, dtype=torch.int64).reshape(-1),
+    M, shift = dyadic_multiplier((acc_scale / s_out).numpy(), bound)
+    return IntConv(weight=w_q, bias=bias_q, M=M, shift=shift,
                    stride=conv.stride[0], padding=conv.padding[0], dilation=conv.dilation[0], groups=conv.groups,
                    acc_dtype=acc_dtype, out_bits=out_bits, out_signed=out_signed, in_scale=float(s_x),
                    out_scale=float(s_out), w_scale=s_w.float())

@@ -48,7 +48,6 @@ from .models.conformer import MultiHeadAttention, RelPositionMultiHeadAttention,
 from .models.convasr import frame_mask
 from .program import nonlinear_params as nlp
 from .program.ops import Value, dtype_name
-from .quant.dyadic import dyadic_from_float
 from .quant.observers import make_observer
 from .quant.quantizer import qrange, quantize, scale_from_range, storage_dtype
 
@@ -345,7 +344,6 @@ class IntEmitter:
         s_in = self.scale("input", act_bits)
         self.g = ProgramBuilder(act_bits, s_in)
         self.input = _Act("input", s_in, act_bits)
-        self._masked: dict = {}
 
     def scale(self, point, bits, signed=True) -> float:
         if point not in self.obs:
@@ -366,17 +364,14 @@ class IntEmitter:
         return _Act(out, x.scale, x.bits, x.signed)
 
     def conv(self, name, x: _Act, layer, lengths, bn=None, extra_bias=None):
-        from .convert import _quantize_weight
+        from .convert import _quantize_weight, quantize_bias
 
         w, b = _weight_bias(layer, bn, extra_bias)
         w_q, s_w = _quantize_weight(w, self.wb, self.method)
         acc_scale = x.scale * s_w
         params = {"weight": w_q}
-        bias_q = None
-        if b is not None:
-            bias_q = torch.round(b / acc_scale).to(torch.int64)
-            if bias_q.abs().max() < 2 ** 31 - 1:
-                bias_q = bias_q.to(torch.int32)
+        bias_q = quantize_bias(b, acc_scale)
+        if bias_q is not None:
             params["bias"] = bias_q
         bound = accumulator_bound(w_q, x.bits, x.signed, bias_q)
         acc_dtype = choose_acc_dtype(bound)
@@ -387,30 +382,22 @@ class IntEmitter:
             out = self.g.add("conv2d", [x.name], f"{name}.acc", Value(dtype_name(acc_dtype), "acc"), name,
                              {"stride": list(layer.stride), "padding": list(layer.padding), "groups": layer.groups,
                               "acc_dtype": dtype_name(acc_dtype)}, params, meta)
-            out_len = lengths
-            if layer.stride[0] != 1:
-                out_len = self.g.add("frames", [lengths], f"{name}.lengths", Value("int64", "lengths"),
-                                     f"{name}.frames", {"kernel": layer.kernel_size[0], "stride": layer.stride[0],
-                                                        "padding": layer.padding[0], "dilation": 1})
+            out_len = self.g.frames(name, lengths, layer.kernel_size[0], layer.stride[0], layer.padding[0])
             return _Acc(out, acc_scale.numpy(), bound), out_len
         geo = _geometry(layer)
         out = self.g.add("conv1d", [x.name], f"{name}.acc", Value(dtype_name(acc_dtype), "acc"), name,
                          {**geo, "acc_dtype": dtype_name(acc_dtype)}, params, meta)
-        out_len = lengths
-        if isinstance(layer, nn.Conv1d) and layer.stride[0] != 1:
-            k = layer.kernel_size[0]
-            out_len = self.g.add("frames", [lengths], f"{name}.lengths", Value("int64", "lengths"), f"{name}.frames",
-                                 {"kernel": k, **{a: geo[a] for a in ("stride", "padding", "dilation")}})
+        k = int(w_q.shape[-1])
+        out_len = self.g.frames(name, lengths, k, geo["stride"], geo["padding"], geo["dilation"])
         return _Acc(out, acc_scale.numpy(), bound), out_len
 
     def _requant(self, name, acc: _Acc, s_out, bits, signed, factor=1.0, output=None) -> _Act:
-        m = factor * acc.scale / s_out
-        M, shift = dyadic_from_float(m, bits=min(31, 62 - max(acc.bound, 1).bit_length()))
+        from .convert import dyadic_multiplier
+
+        M, shift = dyadic_multiplier(factor * acc.scale / s_out, acc.bound)
         out = self.g.add("requantize", [acc.name], output or f"{name}.out",
                          Value(dtype_name(storage_dtype(bits, signed)), "act", bits, signed, s_out),
-                         f"{name}.requantize", {"bits": bits, "signed": signed},
-                         {"M": torch.as_tensor(M, dtype=torch.int64).reshape(-1),
-                          "shift": torch.as_tensor(shift, dtype=torch.int64).reshape(-1)},
+                         f"{name}.requantize", {"bits": bits, "signed": signed}, {"M": M, "shift": shift},
                          {"out_scale": s_out})
         return _Act(out, s_out, bits, signed)
 
@@ -463,12 +450,11 @@ class IntEmitter:
         return _Act(out, s_out, self.rb)
 
     def _rescale(self, name, acc: _Acc, s_out, factor, output=None) -> str:
-        m = factor * acc.scale / s_out
-        M, shift = dyadic_from_float(m, bits=min(31, 62 - max(acc.bound, 1).bit_length()))
+        from .convert import dyadic_multiplier
+
+        M, shift = dyadic_multiplier(factor * acc.scale / s_out, acc.bound)
         return self.g.add("rescale", [acc.name], output or f"{name}.scaled", Value("int64", "acc", scale=s_out),
-                          f"{name}.rescale", {}, {"M": torch.as_tensor(M, dtype=torch.int64).reshape(-1),
-                                                  "shift": torch.as_tensor(shift, dtype=torch.int64).reshape(-1)},
-                          {"out_scale": s_out})
+                          f"{name}.rescale", {}, {"M": M, "shift": shift}, {"out_scale": s_out})
 
     def attend(self, p, q: _Act, k: _Act, v: _Act, heads, lengths) -> _Act:
         s_qk = q.scale * k.scale

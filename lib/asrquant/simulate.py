@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .convert_conformer import FloatTaps, _weight_bias, calibrate_conformer, float_forward
+from .convert_conformer import FloatTaps, _geometry, _out_lengths, _weight_bias, calibrate_conformer, float_forward
 from .quant.quantizer import qrange, scale_from_range
 
 
@@ -42,13 +42,7 @@ class SimulatedTaps(FloatTaps):
         w, b = _weight_bias(layer, bn)
         w_q, s_w = _quantize_weight(w, self.wb, "minmax")
         w_fq = (w_q.double() * s_w.reshape(-1, 1, 1)).to(x.dtype)
-        geo = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1}
-        if isinstance(layer, nn.Conv1d):
-            geo = {"stride": layer.stride[0], "padding": layer.padding[0], "dilation": layer.dilation[0],
-                   "groups": layer.groups}
-        y = torch.nn.functional.conv1d(x, w_fq, None if b is None else b.to(x.dtype), **geo)
-        from .convert_conformer import _out_lengths
-
+        y = torch.nn.functional.conv1d(x, w_fq, None if b is None else b.to(x.dtype), **_geometry(layer))
         self.lengths = _out_lengths(lengths, layer)
         return y, self.lengths
 
