@@ -89,52 +89,52 @@ def _stats(ms: list[float]) -> dict:
 
 
 def _runners(model, qmodel, names, threads, skipped: dict | None = None):
-    """name -> (kind, callable(input) -> output). A runtime that cannot run (exactly) on this
-    machine (onnxruntime's integer kernels without VNNI, no C compiler for the native kernels) is
-    left out and its reason recorded in `skipped` (when given; else the error propagates)."""
-    return _build_runners(model, qmodel, names, threads, skipped)
+    """name -> (kind, callable(input) -> output). An INT8 runtime that cannot run (exactly) on
+    this machine (onnxruntime's integer kernels without VNNI, no C compiler for the native
+    kernels) is left out and its reason recorded in `skipped` (when given; else the error
+    propagates)."""
+    out = {}
+    for n in names:
+        try:
+            out[n] = _runner(model, qmodel, n, threads)
+        except (ValueError, OSError, RuntimeError, NotImplementedError) as e:  # inexact / unbuildable here
+            if skipped is None or n not in INT8_RUNTIMES:
+                raise
+            skipped[n] = f"{type(e).__name__}: {e}"
+    return out
 
 
-def _build_runners(model, qmodel, names, threads, skipped):
+def _runner(model, qmodel, n, threads):
+    """(kind, callable) of one runtime."""
     import torch
 
     from ..program.fast import TorchIntegerRunner
     from .onnx_export import build_float_model
     from .runtime import OrtFloatRunner, OrtIntegerRunner, TorchFloatRunner
 
-    out = {}
-    for n in names:
-        if skipped is not None and n in INT8_RUNTIMES:
-            try:
-                out.update(_build_runners(model, qmodel, [n], threads, None))
-            except (ValueError, OSError, RuntimeError, NotImplementedError) as e:  # inexact / unbuildable here
-                skipped[n] = f"{type(e).__name__}: {e}"
-            continue
-        if n == "torch-fp32":
-            def f(mel, _m=model):
-                with torch.inference_mode():
-                    lengths = torch.full((mel.shape[0],), mel.shape[-1], dtype=torch.int64)
-                    return _m.forward_features(mel, lengths)[0]
-            out[n] = ("fp32", f)
-        elif n == "onnxruntime-fp32":
-            out[n] = ("fp32", OrtFloatRunner(build_float_model(model), threads).run)
-        elif n == "torch-fp32-fastdw":
-            out[n] = ("fp32", TorchFloatRunner(model, threads).run)
-        elif n == "onnxruntime-int8":
-            out[n] = ("int8", OrtIntegerRunner(qmodel.program, threads).run)
-        elif n == "torch+native-int8":
-            out[n] = ("int8", TorchIntegerRunner(qmodel.program, threads, depthwise="native").run)
-        elif n == "torch-int8+fp32exact-dw":
-            out[n] = ("int8", TorchIntegerRunner(qmodel.program, threads, depthwise="float-exact").run)
-        elif n == REFERENCE:
-            def g(q, _q=qmodel):
-                with torch.inference_mode():
-                    lengths = torch.full((q.shape[0],), q.shape[-1], dtype=torch.int64)
-                    return _q.forward_int(q, lengths)[0]
-            out[n] = ("int8", g)
-        else:
-            raise ValueError(f"unknown runtime {n!r} (choose from {', '.join(RUNTIMES)})")
-    return out
+    if n == "torch-fp32":
+        def f(mel, _m=model):
+            with torch.inference_mode():
+                lengths = torch.full((mel.shape[0],), mel.shape[-1], dtype=torch.int64)
+                return _m.forward_features(mel, lengths)[0]
+        return "fp32", f
+    if n == "onnxruntime-fp32":
+        return "fp32", OrtFloatRunner(build_float_model(model), threads).run
+    if n == "torch-fp32-fastdw":
+        return "fp32", TorchFloatRunner(model, threads).run
+    if n == "onnxruntime-int8":
+        return "int8", OrtIntegerRunner(qmodel.program, threads).run
+    if n == "torch+native-int8":
+        return "int8", TorchIntegerRunner(qmodel.program, threads, depthwise="native").run
+    if n == "torch-int8+fp32exact-dw":
+        return "int8", TorchIntegerRunner(qmodel.program, threads, depthwise="float-exact").run
+    if n == REFERENCE:
+        def g(q, _q=qmodel):
+            with torch.inference_mode():
+                lengths = torch.full((q.shape[0],), q.shape[-1], dtype=torch.int64)
+                return _q.forward_int(q, lengths)[0]
+        return "int8", g
+    raise ValueError(f"unknown runtime {n!r} (choose from {', '.join(RUNTIMES)})")
 
 
 def _as_np(y):
