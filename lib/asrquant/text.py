@@ -118,6 +118,19 @@ def char_errors(ref: str, hyp: str) -> ErrorCounts:
     return ErrorCounts(levenshtein(ref, hyp), len(ref))
 
 
+def _check_corpus(refs, hyps, n_boot: int, who: str, tokens, what: str) -> None:
+    """The input checks both corpus summaries share (tokens: each reference as its units)."""
+    if len(refs) != len(hyps):
+        raise ValueError(f"got {len(refs)} references but {len(hyps)} hypotheses")
+    if not refs:
+        raise ValueError(f"{who} needs at least one utterance")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    for i, units in enumerate(tokens):
+        if not len(units):
+            raise ValueError(f"reference {i} is empty: every utterance needs a non-empty {what}")
+
+
 def wer_summary(refs: Sequence[str], hyps: Sequence[str], n_boot: int = 1000, seed: int = 0) -> dict:
     """Corpus WER/CER (percent) with a bootstrap 95% confidence interval for the WER.
 
@@ -127,15 +140,7 @@ def wer_summary(refs: Sequence[str], hyps: Sequence[str], n_boot: int = 1000, se
     An empty reference raises ValueError naming its index: in our data it always
     means a lost transcript, and it would make per-utterance resampling ill-defined.
     """
-    if len(refs) != len(hyps):
-        raise ValueError(f"got {len(refs)} references but {len(hyps)} hypotheses")
-    if not refs:
-        raise ValueError("wer_summary needs at least one utterance")
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
-    for i, ref in enumerate(refs):
-        if not ref.split():
-            raise ValueError(f"reference {i} is empty: every utterance needs a non-empty transcript")
+    _check_corpus(refs, hyps, n_boot, "wer_summary", [r.split() for r in refs], "transcript")
 
     words = [word_errors(r, h) for r, h in zip(refs, hyps)]
     chars = [char_errors(r, h) for r, h in zip(refs, hyps)]
@@ -178,15 +183,7 @@ def token_error_summary(refs: Sequence[Sequence[str]], hyps: Sequence[Sequence[s
     (reference token count), f"{unit[:-1]}_errors", "utterances", "ci95". An empty reference
     raises ValueError naming its index.
     """
-    if len(refs) != len(hyps):
-        raise ValueError(f"got {len(refs)} references but {len(hyps)} hypotheses")
-    if not refs:
-        raise ValueError("token_error_summary needs at least one utterance")
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
-    for i, ref in enumerate(refs):
-        if not len(ref):
-            raise ValueError(f"reference {i} is empty: every utterance needs a non-empty reference")
+    _check_corpus(refs, hyps, n_boot, "token_error_summary", refs, "reference")
     err = np.array([levenshtein(list(r), list(h)) for r, h in zip(refs, hyps)], dtype=np.int64)
     n = np.array([len(r) for r in refs], dtype=np.int64)
     lo, hi = bootstrap_ci(err, n, n_boot, seed)
