@@ -162,6 +162,16 @@ def redundant_masks(program: Program) -> set[str]:
             and all(c.kind == "conv1d" and int(c.attrs["padding"]) == 0 for c in cons[op.outputs[0]])}
 
 
+def _storage(op):
+    """(bits, signed, storage dtype, lo, hi, zero point) of the activation a requantize / clamp
+    op writes: signed values stored as they are, unsigned 8-bit ones as y - 128 in int8."""
+    bits, signed = int(op.attrs["bits"]), bool(op.attrs["signed"])
+    if bits > 8 and not signed:
+        raise NotImplementedError(f"{op.name}: integer ONNX lowering stores unsigned activations of at most 8 bits")
+    lo, hi = qrange(bits, signed)
+    return bits, signed, _act_dtype(bits, signed), lo, hi, 0 if signed else -128
+
+
 class Lengths:
     """The masks and frame counts of a graph: one bool mask per lengths tensor (lazily, from the
     time dimension of the first tensor masked with it); ``frames`` in int64 arithmetic."""
@@ -447,12 +457,7 @@ class _Lowering:
 
     def requantize(self, op, acc):
         a = self.as_acc(acc)
-        bits, signed = int(op.attrs["bits"]), bool(op.attrs["signed"])
-        if bits > 8 and not signed:
-            raise NotImplementedError(f"{op.name}: integer ONNX lowering stores unsigned activations of at most 8 bits")
-        dtype = _act_dtype(bits, signed)
-        lo, hi = qrange(bits, signed)
-        z = 0 if signed else -128
+        bits, signed, dtype, lo, hi, z = _storage(op)
         M, S = ints(op.params["M"]), ints(op.params["shift"])
         R = self.result_bound(a, M, S)
         if R is not None:
@@ -493,12 +498,7 @@ class _Lowering:
 
     def clamp(self, op, v):
         a = self.as_acc(v)
-        bits, signed = int(op.attrs["bits"]), bool(op.attrs["signed"])
-        if bits > 8 and not signed:
-            raise NotImplementedError(f"{op.name}: integer ONNX lowering stores unsigned activations of at most 8 bits")
-        dtype = _act_dtype(bits, signed)
-        lo, hi = qrange(bits, signed)
-        z = 0 if signed else -128
+        bits, signed, dtype, lo, hi, z = _storage(op)
         if a.bound is None:
             K = list(a.const)
         else:
