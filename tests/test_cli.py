@@ -100,3 +100,32 @@ def test_unsupported_model_part_is_one_line_not_a_traceback(tmp_path, capsys):
                    "--batch-size", "1", "--out", str(tmp_path / "c.aqz")])
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err and err.count("\n") == 1 and "not integer yet" in err
+
+
+def test_help_of_every_subcommand_imports_no_torch():
+    """`asrquant --help` and each subcommand's `--help` parse without importing torch (issue 13)."""
+    import subprocess
+    import sys
+
+    from asrquant.cli import build_parser
+
+    commands = sorted(build_parser()._subparsers._group_actions[0].choices)
+    assert {"transcribe", "quantize", "evaluate", "synth", "export", "bench"} <= set(commands)
+    code = ("import sys, contextlib, io\n"
+            "from asrquant.cli import build_parser\n"
+            "for argv in [['--help']] + [[c, '--help'] for c in sys.argv[1:]]:\n"
+            "    with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+            "        try:\n"
+            "            build_parser().parse_args(argv)\n"
+            "        except SystemExit as e:\n"
+            "            assert e.code == 0, argv\n"
+            "    assert 'usage: asrquant' in out.getvalue(), argv\n"
+            "    assert 'torch' not in sys.modules, (argv, 'imported torch')\n"
+            "print('ok', len(sys.argv) - 1)\n")
+    proc = subprocess.run([sys.executable, "-c", code, *commands], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"ok {len(commands)}", proc.stderr
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "asrquant.cli", "--help"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "usage: asrquant" in proc.stdout
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
+    assert "asrquant.paths" in imported and "torch" not in imported  # (cli itself runs as __main__)

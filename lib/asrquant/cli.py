@@ -115,6 +115,24 @@ def cmd_transcribe(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .deploy.onnx_export import cmd_export as run
+
+    return run(args)
+
+
+def cmd_bench(args) -> int:
+    from .deploy.bench import cmd_bench as run
+
+    return run(args)
+
+
+def cmd_synth(args) -> int:
+    from .synth import cmd_synth as run
+
+    return run(args)
+
+
 def calibration_batches(model, args):
     """(mel, lengths) batches for the chosen calibration source (``calibration.calibration_batches``)."""
     from .calibration import calibration_batches as batches
@@ -315,9 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--quiet", action="store_true")
     g.set_defaults(func=cmd_grid)
 
-    from .deploy.bench import add_bench_arguments, cmd_bench
-    from .deploy.onnx_export import add_export_arguments, cmd_export
-    from .synth import add_synth_arguments, cmd_synth
+    # argument helpers import no torch, so `--help` stays fast; the commands import it when run
+    from .deploy.bench import add_bench_arguments
+    from .deploy.onnx_export import add_export_arguments
+    from .synth_args import add_synth_arguments
 
     ex = sub.add_parser("export", help="export an integer model to ONNX (integer operators only)")
     add_export_arguments(ex)

@@ -18,8 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..program.onnx_int import Graph, save_model
-
 # --------------------------------------------------------------------------- float graph
 
 def build_float_model(model, frames: int | None = None):
@@ -28,6 +26,7 @@ def build_float_model(model, frames: int | None = None):
     from torch import nn
 
     from ..models.convasr import MaskedConv1d
+    from ..program.onnx_int import Graph  # in here: `asrquant export --help` imports no torch
     from ..quant.bn import fold_batchnorm
 
     g = Graph()
@@ -82,6 +81,8 @@ def build_float_model(model, frames: int | None = None):
 
 def export_onnx_float(model, path, frames: int | None = None) -> Path:
     """FP32 ONNX of a float ConvASR (BN folded, no padding masks)."""
+    from ..program.onnx_int import save_model
+
     return save_model(build_float_model(model, frames), path)
 
 

@@ -1,0 +1,19 @@
+"""Arguments of `asrquant synth`, in a module that imports no torch (so `--help` is fast)."""
+
+
+def add_synth_arguments(parser) -> None:
+    """Arguments of `asrquant synth` (wired in cli.py: parser.set_defaults(func=cmd_synth))."""
+    from . import paths
+
+    parser.add_argument("--model", default=str(paths.restored_model()), help="float .nemo model")
+    parser.add_argument("--out", default=str(paths.build_dir() / "synth_cache"),
+                        help="cache folder; batches go to OUT/<key>/")
+    parser.add_argument("--batches", type=int, default=20, help="number of batches (paper: 20)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--frames", type=int, default=500, help="frames T per input (500 = 5 s)")
+    parser.add_argument("--iterations", type=int, default=200)
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--json", default=None, help="write the summary here")
+    parser.add_argument("--quiet", action="store_true")
