@@ -20,7 +20,9 @@ $(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
 	touch $@
 
 # The real QuartzNet-15x5 with BatchNorm statistics restored from train-clean-100 (method-notes 8).
+# Byte-reproducible whatever OMP_NUM_THREADS is (issue 12); the sha256 is printed for the README's.
 model: $(MODEL)
+	@$(BIN)/python -c 'import sys; from asrquant.provenance import file_sha256; print("sha256", file_sha256(sys.argv[1]), sys.argv[1])' $(MODEL)
 $(MODEL): | $(VENV)/.installed
 	$(BIN)/asrquant restore-bn --out $@
 

@@ -49,7 +49,10 @@ def cmd_restore_bn(args) -> int:
     model = ConvASR(config_for(args.arch))
     restore_batchnorm(model, folded, batches, progress=not args.quiet)
     out = save_model(model, args.out)
+    from .provenance import file_sha256
+
     print(f"restored {len(model.batchnorms())} BatchNorm layers from {len(utts)} utterances -> {out}")
+    print(f"sha256 {file_sha256(out)}  {out}")  # byte-reproducible whatever the thread count (issue 12)
     return 0
 
 

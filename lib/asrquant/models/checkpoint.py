@@ -115,19 +115,24 @@ def atomic_write_bytes(path: str | os.PathLike, write) -> Path:
 
 def write_nemo(path: str | os.PathLike, config: dict, state_dict: dict[str, torch.Tensor],
                other_files: dict[str, bytes] | None = None) -> Path:
-    """Write a `.nemo` tar (uncompressed, like NeMo's `save_to`) atomically."""
+    """Write a `.nemo` tar (uncompressed, like NeMo's `save_to`) atomically.
+
+    The bytes depend on the contents only (same model, same file: issue 12): members in a fixed
+    order (config, weights, then other files sorted by name), each with mtime 0, owner 0/0 and
+    no user names, mode 0644."""
     members = {CONFIG_NAME: yaml.safe_dump(config, sort_keys=False).encode("utf-8")}
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, buf)
     members[WEIGHTS_NAME] = buf.getvalue()
-    members.update(other_files or {})
+    members.update(sorted((other_files or {}).items()))
 
     def write(f):
-        with tarfile.open(fileobj=f, mode="w") as tar:
+        with tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
             for name, data in members.items():
                 info = tarfile.TarInfo(f"./{name}")
                 info.size = len(data)
                 info.mode = 0o644
+                info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
                 tar.addfile(info, io.BytesIO(data))
 
     return atomic_write_bytes(path, write)

@@ -13,9 +13,19 @@ the NeMo structure conv (no bias) -> BN and choose, per channel,
 Then BN(z) = (z - mu_z) / sqrt(v_z + eps) * sqrt(v_z + eps) + mu_z + b_f = z + b_f, exactly the
 folded function, and the running statistics are those a NeMo checkpoint trained on this data
 would carry (up to a per-channel scale of W, which the KL loss of Eq. 2 does not see).
+
+Determinism: the same weights and audio give the same statistics bit for bit, whatever thread
+count the caller runs with, so `make model` writes a byte-identical `.nemo` everywhere on one CPU
+type. Two things would otherwise move the last bits: a float32 convolution sums its products in
+an order that depends on the intra-op thread count (measured here: QuartzNet-15x5's pointwise
+convs from block 1 on give different outputs with 1 and 2 threads, up to 4e-6), and a threaded
+float64 reduction splits its sums likewise. So the measuring passes run on one thread
+(`fixed_threads`) and the moments are summed by NumPy (single-threaded, fixed pairwise order).
 """
 
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -67,18 +77,33 @@ def load_folded(model: ConvASR, folded: dict[str, np.ndarray | torch.Tensor]) ->
     model.load_state_dict(sd)
 
 
+@contextmanager
+def fixed_threads(n: int | None = 1):
+    """Run torch on `n` intra-op threads inside the block, then restore the caller's count
+    (module doc: a float32 convolution's result depends on the thread count). None: leave it."""
+    old = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 class ChannelMoments:
     """Per-channel mean and unbiased variance of [B, C, T] activations over their valid frames,
-    accumulated batch by batch in float64 (so batching changes nothing beyond float32 rounding)."""
+    accumulated batch by batch in float64. The float32 -> float64 products z and z*z are exact;
+    their sums run in NumPy, single-threaded in a fixed order, so the result does not depend on
+    torch's thread count (module doc)."""
 
     def __init__(self):
         self.s, self.ss, self.n = 0.0, 0.0, 0
 
     def add(self, z: torch.Tensor, valid: torch.Tensor) -> None:
         """valid: [B, 1, T] (or broadcastable) 1 on valid frames, 0 on padding."""
-        z64 = z.double() * valid
-        self.s = self.s + z64.sum(dim=(0, 2))
-        self.ss = self.ss + (z64 * z64).sum(dim=(0, 2))
+        z64 = (z.detach().double() * valid).numpy()
+        self.s = self.s + z64.sum(axis=(0, 2))
+        self.ss = self.ss + np.square(z64).sum(axis=(0, 2))
         self.n += int(valid.sum())
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
@@ -86,15 +111,18 @@ class ChannelMoments:
             raise ValueError("need at least two valid frames to estimate BatchNorm statistics")
         mean = self.s / self.n
         var = (self.ss - self.n * mean * mean) / (self.n - 1)
-        return mean.numpy(), np.maximum(var.numpy(), 0.0)
+        return mean, np.maximum(var, 0.0)
 
 
 @torch.no_grad()
-def measure_bn_inputs(model: ConvASR, batches, progress: bool = True) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def measure_bn_inputs(model: ConvASR, batches, progress: bool = True,
+                      threads: int | None = 1) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per-channel mean and unbiased variance of every BN input over the valid frames of `batches`.
 
     `batches` yields (audio [B, N], lengths [B]). Sums are kept in float64 so the result does not
     depend on how the data was batched beyond float32 rounding of the activations themselves.
+    The forward passes run on `threads` torch threads (1: the result is the same whatever the
+    caller's thread count; module doc).
     """
     pairs = conv_before_each_bn(model)
     acc = {name: ChannelMoments() for name, _, _ in pairs}
@@ -105,8 +133,9 @@ def measure_bn_inputs(model: ConvASR, batches, progress: bool = True) -> dict[st
             acc[name].add(z, frame_mask(lens, z.shape[-1])[:, None, :])
         handles.append(conv.register_forward_hook(hook))
     try:
-        for audio, lengths in tqdm(batches, desc="BN statistics", disable=not progress):
-            model(audio, lengths)
+        with fixed_threads(threads):
+            for audio, lengths in tqdm(batches, desc="BN statistics", disable=not progress):
+                model(audio, lengths)
     finally:
         for h in handles:
             h.remove()
@@ -128,16 +157,17 @@ def apply_bn_statistics(model: ConvASR, stats: dict[str, tuple[np.ndarray, np.nd
         restore_identity_bn(bn, *stats[name])
 
 
-def restore_batchnorm(model: ConvASR, folded: dict, batches, progress: bool = True) -> dict:
-    """Load folded weights into `model` and restore its BatchNorm statistics from `batches`."""
+def restore_batchnorm(model: ConvASR, folded: dict, batches, progress: bool = True, threads: int | None = 1) -> dict:
+    """Load folded weights into `model` and restore its BatchNorm statistics from `batches`
+    (bit-reproducible whatever the caller's thread count: `measure_bn_inputs`)."""
     load_folded(model, folded)
-    stats = measure_bn_inputs(model, batches, progress=progress)
+    stats = measure_bn_inputs(model, batches, progress=progress, threads=threads)
     apply_bn_statistics(model, stats)
     return stats
 
 
 @torch.no_grad()
-def restore_bn_sequential(model, audio, lengths) -> dict:
+def restore_bn_sequential(model, audio, lengths, threads: int | None = 1) -> dict:
     """Set every BN's running stats from its own input, layer by layer, in one forward pass.
 
     For a network whose BatchNorms hold no statistics yet (a randomly initialized NeMo model):
@@ -169,7 +199,8 @@ def restore_bn_sequential(model, audio, lengths) -> dict:
     for _name, _conv, bn in conv_before_each_bn(model):
         handles.append(bn.register_forward_pre_hook(pre_hook))
     try:
-        model(audio, lengths)
+        with fixed_threads(threads):  # reproducible bits (module doc)
+            model(audio, lengths)
     finally:
         for h in handles:
             h.remove()
