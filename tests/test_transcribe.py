@@ -75,19 +75,25 @@ def _lines(out: str) -> list[tuple[str, str]]:
 def test_cli_one_line_per_file_in_order_json_and_one_note(workdir, capsys, tmp_path, kind):
     files = workdir["files"]
     inputs = [files[2], files[0], files[1]]  # not sorted by name or length
-    out_json = tmp_path / "out.json"
-    rc, out, err = _cli(capsys, "transcribe", "--model", workdir[kind], *inputs, "--json", out_json)
+    out_json, out_ctm = tmp_path / "out.json", tmp_path / "new" / "out.ctm"  # a missing folder is created
+    rc, out, err = _cli(capsys, "transcribe", "--model", workdir[kind], *inputs, "--json", out_json,
+                        "--ctm", out_ctm)
     assert rc == 0, err
     lines = _lines(out)
     assert [p for p, _ in lines] == [str(f) for f in inputs]
     notes = [line for line in err.splitlines() if "resampl" in line]
     assert len(notes) == 1 and "8000 Hz" in notes[0] and "44100 Hz" in notes[0] and "mono" in notes[0], err
     rows = json.loads(out_json.read_text())
-    assert [r["path"] for r in rows] == [str(f) for f in inputs]
+    assert [r["file"] for r in rows] == [str(f) for f in inputs]
     assert [r["text"] for r in rows] == [t for _, t in lines]
     assert [r["seconds"] for r in rows] == pytest.approx([0.8, 1.5, 2.0], abs=1e-3)
     for r in rows:  # word time stamps from the CTC frames: the transcript's words, in order, in the audio
         _check_words(r)
+    # CTM: <file-id> 1 <start> <duration> <word>, the same words and times as the JSON
+    ctm = [line.split() for line in out_ctm.read_text().splitlines()]
+    expected = [[Path(r["file"]).stem, "1", f"{w['start']:.2f}", f"{w['end'] - w['start']:.2f}", w["word"]]
+                for r in rows for w in r["words"]]
+    assert ctm == expected and len(ctm) == sum(len(r["text"].split()) for r in rows)
 
 
 def _check_words(row: dict) -> None:
@@ -230,6 +236,6 @@ def test_hama_phonemes_match_evaluate(test_other_dir):
     assert texts == [asr.transcribe(u.audio_path)[0] for u in utts]
     assert all(len(t.split()) > 10 for t in texts)
     for u, r in zip(utts, asr.transcribe_detailed([u.audio_path for u in utts], words=True)):
-        assert r["path"] == str(u.audio_path)
+        assert r["file"] == str(u.audio_path)
         _check_words(r)  # a word: its phonemes joined by spaces, between word-boundary tokens
         assert len(r["words"]) >= len(u.text.split()) // 2

@@ -148,7 +148,7 @@ class Recognizer:
 
     def transcribe_detailed(self, inputs, sample_rate: int | None = None, batch_size: int = 8,
                             on_note: Callable[[str], None] | None = None, words: bool = False) -> list[dict]:
-        """Like transcribe, as dicts {path, text, seconds} (seconds: the input's duration), with
+        """Like transcribe, as dicts {file, text, seconds} (seconds: the input's duration), with
         words=True also "words": [{word, start, end}, ...] in seconds, from the CTC frames that emit
         each word's tokens (phoneme models: a word is its phonemes joined by spaces, between
         word-boundary tokens). Every file's header is checked before anything is decoded. on_note
@@ -179,7 +179,7 @@ class Recognizer:
             idx = order[start:start + batch_size]
             texts, timings = self._run([self._load(sources[i]) for i in idx], words)
             for i, text, timing in zip(idx, texts, timings):
-                results[i] = {"path": sources[i].name, "text": text, "seconds": round(sources[i].seconds, 3)}
+                results[i] = {"file": sources[i].name, "text": text, "seconds": round(sources[i].seconds, 3)}
                 if words:
                     results[i]["words"] = timing
         return results
@@ -316,3 +316,17 @@ def load(path: str | Path) -> Recognizer:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: model file not found")
     return Recognizer(open_model(path), path)
+
+
+def ctm_lines(results: list[dict]) -> list[str]:
+    """CTM lines `<file-id> 1 <start> <duration> <word>` (times in seconds) from transcribe_detailed
+    results with words. file-id: the file name without its extension, or the whole path (spaces as
+    '_') when two inputs share a name, so every line still says which file it is."""
+    stems = [Path(r["file"]).stem for r in results]
+    lines = []
+    for r, stem in zip(results, stems):
+        file_id = stem if stems.count(stem) == 1 else r["file"]
+        file_id = "_".join(file_id.split()) or "_"
+        for w in r.get("words") or []:
+            lines.append(f"{file_id} 1 {w['start']:.2f} {w['end'] - w['start']:.2f} {w['word'].replace(' ', '_')}")
+    return lines

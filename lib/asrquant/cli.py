@@ -107,15 +107,44 @@ def cmd_transcribe(args) -> int:
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    for out in (args.json, args.ctm):  # before hours of decoding, not after
+        _check_output_path(out)
     files = expand_inputs(args.inputs)
     recognizer = load(args.model)
     results = recognizer.transcribe_detailed(
         files, batch_size=args.batch_size,
-        on_note=lambda note: print(f"asrquant transcribe: note: {note}", file=sys.stderr), words=bool(args.json))
+        on_note=lambda note: print(f"asrquant transcribe: note: {note}", file=sys.stderr),
+        words=bool(args.json or args.ctm))
     for r in results:
-        print(f"{r['path']}\t{r['text']}")
+        print(f"{r['file']}\t{r['text']}")
     _write_json(args.json, results)
+    if args.ctm:
+        from .api import ctm_lines
+        from .models.checkpoint import atomic_write_bytes
+
+        text = "".join(line + "\n" for line in ctm_lines(results))
+        atomic_write_bytes(args.ctm, lambda f: f.write(text.encode()))
     return 0
+
+
+def _check_output_path(path: str | None) -> None:
+    """Refuse, before any work, an output that cannot be written: a folder, or a path under a file
+    or an unwritable folder. Missing folders are fine: outputs are written with their folders
+    created (atomic_write_bytes), as every command does."""
+    if not path:
+        return
+    out = Path(path)
+    if out.is_dir():
+        raise ValueError(f"{out}: is a folder; give an output file name")
+    existing = out.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{out}: cannot create the output: {existing} is a file, not a folder")
+    import os
+
+    if not os.access(existing, os.W_OK):
+        raise PermissionError(f"{out}: cannot write the output: {existing} is not writable")
 
 
 def cmd_export(args) -> int:
@@ -278,8 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(searched recursively) or NeMo JSON-lines manifests")
     t.add_argument("--model", required=True, help="a float .nemo or a quantized .aqz model")
     t.add_argument("--json", default=None,
-                   help="also write [{path, text, seconds, words: [{word, start, end}, ...]}, ...] here "
+                   help="also write [{file, text, seconds, words: [{word, start, end}, ...]}, ...] here "
                         "(word times in seconds, from the CTC frames)")
+    t.add_argument("--ctm", default=None,
+                   help="also write the words as CTM lines here: <file-id> 1 <start> <duration> <word> "
+                        "(file-id: the file name without its extension)")
     t.add_argument("--batch-size", type=int, default=8)
     t.set_defaults(func=cmd_transcribe)
 
