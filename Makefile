@@ -6,7 +6,7 @@ SHARED ?= ../shared
 MODEL   = build/quartznet15x5_restored.nemo
 export ASRQUANT_SHARED := $(abspath $(SHARED))
 
-.PHONY: setup model test book clean-book clean
+.PHONY: setup model test book book-check book-quick clean-book clean
 
 setup: $(VENV)/.installed
 
@@ -30,13 +30,26 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 # Run every notebook headless (papermill) into book/chapters/, then render the HTML book.
+NOTEBOOK_PROFILE ?= default
+BOOK_OUT ?= build/book
 book: setup model
-	$(BIN)/python tools/run_notebooks.py
-	$(BIN)/jupyter-book build . --path-output build/book
-	@echo "book: build/book/_build/html/index.html"
+	$(BIN)/python tools/run_notebooks.py --profile $(NOTEBOOK_PROFILE)
+	$(BIN)/jupyter-book build . --path-output $(BOOK_OUT)
+	@echo "book: $(BOOK_OUT)/_build/html/index.html"
+
+# Open every built page in headless Chromium (Debian package `chromium`), offline: fails on an
+# untypeset formula, a missing image or asset, a remote request, or a JavaScript error.
+book-check: book
+	$(BIN)/python tools/book_check.py $(BOOK_OUT)/_build/html
+
+# What CI builds: the notebooks in the quick profile (a few utterances, short runs), the HTML in
+# build/book-quick, and the browser check. The quick chapters replace book/chapters/; a later
+# `make book` reruns them with the default parameters (tools/run_notebooks.py's cache).
+book-quick:
+	$(MAKE) book-check NOTEBOOK_PROFILE=quick BOOK_OUT=build/book-quick
 
 clean-book:
-	rm -rf build/book book/chapters
+	rm -rf build/book build/book-quick book/chapters
 
 clean: clean-book
 	rm -rf build $(VENV)

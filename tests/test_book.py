@@ -5,6 +5,7 @@ notebook with papermill for real (a few seconds per run).
 """
 import csv
 import importlib.util
+import io
 import os
 import re
 import subprocess
@@ -196,3 +197,80 @@ def test_run_notebooks_caches_forces_and_writes_atomically(tmp_path, capsys):
     assert sorted(p.name for p in out_dir.iterdir()) == ["01_tiny.ipynb"]
 
     assert run("--only", "99")[0] == 2                 # --only with no match is an error
+
+
+# --- tools/book_check.py: the built book in headless Chromium -------------------------------------
+
+CHECKER = ROOT / "tools" / "book_check.py"
+
+
+def _load_checker():
+    spec = importlib.util.spec_from_file_location("book_check", CHECKER)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _mathjax_es5():
+    """MathJax 3's es5 bundle as the book ships it (book/_ext/offline_book.py), or skip."""
+    spec = importlib.util.spec_from_file_location("offline_book", ROOT / "book" / "_ext" / "offline_book.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    try:
+        return mod.mathjax_bundle()
+    except RuntimeError as e:
+        pytest.skip(str(e))
+
+
+# A page as Sphinx writes math: inline \( \) and display \[ \] inside elements of class "math".
+MATH_PAGE = """<!DOCTYPE html><html><head><meta charset="utf-8">{head}</head><body>
+<p>Inline <span class="math notranslate nohighlight">\\(q = \\mathrm{{round}}(x / S)\\)</span> and display:</p>
+<div class="math notranslate nohighlight">\\[ y = \\frac{{a}}{{b}} \\]</div>
+{extra}
+</body></html>"""
+
+
+def test_book_check_passes_a_clean_page_and_fails_a_broken_one(tmp_path):
+    checker = _load_checker()
+    if checker.find_chromium(os.environ.get("CHROMIUM")) is None:
+        pytest.skip("Chromium not installed (Debian: apt-get install -y chromium)")
+    es5 = _mathjax_es5()
+    site = tmp_path / "html"
+    (site / "_static" / "mathjax").mkdir(parents=True)
+    (site / "_static" / "mathjax" / "es5").symlink_to(es5, target_is_directory=True)
+    mathjax = '<script defer src="_static/mathjax/es5/tex-mml-chtml.js"></script>'
+    (site / "clean.html").write_text(MATH_PAGE.format(head=mathjax, extra="<pre>\\(code is not math\\)</pre>"))
+    # broken: MathJax from a CDN (offline: fails), a missing image, a script error, raw TeX in prose
+    broken = MATH_PAGE.format(
+        head='<script defer src="https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js"></script>',
+        extra='<img src="figures/missing.png"><script>undefined_function()</script><p>raw $$x^2$$ here</p>')
+    (site / "broken.html").write_text(broken)
+
+    def run(page):
+        out = io.StringIO()
+        code = checker.check(site, [page], timeout=60, out=out)
+        return code, out.getvalue()
+
+    code, log = run("clean.html")
+    assert code == 0, log
+    assert "ok   clean.html (2 formulas" in log
+
+    code, log = run("broken.html")
+    assert code == 1, log
+    assert "FAIL broken.html" in log
+    assert "formula left untypeset: '\\\\(q = \\\\mathrm{round}(x / S)\\\\)'" in log
+    assert "raw TeX in the page text" in log and "$$x^2$$" in log
+    assert "fetches a remote resource: https://cdn.jsdelivr.net/" in log
+    assert "HTTP 404" in log and "figures/missing.png" in log
+    assert "JavaScript error: ReferenceError: undefined_function is not defined" in log
+
+    assert checker.main([str(tmp_path / "nowhere")]) == 2
+
+
+def test_book_config_ships_mathjax_offline():
+    cfg = yaml.safe_load((ROOT / "_config.yml").read_text())
+    assert cfg["sphinx"]["local_extensions"] == {"offline_book": "book/_ext"}
+    assert "mathjax_path" not in cfg["sphinx"].get("config", {}), "offline_book sets mathjax_path"
+    es5 = _mathjax_es5()
+    assert (es5 / "tex-mml-chtml.js").stat().st_size > 500_000
+    assert any((es5 / "output" / "chtml" / "fonts" / "woff-v2").glob("MathJax_Main-Regular.woff"))
