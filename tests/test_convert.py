@@ -1,17 +1,23 @@
-"""Integer-only engine: float-free forward, bit-exact NumPy replay, batching, agreement, file format."""
+"""Integer-only engine: float-free forward, bit-exact NumPy replay, batching, agreement, file format.
+
+Runs on synthetic speech-like audio (conftest.speech_like_audio) and a small random QuartzNet-5x5,
+so every test runs without ../shared; the real model and test-other are checked by
+`asrquant verify` (results/verify) and the grid."""
 
 import json
 import zipfile
 
 import numpy as np
 import pytest
+import soundfile
 import torch
 
-from conftest import fill_bn_statistics, randomize_weights
+from conftest import fill_bn_statistics, randomize_weights, speech_like_audio
 
 from asrquant.calibration import random_mels
 from asrquant.cli import main as cli_main
-from asrquant.convert import IntegerConvASR, load_quantized, quantize_model, save_quantized
+from asrquant.convert import (HEADER, IntegerConvASR, load_quantized, quantize_model, read_payload, save_quantized,
+                              write_payload)
 from asrquant.models import CheckpointError, ConvASR, save_model
 from asrquant.models.convasr import frame_mask
 from asrquant.verify import DtypeRecorder, float_ops_in_forward, numpy_forward, verify
@@ -23,8 +29,42 @@ def _mels(model, batch):
 
 
 @pytest.fixture(scope="module")
-def calib(small_quartznet, real_audio_batch):
-    return [_mels(small_quartznet, real_audio_batch)]
+def audio_batch():
+    """Three speech-like utterances of different lengths as a padded batch (audio, lengths)."""
+    return speech_like_audio((2.0, 1.4, 0.9), seed=0)
+
+
+@pytest.fixture(scope="module")
+def small_quartznet(audio_batch):
+    """QuartzNet-5x5 with random weights and BN statistics from the batch's features."""
+    from asrquant.models import config_for
+
+    torch.manual_seed(0)
+    model = ConvASR(config_for("quartznet5x5"))
+    randomize_weights(model, seed=3)
+    with torch.no_grad():
+        mel, mel_len = model.features(*audio_batch)
+    fill_bn_statistics(model.encoder, mel, mel_len)
+    return model
+
+
+@pytest.fixture(scope="module")
+def calib(small_quartznet, audio_batch):
+    return [_mels(small_quartznet, audio_batch)]
+
+
+def _librispeech_folder(root, seconds=(1.6, 1.2, 1.0)):
+    """A LibriSpeech-layout folder (speaker/chapter/*.flac + *.trans.txt) of speech-like audio."""
+    chapter = root / "19" / "198"
+    chapter.mkdir(parents=True)
+    audio, lengths = speech_like_audio(seconds, seed=2)
+    lines = []
+    for i, (words, n) in enumerate(zip(["A CAT SAT", "ON THE MAT", "NOW"], lengths.tolist())):
+        utt = f"19-198-{i:04d}"
+        soundfile.write(chapter / f"{utt}.flac", audio[i, :n].numpy(), 16000)
+        lines.append(f"{utt} {words}")
+    (chapter / "19-198.trans.txt").write_text("\n".join(lines) + "\n")
+    return root
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +113,7 @@ def test_bit_exact_against_numpy_reference(small_quartznet, calib, wbits, abits)
     assert np.array_equal(ref, ours.numpy().astype(np.int64))
 
 
-def test_dense_residual_model_converts_bit_exact_and_invariant(real_audio_batch):
+def test_dense_residual_model_converts_bit_exact_and_invariant(audio_batch):
     """A small JasperDR-style net (dense residuals, non-separable convs, dilation) end to end."""
     from asrquant.models.configs import _block, _model
 
@@ -86,11 +126,11 @@ def test_dense_residual_model_converts_bit_exact_and_invariant(real_audio_batch)
     torch.manual_seed(0)
     model = ConvASR(cfg)
     randomize_weights(model, 5)
-    mel, lengths = _mels(model, real_audio_batch)
+    mel, lengths = _mels(model, audio_batch)
     fill_bn_statistics(model.encoder, mel, lengths)
     assert len(model.encoder.encoder[3].res) == 3  # dense: one branch per earlier block output
     qmodel = quantize_model(model, [(mel, lengths)], 8, 8)
-    report = verify(qmodel, *real_audio_batch, max_seconds=3.0, backends=["numpy"])
+    report = verify(qmodel, *audio_batch, max_seconds=3.0, backends=["numpy"])
     assert report["passed"], report
     assert report["backends"]["numpy"]["bit_exact"] and report["backends"]["numpy"]["utterances"] == 3
 
@@ -152,12 +192,12 @@ def test_save_load_roundtrip_and_bad_files(w8a8, calib, tmp_path):
     with pytest.raises(CheckpointError, match="trunc.aqz"):
         load_quantized(trunc)
     # a newer format version is refused with a message, not misread
-    with zipfile.ZipFile(path) as z:
-        assert any(n.endswith("data.pkl") for n in z.namelist())
-    payload = torch.load(path, weights_only=True)
+    with zipfile.ZipFile(path) as z:  # no pickle in the file: JSON + .npy members
+        assert not any(n.endswith(".pkl") for n in z.namelist()) and HEADER in z.namelist()
+    payload = read_payload(path)
     payload["version"] = 99
     newer = tmp_path / "newer.aqz"
-    torch.save(payload, newer)
+    write_payload(payload, newer)
     with pytest.raises(CheckpointError, match="version 99"):
         load_quantized(newer)
     other = tmp_path / "other.aqz"
@@ -174,7 +214,8 @@ def test_nan_input_is_refused(w8a8, calib):
         w8a8.forward_features(bad, lengths)
 
 
-def test_cli_quantize_verify_evaluate(small_quartznet, tmp_path, test_other_dir, capsys):
+def test_cli_quantize_verify_evaluate(small_quartznet, tmp_path, capsys):
+    test_other_dir = _librispeech_folder(tmp_path / "LibriSpeech" / "test-other")
     src = save_model(small_quartznet, tmp_path / "small.nemo")
     out = tmp_path / "small_w8a8.aqz"
     assert cli_main(["quantize", "--model", str(src), "--calibration", "random", "--frames", "200",

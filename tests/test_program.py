@@ -13,7 +13,8 @@ import torch
 from pinned import CASES, digest, fixed_calibration, pinned_float_model, pinned_inputs
 
 from asrquant.calibration import random_mels
-from asrquant.convert import ProgramBuilder, convert, load_quantized, save_quantized
+from asrquant.convert import (ProgramBuilder, convert, load_quantized, read_payload, save_quantized,
+                              write_payload)
 from asrquant.models import CheckpointError
 from asrquant.program.numpy_ref import NumpyReference
 from asrquant.program.ops import OPS, Op, Program, ProgramError, Value
@@ -66,17 +67,17 @@ def test_program_file_roundtrip(pinned_case, tmp_path):
 def test_malformed_v2_file_names_the_file_and_how_to_regenerate(pinned_case, tmp_path):
     _, qmodel = pinned_case
     path = save_quantized(qmodel, tmp_path / "m.aqz")
-    payload = torch.load(path, weights_only=True)
+    payload = read_payload(path)
     meta = json.loads(payload["meta"])
     meta["program"]["ops"][3]["kind"] = "softmax_v9"
     payload["meta"] = json.dumps(meta)
     bad = tmp_path / "bad.aqz"
-    torch.save(payload, bad)
+    write_payload(payload, bad)
     with pytest.raises(CheckpointError, match=r"bad\.aqz.*unknown op kind.*asrquant quantize"):
         load_quantized(bad)
-    payload = torch.load(path, weights_only=True)
+    payload = read_payload(path)
     payload["tensors"].pop(next(iter(payload["tensors"])))
-    torch.save(payload, bad)
+    write_payload(payload, bad)
     with pytest.raises(CheckpointError, match="missing from the file"):
         load_quantized(bad)
 

@@ -36,7 +36,7 @@ from .models.convasr import ConvASR, MaskedConv1d
 from .program.ops import FORMAT_VERSION, Op, Program, ProgramError, Value, dtype_name
 from .quant.bn import fold_batchnorm
 from .quant.dyadic import dyadic_from_float
-from .quant.quantizer import quantize, scale_from_range, storage_dtype, weight_alpha
+from .quant.quantizer import qrange, quantize, scale_from_range, storage_dtype, weight_alpha
 
 FORMAT = "asrquant-integer-model"
 VERSION = FORMAT_VERSION      # 2: the integer program; 1: hand-walked blocks (migrated on load)
@@ -259,6 +259,17 @@ def _quantize_weight(w: torch.Tensor, bits: int, method: str):
     return w_q, s_w
 
 
+def weight_bits_of(conv: nn.Conv1d, weight_bits: int, depthwise_bits: int | None = None,
+                   layer_bits: dict | None = None) -> int:
+    """The weight width of one conv: its own (mixed precision), else depthwise_bits for a
+    depthwise conv, else weight_bits."""
+    if layer_bits and conv in layer_bits:
+        return int(layer_bits[conv])
+    if depthwise_bits and conv.groups > 1 and conv.groups == conv.in_channels:
+        return depthwise_bits
+    return weight_bits
+
+
 def quantize_bias(b: torch.Tensor | None, acc_scale: torch.Tensor) -> torch.Tensor | None:
     """round(b / (s_x s_w)) per output channel: int32 when it fits, else int64 (None: no bias)."""
     if b is None:
@@ -286,7 +297,7 @@ def _bias_correction(w: torch.Tensor, w_q: torch.Tensor, s_w: torch.Tensor, grou
 
 def _int_conv(conv: nn.Conv1d, bn: nn.BatchNorm1d | None, s_x: float, x_bits: int, x_signed: bool,
               s_out: float | None, out_bits: int, out_signed: bool, w_bits: int, w_method: str,
-              input_means: dict | None = None, hessians: dict | None = None) -> IntConv:
+              input_means: dict | None = None, hessians: dict | None = None, codes: dict | None = None) -> IntConv:
     w = conv.weight.detach().double()
     b = conv.bias.detach().double() if conv.bias is not None else None
     if bn is not None:
@@ -297,8 +308,14 @@ def _int_conv(conv: nn.Conv1d, bn: nn.BatchNorm1d | None, s_x: float, x_bits: in
         from .quant.gptq import gptq_round
 
         cout = w.shape[0]
-        codes = gptq_round(w.reshape(cout, -1), s_w, hessians[conv], w_bits)
-        w_q = codes.reshape(w.shape).to(w_q.dtype)
+        gcodes = gptq_round(w.reshape(cout, -1), s_w, hessians[conv], w_bits)
+        w_q = gcodes.reshape(w.shape).to(w_q.dtype)
+    elif codes is not None and conv in codes:   # learned rounding (quant.adaround), same grid
+        lo, hi = qrange(w_bits, signed=True)
+        learned = codes[conv].reshape(w.shape)
+        if learned.min() < lo or learned.max() > hi:
+            raise ValueError(f"learned rounding codes outside the {w_bits}-bit range")
+        w_q = learned.to(w_q.dtype)
     if input_means is not None:
         if conv not in input_means:
             raise KeyError("bias correction: no input mean for a conv (compute input_means on this model)")
@@ -320,7 +337,8 @@ def _int_conv(conv: nn.Conv1d, bn: nn.BatchNorm1d | None, s_x: float, x_bits: in
 def convert(model: ConvASR, observers: dict, weight_bits: int = 8, act_bits: int = 8,
             weight_method: str = "minmax", info: dict | None = None,
             input_means: dict | None = None, depthwise_bits: int | None = None,
-            hessians: dict | None = None) -> IntegerConvASR:
+            hessians: dict | None = None, codes: dict | None = None,
+            layer_bits: dict | None = None) -> IntegerConvASR:
     """Build the integer model from a calibrated float model (see `calibrate`).
 
     input_means (``conv_input_means`` on the calibration batches): correct every conv's bias for
@@ -328,7 +346,13 @@ def convert(model: ConvASR, observers: dict, weight_bits: int = 8, act_bits: int
     depthwise_bits: weight width of the depthwise convs (default weight_bits); they hold ~2% of
     QuartzNet's weights but suffer most from 4-bit rounding (few long, peaky kernels).
     hessians (``conv_input_hessians`` on the calibration batches): output-aware rounding
-    (``quant.gptq``) for every conv that has one, round-to-nearest for the others."""
+    (``quant.gptq``) for every conv that has one, round-to-nearest for the others.
+    codes ({nn.Conv1d: integer codes}, ``quant.adaround``): learned rounding on the same grid.
+    layer_bits ({nn.Conv1d: bits}, ``quant.mixed_precision``): per-conv weight widths (mixed
+    precision); convs not in it use depthwise_bits / weight_bits (``weight_bits_of``)."""
+    def bits(conv):
+        return weight_bits_of(conv, weight_bits, depthwise_bits, layer_bits)
+
     def act_scale(key, signed):
         return float(scale_from_range(observers[key].alpha(), act_bits, signed=signed))
 
@@ -349,23 +373,26 @@ def convert(model: ConvASR, observers: dict, weight_bits: int = 8, act_bits: int
             out_signed = depthwise
             s_out = act_scale((b, i), out_signed)
             c = mconv.conv
-            wb = depthwise_bits if (depthwise_bits and c.groups > 1 and c.groups == c.in_channels) else weight_bits
             convs.append(_int_conv(c, bn, s_x, act_bits, x_signed, s_out, act_bits, out_signed,
-                                   wb, weight_method, input_means, hessians))
+                                   bits(c), weight_method, input_means, hessians, codes))
             s_x, x_signed = s_out, out_signed
         residual = []
         if block.res is not None:
             for (x_scale, x_sign), (rconv, rbn) in zip(prev_out, block.res):
                 residual.append(_int_conv(rconv.conv, rbn, x_scale, act_bits, x_sign, s_x, act_bits, False,
-                                          weight_bits, weight_method, input_means, hessians))
+                                          bits(rconv.conv), weight_method, input_means, hessians, codes))
         blocks.append(IntBlock(convs=convs, residual=residual, dense=block.dense))
         block_out.append((s_x, x_signed))
         prev_out = prev_out + [(s_x, x_signed)] if block.dense else [(s_x, x_signed)]
-    decoder = _int_conv(model.decoder.decoder_layers[0], None, s_x, act_bits, x_signed, None, 32, True,
-                        weight_bits, weight_method, input_means, hessians)
+    dec = model.decoder.decoder_layers[0]
+    decoder = _int_conv(dec, None, s_x, act_bits, x_signed, None, 32, True,
+                        bits(dec), weight_method, input_means, hessians, codes)
     qinfo = {"weight_bits": weight_bits, "act_bits": act_bits, "weight_method": weight_method,
              "observer": type(observers["input"]).__name__, "bias_correction": input_means is not None,
-             "depthwise_bits": depthwise_bits or weight_bits, "rounding": "gptq" if hessians else "nearest"}
+             "depthwise_bits": depthwise_bits or weight_bits,
+             "rounding": "gptq" if hessians else "adaround" if codes else "nearest"}
+    if layer_bits:
+        qinfo["layer_bits"] = {str(b): sum(1 for v in layer_bits.values() if v == b) for b in sorted(set(layer_bits.values()))}
     qinfo.update(info or {})
     return IntegerModel(model.config, emit_convasr(blocks, decoder, s_in, act_bits), qinfo)
 
@@ -383,19 +410,141 @@ def quantize_model(model: ConvASR, calibration_mels, weight_bits=8, act_bits=8, 
 # --------------------------------------------------------------------------- save / load
 
 def save_quantized(qmodel: IntegerModel, path) -> Path:
-    """One versioned file (a torch zip of integer tensors + JSON metadata), written atomically."""
+    """One versioned file (a zip of .npy integer tensors + JSON metadata, no pickle), written atomically."""
     desc, tensors = qmodel.program.to_state()
     frontend = {k: v for k, v in qmodel.preprocessor.featurizer.state_dict().items()}
     tensors = {**tensors, **{"frontend." + k: v for k, v in frontend.items()}}
     meta = {"format": FORMAT, "version": VERSION, "config": qmodel.float_model_config, "program": desc,
             "info": qmodel.info, "frontend": sorted(frontend)}
-    payload = {"format": FORMAT, "version": VERSION, "meta": json.dumps(meta), "tensors": tensors}
-    return atomic_write_bytes(path, lambda f: torch.save(payload, f))
+    return write_payload({"format": FORMAT, "version": VERSION, "meta": json.dumps(meta), "tensors": tensors}, path)
+
+
+# The file: an uncompressed zip holding HEADER (JSON: format, version, meta, and which member holds
+# which tensor) and one .npy member per tensor. Reading checks every size before it allocates: the
+# members must be stored (not compressed) and fit in the file, and each .npy header's shape x dtype
+# must equal its member's size, so a hostile header claiming 10 GB is refused having read 100 bytes.
+# Files written before this container (a torch zip, read by torch's weights_only unpickler, which
+# builds only tensors and containers) still load, after the same zip size checks.
+HEADER = "asrquant.json"
+_TENSOR_KINDS = "biuf"          # bool, signed / unsigned integers, floats (the front end's buffers)
+
+
+def write_payload(payload: dict, path) -> Path:
+    """{format, version, meta (a JSON string), tensors {name: tensor}} -> the .aqz container."""
+    import zipfile
+
+    import numpy as np
+
+    arrays, members = {}, {}
+    for i, (name, t) in enumerate(payload["tensors"].items()):
+        a = t.detach().cpu().contiguous().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
+        if a.dtype.kind not in _TENSOR_KINDS:
+            raise ValueError(f"{path}: tensor {name!r} has dtype {a.dtype}, not storable")
+        members[name] = f"tensors/{i:06d}.npy"
+        arrays[members[name]] = a
+    header = {"format": payload["format"], "version": payload["version"], "meta": payload["meta"],
+              "tensors": members}
+
+    def write(f):
+        with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as z:
+            z.writestr(HEADER, json.dumps(header))
+            for member, a in arrays.items():
+                with z.open(member, "w", force_zip64=a.nbytes > 2**31) as out:
+                    np.lib.format.write_array(out, a, allow_pickle=False)
+
+    return atomic_write_bytes(path, write)
+
+
+def _checked_zip(path: Path):
+    """The file as a ZipFile whose members are all stored uncompressed and together fit in the file."""
+    import zipfile
+
+    size = path.stat().st_size
+    try:
+        z = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        raise CheckpointError(f"{path}: not a readable quantized model (truncated or not a zip): {e}") from e
+    total = 0
+    for info in z.infolist():
+        if info.compress_type != zipfile.ZIP_STORED or info.file_size != info.compress_size:
+            z.close()
+            raise CheckpointError(f"{path}: member {info.filename!r} is compressed; .aqz members are stored "
+                                  f"uncompressed (refused: its size cannot be checked before reading)")
+        total += info.file_size
+        if total > size:
+            z.close()
+            raise CheckpointError(f"{path}: members claim {total} bytes, more than the file's {size} "
+                                  f"(truncated or hostile)")
+    return z
+
+
+def _read_npy(z, path: Path, name: str, member: str):
+    """One tensor from a .npy member: header read and checked against the member size first."""
+    import numpy as np
+
+    try:
+        info = z.getinfo(member)
+    except KeyError:
+        raise CheckpointError(f"{path}: tensor {name!r}: member {member!r} missing from the file") from None
+    with z.open(info) as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(f)
+        except (ValueError, OSError, EOFError) as e:
+            raise CheckpointError(f"{path}: tensor {name!r}: bad .npy header: {e}") from e
+        if dtype.hasobject or dtype.kind not in _TENSOR_KINDS:
+            raise CheckpointError(f"{path}: tensor {name!r}: dtype {dtype} refused (integer, bool or float only)")
+        count = 1
+        for n in shape:
+            count *= int(n)
+        nbytes = count * dtype.itemsize  # Python ints: no overflow, whatever the header claims
+        left = info.file_size - f.tell()
+        if nbytes != left:
+            raise CheckpointError(f"{path}: tensor {name!r}: header claims shape {tuple(shape)} {dtype} "
+                                  f"({nbytes} bytes) but the file holds {left} (truncated or hostile)")
+        data = f.read(nbytes)
+    if len(data) != nbytes:
+        raise CheckpointError(f"{path}: tensor {name!r}: truncated ({len(data)} of {nbytes} bytes)")
+    a = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+    return torch.from_numpy(np.ascontiguousarray(a).copy())
+
+
+def read_payload(path) -> dict:
+    """The .aqz file as {format, version, meta (JSON string), tensors {name: tensor}}, sizes checked
+    before anything large is read; a file of the older torch container goes through torch's
+    weights_only loader. Errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such quantized model file")
+    with _checked_zip(path) as z:
+        names = set(z.namelist())
+        if HEADER not in names:
+            legacy = any(n.endswith("/data.pkl") or n == "data.pkl" for n in names)
+        else:
+            try:
+                header = json.loads(z.read(HEADER).decode("utf-8"))
+            except (ValueError, UnicodeDecodeError) as e:
+                raise CheckpointError(f"{path}: {HEADER} is not valid JSON: {e}") from e
+            if not isinstance(header, dict) or not isinstance(header.get("tensors"), dict):
+                raise CheckpointError(f"{path}: {HEADER} has no tensor table")
+            tensors = {str(name): _read_npy(z, path, str(name), str(member))
+                       for name, member in header["tensors"].items()}
+            return {"format": header.get("format"), "version": header.get("version"),
+                    "meta": header.get("meta"), "tensors": tensors}
+    if not legacy:
+        raise CheckpointError(f"{path}: not an asrquant integer model file (a zip without {HEADER})")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable quantized model (weights_only load failed): "
+                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
 
 
 def is_quantized_file(path) -> bool:
-    """torch.save writes a zip (starts with PK\\x03\\x04); a .nemo is a tar. zipfile.is_zipfile would
-    be fooled: it looks near the end, where a .nemo tar holds its zipped model_weights.ckpt."""
+    """A zip (starts with PK\\x03\\x04); a .nemo is a tar. zipfile.is_zipfile would be fooled: it
+    looks near the end, where a .nemo tar holds its zipped model_weights.ckpt."""
     with open(path, "rb") as f:
         return f.read(4) == b"PK\x03\x04"
 
@@ -422,12 +571,7 @@ def _migrate_v1(meta: dict, tensors: dict) -> Program:
 def load_quantized(path) -> IntegerModel:
     """Read an .aqz file (version 2, or version 1 migrated to a program); errors name the file."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such quantized model file")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{path}: not a readable quantized model (weights_only load failed): {e}") from e
+    payload = read_payload(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an asrquant integer model file")
     version = payload.get("version")
@@ -436,6 +580,8 @@ def load_quantized(path) -> IntegerModel:
                               f"reads versions 1 and {VERSION}); regenerate it with `asrquant quantize`")
     try:
         meta, tensors = json.loads(payload["meta"]), payload["tensors"]
+        if not isinstance(meta, dict) or not isinstance(tensors, dict):
+            raise TypeError("meta and tensors must be a mapping")
         program = _migrate_v1(meta, tensors) if version == 1 else Program.from_state(meta["program"], tensors)
         frontend = {k: tensors["frontend." + k] for k in meta.get("frontend", [])}
         return IntegerModel(meta["config"], program, meta.get("info"), frontend_state=frontend)
