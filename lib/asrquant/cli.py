@@ -150,7 +150,14 @@ def _check_output_path(path: str | None) -> None:
 def cmd_export(args) -> int:
     from .deploy.onnx_export import cmd_export as run
 
-    return run(args)
+    if not args.onnx and not args.c:
+        raise ValueError("export: give --onnx FILE and/or --c DIR")
+    rc = 0
+    if args.c:
+        from .program.c_backend import cmd_export_c
+
+        rc = cmd_export_c(args)
+    return rc or (run(args) if args.onnx else 0)
 
 
 def cmd_bench(args) -> int:
@@ -373,8 +380,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .deploy.onnx_export import add_export_arguments
     from .synth_args import add_synth_arguments
 
-    ex = sub.add_parser("export", help="export an integer model to ONNX (integer operators only)")
+    ex = sub.add_parser("export", help="export an integer model to ONNX (integer operators only) and/or C")
     add_export_arguments(ex)
+    next(a for a in ex._actions if a.dest == "onnx").required = False  # --c alone is an export too
+    ex.add_argument("--c", default=None, metavar="DIR",
+                    help="write a self-contained C99 library + CLI of the program here (`make -C DIR`)")
     ex.set_defaults(func=cmd_export)
 
     be = sub.add_parser("bench", help="FP32 vs INT8 latency of the same model, side by side")
