@@ -17,9 +17,11 @@ rescale, or a clamp of a sum of rescaled convs: a residual block's output); each
 GEMMs, depthwise convs on a 4-tap interleaved copy of their input), requantized, summed,
 clamped and stored. The constant of each term folds the bias, the input offset (off times the
 weight row sum) and the rounding half; the first term also the output offset:
-    v = (acc_u * M + C) >> S,  C = (bias - off_in * rowsum) * M + 2^(S-1) + off_out * 2^S
-which is the program's requantization of the true accumulator, exactly (floor((a + k 2^S) / 2^S)
-= floor(a / 2^S) + k). Every bound is checked here with Python integers: |acc_u| < 2^31 and
+    y_u = clamp(sum_terms ((acc_u * M + C) >> S) + off_out, lo + off_out, hi + off_out),
+    C = (bias - off_in * rowsum) * M + 2^(S-1)
+which is the program's requantization of the true accumulator, exactly (the offset is added after
+the shift: folding it into C as off_out 2^S overflows int64 for shifts near 62, which real models
+have on dead channels). Every bound is checked here with Python integers: |acc_u| < 2^31 and
 |acc_u| M + |C| < 2^63. mask_time is done in place (padded frames set to off) when a length is
 shorter than the frames; frames ops are integer expressions on the lengths.
 
@@ -127,7 +129,8 @@ class _Blob:
 
 
 def _checksum(body: bytes) -> int:
-    """Sum of the bytes times their position mod 2^61 - 1: catches a truncated or foreign blob."""
+    """sum of byte * (position mod 65521 + 1), mod 2^61 - 1 (as model.c): catches a truncated or
+    foreign blob."""
     a = np.frombuffer(body, dtype=np.uint8).astype(np.uint64)
     if not a.size:
         return 0
@@ -224,7 +227,6 @@ class _Lowering:
             if out not in self.p.outputs:
                 raise CExportError(f"{terminal.name}: an int64 rescale that is not the program output")
             act = _Act(out, cout, int64=True)
-            zo = 0
         else:
             self._check_act(out)
             v = self.p.values[out]
@@ -254,7 +256,6 @@ class _Lowering:
             if cin_g * groups != xin.channels:
                 raise CExportError(f"{conv.name}: {cin_g * groups} input channels, its input has {xin.channels}")
             t = _Term(conv, _ints(M, co), _ints(S, co), kind=kind)
-            t.zo = zo if j == 0 else 0
             t.src = src
             g.terms.append(t)
         for t in g.terms:
@@ -267,7 +268,7 @@ class _Lowering:
         co = int(w.shape[0])
         flat = w.reshape(co, -1)
         rowsum = [int(v) for v in flat.sum(1)]
-        absum = [int(v) for v in np.abs(flat).sum(1)]
+        possum = [int(v) for v in np.clip(flat, 0, None).sum(1)]
         bias = t.conv.params.get("bias")
         bias = _ints(bias, co) if bias is not None else [0] * co
         C = []
@@ -275,12 +276,13 @@ class _Lowering:
             m, s = t.M[o], t.S[o]
             if not 0 <= s <= 62 or m < 0:
                 raise CExportError(f"{t.conv.name}: shift {s} / multiplier {m} outside 0..62 / >= 0")
-            bound = 255 * absum[o]
-            if bound > INT31:
-                raise CExportError(f"{t.conv.name}: accumulator bound {bound} exceeds int32")
-            c = (bias[o] - off_in * rowsum[o]) * m + ((1 << s) >> 1) + t.zo * (1 << s)
-            if bound * m + abs(c) > INT63:
-                raise CExportError(f"{t.conv.name}: requantization constant overflows int64")
+            # acc_u = sum w u with u in [0, 255]: the exact interval of the stored accumulator
+            lo, hi = 255 * (rowsum[o] - possum[o]), 255 * possum[o]
+            if lo < -INT31 - 1 or hi > INT31:
+                raise CExportError(f"{t.conv.name}: accumulator range [{lo}, {hi}] exceeds int32")
+            c = (bias[o] - off_in * rowsum[o]) * m + ((1 << s) >> 1)
+            if max(abs(lo * m + c), abs(hi * m + c)) > INT63:
+                raise CExportError(f"{t.conv.name}: acc * M + C can overflow int64 (M = {m})")
             C.append(c)
         t.C = C
 
@@ -460,11 +462,15 @@ static uint8_t *align64(uint8_t *p) { return p + ((64 - ((uintptr_t)p & 63)) & 6
 
 void asrq_set_threads(asrq_model *m, int threads) { m->threads = threads > 0 ? threads : 1; }
 
+/* sum of byte * (position mod 65521 + 1), reduced once at the end: each term < 2^24, so the
+ * uint64 sum is exact for blobs under 2^40 bytes */
 static uint64_t checksum(const uint8_t *b, uint64_t n) {
-    const uint64_t P = (1ULL << 61) - 1;
-    uint64_t s = 0;
-    for (uint64_t i = 0; i < n; ++i) s = (s + (uint64_t)b[i] * (i % 65521 + 1)) % P;
-    return s;
+    uint64_t s = 0, w = 1;
+    for (uint64_t i = 0; i < n; ++i) {
+        s += (uint64_t)b[i] * w;
+        w = w == 65521 ? 1 : w + 1;
+    }
+    return s % ((1ULL << 61) - 1);
 }
 
 asrq_model *asrq_load(const char *path, long max_frames, int threads) {
@@ -572,10 +578,10 @@ fail:
             emit("        };")
             if out.int64:
                 emit(f"        asrq_group(terms, {len(g.terms)}, T[{out.index}], {out.cp // 64}, NULL, m->out64, "
-                     f"{out.cp}, 0, 0, 0, nt);")
+                     f"{out.cp}, 0, 0, 0, 0, nt);")
             else:
                 emit(f"        asrq_group(terms, {len(g.terms)}, T[{out.index}], {out.cp // 64}, m->slot[{out.slot}], NULL, "
-                     f"{out.cp}, {out.pad}, {g.lo}, {g.hi}, nt);")
+                     f"{out.cp}, {out.pad}, {out.off}, {g.lo}, {g.hi}, nt);")
                 emit(f"        asrq_fill_rows(m->slot[{out.slot}], {out.cp}, 0, {out.pad}, {out.off});")
                 emit(f"        asrq_fill_rows(m->slot[{out.slot}], {out.cp}, {out.pad} + T[{out.index}], "
                      f"{out.pad} + T[{out.index}] + {out.back}, {out.off});")

@@ -8,7 +8,7 @@
  * vpdpbusd accumulates u8 x s8 products in int32 without saturation, so all three give the same
  * integers as long as |acc| < 2^31, which the exporter proves per conv from the weights.
  * Requantization is fused into the producing kernel: each 6 x 64 tile of int32 accumulators is
- * scaled, summed over the group's terms (residual branches), clamped and stored while in L1.
+ * scaled, summed over the group's terms (residual branches), offset, clamped and stored while in L1.
  * Signed right shifts of negative int64 are arithmetic shifts (floor) on every compiler we target
  * (gcc, clang); the exporter's tests check the integers against the NumPy reference.
  */
@@ -202,7 +202,7 @@ static void tile(const asrq_term *t, long t0, long ob, int32_t *acc, int n) {
 /* ------------------------------------------------------------------ fused group + requantization */
 
 void asrq_group(const asrq_term *terms, int nterms, long T_out, long oblocks, uint8_t *out8, int64_t *out64,
-                long out_cp, long out_row0, int64_t lo, int64_t hi, int nthreads) {
+                long out_cp, long out_row0, int64_t post, int64_t lo, int64_t hi, int nthreads) {
     const long tiles = (T_out + R - 1) / R;
     (void)nthreads;
 #pragma omp parallel for collapse(2) schedule(static) num_threads(nthreads)
@@ -229,7 +229,13 @@ void asrq_group(const asrq_term *terms, int nterms, long T_out, long oblocks, ui
                 const int64_t *vr = v + r * 64;
                 if (out8) {
                     uint8_t *o = out8 + (out_row0 + t0 + r) * out_cp + ob * 64;
-                    for (int c = 0; c < 64; ++c) o[c] = (uint8_t)(vr[c] < lo ? lo : (vr[c] > hi ? hi : vr[c]));
+                    int64_t y[64];
+                    for (int c = 0; c < 64; ++c) {
+                        y[c] = vr[c] + post;
+                        y[c] = y[c] < lo ? lo : y[c];
+                        y[c] = y[c] > hi ? hi : y[c];
+                    }
+                    for (int c = 0; c < 64; ++c) o[c] = (uint8_t)y[c];
                 } else {
                     memcpy(out64 + (out_row0 + t0 + r) * out_cp + ob * 64, vr, sizeof(int64_t) * 64);
                 }

@@ -29,10 +29,11 @@ typedef struct {
     const int64_t *M, *C, *S;  /* per output channel (Cp_out): v = (acc * M + C) >> S */
 } asrq_term;
 
-/* out = clamp(sum_j ((acc_j * M_j + C_j) >> S_j), lo, hi) as uint8 (out8), or the unclamped sum as
- * int64 (out64); T_out frames, blocks of 64 output channels; out row t is row out_row0 + t. */
+/* out = clamp(sum_j ((acc_j * M_j + C_j) >> S_j) + post, lo, hi) as uint8 (out8: post is the output's
+ * storage offset), or the unclamped sum as int64 (out64); T_out frames, blocks of 64 output
+ * channels; out row t is row out_row0 + t. */
 void asrq_group(const asrq_term *terms, int nterms, long T_out, long oblocks, uint8_t *out8, int64_t *out64,
-                long out_cp, long out_row0, int64_t lo, int64_t hi, int nthreads);
+                long out_cp, long out_row0, int64_t post, int64_t lo, int64_t hi, int nthreads);
 
 /* x4 copy of rows [0, rows) of an activation (module comment). */
 void asrq_build_x4(const uint8_t *x, long rows, long cp, long dil, uint8_t *x4, int nthreads);
