@@ -118,9 +118,43 @@ def test_export_file_and_cli(q5, q_input, tmp_path):
     assert (tmp_path / "cli.onnx").is_file() and (tmp_path / "qdq.onnx").is_file()
 
 
-def test_kernel_probe_reports_a_bool():
-    # informative: True with VNNI; on AVX2-only CPUs the probe must say False
-    assert isinstance(rt.ort_kernels_exact(1), bool)
+def _x86_vnni() -> bool | None:
+    """Whether this x86 CPU has VNNI (AVX-512 or AVX); None when that cannot be read (not x86 Linux)."""
+    import platform
+    from pathlib import Path
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if platform.machine().lower() not in ("x86_64", "amd64") or not cpuinfo.is_file():
+        return None
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.read_text().splitlines()
+                  if line.startswith("flags")), [])
+    return any(f in flags for f in ("avx512_vnni", "avx_vnni"))
+
+
+def test_kernel_probe_matches_the_cpu_and_sees_a_wrong_kernel(monkeypatch):
+    """The exactness probe says True on x86 exactly when the CPU has VNNI (without it the U8S8
+    kernel's vpmaddubsw saturates pairs of products at int16); and it is not blind: a ConvInteger
+    that is off by one in a single output makes it say False, the same session unchanged says True."""
+    probe = oi.ort_kernels_exact.__wrapped__  # past the lru_cache: each call really probes
+    vnni = _x86_vnni()
+    if vnni is not None:
+        assert probe(1) is vnni
+    real_session = oi.make_session
+
+    class OffByOne:
+        def __init__(self, session, delta):
+            self.session, self.delta = session, delta
+
+        def run(self, names, feeds):
+            out = [np.array(y) for y in self.session.run(names, feeds)]
+            out[0].flat[7] += self.delta
+            return out
+
+    monkeypatch.setattr(oi, "make_session", lambda m, threads=None: OffByOne(real_session(m, threads), 1))
+    assert probe(1) is False
+    if vnni is not False:  # where the real kernels are exact, the unchanged wrapper passes
+        monkeypatch.setattr(oi, "make_session", lambda m, threads=None: OffByOne(real_session(m, threads), 0))
+        assert probe(1) is True
 
 
 def test_int64_accumulators_are_refused():
@@ -323,6 +357,16 @@ def test_tensorrt_and_cuda_guards(q5, float5, tmp_path):
             trtmod.cuda_int8_runner(q5)
         with pytest.raises(trtmod.DeploymentUnavailable, match="no CUDA device"):
             trtmod.cuda_latency(float5, q5, seconds=0.5)
+        return
+    # with a GPU: the CUDA integer path gives forward_int's integers (on a padded batch too) and times
+    import copy
+
+    q, lengths = pinned_inputs()
+    runner = trtmod.cuda_int8_runner(q5)
+    out, out_len = runner.run_with_lengths(q.cuda(), lengths.cuda())
+    assert_valid_equal(out.cpu().numpy(), out_len.cpu().numpy(), *_ref(q5, q, lengths))
+    res = trtmod.cuda_latency(copy.deepcopy(float5), q5, seconds=0.5, repeats=3, warmup=1)
+    assert res["int8_bit_exact"] is True and res["fp32_ms"] > 0 and res["int8_ms"] > 0 and res["device"]
 
 
 def test_bench_skips_an_inexact_runtime_with_its_reason(float5, q5, monkeypatch):

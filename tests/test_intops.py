@@ -1,5 +1,4 @@
 """Integer kernels: bit-exact against the independent NumPy reference; integer dtypes only."""
-import time
 
 import numpy as np
 import pytest
@@ -152,44 +151,3 @@ def test_no_float_tensor_created():
     bad = [r for r in rec.records if r[1].is_floating_point or r[1].is_complex]
     assert not bad, bad
     assert ("aten._int_mm.default", torch.int32) in rec.records  # the fast path was exercised
-
-
-def _time_ms(fn, n=7):
-    fn()
-    ts = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return 1e3 * sorted(ts)[len(ts) // 2]
-
-
-def test_speed_report(capsys):
-    """QuartzNet-size layers, B=1, T=500, 1 and 2 threads (run with -s). No speed assertion:
-    the shared 2-core box makes 2-thread timings swing by 10-100x when other jobs run."""
-    old = torch.get_num_threads()
-    gen = torch.Generator().manual_seed(5)
-    x = _rand(gen, -128, 127, (1, 512, 500), torch.int8)
-    xu = _rand(gen, 0, 255, (1, 512, 500), torch.int16)
-    wp = _rand(gen, -128, 127, (512, 512, 1), torch.int8)
-    wd = _rand(gen, -128, 127, (512, 1, 63), torch.int8)
-    xf, wpf, wdf = x.float(), wp.float(), wd.float()
-    cases = {
-        "pointwise float": lambda: F.conv1d(xf, wpf),
-        "pointwise int (int8 x)": lambda: int_conv1d(x, wp),
-        "pointwise int (uint8 x)": lambda: int_conv1d(xu, wp),
-        "depthwise k63 float": lambda: F.conv1d(xf, wdf, padding=31, groups=512),
-        "depthwise k63 int32": lambda: int_conv1d(x, wd, padding=31, groups=512),
-    }
-    rows = {}
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            for k, fn in cases.items():
-                rows[(k, threads)] = _time_ms(fn, n=5)
-    finally:
-        torch.set_num_threads(old)
-    with capsys.disabled():
-        print("\n  layer (B=1, T=500)            1 thread   2 threads")
-        for k in cases:
-            print(f"  {k:28s} {rows[(k, 1)]:7.2f} ms {rows[(k, 2)]:7.2f} ms")

@@ -35,7 +35,7 @@ Measured on this CPU (AMD EPYC, AVX2, no VNNI), B=1, T=500, median ms, torch 2.1
   pointwise 512->512             1.4 - 2.3        9.5                   0.33 (raw _int_mm)
   depthwise C=512 k=63           6.1              7.1                   1.5 (taps) / 3.1 (einsum)
   dense 256->256 k=11 (Jasper)   5.4              24                    1.2 (im2col + _int_mm)
-  (b) 1 thread, other jobs using both cores (tests/test_intops.py::test_speed_report, full
+  (b) 1 thread, other jobs using both cores (tools/bench_intops.py, full
       int_conv1d call including the overflow check):
   pointwise 512->512             2.6 - 3.0                              0.84 - 0.91 (int8 x),
                                                                         1.07 (uint8 x, offset)
