@@ -18,7 +18,13 @@ Runtimes (``RUNTIMES``):
         pass: integer-only),
         torch-int8+fp32exact-dw (``program/fast.py`` with depthwise convs in float32 on integer values
         and torch int64 requantization: bit-exact by a bound, but not integer-only arithmetic),
-        torch-int8-reference (``forward_int``; slow, opt-in).
+        torch-int8-reference (``forward_int``; slow, opt-in),
+        c-int8 (``program/c_backend.py``: the program exported to C and built here, called
+        through ctypes: VNNI int8 dot products, fused requantization; integer-only).
+  INT8 peer: onnxruntime-static-int8 (onnxruntime's own ``quantize_static`` model of the float
+        graph, calibrated on real utterances of ``calibration_data``: float requantization, not
+        bit-exact to the program; checked against FP32 by frame argmax agreement). Its time is
+        ``peer_ms``; ``c_vs_fp32`` and ``c_vs_peer`` are the C runtime's speedups.
 Latency covers the encoder + decoder (log-mel in, logits out), not the mel front end.
 The Conformer (``CONFORMER_RUNTIMES``): torch-fp32 against onnxruntime-int8 and torch+native-int8.
 """
@@ -35,10 +41,11 @@ from pathlib import Path
 import numpy as np
 
 FP32_RUNTIMES = ("torch-fp32", "onnxruntime-fp32", "torch-fp32-fastdw")
-INT8_RUNTIMES = ("onnxruntime-int8", "torch+native-int8", "torch-int8+fp32exact-dw")
+INT8_RUNTIMES = ("onnxruntime-int8", "torch+native-int8", "torch-int8+fp32exact-dw", "c-int8")
+PEER = "onnxruntime-static-int8"
 REFERENCE = "torch-int8-reference"
-RUNTIMES = FP32_RUNTIMES + INT8_RUNTIMES + (REFERENCE,)
-INTEGER_ONLY = {"onnxruntime-int8", "torch+native-int8", REFERENCE}
+RUNTIMES = FP32_RUNTIMES + INT8_RUNTIMES + (PEER, REFERENCE)
+INTEGER_ONLY = {"onnxruntime-int8", "torch+native-int8", "c-int8", REFERENCE}
 # The Conformer: the float model in torch (no BN-folded float graph of it here), and the two
 # integer-only runtimes (the fast runner uses the reference kernels for the Conformer's ops).
 CONFORMER_RUNTIMES = ("torch-fp32", "onnxruntime-int8", "torch+native-int8")
@@ -47,7 +54,7 @@ CONFORMER_RUNTIMES = ("torch-fp32", "onnxruntime-int8", "torch+native-int8")
 def default_runtimes(model) -> tuple[str, ...]:
     from ..quantize import is_conformer
 
-    return CONFORMER_RUNTIMES if is_conformer(model) else FP32_RUNTIMES + INT8_RUNTIMES
+    return CONFORMER_RUNTIMES if is_conformer(model) else FP32_RUNTIMES + INT8_RUNTIMES + (PEER,)
 
 
 def machine_info() -> dict:
@@ -88,7 +95,7 @@ def _stats(ms: list[float]) -> dict:
             "min_ms": float(a.min()), "mean_ms": float(a.mean()), "runs": int(a.size)}
 
 
-def _runners(model, qmodel, names, threads, skipped: dict | None = None):
+def _runners(model, qmodel, names, threads, skipped: dict | None = None, peer: dict | None = None):
     """name -> (kind, callable(input) -> output). An INT8 runtime that cannot run (exactly) on
     this machine (onnxruntime's integer kernels without VNNI, no C compiler for the native
     kernels) is left out and its reason recorded in `skipped` (when given; else the error
@@ -96,16 +103,17 @@ def _runners(model, qmodel, names, threads, skipped: dict | None = None):
     out = {}
     for n in names:
         try:
-            out[n] = _runner(model, qmodel, n, threads)
-        except (ValueError, OSError, RuntimeError, NotImplementedError) as e:  # inexact / unbuildable here
-            if skipped is None or n not in INT8_RUNTIMES:
+            out[n] = _runner(model, qmodel, n, threads, peer)
+        except (ValueError, OSError, RuntimeError, NotImplementedError, ImportError) as e:  # inexact / unbuildable
+            if skipped is None or n not in INT8_RUNTIMES + (PEER,):
                 raise
             skipped[n] = f"{type(e).__name__}: {e}"
     return out
 
 
-def _runner(model, qmodel, n, threads):
-    """(kind, callable) of one runtime."""
+def _runner(model, qmodel, n, threads, peer: dict | None = None):
+    """(kind, callable) of one runtime; peer: static_int8_model's arguments (model_path,
+    calibration_data, limit) for onnxruntime-static-int8."""
     import torch
 
     from ..program.fast import TorchIntegerRunner
@@ -126,6 +134,18 @@ def _runner(model, qmodel, n, threads):
         return "int8", OrtIntegerRunner(qmodel.program, threads).run
     if n == "torch+native-int8":
         return "int8", TorchIntegerRunner(qmodel.program, threads, depthwise="native").run
+    if n == "c-int8":
+        from ..program.c_backend import CRuntime
+
+        return "int8", CRuntime(qmodel.program, threads).run
+    if n == PEER:
+        from .runtime import OrtStaticInt8Runner, static_int8_model
+
+        if not peer or not peer.get("model_path") or not peer.get("calibration_data"):
+            raise ValueError("onnxruntime-static-int8 needs the float model's file and calibration data")
+        path = static_int8_model(model, peer["model_path"], peer["calibration_data"], peer.get("limit"),
+                                 progress=peer.get("progress", False))
+        return "int8-peer", OrtStaticInt8Runner(path, threads).run
     if n == "torch-int8+fp32exact-dw":
         return "int8", TorchIntegerRunner(qmodel.program, threads, depthwise="float-exact").run
     if n == REFERENCE:
@@ -142,7 +162,8 @@ def _as_np(y):
 
 
 def bench(model, qmodel, seconds: float = 10.0, batch: int = 1, threads: int = 1, repeats: int = 20,
-          warmup: int = 3, runtimes=FP32_RUNTIMES + INT8_RUNTIMES, seed: int = 0, progress: bool = False) -> dict:
+          warmup: int = 3, runtimes=FP32_RUNTIMES + INT8_RUNTIMES, seed: int = 0, progress: bool = False,
+          peer: dict | None = None) -> dict:
     """Time FP32 and INT8 runtimes of one model side by side (module doc). Returns a JSON-able dict."""
     import torch
 
@@ -157,11 +178,11 @@ def bench(model, qmodel, seconds: float = 10.0, batch: int = 1, threads: int = 1
     mel = torch.randn(batch, model.encoder.feat_in, T, generator=g)
     q = qmodel.quantize_input(mel)
     skipped: dict = {}
-    runners = _runners(model, qmodel, list(runtimes), threads, skipped)
+    runners = _runners(model, qmodel, list(runtimes), threads, skipped, peer)
     for n, why in skipped.items():
         if progress:
             print(f"{n}: skipped ({why})", flush=True)
-    inputs = {"fp32": mel, "int8": q}
+    inputs = {"fp32": mel, "int8": q, "int8-peer": mel}
 
     # correctness, once, on the timed input
     with torch.inference_mode():
@@ -179,6 +200,8 @@ def bench(model, qmodel, seconds: float = 10.0, batch: int = 1, threads: int = 1
         else:
             checks[name] = {"max_abs_diff_vs_torch": float(np.abs(y - ref_fp).max()),
                             "max_abs_logit": float(np.abs(ref_fp).max())}
+            if kind == "int8-peer":
+                checks[name]["argmax_agreement_vs_fp32"] = float((y.argmax(1) == ref_fp.argmax(1)).mean())
         for _ in range(max(0, warmup - 1)):
             fn(inputs[kind])
 
@@ -197,7 +220,7 @@ def bench(model, qmodel, seconds: float = 10.0, batch: int = 1, threads: int = 1
     results = {}
     for n in names:
         kind = runners[n][0]
-        results[n] = {"precision": kind, "integer_only": n in INTEGER_ONLY if kind == "int8" else None,
+        results[n] = {"precision": kind, "integer_only": n in INTEGER_ONLY if kind.startswith("int8") else None,
                       **_stats(times[n]), **checks[n]}
     fp = {n: r for n, r in results.items() if r["precision"] == "fp32"}
     i8 = {n: r for n, r in results.items() if r["precision"] == "int8" and r["bit_exact"]}
@@ -216,6 +239,12 @@ def bench(model, qmodel, seconds: float = 10.0, batch: int = 1, threads: int = 1
     out["speedup"] = out["fp32_ms"] / out["int8_ms"] if out["fp32_ms"] and out["int8_ms"] else None
     out["speedup_integer_only"] = (out["fp32_ms"] / out["int8_integer_only_ms"]
                                    if out["fp32_ms"] and out["int8_integer_only_ms"] else None)
+    ms = lambda n: results[n]["median_ms"] if n in results else None  # noqa: E731
+    c_ok = "c-int8" in i8
+    out["c_int8_ms"] = ms("c-int8") if c_ok else None
+    out["peer_runtime"], out["peer_ms"] = (PEER, ms(PEER)) if PEER in results else (None, None)
+    out["c_vs_fp32"] = out["fp32_ms"] / out["c_int8_ms"] if out["fp32_ms"] and out["c_int8_ms"] else None
+    out["c_vs_peer"] = out["peer_ms"] / out["c_int8_ms"] if out["peer_ms"] and out["c_int8_ms"] else None
     out["loadavg_after"] = out["machine"].get("loadavg")
     return out
 
@@ -227,6 +256,8 @@ def format_report(res: dict) -> str:
     for n, r in res["runtimes"].items():
         extra = (f"bit-exact {r['bit_exact']} ({r['logits_differ']} of {r['logits']} logits differ)"
                  if r["precision"] == "int8" else f"max |diff| vs torch {r['max_abs_diff_vs_torch']:.2e}")
+        if "argmax_agreement_vs_fp32" in r:
+            extra += f", frame argmax = FP32's on {100 * r['argmax_agreement_vs_fp32']:.1f}%"
         lines.append(f"  {n:26s} {r['precision']}  median {r['median_ms']:8.1f} ms  IQR {r['q25_ms']:.1f}-{r['q75_ms']:.1f}  {extra}")
     for n, why in (res.get("skipped") or {}).items():
         lines.append(f"  {n:26s} skipped: {why}")
@@ -236,6 +267,10 @@ def format_report(res: dict) -> str:
     if res["speedup_integer_only"]:
         lines.append(f"integer-only INT8 {res['int8_integer_only_ms']:.1f} ms ({res['int8_integer_only_runtime']}): "
                      f"{res['speedup_integer_only']:.2f}x")
+    if res.get("c_vs_fp32"):
+        lines.append(f"C runtime (c-int8) {res['c_int8_ms']:.1f} ms: {res['c_vs_fp32']:.2f}x faster than FP32"
+                     + (f", {res['c_vs_peer']:.2f}x faster than onnxruntime's static int8 ({res['peer_ms']:.1f} ms)"
+                        if res.get("c_vs_peer") else ""))
     return "\n".join(lines)
 
 
@@ -250,6 +285,10 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtimes", nargs="+", default=None, choices=list(RUNTIMES),
                    help="default: every FP32 and INT8 runtime the model has (the Conformer: "
                         + ", ".join(CONFORMER_RUNTIMES) + ")")
+    p.add_argument("--calibration-data", default=None,
+                   help="audio for onnxruntime-static-int8's quantize_static calibration (default: the shared "
+                        "train-clean-100, as `asrquant quantize --calibration real`)")
+    p.add_argument("--calibration-limit", type=int, default=None, help="use only the first N calibration files")
     p.add_argument("--json", default=None, help="write the full result here")
     p.add_argument("--quiet", action="store_true")
 
@@ -261,8 +300,13 @@ def cmd_bench(args) -> int:
     model = load_model(args.model)
     qmodel = load_quantized(args.quantized)
     runtimes = args.runtimes or default_runtimes(model)
+    from ..paths import librispeech
+
+    peer = {"model_path": args.model, "calibration_data": args.calibration_data or str(librispeech("train-clean-100")),
+            "limit": args.calibration_limit, "progress": not args.quiet}
     res = bench(model, qmodel, args.seconds, args.batch, args.threads, args.repeats, args.warmup,
-                runtimes=runtimes, progress=not args.quiet)
+                runtimes=runtimes, progress=not args.quiet, peer=peer)
+    res["calibration_data"], res["calibration_limit"] = peer["calibration_data"], peer["limit"]
     res["model_path"], res["quantized_path"] = str(args.model), str(args.quantized)
     print(format_report(res))
     if args.json:

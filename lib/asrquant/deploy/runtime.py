@@ -11,7 +11,15 @@
   process and refuses to run (ValueError) an inexact kernel unless ``allow_inexact=True``.
   (``make_session`` and the probe live in ``program/onnx_int.py``; they are re-exported here.)
 
-The fast torch integer runner is ``program/fast.py`` (``TorchIntegerRunner``).
+* ``OrtStaticInt8Runner``: onnxruntime's *own* int8 model of the same float graph, the peer a
+  user would pick: ``quantize_static`` (QDQ, per-channel int8 weights, uint8 activations, MinMax
+  ranges) on the float graph, calibrated on real utterances (``static_int8_model``: cached per
+  model file and calibration set). Float in, float logits out; onnxruntime fuses the Q/DQ pairs
+  into QLinearConv / QLinearAdd (float requantization scales): not bit-exact to the program and
+  not integer-only, but what onnxruntime offers for int8.
+
+The fast torch integer runner is ``program/fast.py`` (``TorchIntegerRunner``); the C runtime is
+``program/c_backend.py`` (``CRuntime``).
 """
 
 from __future__ import annotations
@@ -23,7 +31,8 @@ import numpy as np
 from ..program.onnx_int import INEXACT, as_numpy, full_lengths, make_session, ort_kernels_exact
 
 __all__ = ["make_session", "ort_kernels_exact", "OrtIntegerRunner", "OrtFloatRunner", "TorchFloatRunner",
-           "compare_logits", "check_against_forward_int", "first_utterance_input"]
+           "OrtStaticInt8Runner", "static_int8_model", "compare_logits", "check_against_forward_int",
+           "first_utterance_input"]
 
 _np = as_numpy
 
@@ -185,3 +194,77 @@ class TorchFloatRunner:
                 out = torch.relu_(out)  # block.mout (ReLU) closes every block
                 xs = xs + [out] if dense else [out]
             return self._conv(xs[-1], self.decoder).numpy()
+
+
+# --------------------------------------------------------------------------- onnxruntime's own int8
+
+def static_int8_model(model, model_path, calibration_data, limit: int | None = None, cache_dir=None,
+                      progress: bool = False) -> Path:
+    """onnxruntime ``quantize_static`` of the float graph of `model` (QDQ, per-channel), calibrated on
+    the log-mels of `calibration_data` (folder or manifest; the first `limit` utterances); the
+    file is cached under cache_dir (default build/ort_static) keyed by the model file, the data
+    and the limit. Returns its path."""
+    import hashlib
+    import os
+    import tempfile
+
+    import torch
+
+    from ..data import load_batch, load_dataset
+    from ..paths import build_dir
+    from .onnx_export import build_float_model
+
+    st = os.stat(model_path)
+    key = hashlib.sha256(repr((str(Path(model_path).resolve()), st.st_size, st.st_mtime_ns,
+                               str(Path(calibration_data).resolve()), limit)).encode()).hexdigest()[:16]
+    out = Path(cache_dir or build_dir() / "ort_static") / f"static_int8_{key}.onnx"
+    if out.is_file():
+        return out
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+
+    utts = load_dataset(calibration_data, require_text=False, limit=limit)
+    if not utts:
+        raise ValueError(f"{calibration_data}: no audio for onnxruntime's calibration")
+
+    class Mels(CalibrationDataReader):
+        def __init__(self):
+            self.i = 0
+
+        def get_next(self):
+            if self.i >= len(utts):
+                return None
+            wav, lengths = load_batch(utts[self.i:self.i + 1])
+            self.i += 1
+            if progress and self.i % 25 == 0:
+                print(f"onnxruntime calibration: {self.i}/{len(utts)} utterances", flush=True)
+            with torch.inference_mode():
+                mel, mel_len = model.features(wav, lengths)
+            return {"mel": mel[:, :, : int(mel_len[0])].numpy().astype(np.float32)}
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        fp32 = Path(tmp) / "fp32.onnx"
+        from ..program.onnx_int import save_model
+
+        save_model(build_float_model(model), fp32)
+        q = Path(tmp) / "int8.onnx"
+        quantize_static(str(fp32), str(q), Mels(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax,
+                        extra_options={"CalibMaxIntermediateOutputs": 8})
+        os.replace(q, out)
+    return out
+
+
+class OrtStaticInt8Runner:
+    """onnxruntime's static int8 model (``static_int8_model``): ``run(mel) -> float32 logits``."""
+
+    name = "onnxruntime-static-int8"
+
+    def __init__(self, path, threads: int | None = None):
+        self.session = make_session(Path(path), threads)
+        self.threads = threads
+
+    def run(self, mel) -> np.ndarray:
+        return self.session.run(None, {"mel": _np(mel, np.float32)})[0]

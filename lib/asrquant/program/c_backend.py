@@ -717,8 +717,12 @@ class CRuntime:
                 raise TypeError(f"the integer program takes an integer input, got {q.dtype}")
             q = q.astype(np.int8)
         B, F, T = q.shape
-        if T > self.max_frames:
-            raise ValueError(f"{T} frames exceed the C runtime's max_frames {self.max_frames}")
+        if T > self.max_frames:   # buffers for longer inputs: load again (asrq_run itself never allocates)
+            self.lib.asrq_free(self.handle)
+            self.handle, self.max_frames = None, T
+            self.handle = self.lib.asrq_load(str(self.dir / "model.bin").encode(), T, self.threads)
+            if not self.handle:
+                raise RuntimeError(f"asrq_load: {self.lib.asrq_last_error().decode()}")
         lens = np.full(B, T, dtype=np.int64) if lengths is None else np.asarray(lengths, dtype=np.int64).reshape(-1)
         To = self.lib.asrq_out_frames(T)
         if To < 1:

@@ -1,6 +1,7 @@
 /* asrq: command line front of an exported model.
  *
  *   asrq model.bin input.q8 [-t threads] [--logits out.bin]
+ *   asrq --isa      (which kernels this build uses: avx512-vnni, avx-vnni or portable)
  *
  * input.q8: "ASQ8", then three little-endian int32 (features F, frames T, valid frames L), then
  * F*T int8 values [F][T] (the quantized log-mel; `asrquant.program.c_backend.write_input`).
@@ -31,7 +32,8 @@ int main(int argc, char **argv) {
     const char *model = NULL, *input = NULL, *dump = NULL;
     int threads = 1;
     for (int i = 1; i < argc; ++i) {
-        if (!strcmp(argv[i], "-t") && i + 1 < argc) threads = atoi(argv[++i]);
+        if (!strcmp(argv[i], "--isa")) { printf("%s\n", asrq_isa()); return 0; }
+        else if (!strcmp(argv[i], "-t") && i + 1 < argc) threads = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--logits") && i + 1 < argc) dump = argv[++i];
         else if (!model) model = argv[i];
         else if (!input) input = argv[i];
