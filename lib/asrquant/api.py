@@ -29,6 +29,17 @@ AUDIO_SUFFIXES = frozenset({".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", "
                             ".au", ".snd", ".caf", ".w64", ".rf64", ".sph", ".nist", ".voc"})
 MANIFEST_SUFFIXES = frozenset({".json", ".jsonl", ".manifest"})
 
+# Long inputs. An input up to CHUNK_SECONDS long is decoded whole (every LibriSpeech utterance is
+# shorter, so `transcribe` equals `evaluate` there); a longer one in windows of CHUNK_SECONDS that
+# overlap by OVERLAP_SECONDS, each window keeping the output frames nearest its own centre (cut at
+# the middle of each overlap) and the kept frames decoded as one sequence. Fixed windows rather
+# than cuts at silences: memory stays bounded whatever the audio, and a word at a window edge is
+# still decoded with 2 s of context on both sides. Each window's features are normalized on the
+# window itself, as a file of that length would be. MAX_SECONDS bounds what is read into memory.
+CHUNK_SECONDS = 40.0
+OVERLAP_SECONDS = 4.0
+MAX_SECONDS = 2 * 3600.0
+
 
 def _is_manifest(path: Path) -> bool:
     """A NeMo JSON-lines manifest: by its suffix, or (no audio suffix) a file starting with '{'."""
@@ -123,8 +134,10 @@ class Recognizer:
     (ConvASR, ConformerCTC, the integer model of an .aqz file).
     """
 
-    def __init__(self, model, path: str | Path | None = None):
+    def __init__(self, model, path: str | Path | None = None, chunk_seconds: float = CHUNK_SECONDS,
+                 overlap_seconds: float = OVERLAP_SECONDS):
         self.model = model.eval() if hasattr(model, "eval") else model
+        self.chunk_seconds, self.overlap_seconds = float(chunk_seconds), float(overlap_seconds)
         self.path = None if path is None else Path(path)
         fe = getattr(getattr(model, "preprocessor", None), "featurizer", None)
         config = getattr(model, "config", None) or {}
@@ -152,7 +165,8 @@ class Recognizer:
         words=True also "words": [{word, start, end}, ...] in seconds, from the CTC frames that emit
         each word's tokens (phoneme models: a word is its phonemes joined by spaces, between
         word-boundary tokens). Every file's header is checked before anything is decoded. on_note
-        receives one message when some inputs are resampled or mixed down to mono."""
+        receives one message when some inputs are resampled or mixed down to mono, and one when
+        some are longer than a window and decoded in overlapping windows (CHUNK_SECONDS)."""
         if isinstance(inputs, (np.ndarray, torch.Tensor)) and inputs.ndim != 1:
             raise AudioError(f"expected a list of 1-D arrays (or one 1-D array), got an array of shape "
                              f"{tuple(inputs.shape)}")
@@ -165,24 +179,87 @@ class Recognizer:
             raise ValueError(f"sample_rate must be positive, got {sample_rate}")
         sources = [_probe_file(Path(x)) if isinstance(x, (str, Path)) else _array_source(x, i, rate)
                    for i, x in enumerate(inputs)]
+        window = self._window_samples()  # checks the chunk settings before anything is read
         for src in sources:  # before anything is decoded
             if src.seconds * self.sample_rate < self.min_samples:
                 raise AudioError(f"{src.name}: audio too short ({src.seconds * 1000:.1f} ms; at least "
                                  f"{self.min_samples} samples at {self.sample_rate} Hz are needed)")
+            if src.seconds > MAX_SECONDS:
+                raise AudioError(f"{src.name}: audio too long ({src.seconds / 3600:.1f} h; at most "
+                                 f"{MAX_SECONDS / 3600:g} h per input: split it first)")
+        long = {i for i, s in enumerate(sources) if s.seconds * self.sample_rate > window[0]}
         if on_note is not None:
-            for note in (self._conversion_note(sources), self._length_note(sources)):
+            for note in (self._conversion_note(sources), self._chunk_note(len(long), window)):
                 if note:
                     on_note(note)
         results: list[dict | None] = [None] * len(sources)
         order = sorted(range(len(sources)), key=lambda i: (sources[i].seconds, i))
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            texts, timings = self._run([self._load(sources[i]) for i in idx], words)
+        short = [i for i in order if i not in long]
+        groups = [short[k:k + batch_size] for k in range(0, len(short), batch_size)] + [[i] for i in order if i in long]
+        for idx in groups:
+            if idx[0] in long:
+                texts, timings = self._run_long(self._load(sources[idx[0]])[1], window, batch_size, words)
+            else:
+                texts, timings = self._run([self._load(sources[i]) for i in idx], words)
             for i, text, timing in zip(idx, texts, timings):
                 results[i] = {"file": sources[i].name, "text": text, "seconds": round(sources[i].seconds, 3)}
                 if words:
                     results[i]["words"] = timing
         return results
+
+    def _window_samples(self) -> tuple[int, int]:
+        """(window, step) in samples for long inputs: at most chunk_seconds and what the front end
+        reads (hama's: 3000 frames), starts on output-frame boundaries so kept frames line up."""
+        if not (self.chunk_seconds > 0 and self.overlap_seconds >= 0):
+            raise ValueError(f"chunk length must be positive and the overlap not negative, got "
+                             f"{self.chunk_seconds} s / {self.overlap_seconds} s")
+        fe = getattr(getattr(self.model, "preprocessor", None), "featurizer", None)
+        hop = int(getattr(fe, "hop_length", None) or 160)
+        align = hop * (self._subsampling or 8)  # 8: a multiple of every usual subsampling (1, 2, 4, 8)
+        window = int(self.chunk_seconds * self.sample_rate)
+        max_frames = getattr(fe, "max_frames", None)
+        if max_frames:
+            window = min(window, (int(max_frames) - 1) * hop)
+        overlap_seconds = min(self.overlap_seconds, self.chunk_seconds / 4)  # short windows: a quarter
+        overlap = -(-int(overlap_seconds * self.sample_rate) // (2 * align)) * 2 * align
+        step = (window - overlap) // align * align
+        if step <= 0 or window < self.min_samples:
+            raise ValueError(f"chunk length {self.chunk_seconds} s is too short for an overlap of "
+                             f"{self.overlap_seconds} s with this model")
+        return window, step
+
+    def _chunk_note(self, n_long: int, window: tuple[int, int]) -> str | None:
+        if not n_long:
+            return None
+        w, step = (x / self.sample_rate for x in window)
+        return (f"{n_long} input(s) longer than {w:g} s are decoded in {w:g} s windows overlapping by "
+                f"{w - step:g} s")
+
+    @torch.inference_mode()
+    def _run_long(self, wave: np.ndarray, window: tuple[int, int], batch_size: int, words: bool):
+        """One long input: windows decoded in batches, the centre frames of each stitched, decoded once."""
+        size, step = window
+        starts = [0]
+        while starts[-1] + size < len(wave):
+            starts.append(starts[-1] + step)
+        half = (size - step) // 2  # each window keeps from the middle of the overlap before it ...
+        pieces, factor = [], None
+        for k in range(0, len(starts), batch_size):
+            batch = starts[k:k + batch_size]
+            logits, out_len, mel_len = self._forward([wave[a:a + size] for a in batch])
+            factor = self._subsampling or max(1, round(float(mel_len.max()) / max(1, int(out_len.max()))))
+            frame = self._hop_samples() * factor
+            for j, a in enumerate(batch):
+                first = 0 if a == 0 else half // frame
+                last = int(out_len[j]) if a == starts[-1] else (step + half) // frame  # ... to the next middle
+                pieces.append(logits[j, :, first:last])
+        stitched = torch.cat(pieces, dim=1)[None]
+        out_len = torch.tensor([stitched.shape[2]], dtype=torch.int64)
+        return self._decode(stitched, out_len, self._hop_samples() * factor / self.sample_rate, words)
+
+    def _hop_samples(self) -> int:
+        fe = getattr(getattr(self.model, "preprocessor", None), "featurizer", None)
+        return int(getattr(fe, "hop_length", None) or 160)
 
     def _conversion_note(self, sources: list[_Source]) -> str | None:
         rates = sorted({s.rate for s in sources if s.rate != self.sample_rate})
@@ -196,19 +273,6 @@ class Recognizer:
             parts.append(f"mixing {multi} multi-channel input(s) down to mono")
         return "; ".join(parts) or None
 
-    def _length_note(self, sources: list[_Source]) -> str | None:
-        """Front ends with a frame limit (hama's: 3000 frames) read only the start of longer inputs."""
-        fe = getattr(getattr(self.model, "preprocessor", None), "featurizer", None)
-        max_frames, hop = getattr(fe, "max_frames", None), getattr(fe, "hop_length", None)
-        if not max_frames or not hop:
-            return None
-        limit = (max_frames - 1) * hop / self.sample_rate
-        longer = [s.name for s in sources if s.seconds > limit]
-        if not longer:
-            return None
-        return (f"the model's front end reads at most {limit:g} s; only the first {limit:g} s of "
-                f"{len(longer)} input(s) are transcribed (e.g. {longer[0]})")
-
     def _load(self, s: _Source) -> tuple[str, np.ndarray]:
         wave = load_audio(s.path, self.sample_rate) if s.path is not None else resample(s.samples, s.rate,
                                                                                         self.sample_rate)
@@ -218,19 +282,27 @@ class Recognizer:
         return s.name, wave
 
     @torch.inference_mode()
-    def _run(self, named_waves: list[tuple[str, np.ndarray]], words: bool = False):
-        waves = [w for _, w in named_waves]
+    def _forward(self, waves: list[np.ndarray]):
+        """A padded batch -> (logits [B, C, T'], output lengths, feature lengths)."""
         lengths = torch.tensor([len(w) for w in waves], dtype=torch.int64)
         audio = torch.zeros(len(waves), int(lengths.max()), dtype=torch.float32)
         for i, w in enumerate(waves):
-            audio[i, :len(w)] = torch.from_numpy(w)
+            audio[i, :len(w)] = torch.from_numpy(np.ascontiguousarray(w))
         mel, mel_len = self.model.features(audio, lengths)
         logits, out_len = self.model.forward_features(mel, mel_len)
+        return logits, out_len, mel_len
+
+    def _run(self, named_waves: list[tuple[str, np.ndarray]], words: bool = False):
+        logits, out_len, mel_len = self._forward([w for _, w in named_waves])
+        return self._decode(logits, out_len, self._frame_seconds(mel_len, out_len), words)
+
+    @torch.inference_mode()
+    def _decode(self, logits: torch.Tensor, out_len: torch.Tensor, frame: float, words: bool):
+        """(texts, word timings or Nones) of a batch of logits, greedy CTC as `evaluate` decodes."""
         texts = [" ".join(t) if isinstance(t, (list, tuple)) else str(t)
                  for t in decode_batch(self.model, logits, out_len)]
         if not words:
             return texts, [None] * len(texts)
-        frame = self._frame_seconds(mel_len, out_len)
         ids = apply_decoding(self.model, logits).argmax(dim=1).cpu()  # [B, T'], as decode_batch reads them
         return texts, [self._words(ids[b, :int(out_len[b])].tolist(), frame) for b in range(len(texts))]
 

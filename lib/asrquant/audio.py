@@ -32,14 +32,18 @@ def load_audio(path, sample_rate: int = 16000) -> np.ndarray:
     if not path.is_file():
         raise AudioError(f"{path}: file not found")
     try:
-        audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        with sf.SoundFile(str(path)) as f:
+            sr = f.samplerate
+            # mixed down block by block, so a long multi-channel file never sits in memory whole
+            blocks = [b.mean(axis=1) if b.shape[1] > 1 else b[:, 0]
+                      for b in f.blocks(blocksize=1 << 20, dtype="float32", always_2d=True)]
     except Exception as e:  # soundfile raises LibsndfileError, RuntimeError, TypeError... by format
         raise AudioError(f"{path}: cannot decode audio ({e})") from e
+    audio = np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
     if audio.shape[0] == 0:
         raise AudioError(f"{path}: audio is empty (0 samples)")
     if not np.isfinite(audio).all():
         raise AudioError(f"{path}: audio contains NaN or infinite samples")
-    audio = audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0]
     if sr != sample_rate:
         ratio = Fraction(sample_rate, sr)  # reduced, so the filter is as short as possible
         audio = resample_poly(audio, ratio.numerator, ratio.denominator).astype(np.float32)

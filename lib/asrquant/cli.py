@@ -111,6 +111,8 @@ def cmd_transcribe(args) -> int:
         _check_output_path(out)
     files = expand_inputs(args.inputs)
     recognizer = load(args.model)
+    if args.chunk_seconds is not None:
+        recognizer.chunk_seconds = args.chunk_seconds
     results = recognizer.transcribe_detailed(
         files, batch_size=args.batch_size,
         on_note=lambda note: print(f"asrquant transcribe: note: {note}", file=sys.stderr),
@@ -258,8 +260,15 @@ def cmd_grid(args) -> int:
                     random_batches=args.synth_batches, random_frames=args.synth_frames, real_limit=args.real_limit,
                     observer=args.observer, weight_method=args.weight_method, bias_correction=args.bias_correction,
                     depthwise_bits=args.depthwise_bits or 0, rounding=args.rounding, simulated=args.simulated)
+    run_kw = dict(workers=args.workers, scheduler=args.scheduler, threads=args.threads,
+                  shard_utterances=args.shard_utterances)
+    if args.profile == "paper":
+        from .gridrun import run_paper_profile
+
+        run_paper_profile(args.model, args.paper_data, Path(args.out).parent, args.cache_dir, not args.quiet, **run_kw)
+        return 0
     df = run_grid(args.model, args.data, args.out, spec, calib_data=args.calibration_data,
-                  cache_dir=args.cache_dir, limit=args.limit, progress=not args.quiet)
+                  cache_dir=args.cache_dir, limit=args.limit, progress=not args.quiet, **run_kw)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(summarize(df).round(2).to_string(index=False))
     print(f"rows: {len(df)} -> {args.out}")
@@ -320,6 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write the words as CTM lines here: <file-id> 1 <start> <duration> <word> "
                         "(file-id: the file name without its extension)")
     t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--chunk-seconds", type=float, default=None,
+                   help="decode inputs longer than this in windows of this length, overlapping by 4 s "
+                        "(at most a quarter of a window; default 40; the hama Conformer's front end reads "
+                        "at most 30 s)")
     t.set_defaults(func=cmd_transcribe)
 
     h = sub.add_parser("import-hama", help="the `hama` package's pretrained phoneme Conformer-CTC as a .nemo")
@@ -363,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     g.add_argument("--synth-batches", type=int, default=1)
     g.add_argument("--synth-frames", type=int, default=500)
-    g.add_argument("--synth-iterations", type=int, default=200)
+    g.add_argument("--synth-iterations", "--iterations", type=int, default=200)
     g.add_argument("--lr", type=float, default=0.05)
     g.add_argument("--real-limit", type=int, default=None)
     _add_quantization_options(g)
@@ -372,6 +385,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--simulated", action="store_true",
                    help="Conformer: also evaluate each setting with float non-linearities (fake quantization) to "
                         "separate the cost of the integer approximations from that of quantization")
+    g.add_argument("--workers", type=int, default=1,
+                   help="Dask LocalCluster worker processes (1: run the cells here, one after another)")
+    g.add_argument("--scheduler", default=None, help="address of a running Dask scheduler (instead of --workers)")
+    g.add_argument("--threads", type=int, default=None,
+                   help="torch threads per task (default: cores // workers locally, the worker's default on a scheduler)")
+    g.add_argument("--shard-utterances", type=int, default=200,
+                   help="Dask: evaluation shard size in utterances (whole batches of 8)")
+    g.add_argument("--profile", choices=["paper"], default=None,
+                   help="paper: Kim et al.'s protocol (gridrun.PAPER_PROFILE; days of CPU, meant for a cluster), "
+                        "one CSV per split beside --out")
+    g.add_argument("--paper-data", default=str(paths.shared_dir() / "data"),
+                   help="--profile paper: folder holding LibriSpeech/<split> (missing splits are downloaded)")
     g.add_argument("--quiet", action="store_true")
     g.set_defaults(func=cmd_grid)
 
@@ -416,10 +441,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, KeyError, OSError, NotImplementedError, OverflowError, RuntimeError) as e:
+    except (FileNotFoundError, ValueError, KeyError, OSError, NotImplementedError, OverflowError, RuntimeError,
+            ImportError, MemoryError) as e:
         # library errors name the file and the problem: one line, no traceback (RuntimeError covers
-        # NativeBuildError and DeploymentUnavailable; a bug elsewhere still shows its traceback)
-        print(f"asrquant {args.command}: error: {e}", file=sys.stderr)
+        # NativeBuildError and DeploymentUnavailable; ImportError a missing optional package; a bug
+        # elsewhere still shows its traceback)
+        message = " ".join(str(e).split()) or type(e).__name__  # one line, whatever the library wrote
+        print(f"asrquant {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -518,6 +518,13 @@ def read_payload(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such quantized model file")
+    if not is_quantized_file(path):
+        import tarfile
+
+        if tarfile.is_tarfile(path):
+            raise CheckpointError(f"{path}: is a float .nemo model, not a quantized .aqz; make one with "
+                                  f"`asrquant quantize --model {path} --out MODEL.aqz`")
+        raise CheckpointError(f"{path}: not a quantized model file (an .aqz is a zip; this file is not)")
     with _checked_zip(path) as z:
         names = set(z.namelist())
         if HEADER not in names:

@@ -44,6 +44,15 @@ def _duration(path: Path) -> float:
         raise DataError(f"{path}: cannot read audio header ({e})") from e
 
 
+def _is_audio(path: Path) -> bool:
+    """Whether soundfile reads the file's header (how a manifest given as --data by mistake is told apart)."""
+    try:
+        sf.info(str(path))
+        return True
+    except Exception:  # soundfile raises several types by format and version
+        return False
+
+
 def _read_transcripts(trans_path: Path) -> dict[str, str]:
     texts = {}
     for lineno, line in enumerate(trans_path.read_text(encoding="utf-8").splitlines(), 1):
@@ -94,8 +103,13 @@ def read_manifest(path, require_text: bool = False) -> list[Utterance]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: manifest not found")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not a manifest (JSON lines); byte {e.start} is not UTF-8 text"
+                        f"{' (an audio file? `asrquant transcribe` reads audio)' if _is_audio(path) else ''}") from e
     utts = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
@@ -153,10 +167,18 @@ def load_dataset(path_or_dir, require_text: bool = True, limit: int | None = Non
     if p.is_dir():
         utts = read_librispeech(p, require_text=require_text)
     elif p.is_file():
+        if _is_audio(p):
+            raise DataError(f"{p}: is an audio file; this option takes a LibriSpeech folder or a NeMo manifest "
+                            f"(`asrquant transcribe` reads audio files)")
         utts = read_manifest(p, require_text=require_text)
     else:
         raise DataError(f"{p}: no such dataset folder or manifest")
-    return utts[:limit] if limit is not None else utts
+    utts = utts[:limit] if limit is not None else utts
+    missing = [u for u in utts if not Path(u.audio_path).is_file()]
+    if missing:  # said before any decoding starts
+        raise DataError(f"{p}: audio file {missing[0].audio_path} not found ({len(missing)} of {len(utts)} "
+                        f"listed files missing)")
+    return utts
 
 
 def load_batch(utts, sample_rate: int = 16000) -> tuple[torch.Tensor, torch.Tensor]:

@@ -45,6 +45,10 @@ def read_nemo(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor], d
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    with open(path, "rb") as f:
+        if f.read(4) == b"PK\x03\x04":  # a zip: the quantized .aqz container, not a .nemo tar
+            raise CheckpointError(f"{path}: is a quantized integer model (.aqz), not a float .nemo; this command "
+                                  f"needs the float model it was quantized from")
     files: dict[str, bytes] = {}
     try:
         with tarfile.open(path, "r:*") as tar:
