@@ -162,3 +162,33 @@ def test_the_float_instruction_scan_finds_float_code(tmp_path):
     assert any("cvt" in m for m in found), found
     assert any(m.startswith("fmul") for m in found), found
     assert os.path.getsize(tmp_path / "f.o") > 0
+
+
+# ------------------------------------------------------------------ asrquant bench
+
+def test_bench_times_the_c_runtime_and_onnxruntimes_static_int8_side_by_side(tmp_path, train_clean_dir, monkeypatch):
+    """One bench run: c-int8 bit-exact, the onnxruntime static int8 peer calibrated on real audio,
+    and the C runtime's ratios computed from the medians."""
+    import json
+
+    from pinned import pinned_float_model
+
+    from asrquant.deploy import bench
+    from asrquant.models import save_model
+
+    float5 = pinned_float_model("quartznet5x5")
+    q5 = _quantize("quartznet5x5_w8a8")
+    mpath = save_model(float5, tmp_path / "m.nemo")
+    peer = {"model_path": str(mpath), "calibration_data": str(train_clean_dir), "limit": 2}
+    monkeypatch.setenv("ASRQUANT_BUILD", str(tmp_path))   # the peer's cached model: tmp_path/ort_static
+    res = bench.bench(float5, q5, seconds=0.5, repeats=3, warmup=1, threads=1,
+                      runtimes=("onnxruntime-fp32", "c-int8", bench.PEER), peer=peer)
+    assert not res["skipped"], res["skipped"]
+    c, p = res["runtimes"]["c-int8"], res["runtimes"][bench.PEER]
+    assert c["bit_exact"] and c["integer_only"] and res["int8_integer_only_runtime"] == "c-int8"
+    assert p["precision"] == "int8-peer" and 0 <= p["argmax_agreement_vs_fp32"] <= 1
+    assert list((tmp_path / "ort_static").glob("static_int8_*.onnx"))
+    assert res["c_vs_fp32"] == pytest.approx(res["fp32_ms"] / c["median_ms"])
+    assert res["c_vs_peer"] == pytest.approx(p["median_ms"] / c["median_ms"])
+    assert "onnxruntime's static int8" in bench.format_report(res)
+    json.dumps(res)
