@@ -304,7 +304,13 @@ def test_corrupt_nemo_refused(work, capsys, tmp_path):
         tar.addfile(info, io.BytesIO(data))
     trunc = tmp_path / "trunc.nemo"
     trunc.write_bytes(work["nemo"].read_bytes()[:5000])
-    for bad, why in [(hostile, "escapes"), (trunc, "trunc.nemo")]:
+    bomb = tmp_path / "bomb.nemo"  # 20 MB of zeros in a 20 kB gzip: refused before it is inflated
+    with tarfile.open(bomb, "w:gz") as tar:
+        info = tarfile.TarInfo("model_weights.ckpt")
+        info.size = 20 * 2**20
+        tar.addfile(info, io.BytesIO(bytes(info.size)))
+    assert bomb.stat().st_size < 2**20
+    for bad, why in [(hostile, "escapes"), (trunc, "trunc.nemo"), (bomb, "more than a")]:
         for cmd in (["transcribe", "--model", bad, work["files"]["speech"]],
                     ["quantize", "--model", bad, "--out", tmp_path / "q.aqz"],
                     ["synth", "--model", bad, "--out", tmp_path / "cache"]):

@@ -22,6 +22,7 @@ import yaml
 
 CONFIG_NAME = "model_config.yaml"
 WEIGHTS_NAME = "model_weights.ckpt"
+MAX_EXPANSION = 20  # a compressed .nemo may hold at most this many times its size (weights compress ~1.1x)
 
 
 class CheckpointError(ValueError):
@@ -50,6 +51,13 @@ def read_nemo(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor], d
             raise CheckpointError(f"{path}: is a quantized integer model (.aqz), not a float .nemo; this command "
                                   f"needs the float model it was quantized from")
     files: dict[str, bytes] = {}
+    # Members are read into memory, so their sizes are checked first: a plain tar's members fit in
+    # the file; a compressed one (.nemo may be gzip'd) may expand at most MAX_EXPANSION times, so a
+    # small hostile archive cannot claim gigabytes.
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        compressed = f.read(6).startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ"))
+    budget, total = size * (MAX_EXPANSION if compressed else 1), 0
     try:
         with tarfile.open(path, "r:*") as tar:
             for member in tar:
@@ -58,6 +66,11 @@ def read_nemo(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor], d
                     continue
                 if not member.isfile():
                     raise CheckpointError(f"{path}: refusing tar member {member.name!r}: not a regular file")
+                total += member.size
+                if total > budget:
+                    raise CheckpointError(f"{path}: refusing tar member {member.name!r}: members claim {total} "
+                                          f"bytes, more than a {size}-byte {'compressed ' if compressed else ''}"
+                                          f"archive can hold (truncated or hostile)")
                 f = tar.extractfile(member)
                 files[name] = f.read() if f is not None else b""
     except CheckpointError:
