@@ -109,3 +109,14 @@ def test_bad_files_raise_audio_error_naming_the_file(tmp_path):
         with pytest.raises(AudioError, match=problem) as info:
             load_audio(path)
         assert path.name in str(info.value)
+
+
+def test_long_multichannel_file_mixed_down_block_by_block(tmp_path):
+    """More frames than one read block (2^20): the blockwise mix-down equals the mean of the
+    channels over the whole file, and the length is kept."""
+    rng = np.random.default_rng(1)
+    x = (0.2 * rng.standard_normal((2**20 + 12345, 3))).astype(np.float32)
+    sf.write(tmp_path / "three.wav", x, 16000, subtype="FLOAT")
+    y = load_audio(tmp_path / "three.wav", 16000)
+    assert y.dtype == np.float32 and y.shape == (x.shape[0],)
+    np.testing.assert_array_equal(y, x.mean(axis=1))
