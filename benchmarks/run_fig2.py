@@ -8,6 +8,10 @@ NeMo config (``models.config_for``) quantized W8A8 with random calibration input
 Each model: ``deploy.bench.bench`` (10 s input, batch 1, FP32 and INT8 runtimes interleaved in
 one process, medians and IQR, INT8 logits checked bit-exact against ``forward_int``).
 Sizes: ``experiments.model_size_mb`` (BN folded; FP32 = 32-bit, INT8 = 8-bit weights).
+Runtimes include the C runtime (``c-int8``, ``asrquant export --c``) and onnxruntime's own static
+int8 model of the float graph (``onnxruntime-static-int8``, the peer: ``quantize_static`` calibrated
+on the first ``--calibration-limit`` train-clean-100 utterances; the random-weight float models
+are kept in build/fig2/ so that the calibrated peer is cached between runs).
 
 Writes a tidy CSV (one row per model x runtime) and a seaborn plot with the paper's statement
 (``data/paper_latency.csv``: 15x5 INT8 2.35x faster than FP32 on a T4 with TensorRT 7.2.1) beside it.
@@ -26,45 +30,54 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "lib"))
 
+from asrquant import paths  # noqa: E402
 from asrquant.calibration import random_mels  # noqa: E402
 from asrquant.convert import quantize_model  # noqa: E402
-from asrquant.deploy.bench import bench  # noqa: E402
+from asrquant.deploy.bench import PEER, bench  # noqa: E402
 from asrquant.experiments import model_size_mb  # noqa: E402
-from asrquant.models import ConvASR, config_for  # noqa: E402
+from asrquant.models import ConvASR, config_for, load_model, save_model  # noqa: E402
 
 MODELS = ("quartznet5x5", "quartznet10x5", "quartznet15x5")
 LABEL = {"quartznet5x5": "QuartzNet-5x5", "quartznet10x5": "QuartzNet-10x5", "quartznet15x5": "QuartzNet-15x5"}
 FIG2_RUNTIMES = ("onnxruntime-fp32", "torch-fp32-fastdw", "onnxruntime-int8", "torch+native-int8",
-                 "torch-int8+fp32exact-dw")
+                 "torch-int8+fp32exact-dw", "c-int8", PEER)
 
 
 def run(models=MODELS, repeats: int = 20, threads: int = 1, seconds: float = 10.0, batch: int = 1,
-        runtimes=FIG2_RUNTIMES, progress: bool = True) -> pd.DataFrame:
+        runtimes=FIG2_RUNTIMES, progress: bool = True, calibration_limit: int = 16) -> pd.DataFrame:
     rows = []
     for name in models:
         t0 = time.time()
-        torch.manual_seed(0)
-        model = ConvASR(config_for(name)).eval()
+        path = paths.build_dir() / "fig2" / f"{name}_random.nemo"
+        if not path.is_file():   # seeded: the same weights every run; kept so the peer's calibration is cached
+            torch.manual_seed(0)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_model(ConvASR(config_for(name)).eval(), path)
+        model = load_model(path).eval()
         qmodel = quantize_model(model, random_mels(1, 2, 200, seed=0))
+        peer = {"model_path": str(path), "calibration_data": str(paths.librispeech("train-clean-100")),
+                "limit": calibration_limit}
         res = bench(model, qmodel, seconds=seconds, batch=batch, threads=threads, repeats=repeats,
-                    warmup=2, runtimes=runtimes)
+                    warmup=2, runtimes=runtimes, peer=peer)
         sizes = {"fp32": model_size_mb(name, 32), "int8": model_size_mb(name, 8)}
         for rt, r in res["runtimes"].items():
             rows.append({
                 "model": LABEL[name], "arch": name, "precision": r["precision"].upper(), "runtime": rt,
                 "integer_only": r["integer_only"], "bit_exact": r.get("bit_exact"),
                 "latency_ms": r["median_ms"], "q25_ms": r["q25_ms"], "q75_ms": r["q75_ms"], "iqr_ms": r["iqr_ms"],
-                "best": rt in (res["fp32_runtime"], res["int8_runtime"], res["int8_integer_only_runtime"]),
+                "best": rt in (res["fp32_runtime"], res["int8_runtime"], res["int8_integer_only_runtime"],
+                               res.get("peer_runtime")),
                 "headline": rt in (res["fp32_runtime"], res["int8_runtime"]),
                 "speedup_vs_best_fp32": res["fp32_ms"] / r["median_ms"],
-                "size_mb": sizes[r["precision"]], "seconds": seconds, "frames": res["frames"], "batch": batch,
+                "size_mb": sizes[r["precision"][:4]], "seconds": seconds, "frames": res["frames"], "batch": batch,
                 "threads": threads, "repeats": repeats, "cpu": res["machine"].get("cpu_model"),
                 "loadavg_before": (res["loadavg_before"] or [None])[0], "loadavg_after": (res["loadavg_after"] or [None])[0],
             })
         if progress:
             print(f"{LABEL[name]}: FP32 {res['fp32_ms']:.0f} ms ({res['fp32_runtime']}), INT8 {res['int8_ms']:.0f} ms "
                   f"({res['int8_runtime']}) -> {res['speedup']:.2f}x; integer-only INT8 "
-                  f"{res['int8_integer_only_ms']:.0f} ms -> {res['speedup_integer_only']:.2f}x "
+                  f"{res['int8_integer_only_ms']:.0f} ms -> {res['speedup_integer_only']:.2f}x; "
+                  f"onnxruntime static int8 {res['peer_ms'] or float('nan'):.0f} ms "
                   f"[{time.time() - t0:.0f} s, load {res['loadavg_before']}]", flush=True)
     return pd.DataFrame(rows)
 
@@ -88,11 +101,14 @@ def plot(df: pd.DataFrame, out=None):
 
     best = df[df.best].copy()
     best["series"] = best.apply(lambda r: "FP32" if r.precision == "FP32" else
-                                ("INT8 (integer-only)" if r.integer_only else "INT8 (fp32-exact depthwise)"), axis=1)
+                                ("INT8 onnxruntime static (float requant.)" if r.precision == "INT8-PEER" else
+                                 ("INT8 integer-only (ours)" if r.integer_only else "INT8 (fp32-exact depthwise)")),
+                                axis=1)
     best = best.drop_duplicates(["model", "series"])
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     order = [LABEL[m] for m in MODELS if LABEL[m] in set(df.model)]
-    hue_order = [h for h in ("FP32", "INT8 (integer-only)", "INT8 (fp32-exact depthwise)") if h in set(best.series)]
+    hue_order = [h for h in ("FP32", "INT8 onnxruntime static (float requant.)", "INT8 integer-only (ours)",
+                             "INT8 (fp32-exact depthwise)") if h in set(best.series)]
     ax = sns.barplot(data=best, x="model", y="latency_ms", hue="series", order=order, hue_order=hue_order, ax=axes[0])
     for i, m in enumerate(order):
         sub = best[best.model == m].set_index("series")
@@ -111,7 +127,7 @@ def plot(df: pd.DataFrame, out=None):
     ax.set_xlabel("")
     ax.set_title("Latency on this CPU (ours)")
     ax.legend(fontsize=8)
-    sizes = df.drop_duplicates(["model", "precision"])
+    sizes = df[df.precision.isin(["FP32", "INT8"])].drop_duplicates(["model", "precision"])
     ax2 = sns.barplot(data=sizes, x="model", y="size_mb", hue="precision", order=order, hue_order=["FP32", "INT8"], ax=axes[1])
     ax2.set_ylabel("model size (MiB, BN folded)")
     ax2.set_xlabel("")
@@ -130,6 +146,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--calibration-limit", type=int, default=16,
+                   help="train-clean-100 utterances for onnxruntime's static int8 calibration")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "fig2_latency.csv"))
     p.add_argument("--plot", default=None, help="PNG path (default: beside the CSV)")
     p.add_argument("--quick", action="store_true", help="write to build/results/ instead (notebook quick profile)")
@@ -137,7 +155,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     if args.quick and args.out == p.get_default("out"):
         out = ROOT / "build" / "results" / "fig2_latency_quick.csv"
-    df = run(args.models, args.repeats, args.threads, args.seconds)
+    df = run(args.models, args.repeats, args.threads, args.seconds, calibration_limit=args.calibration_limit)
     out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out, index=False)
     plot(df, args.plot or out.with_suffix(".png"))
