@@ -668,9 +668,17 @@ class CRuntime:
         desc_hash = self._hash(program, cflags)
         self.dir = Path(out_dir) if out_dir else _cache_root() / desc_hash
         lib = self.dir / "libasrq.so"
-        if not lib.is_file() or not (self.dir / "model.bin").is_file():
+        if out_dir and not lib.is_file():
             export_c(program, self.dir)
             build(self.dir, cflags)
+        elif not lib.is_file():   # the cache: built aside, then renamed (a concurrent build never shows half)
+            tmp = self.dir.with_name(f"{self.dir.name}.tmp{os.getpid()}")
+            export_c(program, tmp)
+            build(tmp, cflags)
+            try:
+                os.replace(tmp, self.dir)
+            except OSError:       # another process got there first
+                shutil.rmtree(tmp, ignore_errors=True)
         self.lib = ctypes.CDLL(str(lib))
         L = self.lib
         L.asrq_load.restype = ctypes.c_void_p
