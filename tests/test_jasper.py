@@ -2,14 +2,15 @@
 accumulator-bound table.
 
 Runs on a small JasperDR-style net (dense residuals, non-separable convs, dilation) with random
-weights and real test-other audio; the full 333M-parameter check is the tool itself.
+weights and synthetic speech-like audio (no ../shared needed); the full 333M-parameter check is the
+tool itself.
 """
 import importlib.util
 from pathlib import Path
 
 import torch
 
-from conftest import randomize_weights
+from conftest import randomize_weights, speech_like_audio
 
 from asrquant.convert import quantize_model
 from asrquant.models import ConvASR
@@ -38,9 +39,9 @@ def _small_jasper():
     return model
 
 
-def test_sequential_bn_restoration_is_a_fixed_point(real_audio_batch):
+def test_sequential_bn_restoration_is_a_fixed_point():
     model = _small_jasper()
-    audio, lengths = real_audio_batch
+    audio, lengths = speech_like_audio()
     stats = restore_bn_sequential(model, audio, lengths)
     assert len(stats) == len(list(model.batchnorms()))
     # measuring again (another batching: one utterance at a time) reproduces the stored statistics
@@ -53,10 +54,10 @@ def test_sequential_bn_restoration_is_a_fixed_point(real_audio_batch):
         assert (var > 0).all(), name
 
 
-def test_layer_table_matches_converter_choice(real_audio_batch):
+def test_layer_table_matches_converter_choice():
     tool = _tool()
     model = _small_jasper()
-    audio, lengths = real_audio_batch
+    audio, lengths = speech_like_audio()
     restore_bn_sequential(model, audio, lengths)
     with torch.no_grad():
         mel, mel_len = model.features(audio, lengths)

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import fill_bn_statistics, randomize_weights
+from conftest import fill_bn_statistics, randomize_weights, speech_like_audio
 
 from asrquant.data import load_batch, read_librispeech
 from asrquant.models import CheckpointError, ConvASR, config_for, load_model, read_nemo, save_model, write_nemo
@@ -18,9 +18,9 @@ from asrquant.models.restore_bn import conv_before_each_bn, restore_batchnorm
 
 
 @pytest.fixture(scope="module")
-def real_batch(test_other_dir):
-    utts = read_librispeech(test_other_dir)[:3]
-    return load_batch(utts)
+def audio_batch():
+    """A padded batch of three speech-like utterances (no ../shared needed)."""
+    return speech_like_audio((2.0, 1.4, 0.9), seed=0)
 
 
 def _nemo_model(arch: str, mel_batch):
@@ -44,9 +44,9 @@ def _valid(logp: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.nemo
 @pytest.mark.parametrize("arch", ["quartznet15x5", "jasperdr10x5"])
-def test_nemo_checkpoint_roundtrip(arch, real_batch, tmp_path):
-    audio, lengths = real_batch
-    nemo = _nemo_model(arch, real_batch)
+def test_nemo_checkpoint_roundtrip(arch, audio_batch, tmp_path):
+    audio, lengths = audio_batch
+    nemo = _nemo_model(arch, audio_batch)
     with torch.no_grad():
         ref_mel, ref_mel_len = nemo.preprocessor(input_signal=audio, length=lengths)
         ref_logp, ref_len, _ = nemo(input_signal=audio, input_signal_length=lengths)
@@ -121,7 +121,7 @@ def folded(shared_dir):
 
 
 @pytest.mark.assets
-def test_restore_bn_keeps_function_and_measures_statistics(folded, train_clean_dir, real_batch):
+def test_restore_bn_keeps_function_and_measures_statistics(folded, train_clean_dir, audio_batch):
     train = read_librispeech(train_clean_dir, require_text=False)[:4]
     batches = [load_batch(train[:2]), load_batch(train[2:])]
     model = ConvASR(config_for("quartznet15x5"))
@@ -130,7 +130,7 @@ def test_restore_bn_keeps_function_and_measures_statistics(folded, train_clean_d
 
     # Same function as the folded model: exact up to rounding (checked in float64, where rounding
     # is negligible), and within float32 rounding (logits are O(10), float32 carries ~7 digits).
-    audio, lengths = real_batch
+    audio, lengths = audio_batch
     with torch.no_grad():
         mel, mel_len = model.features(audio, lengths)
         for dtype, tol in [(torch.float64, 1e-4), (torch.float32, 1e-3)]:
@@ -162,11 +162,11 @@ def test_restore_bn_keeps_function_and_measures_statistics(folded, train_clean_d
         assert k == k2 and torch.equal(v, v2), k
 
 
-def test_batch_and_padding_invariance(real_batch):
+def test_batch_and_padding_invariance(audio_batch):
     torch.manual_seed(0)
     model = ConvASR(config_for("quartznet5x5"))
     randomize_weights(model, seed=3)
-    audio, lengths = real_batch
+    audio, lengths = audio_batch
     with torch.no_grad():
         logits, out_len = model(audio, lengths)
         for b in range(audio.shape[0]):
@@ -293,8 +293,6 @@ def test_restore_bn_is_byte_identical_across_thread_counts(tmp_path):
     threads (and twice in a row). Without the pinned measuring thread the float32 convolutions
     sum in a thread-dependent order; whether that shows on this small model depends on the CPU,
     so the unpinned runs are only checked to compute the same function to float32 rounding."""
-    from conftest import speech_like_audio
-
     folded = _random_folded("quartznet5x5", seed=5)
     batches = [speech_like_audio((2.0, 1.4, 0.9), seed=0), speech_like_audio((1.7, 1.1), seed=1)]
     one = _restored_bytes(folded, batches, tmp_path, 1, pin=True)
