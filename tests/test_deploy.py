@@ -338,7 +338,15 @@ def test_bench_json(float5, q5, tmp_path):
                          "--runtimes", "onnxruntime-fp32", "torch+native-int8", "--json", str(tmp_path / "b.json"),
                          "--quiet"])
     assert bench.cmd_bench(args) == 0
-    assert json.loads((tmp_path / "b.json").read_text())["int8_runtime"] == "torch+native-int8"
+    written = json.loads((tmp_path / "b.json").read_text())
+    assert written["int8_runtime"] == "torch+native-int8"
+    # provenance (issue 12): the files' hashes, the settings, the code and the machine
+    from asrquant.provenance import file_sha256
+
+    prov = written["provenance"]
+    assert prov["model_sha256"] == file_sha256(mpath) and prov["quantized_sha256"] == file_sha256(qpath)
+    assert prov["bench_threads"] == 1 and prov["repeats"] == 3 and prov["seconds"] == 0.3
+    assert prov["code_commit"] and prov["cpu"] and prov["threads"] >= 1
 
 
 def test_tensorrt_and_cuda_guards(q5, float5, tmp_path):
