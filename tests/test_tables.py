@@ -1,33 +1,47 @@
-"""The experiment grid: tidy rows, resume after interruption, summary with the FP32 gap."""
+"""The experiment grid: tidy rows with provenance, resume by settings + model + data, summary."""
+
+import json
 
 import pandas as pd
+import torch
 
 from asrquant.models import save_model
 from asrquant.tables import GridSpec, run_grid, summarize
 
 
+def _count_quantize(monkeypatch):
+    """Record (w, a) of every cell that is quantized (the grid's one entry point)."""
+    import asrquant.quantize as quantize
+
+    calls, real = [], quantize.quantize
+    monkeypatch.setattr(quantize, "quantize", lambda m, b, w, a, **k: calls.append((w, a)) or real(m, b, w, a, **k))
+    return calls
+
+
 def test_grid_rows_resume_and_summary(small_quartznet, test_other_dir, tmp_path, monkeypatch):
+    import asrquant.tables as tables
+
     model_path = save_model(small_quartznet, tmp_path / "small.nemo")
     csv = tmp_path / "grid.csv"
     spec = GridSpec(bits=((8, 8), (4, 8)), calibrations=("random",), seeds=(0, 1), random_frames=100)
     df = run_grid(model_path, test_other_dir, csv, spec, limit=2, progress=False)
-    assert len(df) == 1 + 2 * 2
+    assert len(df) == 1 + 2 * 2 and df["cell_key"].is_unique
     assert set(df.columns) >= {"model", "w_bits", "a_bits", "calibration", "seed", "wer", "cer", "words",
-                               "word_errors", "ci95_lo", "ci95_hi", "size_mb", "bops_t"}
+                               "word_errors", "ci95_lo", "ci95_hi", "size_mb", "bops_t", *tables.PROVENANCE,
+                               *tables.CALIB_COLUMNS}
+    assert (df.model_sha256.str.len() == 64).all() and (df.eval_utterances == 2).all()
+    assert (df[df.calibration == "random"].calib_frames.astype(int) == 100).all()
     on_disk = pd.read_csv(csv)
     assert len(on_disk) == len(df)
 
-    # an interrupted run: the last row is missing; a rerun computes only that row
+    # an interrupted run: the last cell's row and file are missing; a rerun computes only that cell
     on_disk.iloc[:-1].to_csv(csv, index=False)
-    calls = []
-    import asrquant.tables as tables
-
-    real_convert = __import__("asrquant.convert", fromlist=["convert"]).convert
-    monkeypatch.setattr("asrquant.convert.convert", lambda *a, **k: calls.append(a[2:4]) or real_convert(*a, **k))
+    (tmp_path / "cells" / f"{on_disk.iloc[-1].cell_key}.json").unlink()
+    calls = _count_quantize(monkeypatch)
     df2 = run_grid(model_path, test_other_dir, csv, spec, limit=2, progress=False)
     assert len(df2) == len(df) and calls == [(4, 8)]
-    pd.testing.assert_frame_equal(df2.drop(columns=["eval_seconds", "calib_seconds"]),
-                                  df.drop(columns=["eval_seconds", "calib_seconds"]), check_dtype=False)
+    timing = [c for c in df.columns if c.endswith("_seconds")]
+    pd.testing.assert_frame_equal(df2.drop(columns=timing), df.drop(columns=timing), check_dtype=False)
     s = summarize(df2)
     fp32 = s[s.w_bits == 32].iloc[0]
     assert fp32.delta_vs_fp32 == 0
@@ -40,6 +54,36 @@ def test_grid_rows_resume_and_summary(small_quartznet, test_other_dir, tmp_path,
     df3 = run_grid(model_path, test_other_dir, csv, spec_bc, limit=2, progress=False)
     assert len(df3) == len(df) + 1 and df3.iloc[-1].bias_correction in (True, "True")
     assert len(tables.paper_method_rows(df3)) == len(df)
+
+    # another evaluation set, another model file: new rows, none reused
+    calls.clear()
+    df5 = run_grid(model_path, test_other_dir, csv, spec_bc, limit=3, progress=False)
+    assert calls == [(4, 8)] and len(df5) == len(df3) + 2 and set(df5.eval_utterances.astype(int)) == {2, 3}
+    other = small_quartznet
+    with torch.no_grad():
+        other.decoder.decoder_layers[0].bias.add_(0.01)
+    other_path = save_model(other, tmp_path / "other" / "small.nemo")   # the same name, other weights
+    calls.clear()
+    df6 = run_grid(other_path, test_other_dir, csv, spec_bc, limit=3, progress=False)
+    assert calls == [(4, 8)] and len(df6) == len(df5) + 2 and df6.model_sha256.nunique() == 2
+
+
+def test_legacy_rows_load_and_are_never_reused(small_quartznet, test_other_dir, tmp_path):
+    import asrquant.tables as tables
+
+    model_path = save_model(small_quartznet, tmp_path / "small.nemo")
+    csv = tmp_path / "grid.csv"
+    # a committed CSV from before provenance: same model name and settings, a WER no run gives
+    legacy = pd.DataFrame([dict(model="small", w_bits=w, a_bits=a, calibration=c, seed=0, wer=-1.0, words=10,
+                                word_errors=-1, ci95_lo=0, ci95_hi=0, size_mb=0, bops_t=0)
+                           for w, a, c in [(32, 32, "none"), (8, 8, "random")]])
+    legacy.to_csv(csv, index=False)
+    loaded = tables._load(csv)
+    assert (loaded.model_sha256 == "unknown").all() and (loaded.calib_frames == "unknown").all()
+    assert len(summarize(loaded)) == 2
+    df = run_grid(model_path, test_other_dir, csv, GridSpec(bits=((8, 8),), calibrations=("random",), seeds=(0,),
+                                                            random_frames=100), limit=2, progress=False)
+    assert len(df) == 2 and (df.wer >= 0).all() and (df.model_sha256 != "unknown").all()
 
 
 def test_load_or_run_grid_prefers_a_complete_full_grid(tmp_path):

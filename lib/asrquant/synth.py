@@ -508,7 +508,8 @@ def _is_hex_digest(s) -> bool:
 
 
 def generate_cached(model, model_path_or_hash=None, params: dict | None = None, cache_dir=None, *,
-                    fast: bool = True, threads: int | None = None, progress: bool = True) -> SyntheticBatches:
+                    fast: bool = True, threads: int | None = None, progress: bool = True,
+                    indices=None) -> SyntheticBatches:
     """Synthetic batches for (model, params), read from / written to `cache_dir / key`.
 
     key = sha256(model state-dict hash, the parameters a batch depends on, seed). If
@@ -518,7 +519,8 @@ def generate_cached(model, model_path_or_hash=None, params: dict | None = None, 
     weights_only=True) with its loss curve; `manifest.json` records every file's sha256. A rerun
     reuses valid files, generates only the missing ones, and regenerates (with a
     `SynthCacheWarning` naming the file) any that is truncated, of the wrong shape or whose
-    checksum does not match.
+    checksum does not match. `indices`: only these batches (default: 0 .. n_batches-1), in that
+    order; the distributed grid makes each batch a task of its own this way.
     """
     from .models.checkpoint import atomic_write_bytes
     from .paths import build_dir
@@ -540,8 +542,9 @@ def generate_cached(model, model_path_or_hash=None, params: dict | None = None, 
 
     n_mels = int(_encoder_of(model).feat_in)
     shape = (p["batch_size"], n_mels, p["frames"])
+    wanted = list(range(p["n_batches"])) if indices is None else [int(i) for i in indices]
     results: dict[int, tuple[torch.Tensor, list[float]]] = {}
-    for i in range(p["n_batches"]):
+    for i in wanted:
         path = folder / _batch_name(i)
         if not path.exists():
             entries.pop(str(i), None)
@@ -556,7 +559,7 @@ def generate_cached(model, model_path_or_hash=None, params: dict | None = None, 
         entries.setdefault(str(i), {"file": path.name, "sha256": _sha256_file(path),
                                     "final_loss": loaded[1][-1] if loaded[1] else None})
 
-    missing = [i for i in range(p["n_batches"]) if i not in results]
+    missing = [i for i in wanted if i not in results]
     if missing:
         gen = SyntheticMelGenerator(model, params=p, fast=fast, threads=threads, progress=progress)
         for i in tqdm(missing, desc="synthetic batches", disable=not progress or len(missing) < 2):
@@ -573,15 +576,14 @@ def generate_cached(model, model_path_or_hash=None, params: dict | None = None, 
             results[i] = (mel, curve)
     _write_manifest(manifest_path, manifest, atomic_write_bytes)
 
-    n = p["n_batches"]
-    mels = torch.empty(n, *shape)
+    mels = torch.empty(len(wanted), *shape)
     curves = []
-    for i in range(n):
-        mels[i] = results[i][0]
+    for j, i in enumerate(wanted):
+        mels[j] = results[i][0]
         curves.append(results[i][1])
     out = _public_params(p)
     out.update({"cache_key": key, "cache_dir": str(folder), "model_hash": digest, "generated": missing})
-    return SyntheticBatches(mels, torch.full((n, shape[0]), shape[2], dtype=torch.long), curves, out)
+    return SyntheticBatches(mels, torch.full((len(wanted), shape[0]), shape[2], dtype=torch.long), curves, out)
 
 
 def _batch_name(i: int) -> str:

@@ -1,24 +1,37 @@
 """The experiment grid behind Table 1 and Table 2: model x W/A x calibration x seed -> tidy CSV.
 
-Calibration ranges do not depend on the bit widths, so each (calibration, seed) is calibrated
-once and converted at every W/A. Every finished row is appended to the CSV atomically; a rerun
-skips rows already there, so an interrupted grid resumes where it stopped.
+Every row carries its provenance: the model file's sha256, the evaluation set's fingerprint
+(utterances, words, hash of file names + transcripts), every calibration and synthesis setting,
+the code version and the machine that computed it (``provenance``). The resume key of a row
+(``cell_key``) is its settings + model sha256 + evaluation-set fingerprint: a rerun skips exactly
+the cells already computed with the same model, data and settings, and recomputes the others.
+Rows written before provenance existed (committed CSVs) load with "unknown" there and are never
+taken as done. The cells run as tasks (``gridrun``): serially here, or on Dask distributed.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from .models.checkpoint import atomic_write_bytes
 
+UNKNOWN = "unknown"
+NA = "-"   # a setting that does not apply to the row (synthesis settings of a random-calibration row)
+# calibration / synthesis settings, one column each (synthesis: synth.DEFAULT_PARAMS)
+CALIB_COLUMNS = ["calib_batches", "calib_batch_size", "calib_frames", "calib_data_sha256", "calib_utterances",
+                 "synth_iterations", "synth_lr", "synth_init_range", "synth_init_center", "synth_betas",
+                 "synth_patience", "synth_min_lr", "synth_eps"]
 KEY = ["model", "w_bits", "a_bits", "calibration", "seed", "observer", "weight_method", "bias_correction",
-       "depthwise_bits", "rounding", "nonlinear"]
+       "depthwise_bits", "rounding", "nonlinear", *CALIB_COLUMNS]
+RESUME_KEY = [*KEY, "model_sha256", "eval_sha256"]
+PROVENANCE = ["model_sha256", "eval_sha256", "eval_utterances", "eval_words", "code_version", "code_commit",
+              "code_dirty", "cpu", "threads", "cell_key"]
 # columns added after the first grids ran: rows written before them used these settings
 # (depthwise_bits 0: the same width as every other weight)
 _DEFAULTS = {"observer": "minmax", "weight_method": "minmax", "bias_correction": False, "depthwise_bits": 0,
@@ -38,7 +51,7 @@ class GridSpec:
     weight_method: str = "minmax"
     bias_correction: bool = False     # correct biases for weight rounding (calibration.collect(means=True))
     depthwise_bits: int = 0           # depthwise weight width (0: the same as the other weights)
-    rounding: str = "nearest"         # weight rounding: nearest, or gptq (output-aware, quant/gptq.py)
+    rounding: str = "nearest"         # weight rounding: any of quantize.ROUNDINGS
     simulated: bool = False           # Conformer: also rows with float non-linearities (simulate.py)
 
 
@@ -46,25 +59,7 @@ def _load(csv: Path) -> pd.DataFrame:
     return _load_frame(pd.read_csv(csv)) if csv.is_file() else pd.DataFrame(columns=KEY)
 
 
-def _append(csv: Path, df: pd.DataFrame, row: dict) -> pd.DataFrame:
-    df = pd.concat([df, pd.DataFrame([row])], ignore_index=True) if len(df) else pd.DataFrame([row])
-    buf = io.StringIO()
-    df.to_csv(buf, index=False)
-    atomic_write_bytes(csv, lambda f: f.write(buf.getvalue().encode()))
-    return df
-
-
-def _done(df: pd.DataFrame, key: dict) -> bool:
-    if not len(df):
-        return False
-    mask = pd.Series(True, index=df.index)
-    for k, v in key.items():
-        mask &= df[k].astype(str) == str(v)
-    return bool(mask.any())
-
-
-def _row(key: dict, summary: dict, model, w_bits: int, a_bits: int, extra: dict,
-         depthwise_bits: int | None = None) -> dict:
+def tidy_row(settings: dict, summary: dict, model, extra: dict) -> dict:
     """One tidy row. Word models carry WER/CER over words; phoneme models (hama) carry PER over
     phonemes in the same columns' places: `metric` says which (wer or per), `error_rate` the value."""
     from .experiments import bops, model_size_mb
@@ -77,83 +72,194 @@ def _row(key: dict, summary: dict, model, w_bits: int, a_bits: int, extra: dict,
         metric = {"metric": "wer", "error_rate": summary["wer"], "wer": summary["wer"], "cer": summary["cer"],
                   "words": summary["words"], "word_errors": summary["word_errors"], "units": summary["words"],
                   "unit_errors": summary["word_errors"]}
-    return {**key, **metric, "utterances": summary["utterances"], "ci95_lo": lo, "ci95_hi": hi,
-            "size_mb": round(model_size_mb(model, w_bits, depthwise_bits=depthwise_bits), 2),
-            "bops_t": round(bops(model, w_bits, a_bits) / 1e12, 3), "eval_seconds": summary["seconds"], **extra}
+    w, a = settings["w_bits"], settings["a_bits"]
+    return {**settings, **metric, "utterances": summary["utterances"], "ci95_lo": lo, "ci95_hi": hi,
+            "size_mb": round(model_size_mb(model, w, depthwise_bits=settings["depthwise_bits"] or None), 2),
+            "bops_t": round(bops(model, w, a) / 1e12, 3), "eval_seconds": summary["seconds"], **extra}
 
 
-def calibration_batches(model, model_path, calibration: str, seed: int, spec: GridSpec, calib_data,
-                        cache_dir, progress: bool = True):
-    """The grid's calibration batches: ``calibration.calibration_batches`` with the spec's settings."""
-    from .calibration import calibration_batches as batches
+def calibration_settings(spec: GridSpec, calibration: str, model=None, real_fingerprint: dict | None = None) -> dict:
+    """The CALIB_COLUMNS of a cell (NA where a setting does not apply). Synthesis settings are
+    the generator's full parameter set (``synth.DEFAULT_PARAMS`` overridden by ``spec.synth``),
+    with the input level prior resolved on `model` so that the row says where inputs started."""
+    out = {c: NA for c in CALIB_COLUMNS}
+    if calibration == "synthetic":
+        p = synth_params(spec, model, seed=0)
+        out.update(calib_batches=p["n_batches"], calib_batch_size=p["batch_size"], calib_frames=p["frames"],
+                   **{f"synth_{k}": (json.dumps(list(p[k])) if k == "betas" else p[k])
+                      for k in ("iterations", "lr", "init_range", "init_center", "betas", "patience", "min_lr", "eps")})
+    elif calibration == "random":
+        out.update(calib_batches=spec.random_batches, calib_batch_size=8, calib_frames=spec.random_frames)
+    elif calibration == "real":
+        fp = real_fingerprint or {}
+        out.update(calib_batch_size=8, calib_data_sha256=fp.get("sha256", UNKNOWN),
+                   calib_utterances=fp.get("utterances", UNKNOWN))
+    return out
+
+
+def synth_params(spec: GridSpec, model, seed: int) -> dict:
+    """The synthetic generator's parameters of a grid cell (normalized, init_center resolved)."""
+    from .synth import _normalize_params, input_level_prior
 
     synth = dict(spec.synth or {})
-    shape = {"n_batches": synth.pop("n_batches", spec.random_batches), "batch_size": synth.pop("batch_size", 8),
-             "frames": synth.pop("frames", spec.random_frames)}
-    if calibration == "random":
-        shape = {"n_batches": spec.random_batches, "batch_size": 8, "frames": spec.random_frames}
-    return batches(model, calibration, seed=seed, data=calib_data, limit=spec.real_limit, synth=synth,
-                   model_path=model_path, cache_dir=cache_dir, progress=progress, **shape)
+    synth.setdefault("n_batches", spec.random_batches)
+    synth.setdefault("frames", spec.random_frames)
+    p = _normalize_params({**synth, "seed": seed})
+    if p["init_center"] is None:
+        p["init_center"] = input_level_prior(model)
+    return p
+
+
+def plan_cells(spec: GridSpec, model, name: str, model_sha: str, eval_sha: str, real_fingerprint=None):
+    """The grid's cells: FP32, then every (calibration, seed) x W/A (x non-linearity kind)."""
+    from .gridrun import Cell, content_key
+    from .quantize import is_conformer
+
+    def cell(settings: dict, label: str) -> Cell:
+        return Cell(settings, content_key({k: settings[k] for k in KEY}, model_sha, eval_sha), label)
+
+    fp32 = dict(model=name, w_bits=32, a_bits=32, calibration="none", seed=0, **_DEFAULTS,
+                **calibration_settings(spec, "none"))
+    cells = [cell(fp32, "FP32")]
+    variant = dict(observer=spec.observer, weight_method=spec.weight_method,
+                   bias_correction=bool(spec.bias_correction), depthwise_bits=int(spec.depthwise_bits or 0),
+                   rounding=spec.rounding)
+    kinds = ("integer", "float") if (spec.simulated and is_conformer(model)) else ("integer",)
+    for calibration in spec.calibrations:
+        calib = calibration_settings(spec, calibration, model, real_fingerprint)
+        for seed in (spec.seeds if calibration != "real" else spec.seeds[:1]):
+            for w, a in spec.bits:
+                for nl in kinds:
+                    s = dict(model=name, w_bits=w, a_bits=a, calibration=calibration, seed=seed, **variant,
+                             nonlinear=nl, **calib)
+                    label = f"W{w}A{a} {calibration} seed {seed}" + (" float non-linearities" if nl == "float" else "")
+                    cells.append(cell(s, label))
+    return cells
 
 
 def run_grid(model_path, eval_data, csv, spec: GridSpec, calib_data=None, cache_dir="build/synth_cache",
-             limit: int | None = None, progress: bool = True) -> pd.DataFrame:
-    """Evaluate FP32 and every (calibration, seed, W/A) of `spec`; returns the tidy table."""
-    from .calibration import collect
-    from .convert import convert
-    from .quantize import is_conformer
+             limit: int | None = None, progress: bool = True, *, workers: int = 1, scheduler: str | None = None,
+             threads: int | None = None, shard_utterances: int | None = None, client=None,
+             batch_size: int = 8) -> pd.DataFrame:
+    """Evaluate FP32 and every (calibration, seed, W/A) of `spec`; returns the tidy table (the
+    CSV's rows: those it had, with this run's cells added or replaced).
+
+    Cells already computed (a file in ``<csv folder>/cells/`` or a CSV row with the same
+    ``cell_key``) are skipped. workers=1 without a scheduler runs the cells here, one after
+    another; otherwise they are Dask tasks on a LocalCluster of `workers` processes (torch
+    `threads` each, default: cores // workers) or on `scheduler` (an address), and the
+    evaluation set is split into shards of about `shard_utterances`."""
+    from . import gridrun
     from .data import load_dataset
-    from .evaluate import evaluate
     from .models.checkpoint import load_model
+    from .provenance import eval_set_fingerprint, file_sha256
 
-    csv = Path(csv)
+    csv, model_path = Path(csv), str(model_path)
+    model_sha = file_sha256(model_path)
     model = load_model(model_path)
-    name = Path(model_path).stem
     utts = load_dataset(eval_data, limit=limit)
+    eval_fp = eval_set_fingerprint(utts)
+    real_fp = None
+    if "real" in spec.calibrations and calib_data:
+        real_fp = eval_set_fingerprint(load_dataset(calib_data, require_text=False, limit=spec.real_limit))
+    cells = plan_cells(spec, model, Path(model_path).stem, model_sha, eval_fp["sha256"], real_fp)
     df = _load(csv)
+    have = set(df["cell_key"].astype(str)) if "cell_key" in df else set()
+    cells_dir = csv.parent / "cells"
+    todo = [c for c in cells if c.key not in have and not (cells_dir / f"{c.key}.json").is_file()]
 
-    key = dict(model=name, w_bits=32, a_bits=32, calibration="none", seed=0, **_DEFAULTS)
-    if not _done(df, key):
-        df = _append(csv, df, _row(key, evaluate(model, utts, progress=progress), model, 32, 32, {}))
+    distributed = scheduler is not None or client is not None or workers > 1
+    if threads is None and scheduler is None and client is None:
+        threads = gridrun.local_threads(workers)
+    shards = gridrun.shards_of(utts, batch_size, shard_utterances if distributed else None)
+    base_prov = {"model_sha256": model_sha, "eval_sha256": eval_fp["sha256"], "eval_utterances": eval_fp["utterances"],
+                 "eval_words": eval_fp["words"]}
+    graph, targets, labels = gridrun.Graph(), [], {}
+    real_ref = None
+    for c in todo:
+        if c.settings["calibration"] == "real" and real_ref is None:
+            if not calib_data:
+                raise ValueError("real calibration needs training-split audio (--calibration-data DIR)")
+            real_ref = graph.add(f"real-batches-{gridrun.content_key(model_sha, real_fp, spec.real_limit)}",
+                                 gridrun.real_batches, model_path, model_sha, str(calib_data), spec.real_limit, threads)
+        sp = synth_params(spec, model, c.settings["seed"]) if c.settings["calibration"] == "synthetic" else None
+        key = gridrun.add_cell(graph, c, model_path=model_path, model_sha=model_sha,
+                               base={**c.settings, **base_prov, "cell_key": c.key}, utts=utts, shards=shards,
+                               cell_file=cells_dir / f"{c.key}.json", cache_dir=str(cache_dir), threads=threads,
+                               synth_params=sp, real=real_ref, batch_size=batch_size)
+        targets.append(key)
+        labels[key] = c.label
+    del model   # the tasks load their own copy (once per process)
 
-    settings = dict(observer=spec.observer, weight_method=spec.weight_method,
-                    bias_correction=bool(spec.bias_correction), depthwise_bits=int(spec.depthwise_bits or 0),
-                    rounding=spec.rounding)
-    kinds = ("integer", "float") if (spec.simulated and is_conformer(model)) else ("integer",)
-    jobs = [(c, s) for c in spec.calibrations for s in (spec.seeds if c != "real" else spec.seeds[:1])]
-    for calibration, seed in tqdm(jobs, desc="grid", disable=not progress):
-        keys = {(w, a, nl): dict(model=name, w_bits=w, a_bits=a, calibration=calibration, seed=seed, **settings,
-                                 nonlinear=nl)
-                for w, a in spec.bits for nl in kinds}
-        todo = [wa for wa, key in keys.items() if not _done(df, key)]
-        if not todo:
-            continue
-        start = time.perf_counter()
-        batches = calibration_batches(model, model_path, calibration, seed, spec, calib_data, cache_dir)
-        if is_conformer(model):
-            from .convert_conformer import calibrate_conformer, convert_conformer
-            from .simulate import SimulatedConformer
+    failed: list[str] = []
+    done = [0]
 
-            observers = calibrate_conformer(model, batches, spec.observer)
+    def on_done(key, row, error):
+        done[0] += 1
+        if error is not None:
+            failed.append(f"{labels[key]}: {type(error).__name__}: {error}")
+        if progress:
+            what = (f"FAILED ({type(error).__name__}: {error})" if error is not None else
+                    f"{row['metric'].upper()} {row['error_rate']:.2f}% ({row['unit_errors']}/{row['units']}), "
+                    f"eval {row['eval_seconds']:.0f} s, calib {row['calib_seconds']:.0f} s on {row['host']}")
+            print(f"[{done[0]}/{len(targets)}] {labels[key]}: {what}", flush=True)
 
-            def convert_at(w, a, info, nonlinear="integer"):
-                if nonlinear == "float":   # the ablation: same rounding points, float non-linearities
-                    return SimulatedConformer(model, observers, w, a)
-                return convert_conformer(model, observers, w, a, spec.weight_method, info)
+    if progress:
+        print(f"grid: {len(cells)} cells, {len(cells) - len(todo)} already done, {len(todo)} to run; "
+              f"{len(utts)} utterances in {len(shards)} shard(s); torch threads per task: {threads or 'default'}",
+              flush=True)
+    try:
+        if not targets:
+            pass
+        elif not distributed:
+            gridrun.run_serial(graph, targets, on_done)
+        elif client is not None:
+            gridrun.run_dask(client, graph, targets, on_done)
         else:
-            stats = collect(model, batches, means=bool(spec.bias_correction), hessians=spec.rounding == "gptq",
-                            observer=spec.observer)
-
-            def convert_at(w, a, info, nonlinear="integer"):
-                return convert(model, stats.observers, w, a, spec.weight_method, info, input_means=stats.input_means,
-                               depthwise_bits=spec.depthwise_bits or None, hessians=stats.hessians)
-        calib_seconds = time.perf_counter() - start
-        for w, a, nl in todo:
-            qmodel = convert_at(w, a, {"calibration": calibration, "seed": seed}, nl)
-            summary = evaluate(qmodel, utts, progress=False)
-            df = _append(csv, df, _row(keys[(w, a, nl)], summary, model, w, a, {"calib_seconds": round(calib_seconds, 1)},
-                                       spec.depthwise_bits or None))
+            client, cluster = gridrun.start_client(workers, scheduler, progress)
+            try:
+                gridrun.run_dask(client, graph, targets, on_done)
+            finally:
+                client.close()
+                if cluster is not None:
+                    cluster.close()
+    finally:
+        df = merge_cells(csv, cells, cells_dir)
+    if failed:
+        raise RuntimeError(f"{len(failed)} grid cell(s) failed (rerun to retry them): " + "; ".join(failed))
     return df
+
+
+def merge_cells(csv: Path, cells, cells_dir: Path) -> pd.DataFrame:
+    """The CSV's rows plus the finished cells' rows, one row per cell_key, written atomically.
+    A legacy row (no provenance) with the same settings as a new row is replaced by it."""
+    old = _load(csv)
+    new = []
+    for c in cells:
+        path = cells_dir / f"{c.key}.json"
+        if path.is_file():
+            new.append(json.loads(path.read_text())["row"])
+    if not new:
+        return old
+    fresh = pd.DataFrame(new)
+    if len(old):
+        old_keys = old["cell_key"].astype(str) if "cell_key" in old else pd.Series(UNKNOWN, index=old.index)
+        legacy = old["model_sha256"].astype(str) == UNKNOWN if "model_sha256" in old else pd.Series(True, index=old.index)
+        settings = [k for k in KEY if k not in CALIB_COLUMNS]   # what a legacy row says about itself
+        old_settings = pd.Series([_text(r) for r in old[settings].itertuples(index=False)], index=old.index)
+        new_settings = {_text(r) for r in fresh[settings].itertuples(index=False)}
+        drop = old_keys.isin(set(fresh["cell_key"])) | (legacy & old_settings.isin(new_settings))
+        old = old[~drop]
+        fresh = pd.concat([old, fresh], ignore_index=True) if len(old) else fresh
+    buf = io.StringIO()
+    fresh.to_csv(buf, index=False)
+    atomic_write_bytes(csv, lambda f: f.write(buf.getvalue().encode()))
+    return _load(csv)   # as read back: the same types as every later load
+
+
+def _text(values) -> str:
+    """Settings as one comparable string (8, 8.0 and "8" alike: CSV columns with gaps read as float)."""
+    return "|".join(str(int(v)) if isinstance(v, float) and v.is_integer() else str(v) for v in values)
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
@@ -161,14 +267,17 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     per (model, W/A, calibration), with the FP32 gap. `wer_mean`/`words`/... keep their names for
     word models; `rate_mean`/`units`/... hold either metric."""
     df = _load_frame(df)
-    g = df.groupby(["model", "w_bits", "a_bits", "calibration", *_DEFAULTS], as_index=False).agg(
+    group = ["model", "w_bits", "a_bits", "calibration", *_DEFAULTS, *CALIB_COLUMNS, "model_sha256", "eval_sha256"]
+    g = df.groupby(group, as_index=False, sort=False, dropna=False).agg(
         metric=("metric", "first"), rate_mean=("error_rate", "mean"), rate_std=("error_rate", "std"),
         seeds=("seed", "nunique"), units=("units", "first"), unit_errors_mean=("unit_errors", "mean"),
         size_mb=("size_mb", "first"), bops_t=("bops_t", "first"))
     g["wer_mean"], g["wer_std"] = g["rate_mean"], g["rate_std"]
     g["words"], g["word_errors_mean"] = g["units"], g["unit_errors_mean"]
-    fp32 = g[g.w_bits == 32].set_index("model")["rate_mean"]
-    g["delta_vs_fp32"] = g["rate_mean"] - g["model"].map(fp32)
+    # the FP32 row of the same model file and evaluation set
+    fp32 = g[g.w_bits == 32].set_index(["model", "model_sha256", "eval_sha256"])["rate_mean"]
+    same = pd.MultiIndex.from_frame(g[["model", "model_sha256", "eval_sha256"]])
+    g["delta_vs_fp32"] = g["rate_mean"].to_numpy() - fp32.reindex(same).to_numpy()
     return g.sort_values(["model", "w_bits", "calibration"], ascending=[True, False, True]).reset_index(drop=True)
 
 
@@ -200,6 +309,9 @@ def _load_frame(df: pd.DataFrame) -> pd.DataFrame:
     df = df.copy()
     for col, default in _DEFAULTS.items():
         df[col] = df[col].fillna(default) if col in df else default
+    # rows written before provenance: settings and origin unknown (never a match for a new run)
+    for col in [*CALIB_COLUMNS, *PROVENANCE]:
+        df[col] = df[col].fillna(UNKNOWN) if col in df else UNKNOWN
     # rows written before phoneme models existed: WER over words
     for col, old in (("error_rate", "wer"), ("units", "words"), ("unit_errors", "word_errors")):
         if old in df:

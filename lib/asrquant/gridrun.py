@@ -1,0 +1,357 @@
+"""The experiment grid as a graph of tasks, run in this process or on Dask distributed.
+
+Tasks (plain functions of their arguments; the same graph runs in both executors):
+  synth-batch-<content>  one synthetic batch, ``synth.generate_cached(indices=[i])``: its name is
+                         a hash of model sha256 + synthesis settings + seed + batch index, so every
+                         cell calibrating on it shares one computation (Dask runs a key once); the
+                         on-disk cache (atomic files) carries it across runs and killed workers.
+  real-batches-<content> features of the real calibration audio, shared by the `real` cells.
+  quantize-<cell>        calibrate + convert through ``quantize.quantize`` (any `rounding` it knows).
+  shard-<cell>-<j>       transcripts of shard j of the evaluation set: whole length-sorted batches,
+                         so every utterance is decoded in the same batch as one process would.
+  cell-<cell>            merge the shards, score, write ``cells/<cell>.json`` atomically.
+The CSV is rebuilt from the cell files of the run (plus the rows it had), so a rerun skips
+finished cells, a worker killed mid-cell loses only what it was computing, and no row is written
+twice. Executors: serial (``workers=1``, no scheduler: the grid as it always ran, in this
+process), a ``LocalCluster`` of N worker processes, or an existing scheduler (``scheduler=ADDRESS``:
+``dask scheduler`` + ``dask worker``, dask-jobqueue on SLURM/PBS, Kubernetes). On a cluster the
+model, the data and the cache folder must be on a filesystem every worker sees.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+NA = "-"   # a setting that does not apply to a row (e.g. synthesis settings of a random-calibration row)
+EVAL_BATCH = 8
+
+
+# --------------------------------------------------------------------------- task graph
+
+@dataclass(frozen=True)
+class Ref:
+    """An argument that is the result of another task."""
+    key: str
+
+
+@dataclass
+class Graph:
+    tasks: dict = field(default_factory=dict)   # key -> (function, args); insertion order is topological
+
+    def add(self, key: str, func, *args) -> Ref:
+        if key not in self.tasks:                # the same content key twice is one task
+            self.tasks[key] = (func, args)
+        return Ref(key)
+
+
+def run_serial(graph: Graph, targets: list[str], on_done) -> None:
+    """Run every task in order in this process; a result is freed once nothing needs it."""
+    uses: dict[str, int] = {}
+    for _, args in graph.tasks.values():
+        for a in args:
+            if isinstance(a, Ref):
+                uses[a.key] = uses.get(a.key, 0) + 1
+    results: dict = {}
+    wanted = set(targets)
+    for key, (func, args) in graph.tasks.items():
+        results[key] = func(*[results[a.key] if isinstance(a, Ref) else a for a in args])
+        for a in args:
+            if isinstance(a, Ref):
+                uses[a.key] -= 1
+                if not uses[a.key] and a.key not in wanted:
+                    del results[a.key]
+        if key in wanted:
+            on_done(key, results.pop(key), None)
+
+
+def run_dask(client, graph: Graph, targets: list[str], on_done) -> None:
+    """Submit the graph to a Dask client (keys as named, so shared tasks run once) and report each
+    target as it finishes; a failed target is reported with its exception, the others go on."""
+    from distributed import as_completed
+
+    futures: dict = {}
+    for key, (func, args) in graph.tasks.items():
+        resolved = [futures[a.key] if isinstance(a, Ref) else a for a in args]
+        futures[key] = client.submit(func, *resolved, key=key, pure=False)
+    by_future = {futures[k]: k for k in targets}
+    for fut in as_completed(list(by_future)):
+        key = by_future[fut]
+        try:
+            on_done(key, fut.result(), None)
+        except Exception as e:   # noqa: BLE001 -- one cell's failure must not stop the others
+            on_done(key, None, e)
+        fut.release()
+
+
+def local_threads(workers: int) -> int:
+    """Torch threads per task so that workers x threads fits this machine's cores."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, workers))
+
+
+# --------------------------------------------------------------------------- tasks
+
+@functools.lru_cache(maxsize=2)
+def _float_model(path: str, sha256: str):
+    """The float model, loaded once per worker process; refuses a file that changed since the
+    grid was planned (its rows would carry the wrong model hash)."""
+    from .models.checkpoint import load_model
+    from .provenance import file_sha256
+
+    actual = file_sha256(path)
+    if actual != sha256:
+        raise RuntimeError(f"{path}: model file changed since the grid started (sha256 {actual[:12]}..., "
+                           f"expected {sha256[:12]}...)")
+    return load_model(path)
+
+
+def _threads(n: int | None) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(int(n))
+
+
+def synth_batch(model_path: str, model_sha: str, params: dict, index: int, cache_dir: str, threads: int | None):
+    """Synthetic batch `index` (from the cache when it is there) -> dict(mel, lengths, losses, seconds)."""
+    from .synth import generate_cached
+
+    _threads(threads)
+    model = _float_model(model_path, model_sha)
+    t0 = time.perf_counter()
+    s = generate_cached(model, model_path, params, cache_dir, indices=[index], threads=threads, progress=False)
+    return {"mel": s.mels[0], "lengths": s.lengths[0], "final_loss": s.losses[0][-1],
+            "seconds": time.perf_counter() - t0, "generated": bool(s.params["generated"])}
+
+
+def real_batches(model_path: str, model_sha: str, data: str, limit: int | None, threads: int | None):
+    from .calibration import real_mels
+
+    _threads(threads)
+    return real_mels(_float_model(model_path, model_sha), data, 8, limit)
+
+
+def quantize_cell(model_path: str, model_sha: str, settings: dict, threads: int | None, *batches):
+    """Calibrate and convert one cell: ``quantize.quantize`` (or, for the Conformer's float
+    non-linearity ablation, ``SimulatedConformer`` on the same rounding points)."""
+    from .calibration import random_mels
+    from .quantize import quantize
+
+    _threads(threads)
+    model = _float_model(model_path, model_sha)
+    t0 = time.perf_counter()
+    kind = settings["calibration"]
+    if kind == "random":
+        n_mels = int(getattr(getattr(model, "encoder", None), "feat_in", 64))
+        batches = random_mels(settings["calib_batches"], settings["calib_batch_size"], settings["calib_frames"],
+                              settings["seed"], n_mels=n_mels)
+    elif kind == "synthetic":
+        batches = [(b["mel"], b["lengths"]) for b in batches]
+    else:
+        (batches,) = batches
+    w, a = settings["w_bits"], settings["a_bits"]
+    if settings["nonlinear"] == "float":
+        from .convert_conformer import calibrate_conformer
+        from .simulate import SimulatedConformer
+
+        qmodel = SimulatedConformer(model, calibrate_conformer(model, batches, settings["observer"]), w, a)
+    else:
+        qmodel = quantize(model, batches, w, a, observer=settings["observer"], weight_method=settings["weight_method"],
+                          bias_correction=bool(settings["bias_correction"]), rounding=settings["rounding"],
+                          depthwise_bits=settings["depthwise_bits"] or None,
+                          info={"calibration": kind, "seed": settings["seed"]})
+    return {"model": qmodel, "seconds": time.perf_counter() - t0}
+
+
+def transcribe_shard(model_path: str, model_sha: str, quantized, utts: list, batch_size: int, threads: int | None):
+    """Transcripts of `utts` (whole batches of the full set's length-sorted order) by the quantized
+    model, or by the float model when `quantized` is None."""
+    from .evaluate import transcribe
+
+    _threads(threads)
+    model = quantized["model"] if quantized is not None else _float_model(model_path, model_sha)
+    t0 = time.perf_counter()
+    hyps = transcribe(model, utts, batch_size=batch_size, progress=False)
+    return {"hyps": hyps, "seconds": time.perf_counter() - t0}
+
+
+def score(model, utts: list, hyps: list) -> dict:
+    """What ``evaluate.evaluate`` reports, from transcripts made elsewhere (the shards)."""
+    from .evaluate import phoneme_config, phoneme_references
+    from .text import token_error_summary, wer_summary
+
+    if phoneme_config(model):
+        refs = phoneme_references(model, [u.text for u in utts])
+        out = token_error_summary(refs, hyps, name="per", unit="phonemes")
+        out["transcripts"] = [{"id": u.id, "ref": " ".join(r), "hyp": " ".join(h)} for u, r, h in zip(utts, refs, hyps)]
+        return out
+    out = wer_summary([u.text for u in utts], hyps)
+    out["transcripts"] = [{"id": u.id, "ref": u.text, "hyp": h} for u, h in zip(utts, hyps)]
+    return out
+
+
+def finish_cell(model_path: str, model_sha: str, base: dict, utts: list, shards: list, cell_file: str,
+                threads: int | None, quantized, n_synth: int, *results) -> dict:
+    """Merge the shards' transcripts (back in the set's order), score, and write the cell file
+    (row + transcripts) atomically. `results`: the cell's synthetic batches, then its shards.
+    Returns the row."""
+    synth, shard_results = results[:n_synth], results[n_synth:]
+    from .models.checkpoint import atomic_write_bytes
+    from .provenance import code_version, machine
+    from .tables import tidy_row
+
+    model = _float_model(model_path, model_sha)
+    hyps: list = [None] * len(utts)
+    for idx, res in zip(shards, shard_results):
+        for i, h in zip(idx, res["hyps"]):
+            hyps[i] = h
+    summary = score(model, utts, hyps)
+    summary["seconds"] = round(sum(r["seconds"] for r in shard_results), 3)
+    quantize_s = quantized["seconds"] if quantized is not None else 0.0
+    synth_s = sum(b["seconds"] for b in synth if b["generated"])
+    timing = {"quantize_seconds": round(quantize_s, 2), "synth_seconds": round(synth_s, 2),
+              "calib_seconds": round(quantize_s + synth_s, 1), "eval_shards": len(shards)}
+    if synth:
+        timing["synth_final_loss"] = float(sum(b["final_loss"] for b in synth) / len(synth))
+    code = code_version()
+    where = {"code_version": code["version"], "code_commit": code["commit"], "code_dirty": code["dirty"],
+             **machine(), "torch_threads": threads or "default", "host": os.uname().nodename}
+    row = tidy_row(base, summary, model, {**timing, **where})
+    blob = {"row": row, "transcripts": summary["transcripts"]}
+    atomic_write_bytes(cell_file, lambda f: f.write(json.dumps(blob, indent=1, default=str).encode()))
+    return row
+
+
+# --------------------------------------------------------------------------- planning
+
+def content_key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def shards_of(utts: list, batch_size: int, shard_utterances: int | None) -> list[list[int]]:
+    """Utterance indices per shard: consecutive whole batches of the length-sorted order (what
+    ``evaluate.transcribe`` decodes together), about `shard_utterances` each (None: one shard)."""
+    from .evaluate import length_sorted_batches
+
+    batches = length_sorted_batches(utts, batch_size)
+    per = max(1, (shard_utterances or len(utts)) // batch_size)
+    return [sum(batches[i:i + per], []) for i in range(0, len(batches), per)]
+
+
+@dataclass
+class Cell:
+    settings: dict       # the grid settings of the row (tables.KEY)
+    key: str             # hash of settings + model sha256 + evaluation-set fingerprint: the resume key
+    label: str
+
+
+def add_cell(graph: Graph, cell: Cell, *, model_path: str, model_sha: str, base: dict, utts: list,
+             shards: list, cell_file: Path, cache_dir: str, threads: int | None, synth_params: dict | None,
+             real: Ref | None, batch_size: int) -> str:
+    """The tasks of one cell; returns the key of its final task."""
+    s = cell.settings
+    synth: list = []
+    quantized = None
+    if s["calibration"] != "none":
+        if s["calibration"] == "synthetic":
+            for i in range(s["calib_batches"]):
+                name = f"synth-batch-{content_key(model_sha, synth_params, i)}"
+                synth.append(graph.add(name, synth_batch, model_path, model_sha, synth_params, i, cache_dir, threads))
+        deps = synth if s["calibration"] == "synthetic" else ([real] if s["calibration"] == "real" else [])
+        quantized = graph.add(f"quantize-{cell.key}", quantize_cell, model_path, model_sha, s, threads, *deps)
+    shard_refs = [graph.add(f"shard-{cell.key}-{j}", transcribe_shard, model_path, model_sha, quantized,
+                            [utts[i] for i in idx], batch_size, threads)
+                  for j, idx in enumerate(shards)]
+    done = f"cell-{cell.key}"
+    graph.add(done, finish_cell, model_path, model_sha, base, utts, shards, str(cell_file), threads, quantized,
+              len(synth), *synth, *shard_refs)
+    return done
+
+
+def start_client(workers: int, scheduler: str | None, progress: bool = True):
+    """(client, cluster or None). A LocalCluster of `workers` single-task processes, or a client of
+    an existing scheduler. Prints the dashboard address."""
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        client, cluster = Client(scheduler), None
+    else:
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0")
+        client = Client(cluster)
+    if progress:
+        n = len(client.scheduler_info().get("workers", {}))
+        print(f"dask: {client.scheduler.address}, {n} worker(s); dashboard: {client.dashboard_link}", flush=True)
+    return client, cluster
+
+
+# --------------------------------------------------------------------------- the paper's protocol
+
+# Kim et al., section 3: 20 synthetic batches of 8 (T = 500 frames, as the reference code's
+# example), Adam lr in {0.03, 0.04, 0.05, 0.06} for {200, 250} iterations, W8A8 and W6A8, 4 runs
+# each, min/max ranges, evaluated on dev-clean/dev-other/test-clean/test-other (hyper-parameters
+# chosen on the dev sets); random calibration (Table 2's ablation) at the same widths and seeds.
+PAPER_PROFILE = {"splits": ("dev-clean", "dev-other", "test-clean", "test-other"), "bits": ((8, 8), (6, 8)),
+                 "seeds": (0, 1, 2, 3), "lrs": (0.03, 0.04, 0.05, 0.06), "iterations": (200, 250),
+                 "n_batches": 20, "batch_size": 8, "frames": 500}
+SPLIT_UTTERANCES = {"dev-clean": 2703, "dev-other": 2864, "test-clean": 2620, "test-other": 2939}
+
+
+def paper_specs(profile: dict = PAPER_PROFILE) -> list:
+    """One GridSpec per synthesis setting (lr x iterations); the first also holds the random rows."""
+    from .tables import GridSpec
+
+    specs = []
+    for n, (lr, iters) in enumerate((lr, it) for lr in profile["lrs"] for it in profile["iterations"]):
+        synth = {"n_batches": profile["n_batches"], "batch_size": profile["batch_size"], "frames": profile["frames"],
+                 "iterations": iters, "lr": lr}
+        specs.append(GridSpec(bits=tuple(profile["bits"]), seeds=tuple(profile["seeds"]), synth=synth,
+                              calibrations=("synthetic", "random") if n == 0 else ("synthetic",),
+                              random_batches=profile["n_batches"], random_frames=profile["frames"]))
+    return specs
+
+
+def paper_cost(seconds_per_iteration: float, seconds_per_utterance: float, profile: dict = PAPER_PROFILE) -> dict:
+    """Expected compute of the paper profile from two measured rates (one task's wall time):
+    an Adam iteration of one synthetic batch, and the integer model's evaluation per utterance."""
+    specs = paper_specs(profile)
+    iterations = sum(profile["n_batches"] * len(profile["seeds"]) * s.synth["iterations"] for s in specs)
+    utts = sum(SPLIT_UTTERANCES[s] for s in profile["splits"])
+    cells = sum(len(s.calibrations) * len(s.seeds) * len(s.bits) for s in specs) + 1   # + FP32
+    out = {"synthetic_batches": profile["n_batches"] * len(profile["seeds"]) * len(specs),
+           "adam_iterations": iterations, "cells_per_split": cells, "evaluated_utterances": cells * utts,
+           "synthesis_hours": iterations * seconds_per_iteration / 3600,
+           "evaluation_hours": cells * utts * seconds_per_utterance / 3600}
+    out["total_hours"] = out["synthesis_hours"] + out["evaluation_hours"]
+    return out
+
+
+def run_paper_profile(model_path, data_root, out_dir, cache_dir, progress=True, **run_kw) -> None:
+    """Every split x synthesis setting of PAPER_PROFILE into out_dir/paper_<split>.csv (one
+    client for all: synthetic batches shared by the splits run once). Splits missing under
+    data_root are downloaded (data.download_librispeech)."""
+    from .data import download_librispeech
+    from .tables import run_grid
+
+    client = cluster = None
+    if run_kw.get("workers", 1) > 1 or run_kw.get("scheduler"):
+        client, cluster = start_client(run_kw.pop("workers", 1), run_kw.pop("scheduler", None), progress)
+    try:
+        for split in PAPER_PROFILE["splits"]:
+            folder = download_librispeech(split, data_root)   # data_root/LibriSpeech/<split>; kept if there
+            for spec in paper_specs():
+                run_grid(model_path, folder, Path(out_dir) / f"paper_{split}.csv", spec, cache_dir=cache_dir,
+                         progress=progress, client=client, **run_kw)
+    finally:
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()

@@ -1,0 +1,88 @@
+#!/usr/bin/env python
+"""Issue 15's benchmark: the same 2 x 2 x 2 grid with `asrquant grid --workers 1` (serial, in one
+process) and `--workers 2` (Dask LocalCluster), each from an empty output and synthetic cache
+folder; wall time of each command, and whether the rows are the same.
+
+    .venv/bin/python tools/bench_dask_grid.py --out results/dask_grid_bench.json
+
+Rows are compared on the settings, provenance of model and data, and every result column
+(WER, CER, errors, CI, size, BOPs); timing and machine columns differ by nature and are left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "lib"))
+
+GRID = ["--bits", "8/8", "6/8", "--calibrations", "synthetic", "random", "--seeds", "0", "1", "--limit", "8"]
+COMPARED = ["model", "w_bits", "a_bits", "calibration", "seed", "cell_key", "model_sha256", "eval_sha256",
+            "wer", "cer", "words", "word_errors", "ci95_lo", "ci95_hi", "size_mb", "bops_t"]
+
+
+def loadavg() -> list[float]:
+    return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
+
+
+def main() -> int:
+    from asrquant import paths
+    from asrquant.provenance import code_version, file_sha256, machine
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=str(paths.restored_model()))
+    p.add_argument("--data", default=str(paths.librispeech("test-other")))
+    p.add_argument("--iterations", type=int, default=20)
+    p.add_argument("--frames", type=int, default=200)
+    p.add_argument("--order", nargs="+", type=int, default=[1, 2], help="worker counts, run in this order")
+    p.add_argument("--work", default=str(paths.build_dir() / "dask_grid_bench"))
+    p.add_argument("--out", default=str(ROOT / "results" / "dask_grid_bench.json"))
+    args = p.parse_args()
+
+    extra = ["--iterations", str(args.iterations), "--synth-frames", str(args.frames)]
+    work = Path(args.work)
+    runs = []
+    for i, workers in enumerate(args.order):
+        folder = work / f"run{i}_workers{workers}"
+        shutil.rmtree(folder, ignore_errors=True)   # empty results and synthetic cache: everything computed
+        cmd = [str(ROOT / ".venv" / "bin" / "asrquant"), "grid", "--model", args.model, "--data", args.data, *GRID,
+               *extra, "--workers", str(workers), "--out", str(folder / "grid.csv"), "--cache-dir", str(folder / "cache")]
+        before = loadavg()
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        wall = time.perf_counter() - t0
+        (folder / "log.txt").write_text(proc.stdout + proc.stderr)
+        if proc.returncode != 0:
+            raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}); log: {folder / 'log.txt'}")
+        runs.append({"workers": workers, "wall_seconds": round(wall, 1), "loadavg_before": before,
+                     "loadavg_after": loadavg(), "command": " ".join(cmd), "csv": str(folder / "grid.csv")})
+        print(f"workers {workers}: {wall:.1f} s", flush=True)
+
+    frames = [pd.read_csv(r["csv"]).sort_values("cell_key").reset_index(drop=True)[COMPARED] for r in runs]
+    same = all(f.equals(frames[0]) for f in frames[1:])
+    diff = [] if same else frames[0].compare(frames[1]).to_dict(orient="index")
+    by = {}
+    for r in runs:
+        by.setdefault(r["workers"], []).append(r["wall_seconds"])
+    report = {"grid": " ".join(GRID + extra), "model": args.model, "model_sha256": file_sha256(args.model),
+              "rows": len(frames[0]), "rows_identical": same, "differences": diff, "runs": runs,
+              "wall_seconds_by_workers": by, "machine": machine(), "code": code_version(),
+              "note": "each run starts from an empty synthetic cache and output folder; the machine is shared with "
+                      "other jobs (loadavg before/after each run)"}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=1, default=str) + "\n")
+    print(json.dumps({k: report[k] for k in ("rows", "rows_identical", "wall_seconds_by_workers")}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
