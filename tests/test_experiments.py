@@ -317,3 +317,22 @@ def test_conformer_layer_table_matches_a_real_forward_pass():
         df = ex.layer_table(model, seconds=seconds)
         table = {r["name"]: r["macs"] for _, r in df.iterrows() if r["kind"] not in ("attention", "layernorm", "pos_bias")}
         assert table == seen
+
+
+def test_op_counts_results_file_carries_counts_and_provenance(tmp_path):
+    """`python -m asrquant.experiments --out F` (issue 12): the README's size / BOPs figures with
+    the config hash, counting settings, code version and machine on every row."""
+    import pandas as pd
+
+    from asrquant.experiments import bops, main, meta_model, model_size_mb
+
+    out = tmp_path / "op_counts.csv"
+    assert main(["--out", str(out)]) == 0
+    df = pd.read_csv(out)
+    qn = df[(df.model == "QuartzNet15x5") & (df.w_bits == 8) & (df.a_bits == 8)].iloc[0]
+    model = meta_model("quartznet15x5")
+    assert qn.bops_t == pytest.approx(bops(model, 8, 8) / 1e12) and qn.size_mb == pytest.approx(model_size_mb(model, 8))
+    assert len(df) == 10 and df.config_sha256.str.len().eq(64).all()
+    assert df.config_sha256.nunique() == 3 and (df.seconds == 10.0).all()
+    for col in ("code_version", "code_commit", "cpu", "threads", "torch"):
+        assert df[col].notna().all(), col

@@ -108,7 +108,7 @@ from torch import nn
 
 __all__ = [
     "MIB", "meta_model", "input_frames", "layer_table", "param_count", "macs", "bops",
-    "model_size_mb", "table1_comparison", "paper_table_rows", "PAPER_TABLE1",
+    "model_size_mb", "table1_comparison", "paper_table_rows", "PAPER_TABLE1", "write_op_counts",
 ]
 
 MIB = 2 ** 20
@@ -398,6 +398,51 @@ def table1_comparison(settings=((32, 32), (8, 8), (6, 8)), conformer: bool = Fal
     return pd.DataFrame(rows)
 
 
+OP_COUNT_SETTINGS = ((32, 32), (8, 8), (6, 8), (4, 8))
+
+
+def write_op_counts(path: str | Path, seconds: float = 10.0, pad_to: int = 0) -> pd.DataFrame:
+    """Write ``table1_comparison`` (QuartzNet-15x5, JasperDR-10x5 at OP_COUNT_SETTINGS, Conformer-
+    Large at the paper's) to a CSV, each row with its provenance: the sha256 of the architecture
+    config counted (no weights are involved), the counting settings, the code version and commit,
+    and the machine (asrquant.provenance). Returns the table."""
+    import hashlib
+    import json
+
+    from .models.checkpoint import atomic_write_bytes
+    from .models.configs import config_for
+    from .provenance import provenance
+
+    df = table1_comparison(settings=OP_COUNT_SETTINGS, conformer=True, seconds=seconds, pad_to=pad_to)
+    config_sha = {shown: hashlib.sha256(json.dumps(config_for(name), sort_keys=True, default=str).encode()).hexdigest()
+                  for name, shown in _MODEL_NAMES.items()}
+    df.insert(1, "config_sha256", df["model"].map(config_sha))
+    prov = provenance(settings={"seconds": seconds, "sample_rate": 16000, "pad_to": pad_to,
+                                "size_unit": "MiB", "bops_unit": "1e12"})
+    for k, v in prov.items():
+        df[k] = v
+    text = df.to_csv(index=False)
+    atomic_write_bytes(path, lambda f: f.write(text.encode()))
+    return df
+
+
+def main(argv=None) -> int:
+    """``python -m asrquant.experiments [--out results/op_counts.csv]``: the op-count results file."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m asrquant.experiments",
+                                 description="model size and BOPs (paper Table 1) -> CSV with provenance")
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parents[2] / "results" / "op_counts.csv"))
+    ap.add_argument("--seconds", type=float, default=10.0, help="input length the BOPs are counted for")
+    ap.add_argument("--pad-to", type=int, default=0, help="count frames padded to a multiple of this (NeMo: 16)")
+    args = ap.parse_args(argv)
+    df = write_op_counts(args.out, args.seconds, args.pad_to)
+    cols = ["model", "w_bits", "a_bits", "size_mb", "paper_size_mb", "bops_t", "paper_bops_t", "bops_rel_err"]
+    print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"wrote {args.out}")
+    return 0
+
+
 def paper_table_rows(path: str | Path | None = None) -> pd.DataFrame | None:
     """The paper's Table 1/2 numbers from data/paper_results.csv (columns table, model, method,
     w_bits, a_bits, split, wer, size_mb, bops_t, source); None if the file is absent."""
@@ -407,3 +452,7 @@ def paper_table_rows(path: str | Path | None = None) -> pd.DataFrame | None:
     if not path.is_file():
         return None
     return pd.read_csv(path)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
