@@ -269,6 +269,10 @@ def test_hostile_and_truncated_aqz_refused_before_reading(work, capsys, tmp_path
     monkeypatch.undo()
     assert not reads and npformat  # the 10 GB header was refused from the header alone
 
+    negative = _hostile_aqz(tmp_path / "negative.aqz", good, _npy_header((-2, -4)) + b"\x00" * 8)
+    rc, out, err = _cli(capsys, "transcribe", "--model", negative, work["files"]["speech"])
+    _assert_clean_error(rc, out, err, "negative.aqz", "negative dimension")
+
     objects = _hostile_aqz(tmp_path / "objects.aqz", good, _npy_header((1,), "|O") + b"\x00" * 8)
     rc, out, err = _cli(capsys, "verify", objects)
     _assert_clean_error(rc, out, err, "objects.aqz", "dtype object")

@@ -494,6 +494,8 @@ def _read_npy(z, path: Path, name: str, member: str):
             shape, fortran, dtype = read_header(f)
         except (ValueError, OSError, EOFError) as e:
             raise CheckpointError(f"{path}: tensor {name!r}: bad .npy header: {e}") from e
+        if any(int(n) < 0 for n in shape):
+            raise CheckpointError(f"{path}: tensor {name!r}: negative dimension in shape {tuple(shape)}")
         if dtype.hasobject or dtype.kind not in _TENSOR_KINDS:
             raise CheckpointError(f"{path}: tensor {name!r}: dtype {dtype} refused (integer, bool or float only)")
         count = 1
