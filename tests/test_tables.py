@@ -1,11 +1,10 @@
 """The experiment grid: tidy rows with provenance, resume by settings + model + data, summary."""
 
-import json
-
 import pandas as pd
 import torch
+from grid_fixtures import tiny_model_and_data
 
-from asrquant.models import save_model
+from asrquant.models import load_model, save_model
 from asrquant.tables import GridSpec, run_grid, summarize
 
 
@@ -18,10 +17,10 @@ def _count_quantize(monkeypatch):
     return calls
 
 
-def test_grid_rows_resume_and_summary(small_quartznet, test_other_dir, tmp_path, monkeypatch):
+def test_grid_rows_resume_and_summary(tmp_path, monkeypatch):
     import asrquant.tables as tables
 
-    model_path = save_model(small_quartznet, tmp_path / "small.nemo")
+    model_path, test_other_dir = tiny_model_and_data(tmp_path)
     csv = tmp_path / "grid.csv"
     spec = GridSpec(bits=((8, 8), (4, 8)), calibrations=("random",), seeds=(0, 1), random_frames=100)
     df = run_grid(model_path, test_other_dir, csv, spec, limit=2, progress=False)
@@ -59,22 +58,22 @@ def test_grid_rows_resume_and_summary(small_quartznet, test_other_dir, tmp_path,
     calls.clear()
     df5 = run_grid(model_path, test_other_dir, csv, spec_bc, limit=3, progress=False)
     assert calls == [(4, 8)] and len(df5) == len(df3) + 2 and set(df5.eval_utterances.astype(int)) == {2, 3}
-    other = small_quartznet
+    other = load_model(model_path)
     with torch.no_grad():
         other.decoder.decoder_layers[0].bias.add_(0.01)
-    other_path = save_model(other, tmp_path / "other" / "small.nemo")   # the same name, other weights
+    other_path = save_model(other, tmp_path / "other" / "tiny.nemo")   # the same name, other weights
     calls.clear()
     df6 = run_grid(other_path, test_other_dir, csv, spec_bc, limit=3, progress=False)
     assert calls == [(4, 8)] and len(df6) == len(df5) + 2 and df6.model_sha256.nunique() == 2
 
 
-def test_legacy_rows_load_and_are_never_reused(small_quartznet, test_other_dir, tmp_path):
+def test_legacy_rows_load_and_are_never_reused(tmp_path):
     import asrquant.tables as tables
 
-    model_path = save_model(small_quartznet, tmp_path / "small.nemo")
+    model_path, test_other_dir = tiny_model_and_data(tmp_path)
     csv = tmp_path / "grid.csv"
     # a committed CSV from before provenance: same model name and settings, a WER no run gives
-    legacy = pd.DataFrame([dict(model="small", w_bits=w, a_bits=a, calibration=c, seed=0, wer=-1.0, words=10,
+    legacy = pd.DataFrame([dict(model="tiny", w_bits=w, a_bits=a, calibration=c, seed=0, wer=-1.0, words=10,
                                 word_errors=-1, ci95_lo=0, ci95_hi=0, size_mb=0, bops_t=0)
                            for w, a, c in [(32, 32, "none"), (8, 8, "random")]])
     legacy.to_csv(csv, index=False)

@@ -224,11 +224,21 @@ def finish_cell(model_path: str, model_sha: str, base: dict, utts: list, shards:
         timing["synth_final_loss"] = float(sum(b["final_loss"] for b in synth) / len(synth))
     code = code_version()
     where = {"code_version": code["version"], "code_commit": code["commit"], "code_dirty": code["dirty"],
-             **machine(), "torch_threads": threads or "default", "host": os.uname().nodename}
+             **machine(), "torch_threads": threads or "default", "host": os.uname().nodename, "worker": _worker_name()}
     row = tidy_row(base, summary, model, {**timing, **where})
     blob = {"row": row, "transcripts": summary["transcripts"]}
     atomic_write_bytes(cell_file, lambda f: f.write(json.dumps(blob, indent=1, default=str).encode()))
     return row
+
+
+def _worker_name() -> str:
+    """The Dask worker that finished the cell ("local": the serial executor)."""
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except (ImportError, ValueError):
+        return "local"
 
 
 # --------------------------------------------------------------------------- planning
