@@ -140,3 +140,19 @@ def test_killed_worker_loses_only_its_cell_and_a_rerun_completes(assets, schedul
     on_disk = pd.read_csv(csv)
     assert len(on_disk) == 9 and on_disk.cell_key.is_unique and len(list(cells.glob("*.json"))) == 9
     pd.testing.assert_frame_equal(_rows(df), _rows(serial))
+
+
+def test_paper_profile_is_the_papers_protocol_and_its_cost_adds_up():
+    from asrquant.gridrun import PAPER_PROFILE, SPLIT_UTTERANCES, paper_cost, paper_specs
+
+    specs = paper_specs()
+    synth = {(s.synth["lr"], s.synth["iterations"]) for s in specs}
+    assert synth == {(lr, it) for lr in (0.03, 0.04, 0.05, 0.06) for it in (200, 250)}
+    assert all(s.synth["n_batches"] == 20 and s.synth["batch_size"] == 8 and s.seeds == (0, 1, 2, 3)
+               and s.bits == ((8, 8), (6, 8)) for s in specs)
+    assert sum("random" in s.calibrations for s in specs) == 1   # the ablation once, not per synthesis setting
+    cost = paper_cost(1.0, 0.0)
+    assert cost["adam_iterations"] == 20 * 4 * 4 * (200 + 250) and cost["evaluation_hours"] == 0
+    assert cost["synthesis_hours"] == cost["adam_iterations"] / 3600
+    utts = sum(SPLIT_UTTERANCES[s] for s in PAPER_PROFILE["splits"])
+    assert paper_cost(0.0, 1.0)["evaluated_utterances"] == (8 * 4 * 2 + 4 * 2 + 1) * utts
