@@ -10,8 +10,8 @@ reader without one. A page fails when
 
 * a formula is left untypeset: a Sphinx math element (`.math`) without MathJax output, or raw
   `\\(`, `\\[` or `$$` in the rendered text outside code;
-* a request fails: a missing image, script or stylesheet (HTTP status >= 400, or a network
-  error), or any request to a remote host;
+* a request fails or an image does not display: a missing image, script or stylesheet (HTTP
+  status >= 400, or a network error), or any request to a remote host;
 * it logs a JavaScript error (an uncaught exception, `console.error`, or an error in the log).
 
 Chromium is driven through the DevTools protocol over a websocket (`websocket-client`), so no
@@ -53,11 +53,20 @@ INSPECT_JS = r"""
   if (mj && mj.startup && mj.startup.promise) {
     try { await mj.startup.promise; } catch (e) { return {error: "MathJax startup failed: " + e}; }
   }
+  // every image loads, including lazy ones below the fold
+  const imgs = Array.from(document.images);
+  await Promise.all(imgs.map(img => {
+    if (img.complete) return null;
+    img.loading = "eager";
+    return new Promise(done => { img.addEventListener("load", done); img.addEventListener("error", done);
+                                 setTimeout(done, 10000); });
+  }));
+  const broken = imgs.filter(img => !img.complete || img.naturalWidth === 0).map(img => img.currentSrc || img.src);
   const maths = Array.from(document.querySelectorAll(".math"));
   const untypeset = maths.filter(el => !el.querySelector("mjx-container") && !el.closest("mjx-container"))
                          .map(el => el.textContent.trim().slice(0, 80));
   const raw = [];
-  if (!document.body) return {maths: maths.length, untypeset: untypeset, raw: raw};
+  if (!document.body) return {maths: maths.length, untypeset: untypeset, raw: raw, broken: broken};
   const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
   const skip = "pre, code, script, style, textarea, mjx-container, .highlight, .math";
   for (let n = walker.nextNode(); n; n = walker.nextNode()) {
@@ -69,7 +78,7 @@ INSPECT_JS = r"""
       if (i >= 0) { raw.push(t.slice(Math.max(0, i - 30), i + 50).replace(/\s+/g, " ").trim()); break; }
     }
   }
-  return {maths: maths.length, untypeset: untypeset, raw: raw};
+  return {maths: maths.length, untypeset: untypeset, raw: raw, broken: broken};
 })()
 """
 
@@ -201,6 +210,8 @@ def page_problems(browser: Browser, url: str, origin: str) -> tuple[list[str], i
         problems.append(f"formula left untypeset: {tex!r}")
     for text in value.get("raw", []):
         problems.append(f"raw TeX in the page text: {text!r}")
+    for src in value.get("broken", []):
+        problems.append(f"image not shown: {src}")
     requests: dict[str, str] = {}
     for e in browser.events:
         method, p = e["method"], e.get("params", {})
