@@ -143,7 +143,7 @@ def test_killed_worker_loses_only_its_cell_and_a_rerun_completes(assets, schedul
 
 
 def test_paper_profile_is_the_papers_protocol_and_its_cost_adds_up():
-    from asrquant.gridrun import PAPER_PROFILE, SPLIT_UTTERANCES, paper_cost, paper_specs
+    from asrquant.tables import PAPER_PROFILE, SPLIT_UTTERANCES, paper_cost, paper_specs
 
     specs = paper_specs()
     synth = {(s.synth["lr"], s.synth["iterations"]) for s in specs}

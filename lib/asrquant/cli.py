@@ -263,7 +263,7 @@ def cmd_grid(args) -> int:
     run_kw = dict(workers=args.workers, scheduler=args.scheduler, threads=args.threads,
                   shard_utterances=args.shard_utterances)
     if args.profile == "paper":
-        from .gridrun import run_paper_profile
+        from .tables import run_paper_profile
 
         run_paper_profile(args.model, args.paper_data, Path(args.out).parent, args.cache_dir, not args.quiet, **run_kw)
         return 0
@@ -393,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--shard-utterances", type=int, default=200,
                    help="Dask: evaluation shard size in utterances (whole batches of 8)")
     g.add_argument("--profile", choices=["paper"], default=None,
-                   help="paper: Kim et al.'s protocol (gridrun.PAPER_PROFILE; days of CPU, meant for a cluster), "
+                   help="paper: Kim et al.'s protocol (tables.PAPER_PROFILE; days of CPU, meant for a cluster), "
                         "one CSV per split beside --out")
     g.add_argument("--paper-data", default=str(paths.shared_dir() / "data"),
                    help="--profile paper: folder holding LibriSpeech/<split> (missing splits are downloaded)")

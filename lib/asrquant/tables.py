@@ -7,6 +7,7 @@ the code version and the machine that computed it (``provenance``). The resume k
 the cells already computed with the same model, data and settings, and recomputes the others.
 Rows written before provenance existed (committed CSVs) load with "unknown" there and are never
 taken as done. The cells run as tasks (``gridrun``): serially here, or on Dask distributed.
+``PAPER_PROFILE``: the paper's whole protocol as grid specs, with its expected cost.
 """
 
 from __future__ import annotations
@@ -57,25 +58,6 @@ class GridSpec:
 
 def _load(csv: Path) -> pd.DataFrame:
     return _load_frame(pd.read_csv(csv)) if csv.is_file() else pd.DataFrame(columns=KEY)
-
-
-def tidy_row(settings: dict, summary: dict, model, extra: dict) -> dict:
-    """One tidy row. Word models carry WER/CER over words; phoneme models (hama) carry PER over
-    phonemes in the same columns' places: `metric` says which (wer or per), `error_rate` the value."""
-    from .experiments import bops, model_size_mb
-
-    lo, hi = summary["ci95"]
-    if "per" in summary:
-        metric = {"metric": "per", "error_rate": summary["per"], "per": summary["per"], "units": summary["phonemes"],
-                  "unit_errors": summary["phoneme_errors"]}
-    else:
-        metric = {"metric": "wer", "error_rate": summary["wer"], "wer": summary["wer"], "cer": summary["cer"],
-                  "words": summary["words"], "word_errors": summary["word_errors"], "units": summary["words"],
-                  "unit_errors": summary["word_errors"]}
-    w, a = settings["w_bits"], settings["a_bits"]
-    return {**settings, **metric, "utterances": summary["utterances"], "ci95_lo": lo, "ci95_hi": hi,
-            "size_mb": round(model_size_mb(model, w, depthwise_bits=settings["depthwise_bits"] or None), 2),
-            "bops_t": round(bops(model, w, a) / 1e12, 3), "eval_seconds": summary["seconds"], **extra}
 
 
 def calibration_settings(spec: GridSpec, calibration: str, model=None, real_fingerprint: dict | None = None) -> dict:
@@ -362,3 +344,65 @@ def load_or_run_grid(model_path, eval_dir, calib_dir, cache_dir, calibrations, b
     df = paper_method_rows(df)
     df = df[df["model"] == model]
     return df.reset_index(drop=True), f"quick grid ({quick}, {limit or 'all'} utterances)"
+
+
+# --------------------------------------------------------------------------- the paper's protocol
+
+# Kim et al., section 3: 20 synthetic batches of 8 (T = 500 frames, as the reference code's
+# example), Adam lr in {0.03, 0.04, 0.05, 0.06} for {200, 250} iterations, W8A8 and W6A8, 4 runs
+# each, min/max ranges, evaluated on dev-clean/dev-other/test-clean/test-other (hyper-parameters
+# chosen on the dev sets); random calibration (Table 2's ablation) at the same widths and seeds.
+PAPER_PROFILE = {"splits": ("dev-clean", "dev-other", "test-clean", "test-other"), "bits": ((8, 8), (6, 8)),
+                 "seeds": (0, 1, 2, 3), "lrs": (0.03, 0.04, 0.05, 0.06), "iterations": (200, 250),
+                 "n_batches": 20, "batch_size": 8, "frames": 500}
+SPLIT_UTTERANCES = {"dev-clean": 2703, "dev-other": 2864, "test-clean": 2620, "test-other": 2939}
+
+
+def paper_specs(profile: dict = PAPER_PROFILE) -> list:
+    """One GridSpec per synthesis setting (lr x iterations); the first also holds the random rows."""
+    specs = []
+    for n, (lr, iters) in enumerate((lr, it) for lr in profile["lrs"] for it in profile["iterations"]):
+        synth = {"n_batches": profile["n_batches"], "batch_size": profile["batch_size"], "frames": profile["frames"],
+                 "iterations": iters, "lr": lr}
+        specs.append(GridSpec(bits=tuple(profile["bits"]), seeds=tuple(profile["seeds"]), synth=synth,
+                              calibrations=("synthetic", "random") if n == 0 else ("synthetic",),
+                              random_batches=profile["n_batches"], random_frames=profile["frames"]))
+    return specs
+
+
+def paper_cost(seconds_per_iteration: float, seconds_per_utterance: float, profile: dict = PAPER_PROFILE) -> dict:
+    """Expected compute of the paper profile from two measured rates (one task's wall time):
+    an Adam iteration of one synthetic batch, and the integer model's evaluation per utterance."""
+    specs = paper_specs(profile)
+    iterations = sum(profile["n_batches"] * len(profile["seeds"]) * s.synth["iterations"] for s in specs)
+    utts = sum(SPLIT_UTTERANCES[s] for s in profile["splits"])
+    cells = sum(len(s.calibrations) * len(s.seeds) * len(s.bits) for s in specs) + 1   # + FP32
+    out = {"synthetic_batches": profile["n_batches"] * len(profile["seeds"]) * len(specs),
+           "adam_iterations": iterations, "cells_per_split": cells, "evaluated_utterances": cells * utts,
+           "synthesis_hours": iterations * seconds_per_iteration / 3600,
+           "evaluation_hours": cells * utts * seconds_per_utterance / 3600}
+    out["total_hours"] = out["synthesis_hours"] + out["evaluation_hours"]
+    return out
+
+
+def run_paper_profile(model_path, data_root, out_dir, cache_dir, progress=True, **run_kw) -> None:
+    """Every split x synthesis setting of PAPER_PROFILE into out_dir/paper_<split>.csv (one
+    client for all: synthetic batches shared by the splits run once). Splits missing under
+    data_root are downloaded (data.download_librispeech)."""
+    from .data import download_librispeech
+    from .gridrun import start_client
+
+    client = cluster = None
+    if run_kw.get("workers", 1) > 1 or run_kw.get("scheduler"):
+        client, cluster = start_client(run_kw.pop("workers", 1), run_kw.pop("scheduler", None), progress)
+    try:
+        for split in PAPER_PROFILE["splits"]:
+            folder = download_librispeech(split, data_root)   # data_root/LibriSpeech/<split>; kept if there
+            for spec in paper_specs():
+                run_grid(model_path, folder, Path(out_dir) / f"paper_{split}.csv", spec, cache_dir=cache_dir,
+                         progress=progress, client=client, **run_kw)
+    finally:
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
