@@ -231,6 +231,11 @@ def test_cli_quantize_verify_evaluate(small_quartznet, tmp_path, capsys):
     for name, r in rep["backends"].items():  # every backend either ran bit-exact or says why it could not
         assert r["bit_exact"] is True or r["skipped"], (name, r)
     assert rep["backends"]["numpy"]["bit_exact"] is True
+    from asrquant.provenance import file_sha256  # issue 12: the report says what it verified, where
+
+    prov = rep["provenance"]
+    assert prov["model_sha256"] == file_sha256(out) and prov["eval_utterances"] == 2 and prov["eval_words"] == 6
+    assert prov["crop_seconds"] == 3 and prov["code_commit"] and prov["cpu"]
     res = tmp_path / "eval.json"
     assert cli_main(["evaluate", "--model", str(out), "--data", str(test_other_dir), "--limit", "2",
                      "--quiet", "--json", str(res)]) == 0

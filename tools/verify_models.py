@@ -16,7 +16,9 @@
   weights, seed 0; BatchNorm statistics from one training-mode pass over 8 train-clean-100
   utterances cropped to 4 s), W8A8, real calibration on 8 others.
 Each report: float-free forward, every backend against the torch reference on a padded batch of 3
-test-other utterances (cropped to --seconds), batch/padding invariance (verify.verify).
+test-other utterances (cropped to --seconds), batch/padding invariance (verify.verify), and its
+provenance (asrquant.provenance: the model file's sha256 where the model is a file, the verified
+utterances' fingerprint, the settings, code version and commit, machine).
 """
 from __future__ import annotations
 
@@ -37,12 +39,17 @@ from asrquant.quantize import quantize
 from asrquant.verify import verify
 
 
-def _report(name, qmodel, batch, seconds, out: Path, extra: dict) -> bool:
+def _report(name, qmodel, batch, seconds, out: Path, extra: dict, model_path=None, utts=None) -> bool:
+    from asrquant.models.checkpoint import atomic_write_bytes
+    from asrquant.provenance import provenance
+
     t = time.time()
     rep = verify(qmodel, *batch, max_seconds=seconds)
     rep.update(extra, model=name, verify_seconds=round(time.time() - t, 1))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(rep, indent=1, default=str))
+    rep["provenance"] = provenance(model_path, utts, {"report": name, "crop_seconds": seconds, **extra,
+                                                      "model_file": str(model_path) if model_path else "none (built here)"})
+    text = json.dumps(rep, indent=1, default=str)
+    atomic_write_bytes(out / f"{name}.json", lambda f: f.write(text.encode()))
     exact = {k: v.get("bit_exact") if not v.get("skipped") else "skipped: " + v["skipped"]
              for k, v in rep["backends"].items()}
     print(f"{name}: passed={rep['passed']} float_free={rep['float_free']['passed']} backends={exact} "
@@ -64,7 +71,8 @@ def main(argv=None) -> int:
     p.add_argument("--hama", default="build/conformer_hama.nemo")
     args = p.parse_args(argv)
     out = Path(args.out)
-    batch = load_batch(load_dataset(args.test, require_text=False, limit=3))
+    utts = load_dataset(args.test, require_text=False, limit=3)
+    batch = load_batch(utts)
     ok = True
     if not args.skip_quartznet:
         model = load_model(args.model)
@@ -73,7 +81,8 @@ def main(argv=None) -> int:
         for w in (8, 6):
             q = quantize(model, synth, w, 8, info={"calibration": "synthetic", "seed": 0})
             ok &= _report(f"quartznet15x5_w{w}a8_synthetic", q, batch, args.seconds, out,
-                          {"calibration": f"synthetic (1 x 8 x 500, {args.iterations} iterations, seed 0)"})
+                          {"calibration": f"synthetic (1 x 8 x 500, {args.iterations} iterations, seed 0)"},
+                          args.model, utts)
     if not args.skip_jasper:
         torch.manual_seed(0)
         jasper = ConvASR(config_for("jasperdr10x5")).eval()
@@ -85,14 +94,14 @@ def main(argv=None) -> int:
         q = quantize(jasper, calib, 8, 8, info={"calibration": "real", "seed": 0})
         ok &= _report("jasperdr10x5_w8a8_real", q, batch, args.seconds, out,
                       {"calibration": "real (the longer 8 of 16 train-clean-100 utterances), random weights, "
-                                     "BN statistics from the first 8 (4 s crops)"})
+                                     "BN statistics from the first 8 (4 s crops)"}, None, utts)
     if not args.skip_conformers:
         hama = load_model(args.hama)
         synth = calibration_batches(hama, "synthetic", seed=0, n_batches=1, batch_size=8, frames=500,
                                     model_path=args.hama)
         q = quantize(hama, synth, 8, 8, info={"calibration": "synthetic", "seed": 0})
         ok &= _report("conformer_hama_w8a8_synthetic", q, batch, args.seconds, out,
-                      {"calibration": "synthetic (1 x 8 x 500, 200 iterations, seed 0)"})
+                      {"calibration": "synthetic (1 x 8 x 500, 200 iterations, seed 0)"}, args.hama, utts)
         from asrquant.models.conformer import ConformerCTC
         from asrquant.models.configs import conformer_ctc_config
 
@@ -114,7 +123,8 @@ def main(argv=None) -> int:
         q = quantize(nemo, calib, 8, 8, info={"calibration": "real", "seed": 0})
         ok &= _report("conformer_ctc_small_nemo_w8a8_real", q, batch, args.seconds, out,
                       {"calibration": "real (the longer 8 of 16 train-clean-100 utterances), random weights, "
-                                      "BN statistics from one training-mode pass over the first 8 (4 s crops)"})
+                                      "BN statistics from one training-mode pass over the first 8 (4 s crops)"},
+                      None, utts)
     return 0 if ok else 1
 
 

@@ -242,6 +242,12 @@ def cmd_verify(args) -> int:
           f"{bi['transcripts_identical']})")
     print(f"int64 accumulator layers: {report['int64_accumulator_layers'] or 'none'}")
     print(f"verify: {'PASS' if report['passed'] else 'FAIL'}")
+    if args.json:
+        from .provenance import provenance
+
+        report["provenance"] = provenance(args.model, utts, {
+            "utterances": args.utterances, "crop_seconds": args.seconds, "numpy_utterances": args.numpy_utterances,
+            "backends": " ".join(args.backends or []) or "all", "verify_threads": args.threads})
     _write_json(args.json, report)
     return 0 if report["passed"] else 1
 
