@@ -428,7 +428,7 @@ static uint8_t *align64(uint8_t *p) { return p + ((64 - ((uintptr_t)p & 63)) & 6
 """)
     # frame counts of every activation, from the input's frames
     emit("/* T[i]: frames of activation i for an input of T0 frames; x4_rows: the x4 copy's largest use */")
-    emit("static int shapes(long T0, long *T, long *x4_bytes) {")
+    emit("static int shapes(long *T, long *x4_bytes) {   /* T[0]: the input frames */")
     emit("    long need = 0;")
     for step in lw.steps:
         if step[0] == "group":
@@ -450,7 +450,7 @@ static uint8_t *align64(uint8_t *p) { return p + ((64 - ((uintptr_t)p & 63)) & 6
                     emit(f"    if (({rows}) * {src.cp * 4}L > need) need = ({rows}) * {src.cp * 4}L;")
     emit("    *x4_bytes = need;\n    return 0;\n}\n")
     emit("long asrq_out_frames(long frames) {\n    long T[NACT], x4;\n    T[0] = frames;\n"
-         f"    return shapes(frames, T, &x4) ? 0 : T[{lw.out.index}];\n}}\n")
+         f"    return shapes(T, &x4) ? 0 : T[{lw.out.index}];\n}}\n")
     emit("""void asrq_free(asrq_model *m) {
     if (!m) return;
     for (int s = 0; s < NSLOT; ++s) free(m->slot_mem[s]);
@@ -482,7 +482,7 @@ asrq_model *asrq_load(const char *path, long max_frames, int threads) {
     m->max_frames = max_frames;
     asrq_set_threads(m, threads);
     T[0] = max_frames;
-    if (max_frames < 1 || shapes(max_frames, T, &x4)) {
+    if (max_frames < 1 || shapes(T, &x4)) {
         snprintf(last_error, sizeof last_error, "max_frames %ld: %s", max_frames, asrq_error(ASRQ_ERR_SHORT));
         goto fail;
     }
@@ -533,7 +533,7 @@ fail:
     emit("    if (frames > m->max_frames) return ASRQ_ERR_TOO_LONG;")
     emit("    if (length < 1 || length > frames) return ASRQ_ERR_LENGTH;")
     emit("    T[0] = frames;")
-    emit("    { int rc = shapes(frames, T, &x4_bytes); if (rc) return rc; }")
+    emit("    { int rc = shapes(T, &x4_bytes); if (rc) return rc; }")
     for n, var in lw.lengths.items():
         if var != "L0":
             emit(f"    long {var};")
