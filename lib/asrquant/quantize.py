@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from .models.convasr import ConvASR
 
+#: weight rounding kinds (``--rounding``): round-to-nearest, GPTQ on the calibration Hessians
+#: (quant/gptq.py), learned rounding by block reconstruction (quant/adaround.py)
+ROUNDINGS = ("nearest", "gptq", "adaround")
+
 
 def is_conformer(model) -> bool:
     from .models.conformer import ConformerCTC
@@ -19,13 +23,22 @@ def is_conformer(model) -> bool:
 def quantize(model, batches, weight_bits: int = 8, act_bits: int = 8, *, observer: str = "minmax",
              weight_method: str = "minmax", bias_correction: bool = False, rounding: str = "nearest",
              depthwise_bits: int | None = None, residual_bits: int | None = None, prob_bits: int | None = None,
-             info: dict | None = None):
-    """Calibrate `model` on (mel, lengths) batches and convert it to an integer model."""
+             info: dict | None = None, adaround: dict | None = None, size_budget_mb: float | None = None,
+             progress: bool = True):
+    """Calibrate `model` on (mel, lengths) batches and convert it to an integer model.
+
+    rounding: one of ROUNDINGS. adaround: ``quant.adaround.AdaRoundConfig`` fields plus
+    ``cache_dir`` (where each block's learned codes are kept; None: not cached).
+    size_budget_mb: mixed precision (``quant.mixed_precision``): per-conv weight widths from
+    {4, 6, 8} chosen by sensitivity on the batches so that the weights fit this many MiB."""
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"unknown rounding {rounding!r}; choose from {ROUNDINGS}")
     if is_conformer(model):
         from .convert_conformer import calibrate_conformer, convert_conformer
 
-        unsupported = [flag for flag, on in (("--bias-correction", bias_correction), ("--rounding gptq",
-                       rounding != "nearest"), ("--depthwise-bits", bool(depthwise_bits))) if on]
+        unsupported = [flag for flag, on in (("--bias-correction", bias_correction), (f"--rounding {rounding}",
+                       rounding != "nearest"), ("--depthwise-bits", bool(depthwise_bits)),
+                       ("--size-budget-mb", size_budget_mb is not None)) if on]
         if unsupported:
             raise ValueError(f"{', '.join(unsupported)}: supported for ConvASR models only, not the Conformer")
         observers = calibrate_conformer(model, batches, observer)
@@ -38,6 +51,28 @@ def quantize(model, batches, weight_bits: int = 8, act_bits: int = 8, *, observe
     from .calibration import collect
     from .convert import convert
 
+    from .convert import weight_bits_of
+
+    batches = list(batches)
     stats = collect(model, batches, means=bias_correction, hessians=rounding == "gptq", observer=observer)
+    info = dict(info or {})
+    layer_bits = None
+    if size_budget_mb is not None:
+        from .quant.mixed_precision import allocate_bits, size_mb
+
+        layer_bits = allocate_bits(model, batches, size_budget_mb, weight_method=weight_method, progress=progress)
+        info["size_budget_mb"] = size_budget_mb
+        info["size_mb"] = size_mb(model, lambda conv: weight_bits_of(conv, weight_bits, depthwise_bits, layer_bits))
+    codes = None
+    if rounding == "adaround":
+        from .quant.adaround import AdaRoundConfig, adaround as learn_rounding
+
+        opts = dict(adaround or {})
+        cache_dir = opts.pop("cache_dir", None)
+        cfg = AdaRoundConfig(**opts)
+        codes = learn_rounding(model, batches, stats.observers, act_bits,
+                               lambda conv: weight_bits_of(conv, weight_bits, depthwise_bits, layer_bits),
+                               weight_method, cfg, cache_dir=cache_dir, progress=progress)
+        info["adaround"] = {"iterations": cfg.iterations}
     return convert(model, stats.observers, weight_bits, act_bits, weight_method, info, input_means=stats.input_means,
-                   depthwise_bits=depthwise_bits, hessians=stats.hessians)
+                   depthwise_bits=depthwise_bits, hessians=stats.hessians, codes=codes, layer_bits=layer_bits)

@@ -1,0 +1,403 @@
+"""Learned weight rounding (AdaRound, Nagel et al. 2020), zero-shot: the reconstruction data are
+the synthetic calibration batches.
+
+Every weight of a conv (BatchNorm folded, per-output-channel scale s fixed by the converter's
+min/max rule) may round down or up. AdaRound learns that choice: the soft weight is
+
+    w~ = s * clamp(floor(w / s) + h(V), lo, hi),   h(V) = clamp(sigmoid(V) (zeta - gamma) + gamma, 0, 1)
+
+with one variable V per weight (initialised so that w~ = w), minimising
+
+    || conv(x_q; w~) - conv(x; w) ||^2 / E_0  +  lambda * mean (1 - |2 h(V) - 1|^beta)
+
+(E_0: the same error with round-to-nearest weights, so that one lambda suits every layer) over the
+valid output frames, where x is the conv's input in the float model and x_q its input
+in the *quantized* model: every conv before it already hard-rounded and every activation
+fake-quantized at exactly the integer program's quantization points (depthwise outputs signed,
+ReLU outputs and block outputs unsigned, the residual sum before its clamp). So each conv also
+corrects the error that reaches it (AdaRound's asymmetric reconstruction; BRECQ's sequential
+order). beta is annealed from 20 to 2 after a warm-up so that h(V) is driven to 0 or 1; then the
+rounding is made hard (V >= 0: up). The result is an ordinary integer weight tensor on the same
+grid as round-to-nearest: the integer program does not change.
+
+Cheap by design (2 shared CPU cores): the reconstruction error of one conv is a quadratic form
+in its weights, so the calibration frames enter only through two Gram matrices of the im2col
+columns (H_qq = X_q^T X_q, H_qf = X_q^T X, float64, once per conv) and an iteration costs
+O(Cout n^2) (n = Cin K; depthwise: C K^2) whatever the number of frames. Each block's codes are
+cached (atomically) under `cache_dir / key / block_XX.pt`, key = hash of everything the codes
+depend on, so an interrupted run resumes at the first missing block.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .quantizer import qrange, scale_from_range
+
+ZETA, GAMMA = 1.1, -0.1  # rectified sigmoid stretch (AdaRound)
+CACHE_FORMAT = 1
+MAX_COLUMNS = 4096       # dense convs with more im2col columns keep round-to-nearest (Gram too large)
+
+
+@dataclass
+class AdaRoundConfig:
+    iterations: int = 100        # Adam steps per conv
+    lr: float = 2e-2             # Adam on V
+    reg_weight: float = 1.0      # lambda, on the mean regulariser vs the error relative to nearest rounding
+    beta_start: float = 20.0
+    beta_end: float = 2.0
+    warmup: float = 0.2          # fraction of iterations without the rounding regulariser
+
+
+# --------------------------------------------------------------------------- soft rounding
+
+def rectified_sigmoid(v: torch.Tensor) -> torch.Tensor:
+    return torch.clamp(torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA, 0.0, 1.0)
+
+
+class SoftRounding(nn.Module):
+    """Learned rounding of one weight matrix w [Cout, n] on the grid scale[o] * q, q in qrange(bits)."""
+
+    def __init__(self, w: torch.Tensor, scale: torch.Tensor, bits: int):
+        super().__init__()
+        s = scale.to(torch.float64).reshape(-1, 1)
+        x = w.to(torch.float64) / s
+        floor = torch.floor(x)
+        rest = (x - floor).clamp(0.0, 1.0)
+        # h(V) = rest at the start: the soft weight equals the float weight (inside the range)
+        self.V = nn.Parameter((-torch.log((ZETA - GAMMA) / (rest - GAMMA) - 1.0)).float())
+        self.register_buffer("floor", floor.float())
+        self.register_buffer("scale", s.float())
+        self.register_buffer("floor64", floor)
+        self.lo, self.hi = qrange(bits, signed=True)
+
+    def soft_weight(self) -> torch.Tensor:
+        return torch.clamp(self.floor + rectified_sigmoid(self.V), self.lo, self.hi) * self.scale
+
+    def regulariser(self, beta: float) -> torch.Tensor:
+        return (1.0 - (2.0 * rectified_sigmoid(self.V) - 1.0).abs().pow(beta)).sum()
+
+    def codes(self) -> torch.Tensor:
+        """Hard rounding: up where h(V) >= 1/2 (V >= 0)."""
+        return torch.clamp(self.floor64 + (self.V.detach() >= 0).double(), self.lo, self.hi)
+
+
+def beta_at(it: int, cfg: AdaRoundConfig) -> float | None:
+    """The regulariser's exponent at iteration `it` (None during the warm-up): cosine 20 -> 2."""
+    warm = int(cfg.warmup * cfg.iterations)
+    if it < warm:
+        return None
+    frac = (it - warm) / max(cfg.iterations - warm - 1, 1)
+    return cfg.beta_end + 0.5 * (cfg.beta_start - cfg.beta_end) * (1 + math.cos(math.pi * frac))
+
+
+def learn_rounding(w: torch.Tensor, scale: torch.Tensor, bits: int, Hqq: torch.Tensor, Hqf: torch.Tensor,
+                   cfg: AdaRoundConfig, Hff: torch.Tensor | None = None) -> torch.Tensor:
+    """Integer codes (float64) of w [Cout, n] minimising (w~ Hqq w~^T - 2 w~ Hqf w^T) per row (+ the
+    regulariser). Hqq, Hqf: [n, n] (one input space for all rows) or [Cout, n, n] (depthwise:
+    a space per row), normalised by the number of frames."""
+    soft = SoftRounding(w, scale, bits)
+    per_row = Hqq.dim() == 3
+    Hqq = Hqq.float()
+    # the cross term's target: P = w Hqf^T (row o: Hqf_o w_o for per-row spaces)
+    P = (torch.einsum("onm,om->on", Hqf, w.double()) if per_row else w.double() @ Hqf.T).float()
+    Hff = Hqq.double() if Hff is None else Hff.double()
+    opt = torch.optim.Adam([soft.V], lr=cfg.lr)
+
+    def rec_of(wq):   # || X_q w~^T - X w^T ||^2 / N up to the constant w Hff w^T
+        wH = torch.einsum("on,onm->om", wq, Hqq) if per_row else wq @ Hqq
+        return (wq * (wH - 2.0 * P)).sum()
+
+    # scale-free: the error relative to round-to-nearest's, and the regulariser as a mean, so
+    # that one reg_weight suits every layer whatever its output's magnitude
+    with torch.no_grad():
+        near = torch.clamp(torch.round(w.double() / soft.scale.double()), soft.lo, soft.hi).float() * soft.scale
+        const = (w.double() * (torch.einsum("onm,om->on", Hff, w.double()) if per_row else w.double() @ Hff)).sum()
+        rec0 = max(float(rec_of(near)) + float(const), 1e-30)
+    for it in range(cfg.iterations):
+        rec = (rec_of(soft.soft_weight()) + float(const)) / rec0
+        beta = beta_at(it, cfg)
+        loss = rec if beta is None else rec + cfg.reg_weight * soft.regulariser(beta) / soft.V.numel()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return soft.codes()
+
+
+def reconstruction_error(w_deq: torch.Tensor, w: torch.Tensor, Hqq: torch.Tensor, Hqf: torch.Tensor,
+                         Hff: torch.Tensor) -> float:
+    """|| X_q w_deq^T - X w^T ||^2 / N from the Gram matrices (dense [n, n] only): for tests and logs."""
+    w_deq, w = w_deq.double(), w.double()
+    return float((w_deq @ Hqq * w_deq).sum() - 2 * (w_deq @ Hqf * w).sum() + (w @ Hff * w).sum())
+
+
+# --------------------------------------------------------------------------- Gram matrices
+
+def im2col(x: torch.Tensor, lens: torch.Tensor, conv: nn.Conv1d, out_lens: torch.Tensor) -> torch.Tensor:
+    """Valid output frames' input columns: [C, N, K] (padding and frames past a length zeroed)."""
+    from ..models.convasr import frame_mask
+
+    x = x * frame_mask(lens, x.shape[-1])[:, None, :].to(x.dtype)
+    K = conv.kernel_size[0]
+    xp = F.pad(x, (conv.padding[0], conv.padding[0])).double()
+    span = conv.dilation[0] * (K - 1) + 1
+    u = xp.unfold(2, span, conv.stride[0])[:, :, :, :: conv.dilation[0]]        # [B, C, T_out, K]
+    keep = frame_mask(out_lens, u.shape[2]).reshape(-1)
+    return u.permute(1, 0, 2, 3).reshape(u.shape[1], -1, K)[:, keep]
+
+
+class Grams:
+    """Accumulates H_qq, H_qf (and H_ff) of one conv over batches."""
+
+    def __init__(self, conv: nn.Conv1d):
+        self.conv, self.n = conv, 0
+        self.depthwise = conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
+        self.H: dict = {}
+
+    def add(self, xq, xf, lens, out_lens):
+        cq, cf = im2col(xq, lens, self.conv, out_lens), im2col(xf, lens, self.conv, out_lens)
+        if self.depthwise:    # [C, N, K] -> per channel K x K
+            terms = {"qq": torch.einsum("cnk,cnl->ckl", cq, cq), "qf": torch.einsum("cnk,cnl->ckl", cq, cf),
+                     "ff": torch.einsum("cnk,cnl->ckl", cf, cf)}
+        else:                 # [Cin, N, K] -> [N, Cin*K], column index c*K + k (the weight's layout)
+            aq, af = cq.permute(1, 0, 2).reshape(cq.shape[1], -1), cf.permute(1, 0, 2).reshape(cf.shape[1], -1)
+            terms = {"qq": aq.T @ aq, "qf": aq.T @ af, "ff": af.T @ af}
+        for k, v in terms.items():
+            self.H[k] = self.H[k] + v if k in self.H else v
+        self.n += cq.shape[1]
+
+    def normalised(self) -> dict:
+        return {k: v / max(self.n, 1) for k, v in self.H.items()}
+
+
+def learnable(conv: nn.Conv1d) -> bool:
+    depthwise = conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
+    return depthwise or (conv.groups == 1 and conv.in_channels * conv.kernel_size[0] <= MAX_COLUMNS)
+
+
+# --------------------------------------------------------------------------- the quantized walk
+
+def _fq(x: torch.Tensor, scale: float, bits: int, signed: bool) -> torch.Tensor:
+    lo, hi = qrange(bits, signed)
+    return torch.clamp(torch.round(x / scale), lo, hi) * scale
+
+
+@dataclass
+class FoldedConv:
+    """A conv with BatchNorm folded, its weight scale and width (what the converter will use)."""
+
+    name: str
+    module: nn.Module            # the MaskedConv1d (encoder) or the decoder's nn.Conv1d
+    conv: nn.Conv1d
+    weight: torch.Tensor         # float64 folded
+    bias: torch.Tensor | None    # float64 folded
+    scale: torch.Tensor          # float64 [Cout]
+    bits: int
+
+    def out_lengths(self, lens):
+        return lens if isinstance(self.module, nn.Conv1d) else self.module.output_lengths(lens)
+
+    def run(self, x, lens, w):
+        from ..models.convasr import frame_mask
+
+        c = self.conv
+        x = x * frame_mask(lens, x.shape[-1])[:, None, :].to(x.dtype)
+        y = F.conv1d(x, w.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype), stride=c.stride,
+                     padding=c.padding, dilation=c.dilation, groups=c.groups)
+        return y, self.out_lengths(lens)
+
+
+class QuantizedWalk:
+    """The ConvASR forward with fake-quantized weights and activations at the integer program's
+    quantization points (``convert.convert``'s scales), block by block."""
+
+    def __init__(self, model, observers: dict, act_bits: int, bits_of, weight_method: str = "minmax"):
+        from ..calibration import quant_points
+        from ..convert import _quantize_weight
+        from ..models.convasr import MaskedConv1d
+        from .bn import fold_batchnorm
+
+        self.model, self.act_bits = model, act_bits
+        names = {m: n for n, m in model.named_modules()}
+
+        def act_scale(key, signed):
+            return float(scale_from_range(observers[key].alpha(), act_bits, signed=signed))
+
+        def folded(module, conv, bn):
+            w = conv.weight.detach().double()
+            b = conv.bias.detach().double() if conv.bias is not None else None
+            if bn is not None:
+                w, b = (t.double() for t in fold_batchnorm(w, b, bn))
+            bits = bits_of(conv)
+            _, s_w = _quantize_weight(w, bits, weight_method)
+            return FoldedConv(names[module], module, conv, w, b, s_w, bits)
+
+        self.input_scale = act_scale("input", True)
+        points = quant_points(model)
+        self.blocks = []   # per block: main [(FoldedConv, out_scale, out_signed)], residual [FoldedConv], dense
+        for b, block in enumerate(model.encoder.encoder):
+            layers = list(block.mconv)
+            main = []
+            for i, layer in enumerate(layers):
+                if not isinstance(layer, MaskedConv1d):
+                    continue
+                bn = layers[i + 1] if i + 1 < len(layers) and isinstance(layers[i + 1], nn.BatchNorm1d) else None
+                signed = points[(b, i)] is layer
+                main.append((folded(layer, layer.conv, bn), act_scale((b, i), signed), signed))
+            res = [folded(rconv, rconv.conv, rbn) for rconv, rbn in block.res] if block.res is not None else []
+            self.blocks.append((main, res, block.dense))
+        dec = model.decoder.decoder_layers[0]
+        self.decoder = folded(dec, dec, None)
+
+    def units(self) -> list[list[FoldedConv]]:
+        """Every encoder block's convs (main path, then residual branches), then the decoder."""
+        return [[f for f, _, _ in main] + res for main, res, _ in self.blocks] + [[self.decoder]]
+
+    def quantize_input(self, mel):
+        return _fq(mel, self.input_scale, self.act_bits, True)
+
+    def block(self, b: int, xs: list, lens, weight_of):
+        """Block b on fake-quantized inputs xs; weight_of(FoldedConv, its input, lengths) -> the
+        float weight to use (called in order, so it may learn from the input it is given)."""
+        main, res, dense = self.blocks[b]
+        x, lens_in = xs[-1], lens
+        for n, (f, s_out, signed) in enumerate(main):
+            y, lens = f.run(x, lens, weight_of(f, x, lens))
+            if n < len(main) - 1:
+                x = _fq(y, s_out, self.act_bits, signed)
+        for x_in, f in zip(xs, res):
+            y = y + f.run(x_in, lens_in, weight_of(f, x_in, lens_in))[0]
+        out = _fq(y, main[-1][1], self.act_bits, False)   # ReLU = the unsigned clamp
+        return (xs + [out] if dense else [out]), lens
+
+    def logits(self, x, lens, weight_of):
+        return self.decoder.run(x, lens, weight_of(self.decoder, x, lens))[0]
+
+
+# --------------------------------------------------------------------------- cache key
+
+def _digest(*parts) -> str:
+    h = hashlib.sha256()
+    for t in parts:
+        if isinstance(t, torch.Tensor):
+            h.update(t.detach().contiguous().cpu().numpy().tobytes())
+        else:
+            h.update(json.dumps(t, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def cache_key(walk: QuantizedWalk, batches, cfg: AdaRoundConfig) -> str:
+    parts = [{"format": CACHE_FORMAT, "cfg": asdict(cfg), "act_bits": walk.act_bits, "input": walk.input_scale,
+              "blocks": [[(f.name, f.bits, s, sg) for f, s, sg in main] for main, _, _ in walk.blocks]}]
+    for unit in walk.units():
+        for f in unit:
+            parts += [f.name, f.bits, f.weight.float(), f.scale.float()]
+    for mel, lens in batches:
+        parts += [mel.float(), lens]
+    return _digest(*parts)
+
+
+# --------------------------------------------------------------------------- the loop
+
+def _dequantized(f: FoldedConv, codes: torch.Tensor) -> torch.Tensor:
+    return codes.reshape(f.weight.shape) * f.scale.reshape(-1, 1, 1)
+
+
+def _nearest(f: FoldedConv) -> torch.Tensor:
+    lo, hi = qrange(f.bits, signed=True)
+    return torch.clamp(torch.round(f.weight / f.scale.reshape(-1, 1, 1)), lo, hi)
+
+
+def _learn_conv(f: FoldedConv, grams: Grams, cfg: AdaRoundConfig) -> torch.Tensor:
+    H = grams.normalised()
+    cout = f.weight.shape[0]
+    w = f.weight.reshape(cout, -1)
+    return learn_rounding(w, f.scale, f.bits, H["qq"], H["qf"], cfg, H["ff"]).reshape(f.weight.shape)
+
+
+def merge_batches(batches) -> tuple[torch.Tensor, torch.Tensor]:
+    """All (mel, lengths) batches as one batch, zero-padded to the longest (the walk masks by length)."""
+    t = max(int(m.shape[-1]) for m, _ in batches)
+    mels = [F.pad(m.float(), (0, t - m.shape[-1])) for m, _ in batches]
+    return torch.cat(mels), torch.cat([l.to(torch.int64) for _, l in batches])
+
+
+def adaround(model, batches, observers: dict, act_bits: int, bits_of, weight_method: str = "minmax",
+             cfg: AdaRoundConfig | None = None, cache_dir=None, progress: bool = True) -> dict:
+    """Learned rounding codes for every conv of a ConvASR: {nn.Conv1d: float64 integer codes}
+    (same shape as the weight, on the scale ``convert._quantize_weight`` gives at ``bits_of(conv)``).
+
+    batches: the calibration (mel, lengths) batches (merged into one padded batch); observers:
+    ``calibration.collect``'s ranges (the activation scales of the integer program). Convs that
+    are neither depthwise nor dense with at most MAX_COLUMNS columns keep round-to-nearest."""
+    from tqdm.auto import tqdm
+
+    from ..models.checkpoint import atomic_write_bytes
+
+    cfg = cfg or AdaRoundConfig()
+    model = model.eval()
+    mel, lens = merge_batches(batches)
+    walk = QuantizedWalk(model, observers, act_bits, bits_of, weight_method)
+    folder = Path(cache_dir) / cache_key(walk, [(mel, lens)], cfg) if cache_dir is not None else None
+    codes: dict = {}
+    xs_f, xs_q = [mel], [walk.quantize_input(mel)]   # float / quantized block inputs
+    units = walk.units()
+    bar = tqdm(total=sum(len(u) for u in units), desc="adaround convs", disable=not progress)
+    start = time.perf_counter()
+    with torch.no_grad():
+        for u, unit in enumerate(units):
+            decoder = u == len(units) - 1
+            path = folder / f"block_{u:02d}.pt" if folder is not None else None
+            cached = path is not None and path.is_file()
+            unit_codes = ({n: c.double() for n, c in torch.load(path, map_location="cpu", weights_only=True)
+                           ["codes"].items()} if cached else {})
+            float_in: dict = {}   # this unit's conv inputs in the float model
+            if decoder:
+                float_in[walk.decoder.name] = xs_f[-1]
+                ys_f, lens_out = None, lens
+            else:
+                def record(module, args, name):
+                    float_in.setdefault(name, args[0])   # returns None: the input is not replaced
+
+                hooks = [f.module.register_forward_pre_hook(lambda m, a, n=f.name: record(m, a, n)) for f in unit]
+                try:
+                    ys_f, lens_out = model.encoder.encoder[u](xs_f, lens)
+                finally:
+                    for h in hooks:
+                        h.remove()
+
+            def weight_of(f, xq, x_lens):
+                """Learn f's rounding from its quantized and float inputs, then use it hard."""
+                if f.name not in unit_codes:
+                    if learnable(f.conv):
+                        grams = Grams(f.conv)
+                        grams.add(xq, float_in[f.name], x_lens, f.out_lengths(x_lens))
+                        with torch.enable_grad():
+                            unit_codes[f.name] = _learn_conv(f, grams, cfg)
+                    else:
+                        unit_codes[f.name] = _nearest(f)
+                bar.update(1)
+                return _dequantized(f, unit_codes[f.name]).float()
+
+            if decoder:
+                walk.logits(xs_q[-1], lens, weight_of)
+            else:
+                xs_q, _ = walk.block(u, xs_q, lens, weight_of)
+                xs_f, lens = ys_f, lens_out
+            if path is not None and not cached:
+                payload = {"codes": {n: c.to(torch.int16) for n, c in unit_codes.items()}}
+                atomic_write_bytes(path, lambda fh: torch.save(payload, fh))
+            for f in unit:
+                codes[f.conv] = unit_codes[f.name].reshape(f.weight.shape)
+            bar.set_postfix(block=u, seconds=f"{time.perf_counter() - start:.0f}")
+    bar.close()
+    return codes

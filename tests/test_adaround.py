@@ -1,0 +1,147 @@
+"""Learned rounding (quant/adaround.py): the learned codes beat round-to-nearest on their own
+objective, stay on the converter's grid, are deterministic and cached; the quantized walk it
+learns on is the integer program's arithmetic."""
+
+import torch
+
+from asrquant.calibration import collect, random_mels
+from asrquant.convert import _quantize_weight, convert, weight_bits_of
+from asrquant.models import ConvASR
+from asrquant.models.configs import _block, _model
+from asrquant.quant.adaround import AdaRoundConfig, QuantizedWalk, adaround, learn_rounding, reconstruction_error
+from asrquant.quantize import ROUNDINGS, quantize
+
+from conftest import fill_bn_statistics, randomize_weights
+
+FAST = AdaRoundConfig(iterations=100)
+
+
+def _problem(seed, cout=12, n=20, frames=400):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(cout, n, generator=g, dtype=torch.float64)
+    x = torch.randn(frames, n, generator=g, dtype=torch.float64) @ torch.randn(n, n, generator=g, dtype=torch.float64)
+    xq = x + 0.05 * torch.randn(frames, n, generator=g, dtype=torch.float64)   # the input after quantized layers
+    return w, xq.T @ xq / frames, xq.T @ x / frames, x.T @ x / frames
+
+
+def test_learned_rounding_beats_nearest_on_the_reconstruction_error():
+    for seed in range(3):
+        w, Hqq, Hqf, Hff = _problem(seed)
+        w_q, s = _quantize_weight(w.reshape(w.shape[0], w.shape[1], 1), 4, "minmax")
+        nearest = w_q.reshape(w.shape).double() * s[:, None]
+        codes = learn_rounding(w, s, 4, Hqq, Hqf, FAST)
+        assert torch.equal(codes, codes.round()) and codes.min() >= -8 and codes.max() <= 7
+        assert ((codes - w / s[:, None]).abs() < 1).all()          # each weight rounds down or up, no further
+        learned = reconstruction_error(codes * s[:, None], w, Hqq, Hqf, Hff)
+        assert learned < 0.9 * reconstruction_error(nearest, w, Hqq, Hqf, Hff)
+
+
+def test_learned_rounding_per_row_spaces_depthwise():
+    """Depthwise convs: every row has its own K x K Gram matrix."""
+    g = torch.Generator().manual_seed(7)
+    c, k = 6, 9
+    w = torch.randn(c, k, generator=g, dtype=torch.float64)
+    x = torch.randn(c, 300, k, generator=g, dtype=torch.float64).cumsum(dim=2)   # correlated taps
+    H = torch.einsum("cnk,cnl->ckl", x, x) / 300
+    s = w.abs().amax(dim=1) / 7
+    codes = learn_rounding(w, s, 4, H, H, FAST)
+
+    def err(q):
+        d = q * s[:, None] - w
+        return float(torch.einsum("ck,ckl,cl->", d, H, d))
+
+    assert err(codes) < err(torch.round(w / s[:, None]))
+
+
+def tiny_model(seed=3, dense=False):
+    jasper = [_block(24, 1, 7, stride=2, residual=False)]
+    jasper += [_block(32, 2, 9, separable=not dense, dense=dense) for _ in range(2)]
+    jasper += [_block(40, 1, 1, residual=False, separable=False)]
+    torch.manual_seed(0)
+    model = ConvASR(_model(jasper, 40)).eval()
+    randomize_weights(model, seed=seed)
+    mel, lens = random_mels(1, 4, 120, seed=seed)[0]
+    fill_bn_statistics(model.encoder, mel, lens)
+    return model.eval()
+
+
+def _logit_error(model, qmodel, mel, lens):
+    with torch.no_grad():
+        ref = model.forward_features(mel, lens)[0].double()
+        out = qmodel.forward_features(mel, lens)[0].double() * qmodel.logit_scale
+    return float((out - ref).pow(2).sum() / ref.pow(2).sum())
+
+
+def _walk_logits(model, obs, w_bits, a_bits, mel, lens):
+    """The quantized walk's logits with round-to-nearest weights."""
+    walk = QuantizedWalk(model, obs, a_bits, lambda c: w_bits)
+    nearest = {}
+    for unit in walk.units():
+        for f in unit:
+            q, s = _quantize_weight(f.weight, w_bits, "minmax")
+            nearest[f.name] = (q.double() * s.reshape(-1, 1, 1)).float()
+    xs = [walk.quantize_input(mel)]
+    use = lambda f, x, l: nearest[f.name]   # noqa: E731
+    with torch.no_grad():
+        for b in range(len(walk.blocks)):
+            xs, lens = walk.block(b, xs, lens, use)
+        return walk.logits(xs[-1], lens, use).double()
+
+
+def test_walk_is_the_integer_program():
+    """The walk AdaRound learns on rounds where the integer program rounds: with 16-bit
+    activations its 4-bit-weight logits are the integer model's (the weights, BatchNorm folding,
+    residual and dense wiring agree); at W6A8 it is nearer the integer model than the float model is."""
+    for dense in (False, True):
+        model = tiny_model(dense=dense)
+        batches = random_mels(1, 3, 100, seed=1)
+        obs = collect(model, batches).observers
+        mel, lens = batches[0]
+        with torch.no_grad():
+            ref = model.forward_features(mel, lens)[0].double()
+        for w_bits, a_bits, tol in ((4, 16, 1e-3), (6, 8, None)):
+            qmodel = convert(model, obs, w_bits, a_bits)
+            with torch.no_grad():
+                out = qmodel.forward_features(mel, lens)[0].double() * qmodel.logit_scale
+            sim = _walk_logits(model, obs, w_bits, a_bits, mel, lens)
+            gap = float((sim - out).norm() / out.norm())
+            if tol is not None:
+                assert gap < tol < float((ref - out).norm() / out.norm())
+            else:
+                assert gap < float((ref - out).norm() / out.norm())
+
+
+def test_adaround_model_beats_nearest_and_is_on_the_grid(tmp_path):
+    model = tiny_model()
+    batches = random_mels(1, 4, 160, seed=2)
+    opts = {"iterations": 60, "cache_dir": str(tmp_path)}
+    q_near = quantize(model, batches, 4, 8, progress=False)
+    q_ada = quantize(model, batches, 4, 8, rounding="adaround", adaround=opts, progress=False)
+    assert q_ada.info["rounding"] == "adaround" and "adaround" in ROUNDINGS
+    for op in q_ada.int_convs():
+        w = op.params["weight"]
+        assert not w.is_floating_point() and w.min() >= -8 and w.max() <= 7
+    changed = sum(int((a.params["weight"] != b.params["weight"]).sum()) for a, b in zip(q_ada.int_convs(),
+                                                                                         q_near.int_convs()))
+    assert changed > 0
+    mel, lens = batches[0]
+    assert _logit_error(model, q_ada, mel, lens) < _logit_error(model, q_near, mel, lens)
+
+
+def test_adaround_is_deterministic_cached_and_resumable(tmp_path):
+    model = tiny_model(seed=4)
+    batches = random_mels(1, 2, 100, seed=3)
+    obs = collect(model, batches).observers
+    bits = lambda c: weight_bits_of(c, 4)   # noqa: E731
+    cfg = AdaRoundConfig(iterations=30)
+    first = adaround(model, batches, obs, 8, bits, cfg=cfg, cache_dir=tmp_path, progress=False)
+    again = adaround(model, batches, obs, 8, bits, cfg=cfg, cache_dir=None, progress=False)
+    assert first.keys() == again.keys() and all(torch.equal(first[c], again[c]) for c in first)
+    (folder,) = list(tmp_path.iterdir())
+    files = sorted(folder.glob("block_*.pt"))
+    assert len(files) == len(model.encoder.encoder) + 1           # one per block + the decoder
+    files[-2].unlink()                                            # interrupted before the last block
+    stamp = files[0].stat().st_mtime_ns
+    resumed = adaround(model, batches, obs, 8, bits, cfg=cfg, cache_dir=tmp_path, progress=False)
+    assert files[-2].is_file() and files[0].stat().st_mtime_ns == stamp   # only the missing block redone
+    assert all(torch.equal(first[c], resumed[c]) for c in first)

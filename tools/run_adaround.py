@@ -1,0 +1,117 @@
+"""Beyond-the-paper rows for learned rounding / mixed precision: quantize (zero-shot, synthetic
+calibration as the grid makes it) -> evaluate on test-other -> one tidy row per setting, appended
+atomically to a CSV with results/beyond.csv's columns (+ the extra settings). Resumable: rows
+already in the CSV are skipped.
+
+    nice -n 19 .venv/bin/python tools/run_adaround.py --bits 4/8 6/8 --seeds 0 1 2 \\
+        --rounding adaround --out results/beyond_adaround.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from asrquant import paths
+from asrquant.calibration import calibration_batches
+from asrquant.data import load_dataset
+from asrquant.evaluate import evaluate
+from asrquant.models.checkpoint import load_model
+from asrquant.quantize import ROUNDINGS, quantize
+from asrquant.experiments import bops, model_size_mb
+from asrquant.models.checkpoint import atomic_write_bytes
+
+COLUMNS = ["model", "w_bits", "a_bits", "calibration", "seed", "observer", "weight_method", "bias_correction", "wer",
+           "cer", "words", "word_errors", "utterances", "ci95_lo", "ci95_hi", "size_mb", "bops_t", "eval_seconds",
+           "calib_seconds", "depthwise_bits", "rounding", "adaround_iterations", "size_budget_mb",
+           "synth_iterations", "synth_seconds"]
+
+
+KEY = ["model", "w_bits", "a_bits", "calibration", "seed", "weight_method", "bias_correction", "rounding",
+       "adaround_iterations", "size_budget_mb", "synth_iterations"]
+
+
+def _load(csv: Path) -> pd.DataFrame:
+    return pd.read_csv(csv) if csv.is_file() else pd.DataFrame(columns=COLUMNS)
+
+
+def _done(df: pd.DataFrame, key: dict) -> bool:
+    mask = pd.Series(True, index=df.index)
+    for k in KEY:
+        mask &= df[k].fillna("").astype(str) == str(key[k])
+    return bool(len(df)) and bool(mask.any())
+
+
+def _append(csv: Path, df: pd.DataFrame, row: dict) -> pd.DataFrame:
+    df = pd.concat([df, pd.DataFrame([row])], ignore_index=True) if len(df) else pd.DataFrame([row])
+    df = df[[c for c in COLUMNS if c in df] + [c for c in df if c not in COLUMNS]]
+    buf = io.StringIO()
+    df.to_csv(buf, index=False)
+    atomic_write_bytes(csv, lambda f: f.write(buf.getvalue().encode()))
+    return df
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default=str(paths.restored_model()))
+    p.add_argument("--data", default=str(paths.librispeech("test-other")))
+    p.add_argument("--bits", nargs="+", default=["4/8"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--rounding", choices=ROUNDINGS, default="adaround")
+    p.add_argument("--iterations", type=int, default=300, help="adaround: Adam steps per conv")
+    p.add_argument("--bias-correction", action="store_true")
+    p.add_argument("--size-budget-mb", type=float, nargs="+", default=[None])
+    p.add_argument("--synth-iterations", type=int, default=200, help="synthetic batches: Adam iterations")
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--out", default="results/beyond_adaround.csv")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a crowded machine)")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+
+    model = load_model(args.model)
+    name = Path(args.model).stem
+    utts = load_dataset(args.data, limit=args.limit)
+    csv = Path(args.out)
+    df = _load(csv)
+    for seed in args.seeds:
+        for wa in args.bits:
+            w, a = (int(x) for x in wa.split("/"))
+            for budget in args.size_budget_mb:
+                iters = args.iterations if args.rounding == "adaround" else 0
+                key = dict(model=name, w_bits=w, a_bits=a, calibration="synthetic", seed=seed, observer="minmax",
+                           weight_method="minmax", bias_correction=bool(args.bias_correction), depthwise_bits=0,
+                           rounding=args.rounding, adaround_iterations=iters,
+                           synth_iterations=args.synth_iterations, size_budget_mb=budget or "")
+                if _done(df, key):
+                    continue
+                start = time.perf_counter()
+                batches = calibration_batches(model, "synthetic", seed=seed, n_batches=1, batch_size=8, frames=500,
+                                              synth={"iterations": args.synth_iterations, "lr": 0.05}, model_path=args.model,
+                                              cache_dir=paths.build_dir() / "synth_cache")
+                synth_seconds = time.perf_counter() - start
+                qmodel = quantize(model, batches, w, a, bias_correction=args.bias_correction, rounding=args.rounding,
+                                  adaround={"iterations": args.iterations,
+                                            "cache_dir": str(paths.build_dir() / "adaround_cache")},
+                                  size_budget_mb=budget, info={"calibration": "synthetic", "seed": seed})
+                calib_seconds = time.perf_counter() - start
+                summary = evaluate(qmodel, utts, progress=False)
+                lo, hi = summary["ci95"]
+                size = qmodel.info.get("size_mb") or model_size_mb(model, w)
+                row = {**key, "observer": "minmax", "depthwise_bits": 0, "wer": summary["wer"], "cer": summary["cer"],
+                       "words": summary["words"], "word_errors": summary["word_errors"],
+                       "utterances": summary["utterances"], "ci95_lo": lo, "ci95_hi": hi, "size_mb": round(size, 2),
+                       "bops_t": round(bops(model, w, a) / 1e12, 3), "eval_seconds": summary["seconds"],
+                       "calib_seconds": round(calib_seconds, 1), "synth_seconds": round(synth_seconds, 1)}
+                df = _append(csv, df, row)
+                print(f"W{w}A{a} seed {seed} {args.rounding} budget {budget}: WER {summary['wer']:.2f} "
+                      f"({summary['word_errors']}/{summary['words']}), calibration {calib_seconds:.0f}s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
