@@ -198,7 +198,8 @@ def cmd_quantize(args) -> int:
     qmodel = quantize(model, batches, args.weight_bits, args.act_bits, observer=args.observer,
                       weight_method=args.weight_method, bias_correction=args.bias_correction, rounding=args.rounding,
                       depthwise_bits=args.depthwise_bits, residual_bits=args.residual_bits,
-                      prob_bits=args.prob_bits, info=info)
+                      prob_bits=args.prob_bits, info=info, size_budget_mb=args.size_budget_mb,
+                      adaround={"iterations": args.adaround_iterations, "cache_dir": args.adaround_cache})
     out = save_quantized(qmodel, args.out)
     print(f"W{args.weight_bits}A{args.act_bits} integer model ({args.calibration} calibration, "
           f"{len(batches)} batches, {len(qmodel.program.ops)} integer ops) -> {out}; "
@@ -287,8 +288,11 @@ def _add_quantization_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-method", choices=["minmax", "mse", "percentile"], default="minmax")
     p.add_argument("--depthwise-bits", type=int, default=None,
                    help="weight width of the depthwise convs (default: the same as the other weights)")
-    p.add_argument("--rounding", choices=["nearest", "gptq"], default="nearest",
-                   help="weight rounding: nearest, or gptq (output-aware, on the calibration data)")
+    from .quantize import ROUNDINGS   # no torch import: --help stays fast
+
+    p.add_argument("--rounding", choices=list(ROUNDINGS), default="nearest",
+                   help="weight rounding: nearest, gptq (output-aware, on the calibration data) or adaround "
+                        "(learned rounding by reconstruction on the calibration data)")
     p.add_argument("--residual-bits", type=int, default=None,
                    help="Conformer: width of the residual stream (default: --act-bits)")
     p.add_argument("--prob-bits", type=int, default=None,
@@ -367,6 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--iterations", type=int, default=200, help="synthetic: Adam iterations per batch")
     q.add_argument("--lr", type=float, default=0.05, help="synthetic: Adam learning rate")
     q.add_argument("--cache-dir", default=str(paths.build_dir() / "synth_cache"))
+    q.add_argument("--size-budget-mb", type=float, default=None,
+                   help="mixed precision: 4/6/8-bit weights per conv by sensitivity, fitting this many MiB")
+    q.add_argument("--adaround-iterations", type=int, default=100, help="--rounding adaround: Adam steps per conv")
+    q.add_argument("--adaround-cache", default=str(paths.build_dir() / "adaround_cache"),
+                   help="--rounding adaround: where each block's learned codes are kept (resumable)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--out", required=True)
     q.set_defaults(func=cmd_quantize)

@@ -7,8 +7,6 @@ over the batches) and converts with the converter of the model's kind: ``convert
 
 from __future__ import annotations
 
-from .models.convasr import ConvASR
-
 #: weight rounding kinds (``--rounding``): round-to-nearest, GPTQ on the calibration Hessians
 #: (quant/gptq.py), learned rounding by block reconstruction (quant/adaround.py)
 ROUNDINGS = ("nearest", "gptq", "adaround")
@@ -44,6 +42,8 @@ def quantize(model, batches, weight_bits: int = 8, act_bits: int = 8, *, observe
         observers = calibrate_conformer(model, batches, observer)
         return convert_conformer(model, observers, weight_bits, act_bits, weight_method, info, residual_bits,
                                  prob_bits=prob_bits)
+    from .models.convasr import ConvASR
+
     if not isinstance(model, ConvASR):
         raise TypeError(f"cannot quantize a {type(model).__name__}")
     if residual_bits or prob_bits:

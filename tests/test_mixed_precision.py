@@ -1,0 +1,67 @@
+"""Mixed precision under a size budget (quant/mixed_precision.py): sizes agree with the paper's
+size count, the allocation meets the budget and spends it where the error is, and the integer
+model carries each conv's width."""
+
+import pytest
+import torch
+
+from asrquant.calibration import collect, random_mels
+from asrquant.convert import convert
+from asrquant.experiments import model_size_mb
+from asrquant.quant.mixed_precision import allocate, allocate_bits, sensitivities, size_mb, weight_convs
+from asrquant.quantize import quantize
+
+from test_adaround import tiny_model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model(seed=6)
+
+
+def test_uniform_size_is_the_papers_size(model):
+    for bits in (4, 6, 8):
+        assert size_mb(model, lambda c: bits) == pytest.approx(model_size_mb(model, bits), rel=1e-12)
+
+
+def test_sensitivity_falls_with_width(model):
+    mel, lens = random_mels(1, 2, 80, seed=4)[0]
+    sens = sensitivities(model, mel, lens, progress=False)
+    convs = [c for c, _ in weight_convs(model)]
+    assert all(sens[(c, 4)] > sens[(c, 8)] >= 0 for c in convs)
+    assert sum(sens[(c, 4)] > sens[(c, 6)] for c in convs) >= 0.8 * len(convs)
+
+
+def test_allocation_meets_the_budget_and_prefers_sensitive_layers(model):
+    convs = [c for c, _ in weight_convs(model)]
+    low, high = size_mb(model, lambda c: 4), size_mb(model, lambda c: 8)
+    # a made-up sensitivity: only the first conv cares about its width
+    sens = {(c, b): (1.0 if c is convs[0] else 1e-6) * 2.0 ** -b for c in convs for b in (4, 6, 8)}
+    for budget in (low, (low + high) / 2, high):
+        bits = allocate(model, sens, budget)
+        assert size_mb(model, lambda c: bits[c]) <= budget + 1e-12
+    assert all(b == 8 for b in allocate(model, sens, high).values())
+    assert all(b == 4 for b in allocate(model, sens, low).values())
+    extra = convs[0].weight.numel() * 4 / 8 / (1 << 20)    # exactly what 4 -> 8 on conv 0 costs
+    bits = allocate(model, sens, low + extra * 1.01)
+    assert bits[convs[0]] == 8 and sum(b > 4 for b in bits.values()) == 1
+    with pytest.raises(ValueError, match="below the all-4-bit size"):
+        allocate(model, sens, low * 0.9)
+
+
+def test_mixed_model_is_integer_with_per_conv_widths(model):
+    batches = random_mels(1, 2, 80, seed=5)
+    low, high = size_mb(model, lambda c: 4), size_mb(model, lambda c: 8)
+    budget = low + 0.3 * (high - low)      # less than all-6: some convs must stay at 4 bits
+    bits = allocate_bits(model, batches, budget, progress=False)
+    assert len(set(bits.values())) > 1
+    qmodel = convert(model, collect(model, batches).observers, 8, 8, layer_bits=bits)
+    widths = {}
+    for op, (conv, _) in zip(qmodel.int_convs(), weight_convs(model)):
+        w = op.params["weight"]
+        lo, hi = -(1 << (bits[conv] - 1)), (1 << (bits[conv] - 1)) - 1
+        assert not w.is_floating_point() and lo <= int(w.min()) and int(w.max()) <= hi
+        widths[bits[conv]] = widths.get(bits[conv], 0) + 1
+    assert qmodel.info["layer_bits"] == {str(b): n for b, n in sorted(widths.items())}
+    q = quantize(model, batches, 4, 8, size_budget_mb=budget, progress=False)
+    assert q.info["size_mb"] <= budget
