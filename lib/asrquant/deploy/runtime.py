@@ -242,6 +242,9 @@ def static_int8_model(model, model_path, calibration_data, limit: int | None = N
                 mel, mel_len = model.features(wav, lengths)
             return {"mel": mel[:, :, : int(mel_len[0])].numpy().astype(np.float32)}
 
+    # onnxruntime merges the collected ranges every `flush` inputs (memory); it fails ("No data is
+    # collected") when the count is a multiple of it, so pick one that does not divide it
+    flush = next(k for k in range(8, 10**6) if len(utts) % k)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
@@ -252,7 +255,7 @@ def static_int8_model(model, model_path, calibration_data, limit: int | None = N
         quantize_static(str(fp32), str(q), Mels(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax,
-                        extra_options={"CalibMaxIntermediateOutputs": 8})
+                        extra_options={"CalibMaxIntermediateOutputs": flush})
         os.replace(q, out)
     return out
 
