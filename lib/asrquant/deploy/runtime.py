@@ -214,9 +214,12 @@ def static_int8_model(model, model_path, calibration_data, limit: int | None = N
     from ..paths import build_dir
     from .onnx_export import build_float_model
 
-    st = os.stat(model_path)
-    key = hashlib.sha256(repr((str(Path(model_path).resolve()), st.st_size, st.st_mtime_ns,
-                               str(Path(calibration_data).resolve()), limit)).encode()).hexdigest()[:16]
+    h = hashlib.sha256()
+    with open(model_path, "rb") as f:   # the model's bytes (a rewrite of the same file keeps its cache)
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    h.update(repr((str(Path(calibration_data).resolve()), limit)).encode())
+    key = h.hexdigest()[:16]
     out = Path(cache_dir or build_dir() / "ort_static") / f"static_int8_{key}.onnx"
     if out.is_file():
         return out
