@@ -17,6 +17,10 @@ typedef struct asrq_model asrq_model;
 asrq_model *asrq_load(const char *blob_path, long max_frames, int threads);
 void asrq_free(asrq_model *m);
 void asrq_set_threads(asrq_model *m, int threads);
+/* on (the default): a run uses one thread while the 1-minute load average is at least twice the
+ * cores (a static OpenMP split would wait for preempted threads at every layer); off: always
+ * `threads`. */
+void asrq_set_adaptive(asrq_model *m, int on);
 
 /* mel_q: int8 [features][frames] (the program's input, quantized with the model's input scale);
  * length: valid frames (<= frames; frames past it are masked as the program defines);
