@@ -20,7 +20,8 @@ Runtimes (``RUNTIMES``):
         and torch int64 requantization: bit-exact by a bound, but not integer-only arithmetic),
         torch-int8-reference (``forward_int``; slow, opt-in),
         c-int8 (``program/c_backend.py``: the program exported to C and built here, called
-        through ctypes: VNNI int8 dot products, fused requantization; integer-only).
+        through ctypes: VNNI int8 dot products, fused requantization; integer-only; it runs
+        on one thread while the load average is at least twice the cores: ``asrq_set_adaptive``).
   INT8 peer: onnxruntime-static-int8 (onnxruntime's own ``quantize_static`` model of the float
         graph, calibrated on real utterances of ``calibration_data``: float requantization, not
         bit-exact to the program; checked against FP32 by frame argmax agreement). Its time is
