@@ -34,6 +34,25 @@ def loadavg() -> list[float]:
     return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
 
 
+def task_seconds(csv) -> float:
+    """Seconds the grid's tasks computed, from its rows: evaluation + quantization of every cell,
+    plus each synthetic batch once (the cells of one seed share it)."""
+    df = pd.read_csv(csv)
+    synth = df[df.calibration == "synthetic"].drop_duplicates("seed").synth_seconds.sum()
+    return round(float(df.eval_seconds.sum() + df.quantize_seconds.sum() + synth), 1)
+
+
+def add_task_seconds(path: Path) -> None:
+    """Add each run's task seconds (and busy fraction per worker) to an existing report."""
+    report = json.loads(path.read_text())
+    for r in report["runs"]:
+        r["task_seconds"] = task_seconds(r["csv"])
+        r["task_seconds_per_worker_over_wall"] = round(r["task_seconds"] / r["workers"] / r["wall_seconds"], 3)
+    path.write_text(json.dumps(report, indent=1, default=str) + "\n")
+    print(json.dumps([{k: r[k] for k in ("workers", "wall_seconds", "task_seconds",
+                                         "task_seconds_per_worker_over_wall")} for r in report["runs"]]))
+
+
 def main() -> int:
     from asrquant import paths
     from asrquant.provenance import code_version, file_sha256, machine
@@ -44,11 +63,20 @@ def main() -> int:
     p.add_argument("--iterations", type=int, default=20)
     p.add_argument("--frames", type=int, default=200)
     p.add_argument("--order", nargs="+", type=int, default=[1, 2], help="worker counts, run in this order")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per task for every run (default: the grid's, cores // workers)")
     p.add_argument("--work", default=str(paths.build_dir() / "dask_grid_bench"))
     p.add_argument("--out", default=str(ROOT / "results" / "dask_grid_bench.json"))
+    p.add_argument("--add-task-seconds", action="store_true",
+                   help="only add task seconds per run (from the runs' CSVs) to an existing --out report")
     args = p.parse_args()
+    if args.add_task_seconds:
+        add_task_seconds(Path(args.out))
+        return 0
 
     extra = ["--iterations", str(args.iterations), "--synth-frames", str(args.frames)]
+    if args.threads:
+        extra += ["--threads", str(args.threads)]
     work = Path(args.work)
     runs = []
     for i, workers in enumerate(args.order):
@@ -64,7 +92,8 @@ def main() -> int:
         if proc.returncode != 0:
             raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}); log: {folder / 'log.txt'}")
         runs.append({"workers": workers, "wall_seconds": round(wall, 1), "loadavg_before": before,
-                     "loadavg_after": loadavg(), "command": " ".join(cmd), "csv": str(folder / "grid.csv")})
+                     "loadavg_after": loadavg(), "command": " ".join(cmd), "csv": str(folder / "grid.csv"),
+                     "task_seconds": task_seconds(folder / "grid.csv")})
         print(f"workers {workers}: {wall:.1f} s", flush=True)
 
     frames = [pd.read_csv(r["csv"]).sort_values("cell_key").reset_index(drop=True)[COMPARED] for r in runs]
