@@ -118,7 +118,7 @@ def _runner(model, qmodel, n, threads, peer: dict | None = None):
     import torch
 
     from ..program.fast import TorchIntegerRunner
-    from .onnx_export import build_float_model
+    from .onnx_float import build_float_model
     from .runtime import OrtFloatRunner, OrtIntegerRunner, TorchFloatRunner
 
     if n == "torch-fp32":

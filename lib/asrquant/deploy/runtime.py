@@ -2,7 +2,7 @@
 
 * ``OrtIntegerRunner``: the integer-only graph of the program (``program/onnx_int.py``): int8 and
   lengths in, int64 logits out (padded frames masked as in ``forward_int``).
-* ``OrtFloatRunner``: the FP32 graph of the float model (``onnx_export.build_float_model``).
+* ``OrtFloatRunner``: the FP32 graph of the float model (``onnx_float.build_float_model``).
 * ``TorchFloatRunner``: the float model in torch, BN folded, fast depthwise form.
 * ``ort_kernels_exact()``: onnxruntime's integer GEMM on this CPU is exact only with VNNI (or
   AVX-512 VNNI / AMX); on AVX2 without VNNI the U8S8 kernel's vpmaddubsw saturates pairs of
@@ -69,13 +69,13 @@ class OrtIntegerRunner:
 class OrtFloatRunner:
     """Runs the FP32 graph of the float model: ``run(mel) -> float32 logits``.
 
-    model: a ModelProto or a path (``onnx_export.build_float_model(float_model)``)."""
+    model: a ModelProto or a path (``onnx_float.build_float_model(float_model)``)."""
 
     name = "onnxruntime-fp32"
 
     def __init__(self, model, threads: int | None = None):
         if hasattr(model, "forward_features"):
-            raise TypeError("OrtFloatRunner takes an ONNX graph: pass onnx_export.build_float_model(model)")
+            raise TypeError("OrtFloatRunner takes an ONNX graph: pass onnx_float.build_float_model(model)")
         self.session = make_session(model, threads)
         self.threads = threads
 
@@ -212,7 +212,7 @@ def static_int8_model(model, model_path, calibration_data, limit: int | None = N
 
     from ..data import load_batch, load_dataset
     from ..paths import build_dir
-    from .onnx_export import build_float_model
+    from .onnx_float import build_float_model
 
     h = hashlib.sha256()
     with open(model_path, "rb") as f:   # the model's bytes (a rewrite of the same file keeps its cache)

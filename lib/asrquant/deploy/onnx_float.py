@@ -1,0 +1,78 @@
+"""The float model's FP32 ONNX graph, written with ``onnx.helper`` from the model structure.
+
+``build_float_model(model)`` / ``export_onnx_float(model, path)``: the float ConvASR (BatchNorm
+folded), FP32, for the onnxruntime FP32 baseline of the latency benchmark and the graph that
+onnxruntime's own static int8 quantizer starts from. Input ``mel`` [B, F, T], output ``logits``;
+no padding masks. A module of its own so that the runtimes can build it without importing the
+``export`` command (which imports the runtimes for its ``--check``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def build_float_model(model, frames: int | None = None):
+    """FP32 ONNX graph of a float ConvASR (``forward_features``: mel -> logits), BN folded."""
+    import torch
+    from torch import nn
+
+    from ..models.convasr import MaskedConv1d
+    from ..program.onnx_int import Graph  # in here: `asrquant export --help` imports no torch
+    from ..quant.bn import fold_batchnorm
+
+    g = Graph()
+    TP, h = g.TP, g.helper
+
+    def conv(x: str, c: nn.Conv1d, bn=None) -> str:
+        w = c.weight.detach().double()
+        b = c.bias.detach().double() if c.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
+        if bn is not None:
+            w, b = fold_batchnorm(w, b, bn)
+        return g.op("Conv", [x, g.const(w.float().numpy(), np.float32, "w"), g.const(b.float().numpy(), np.float32, "b")],
+                    "conv", kernel_shape=[c.kernel_size[0]], pads=[c.padding[0]] * 2, strides=[c.stride[0]],
+                    dilations=[c.dilation[0]], group=c.groups)
+
+    def act(x: str, module) -> str:
+        relu = [m for m in (module if isinstance(module, nn.Sequential) else [module]) if isinstance(m, nn.ReLU)]
+        if relu:
+            return g.op("Relu", [x], "relu")
+        if any(isinstance(m, nn.Hardtanh) for m in (module if isinstance(module, nn.Sequential) else [module])):
+            return g.op("Clip", [x, g.const(0.0, np.float32), g.const(20.0, np.float32)], "htanh")
+        return x
+
+    xs = ["mel"]
+    for block in model.encoder.encoder:
+        layers = list(block.mconv)
+        out = xs[-1]
+        i = 0
+        while i < len(layers):
+            layer = layers[i]
+            if isinstance(layer, MaskedConv1d):
+                bn = layers[i + 1] if i + 1 < len(layers) and isinstance(layers[i + 1], nn.BatchNorm1d) else None
+                out = conv(out, layer.conv, bn)
+                i += 2 if bn is not None else 1
+            elif isinstance(layer, (nn.ReLU, nn.Hardtanh)):
+                out = act(out, layer)
+                i += 1
+            else:  # dropout
+                i += 1
+        if block.res is not None:
+            for x_in, (rconv, rbn) in zip(xs, block.res):
+                out = g.op("Add", [out, conv(x_in, rconv.conv, rbn)], "add")
+        out = act(out, block.mout)
+        xs = xs + [out] if block.dense else [out]
+    dec = model.decoder.decoder_layers[0]
+    y = conv(xs[-1], dec)
+    g.nodes.append(h.make_node("Identity", [y], ["logits"], name="logits"))
+    n_feat = model.encoder.feat_in
+    inputs = [h.make_tensor_value_info("mel", TP.FLOAT, ["batch", n_feat, frames or "frames"])]
+    outputs = [h.make_tensor_value_info("logits", TP.FLOAT, ["batch", dec.out_channels, "out_frames"])]
+    return g.model(inputs, outputs, "asrquant_float", "asrquant float ConvASR (BatchNorm folded), no padding masks")
+
+
+def export_onnx_float(model, path, frames: int | None = None) -> Path:
+    """FP32 ONNX of a float ConvASR (BN folded, no padding masks)."""
+    from ..program.onnx_int import save_model
+
+    return save_model(build_float_model(model, frames), path)
