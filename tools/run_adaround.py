@@ -68,6 +68,7 @@ def main() -> int:
     p.add_argument("--size-budget-mb", type=float, nargs="+", default=[None])
     p.add_argument("--synth-iterations", type=int, default=200, help="synthetic batches: Adam iterations")
     p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--eval-batch-size", type=int, default=2, help="small: the integer reference keeps every value")
     p.add_argument("--out", default="results/beyond_adaround.csv")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a crowded machine)")
     args = p.parse_args()
@@ -99,7 +100,8 @@ def main() -> int:
                                             "cache_dir": str(paths.build_dir() / "adaround_cache")},
                                   size_budget_mb=budget, info={"calibration": "synthetic", "seed": seed})
                 calib_seconds = time.perf_counter() - start
-                summary = evaluate(qmodel, utts, progress=False)
+                del batches
+                summary = evaluate(qmodel, utts, batch_size=args.eval_batch_size, progress=False)
                 lo, hi = summary["ci95"]
                 size = qmodel.info.get("size_mb") or model_size_mb(model, w)
                 row = {**key, "observer": "minmax", "depthwise_bits": 0, "wer": summary["wer"], "cer": summary["cer"],

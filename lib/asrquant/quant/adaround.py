@@ -296,8 +296,10 @@ def _digest(*parts) -> str:
 
 
 def cache_key(walk: QuantizedWalk, batches, cfg: AdaRoundConfig) -> str:
-    parts = [{"format": CACHE_FORMAT, "cfg": asdict(cfg), "act_bits": walk.act_bits, "input": walk.input_scale,
-              "blocks": [[(f.name, f.bits, s, sg) for f, s, sg in main] for main, _, _ in walk.blocks]}]
+    # activation scales to 5 significant digits: the calibration pass's float sums differ in the
+    # last bits with the thread count, which must not make a finished cache unreachable
+    parts = [{"format": CACHE_FORMAT, "cfg": asdict(cfg), "act_bits": walk.act_bits, "input": f"{walk.input_scale:.5g}",
+              "blocks": [[(f.name, f.bits, f"{s:.5g}", sg) for f, s, sg in main] for main, _, _ in walk.blocks]}]
     for unit in walk.units():
         for f in unit:
             parts += [f.name, f.bits, f.weight.float(), f.scale.float()]
