@@ -313,7 +313,16 @@ def start_client(workers: int, scheduler: str | None, progress: bool = True):
     if scheduler:
         client, cluster = Client(scheduler), None
     else:
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0")
+        import dask
+
+        # Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in its workers; setting it at all turns off
+        # glibc's adaptive mmap threshold, so every large tensor is a fresh mmap + page faults: the
+        # grid's tasks (int64 reference kernels) ran ~5x slower in workers than in one process
+        # (results/README.md). Large thresholds keep freed memory for reuse, as one process does.
+        env = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}),
+               "MALLOC_TRIM_THRESHOLD_": 1 << 30, "MALLOC_MMAP_THRESHOLD_": 1 << 30}
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0")
         client = Client(cluster)
     if progress:
         n = len(client.scheduler_info().get("workers", {}))
