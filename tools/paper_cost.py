@@ -2,7 +2,7 @@
 """Expected cost of `asrquant grid --profile paper` (tables.PAPER_PROFILE), from rates measured
 by the serial run of tools/bench_dask_grid.py on this machine:
 
-    .venv/bin/python tools/paper_cost.py --bench results/dask_grid_bench.json --out results/paper_profile_cost.json
+    .venv/bin/python tools/paper_cost.py --bench results/dask_grid_bench_malloc_fix.json --out results/paper_profile_cost.json
 
 Rates: seconds per Adam iteration of one synthetic batch (cache manifests of that run: generation
 seconds / iterations, scaled linearly from its frame count to the profile's 500 frames: an upper
@@ -27,7 +27,7 @@ def main() -> int:
     from asrquant.tables import PAPER_PROFILE, paper_cost
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bench", default=str(ROOT / "results" / "dask_grid_bench.json"))
+    p.add_argument("--bench", default=str(ROOT / "results" / "dask_grid_bench_malloc_fix.json"))
     p.add_argument("--out", default=str(ROOT / "results" / "paper_profile_cost.json"))
     args = p.parse_args()
     bench = json.loads(Path(args.bench).read_text())
