@@ -277,7 +277,10 @@ def cmd_grid(args) -> int:
     df = run_grid(args.model, args.data, args.out, spec, calib_data=args.calibration_data,
                   cache_dir=args.cache_dir, limit=args.limit, progress=not args.quiet, **run_kw)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print(summarize(df).round(2).to_string(index=False))
+        cols = ["model", "w_bits", "a_bits", "calibration", "observer", "weight_method", "bias_correction",
+                "depthwise_bits", "rounding", "nonlinear", "metric", "rate_mean", "rate_std", "seeds", "units",
+                "unit_errors_mean", "size_mb", "delta_vs_fp32"]   # settings columns and hashes: in the CSV
+        print(summarize(df)[cols].round(2).to_string(index=False))
     print(f"rows: {len(df)} -> {args.out}")
     return 0
 
