@@ -283,11 +283,7 @@ PAGE_WIDTH = 88   # characters of code that fit the page at 1280 px without a ho
 HIDDEN = {"hide-input", "remove-input", "remove-cell"}
 
 
-# 07_latency gets its opening and exercises once its own task (a C-runtime section) is done
-STRUCTURED = [p for p in NOTEBOOKS if p.stem != "07_latency"]
-
-
-@pytest.mark.parametrize("path", STRUCTURED, ids=[p.stem for p in STRUCTURED])
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_chapter_opens_with_what_a_reader_needs(path):
     nb = nbformat.read(path, as_version=4)
     assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
@@ -301,7 +297,7 @@ def test_chapter_opens_with_what_a_reader_needs(path):
     assert any('glue("runtime_min"' in c.source for c in nb.cells if c.cell_type == "code")
 
 
-@pytest.mark.parametrize("path", STRUCTURED, ids=[p.stem for p in STRUCTURED])
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_chapter_ends_with_exercises_and_folded_solutions(path):
     nb = nbformat.read(path, as_version=4)
     cells = [c for c in nb.cells if c.cell_type == "markdown" and "## Exercises" in c.source]
