@@ -98,3 +98,18 @@ def test_load_or_run_grid_prefers_a_complete_full_grid(tmp_path):
     df, source = tables.load_or_run_grid("x/m.nemo", None, None, None, ["synthetic"], [(8, 8), (6, 8)],
                                          [incomplete, complete], tmp_path / "quick.csv", GridSpec(), None)
     assert str(complete) in source and len(df) == 3 and (df.wer == 1.0).all()
+
+
+def test_load_or_run_grid_runs_the_quick_grid_when_no_full_grid_is_complete(tmp_path):
+    import asrquant.tables as tables
+
+    model_path, test_other_dir = tiny_model_and_data(tmp_path)
+    spec = GridSpec(bits=((8, 8),), calibrations=("random",), seeds=(0,), random_frames=100)
+    quick = tmp_path / "quick.csv"
+    df, source = tables.load_or_run_grid(model_path, test_other_dir, None, tmp_path / "cache", ["random"],
+                                         [(8, 8)], [tmp_path / "missing.csv"], quick, spec, 2)
+    assert "quick grid" in source and quick.is_file()
+    assert sorted(zip(df.w_bits.astype(int), df.calibration)) == [(8, "random"), (32, "none")]
+    forced, source = tables.load_or_run_grid(model_path, test_other_dir, None, tmp_path / "cache", ["random"],
+                                             [(8, 8)], [quick], quick, spec, 2, force_quick=True)
+    assert "quick grid" in source and len(forced) == len(df)

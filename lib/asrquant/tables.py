@@ -304,16 +304,16 @@ def _load_frame(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def load_or_run_grid(model_path, eval_dir, calib_dir, cache_dir, calibrations, bits, full_csvs, quick_csv,
-                     quick_spec: GridSpec, limit: int | None, run_grid: bool = False) -> tuple[pd.DataFrame, str]:
+                     quick_spec: GridSpec, limit: int | None, force_quick: bool = False) -> tuple[pd.DataFrame, str]:
     """What chapters 05 and 06 show: the first of ``full_csvs`` (e.g. this machine's
     build/results/grid.csv, then the copy committed under results/) that has every (calibration,
-    W/A) row the table needs, restricted to the paper's method; otherwise (or with run_grid) the
+    W/A) row the table needs, restricted to the paper's method; otherwise (or with force_quick) the
     quick grid, run or resumed into ``quick_csv``. A side file ``<quick_csv>.json`` keeps the quick
     settings: if they change, the old quick rows are discarded. Returns (rows, source text)."""
     import json
 
     model = Path(model_path).stem
-    if not run_grid:
+    if not force_quick:
         for full in map(Path, full_csvs):
             if not full.is_file():
                 continue
@@ -324,7 +324,7 @@ def load_or_run_grid(model_path, eval_dir, calib_dir, cache_dir, calibrations, b
                 return df.reset_index(drop=True), f"full grid ({full})"
             print(f"{full}: {len(df)} rows, not complete for this table (missing e.g. "
                   f"{', '.join(f'{c} {w}/{a}' for c, w, a in missing[:3])})")
-    print("run_grid=True: " if run_grid else "no complete full grid: ", end="")
+    print("force_quick=True: " if force_quick else "no complete full grid: ", end="")
     print("using the quick grid")
     quick, meta_path = Path(quick_csv), Path(quick_csv).with_suffix(".json")
     settings = {"model_path": str(model_path), "eval_dir": str(eval_dir), "calib_dir": str(calib_dir),
