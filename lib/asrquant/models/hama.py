@@ -321,7 +321,7 @@ def measure_conv_bn_inputs(model, batches, progress: bool = True) -> dict:
     import torch
     from tqdm.auto import tqdm
 
-    from .restore_bn import ChannelMoments
+    from .restore_bn import ChannelMoments, fixed_threads
 
     acc, handles, masks = {}, [], {}
     for name, conv in conv_modules(model):
@@ -341,7 +341,7 @@ def measure_conv_bn_inputs(model, batches, progress: bool = True) -> dict:
         handles.append(conv.register_forward_pre_hook(pre, with_kwargs=True))
         handles.append(conv.depthwise_conv.register_forward_hook(post))
     try:
-        with torch.no_grad():
+        with torch.no_grad(), fixed_threads(1):   # byte-reproducible whatever the thread count
             for audio, lengths in tqdm(batches, desc="BN statistics", disable=not progress):
                 model(audio, lengths)
     finally:
