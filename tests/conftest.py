@@ -88,9 +88,8 @@ def real_audio_batch(test_other_dir):
     return load_batch(read_librispeech(test_other_dir)[:3])
 
 
-@pytest.fixture(scope="session")
-def small_quartznet(real_audio_batch):
-    """QuartzNet-5x5 with random weights and BN statistics from real audio features."""
+def random_quartznet5x5(audio_batch):
+    """QuartzNet-5x5 with random weights (seeded) and BN statistics from `audio_batch`'s features."""
     import torch
 
     from asrquant.models import ConvASR, config_for
@@ -99,6 +98,22 @@ def small_quartznet(real_audio_batch):
     model = ConvASR(config_for("quartznet5x5"))
     randomize_weights(model, seed=3)
     with torch.no_grad():
-        mel, mel_len = model.features(*real_audio_batch)
+        mel, mel_len = model.features(*audio_batch)
     fill_bn_statistics(model.encoder, mel, mel_len)
     return model
+
+
+@pytest.fixture(scope="session")
+def small_quartznet(real_audio_batch):
+    """QuartzNet-5x5 with random weights and BN statistics from real audio features."""
+    return random_quartznet5x5(real_audio_batch)
+
+
+def load_script(path: Path, name: str | None = None):
+    """A repository script (tools/, book/_ext/) imported as a module, for testing its functions."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name or Path(path).stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

@@ -4,7 +4,6 @@ Fast: no chapter is executed. The run_notebooks cache test executes a throwaway 
 notebook with papermill for real (a few seconds per run).
 """
 import csv
-import importlib.util
 import io
 import os
 import re
@@ -16,6 +15,7 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -23,10 +23,7 @@ RUNNER = ROOT / "tools" / "run_notebooks.py"
 
 
 def _load_runner():
-    spec = importlib.util.spec_from_file_location("run_notebooks", RUNNER)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(RUNNER)
 
 
 def _toc_files(entries):
@@ -205,17 +202,12 @@ CHECKER = ROOT / "tools" / "book_check.py"
 
 
 def _load_checker():
-    spec = importlib.util.spec_from_file_location("book_check", CHECKER)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(CHECKER)
 
 
 def _mathjax_es5():
     """MathJax 3's es5 bundle as the book ships it (book/_ext/offline_book.py), or skip."""
-    spec = importlib.util.spec_from_file_location("offline_book", ROOT / "book" / "_ext" / "offline_book.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script(ROOT / "book" / "_ext" / "offline_book.py")
     try:
         return mod.mathjax_bundle()
     except RuntimeError as e:

@@ -12,7 +12,7 @@ import pytest
 import soundfile
 import torch
 
-from conftest import fill_bn_statistics, randomize_weights, speech_like_audio
+from conftest import fill_bn_statistics, random_quartznet5x5, randomize_weights, speech_like_audio
 
 from asrquant.calibration import random_mels
 from asrquant.cli import main as cli_main
@@ -37,15 +37,7 @@ def audio_batch():
 @pytest.fixture(scope="module")
 def small_quartznet(audio_batch):
     """QuartzNet-5x5 with random weights and BN statistics from the batch's features."""
-    from asrquant.models import config_for
-
-    torch.manual_seed(0)
-    model = ConvASR(config_for("quartznet5x5"))
-    randomize_weights(model, seed=3)
-    with torch.no_grad():
-        mel, mel_len = model.features(*audio_batch)
-    fill_bn_statistics(model.encoder, mel, mel_len)
-    return model
+    return random_quartznet5x5(audio_batch)
 
 
 @pytest.fixture(scope="module")

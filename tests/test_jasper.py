@@ -5,12 +5,11 @@ Runs on a small JasperDR-style net (dense residuals, non-separable convs, dilati
 weights and synthetic speech-like audio (no ../shared needed); the full 333M-parameter check is the
 tool itself.
 """
-import importlib.util
 from pathlib import Path
 
 import torch
 
-from conftest import randomize_weights, speech_like_audio
+from conftest import load_script, randomize_weights, speech_like_audio
 
 from asrquant.convert import quantize_model
 from asrquant.models import ConvASR
@@ -20,10 +19,7 @@ TOOL = Path(__file__).resolve().parents[1] / "tools" / "jasper_check.py"
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("jasper_check", TOOL)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(TOOL)
 
 
 def _small_jasper():
