@@ -32,13 +32,7 @@ from asrquant.cli import main as cli_main  # noqa: E402
 from asrquant.convert import load_quantized  # noqa: E402
 from asrquant.data import load_batch, load_dataset  # noqa: E402
 from asrquant.program.c_backend import read_logits, write_input  # noqa: E402
-from asrquant.text import ctc_greedy_decode, wer_summary  # noqa: E402
-
-
-def greedy_tokens(logits: np.ndarray, valid: int) -> list[int]:
-    am = logits[:, :valid].argmax(0)
-    blank = logits.shape[0] - 1
-    return [int(t) for i, t in enumerate(am) if t != blank and (i == 0 or t != am[i - 1])]
+from asrquant.text import ctc_greedy_tokens, wer_summary  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -74,8 +68,10 @@ def main(argv=None) -> int:
         text_c = re.search(r"^text: (.*)$", r.stdout, re.M).group(1)
         logits, valid_c = read_logits(Path(tmp.name) / "logits.bin")
         same_shape = logits.shape == ref.shape
-        text_ref = ctc_greedy_decode(torch.from_numpy(ref[None]), torch.tensor([valid]), qmodel.labels, time_axis=2)[0]
-        rows.append({"id": u.id, "frames": int(q.shape[-1]), "tokens_equal": tokens == greedy_tokens(ref, valid),
+        ids_ref = ctc_greedy_tokens(torch.from_numpy(ref[None]), torch.tensor([valid]), range(len(qmodel.labels)),
+                                    time_axis=2)[0]   # class ids: the "labels" are the ids themselves
+        text_ref = "".join(qmodel.labels[k] for k in ids_ref)
+        rows.append({"id": u.id, "frames": int(q.shape[-1]), "tokens_equal": tokens == ids_ref,
                      "valid_frames_equal": valid_c == valid, "logits": int(ref.size),
                      "logits_differ": int((logits != ref).sum()) if same_shape else int(ref.size),
                      "text_equal": text_c == text_ref})
