@@ -111,14 +111,21 @@ def evaluate(model, utts: Sequence[Utterance], batch_size: int = 8, progress: bo
     start = time.perf_counter()
     hyps = transcribe(model, utts, batch_size=batch_size, progress=progress)
     seconds = time.perf_counter() - start
+    summary = score(model, utts, hyps, n_boot=n_boot, seed=seed, g2p_cache=g2p_cache)
+    summary["seconds"] = round(seconds, 3)
+    return summary
+
+
+def score(model, utts: Sequence[Utterance], hyps: Sequence, n_boot: int = 1000, seed: int = 0,
+          g2p_cache=None) -> dict:
+    """`evaluate`'s summary of transcripts `hyps` of `utts` made elsewhere (e.g. the grid's
+    shards): WER/CER, or PER for phoneme models, plus per-utterance transcripts."""
     if phoneme_config(model):
         refs = phoneme_references(model, [u.text for u in utts], cache_dir=g2p_cache)
         summary = token_error_summary(refs, hyps, n_boot=n_boot, seed=seed, name="per", unit="phonemes")
-        summary["seconds"] = round(seconds, 3)
         summary["transcripts"] = [{"id": u.id, "text": u.text, "ref": " ".join(r), "hyp": " ".join(h)}
                                   for u, r, h in zip(utts, refs, hyps)]
         return summary
     summary = wer_summary([u.text for u in utts], hyps, n_boot=n_boot, seed=seed)
-    summary["seconds"] = round(seconds, 3)
     summary["transcripts"] = [{"id": u.id, "ref": u.text, "hyp": h} for u, h in zip(utts, hyps)]
     return summary

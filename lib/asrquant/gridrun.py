@@ -184,27 +184,13 @@ def transcribe_shard(model_path: str, model_sha: str, quantized, utts: list, bat
     return {"hyps": hyps, "seconds": time.perf_counter() - t0}
 
 
-def score(model, utts: list, hyps: list) -> dict:
-    """What ``evaluate.evaluate`` reports, from transcripts made elsewhere (the shards)."""
-    from .evaluate import phoneme_config, phoneme_references
-    from .text import token_error_summary, wer_summary
-
-    if phoneme_config(model):
-        refs = phoneme_references(model, [u.text for u in utts])
-        out = token_error_summary(refs, hyps, name="per", unit="phonemes")
-        out["transcripts"] = [{"id": u.id, "ref": " ".join(r), "hyp": " ".join(h)} for u, r, h in zip(utts, refs, hyps)]
-        return out
-    out = wer_summary([u.text for u in utts], hyps)
-    out["transcripts"] = [{"id": u.id, "ref": u.text, "hyp": h} for u, h in zip(utts, hyps)]
-    return out
-
-
 def finish_cell(model_path: str, model_sha: str, base: dict, utts: list, shards: list, cell_file: str,
                 threads: int | None, quantized, n_synth: int, *results) -> dict:
     """Merge the shards' transcripts (back in the set's order), score, and write the cell file
     (row + transcripts) atomically. `results`: the cell's synthetic batches, then its shards.
     Returns the row."""
     synth, shard_results = results[:n_synth], results[n_synth:]
+    from .evaluate import score
     from .models.checkpoint import atomic_write_bytes
     from .provenance import code_version, machine
 
@@ -213,7 +199,7 @@ def finish_cell(model_path: str, model_sha: str, base: dict, utts: list, shards:
     for idx, res in zip(shards, shard_results):
         for i, h in zip(idx, res["hyps"]):
             hyps[i] = h
-    summary = score(model, utts, hyps)
+    summary = score(model, utts, hyps)   # what `evaluate` reports, from the shards' transcripts
     summary["seconds"] = round(sum(r["seconds"] for r in shard_results), 3)
     quantize_s = quantized["seconds"] if quantized is not None else 0.0
     synth_s = sum(b["seconds"] for b in synth if b["generated"])
