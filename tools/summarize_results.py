@@ -30,7 +30,9 @@ def variant(r) -> str:
     return " + ".join(p for p in parts if p) or "paper's method"
 
 
-def main(paths: list[str]) -> int:
+def summary_lines(paths: list[str]) -> list[str]:
+    """The summary table and the synthetic-vs-random lines, as markdown lines."""
+    out = []
     df = pd.concat([_load_frame(pd.read_csv(p)) for p in paths], ignore_index=True)
     df["variant"] = df.apply(variant, axis=1)
     key = ["w_bits", "a_bits", "calibration", "variant", "seed"]
@@ -47,13 +49,13 @@ def main(paths: list[str]) -> int:
     order = {"none": 0, "synthetic": 1, "random": 2, "real": 3}
     g = g.sort_values(["w_bits", "calibration", "wer"], key=lambda s: s.map(order) if s.name == "calibration" else
                       (-s if s.name == "w_bits" else s))
-    print(f"| W/A | calibration | variant | {name} % mean ± std | Δ vs FP32 | seeds | errors (per seed) / {unit} "
-          "| 95% CI (one run) | size MiB |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    out.append(f"| W/A | calibration | variant | {name} % mean ± std | Δ vs FP32 | seeds | errors (per seed) / {unit} "
+               "| 95% CI (one run) | size MiB |")
+    out.append("|---|---|---|---|---|---|---|---|---|")
     for r in g.itertuples():
         std = f" ± {r.std:.2f}" if r.seeds > 1 else ""
-        print(f"| {r.w_bits}/{r.a_bits} | {r.calibration} | {r.variant} | {r.wer:.2f}{std} | {r.delta:+.2f} | {r.seeds} | "
-              f"{r.errors_list} / {int(r.words)} | {r.lo:.1f}-{r.hi:.1f} | {r.size:.2f} |")
+        out.append(f"| {r.w_bits}/{r.a_bits} | {r.calibration} | {r.variant} | {r.wer:.2f}{std} | {r.delta:+.2f} | "
+                   f"{r.seeds} | {r.errors_list} / {int(r.words)} | {r.lo:.1f}-{r.hi:.1f} | {r.size:.2f} |")
     paper = df[(df.variant == "paper's method")]
     for (w, a), d in paper[paper.w_bits < 32].groupby(["w_bits", "a_bits"]):
         syn = d[d.calibration == "synthetic"].set_index("seed").unit_errors
@@ -61,8 +63,13 @@ def main(paths: list[str]) -> int:
         seeds = sorted(set(syn.index) & set(ran.index))
         if seeds:
             wins = sum(int(syn[s] < ran[s]) for s in seeds)
-            print(f"\nW{w}A{a}: synthetic has fewer errors than random in {wins} of {len(seeds)} seeds "
-                  f"({', '.join(f'{int(syn[s])} vs {int(ran[s])}' for s in seeds)})")
+            out += ["", f"W{w}A{a}: synthetic has fewer errors than random in {wins} of {len(seeds)} seeds "
+                        f"({', '.join(f'{int(syn[s])} vs {int(ran[s])}' for s in seeds)})"]
+    return out
+
+
+def main(paths: list[str]) -> int:
+    print("\n".join(summary_lines(paths)))
     return 0
 
 
