@@ -13,6 +13,8 @@ int64 logits with those logits, every one. Writes benchmarks/results/c_runtime_t
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import re
 import subprocess
@@ -48,7 +50,10 @@ def main(argv=None) -> int:
     qmodel = load_quantized(args.quantized)
     tmp = tempfile.TemporaryDirectory()
     out = Path(args.out_dir or Path(tmp.name) / "c")
-    assert cli_main(["export", args.quantized, "--c", str(out)]) == 0
+    with contextlib.redirect_stdout(io.StringIO()) as said:   # it names the (temporary) folder
+        assert cli_main(["export", args.quantized, "--c", str(out)]) == 0
+    shown = paths.display_path(out) if args.out_dir else "<temporary folder>/c"
+    print(said.getvalue().replace(str(out), shown), end="")
     subprocess.run(["make", "-s", "-C", str(out), "asrq"], check=True)
     isa = subprocess.run([str(out / "asrq"), "--isa"], capture_output=True, text=True, check=True).stdout.strip()
     utts = load_dataset(args.data, limit=args.limit)
@@ -80,7 +85,8 @@ def main(argv=None) -> int:
         hyps_ref.append(text_ref)
         print(f"{i + 1}/{len(utts)} {u.id}: tokens equal {rows[-1]['tokens_equal']}, "
               f"{rows[-1]['logits_differ']} of {ref.size} logits differ ({time.time() - t0:.0f} s)", flush=True)
-    res = {"quantized": str(args.quantized), "data": str(args.data), "utterances": len(rows),
+    res = {"quantized": paths.display_path(args.quantized), "data": paths.display_path(args.data),
+           "utterances": len(rows),
            "command": "asrq model.bin input.q8 --logits out.bin (make -C DIR asrq: -O3 -march=native -fopenmp)",
            "threads": args.threads, "kernels": isa,
            "tokens_equal": sum(r["tokens_equal"] for r in rows), "text_equal": sum(r["text_equal"] for r in rows),

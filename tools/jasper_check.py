@@ -365,7 +365,7 @@ def main(argv=None) -> int:
     from asrquant.models import save_model
 
     save_model(jasper, restored_path)
-    results["jasper"]["restored_path"] = str(restored_path)
+    results["jasper"]["restored_path"] = paths.display_path(restored_path)
     model_files = {"JasperDR-10x5": restored_path, "QuartzNet-15x5": Path(args.quartznet)}
 
     calib = mels_of(jasper, [crop_batch(calib_utts[i: i + 4], args.crop_s) for i in range(0, len(calib_utts), 4)])
@@ -401,6 +401,17 @@ def _write(out_json, out_csv, results, rows):
         pd.DataFrame(rows).to_csv(out_csv, index=False)
 
 
+# arguments that name files or folders: a row names them as paths.display_path does (relative to
+# the repository, build/ or ../shared/), never the machine's absolute paths
+PATH_ARGS = ("train", "test", "jasper_nemo", "quartznet")
+
+
+def row_settings(args) -> dict:
+    """The command's settings as results columns (setting_<name>), paths made portable."""
+    return {f"setting_{k}": paths.display_path(v) if k in PATH_ARGS and v else v
+            for k, v in vars(args).items() if k not in ("out", "results")}
+
+
 def _write_results(path: Path, results, model_files, eval_utts, args) -> None:
     """results/jasper_check.csv: per model x bits, the verdicts and pooled agreement, with the
     row's provenance (the restored model file it ran on, the agreement utterances, all settings)."""
@@ -409,7 +420,7 @@ def _write_results(path: Path, results, model_files, eval_utts, args) -> None:
     from asrquant.models.checkpoint import atomic_write_bytes
     from asrquant.provenance import provenance
 
-    settings = {f"setting_{k}": v for k, v in vars(args).items() if k not in ("out", "results")}
+    settings = row_settings(args)
     out = []
     for model, entries in results.items():
         if model not in model_files or not isinstance(entries, dict):

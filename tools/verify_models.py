@@ -17,8 +17,9 @@
   utterances cropped to 4 s), W8A8, real calibration on 8 others.
 Each report: float-free forward, every backend against the torch reference on a padded batch of 3
 test-other utterances (cropped to --seconds), batch/padding invariance (verify.verify), and its
-provenance (asrquant.provenance: the model file's sha256 where the model is a file, the verified
-utterances' fingerprint, the settings, code version and commit, machine).
+provenance (asrquant.provenance: the model file's sha256 where the model is a file, else its float
+state dict's sha256; the verified utterances' fingerprint, the settings with file paths relative
+to the repository, code version and commit, machine).
 """
 from __future__ import annotations
 
@@ -39,15 +40,22 @@ from asrquant.quantize import quantize
 from asrquant.verify import verify
 
 
-def _report(name, qmodel, batch, seconds, out: Path, extra: dict, model_path=None, utts=None) -> bool:
+def _report(name, qmodel, batch, seconds, out: Path, extra: dict, model_path=None, utts=None,
+            float_model=None) -> bool:
+    """Verify qmodel on batch and write out/<name>.json with its provenance. A model built here
+    (no file: model_path None) is identified by the sha256 of its float state dict instead."""
     from asrquant.models.checkpoint import atomic_write_bytes
     from asrquant.provenance import provenance
+    from asrquant.synth import model_hash
 
     t = time.time()
     rep = verify(qmodel, *batch, max_seconds=seconds)
     rep.update(extra, model=name, verify_seconds=round(time.time() - t, 1))
-    rep["provenance"] = provenance(model_path, utts, {"report": name, "crop_seconds": seconds, **extra,
-                                                      "model_file": str(model_path) if model_path else "none (built here)"})
+    settings = {"report": name, "crop_seconds": seconds, **extra,
+                "model_file": paths.display_path(model_path) if model_path else "none (built here)"}
+    if model_path is None and float_model is not None:
+        settings["model_state_sha256"] = model_hash(float_model)
+    rep["provenance"] = provenance(model_path, utts, settings)
     text = json.dumps(rep, indent=1, default=str)
     atomic_write_bytes(out / f"{name}.json", lambda f: f.write(text.encode()))
     exact = {k: v.get("bit_exact") if not v.get("skipped") else "skipped: " + v["skipped"]
@@ -94,7 +102,7 @@ def main(argv=None) -> int:
         q = quantize(jasper, calib, 8, 8, info={"calibration": "real", "seed": 0})
         ok &= _report("jasperdr10x5_w8a8_real", q, batch, args.seconds, out,
                       {"calibration": "real (the longer 8 of 16 train-clean-100 utterances), random weights, "
-                                     "BN statistics from the first 8 (4 s crops)"}, None, utts)
+                                     "BN statistics from the first 8 (4 s crops)"}, None, utts, jasper)
     if not args.skip_conformers:
         hama = load_model(args.hama)
         synth = calibration_batches(hama, "synthetic", seed=0, n_batches=1, batch_size=8, frames=500,
@@ -124,7 +132,7 @@ def main(argv=None) -> int:
         ok &= _report("conformer_ctc_small_nemo_w8a8_real", q, batch, args.seconds, out,
                       {"calibration": "real (the longer 8 of 16 train-clean-100 utterances), random weights, "
                                       "BN statistics from one training-mode pass over the first 8 (4 s crops)"},
-                      None, utts)
+                      None, utts, nemo)
     return 0 if ok else 1
 
 

@@ -38,3 +38,20 @@ def librispeech(split: str) -> Path:
 def restored_model() -> Path:
     """The real QuartzNet-15x5 with BatchNorm restored (made by `make model` / `asrquant restore-bn`)."""
     return build_dir() / "quartznet15x5_restored.nemo"
+
+
+def display_path(path) -> str:
+    """A path as results files and printed outputs name it, never the build machine's own folders:
+    relative to the repository when inside it (`benchmarks/results/x.json`), `build/...` under the
+    build folder, `../shared/...` under the shared assets (the documented default location, even
+    when ASRQUANT_SHARED points elsewhere), and the bare file name for anything else (a temporary
+    folder, a home directory). Symlinks are not followed: a scratch checkout's build/ link stays
+    `build/...`."""
+    p = Path(os.path.abspath(os.fspath(path)))
+    for base, label in ((_repo_or_cwd(), ""), (build_dir(), "build"), (shared_dir(), "../shared")):
+        try:
+            rel = p.relative_to(os.path.abspath(base))
+        except ValueError:
+            continue
+        return (Path(label) / rel).as_posix() if label else (rel.as_posix() or ".")
+    return p.name
