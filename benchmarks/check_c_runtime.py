@@ -34,6 +34,7 @@ from asrquant.cli import main as cli_main  # noqa: E402
 from asrquant.convert import load_quantized  # noqa: E402
 from asrquant.data import load_batch, load_dataset  # noqa: E402
 from asrquant.program.c_backend import read_logits, write_input  # noqa: E402
+from asrquant.provenance import provenance  # noqa: E402
 from asrquant.text import ctc_greedy_tokens, wer_summary  # noqa: E402
 
 
@@ -92,7 +93,9 @@ def main(argv=None) -> int:
            "tokens_equal": sum(r["tokens_equal"] for r in rows), "text_equal": sum(r["text_equal"] for r in rows),
            "logits": sum(r["logits"] for r in rows), "logits_differ": sum(r["logits_differ"] for r in rows),
            "wer_c_runtime": wer_summary(refs, hyps_c), "wer_forward_int": wer_summary(refs, hyps_ref),
-           "per_utterance": rows}
+           "per_utterance": rows,
+           # model_sha256 is the .aqz file's; eval_* fingerprint the utterances checked
+           "provenance": provenance(args.quantized, utts, {"run_threads": args.threads, "limit": args.limit})}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(res, indent=2))
     print(f"{res['tokens_equal']}/{len(rows)} token sequences equal, {res['logits_differ']} of {res['logits']} "
