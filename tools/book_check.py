@@ -12,7 +12,10 @@ reader without one. A page fails when
   `\\(`, `\\[` or `$$` in the rendered text outside code;
 * a request fails or an image does not display: a missing image, script or stylesheet (HTTP
   status >= 400, or a network error), or any request to a remote host;
-* it logs a JavaScript error (an uncaught exception, `console.error`, or an error in the log).
+* it logs a JavaScript error (an uncaught exception, `console.error`, or an error in the log);
+* a code cell's code scrolls sideways in a 1280 px wide window: its `<pre>` is wider than its
+  box (scrollWidth > clientWidth + 1). Cells collapsed in a closed `<details>` (hide-input) are
+  not counted.
 
 Chromium is driven through the DevTools protocol over a websocket (`websocket-client`), so no
 browser driver is needed: the Debian package `chromium` is enough. Exit status: 0 when every page
@@ -38,9 +41,10 @@ import urllib.request
 from pathlib import Path
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+VIEWPORT_WIDTH = 1280   # px: a laptop screen; code cells must fit without a horizontal scroll
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run",
-                  "--disable-default-apps", "--disable-extensions", "--window-size=1280,900",
+                  "--disable-default-apps", "--disable-extensions", f"--window-size={VIEWPORT_WIDTH},900",
                   # offline: nothing but the local server resolves
                   "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"]
 
@@ -66,7 +70,7 @@ INSPECT_JS = r"""
   const untypeset = maths.filter(el => !el.querySelector("mjx-container") && !el.closest("mjx-container"))
                          .map(el => el.textContent.trim().slice(0, 80));
   const raw = [];
-  if (!document.body) return {maths: maths.length, untypeset: untypeset, raw: raw, broken: broken};
+  if (!document.body) return {maths: maths.length, untypeset: untypeset, raw: raw, broken: broken, wide: []};
   const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
   const skip = "pre, code, script, style, textarea, mjx-container, .highlight, .math";
   for (let n = walker.nextNode(); n; n = walker.nextNode()) {
@@ -78,9 +82,23 @@ INSPECT_JS = r"""
       if (i >= 0) { raw.push(t.slice(Math.max(0, i - 30), i + 50).replace(/\s+/g, " ").trim()); break; }
     }
   }
-  return {maths: maths.length, untypeset: untypeset, raw: raw, broken: broken};
+  // code that scrolls sideways at this viewport: a code cell's <pre> wider than its box
+  // (a collapsed hide-input cell is out of sight until the reader opens it: not counted)
+  const wide = Array.from(document.querySelectorAll(CODE_PRE))
+    .filter(pre => !pre.closest("details:not([open])"))
+    .filter(pre => pre.clientWidth > 0 && pre.scrollWidth > pre.clientWidth + 1)
+    .map(pre => {
+      const longest = pre.textContent.split("\n").reduce((a, b) => (b.length > a.length ? b : a), "");
+      return {scroll: pre.scrollWidth, client: pre.clientWidth, line: longest.trim().slice(0, 60)};
+    });
+  return {maths: maths.length, untypeset: untypeset, raw: raw, broken: broken, wide: wide};
 })()
 """
+
+
+# the code of a code cell as myst-nb renders it (the input; outputs may be wide tables)
+CODE_PRE_SELECTOR = "div.cell div.cell_input pre"
+INSPECT_JS = INSPECT_JS.replace("CODE_PRE", json.dumps(CODE_PRE_SELECTOR))
 
 
 def find_chromium(explicit: str | None = None) -> str | None:
@@ -212,6 +230,9 @@ def page_problems(browser: Browser, url: str, origin: str) -> tuple[list[str], i
         problems.append(f"raw TeX in the page text: {text!r}")
     for src in value.get("broken", []):
         problems.append(f"image not shown: {src}")
+    for w in value.get("wide", []):
+        problems.append(f"code scrolls sideways at {VIEWPORT_WIDTH} px ({w['scroll']} px of code in a "
+                        f"{w['client']} px box): {w['line']!r}")
     requests: dict[str, str] = {}
     for e in browser.events:
         method, p = e["method"], e.get("params", {})

@@ -1,6 +1,6 @@
 """Sphinx extension: a built book that works offline and loads without errors in a browser.
 
-It does three things, each checked page by page by `tools/book_check.py` in headless Chromium.
+It does four things, each checked page by page by `tools/book_check.py` in headless Chromium.
 
 **MathJax ships with the book.**
 Sphinx loads MathJax from a CDN by default; a book read without network then shows raw TeX.
@@ -17,6 +17,10 @@ copy throws "Identifier 'THEBE_JS_URL' has already been declared". Duplicates ar
 **A valid theme mode.** pydata-sphinx-theme reads `default_mode` from the HTML context; left
 empty, a reader's first visit logs "Got invalid theme mode". It is set to `auto` (the browser's
 preference) unless the configuration names one.
+
+**Code that fits the page.** `static/asrquant_book.css` (added to every page) sets code cells
+at a size where the notebooks' 88-character lines fit a 1280 px window, and wraps the lines of
+parameter cells (papermill's injected values can be any length) instead of scrolling them.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import shutil
 from pathlib import Path
 
 ENTRY = "mathjax/es5/tex-mml-chtml.js"   # relative to _static/ (Sphinx prefixes _static/)
+STATIC = Path(__file__).resolve().parent / "static"
+CSS = "asrquant_book.css"                # in STATIC, copied to _static/ by Sphinx
 
 
 def mathjax_bundle() -> Path:
@@ -45,6 +51,7 @@ def _configure(app, config) -> None:
     mathjax_bundle()                      # fail at the start of the build, not after it
     config.mathjax_path = ENTRY
     config.html_context.setdefault("default_mode", "auto")
+    config.html_static_path = [*config.html_static_path, str(STATIC)]
 
 
 def _drop_duplicate_scripts(app, pagename, templatename, context, doctree) -> None:
@@ -75,4 +82,5 @@ def setup(app):
     # early: a later listener may end the event by returning a template name (emit_firstresult)
     app.connect("html-page-context", _drop_duplicate_scripts, priority=100)
     app.connect("build-finished", _copy_bundle)
+    app.add_css_file(CSS)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
