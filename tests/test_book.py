@@ -260,6 +260,52 @@ def test_book_check_passes_a_clean_page_and_fails_a_broken_one(tmp_path):
     assert checker.main([str(tmp_path / "nowhere")]) == 2
 
 
+def _code_cell(code: str, tags: tuple[str, ...] = ()) -> str:
+    """A code cell as myst-nb writes it: its tags become tag_<name> classes."""
+    classes = " ".join(["cell", *(f"tag_{t}" for t in tags)])
+    return (f'<div class="{classes} docutils container"><div class="cell_input docutils container">'
+            f'<div class="highlight-ipython3 notranslate"><div class="highlight"><pre>{code}</pre>'
+            f"</div></div></div></div>")
+
+
+def test_book_check_fails_code_that_scrolls_sideways(tmp_path):
+    """At 1280 px a code cell must not scroll: with the book's CSS an 88-character line fits a
+    cell as wide as the theme's (672 px), a long parameter line wraps, a collapsed cell is not
+    counted; without the CSS the same 88 characters scroll."""
+    checker = _load_checker()
+    if checker.find_chromium(os.environ.get("CHROMIUM")) is None:
+        pytest.skip("Chromium not installed (Debian: apt-get install -y chromium)")
+    site = tmp_path / "html"
+    (site / "_static").mkdir(parents=True)
+    css = ROOT / "book" / "_ext" / "static" / "asrquant_book.css"
+    (site / "_static" / css.name).write_bytes(css.read_bytes())
+    line = "x = " + "a" * (PAGE_WIDTH - 4)
+    long_path = "model_path = '" + "/very/long/folder" * 12 + "/model.nemo'"
+    cells = (_code_cell(line) + _code_cell(long_path, ("parameters",))
+             + _code_cell("y = " + "b" * 200, ("injected-parameters",))
+             + f"<details><summary>show code</summary>{_code_cell('z = ' + 'c' * 200)}</details>")
+
+    def page(name, with_css, body):
+        link = f'<link rel="stylesheet" href="_static/{css.name}">' if with_css else ""
+        (site / name).write_text(f'<!DOCTYPE html><html><head><meta charset="utf-8">{link}</head>'
+                                 f'<body><article style="width: 672px">{body}</article></body></html>')
+
+    page("fits.html", True, cells)
+    page("no_css.html", False, _code_cell(line))
+    page("too_long.html", True, _code_cell("w = " + "d" * 120))
+
+    def run(name):
+        out = io.StringIO()
+        return checker.check(site, [name], timeout=60, out=out), out.getvalue()
+
+    code, log = run("fits.html")
+    assert code == 0, log
+    for name in ("no_css.html", "too_long.html"):
+        code, log = run(name)
+        assert code == 1 and f"FAIL {name}" in log, log
+        assert "code scrolls sideways at 1280 px" in log and "672 px box" in log, log
+
+
 def test_book_config_ships_mathjax_offline():
     cfg = yaml.safe_load((ROOT / "_config.yml").read_text())
     assert cfg["sphinx"]["local_extensions"] == {"offline_book": "book/_ext"}
@@ -304,11 +350,7 @@ def test_chapter_ends_with_exercises_and_folded_solutions(path):
     assert all("remove-cell" in c.metadata.get("tags", []) for c in after), path.name
 
 
-# 07_latency is being rewritten by its own task (a C-runtime section); its lines are reflowed there
-REFLOWED = [p for p in NOTEBOOKS if p.stem != "07_latency"]
-
-
-@pytest.mark.parametrize("path", REFLOWED, ids=[p.stem for p in REFLOWED])
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_visible_code_fits_the_page(path):
     nb = nbformat.read(path, as_version=4)
     long = [(i, line) for i, c in enumerate(nb.cells) if c.cell_type == "code"
