@@ -338,6 +338,33 @@ def verify_reports() -> list[str]:
     return out
 
 
+def paper_checks(path: Path) -> list[str]:
+    """Issue 4's done-when checks (synthetic W8A8 <= +0.5, W6A8 <= +1.5, synthetic better than random)."""
+    df = _frame(path)
+    df = df[df.variant == "paper's method"]
+    fp32 = float(_fp32(df).error_rate)
+    mean = df.groupby(["w_bits", "calibration"]).error_rate.mean() - fp32
+    paper = pd.read_csv(ROOT / "data" / "paper_results.csv")
+    paper = paper[(paper.model == "QuartzNet15x5") & (paper.split == "test-other")].drop_duplicates(
+        ["method", "w_bits", "a_bits"]).set_index(["method", "w_bits"]).wer
+    pd_ = {k: paper[k] - paper[("baseline", 32)] for k in paper.index if k[1] < 32}
+
+    def mark(ok: bool) -> str:
+        return "✓" if ok else "✗"
+
+    s8, s6, r8, r6 = (mean[(w, c)] for w, c in ((8, "synthetic"), (6, "synthetic"), (8, "random"), (6, "random")))
+    line = (f"Done-when checks of issue #4 (paper, test-other: synthetic {pd_[('synthetic', 8)]:+.2f} / "
+            f"{pd_[('synthetic', 6)]:+.2f}, random {pd_[('random', 8)]:+.2f} / {pd_[('random', 6)]:+.2f}): "
+            f"synthetic W8A8 **{s8:+.2f}** (≤ +0.5 {mark(s8 <= 0.5)}), synthetic W6A8 **{s6:+.2f}** "
+            f"(≤ +1.5 {mark(s6 <= 1.5)}), synthetic better than random at both widths (**{s8:+.2f} vs "
+            f"{r8:+.2f}** and **{s6:+.2f} vs {r6:+.2f}** {mark(s8 < r8 and s6 < r6)}). "
+            + _synthetic_vs_random(df))
+    if (8, "real") in mean:
+        line += f" Real-data calibration (one calibration set): W8A8 {mean[(8, 'real')]:+.2f}"
+        line += f", W6A8 {mean[(6, 'real')]:+.2f}." if (6, "real") in mean else "."
+    return [line, "", provenance_line(_frame(path), path)]
+
+
 # README file -> block name -> function of the results files
 BLOCKS = {
     "README.md": {
@@ -353,6 +380,7 @@ BLOCKS = {
     },
     "results/README.md": {
         "summary": lambda: summary(ROOT / "results" / "grid.csv", ROOT / "results" / "beyond.csv"),
+        "paper_checks": lambda: paper_checks(ROOT / "results" / "grid.csv"),
     },
 }
 
