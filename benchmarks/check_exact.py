@@ -79,7 +79,8 @@ def main(argv=None) -> int:
         print(f"{i + 1}/{len(utts)} {u.id} ({time.time() - t0:.0f} s)", flush=True)
     for s in stats.values():
         s["transcripts_changed"] = int(s["transcripts_changed"])
-    res = {"quantized": str(args.quantized), "utterances": len(utts), "data": str(args.data),
+    res = {"quantized": paths.display_path(args.quantized), "utterances": len(utts),
+           "data": paths.display_path(args.data),
            "runtimes": stats}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(res, indent=2))

@@ -159,7 +159,7 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out, index=False)
     plot(df, args.plot or out.with_suffix(".png"))
-    print(f"-> {out}")
+    print(f"-> {paths.display_path(out)}")
     return 0
 
 

@@ -340,6 +340,9 @@ def test_bench_json(float5, q5, tmp_path):
     assert bench.cmd_bench(args) == 0
     written = json.loads((tmp_path / "b.json").read_text())
     assert written["int8_runtime"] == "torch+native-int8"
+    # files named portably (paths.display_path), never this machine's folders
+    assert (written["model_path"], written["quantized_path"]) == ("m.nemo", "m.aqz")
+    assert str(tmp_path) not in (tmp_path / "b.json").read_text()
     # provenance (issue 12): the files' hashes, the settings, the code and the machine
     from asrquant.provenance import file_sha256
 

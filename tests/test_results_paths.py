@@ -115,3 +115,14 @@ def test_verify_report_names_its_model_portably(tiny_quantized, tmp_path):
     with torch.no_grad():
         next(other.parameters()).add_(1.0)   # another model: another hash
     assert prov["model_state_sha256"] == model_hash(model) != model_hash(other)
+
+
+def test_check_exact_writes_no_machine_paths(tiny_quantized, tmp_path):
+    root, _, aqz, data, _, _ = tiny_quantized
+    script = load_script(ROOT / "benchmarks" / "check_exact.py")
+    out = tmp_path / "exact.json"
+    assert script.main(["--quantized", str(aqz), "--data", str(data), "--limit", "2", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["quantized"] == "tiny_w8a8.aqz" and res["data"] == "tiny" and res["utterances"] == 2
+    assert res["runtimes"]["torch+native-int8"]["differ"] == 0
+    _no_machine_paths(out.read_text(), root, tmp_path)

@@ -30,6 +30,13 @@ COMPARED = ["model", "w_bits", "a_bits", "calibration", "seed", "cell_key", "mod
             "wer", "cer", "words", "word_errors", "ci95_lo", "ci95_hi", "size_mb", "bops_t"]
 
 
+def _shown(cmd) -> list[str]:
+    """The command as the results file records it: file arguments relative to the repository."""
+    from asrquant.paths import display_path
+
+    return [display_path(a) if os.path.isabs(str(a)) else str(a) for a in cmd]
+
+
 def loadavg() -> list[float]:
     return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
 
@@ -46,7 +53,7 @@ def add_task_seconds(path: Path) -> None:
     """Add each run's task seconds (and busy fraction per worker) to an existing report."""
     report = json.loads(path.read_text())
     for r in report["runs"]:
-        r["task_seconds"] = task_seconds(r["csv"])
+        r["task_seconds"] = task_seconds(ROOT / r["csv"] if not Path(r["csv"]).is_absolute() else r["csv"])
         r["task_seconds_per_worker_over_wall"] = round(r["task_seconds"] / r["workers"] / r["wall_seconds"], 3)
     path.write_text(json.dumps(report, indent=1, default=str) + "\n")
     print(json.dumps([{k: r[k] for k in ("workers", "wall_seconds", "task_seconds",
@@ -78,7 +85,7 @@ def main() -> int:
     if args.threads:
         extra += ["--threads", str(args.threads)]
     work = Path(args.work)
-    runs = []
+    runs, csvs = [], []
     for i, workers in enumerate(args.order):
         folder = work / f"run{i}_workers{workers}"
         shutil.rmtree(folder, ignore_errors=True)   # empty results and synthetic cache: everything computed
@@ -92,17 +99,18 @@ def main() -> int:
         if proc.returncode != 0:
             raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}); log: {folder / 'log.txt'}")
         runs.append({"workers": workers, "wall_seconds": round(wall, 1), "loadavg_before": before,
-                     "loadavg_after": loadavg(), "command": " ".join(cmd), "csv": str(folder / "grid.csv"),
-                     "task_seconds": task_seconds(folder / "grid.csv")})
+                     "loadavg_after": loadavg(), "command": " ".join(_shown(cmd)),
+                     "csv": paths.display_path(folder / "grid.csv"), "task_seconds": task_seconds(folder / "grid.csv")})
+        csvs.append(folder / "grid.csv")
         print(f"workers {workers}: {wall:.1f} s", flush=True)
 
-    frames = [pd.read_csv(r["csv"]).sort_values("cell_key").reset_index(drop=True)[COMPARED] for r in runs]
+    frames = [pd.read_csv(csv).sort_values("cell_key").reset_index(drop=True)[COMPARED] for csv in csvs]
     same = all(f.equals(frames[0]) for f in frames[1:])
     diff = [] if same else frames[0].compare(frames[1]).to_dict(orient="index")
     by = {}
     for r in runs:
         by.setdefault(r["workers"], []).append(r["wall_seconds"])
-    report = {"grid": " ".join(GRID + extra), "model": args.model, "model_sha256": file_sha256(args.model),
+    report = {"grid": " ".join(GRID + extra), "model": paths.display_path(args.model), "model_sha256": file_sha256(args.model),
               "rows": len(frames[0]), "rows_identical": same, "differences": diff, "runs": runs,
               "wall_seconds_by_workers": by, "machine": machine(), "code": code_version(),
               "note": "each run starts from an empty synthetic cache and output folder; the machine is shared with "

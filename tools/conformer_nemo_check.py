@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from asrquant import paths
 from asrquant.convert_conformer import calibrate_conformer, convert_conformer, float_forward
 from asrquant.data import load_batch, read_librispeech
 from asrquant.models import ConformerCTC, conformer_ctc_config
@@ -143,7 +144,8 @@ def main(argv=None) -> int:
     calib_audio = [load_batch(calib_utts[i:i + 4]) for i in range(0, len(calib_utts), 4)]
     eval_audio = [load_batch([u]) for u in eval_utts]
 
-    report = {"settings": {k: v for k, v in vars(args).items()}, "bn_utts": [u.id for u in bn_utts],
+    report = {"settings": {k: paths.display_path(v) if k in ("data", "out") else v for k, v in vars(args).items()},
+              "bn_utts": [u.id for u in bn_utts],
               "calib_utts": [u.id for u in calib_utts], "eval_utts": [u.id for u in eval_utts], "models": {}}
     for size in args.sizes:
         model = random_model(size, args.seed)

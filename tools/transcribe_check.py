@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -39,7 +40,8 @@ def run(argv: list[str], log: list) -> float:
     t0 = time.perf_counter()
     proc = subprocess.run(CLI + [str(a) for a in argv], capture_output=True, text=True)
     seconds = time.perf_counter() - t0
-    log.append({"command": "asrquant " + shlex.join(str(a) for a in argv), "exit": proc.returncode,
+    shown = (paths.display_path(a) if isinstance(a, Path) or os.path.isabs(str(a)) else str(a) for a in argv)
+    log.append({"command": "asrquant " + shlex.join(shown), "exit": proc.returncode,
                 "stderr": proc.stderr.strip()[-2000:], "seconds": round(seconds, 1)})
     if proc.returncode != 0:
         raise SystemExit(f"failed: {log[-1]}")

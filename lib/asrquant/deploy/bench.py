@@ -307,15 +307,19 @@ def cmd_bench(args) -> int:
             "limit": args.calibration_limit, "progress": not args.quiet}
     res = bench(model, qmodel, args.seconds, args.batch, args.threads, args.repeats, args.warmup,
                 runtimes=runtimes, progress=not args.quiet, peer=peer)
-    res["calibration_data"], res["calibration_limit"] = peer["calibration_data"], peer["limit"]
-    res["model_path"], res["quantized_path"] = str(args.model), str(args.quantized)
+    from ..paths import display_path
     from ..provenance import file_sha256, provenance
+
+    # files named relative to the repository (build/..., ../shared/...), never this machine's paths
+    res["calibration_data"] = display_path(peer["calibration_data"])
+    res["calibration_limit"] = peer["limit"]
+    res["model_path"], res["quantized_path"] = display_path(args.model), display_path(args.quantized)
 
     # where the timing came from (issue 12): model files, every setting, code version, machine
     res["provenance"] = provenance(args.model, settings={
         "quantized_sha256": file_sha256(args.quantized), "seconds": args.seconds, "batch": args.batch,
         "bench_threads": args.threads, "repeats": args.repeats, "warmup": args.warmup, "runtimes": " ".join(runtimes),
-        "calibration_data": peer["calibration_data"], "calibration_limit": peer["limit"]})
+        "calibration_data": res["calibration_data"], "calibration_limit": peer["limit"]})
     print(format_report(res))
     if args.json:
         from ..models.checkpoint import atomic_write_bytes
