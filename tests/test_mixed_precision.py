@@ -4,13 +4,17 @@ model carries each conv's width."""
 
 import pytest
 import torch
-
 from asrquant.calibration import collect, random_mels
 from asrquant.convert import convert
 from asrquant.experiments import model_size_mb
-from asrquant.quant.mixed_precision import allocate, allocate_bits, sensitivities, size_mb, weight_convs
+from asrquant.quant.mixed_precision import (
+    allocate,
+    allocate_bits,
+    sensitivities,
+    size_mb,
+    weight_convs,
+)
 from asrquant.quantize import quantize
-
 from test_adaround import tiny_model
 
 
@@ -65,3 +69,62 @@ def test_mixed_model_is_integer_with_per_conv_widths(model):
     assert qmodel.info["layer_bits"] == {str(b): n for b, n in sorted(widths.items())}
     q = quantize(model, batches, 4, 8, size_budget_mb=budget, progress=False)
     assert q.info["size_mb"] <= budget
+
+
+def test_bias_corrected_sensitivity_is_what_the_corrected_model_loses(model):
+    """With bias_correction the measured error of a conv is the converter's corrected rounding:
+    smaller than the uncorrected one for most convs at 4 bits, equal where the input mean is
+    zero, and the weights come back untouched (no hook left behind)."""
+    mel, lens = random_mels(1, 2, 80, seed=4)[0]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    plain = sensitivities(model, mel, lens, progress=False)
+    fixed = sensitivities(model, mel, lens, progress=False, bias_correction=True)
+    convs = [c for c, _ in weight_convs(model)]
+    assert sum(fixed[(c, 4)] < plain[(c, 4)] for c in convs) >= 0.6 * len(convs)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert all(not c._forward_hooks for c in convs)
+    # the first conv reads the crop itself: with every input channel centred its mean shift is 0
+    centred = mel - mel.mean(dim=(0, 2), keepdim=True)
+    first = convs[0]
+    p0 = sensitivities(model, centred, lens, widths=(4,), progress=False)[(first, 4)]
+    f0 = sensitivities(model, centred, lens, widths=(4,), progress=False, bias_correction=True)[(first, 4)]
+    assert p0 > 0 and f0 == pytest.approx(p0, rel=1e-9)
+
+
+def test_sensitivities_are_cached_by_content(model, tmp_path, monkeypatch):
+    import json
+
+    from asrquant.quant import mixed_precision as mp
+
+    mel, lens = random_mels(1, 2, 80, seed=7)[0]
+    mp._MEMO.clear()
+    first = mp.cached_sensitivities(model, mel, lens, cache_dir=tmp_path, progress=False, bias_correction=True)
+    files = list(tmp_path.glob("*.json"))
+    assert len(files) == 1 and json.loads(files[0].read_text())["bias_correction"] is True
+    mp._MEMO.clear()
+    monkeypatch.setattr(mp, "sensitivities", lambda *a, **k: pytest.fail("measured again"))
+    assert mp.cached_sensitivities(model, mel, lens, cache_dir=tmp_path, progress=False,
+                                   bias_correction=True) == first
+    monkeypatch.undo()
+    # another crop, or the other measure: another key, another file
+    mp.cached_sensitivities(model, mel[:, :, :60], torch.full((2,), 60), cache_dir=tmp_path, progress=False)
+    mp.cached_sensitivities(model, mel, lens, cache_dir=tmp_path, progress=False, bias_correction=False)
+    assert len(list(tmp_path.glob("*.json"))) == 3
+    # a damaged file is measured again and replaced
+    files[0].write_text("{not json")
+    mp._MEMO.clear()
+    again = mp.cached_sensitivities(model, mel, lens, cache_dir=tmp_path, progress=False, bias_correction=True)
+    assert again == first and json.loads(files[0].read_text())["values"]
+
+
+def test_quantize_measures_sensitivity_with_its_bias_correction(model, tmp_path):
+    import json
+
+    batches = random_mels(1, 2, 80, seed=8)
+    low, high = size_mb(model, lambda c: 4), size_mb(model, lambda c: 8)
+    budget = low + 0.3 * (high - low)
+    q = quantize(model, batches, 4, 8, bias_correction=True, size_budget_mb=budget,
+                 mixed_precision={"cache_dir": tmp_path}, progress=False)
+    (f,) = tmp_path.glob("*.json")
+    assert json.loads(f.read_text())["bias_correction"] is True
+    assert q.info["bias_correction"] and q.info["size_mb"] <= budget

@@ -22,13 +22,16 @@ def quantize(model, batches, weight_bits: int = 8, act_bits: int = 8, *, observe
              weight_method: str = "minmax", bias_correction: bool = False, rounding: str = "nearest",
              depthwise_bits: int | None = None, residual_bits: int | None = None, prob_bits: int | None = None,
              info: dict | None = None, adaround: dict | None = None, size_budget_mb: float | None = None,
-             progress: bool = True):
+             mixed_precision: dict | None = None, progress: bool = True):
     """Calibrate `model` on (mel, lengths) batches and convert it to an integer model.
 
     rounding: one of ROUNDINGS. adaround: ``quant.adaround.AdaRoundConfig`` fields plus
     ``cache_dir`` (where each block's learned codes are kept; None: not cached).
     size_budget_mb: mixed precision (``quant.mixed_precision``): per-conv weight widths from
-    {4, 6, 8} chosen by sensitivity on the batches so that the weights fit this many MiB."""
+    {4, 6, 8} chosen by sensitivity on the batches so that the weights fit this many MiB.
+    mixed_precision: ``mixed_precision.allocate_bits`` options (e.g. ``cache_dir`` for the
+    sensitivities; ``bias_correction`` defaults to this call's: sensitivities measured with the
+    correction the model gets)."""
     if rounding not in ROUNDINGS:
         raise ValueError(f"unknown rounding {rounding!r}; choose from {ROUNDINGS}")
     if is_conformer(model):
@@ -60,7 +63,9 @@ def quantize(model, batches, weight_bits: int = 8, act_bits: int = 8, *, observe
     if size_budget_mb is not None:
         from .quant.mixed_precision import allocate_bits, size_mb
 
-        layer_bits = allocate_bits(model, batches, size_budget_mb, weight_method=weight_method, progress=progress)
+        opts = {"bias_correction": bias_correction, **(mixed_precision or {})}
+        layer_bits = allocate_bits(model, batches, size_budget_mb, weight_method=weight_method, progress=progress,
+                                   **opts)
         info["size_budget_mb"] = size_budget_mb
         info["size_mb"] = size_mb(model, lambda conv: weight_bits_of(conv, weight_bits, depthwise_bits, layer_bits))
     codes = None
