@@ -324,17 +324,21 @@ def verify_reports() -> list[str]:
     import json
 
     out = ["| report (`results/verify/`) | verdict | ops recorded / float ops | backends bit-exact (run, skipped) "
-           "| alone = in a padded batch | int64-accumulator layers | model file sha256 |",
+           "| alone = in a padded batch | int64-accumulator layers | model sha256 (file, or state dict) |",
            "|---|---|---|---|---|---|---|"]
     for path in sorted((ROOT / "results" / "verify").glob("*.json")):
         d = json.loads(path.read_text())
         ff, be, bi = d["float_free"], d["bit_exact"], d["batch_invariance"]
-        sha = _short(d.get("provenance", {}).get("model_sha256", "unknown"))
+        prov = d.get("provenance", {})
+        sha = _short(prov.get("model_sha256", "unknown"))
+        model_id = "unknown" if sha == "unknown" else f"`{sha}...`"
+        if sha == "unknown" and prov.get("model_state_sha256"):   # a model built in memory, no file
+            model_id = f"state dict `{_short(prov['model_state_sha256'])}...`"
         out.append(f"| `{path.name}` | {'passed' if d['passed'] else '**failed**'} | {ff['ops_recorded']:,} / "
                    f"{len(ff['float_ops'])} | {'yes' if be['passed'] else '**no**'} ({be['backends_run']}, "
                    f"{be['backends_skipped']}) | {'yes' if bi['passed'] else '**no**'} "
                    f"({bi['utterances']} utterances) | {', '.join(d['int64_accumulator_layers']) or '-'} | "
-                   f"{sha if sha == 'unknown' else '`' + sha + '...`'} |")
+                   f"{model_id} |")
     return out
 
 
