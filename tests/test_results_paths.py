@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from asrquant import paths
 from conftest import load_script
 from grid_fixtures import tiny_model_and_data
-
-from asrquant import paths
 
 ROOT = Path(__file__).resolve().parents[1]
 
