@@ -81,7 +81,7 @@ def _walk_logits(model, obs, w_bits, a_bits, mel, lens):
             q, s = _quantize_weight(f.weight, w_bits, "minmax")
             nearest[f.name] = (q.double() * s.reshape(-1, 1, 1)).float()
     xs = [walk.quantize_input(mel)]
-    use = lambda f, x, l: nearest[f.name]   # noqa: E731
+    use = lambda f, x, l: (nearest[f.name], None)   # noqa: E731
     with torch.no_grad():
         for b in range(len(walk.blocks)):
             xs, lens = walk.block(b, xs, lens, use)
@@ -136,7 +136,10 @@ def test_adaround_is_deterministic_cached_and_resumable(tmp_path):
     cfg = AdaRoundConfig(iterations=30)
     first = adaround(model, batches, obs, 8, bits, cfg=cfg, cache_dir=tmp_path, progress=False)
     again = adaround(model, batches, obs, 8, bits, cfg=cfg, cache_dir=None, progress=False)
-    assert first.keys() == again.keys() and all(torch.equal(first[c], again[c]) for c in first)
+    assert first.codes.keys() == again.codes.keys() and first.bias_shifts.keys() == again.bias_shifts.keys()
+    assert all(torch.equal(first.codes[c], again.codes[c]) for c in first.codes)
+    assert all(torch.equal(first.bias_shifts[c], again.bias_shifts[c]) for c in first.bias_shifts)
+    assert len(first.bias_shifts) == len(first.codes)              # centered: every conv's bias is corrected
     (folder,) = list(tmp_path.iterdir())
     files = sorted(folder.glob("block_*.pt"))
     assert len(files) == len(model.encoder.encoder) + 1           # one per block + the decoder
@@ -144,4 +147,104 @@ def test_adaround_is_deterministic_cached_and_resumable(tmp_path):
     stamp = files[0].stat().st_mtime_ns
     resumed = adaround(model, batches, obs, 8, bits, cfg=cfg, cache_dir=tmp_path, progress=False)
     assert files[-2].is_file() and files[0].stat().st_mtime_ns == stamp   # only the missing block redone
-    assert all(torch.equal(first[c], resumed[c]) for c in first)
+    assert all(torch.equal(first.codes[c], resumed.codes[c]) for c in first.codes)
+    assert all(torch.equal(first.bias_shifts[c], resumed.bias_shifts[c]) for c in first.bias_shifts)
+
+
+# --------------------------------------------------------------------------- joint bias (centered)
+
+def _frames(seed, cin=10, frames=600, shift=1.5):
+    """Conv inputs with non-zero means (as after a ReLU) and their perturbed 'quantized' copy."""
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(2, cin, frames // 2, generator=g, dtype=torch.float64).cumsum(dim=2) * 0.3 + shift).abs()
+    xq = x + 0.1 * torch.randn(x.shape, generator=g, dtype=torch.float64) + 0.05   # noisy and mean-shifted
+    return x, xq, torch.full((2,), frames // 2)
+
+
+def test_centered_objective_is_the_error_after_bias_correction():
+    """With the closed-form bias shift (= the converter's bias correction on the float means),
+    the centered quadratic form is the conv's actual output error, for any rounding."""
+    from asrquant.convert import _bias_correction
+    from asrquant.quant.adaround import Grams, bias_shift
+
+    for groups, k in ((1, 3), (10, 5)):
+        conv = torch.nn.Conv1d(10, 10, k, padding=k // 2, groups=groups, bias=False).double()
+        w = torch.randn(conv.weight.shape, generator=torch.Generator().manual_seed(k), dtype=torch.float64)
+        x, xq, lens = _frames(k)
+        grams = Grams(conv)
+        grams.add(xq, x, lens, lens)
+        H = grams.centered()
+        s = w.abs().amax(dim=(1, 2)) / 7
+        cout = w.shape[0]
+        for codes in (torch.round(w / s[:, None, None]), torch.floor(w / s[:, None, None])):
+            w_deq = codes * s[:, None, None]
+            shift = bias_shift(w_deq.reshape(cout, -1), w.reshape(cout, -1), H["q"], H["f"])
+            y = torch.nn.functional.conv1d(xq, w_deq, shift, padding=k // 2, groups=groups)
+            ref = torch.nn.functional.conv1d(x, w, None, padding=k // 2, groups=groups)
+            actual = float((y - ref).pow(2).sum() / (y.shape[0] * y.shape[2]))
+            form = reconstruction_error(w_deq.reshape(cout, -1), w.reshape(cout, -1), H["qq"], H["qf"], H["ff"])
+            assert abs(form - actual) < 1e-9 * max(actual, 1.0)
+            # the shift is bias correction: the mean error on the float input is zero
+            means = x.mean(dim=(0, 2))
+            delta = _bias_correction(w, codes, s, groups, means)
+            assert torch.allclose(shift, -delta, atol=0.02 * float(delta.abs().max()))   # edges: padding zeros
+
+
+def test_learned_rounding_beats_nearest_plus_bias_correction_on_held_out_frames():
+    """Centered rounding learned on one set of frames lowers the error after bias correction on
+    other frames of the same distribution (it is not a fit to the calibration frames)."""
+    from asrquant.quant.adaround import Grams, bias_shift
+
+    conv = torch.nn.Conv1d(10, 16, 3, padding=1, bias=False).double()
+    w = torch.randn(conv.weight.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    s = w.abs().amax(dim=(1, 2)) / 7
+    train, held_out = Grams(conv), Grams(conv)
+    x, xq, lens = _frames(1)
+    train.add(xq, x, lens, lens)
+    x, xq, lens = _frames(2)
+    held_out.add(xq, x, lens, lens)
+    H, E = train.centered(), held_out.centered()
+    codes = learn_rounding(w.reshape(16, -1), s, 4, H["qq"], H["qf"], AdaRoundConfig(iterations=500), H["ff"])
+    nearest = torch.round(w / s[:, None, None]).reshape(16, -1)
+
+    def err(c):   # on held-out frames, with the bias correction learned on the calibration frames
+        w_deq = c * s[:, None]
+        return reconstruction_error(w_deq, w.reshape(16, -1), E["qq"], E["qf"], E["ff"])
+
+    assert err(codes) < 0.8 * err(nearest)
+    assert bias_shift(codes * s[:, None], w.reshape(16, -1), H["q"], H["f"]).abs().max() > 0
+
+
+def test_centered_adaround_beats_bias_correction_on_held_out_inputs():
+    model = tiny_model()
+    batches = random_mels(1, 4, 160, seed=2)
+    mel, lens = random_mels(1, 4, 160, seed=9)[0]   # not the calibration batch
+    q_bc = quantize(model, batches, 4, 8, bias_correction=True, progress=False)
+    q_ada = quantize(model, batches, 4, 8, rounding="adaround", adaround={"iterations": 300}, progress=False)
+    assert q_ada.info["bias_correction"] and q_ada.info["adaround"]["centered"]
+    assert _logit_error(model, q_ada, mel, lens) < 0.8 * _logit_error(model, q_bc, mel, lens)
+
+
+def test_cli_quantize_recipes(tmp_path):
+    """`asrquant quantize`: below 8-bit weights the default recipe is the measured best (bias
+    correction), at 8 bits the paper's; --recipe paper and explicit flags give the old behaviour."""
+    from asrquant.cli import main as cli_main
+    from asrquant.convert import load_quantized
+    from asrquant.models.checkpoint import save_model
+
+    src = save_model(tiny_model(), tmp_path / "tiny.nemo")
+    base = ["quantize", "--model", str(src), "--calibration", "random", "--frames", "120", "--batch-size", "2"]
+    runs = {"w4": ["--weight-bits", "4"], "w8": ["--weight-bits", "8"], "paper": ["--weight-bits", "4", "--recipe", "paper"],
+            "flags": ["--weight-bits", "4", "--rounding", "nearest"],
+            "ada": ["--weight-bits", "4", "--recipe", "adaround", "--adaround-iterations", "20",
+                    "--adaround-cache", str(tmp_path / "cache")]}
+    info = {}
+    for name, extra in runs.items():
+        assert cli_main(base + extra + ["--out", str(tmp_path / f"{name}.aqz")]) == 0
+        info[name] = load_quantized(tmp_path / f"{name}.aqz").info
+    assert (info["w4"]["recipe"], info["w4"]["bias_correction"], info["w4"]["rounding"]) == ("bc", True, "nearest")
+    assert (info["w8"]["recipe"], info["w8"]["bias_correction"]) == ("paper", False)
+    assert (info["paper"]["recipe"], info["paper"]["bias_correction"]) == ("paper", False)
+    assert (info["flags"]["recipe"], info["flags"]["bias_correction"]) == ("flags", False)
+    assert (info["ada"]["rounding"], info["ada"]["bias_correction"], info["ada"]["adaround"]["iterations"]) == \
+        ("adaround", True, 20)

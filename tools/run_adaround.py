@@ -5,6 +5,12 @@ already in the CSV are skipped.
 
     nice -n 19 .venv/bin/python tools/run_adaround.py --bits 4/8 6/8 --seeds 0 1 2 \\
         --rounding adaround --out results/beyond_adaround.csv
+
+Columns: results/beyond.csv's + depthwise_bits, rounding, adaround_iterations, size_budget_mb,
+synth_iterations, synth_seconds, then adaround_centered (learned on the bias-corrected error,
+quant/adaround.py; the row's bias_correction is then the learned closed-form shift), recipe
+(the `asrquant quantize --recipe` name when the settings are one) and the provenance columns
+(``asrquant.provenance``: model_sha256, eval_sha256, code_commit, code_dirty, cpu, threads, ...).
 """
 
 from __future__ import annotations
@@ -22,18 +28,19 @@ from asrquant.calibration import calibration_batches
 from asrquant.data import load_dataset
 from asrquant.evaluate import evaluate
 from asrquant.models.checkpoint import load_model
-from asrquant.quantize import ROUNDINGS, quantize
+from asrquant.provenance import provenance
+from asrquant.quantize import RECIPES, ROUNDINGS, quantize
 from asrquant.experiments import bops, model_size_mb
 from asrquant.models.checkpoint import atomic_write_bytes
 
 COLUMNS = ["model", "w_bits", "a_bits", "calibration", "seed", "observer", "weight_method", "bias_correction", "wer",
            "cer", "words", "word_errors", "utterances", "ci95_lo", "ci95_hi", "size_mb", "bops_t", "eval_seconds",
            "calib_seconds", "depthwise_bits", "rounding", "adaround_iterations", "size_budget_mb",
-           "synth_iterations", "synth_seconds"]
+           "synth_iterations", "synth_seconds", "adaround_centered", "recipe"]
 
 
 KEY = ["model", "w_bits", "a_bits", "calibration", "seed", "weight_method", "bias_correction", "rounding",
-       "adaround_iterations", "size_budget_mb", "synth_iterations"]
+       "adaround_iterations", "size_budget_mb", "synth_iterations", "adaround_centered"]
 
 
 def _load(csv: Path) -> pd.DataFrame:
@@ -43,7 +50,10 @@ def _load(csv: Path) -> pd.DataFrame:
 def _done(df: pd.DataFrame, key: dict) -> bool:
     mask = pd.Series(True, index=df.index)
     for k in KEY:
-        mask &= df[k].fillna("").astype(str) == str(key[k])
+        # rows from before adaround_centered: the raw (uncentered) objective
+        col = df[k] if k in df else pd.Series(False if k == "adaround_centered" else "", index=df.index)
+        default = False if k == "adaround_centered" else ""
+        mask &= col.fillna(default).astype(str) == str(key[k])
     return bool(len(df)) and bool(mask.any())
 
 
@@ -56,6 +66,17 @@ def _append(csv: Path, df: pd.DataFrame, row: dict) -> pd.DataFrame:
     return df
 
 
+def _recipe_name(key: dict) -> str:
+    """The `asrquant quantize --recipe` these settings are, else ''."""
+    for name, r in RECIPES.items():
+        ada = r.get("adaround", {})
+        if (r["rounding"] == key["rounding"] and r["bias_correction"] == key["bias_correction"]
+                and not key["size_budget_mb"] and ada.get("iterations", 0) == key["adaround_iterations"]
+                and ada.get("centered", False) == key["adaround_centered"]):
+            return name
+    return ""
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default=str(paths.restored_model()))
@@ -65,6 +86,8 @@ def main() -> int:
     p.add_argument("--rounding", choices=ROUNDINGS, default="adaround")
     p.add_argument("--iterations", type=int, default=300, help="adaround: Adam steps per conv")
     p.add_argument("--bias-correction", action="store_true")
+    p.add_argument("--raw", action="store_true",
+                   help="adaround: the old objective (raw second moments; the bias corrected afterwards if asked)")
     p.add_argument("--size-budget-mb", type=float, nargs="+", default=[None])
     p.add_argument("--synth-iterations", type=int, default=200, help="synthetic batches: Adam iterations")
     p.add_argument("--limit", type=int, default=None)
@@ -84,10 +107,12 @@ def main() -> int:
             w, a = (int(x) for x in wa.split("/"))
             for budget in args.size_budget_mb:
                 iters = args.iterations if args.rounding == "adaround" else 0
+                centered = args.rounding == "adaround" and not args.raw
                 key = dict(model=name, w_bits=w, a_bits=a, calibration="synthetic", seed=seed, observer="minmax",
-                           weight_method="minmax", bias_correction=bool(args.bias_correction), depthwise_bits=0,
-                           rounding=args.rounding, adaround_iterations=iters,
-                           synth_iterations=args.synth_iterations, size_budget_mb=budget or "")
+                           weight_method="minmax", bias_correction=bool(args.bias_correction) or centered,
+                           depthwise_bits=0, rounding=args.rounding, adaround_iterations=iters,
+                           synth_iterations=args.synth_iterations, size_budget_mb=budget or "",
+                           adaround_centered=centered)
                 if _done(df, key):
                     continue
                 start = time.perf_counter()
@@ -96,7 +121,7 @@ def main() -> int:
                                               cache_dir=paths.build_dir() / "synth_cache")
                 synth_seconds = time.perf_counter() - start
                 qmodel = quantize(model, batches, w, a, bias_correction=args.bias_correction, rounding=args.rounding,
-                                  adaround={"iterations": args.iterations,
+                                  adaround={"iterations": args.iterations, "centered": centered,
                                             "cache_dir": str(paths.build_dir() / "adaround_cache")},
                                   size_budget_mb=budget, info={"calibration": "synthetic", "seed": seed})
                 calib_seconds = time.perf_counter() - start
@@ -108,7 +133,9 @@ def main() -> int:
                        "words": summary["words"], "word_errors": summary["word_errors"],
                        "utterances": summary["utterances"], "ci95_lo": lo, "ci95_hi": hi, "size_mb": round(size, 2),
                        "bops_t": round(bops(model, w, a) / 1e12, 3), "eval_seconds": summary["seconds"],
-                       "calib_seconds": round(calib_seconds, 1), "synth_seconds": round(synth_seconds, 1)}
+                       "calib_seconds": round(calib_seconds, 1), "synth_seconds": round(synth_seconds, 1),
+                       "recipe": _recipe_name(key)}
+                row.update({k: v for k, v in provenance(args.model, utts).items() if k not in row})
                 df = _append(csv, df, row)
                 print(f"W{w}A{a} seed {seed} {args.rounding} budget {budget}: WER {summary['wer']:.2f} "
                       f"({summary['word_errors']}/{summary['words']}), calibration {calib_seconds:.0f}s", flush=True)

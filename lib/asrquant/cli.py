@@ -189,19 +189,30 @@ def cmd_quantize(args) -> int:
 
     from .convert import save_quantized
     from .models.checkpoint import load_model
-    from .quantize import quantize
+    from .quantize import RECIPES, default_recipe, is_conformer, quantize
 
     torch.manual_seed(args.seed)
     model = load_model(args.model)
+    # the recipe: named, or the width's default unless --rounding / --bias-correction say otherwise
+    # (and the Conformer, which has round-to-nearest only)
+    recipe, explicit = args.recipe, args.rounding is not None or args.bias_correction
+    if recipe == "default":
+        recipe = "paper" if explicit or is_conformer(model) else default_recipe(args.weight_bits)
+    settings = RECIPES[recipe]
+    rounding = args.rounding or settings["rounding"]
+    ada = {**settings.get("adaround", {}), "cache_dir": args.adaround_cache}
+    if args.adaround_iterations is not None:
+        ada["iterations"] = args.adaround_iterations
     batches = calibration_batches(model, args)
-    info = {"calibration": args.calibration, "seed": args.seed, "source_model": str(args.model)}
+    info = {"calibration": args.calibration, "seed": args.seed, "source_model": str(args.model),
+            "recipe": "flags" if args.recipe == "default" and explicit else recipe}
     qmodel = quantize(model, batches, args.weight_bits, args.act_bits, observer=args.observer,
-                      weight_method=args.weight_method, bias_correction=args.bias_correction, rounding=args.rounding,
+                      weight_method=args.weight_method,
+                      bias_correction=args.bias_correction or settings["bias_correction"], rounding=rounding,
                       depthwise_bits=args.depthwise_bits, residual_bits=args.residual_bits,
-                      prob_bits=args.prob_bits, info=info, size_budget_mb=args.size_budget_mb,
-                      adaround={"iterations": args.adaround_iterations, "cache_dir": args.adaround_cache})
+                      prob_bits=args.prob_bits, info=info, size_budget_mb=args.size_budget_mb, adaround=ada)
     out = save_quantized(qmodel, args.out)
-    print(f"W{args.weight_bits}A{args.act_bits} integer model ({args.calibration} calibration, "
+    print(f"W{args.weight_bits}A{args.act_bits} integer model (recipe {recipe}, {args.calibration} calibration, "
           f"{len(batches)} batches, {len(qmodel.program.ops)} integer ops) -> {out}; "
           f"int64 accumulators: {qmodel.int64_layers() or 'none'}")
     return 0
@@ -376,12 +387,17 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--cache-dir", default=str(paths.build_dir() / "synth_cache"))
     q.add_argument("--size-budget-mb", type=float, default=None,
                    help="mixed precision: 4/6/8-bit weights per conv by sensitivity, fitting this many MiB")
-    q.add_argument("--adaround-iterations", type=int, default=100, help="--rounding adaround: Adam steps per conv")
+    q.add_argument("--recipe", choices=["default", "paper", "bc", "adaround"], default="default",
+                   help="paper: round-to-nearest as the paper (the grid's setting); bc: + bias correction; adaround: "
+                        "learned rounding with joint bias correction on the synthetic batches; default: bc below "
+                        "8-bit weights, paper at 8 (explicit --rounding / --bias-correction: paper's plus those)")
+    q.add_argument("--adaround-iterations", type=int, default=None,
+                   help="--rounding adaround: Adam steps per conv (default: the recipe's)")
     q.add_argument("--adaround-cache", default=str(paths.build_dir() / "adaround_cache"),
                    help="--rounding adaround: where each block's learned codes are kept (resumable)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--out", required=True)
-    q.set_defaults(func=cmd_quantize)
+    q.set_defaults(func=cmd_quantize, rounding=None)   # None: the recipe's rounding
 
     g = sub.add_parser("grid", help="Table 1/2 experiment grid: W/A x calibration x seed -> tidy CSV (resumable)")
     g.add_argument("--model", default=str(paths.restored_model()))

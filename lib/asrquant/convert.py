@@ -297,7 +297,8 @@ def _bias_correction(w: torch.Tensor, w_q: torch.Tensor, s_w: torch.Tensor, grou
 
 def _int_conv(conv: nn.Conv1d, bn: nn.BatchNorm1d | None, s_x: float, x_bits: int, x_signed: bool,
               s_out: float | None, out_bits: int, out_signed: bool, w_bits: int, w_method: str,
-              input_means: dict | None = None, hessians: dict | None = None, codes: dict | None = None) -> IntConv:
+              input_means: dict | None = None, hessians: dict | None = None, codes: dict | None = None,
+              bias_shifts: dict | None = None) -> IntConv:
     w = conv.weight.detach().double()
     b = conv.bias.detach().double() if conv.bias is not None else None
     if bn is not None:
@@ -321,6 +322,9 @@ def _int_conv(conv: nn.Conv1d, bn: nn.BatchNorm1d | None, s_x: float, x_bits: in
             raise KeyError("bias correction: no input mean for a conv (compute input_means on this model)")
         delta = _bias_correction(w, w_q, s_w, conv.groups, input_means[conv])
         b = -delta if b is None else b - delta
+    if bias_shifts is not None and conv in bias_shifts:   # learned with the rounding (quant.adaround)
+        shift = bias_shifts[conv].double().reshape(-1)
+        b = shift if b is None else b + shift
     acc_scale = s_x * s_w
     bias_q = quantize_bias(b, acc_scale)
     bound = accumulator_bound(w_q, x_bits, x_signed, bias_q)
@@ -338,7 +342,7 @@ def convert(model: ConvASR, observers: dict, weight_bits: int = 8, act_bits: int
             weight_method: str = "minmax", info: dict | None = None,
             input_means: dict | None = None, depthwise_bits: int | None = None,
             hessians: dict | None = None, codes: dict | None = None,
-            layer_bits: dict | None = None) -> IntegerConvASR:
+            layer_bits: dict | None = None, bias_shifts: dict | None = None) -> IntegerConvASR:
     """Build the integer model from a calibrated float model (see `calibrate`).
 
     input_means (``conv_input_means`` on the calibration batches): correct every conv's bias for
@@ -347,7 +351,8 @@ def convert(model: ConvASR, observers: dict, weight_bits: int = 8, act_bits: int
     QuartzNet's weights but suffer most from 4-bit rounding (few long, peaky kernels).
     hessians (``conv_input_hessians`` on the calibration batches): output-aware rounding
     (``quant.gptq``) for every conv that has one, round-to-nearest for the others.
-    codes ({nn.Conv1d: integer codes}, ``quant.adaround``): learned rounding on the same grid.
+    codes ({nn.Conv1d: integer codes}, ``quant.adaround``): learned rounding on the same grid;
+    bias_shifts ({nn.Conv1d: float64 [Cout]}, learned with them): added to the folded biases.
     layer_bits ({nn.Conv1d: bits}, ``quant.mixed_precision``): per-conv weight widths (mixed
     precision); convs not in it use depthwise_bits / weight_bits (``weight_bits_of``)."""
     def bits(conv):
@@ -374,21 +379,21 @@ def convert(model: ConvASR, observers: dict, weight_bits: int = 8, act_bits: int
             s_out = act_scale((b, i), out_signed)
             c = mconv.conv
             convs.append(_int_conv(c, bn, s_x, act_bits, x_signed, s_out, act_bits, out_signed,
-                                   bits(c), weight_method, input_means, hessians, codes))
+                                   bits(c), weight_method, input_means, hessians, codes, bias_shifts))
             s_x, x_signed = s_out, out_signed
         residual = []
         if block.res is not None:
             for (x_scale, x_sign), (rconv, rbn) in zip(prev_out, block.res):
                 residual.append(_int_conv(rconv.conv, rbn, x_scale, act_bits, x_sign, s_x, act_bits, False,
-                                          bits(rconv.conv), weight_method, input_means, hessians, codes))
+                                          bits(rconv.conv), weight_method, input_means, hessians, codes, bias_shifts))
         blocks.append(IntBlock(convs=convs, residual=residual, dense=block.dense))
         block_out.append((s_x, x_signed))
         prev_out = prev_out + [(s_x, x_signed)] if block.dense else [(s_x, x_signed)]
     dec = model.decoder.decoder_layers[0]
     decoder = _int_conv(dec, None, s_x, act_bits, x_signed, None, 32, True,
-                        bits(dec), weight_method, input_means, hessians, codes)
+                        bits(dec), weight_method, input_means, hessians, codes, bias_shifts)
     qinfo = {"weight_bits": weight_bits, "act_bits": act_bits, "weight_method": weight_method,
-             "observer": type(observers["input"]).__name__, "bias_correction": input_means is not None,
+             "observer": type(observers["input"]).__name__, "bias_correction": input_means is not None or bool(bias_shifts),
              "depthwise_bits": depthwise_bits or weight_bits,
              "rounding": "gptq" if hessians else "adaround" if codes else "nearest"}
     if layer_bits:
