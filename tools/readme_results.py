@@ -50,17 +50,20 @@ def _short(value, n: int = 8) -> str:
 def provenance_line(df: pd.DataFrame, path: Path) -> str:
     """Where a table's rows come from: file, model file hashes, evaluation set, commits."""
     rel = path.relative_to(ROOT) if path.is_absolute() and ROOT in path.parents else path
-    models = sorted({_short(v) for v in df["model_sha256"]})
-    evals = sorted({_short(v) for v in df["eval_sha256"]})
-    commits = sorted({_short(v, 7) for v in df["code_commit"]})
     units = "phonemes" if str(df["metric"].iloc[0]) == "per" else "words"
     n_utts, n_units = int(df["utterances"].iloc[0]), int(df["units"].iloc[0])
-    if models == ["unknown"]:
-        origin = "rows written before the provenance columns existed (model file and commit not recorded)"
-    else:
-        origin = (f"model file sha256 `{'`, `'.join(models)}...`, evaluation set `{'`, `'.join(evals)}...`, "
-                  f"commit `{'`, `'.join(commits)}`")
-    return (f"Rows: `{rel}` ({len(df)} rows; {n_utts} utterances, {n_units} {units}); {origin}. "
+    known = df[df["model_sha256"].map(_short) != "unknown"]
+    parts = []
+    if len(known):
+        models = sorted({_short(v) for v in known["model_sha256"]})
+        evals = sorted({_short(v) for v in known["eval_sha256"]})
+        commits = sorted({_short(v, 7) for v in known["code_commit"]})
+        parts.append(f"{len(known)} on model file sha256 `{'`, `'.join(models)}...`, evaluation set "
+                     f"`{'`, `'.join(evals)}...`, commit `{'`, `'.join(commits)}`")
+    if len(known) < len(df):
+        parts.append(f"{len(df) - len(known)} written before the provenance columns existed (model file and "
+                     "commit not recorded)")
+    return (f"Rows: `{rel}` ({len(df)} rows; {n_utts} utterances, {n_units} {units}): {'; '.join(parts)}. "
             f"Written by `tools/readme_results.py`.")
 
 
