@@ -128,3 +128,23 @@ def test_quantize_measures_sensitivity_with_its_bias_correction(model, tmp_path)
     (f,) = tmp_path.glob("*.json")
     assert json.loads(f.read_text())["bias_correction"] is True
     assert q.info["bias_correction"] and q.info["size_mb"] <= budget
+
+
+def test_fast_runner_gives_the_reference_integers_on_a_mixed_program(model):
+    """tools/run_size_sweep.py evaluates with the fast runner: on a 4/6/8-bit program its logits
+    are the reference engine's on every valid frame (padded batch of unequal lengths)."""
+    from asrquant.program.fast import TorchIntegerRunner
+
+    batches = random_mels(1, 2, 80, seed=9)
+    low, high = size_mb(model, lambda c: 4), size_mb(model, lambda c: 8)
+    q = quantize(model, batches, 4, 8, bias_correction=True, size_budget_mb=low + 0.4 * (high - low),
+                 progress=False)
+    assert len(q.info["layer_bits"]) > 1
+    mel, _ = random_mels(1, 3, 90, seed=10, low=-2, high=2)[0]
+    lens = torch.tensor([90, 61, 37])
+    q_in = q.quantize_input(mel)
+    ref, ref_len = q.forward_int(q_in, lens)
+    fast, fast_len = TorchIntegerRunner(q.program, threads=1).run_with_lengths(q_in, lens)
+    assert torch.equal(ref_len, fast_len)
+    for i, t in enumerate(ref_len.tolist()):
+        assert torch.equal(ref[i, :, :t], fast[i, :, :t].to(ref.dtype))

@@ -64,6 +64,8 @@ def done_keys(csv: Path) -> set[str]:
 def _append(csv: Path, row: dict) -> pd.DataFrame:
     """Add a row to the CSV as it is on disk now (another sweep may have added rows meanwhile)."""
     df = pd.read_csv(csv) if csv.is_file() else pd.DataFrame()
+    if "cell_key" in df and row["cell_key"] in set(df["cell_key"].astype(str)):
+        return df   # a concurrent sweep wrote this cell first
     df = pd.concat([df, pd.DataFrame([row])], ignore_index=True) if len(df) else pd.DataFrame([row])
     buf = io.StringIO()
     df.to_csv(buf, index=False)
@@ -79,6 +81,16 @@ def widths_of(model, bits: dict | None, weight_bits: int) -> dict:
         out[f"bits_{w}"] += 1
         out[f"params_{w}"] += mp.stored_params(conv, bn)
     return out
+
+
+def with_backend(qmodel, backend: str):
+    """The integer model evaluated by `backend`: its own reference engine, or the fast runner
+    (torch._int_mm + the native C kernels) in its place; the logits are the same integers."""
+    if backend == "fast":
+        from asrquant.program.fast import TorchIntegerRunner
+
+        qmodel.forward_int = TorchIntegerRunner(qmodel.program, threads=1).run_with_lengths
+    return qmodel
 
 
 def main() -> int:
@@ -102,6 +114,9 @@ def main() -> int:
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--out", default="results/beyond_size.csv")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a crowded machine)")
+    p.add_argument("--eval-backend", choices=("reference", "fast"), default="fast",
+                   help="integer engine for the evaluation: the torch int64 reference, or the fast runner "
+                        "(program/fast.py: same integers on every valid frame, several times faster)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -161,14 +176,14 @@ def main() -> int:
                               mixed_precision={"bias_correction": bc_sens, "cache_dir": args.sensitivity_cache},
                               info={"calibration": "synthetic", "seed": seed}, progress=False)
             quant_s = time.perf_counter() - t0   # sensitivities came from the cache: allocation + conversion
-            summary = evaluate(qmodel, utts, progress=False)
+            summary = evaluate(with_backend(qmodel, args.eval_backend), utts, progress=False)
             lo, hi = summary["ci95"]
             size = qmodel.info.get("size_mb") or mp.size_mb(model, lambda c, w=w: w)
             row = {**settings, "wer": summary["wer"], "cer": summary["cer"], "words": summary["words"],
                    "word_errors": summary["word_errors"], "utterances": summary["utterances"],
                    "ci95_lo": lo, "ci95_hi": hi, "size_mb": round(size, 3), **widths_of(model, bits, w),
                    "eval_seconds": summary["seconds"], "sensitivity_seconds": round(sens_s, 1),
-                   "calib_seconds": round(quant_s + sens_s, 1)}
+                   "calib_seconds": round(quant_s + sens_s, 1), "eval_backend": args.eval_backend}
             row.update({k: v for k, v in provenance(args.model, utts).items() if k not in row})
             row["cell_key"] = key
             _append(csv, row)
