@@ -58,6 +58,7 @@ def _done(df: pd.DataFrame, key: dict) -> bool:
 
 
 def _append(csv: Path, df: pd.DataFrame, row: dict) -> pd.DataFrame:
+    df = _load(csv)   # re-read: another run may have appended since this one started
     df = pd.concat([df, pd.DataFrame([row])], ignore_index=True) if len(df) else pd.DataFrame([row])
     df = df[[c for c in COLUMNS if c in df] + [c for c in df if c not in COLUMNS]]
     buf = io.StringIO()
