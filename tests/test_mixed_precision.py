@@ -25,7 +25,7 @@ def model():
 
 def test_uniform_size_is_the_papers_size(model):
     for bits in (4, 6, 8):
-        assert size_mb(model, lambda c: bits) == pytest.approx(model_size_mb(model, bits), rel=1e-12)
+        assert size_mb(model, lambda c, bits=bits: bits) == pytest.approx(model_size_mb(model, bits), rel=1e-12)
 
 
 def test_sensitivity_falls_with_width(model):
@@ -43,7 +43,7 @@ def test_allocation_meets_the_budget_and_prefers_sensitive_layers(model):
     sens = {(c, b): (1.0 if c is convs[0] else 1e-6) * 2.0 ** -b for c in convs for b in (4, 6, 8)}
     for budget in (low, (low + high) / 2, high):
         bits = allocate(model, sens, budget)
-        assert size_mb(model, lambda c: bits[c]) <= budget + 1e-12
+        assert size_mb(model, lambda c, bits=bits: bits[c]) <= budget + 1e-12
     assert all(b == 8 for b in allocate(model, sens, high).values())
     assert all(b == 4 for b in allocate(model, sens, low).values())
     extra = convs[0].weight.numel() * 4 / 8 / (1 << 20)    # exactly what 4 -> 8 on conv 0 costs
