@@ -248,3 +248,20 @@ def test_cli_quantize_recipes(tmp_path):
     assert (info["flags"]["recipe"], info["flags"]["bias_correction"]) == ("flags", False)
     assert (info["ada"]["rounding"], info["ada"]["bias_correction"], info["ada"]["adaround"]["iterations"]) == \
         ("adaround", True, 20)
+
+
+def test_symmetric_objective_ignores_the_quantized_inputs():
+    """asymmetric=False learns each conv's rounding on the float model's inputs only: the codes
+    do not depend on how coarsely the activations before it are quantized."""
+    model = tiny_model(seed=5)
+    batches = random_mels(1, 2, 100, seed=4)
+    obs = collect(model, batches).observers
+    bits = lambda c: weight_bits_of(c, 4)   # noqa: E731
+    sym = AdaRoundConfig(iterations=30, asymmetric=False)
+    a8 = adaround(model, batches, obs, 8, bits, cfg=sym, progress=False)
+    a4 = adaround(model, batches, obs, 4, bits, cfg=sym, progress=False)
+    assert all(torch.equal(a8.codes[c], a4.codes[c]) for c in a8.codes)
+    asym = AdaRoundConfig(iterations=30)
+    b8 = adaround(model, batches, obs, 8, bits, cfg=asym, progress=False)
+    b4 = adaround(model, batches, obs, 4, bits, cfg=asym, progress=False)
+    assert not all(torch.equal(b8.codes[c], b4.codes[c]) for c in b8.codes)

@@ -60,6 +60,7 @@ class AdaRoundConfig:
     iterations: int = 100        # Adam steps per conv
     lr: float = 2e-2             # Adam on V
     centered: bool = True        # joint bias: learn on covariances, then the closed-form bias shift
+    asymmetric: bool = True      # reconstruct the float output from the *quantized* input (False: from the float input)
     reg_weight: float = 1.0      # lambda, on the mean regulariser vs the error relative to nearest rounding
     beta_start: float = 20.0
     beta_end: float = 2.0
@@ -360,6 +361,8 @@ def _learn_conv(f: FoldedConv, grams: Grams, cfg: AdaRoundConfig) -> tuple:
     """(codes, bias shift or None, {"nearest": error, "learned": error}) of one conv; the errors
     are the reconstruction errors of the objective learned on (centered: after the bias shift)."""
     H = grams.centered() if cfg.centered else grams.normalised()
+    if not cfg.asymmetric:   # the conv's own rounding error only, on the float model's inputs
+        H = {**H, "qq": H["ff"], "qf": H["ff"]}
     cout = f.weight.shape[0]
     w = f.weight.reshape(cout, -1)
     s = f.scale.reshape(-1, 1)
