@@ -10,7 +10,8 @@ Columns: results/beyond.csv's + depthwise_bits, rounding, adaround_iterations, s
 synth_iterations, synth_seconds, then adaround_centered (learned on the bias-corrected error,
 quant/adaround.py; the row's bias_correction is then the learned closed-form shift), recipe
 (the `asrquant quantize --recipe` name when the settings are one) and the provenance columns
-(``asrquant.provenance``: model_sha256, eval_sha256, code_commit, code_dirty, cpu, threads, ...).
+(``asrquant.provenance``: model_sha256, eval_sha256, code_commit, code_dirty, cpu, threads, ...),
+then adaround_symmetric (``--symmetric``: learned on the float model's inputs, not the quantized walk's).
 """
 
 from __future__ import annotations
@@ -36,11 +37,11 @@ from asrquant.models.checkpoint import atomic_write_bytes
 COLUMNS = ["model", "w_bits", "a_bits", "calibration", "seed", "observer", "weight_method", "bias_correction", "wer",
            "cer", "words", "word_errors", "utterances", "ci95_lo", "ci95_hi", "size_mb", "bops_t", "eval_seconds",
            "calib_seconds", "depthwise_bits", "rounding", "adaround_iterations", "size_budget_mb",
-           "synth_iterations", "synth_seconds", "adaround_centered", "recipe"]
+           "synth_iterations", "synth_seconds", "adaround_centered", "recipe", "adaround_symmetric"]
 
 
 KEY = ["model", "w_bits", "a_bits", "calibration", "seed", "weight_method", "bias_correction", "rounding",
-       "adaround_iterations", "size_budget_mb", "synth_iterations", "adaround_centered"]
+       "adaround_iterations", "size_budget_mb", "synth_iterations", "adaround_centered", "adaround_symmetric"]
 
 
 def _load(csv: Path) -> pd.DataFrame:
@@ -51,8 +52,9 @@ def _done(df: pd.DataFrame, key: dict) -> bool:
     mask = pd.Series(True, index=df.index)
     for k in KEY:
         # rows from before adaround_centered: the raw (uncentered) objective
-        col = df[k] if k in df else pd.Series(False if k == "adaround_centered" else "", index=df.index)
-        default = False if k == "adaround_centered" else ""
+        flag = k in ("adaround_centered", "adaround_symmetric")
+        col = df[k] if k in df else pd.Series(False if flag else "", index=df.index)
+        default = False if flag else ""
         mask &= col.fillna(default).astype(str) == str(key[k])
     return bool(len(df)) and bool(mask.any())
 
@@ -73,7 +75,8 @@ def _recipe_name(key: dict) -> str:
         ada = r.get("adaround", {})
         if (r["rounding"] == key["rounding"] and r["bias_correction"] == key["bias_correction"]
                 and not key["size_budget_mb"] and ada.get("iterations", 0) == key["adaround_iterations"]
-                and ada.get("centered", False) == key["adaround_centered"]):
+                and ada.get("centered", False) == key["adaround_centered"]
+                and (not ada.get("asymmetric", True)) == key["adaround_symmetric"]):
             return name
     return ""
 
@@ -89,6 +92,8 @@ def main() -> int:
     p.add_argument("--bias-correction", action="store_true")
     p.add_argument("--raw", action="store_true",
                    help="adaround: the old objective (raw second moments; the bias corrected afterwards if asked)")
+    p.add_argument("--symmetric", action="store_true",
+                   help="adaround: learn each conv on the float model's inputs (not the quantized walk's)")
     p.add_argument("--size-budget-mb", type=float, nargs="+", default=[None])
     p.add_argument("--synth-iterations", type=int, default=200, help="synthetic batches: Adam iterations")
     p.add_argument("--limit", type=int, default=None)
@@ -113,7 +118,8 @@ def main() -> int:
                            weight_method="minmax", bias_correction=bool(args.bias_correction) or centered,
                            depthwise_bits=0, rounding=args.rounding, adaround_iterations=iters,
                            synth_iterations=args.synth_iterations, size_budget_mb=budget or "",
-                           adaround_centered=centered)
+                           adaround_centered=centered,
+                           adaround_symmetric=args.rounding == "adaround" and args.symmetric)
                 if _done(df, key):
                     continue
                 start = time.perf_counter()
@@ -123,6 +129,7 @@ def main() -> int:
                 synth_seconds = time.perf_counter() - start
                 qmodel = quantize(model, batches, w, a, bias_correction=args.bias_correction, rounding=args.rounding,
                                   adaround={"iterations": args.iterations, "centered": centered,
+                                            "asymmetric": not args.symmetric,
                                             "cache_dir": str(paths.build_dir() / "adaround_cache")},
                                   size_budget_mb=budget, info={"calibration": "synthetic", "seed": seed})
                 calib_seconds = time.perf_counter() - start

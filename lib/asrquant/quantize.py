@@ -13,12 +13,12 @@ ROUNDINGS = ("nearest", "gptq", "adaround")
 
 #: named settings (``asrquant quantize --recipe``): the paper's method (round-to-nearest, no bias
 #: correction); round-to-nearest + bias correction; learned rounding with the joint bias correction
-#: (quant/adaround.py, centered objective)
+#: (quant/adaround.py: centered objective, on the float model's inputs, 100 Adam steps per conv)
 RECIPES = {
     "paper": {"rounding": "nearest", "bias_correction": False},
     "bc": {"rounding": "nearest", "bias_correction": True},
     "adaround": {"rounding": "adaround", "bias_correction": True,
-                 "adaround": {"iterations": 500, "centered": True}},
+                 "adaround": {"iterations": 100, "centered": True, "asymmetric": False}},
 }
 
 
