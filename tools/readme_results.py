@@ -372,6 +372,51 @@ def paper_checks(path: Path) -> list[str]:
     return [line, "", provenance_line(_frame(path), path)]
 
 
+def _recipe_label(r) -> str:
+    if r.rounding == "adaround":
+        sym = str(r.adaround_symmetric) == "True"
+        cen = str(r.adaround_centered) == "True"
+        name = "`adaround`" if (sym and cen) else "learned rounding"
+        how = ", ".join(p for p in ("centered" if cen else "raw",
+                                    "on float inputs" if sym else "on the quantized walk's inputs",
+                                    f"{int(r.adaround_iterations)} steps/conv") if p)
+        return f"{name} ({how})"
+    return "`bc`" if str(r.bias_correction) == "True" else "`paper`"
+
+
+def recipes(path: Path) -> list[str]:
+    """issue 14's recipes on the grid's default synthetic batches (3 seeds where run)."""
+    from asrquant.quantize import default_recipe
+
+    df = pd.read_csv(path)
+    df = df[(df.synth_iterations == 200) & df.size_budget_mb.isna() & df.model_sha256.notna()].copy()
+    df["recipe_label"] = df.apply(_recipe_label, axis=1)
+    grid = _frame(ROOT / "results" / "grid.csv")
+    fp32 = grid[(grid.w_bits == 32) & (grid.model_sha256.isin(set(df.model_sha256)))].iloc[0]
+    g = (df.groupby(["w_bits", "a_bits", "recipe_label"], sort=False)
+         .agg(rate=("wer", "mean"), std=("wer", "std"), seeds=("seed", "nunique"),
+              per_seed=("word_errors", lambda s: "/".join(str(int(v)) for v in s)),
+              calib=("calib_seconds", "median"))
+         .reset_index().sort_values(["w_bits", "rate"], ascending=[True, True]))
+    out = ["| W/A | recipe | WER % mean ± std (errors per seed) | seeds | Δ vs FP32 | calibration s (median) |",
+           "|---|---|---|---|---|---|"]
+    for r in g.itertuples():
+        out.append(f"| {r.w_bits}/{r.a_bits} | {r.recipe_label} | {_rate(r)} ({r.per_seed}) | {r.seeds} | "
+                   f"{r.rate - float(fp32.error_rate):+.2f} | {r.calib:.0f} |")
+    notes = []
+    for w in sorted(g.w_bits.unique()):
+        full = g[(g.w_bits == w) & (g.seeds >= 3)]
+        if len(full):
+            best = full.iloc[0]
+            notes.append(f"W{w}: best 3-seed recipe {best.recipe_label} ({best.rate - float(fp32.error_rate):+.2f}); "
+                         f"`asrquant quantize --weight-bits {w}` defaults to `{default_recipe(int(w))}`")
+    out += ["", f"FP32 {float(fp32.error_rate):.2f}% ({int(fp32.unit_errors)} / {int(fp32.units)} words, "
+            "`results/grid.csv`). " + "; ".join(notes) + ". " + provenance_line(
+                _load_frame(df.assign(metric="wer", error_rate=df.wer, units=df.words, unit_errors=df.word_errors)),
+                path)]
+    return out
+
+
 # README file -> block name -> function of the results files
 BLOCKS = {
     "README.md": {
@@ -384,6 +429,7 @@ BLOCKS = {
         "conformer_latency": conformer_latency,
         "measured_more": measured_more,
         "verify": verify_reports,
+        "recipes": lambda: recipes(ROOT / "results" / "beyond_adaround.csv"),
     },
     "results/README.md": {
         "summary": lambda: summary(ROOT / "results" / "grid.csv", ROOT / "results" / "beyond.csv"),
