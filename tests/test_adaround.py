@@ -226,23 +226,27 @@ def test_centered_adaround_beats_bias_correction_on_held_out_inputs():
 
 
 def test_cli_quantize_recipes(tmp_path):
-    """`asrquant quantize`: below 8-bit weights the default recipe is the measured best (bias
-    correction), at 8 bits the paper's; --recipe paper and explicit flags give the old behaviour."""
+    """`asrquant quantize`: the default recipe is the measured best of its width (learned rounding
+    at 4 bits, bias correction at 6, the paper's at 8); --recipe paper and explicit flags give the
+    old behaviour."""
     from asrquant.cli import main as cli_main
     from asrquant.convert import load_quantized
     from asrquant.models.checkpoint import save_model
 
     src = save_model(tiny_model(), tmp_path / "tiny.nemo")
-    base = ["quantize", "--model", str(src), "--calibration", "random", "--frames", "120", "--batch-size", "2"]
-    runs = {"w4": ["--weight-bits", "4"], "w8": ["--weight-bits", "8"], "paper": ["--weight-bits", "4", "--recipe", "paper"],
+    base = ["quantize", "--model", str(src), "--calibration", "random", "--frames", "120", "--batch-size", "2",
+            "--adaround-cache", str(tmp_path / "cache")]
+    runs = {"w4": ["--weight-bits", "4", "--adaround-iterations", "20"], "w6": ["--weight-bits", "6"],
+            "w8": ["--weight-bits", "8"], "paper": ["--weight-bits", "4", "--recipe", "paper"],
             "flags": ["--weight-bits", "4", "--rounding", "nearest"],
-            "ada": ["--weight-bits", "4", "--recipe", "adaround", "--adaround-iterations", "20",
-                    "--adaround-cache", str(tmp_path / "cache")]}
+            "ada": ["--weight-bits", "6", "--recipe", "adaround", "--adaround-iterations", "20"]}
     info = {}
     for name, extra in runs.items():
         assert cli_main(base + extra + ["--out", str(tmp_path / f"{name}.aqz")]) == 0
         info[name] = load_quantized(tmp_path / f"{name}.aqz").info
-    assert (info["w4"]["recipe"], info["w4"]["bias_correction"], info["w4"]["rounding"]) == ("bc", True, "nearest")
+    assert (info["w4"]["recipe"], info["w4"]["bias_correction"], info["w4"]["rounding"]) == ("adaround", True, "adaround")
+    assert info["w4"]["adaround"]["iterations"] == 20 and not info["w4"]["adaround"]["asymmetric"]
+    assert (info["w6"]["recipe"], info["w6"]["bias_correction"], info["w6"]["rounding"]) == ("bc", True, "nearest")
     assert (info["w8"]["recipe"], info["w8"]["bias_correction"]) == ("paper", False)
     assert (info["paper"]["recipe"], info["paper"]["bias_correction"]) == ("paper", False)
     assert (info["flags"]["recipe"], info["flags"]["bias_correction"]) == ("flags", False)

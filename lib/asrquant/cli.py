@@ -198,6 +198,8 @@ def cmd_quantize(args) -> int:
     recipe, explicit = args.recipe, args.rounding is not None or args.bias_correction
     if recipe == "default":
         recipe = "paper" if explicit or is_conformer(model) else default_recipe(args.weight_bits)
+        if recipe == "adaround" and args.size_budget_mb is not None:
+            recipe = "bc"   # mixed precision was measured with bias correction (results/beyond_size.csv)
     settings = RECIPES[recipe]
     rounding = args.rounding or settings["rounding"]
     ada = {**settings.get("adaround", {}), "cache_dir": args.adaround_cache}
