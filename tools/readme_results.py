@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "lib"))
 sys.path.insert(0, str(ROOT / "tools"))
 
 from asrquant.tables import _load_frame  # noqa: E402
-from summarize_results import summary_lines, variant  # noqa: E402
+from summarize_results import summary_lines, synthetic_vs_random, variant  # noqa: E402
 
 ORDER = {"none": 0, "synthetic": 1, "random": 2, "real": 3}
 
@@ -83,6 +83,13 @@ def _rate(r, bold: bool = False) -> str:
     return f"**{text}**" if bold else text
 
 
+def _paper_test_other(model: str) -> pd.DataFrame:
+    """The paper's test-other rows of one model (Table 2 repeats Table 1's: once each)."""
+    paper = pd.read_csv(ROOT / "data" / "paper_results.csv")
+    return paper[(paper.model == model) & (paper.split == "test-other")].drop_duplicates(
+        ["method", "w_bits", "a_bits"])
+
+
 def _fp32(df: pd.DataFrame):
     return df[df.w_bits == 32].iloc[0]
 
@@ -92,9 +99,7 @@ def table1(path: Path) -> list[str]:
     df = _frame(path)
     df = df[df.variant == "paper's method"]
     fp32 = _fp32(df)
-    paper = pd.read_csv(ROOT / "data" / "paper_results.csv")
-    paper = paper[(paper.model == "QuartzNet15x5") & (paper.split == "test-other")].drop_duplicates(
-        ["method", "w_bits", "a_bits"])
+    paper = _paper_test_other("QuartzNet15x5")
     paper_fp32 = float(paper[paper.method == "baseline"].wer.iloc[0])
     g = _group(df, ["w_bits", "a_bits", "calibration"])
     g = g.sort_values(["w_bits", "calibration"], ascending=[False, True],
@@ -122,14 +127,8 @@ def table1(path: Path) -> list[str]:
 
 
 def _synthetic_vs_random(df: pd.DataFrame) -> str:
-    parts = []
-    for (w, a), d in df[df.w_bits < 32].groupby(["w_bits", "a_bits"], sort=False):
-        syn = d[d.calibration == "synthetic"].set_index("seed").unit_errors
-        ran = d[d.calibration == "random"].set_index("seed").unit_errors
-        seeds = sorted(set(syn.index) & set(ran.index))
-        if seeds:
-            wins = sum(int(syn[s] < ran[s]) for s in seeds)
-            parts.append(f"W{w}A{a} {wins} of {len(seeds)}")
+    parts = [f"W{w}A{a} {sum(int(syn < ran) for syn, ran in pairs)} of {len(pairs)}"
+             for w, a, pairs in synthetic_vs_random(df, sort=False)]
     return ("Seeds in which synthetic calibration had fewer errors than random (same seed): "
             + ", ".join(parts) + "." if parts else "")
 
@@ -170,9 +169,7 @@ def conformer(path: Path) -> list[str]:
         delta = f"{r.rate - float(fp32.error_rate):+.2f}"
         out.append(f"| {r.w_bits}/{r.a_bits} | {r.calibration} | {nl} | {_rate(r, bold)} | "
                    f"{'**' + delta + '**' if bold else delta} | {r.per_seed} |")
-    paper = pd.read_csv(ROOT / "data" / "paper_results.csv")
-    paper = paper[(paper.model == "Conformer-Large") & (paper.split == "test-other")].drop_duplicates(
-        ["method", "w_bits", "a_bits"]).set_index(["w_bits", "a_bits"]).wer
+    paper = _paper_test_other("Conformer-Large").set_index(["w_bits", "a_bits"]).wer
     gaps = ", ".join(f"W{w}A{a} {paper[(w, a)] - paper[(32, 32)]:+.2f} WER"
                      for w, a in paper.index if w < 32)
     out += ["", _synthetic_vs_random(df[df.nonlinear == "integer"]) + f" The paper's Conformer-Large (test-other, "
@@ -351,9 +348,7 @@ def paper_checks(path: Path) -> list[str]:
     df = df[df.variant == "paper's method"]
     fp32 = float(_fp32(df).error_rate)
     mean = df.groupby(["w_bits", "calibration"]).error_rate.mean() - fp32
-    paper = pd.read_csv(ROOT / "data" / "paper_results.csv")
-    paper = paper[(paper.model == "QuartzNet15x5") & (paper.split == "test-other")].drop_duplicates(
-        ["method", "w_bits", "a_bits"]).set_index(["method", "w_bits"]).wer
+    paper = _paper_test_other("QuartzNet15x5").set_index(["method", "w_bits"]).wer
     pd_ = {k: paper[k] - paper[("baseline", 32)] for k in paper.index if k[1] < 32}
 
     def mark(ok: bool) -> str:
@@ -411,9 +406,7 @@ def recipes(path: Path) -> list[str]:
             notes.append(f"W{w}: best 3-seed recipe {best.recipe_label} ({best.rate - float(fp32.error_rate):+.2f}); "
                          f"`asrquant quantize --weight-bits {w}` defaults to `{default_recipe(int(w))}`")
     out += ["", f"FP32 {float(fp32.error_rate):.2f}% ({int(fp32.unit_errors)} / {int(fp32.units)} words, "
-            "`results/grid.csv`). " + "; ".join(notes) + ". " + provenance_line(
-                _load_frame(df.assign(metric="wer", error_rate=df.wer, units=df.words, unit_errors=df.word_errors)),
-                path)]
+            "`results/grid.csv`). " + "; ".join(notes) + ". " + provenance_line(_load_frame(df), path)]
     return out
 
 

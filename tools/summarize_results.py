@@ -56,15 +56,22 @@ def summary_lines(paths: list[str]) -> list[str]:
         std = f" ± {r.std:.2f}" if r.seeds > 1 else ""
         out.append(f"| {r.w_bits}/{r.a_bits} | {r.calibration} | {r.variant} | {r.wer:.2f}{std} | {r.delta:+.2f} | "
                    f"{r.seeds} | {r.errors_list} / {int(r.words)} | {r.lo:.1f}-{r.hi:.1f} | {r.size:.2f} |")
-    paper = df[(df.variant == "paper's method")]
-    for (w, a), d in paper[paper.w_bits < 32].groupby(["w_bits", "a_bits"]):
+    for w, a, pairs in synthetic_vs_random(df[(df.variant == "paper's method")]):
+        wins = sum(int(syn < ran) for syn, ran in pairs)
+        out += ["", f"W{w}A{a}: synthetic has fewer errors than random in {wins} of {len(pairs)} seeds "
+                    f"({', '.join(f'{syn} vs {ran}' for syn, ran in pairs)})"]
+    return out
+
+
+def synthetic_vs_random(df: pd.DataFrame, sort: bool = True) -> list[tuple[int, int, list[tuple[int, int]]]]:
+    """Per quantized W/A: (w, a, [(synthetic errors, random errors) for each seed both have])."""
+    out = []
+    for (w, a), d in df[df.w_bits < 32].groupby(["w_bits", "a_bits"], sort=sort):
         syn = d[d.calibration == "synthetic"].set_index("seed").unit_errors
         ran = d[d.calibration == "random"].set_index("seed").unit_errors
         seeds = sorted(set(syn.index) & set(ran.index))
         if seeds:
-            wins = sum(int(syn[s] < ran[s]) for s in seeds)
-            out += ["", f"W{w}A{a}: synthetic has fewer errors than random in {wins} of {len(seeds)} seeds "
-                        f"({', '.join(f'{int(syn[s])} vs {int(ran[s])}' for s in seeds)})"]
+            out.append((w, a, [(int(syn[s]), int(ran[s])) for s in seeds]))
     return out
 
 
