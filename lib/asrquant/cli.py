@@ -197,9 +197,8 @@ def cmd_quantize(args) -> int:
     # (and the Conformer, which has round-to-nearest only)
     recipe, explicit = args.recipe, args.rounding is not None or args.bias_correction
     if recipe == "default":
-        recipe = "paper" if explicit or is_conformer(model) else default_recipe(args.weight_bits)
-        if recipe == "adaround" and args.size_budget_mb is not None:
-            recipe = "bc"   # mixed precision was measured with bias correction (results/beyond_size.csv)
+        recipe = ("paper" if explicit or is_conformer(model)
+                  else default_recipe(args.weight_bits, mixed_precision=args.size_budget_mb is not None))
     settings = RECIPES[recipe]
     rounding = args.rounding or settings["rounding"]
     ada = {**settings.get("adaround", {}), "cache_dir": args.adaround_cache}

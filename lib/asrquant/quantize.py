@@ -22,13 +22,14 @@ RECIPES = {
 }
 
 
-def default_recipe(weight_bits: int) -> str:
+def default_recipe(weight_bits: int, mixed_precision: bool = False) -> str:
     """The best recipe *measured* for a weight width on QuartzNet-15x5, 3 seeds on the grid's
     synthetic batches (results/beyond_adaround.csv; the README's recipes table is written from it):
     learned rounding on the float model's inputs at 4 bits (fewer errors than bias correction in
     each seed), bias correction at 6 (learned rounding measured on one seed only), the paper's
-    method at 8."""
-    if weight_bits <= 4:
+    method at 8. Mixed precision (a size budget) was measured with bias correction
+    (results/beyond_size.csv), so it gets that below 8 bits."""
+    if weight_bits <= 4 and not mixed_precision:
         return "adaround"
     return "bc" if weight_bits < 8 else "paper"
 
