@@ -269,3 +269,42 @@ def test_symmetric_objective_ignores_the_quantized_inputs():
     b8 = adaround(model, batches, obs, 8, bits, cfg=asym, progress=False)
     b4 = adaround(model, batches, obs, 4, bits, cfg=asym, progress=False)
     assert not all(torch.equal(b8.codes[c], b4.codes[c]) for c in b8.codes)
+
+
+# --------------------------------------------------------------------------- scale search
+
+def test_scale_search_lowers_every_channels_output_error():
+    """Output-aware clipping: per channel the searched scale's round-to-nearest error is at most
+    min/max's (ratio 1 is a candidate) and lower in total; the scales only shrink."""
+    from asrquant.quant.adaround import row_errors, search_scale
+
+    for seed in range(3):
+        w, Hqq, Hqf, Hff = _problem(seed, cout=16, n=24)
+        w[:, 0] *= 4                                  # an outlier column: min/max wastes levels on it
+        _, s = _quantize_weight(w.reshape(16, 24, 1), 4, "minmax")
+        H = {"qq": Hff, "qf": Hff, "ff": Hff}
+        found = search_scale(w, s, 4, H)
+        err = lambda sc: row_errors(torch.clamp(torch.round(w / sc[:, None]), -8, 7) * sc[:, None], w,   # noqa: E731
+                                    Hff, Hff, Hff)
+        assert (found <= s * (1 + 1e-12)).all() and (found >= 0.4 * s * (1 - 1e-12)).all()
+        assert (err(found) <= err(s) + 1e-12).all() and err(found).sum() < 0.95 * err(s).sum()
+
+
+def test_searched_scales_reach_the_integer_model(tmp_path):
+    """quantize(..., adaround={"scale_search": True}): the integer convs carry the searched
+    per-channel scales (not min/max's), with codes on their grid; a cached run gives the same."""
+    model = tiny_model(seed=6)
+    batches = random_mels(1, 4, 160, seed=2)
+    opts = {"iterations": 30, "asymmetric": False, "scale_search": True, "cache_dir": str(tmp_path)}
+    q = quantize(model, batches, 4, 8, rounding="adaround", adaround=opts, progress=False)
+    again = quantize(model, batches, 4, 8, rounding="adaround", adaround=opts, progress=False)   # from the cache
+    assert q.info["adaround"]["scale_search"]
+    q_mm = quantize(model, batches, 4, 8, rounding="adaround", adaround={**opts, "scale_search": False},
+                    progress=False)
+    moved = 0
+    for op, op2, ref in zip(q.int_convs(), again.int_convs(), q_mm.int_convs()):
+        w = op.params["weight"]
+        assert not w.is_floating_point() and w.min() >= -8 and w.max() <= 7
+        assert torch.equal(w, op2.params["weight"]) and op.meta["w_scale"] == op2.meta["w_scale"]
+        moved += sum(a != b for a, b in zip(op.meta["w_scale"], ref.meta["w_scale"]))
+    assert moved > 0

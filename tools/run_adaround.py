@@ -11,7 +11,8 @@ synth_iterations, synth_seconds, then adaround_centered (learned on the bias-cor
 quant/adaround.py; the row's bias_correction is then the learned closed-form shift), recipe
 (the `asrquant quantize --recipe` name when the settings are one) and the provenance columns
 (``asrquant.provenance``: model_sha256, eval_sha256, code_commit, code_dirty, cpu, threads, ...),
-then adaround_symmetric (``--symmetric``: learned on the float model's inputs, not the quantized walk's).
+then adaround_symmetric (``--symmetric``: learned on the float model's inputs, not the quantized walk's)
+and adaround_scale_search (``--scale-search``: per-channel output-aware clipping first).
 """
 
 from __future__ import annotations
@@ -37,11 +38,13 @@ from asrquant.models.checkpoint import atomic_write_bytes
 COLUMNS = ["model", "w_bits", "a_bits", "calibration", "seed", "observer", "weight_method", "bias_correction", "wer",
            "cer", "words", "word_errors", "utterances", "ci95_lo", "ci95_hi", "size_mb", "bops_t", "eval_seconds",
            "calib_seconds", "depthwise_bits", "rounding", "adaround_iterations", "size_budget_mb",
-           "synth_iterations", "synth_seconds", "adaround_centered", "recipe", "adaround_symmetric"]
+           "synth_iterations", "synth_seconds", "adaround_centered", "recipe", "adaround_symmetric",
+           "adaround_scale_search"]
 
 
 KEY = ["model", "w_bits", "a_bits", "calibration", "seed", "weight_method", "bias_correction", "rounding",
-       "adaround_iterations", "size_budget_mb", "synth_iterations", "adaround_centered", "adaround_symmetric"]
+       "adaround_iterations", "size_budget_mb", "synth_iterations", "adaround_centered", "adaround_symmetric",
+       "adaround_scale_search"]
 
 
 def _load(csv: Path) -> pd.DataFrame:
@@ -52,7 +55,7 @@ def _done(df: pd.DataFrame, key: dict) -> bool:
     mask = pd.Series(True, index=df.index)
     for k in KEY:
         # rows from before adaround_centered: the raw (uncentered) objective
-        flag = k in ("adaround_centered", "adaround_symmetric")
+        flag = k in ("adaround_centered", "adaround_symmetric", "adaround_scale_search")
         col = df[k] if k in df else pd.Series(False if flag else "", index=df.index)
         default = False if flag else ""
         mask &= col.fillna(default).astype(str) == str(key[k])
@@ -76,7 +79,8 @@ def _recipe_name(key: dict) -> str:
         if (r["rounding"] == key["rounding"] and r["bias_correction"] == key["bias_correction"]
                 and not key["size_budget_mb"] and ada.get("iterations", 0) == key["adaround_iterations"]
                 and ada.get("centered", False) == key["adaround_centered"]
-                and (not ada.get("asymmetric", True)) == key["adaround_symmetric"]):
+                and (not ada.get("asymmetric", True)) == key["adaround_symmetric"]
+                and ada.get("scale_search", False) == key["adaround_scale_search"]):
             return name
     return ""
 
@@ -94,6 +98,8 @@ def main() -> int:
                    help="adaround: the old objective (raw second moments; the bias corrected afterwards if asked)")
     p.add_argument("--symmetric", action="store_true",
                    help="adaround: learn each conv on the float model's inputs (not the quantized walk's)")
+    p.add_argument("--scale-search", action="store_true",
+                   help="adaround: per-channel output-aware clipping before learning the rounding")
     p.add_argument("--size-budget-mb", type=float, nargs="+", default=[None])
     p.add_argument("--synth-iterations", type=int, default=200, help="synthetic batches: Adam iterations")
     p.add_argument("--limit", type=int, default=None)
@@ -119,7 +125,8 @@ def main() -> int:
                            depthwise_bits=0, rounding=args.rounding, adaround_iterations=iters,
                            synth_iterations=args.synth_iterations, size_budget_mb=budget or "",
                            adaround_centered=centered,
-                           adaround_symmetric=args.rounding == "adaround" and args.symmetric)
+                           adaround_symmetric=args.rounding == "adaround" and args.symmetric,
+                           adaround_scale_search=args.rounding == "adaround" and args.scale_search)
                 if _done(df, key):
                     continue
                 start = time.perf_counter()
@@ -129,7 +136,7 @@ def main() -> int:
                 synth_seconds = time.perf_counter() - start
                 qmodel = quantize(model, batches, w, a, bias_correction=args.bias_correction, rounding=args.rounding,
                                   adaround={"iterations": args.iterations, "centered": centered,
-                                            "asymmetric": not args.symmetric,
+                                            "asymmetric": not args.symmetric, "scale_search": args.scale_search,
                                             "cache_dir": str(paths.build_dir() / "adaround_cache")},
                                   size_budget_mb=budget, info={"calibration": "synthetic", "seed": seed})
                 calib_seconds = time.perf_counter() - start

@@ -298,13 +298,16 @@ def _bias_correction(w: torch.Tensor, w_q: torch.Tensor, s_w: torch.Tensor, grou
 def _int_conv(conv: nn.Conv1d, bn: nn.BatchNorm1d | None, s_x: float, x_bits: int, x_signed: bool,
               s_out: float | None, out_bits: int, out_signed: bool, w_bits: int, w_method: str,
               input_means: dict | None = None, hessians: dict | None = None, codes: dict | None = None,
-              bias_shifts: dict | None = None) -> IntConv:
+              bias_shifts: dict | None = None, weight_scales: dict | None = None) -> IntConv:
     w = conv.weight.detach().double()
     b = conv.bias.detach().double() if conv.bias is not None else None
     if bn is not None:
         w, b = fold_batchnorm(w, b, bn)
         w, b = w.double(), b.double()
     w_q, s_w = _quantize_weight(w, w_bits, w_method)
+    if weight_scales is not None and conv in weight_scales:   # searched with the rounding (quant.adaround)
+        s_w = weight_scales[conv].double().reshape(-1)
+        w_q = quantize(w, s_w, w_bits, signed=True, axis=0).to(w_q.dtype)
     if hessians is not None and conv in hessians:
         from .quant.gptq import gptq_round
 
@@ -342,7 +345,8 @@ def convert(model: ConvASR, observers: dict, weight_bits: int = 8, act_bits: int
             weight_method: str = "minmax", info: dict | None = None,
             input_means: dict | None = None, depthwise_bits: int | None = None,
             hessians: dict | None = None, codes: dict | None = None,
-            layer_bits: dict | None = None, bias_shifts: dict | None = None) -> IntegerConvASR:
+            layer_bits: dict | None = None, bias_shifts: dict | None = None,
+            weight_scales: dict | None = None) -> IntegerConvASR:
     """Build the integer model from a calibrated float model (see `calibrate`).
 
     input_means (``conv_input_means`` on the calibration batches): correct every conv's bias for
@@ -353,6 +357,8 @@ def convert(model: ConvASR, observers: dict, weight_bits: int = 8, act_bits: int
     (``quant.gptq``) for every conv that has one, round-to-nearest for the others.
     codes ({nn.Conv1d: integer codes}, ``quant.adaround``): learned rounding on the same grid;
     bias_shifts ({nn.Conv1d: float64 [Cout]}, learned with them): added to the folded biases.
+    weight_scales ({nn.Conv1d: float64 [Cout]}, searched with them): the codes' per-channel weight
+    scales where they are not ``weight_method``'s.
     layer_bits ({nn.Conv1d: bits}, ``quant.mixed_precision``): per-conv weight widths (mixed
     precision); convs not in it use depthwise_bits / weight_bits (``weight_bits_of``)."""
     def bits(conv):
@@ -379,19 +385,22 @@ def convert(model: ConvASR, observers: dict, weight_bits: int = 8, act_bits: int
             s_out = act_scale((b, i), out_signed)
             c = mconv.conv
             convs.append(_int_conv(c, bn, s_x, act_bits, x_signed, s_out, act_bits, out_signed,
-                                   bits(c), weight_method, input_means, hessians, codes, bias_shifts))
+                                   bits(c), weight_method, input_means, hessians, codes, bias_shifts,
+                                   weight_scales=weight_scales))
             s_x, x_signed = s_out, out_signed
         residual = []
         if block.res is not None:
             for (x_scale, x_sign), (rconv, rbn) in zip(prev_out, block.res):
                 residual.append(_int_conv(rconv.conv, rbn, x_scale, act_bits, x_sign, s_x, act_bits, False,
-                                          bits(rconv.conv), weight_method, input_means, hessians, codes, bias_shifts))
+                                          bits(rconv.conv), weight_method, input_means, hessians, codes, bias_shifts,
+                                   weight_scales=weight_scales))
         blocks.append(IntBlock(convs=convs, residual=residual, dense=block.dense))
         block_out.append((s_x, x_signed))
         prev_out = prev_out + [(s_x, x_signed)] if block.dense else [(s_x, x_signed)]
     dec = model.decoder.decoder_layers[0]
     decoder = _int_conv(dec, None, s_x, act_bits, x_signed, None, 32, True,
-                        bits(dec), weight_method, input_means, hessians, codes, bias_shifts)
+                        bits(dec), weight_method, input_means, hessians, codes, bias_shifts,
+                                   weight_scales=weight_scales)
     qinfo = {"weight_bits": weight_bits, "act_bits": act_bits, "weight_method": weight_method,
              "observer": type(observers["input"]).__name__, "bias_correction": input_means is not None or bool(bias_shifts),
              "depthwise_bits": depthwise_bits or weight_bits,

@@ -90,7 +90,7 @@ def quantize(model, batches, weight_bits: int = 8, act_bits: int = 8, *, observe
                                    **opts)
         info["size_budget_mb"] = size_budget_mb
         info["size_mb"] = size_mb(model, lambda conv: weight_bits_of(conv, weight_bits, depthwise_bits, layer_bits))
-    codes, shifts, input_means = None, None, stats.input_means
+    codes, shifts, scales, input_means = None, None, None, stats.input_means
     if rounding == "adaround":
         from .quant.adaround import AdaRoundConfig, adaround as learn_rounding
 
@@ -100,11 +100,12 @@ def quantize(model, batches, weight_bits: int = 8, act_bits: int = 8, *, observe
         learned = learn_rounding(model, batches, stats.observers, act_bits,
                                  lambda conv: weight_bits_of(conv, weight_bits, depthwise_bits, layer_bits),
                                  weight_method, cfg, cache_dir=cache_dir, progress=progress)
-        codes, shifts = learned.codes, learned.bias_shifts
+        codes, shifts, scales = learned.codes, learned.bias_shifts, learned.scales
         if cfg.centered:   # the learned bias shift is the bias correction (float input means)
             input_means = None
         info["adaround"] = {"iterations": cfg.iterations, "centered": cfg.centered, "asymmetric": cfg.asymmetric,
+                            "scale_search": cfg.scale_search,
                             "seconds": round(learned.seconds, 1)}
     return convert(model, stats.observers, weight_bits, act_bits, weight_method, info, input_means=input_means,
                    depthwise_bits=depthwise_bits, hessians=stats.hessians, codes=codes, layer_bits=layer_bits,
-                   bias_shifts=shifts)
+                   bias_shifts=shifts, weight_scales=scales)

@@ -51,7 +51,9 @@ from torch import nn
 from .quantizer import qrange, scale_from_range
 
 ZETA, GAMMA = 1.1, -0.1  # rectified sigmoid stretch (AdaRound)
-CACHE_FORMAT = 2          # 2: the cache holds bias shifts too
+CACHE_FORMAT = 3          # 2: the cache holds bias shifts too; 3: and weight scales
+#: clipping ratios the scale search tries (fractions of the channel's max |w|)
+SCALE_RATIOS = tuple(round(0.40 + 0.025 * i, 3) for i in range(25))
 MAX_COLUMNS = 4096       # dense convs with more im2col columns keep round-to-nearest (Gram too large)
 
 
@@ -65,6 +67,7 @@ class AdaRoundConfig:
     beta_start: float = 20.0
     beta_end: float = 2.0
     warmup: float = 0.2          # fraction of iterations without the rounding regulariser
+    scale_search: bool = False   # per output channel, the clipping (of SCALE_RATIOS) with the least output error
 
 
 # --------------------------------------------------------------------------- soft rounding
@@ -152,6 +155,39 @@ def reconstruction_error(w_deq: torch.Tensor, w: torch.Tensor, Hqq: torch.Tensor
     else:
         quad = lambda a, H, b: (a @ H.double() * b).sum()   # noqa: E731
     return float(quad(w_deq, Hqq, w_deq) - 2 * quad(w_deq, Hqf, w) + quad(w, Hff, w))
+
+
+def row_errors(w_deq: torch.Tensor, w: torch.Tensor, Hqq: torch.Tensor, Hqf: torch.Tensor,
+               Hff: torch.Tensor) -> torch.Tensor:
+    """``reconstruction_error`` per output channel: [Cout] float64."""
+    w_deq, w = w_deq.double(), w.double()
+    if Hqq.dim() == 3:
+        quad = lambda a, H, b: torch.einsum("on,onm,om->o", a, H.double(), b)   # noqa: E731
+    else:
+        quad = lambda a, H, b: (a @ H.double() * b).sum(-1)   # noqa: E731
+    return quad(w_deq, Hqq, w_deq) - 2 * quad(w_deq, Hqf, w) + quad(w, Hff, w)
+
+
+def search_scale(w: torch.Tensor, scale: torch.Tensor, bits: int, H: dict) -> torch.Tensor:
+    """Per output channel, the weight scale among ``scale * r`` (r in SCALE_RATIOS) whose
+    round-to-nearest weights give the conv the least output error under the Gram matrices H
+    (output-aware clipping: weight-space MSE clipping, which ignores what the input feeds each
+    weight, measured far worse at 4 bits, results/beyond.csv). w: [Cout, n]; scale: [Cout]."""
+    lo, hi = qrange(bits, signed=True)
+    s0 = scale.double().reshape(-1)
+    best, best_err = s0.clone(), None
+    for r in SCALE_RATIOS:
+        s = s0 * r
+        wq = torch.clamp(torch.round(w.double() / s[:, None]), lo, hi) * s[:, None]
+        err = row_errors(wq, w, H["qq"], H["qf"], H["ff"])
+        if best_err is None:
+            best_err = err
+            best = s
+            continue
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best = torch.where(better, s, best)
+    return best
 
 
 def bias_shift(w_deq: torch.Tensor, w: torch.Tensor, mean_q: torch.Tensor, mean_f: torch.Tensor) -> torch.Tensor:
@@ -359,12 +395,15 @@ def _nearest(f: FoldedConv) -> torch.Tensor:
 
 def _learn_conv(f: FoldedConv, grams: Grams, cfg: AdaRoundConfig) -> tuple:
     """(codes, bias shift or None, {"nearest": error, "learned": error}) of one conv; the errors
-    are the reconstruction errors of the objective learned on (centered: after the bias shift)."""
+    are the reconstruction errors of the objective learned on (centered: after the bias shift).
+    With ``cfg.scale_search`` f.scale is replaced by the searched one first (both errors on it)."""
     H = grams.centered() if cfg.centered else grams.normalised()
     if not cfg.asymmetric:   # the conv's own rounding error only, on the float model's inputs
         H = {**H, "qq": H["ff"], "qf": H["ff"]}
     cout = f.weight.shape[0]
     w = f.weight.reshape(cout, -1)
+    if cfg.scale_search:   # the walk then uses this scale for the conv (f.scale is what _dequantized reads)
+        f.scale = search_scale(w, f.scale, f.bits, H)
     s = f.scale.reshape(-1, 1)
     codes = learn_rounding(w, f.scale, f.bits, H["qq"], H["qf"], cfg, H["ff"]) if cfg.iterations else \
         _nearest(f).reshape(cout, -1)
@@ -398,6 +437,7 @@ class LearnedRounding:
 
     codes: dict                  # {nn.Conv1d: float64 integer codes, the weight's shape}
     bias_shifts: dict            # {nn.Conv1d: float64 [Cout]} (empty when not centered)
+    scales: dict                 # {nn.Conv1d: float64 [Cout]} the codes' weight scales (searched ones only)
     errors: dict                 # {conv name: {"nearest": e, "learned": e}} (cached convs: absent)
     seconds: float
 
@@ -421,7 +461,7 @@ def adaround(model, batches, observers: dict, act_bits: int, bits_of, weight_met
     mel, lens = merge_batches(batches)
     walk = QuantizedWalk(model, observers, act_bits, bits_of, weight_method)
     folder = Path(cache_dir) / cache_key(walk, [(mel, lens)], cfg) if cache_dir is not None else None
-    codes, shifts, errors = {}, {}, {}
+    codes, shifts, scales, errors = {}, {}, {}, {}
     xs_f, xs_q = [mel], [walk.quantize_input(mel)]   # float / quantized block inputs
     units = walk.units()
     bar = tqdm(total=sum(len(u) for u in units), desc="adaround convs", disable=not progress)
@@ -431,11 +471,15 @@ def adaround(model, batches, observers: dict, act_bits: int, bits_of, weight_met
             decoder = u == len(units) - 1
             path = folder / f"block_{u:02d}.pt" if folder is not None else None
             cached = path is not None and path.is_file()
-            unit_codes, unit_shifts = {}, {}
+            unit_codes, unit_shifts, unit_scales = {}, {}, {}
             if cached:
                 payload = torch.load(path, map_location="cpu", weights_only=True)
                 unit_codes = {n: c.double() for n, c in payload["codes"].items()}
                 unit_shifts = {n: t.double() for n, t in payload["shifts"].items()}
+                unit_scales = {n: t.double() for n, t in payload["scales"].items()}
+                for f in unit:
+                    if f.name in unit_scales:
+                        f.scale = unit_scales[f.name]
             float_in: dict = {}   # this unit's conv inputs in the float model
             if decoder:
                 float_in[walk.decoder.name] = xs_f[-1]
@@ -459,6 +503,8 @@ def adaround(model, batches, observers: dict, act_bits: int, bits_of, weight_met
                         grams.add(xq, float_in[f.name], x_lens, f.out_lengths(x_lens))
                         with torch.enable_grad():
                             unit_codes[f.name], shift, errors[f.name] = _learn_conv(f, grams, cfg)
+                        if cfg.scale_search:
+                            unit_scales[f.name] = f.scale
                     else:
                         unit_codes[f.name] = _nearest(f)
                         shift = _mean_shift(f, xq, float_in[f.name], x_lens) if cfg.centered else None
@@ -475,12 +521,15 @@ def adaround(model, batches, observers: dict, act_bits: int, bits_of, weight_met
                 xs_f, lens = ys_f, lens_out
             if path is not None and not cached:
                 payload = {"codes": {n: c.to(torch.int16) for n, c in unit_codes.items()},
-                           "shifts": {n: t.double() for n, t in unit_shifts.items()}}
+                           "shifts": {n: t.double() for n, t in unit_shifts.items()},
+                           "scales": {n: t.double() for n, t in unit_scales.items()}}
                 atomic_write_bytes(path, lambda fh: torch.save(payload, fh))
             for f in unit:
                 codes[f.conv] = unit_codes[f.name].reshape(f.weight.shape)
                 if f.name in unit_shifts:
                     shifts[f.conv] = unit_shifts[f.name]
+                if f.name in unit_scales:
+                    scales[f.conv] = unit_scales[f.name]
             bar.set_postfix(block=u, seconds=f"{time.perf_counter() - start:.0f}")
     bar.close()
-    return LearnedRounding(codes, shifts, errors, time.perf_counter() - start)
+    return LearnedRounding(codes, shifts, scales, errors, time.perf_counter() - start)
