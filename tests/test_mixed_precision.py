@@ -148,3 +148,24 @@ def test_fast_runner_gives_the_reference_integers_on_a_mixed_program(model):
     assert torch.equal(ref_len, fast_len)
     for i, t in enumerate(ref_len.tolist()):
         assert torch.equal(ref[i, :, :t], fast[i, :, :t].to(ref.dtype))
+
+
+def test_edge_bits_widen_only_the_first_block_and_the_decoder(model):
+    """quantize(edge_bits=8): the first block's convs and the decoder hold 8-bit codes (some
+    beyond the 4-bit range), every other conv 4-bit ones; the size counts both widths."""
+    from asrquant.quant.mixed_precision import edge_convs
+
+    batches = random_mels(1, 2, 80, seed=5)
+    q = quantize(model, batches, 4, 8, edge_bits=8, progress=False)
+    edges = set(edge_convs(model))
+    assert model.decoder.decoder_layers[0] in edges and len(edges) == 1 + sum(
+        1 for m in model.encoder.encoder[0].mconv if hasattr(m, "conv"))
+    for op, (conv, _) in zip(q.int_convs(), weight_convs(model)):
+        w = op.params["weight"]
+        if conv in edges:
+            assert -128 <= int(w.min()) and int(w.max()) <= 127 and int(w.abs().max()) > 8
+        else:
+            assert -8 <= int(w.min()) and int(w.max()) <= 7
+    expect = size_mb(model, lambda c: 8 if c in edges else 4)
+    assert q.info["edge_bits"] == 8 and q.info["size_mb"] == pytest.approx(expect)
+    assert size_mb(model, lambda c: 4) < q.info["size_mb"] < size_mb(model, lambda c: 8)

@@ -12,7 +12,8 @@ quant/adaround.py; the row's bias_correction is then the learned closed-form shi
 (the `asrquant quantize --recipe` name when the settings are one) and the provenance columns
 (``asrquant.provenance``: model_sha256, eval_sha256, code_commit, code_dirty, cpu, threads, ...),
 then adaround_symmetric (``--symmetric``: learned on the float model's inputs, not the quantized walk's)
-and adaround_scale_search (``--scale-search``: per-channel output-aware clipping first).
+and adaround_scale_search (``--scale-search``: per-channel output-aware clipping first), edge_bits
+(``--edge-bits``: the first block's convs and the decoder at that width; 0: all at --bits').
 """
 
 from __future__ import annotations
@@ -39,12 +40,12 @@ COLUMNS = ["model", "w_bits", "a_bits", "calibration", "seed", "observer", "weig
            "cer", "words", "word_errors", "utterances", "ci95_lo", "ci95_hi", "size_mb", "bops_t", "eval_seconds",
            "calib_seconds", "depthwise_bits", "rounding", "adaround_iterations", "size_budget_mb",
            "synth_iterations", "synth_seconds", "adaround_centered", "recipe", "adaround_symmetric",
-           "adaround_scale_search"]
+           "adaround_scale_search", "edge_bits"]
 
 
 KEY = ["model", "w_bits", "a_bits", "calibration", "seed", "weight_method", "bias_correction", "rounding",
        "adaround_iterations", "size_budget_mb", "synth_iterations", "adaround_centered", "adaround_symmetric",
-       "adaround_scale_search"]
+       "adaround_scale_search", "edge_bits"]
 
 
 def _load(csv: Path) -> pd.DataFrame:
@@ -56,8 +57,11 @@ def _done(df: pd.DataFrame, key: dict) -> bool:
     for k in KEY:
         # rows from before adaround_centered: the raw (uncentered) objective
         flag = k in ("adaround_centered", "adaround_symmetric", "adaround_scale_search")
-        col = df[k] if k in df else pd.Series(False if flag else "", index=df.index)
-        default = False if flag else ""
+        default = False if flag else 0 if k == "edge_bits" else ""   # rows from before the column
+        col = df[k] if k in df else pd.Series(default, index=df.index)
+        if k == "edge_bits":
+            mask &= pd.to_numeric(col, errors="coerce").fillna(0).astype(int) == int(key[k])
+            continue
         mask &= col.fillna(default).astype(str) == str(key[k])
     return bool(len(df)) and bool(mask.any())
 
@@ -100,6 +104,8 @@ def main() -> int:
                    help="adaround: learn each conv on the float model's inputs (not the quantized walk's)")
     p.add_argument("--scale-search", action="store_true",
                    help="adaround: per-channel output-aware clipping before learning the rounding")
+    p.add_argument("--edge-bits", type=int, default=0,
+                   help="the first block's convs and the decoder at this width (0: --bits' width)")
     p.add_argument("--size-budget-mb", type=float, nargs="+", default=[None])
     p.add_argument("--synth-iterations", type=int, default=200, help="synthetic batches: Adam iterations")
     p.add_argument("--limit", type=int, default=None)
@@ -126,7 +132,8 @@ def main() -> int:
                            synth_iterations=args.synth_iterations, size_budget_mb=budget or "",
                            adaround_centered=centered,
                            adaround_symmetric=args.rounding == "adaround" and args.symmetric,
-                           adaround_scale_search=args.rounding == "adaround" and args.scale_search)
+                           adaround_scale_search=args.rounding == "adaround" and args.scale_search,
+                           edge_bits=args.edge_bits)
                 if _done(df, key):
                     continue
                 start = time.perf_counter()
@@ -138,7 +145,7 @@ def main() -> int:
                                   adaround={"iterations": args.iterations, "centered": centered,
                                             "asymmetric": not args.symmetric, "scale_search": args.scale_search,
                                             "cache_dir": str(paths.build_dir() / "adaround_cache")},
-                                  size_budget_mb=budget, info={"calibration": "synthetic", "seed": seed})
+                                  size_budget_mb=budget, edge_bits=args.edge_bits or None, info={"calibration": "synthetic", "seed": seed})
                 calib_seconds = time.perf_counter() - start
                 del batches
                 summary = evaluate(qmodel, utts, batch_size=args.eval_batch_size, progress=False)

@@ -44,7 +44,7 @@ def quantize(model, batches, weight_bits: int = 8, act_bits: int = 8, *, observe
              weight_method: str = "minmax", bias_correction: bool = False, rounding: str = "nearest",
              depthwise_bits: int | None = None, residual_bits: int | None = None, prob_bits: int | None = None,
              info: dict | None = None, adaround: dict | None = None, size_budget_mb: float | None = None,
-             mixed_precision: dict | None = None, progress: bool = True):
+             mixed_precision: dict | None = None, edge_bits: int | None = None, progress: bool = True):
     """Calibrate `model` on (mel, lengths) batches and convert it to an integer model.
 
     rounding: one of ROUNDINGS. adaround: ``quant.adaround.AdaRoundConfig`` fields plus
@@ -53,7 +53,9 @@ def quantize(model, batches, weight_bits: int = 8, act_bits: int = 8, *, observe
     {4, 6, 8} chosen by sensitivity on the batches so that the weights fit this many MiB.
     mixed_precision: ``mixed_precision.allocate_bits`` options (e.g. ``cache_dir`` for the
     sensitivities; ``bias_correction`` defaults to this call's: sensitivities measured with the
-    correction the model gets)."""
+    correction the model gets).
+    edge_bits: the first block's convs and the decoder at this width (``mixed_precision.edge_convs``;
+    not with a size budget, which allocates every conv)."""
     if rounding not in ROUNDINGS:
         raise ValueError(f"unknown rounding {rounding!r}; choose from {ROUNDINGS}")
     if is_conformer(model):
@@ -83,12 +85,20 @@ def quantize(model, batches, weight_bits: int = 8, act_bits: int = 8, *, observe
     info = dict(info or {})
     layer_bits = None
     if size_budget_mb is not None:
-        from .quant.mixed_precision import allocate_bits, size_mb
+        from .quant.mixed_precision import allocate_bits
 
         opts = {"bias_correction": bias_correction, **(mixed_precision or {})}
         layer_bits = allocate_bits(model, batches, size_budget_mb, weight_method=weight_method, progress=progress,
                                    **opts)
         info["size_budget_mb"] = size_budget_mb
+    elif edge_bits:
+        from .quant.mixed_precision import edge_convs
+
+        layer_bits = {conv: int(edge_bits) for conv in edge_convs(model)}
+        info["edge_bits"] = int(edge_bits)
+    if layer_bits is not None:
+        from .quant.mixed_precision import size_mb
+
         info["size_mb"] = size_mb(model, lambda conv: weight_bits_of(conv, weight_bits, depthwise_bits, layer_bits))
     codes, shifts, scales, input_means = None, None, None, stats.input_means
     if rounding == "adaround":

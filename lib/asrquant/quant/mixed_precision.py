@@ -55,6 +55,15 @@ def weight_convs(model) -> list[tuple[nn.Conv1d, nn.BatchNorm1d | None]]:
     return out
 
 
+def edge_convs(model) -> list[nn.Conv1d]:
+    """The first block's convs (they read the mel features) and the decoder (it writes the
+    logits): the layers that 4-bit recipes conventionally keep at 8 bits (AdaRound, BRECQ, LSQ)."""
+    from ..models.convasr import MaskedConv1d
+
+    first = [m.conv for m in model.encoder.encoder[0].mconv if isinstance(m, MaskedConv1d)]
+    return first + [model.decoder.decoder_layers[0]]
+
+
 def stored_params(conv: nn.Conv1d, bn) -> int:
     """Weights plus the folded bias (what ``experiments.model_size_mb`` counts per layer)."""
     return conv.weight.numel() + (conv.out_channels if (conv.bias is not None or bn is not None) else 0)
