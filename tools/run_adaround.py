@@ -104,6 +104,9 @@ def main() -> int:
                    help="adaround: learn each conv on the float model's inputs (not the quantized walk's)")
     p.add_argument("--scale-search", action="store_true",
                    help="adaround: per-channel output-aware clipping before learning the rounding")
+    p.add_argument("--calibration", choices=["synthetic", "real"], default="synthetic",
+                   help="real: train-clean-100 audio (a reference for what the synthetic batches cost)")
+    p.add_argument("--calibration-limit", type=int, default=8, help="real: this many utterances")
     p.add_argument("--edge-bits", type=int, default=0,
                    help="the first block's convs and the decoder at this width (0: --bits' width)")
     p.add_argument("--size-budget-mb", type=float, nargs="+", default=[None])
@@ -126,7 +129,7 @@ def main() -> int:
             for budget in args.size_budget_mb:
                 iters = args.iterations if args.rounding == "adaround" else 0
                 centered = args.rounding == "adaround" and not args.raw
-                key = dict(model=name, w_bits=w, a_bits=a, calibration="synthetic", seed=seed, observer="minmax",
+                key = dict(model=name, w_bits=w, a_bits=a, calibration=args.calibration, seed=seed, observer="minmax",
                            weight_method="minmax", bias_correction=bool(args.bias_correction) or centered,
                            depthwise_bits=0, rounding=args.rounding, adaround_iterations=iters,
                            synth_iterations=args.synth_iterations, size_budget_mb=budget or "",
@@ -137,7 +140,8 @@ def main() -> int:
                 if _done(df, key):
                     continue
                 start = time.perf_counter()
-                batches = calibration_batches(model, "synthetic", seed=seed, n_batches=1, batch_size=8, frames=500,
+                batches = calibration_batches(model, args.calibration, seed=seed, n_batches=1, batch_size=8, frames=500,
+                                              data=paths.librispeech("train-clean-100"), limit=args.calibration_limit,
                                               synth={"iterations": args.synth_iterations, "lr": 0.05}, model_path=args.model,
                                               cache_dir=paths.build_dir() / "synth_cache")
                 synth_seconds = time.perf_counter() - start
@@ -145,7 +149,7 @@ def main() -> int:
                                   adaround={"iterations": args.iterations, "centered": centered,
                                             "asymmetric": not args.symmetric, "scale_search": args.scale_search,
                                             "cache_dir": str(paths.build_dir() / "adaround_cache")},
-                                  size_budget_mb=budget, edge_bits=args.edge_bits or None, info={"calibration": "synthetic", "seed": seed})
+                                  size_budget_mb=budget, edge_bits=args.edge_bits or None, info={"calibration": args.calibration, "seed": seed})
                 calib_seconds = time.perf_counter() - start
                 del batches
                 summary = evaluate(qmodel, utts, batch_size=args.eval_batch_size, progress=False)
