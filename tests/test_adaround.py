@@ -239,13 +239,16 @@ def test_cli_quantize_recipes(tmp_path):
     runs = {"w4": ["--weight-bits", "4", "--adaround-iterations", "20"], "w6": ["--weight-bits", "6"],
             "w8": ["--weight-bits", "8"], "paper": ["--weight-bits", "4", "--recipe", "paper"],
             "flags": ["--weight-bits", "4", "--rounding", "nearest"],
-            "ada": ["--weight-bits", "6", "--recipe", "adaround", "--adaround-iterations", "20"]}
+            "ada": ["--weight-bits", "6", "--recipe", "adaround", "--adaround-iterations", "20"],
+            "w4u": ["--weight-bits", "4", "--adaround-iterations", "20", "--edge-bits", "0"]}
     info = {}
     for name, extra in runs.items():
         assert cli_main(base + extra + ["--out", str(tmp_path / f"{name}.aqz")]) == 0
         info[name] = load_quantized(tmp_path / f"{name}.aqz").info
     assert (info["w4"]["recipe"], info["w4"]["bias_correction"], info["w4"]["rounding"]) == ("adaround", True, "adaround")
     assert info["w4"]["adaround"]["iterations"] == 20 and not info["w4"]["adaround"]["asymmetric"]
+    assert info["w4"]["edge_bits"] == 8 and info["w4"]["size_mb"] > info["w4u"]["size_mb"]   # first block, decoder
+    assert "edge_bits" not in info["w4u"] and info["w4u"]["recipe"] == "adaround" and "edge_bits" not in info["w6"]
     assert (info["w6"]["recipe"], info["w6"]["bias_correction"], info["w6"]["rounding"]) == ("bc", True, "nearest")
     assert (info["w8"]["recipe"], info["w8"]["bias_correction"]) == ("paper", False)
     assert (info["paper"]["recipe"], info["paper"]["bias_correction"]) == ("paper", False)

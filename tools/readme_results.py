@@ -368,15 +368,28 @@ def paper_checks(path: Path) -> list[str]:
 
 
 def _recipe_label(r) -> str:
+    edge = int(pd.to_numeric(getattr(r, "edge_bits", 0), errors="coerce") or 0)
+    extra = [f"first block and decoder at {edge} bits"] if edge and edge != int(r.w_bits) else []
+    if str(getattr(r, "calibration", "synthetic")) != "synthetic":
+        extra.append(f"{r.calibration} calibration")
     if r.rounding == "adaround":
         sym = str(r.adaround_symmetric) == "True"
         cen = str(r.adaround_centered) == "True"
-        name = "`adaround`" if (sym and cen) else "learned rounding"
+        search = str(getattr(r, "adaround_scale_search", False)) == "True"
+        from asrquant.quantize import RECIPES
+
+        recipe = RECIPES["adaround"]
+        synthetic = str(getattr(r, "calibration", "synthetic")) == "synthetic"
+        is_recipe = (sym and cen and not search and synthetic and edge == recipe.get("edge_bits", 0)
+                     and int(r.adaround_iterations) == recipe["adaround"]["iterations"])
+        name = "`adaround`" if is_recipe else "learned rounding"
         how = ", ".join(p for p in ("centered" if cen else "raw",
                                     "on float inputs" if sym else "on the quantized walk's inputs",
-                                    f"{int(r.adaround_iterations)} steps/conv") if p)
+                                    "scale search" if search else "",
+                                    f"{int(r.adaround_iterations)} steps/conv", *extra) if p)
         return f"{name} ({how})"
-    return "`bc`" if str(r.bias_correction) == "True" else "`paper`"
+    name = "`bc`" if str(r.bias_correction) == "True" else "`paper`"
+    return f"{name} ({', '.join(extra)})" if extra else name
 
 
 def recipes(path: Path) -> list[str]:

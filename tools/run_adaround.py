@@ -84,7 +84,8 @@ def _recipe_name(key: dict) -> str:
                 and not key["size_budget_mb"] and ada.get("iterations", 0) == key["adaround_iterations"]
                 and ada.get("centered", False) == key["adaround_centered"]
                 and (not ada.get("asymmetric", True)) == key["adaround_symmetric"]
-                and ada.get("scale_search", False) == key["adaround_scale_search"]):
+                and ada.get("scale_search", False) == key["adaround_scale_search"]
+                and int(r.get("edge_bits") or 0) == int(key["edge_bits"]) and key["calibration"] == "synthetic"):
             return name
     return ""
 

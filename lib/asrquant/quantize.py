@@ -14,10 +14,12 @@ ROUNDINGS = ("nearest", "gptq", "adaround")
 #: named settings (``asrquant quantize --recipe``): the paper's method (round-to-nearest, no bias
 #: correction); round-to-nearest + bias correction; learned rounding with the joint bias correction
 #: (quant/adaround.py: centered objective, on the float model's inputs, 100 Adam steps per conv)
+#: with the first block's convs and the decoder at 8 bits (``edge_bits``: 0.26% of QuartzNet-15x5's
+#: weights, +0.02 MiB; the convention of AdaRound, BRECQ and LSQ; ``--edge-bits 0``: uniform)
 RECIPES = {
     "paper": {"rounding": "nearest", "bias_correction": False},
     "bc": {"rounding": "nearest", "bias_correction": True},
-    "adaround": {"rounding": "adaround", "bias_correction": True,
+    "adaround": {"rounding": "adaround", "bias_correction": True, "edge_bits": 8,
                  "adaround": {"iterations": 100, "centered": True, "asymmetric": False}},
 }
 
@@ -25,8 +27,8 @@ RECIPES = {
 def default_recipe(weight_bits: int, mixed_precision: bool = False) -> str:
     """The best recipe *measured* for a weight width on QuartzNet-15x5, 3 seeds on the grid's
     synthetic batches (results/beyond_adaround.csv; the README's recipes table is written from it):
-    learned rounding on the float model's inputs at 4 bits (fewer errors than bias correction in
-    each seed), bias correction at 6 (learned rounding measured on one seed only), the paper's
+    learned rounding on the float model's inputs, first block and decoder at 8 bits, at 4 bits
+    (fewer errors than bias correction and than uniform learned rounding in each seed), bias correction at 6 (learned rounding measured on one seed only), the paper's
     method at 8. Mixed precision (a size budget) was measured with bias correction
     (results/beyond_size.csv), so it gets that below 8 bits."""
     if weight_bits <= 4 and not mixed_precision:
@@ -63,7 +65,7 @@ def quantize(model, batches, weight_bits: int = 8, act_bits: int = 8, *, observe
 
         unsupported = [flag for flag, on in (("--bias-correction", bias_correction), (f"--rounding {rounding}",
                        rounding != "nearest"), ("--depthwise-bits", bool(depthwise_bits)),
-                       ("--size-budget-mb", size_budget_mb is not None)) if on]
+                       ("--size-budget-mb", size_budget_mb is not None), ("--edge-bits", bool(edge_bits))) if on]
         if unsupported:
             raise ValueError(f"{', '.join(unsupported)}: supported for ConvASR models only, not the Conformer")
         observers = calibrate_conformer(model, batches, observer)
@@ -73,12 +75,15 @@ def quantize(model, batches, weight_bits: int = 8, act_bits: int = 8, *, observe
 
     if not isinstance(model, ConvASR):
         raise TypeError(f"cannot quantize a {type(model).__name__}")
+    if size_budget_mb is not None and edge_bits:
+        raise ValueError("--edge-bits with --size-budget-mb: the budget allocates every conv's width; choose one")
     if residual_bits or prob_bits:
         raise ValueError("--residual-bits / --prob-bits: supported for the Conformer only")
     from .calibration import collect
     from .convert import convert
 
     from .convert import weight_bits_of
+    from .quant.mixed_precision import size_mb
 
     batches = list(batches)
     stats = collect(model, batches, means=bias_correction, hessians=rounding == "gptq", observer=observer)
@@ -96,10 +101,7 @@ def quantize(model, batches, weight_bits: int = 8, act_bits: int = 8, *, observe
 
         layer_bits = {conv: int(edge_bits) for conv in edge_convs(model)}
         info["edge_bits"] = int(edge_bits)
-    if layer_bits is not None:
-        from .quant.mixed_precision import size_mb
-
-        info["size_mb"] = size_mb(model, lambda conv: weight_bits_of(conv, weight_bits, depthwise_bits, layer_bits))
+    info["size_mb"] = size_mb(model, lambda conv: weight_bits_of(conv, weight_bits, depthwise_bits, layer_bits))
     codes, shifts, scales, input_means = None, None, None, stats.input_means
     if rounding == "adaround":
         from .quant.adaround import AdaRoundConfig, adaround as learn_rounding
