@@ -228,6 +228,9 @@ def test_cli_quantize_verify_evaluate(small_quartznet, tmp_path, capsys):
     prov = rep["provenance"]
     assert prov["model_sha256"] == file_sha256(out) and prov["eval_utterances"] == 2 and prov["eval_words"] == 6
     assert prov["crop_seconds"] == 3 and prov["code_commit"] and prov["cpu"]
+    made = rep["quantization"]   # how the model was made, as its file records it, without machine paths
+    assert made["recipe"] == "paper" and made["calibration"] == "random" and made["calibration_seconds"] >= 0
+    assert made == {k: v for k, v in load_quantized(out).info.items() if k != "source_model"}
     res = tmp_path / "eval.json"
     assert cli_main(["evaluate", "--model", str(out), "--data", str(test_other_dir), "--limit", "2",
                      "--quiet", "--json", str(res)]) == 0

@@ -324,8 +324,8 @@ def verify_reports() -> list[str]:
     import json
 
     out = ["| report (`results/verify/`) | verdict | ops recorded / float ops | backends bit-exact (run, skipped) "
-           "| alone = in a padded batch | int64-accumulator layers | model sha256 (file, or state dict) |",
-           "|---|---|---|---|---|---|---|"]
+           "| alone = in a padded batch | int64-accumulator layers | model sha256 (file, or state dict) "
+           "| recipe, calibration s |", "|---|---|---|---|---|---|---|---|"]
     for path in sorted((ROOT / "results" / "verify").glob("*.json")):
         d = json.loads(path.read_text())
         ff, be, bi = d["float_free"], d["bit_exact"], d["batch_invariance"]
@@ -338,8 +338,21 @@ def verify_reports() -> list[str]:
                    f"{len(ff['float_ops'])} | {'yes' if be['passed'] else '**no**'} ({be['backends_run']}, "
                    f"{be['backends_skipped']}) | {'yes' if bi['passed'] else '**no**'} "
                    f"({bi['utterances']} utterances) | {', '.join(d['int64_accumulator_layers']) or '-'} | "
-                   f"{model_id} |")
+                   f"{model_id} | {_made(d.get('quantization'))} |")
     return out
+
+
+def _made(info: dict | None) -> str:
+    """How a verified model was made, from the report's `quantization` record (reports from before
+    it: '-'): its recipe and edge widths, and `asrquant quantize`'s calibration time."""
+    if not info:
+        return "-"
+    parts = [f"`{info['recipe']}`" if info.get("recipe") else ""]
+    if info.get("edge_bits"):
+        parts.append(f"edges at {info['edge_bits']} bits")
+    if info.get("calibration_seconds") is not None:
+        parts.append(f"{float(info['calibration_seconds']):.0f} s")
+    return ", ".join(p for p in parts if p) or "-"
 
 
 def paper_checks(path: Path) -> list[str]:
@@ -368,7 +381,8 @@ def paper_checks(path: Path) -> list[str]:
 
 
 def _recipe_label(r) -> str:
-    edge = int(pd.to_numeric(getattr(r, "edge_bits", 0), errors="coerce") or 0)
+    edge = pd.to_numeric(getattr(r, "edge_bits", 0), errors="coerce")
+    edge = 0 if pd.isna(edge) else int(edge)
     extra = [f"first block and decoder at {edge} bits"] if edge and edge != int(r.w_bits) else []
     if str(getattr(r, "calibration", "synthetic")) != "synthetic":
         extra.append(f"{r.calibration} calibration")
@@ -404,13 +418,13 @@ def recipes(path: Path) -> list[str]:
     g = (df.groupby(["w_bits", "a_bits", "recipe_label"], sort=False)
          .agg(rate=("wer", "mean"), std=("wer", "std"), seeds=("seed", "nunique"),
               per_seed=("word_errors", lambda s: "/".join(str(int(v)) for v in s)),
-              calib=("calib_seconds", "median"))
+              calib=("calib_seconds", "median"), size=("size_mb", "median"))
          .reset_index().sort_values(["w_bits", "rate"], ascending=[True, True]))
-    out = ["| W/A | recipe | WER % mean ± std (errors per seed) | seeds | Δ vs FP32 | calibration s (median) |",
-           "|---|---|---|---|---|---|"]
+    out = ["| W/A | recipe | WER % mean ± std (errors per seed) | seeds | Δ vs FP32 | weights MiB | "
+           "calibration s (median) |", "|---|---|---|---|---|---|---|"]
     for r in g.itertuples():
         out.append(f"| {r.w_bits}/{r.a_bits} | {r.recipe_label} | {_rate(r)} ({r.per_seed}) | {r.seeds} | "
-                   f"{r.rate - float(fp32.error_rate):+.2f} | {r.calib:.0f} |")
+                   f"{r.rate - float(fp32.error_rate):+.2f} | {r.size:.2f} | {r.calib:.0f} |")
     notes = []
     for w in sorted(g.w_bits.unique()):
         full = g[(g.w_bits == w) & (g.seeds >= 3)]

@@ -62,7 +62,7 @@ def _done(df: pd.DataFrame, key: dict) -> bool:
         if k == "edge_bits":
             mask &= pd.to_numeric(col, errors="coerce").fillna(0).astype(int) == int(key[k])
             continue
-        mask &= col.fillna(default).astype(str) == str(key[k])
+        mask &= col.astype(object).fillna(default).astype(str) == str(key[k])
     return bool(len(df)) and bool(mask.any())
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from . import paths
@@ -207,6 +208,7 @@ def cmd_quantize(args) -> int:
     # the first block and the decoder: --edge-bits, else the recipe's (a size budget allocates every conv)
     edge_bits = args.edge_bits if args.edge_bits is not None else \
         None if args.size_budget_mb is not None else settings.get("edge_bits")
+    start = time.perf_counter()
     batches = calibration_batches(model, args)
     info = {"calibration": args.calibration, "seed": args.seed, "source_model": str(args.model),
             "recipe": "flags" if args.recipe == "default" and explicit else recipe}
@@ -216,11 +218,14 @@ def cmd_quantize(args) -> int:
                       depthwise_bits=args.depthwise_bits, residual_bits=args.residual_bits,
                       prob_bits=args.prob_bits, info=info, size_budget_mb=args.size_budget_mb, adaround=ada,
                       edge_bits=edge_bits or None)
+    # synthesis (or feature extraction) + calibration + conversion; cached batches and codes count as read
+    qmodel.info["calibration_seconds"] = round(time.perf_counter() - start, 1)
     out = save_quantized(qmodel, args.out)
     edges = f", first block and decoder at {edge_bits} bits" if edge_bits and edge_bits != args.weight_bits else ""
     size = f", weights {qmodel.info['size_mb']:.2f} MiB" if "size_mb" in qmodel.info else ""
     print(f"W{args.weight_bits}A{args.act_bits} integer model (recipe {recipe}{edges}{size}, {args.calibration} calibration, "
-          f"{len(batches)} batches, {len(qmodel.program.ops)} integer ops) -> {out}; "
+          f"{len(batches)} batches, {len(qmodel.program.ops)} integer ops, "
+          f"{qmodel.info['calibration_seconds']:.0f} s) -> {out}; "
           f"int64 accumulators: {qmodel.int64_layers() or 'none'}")
     return 0
 
@@ -264,6 +269,8 @@ def cmd_verify(args) -> int:
     if args.json:
         from .provenance import provenance
 
+        # how the model was made (recipe, widths, calibration time), without the machine's paths
+        report["quantization"] = {k: v for k, v in qmodel.info.items() if k != "source_model"}
         report["provenance"] = provenance(args.model, utts, {
             "utterances": args.utterances, "crop_seconds": args.seconds, "numpy_utterances": args.numpy_utterances,
             "backends": " ".join(args.backends or []) or "all", "verify_threads": args.threads})
