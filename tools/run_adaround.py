@@ -13,7 +13,8 @@ quant/adaround.py; the row's bias_correction is then the learned closed-form shi
 (``asrquant.provenance``: model_sha256, eval_sha256, code_commit, code_dirty, cpu, threads, ...),
 then adaround_symmetric (``--symmetric``: learned on the float model's inputs, not the quantized walk's)
 and adaround_scale_search (``--scale-search``: per-channel output-aware clipping first), edge_bits
-(``--edge-bits``: the first block's convs and the decoder at that width; 0: all at --bits').
+(``--edge-bits``: the first block's convs and the decoder at that width; 0: all at --bits'),
+adaround_relu_aware (``--relu-aware``: convs before a ReLU learned on the error after it).
 """
 
 from __future__ import annotations
@@ -40,12 +41,12 @@ COLUMNS = ["model", "w_bits", "a_bits", "calibration", "seed", "observer", "weig
            "cer", "words", "word_errors", "utterances", "ci95_lo", "ci95_hi", "size_mb", "bops_t", "eval_seconds",
            "calib_seconds", "depthwise_bits", "rounding", "adaround_iterations", "size_budget_mb",
            "synth_iterations", "synth_seconds", "adaround_centered", "recipe", "adaround_symmetric",
-           "adaround_scale_search", "edge_bits"]
+           "adaround_scale_search", "edge_bits", "adaround_relu_aware"]
 
 
 KEY = ["model", "w_bits", "a_bits", "calibration", "seed", "weight_method", "bias_correction", "rounding",
        "adaround_iterations", "size_budget_mb", "synth_iterations", "adaround_centered", "adaround_symmetric",
-       "adaround_scale_search", "edge_bits"]
+       "adaround_scale_search", "edge_bits", "adaround_relu_aware"]
 
 
 def _load(csv: Path) -> pd.DataFrame:
@@ -56,7 +57,7 @@ def _done(df: pd.DataFrame, key: dict) -> bool:
     mask = pd.Series(True, index=df.index)
     for k in KEY:
         # rows from before adaround_centered: the raw (uncentered) objective
-        flag = k in ("adaround_centered", "adaround_symmetric", "adaround_scale_search")
+        flag = k in ("adaround_centered", "adaround_symmetric", "adaround_scale_search", "adaround_relu_aware")
         default = False if flag else 0 if k == "edge_bits" else ""   # rows from before the column
         col = df[k] if k in df else pd.Series(default, index=df.index)
         if k == "edge_bits":
@@ -85,6 +86,7 @@ def _recipe_name(key: dict) -> str:
                 and ada.get("centered", False) == key["adaround_centered"]
                 and (not ada.get("asymmetric", True)) == key["adaround_symmetric"]
                 and ada.get("scale_search", False) == key["adaround_scale_search"]
+                and ada.get("relu_aware", False) == key["adaround_relu_aware"]
                 and int(r.get("edge_bits") or 0) == int(key["edge_bits"]) and key["calibration"] == "synthetic"):
             return name
     return ""
@@ -105,6 +107,8 @@ def main() -> int:
                    help="adaround: learn each conv on the float model's inputs (not the quantized walk's)")
     p.add_argument("--scale-search", action="store_true",
                    help="adaround: per-channel output-aware clipping before learning the rounding")
+    p.add_argument("--relu-aware", action="store_true",
+                   help="adaround: convs before a ReLU learned on the error after it")
     p.add_argument("--calibration", choices=["synthetic", "real"], default="synthetic",
                    help="real: train-clean-100 audio (a reference for what the synthetic batches cost)")
     p.add_argument("--calibration-limit", type=int, default=8, help="real: this many utterances")
@@ -137,7 +141,8 @@ def main() -> int:
                            adaround_centered=centered,
                            adaround_symmetric=args.rounding == "adaround" and args.symmetric,
                            adaround_scale_search=args.rounding == "adaround" and args.scale_search,
-                           edge_bits=args.edge_bits)
+                           edge_bits=args.edge_bits,
+                           adaround_relu_aware=args.rounding == "adaround" and args.relu_aware)
                 if _done(df, key):
                     continue
                 start = time.perf_counter()
@@ -149,6 +154,7 @@ def main() -> int:
                 qmodel = quantize(model, batches, w, a, bias_correction=args.bias_correction, rounding=args.rounding,
                                   adaround={"iterations": args.iterations, "centered": centered,
                                             "asymmetric": not args.symmetric, "scale_search": args.scale_search,
+                                            "relu_aware": args.relu_aware,
                                             "cache_dir": str(paths.build_dir() / "adaround_cache")},
                                   size_budget_mb=budget, edge_bits=args.edge_bits or None, info={"calibration": args.calibration, "seed": seed})
                 calib_seconds = time.perf_counter() - start

@@ -68,6 +68,7 @@ class AdaRoundConfig:
     beta_end: float = 2.0
     warmup: float = 0.2          # fraction of iterations without the rounding regulariser
     scale_search: bool = False   # per output channel, the clipping (of SCALE_RATIOS) with the least output error
+    relu_aware: bool = False     # convs followed by BN + ReLU: the error after the ReLU (frames, not Gram matrices)
 
 
 # --------------------------------------------------------------------------- soft rounding
@@ -137,6 +138,37 @@ def learn_rounding(w: torch.Tensor, scale: torch.Tensor, bits: int, Hqq: torch.T
         rec0 = max(float(rec_of(near)) + float(const), 1e-30)
     for it in range(cfg.iterations):
         rec = (rec_of(soft.soft_weight()) + float(const)) / rec0
+        beta = beta_at(it, cfg)
+        loss = rec if beta is None else rec + cfg.reg_weight * soft.regulariser(beta) / soft.V.numel()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return soft.codes()
+
+
+def learn_rounding_relu(w: torch.Tensor, bias: torch.Tensor | None, scale: torch.Tensor, bits: int,
+                        cols: torch.Tensor, mean: torch.Tensor, cfg: AdaRoundConfig) -> torch.Tensor:
+    """Integer codes (float64) of a conv whose output goes through a ReLU: minimise, over the
+    float input's columns X [N, n], || relu(X w~^T + b + m (w - w~)) - relu(X w^T + b) ||^2
+    (the centered bias shift m (w - w~), m the mean column, is part of the model) relative to
+    round-to-nearest's, plus the same regulariser as ``learn_rounding``. Errors on outputs that
+    the ReLU zeroes either way cost nothing, so the rounding is spent where the next layer sees it."""
+    soft = SoftRounding(w, scale, bits)
+    X = cols.float()
+    m = mean.float()
+    wf = w.float()
+    b = torch.zeros(w.shape[0]) if bias is None else bias.float()
+    target = torch.relu(X @ wf.T + b)
+    opt = torch.optim.Adam([soft.V], lr=cfg.lr)
+
+    def err(wq):
+        return (torch.relu(X @ wq.T + b + (wf - wq) @ m) - target).pow(2).sum()
+
+    with torch.no_grad():
+        near = torch.clamp(torch.round(w.double() / soft.scale.double()), soft.lo, soft.hi).float() * soft.scale
+        e0 = max(float(err(near)), 1e-30)
+    for it in range(cfg.iterations):
+        rec = err(soft.soft_weight()) / e0
         beta = beta_at(it, cfg)
         loss = rec if beta is None else rec + cfg.reg_weight * soft.regulariser(beta) / soft.V.numel()
         opt.zero_grad()
@@ -331,6 +363,12 @@ class QuantizedWalk:
         dec = model.decoder.decoder_layers[0]
         self.decoder = folded(dec, dec, None)
 
+    def relu_outputs(self) -> set:
+        """Names of the convs whose output goes straight through BatchNorm + ReLU (unsigned, and
+        not summed with a residual branch first)."""
+        return {f.name for main, res, _ in self.blocks for n, (f, _, signed) in enumerate(main)
+                if not signed and (n < len(main) - 1 or not res)}
+
     def units(self) -> list[list[FoldedConv]]:
         """Every encoder block's convs (main path, then residual branches), then the decoder."""
         return [[f for f, _, _ in main] + res for main, res, _ in self.blocks] + [[self.decoder]]
@@ -393,10 +431,12 @@ def _nearest(f: FoldedConv) -> torch.Tensor:
     return torch.clamp(torch.round(f.weight / f.scale.reshape(-1, 1, 1)), lo, hi)
 
 
-def _learn_conv(f: FoldedConv, grams: Grams, cfg: AdaRoundConfig) -> tuple:
+def _learn_conv(f: FoldedConv, grams: Grams, cfg: AdaRoundConfig, relu_cols: torch.Tensor | None = None) -> tuple:
     """(codes, bias shift or None, {"nearest": error, "learned": error}) of one conv; the errors
     are the reconstruction errors of the objective learned on (centered: after the bias shift).
-    With ``cfg.scale_search`` f.scale is replaced by the searched one first (both errors on it)."""
+    With ``cfg.scale_search`` f.scale is replaced by the searched one first (both errors on it).
+    relu_cols: the float input's columns [N, n] of a conv followed by a ReLU (``cfg.relu_aware``):
+    learned on the error after the ReLU instead."""
     H = grams.centered() if cfg.centered else grams.normalised()
     if not cfg.asymmetric:   # the conv's own rounding error only, on the float model's inputs
         H = {**H, "qq": H["ff"], "qf": H["ff"]}
@@ -405,8 +445,12 @@ def _learn_conv(f: FoldedConv, grams: Grams, cfg: AdaRoundConfig) -> tuple:
     if cfg.scale_search:   # the walk then uses this scale for the conv (f.scale is what _dequantized reads)
         f.scale = search_scale(w, f.scale, f.bits, H)
     s = f.scale.reshape(-1, 1)
-    codes = learn_rounding(w, f.scale, f.bits, H["qq"], H["qf"], cfg, H["ff"]) if cfg.iterations else \
-        _nearest(f).reshape(cout, -1)
+    if not cfg.iterations:
+        codes = _nearest(f).reshape(cout, -1)
+    elif relu_cols is not None:
+        codes = learn_rounding_relu(w, f.bias, f.scale, f.bits, relu_cols, H["f"], cfg)
+    else:
+        codes = learn_rounding(w, f.scale, f.bits, H["qq"], H["qf"], cfg, H["ff"])
     errors = {k: reconstruction_error(c * s, w, H["qq"], H["qf"], H["ff"])
               for k, c in (("nearest", _nearest(f).reshape(cout, -1)), ("learned", codes))}
     shift = bias_shift(codes * s, w, H["q"], H["f"]) if cfg.centered else None
@@ -464,6 +508,7 @@ def adaround(model, batches, observers: dict, act_bits: int, bits_of, weight_met
     codes, shifts, scales, errors = {}, {}, {}, {}
     xs_f, xs_q = [mel], [walk.quantize_input(mel)]   # float / quantized block inputs
     units = walk.units()
+    relu_after = walk.relu_outputs()
     bar = tqdm(total=sum(len(u) for u in units), desc="adaround convs", disable=not progress)
     start = time.perf_counter()
     with torch.no_grad():
@@ -501,8 +546,12 @@ def adaround(model, batches, observers: dict, act_bits: int, bits_of, weight_met
                     if learnable(f.conv):
                         grams = Grams(f.conv)
                         grams.add(xq, float_in[f.name], x_lens, f.out_lengths(x_lens))
+                        cols = None
+                        if cfg.relu_aware and not cfg.asymmetric and f.name in relu_after:
+                            c = im2col(float_in[f.name], x_lens, f.conv, f.out_lengths(x_lens))   # [C, N, K]
+                            cols = c.permute(1, 0, 2).reshape(c.shape[1], -1)
                         with torch.enable_grad():
-                            unit_codes[f.name], shift, errors[f.name] = _learn_conv(f, grams, cfg)
+                            unit_codes[f.name], shift, errors[f.name] = _learn_conv(f, grams, cfg, cols)
                         if cfg.scale_search:
                             unit_scales[f.name] = f.scale
                     else:
