@@ -394,12 +394,14 @@ def _recipe_label(r) -> str:
 
         recipe = RECIPES["adaround"]
         synthetic = str(getattr(r, "calibration", "synthetic")) == "synthetic"
-        is_recipe = (sym and cen and not search and synthetic and edge == recipe.get("edge_bits", 0)
+        relu = str(getattr(r, "adaround_relu_aware", False)) == "True"
+        is_recipe = (sym and cen and not search and not relu and synthetic and edge == recipe.get("edge_bits", 0)
                      and int(r.adaround_iterations) == recipe["adaround"]["iterations"])
         name = "`adaround`" if is_recipe else "learned rounding"
         how = ", ".join(p for p in ("centered" if cen else "raw",
                                     "on float inputs" if sym else "on the quantized walk's inputs",
                                     "scale search" if search else "",
+                                    "ReLU-aware" if str(getattr(r, "adaround_relu_aware", False)) == "True" else "",
                                     f"{int(r.adaround_iterations)} steps/conv", *extra) if p)
         return f"{name} ({how})"
     name = "`bc`" if str(r.bias_correction) == "True" else "`paper`"
