@@ -393,14 +393,14 @@ def convert(model: ConvASR, observers: dict, weight_bits: int = 8, act_bits: int
             for (x_scale, x_sign), (rconv, rbn) in zip(prev_out, block.res):
                 residual.append(_int_conv(rconv.conv, rbn, x_scale, act_bits, x_sign, s_x, act_bits, False,
                                           bits(rconv.conv), weight_method, input_means, hessians, codes, bias_shifts,
-                                   weight_scales=weight_scales))
+                                          weight_scales=weight_scales))
         blocks.append(IntBlock(convs=convs, residual=residual, dense=block.dense))
         block_out.append((s_x, x_signed))
         prev_out = prev_out + [(s_x, x_signed)] if block.dense else [(s_x, x_signed)]
     dec = model.decoder.decoder_layers[0]
     decoder = _int_conv(dec, None, s_x, act_bits, x_signed, None, 32, True,
                         bits(dec), weight_method, input_means, hessians, codes, bias_shifts,
-                                   weight_scales=weight_scales)
+                        weight_scales=weight_scales)
     qinfo = {"weight_bits": weight_bits, "act_bits": act_bits, "weight_method": weight_method,
              "observer": type(observers["input"]).__name__, "bias_correction": input_means is not None or bool(bias_shifts),
              "depthwise_bits": depthwise_bits or weight_bits,

@@ -27,9 +27,9 @@ RECIPES = {
 def default_recipe(weight_bits: int, mixed_precision: bool = False) -> str:
     """The best recipe *measured* for a weight width on QuartzNet-15x5, 3 seeds on the grid's
     synthetic batches (results/beyond_adaround.csv; the README's recipes table is written from it):
-    learned rounding on the float model's inputs, first block and decoder at 8 bits, at 4 bits
-    (fewer errors than bias correction and than uniform learned rounding in each seed), bias correction at 6 (learned rounding measured on one seed only), the paper's
-    method at 8. Mixed precision (a size budget) was measured with bias correction
+    at 4 bits learned rounding on the float model's inputs with the first block and the decoder at
+    8 bits (fewer errors than bias correction and than uniform learned rounding in each seed), at 6
+    bias correction (learned rounding measured on one seed only), at 8 the paper's method. Mixed precision (a size budget) was measured with bias correction
     (results/beyond_size.csv), so it gets that below 8 bits."""
     if weight_bits <= 4 and not mixed_precision:
         return "adaround"

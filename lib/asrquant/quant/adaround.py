@@ -113,6 +113,27 @@ def beta_at(it: int, cfg: AdaRoundConfig) -> float | None:
     return cfg.beta_end + 0.5 * (cfg.beta_start - cfg.beta_end) * (1 + math.cos(math.pi * frac))
 
 
+def _nearest_weight(w: torch.Tensor, soft: SoftRounding) -> torch.Tensor:
+    """Round-to-nearest of w [Cout, n] on soft's grid (float32), the baseline error's weights."""
+    return torch.clamp(torch.round(w.double() / soft.scale.double()), soft.lo, soft.hi).float() * soft.scale
+
+
+def _anneal(soft: SoftRounding, error, e0: float, cfg: AdaRoundConfig) -> torch.Tensor:
+    """Adam on V: error(soft weight) / e0 (round-to-nearest's error: scale-free, so that one
+    reg_weight suits every layer whatever its output's magnitude) plus the regulariser as a mean,
+    annealed by ``beta_at``; then the hard codes."""
+    opt = torch.optim.Adam([soft.V], lr=cfg.lr)
+    e0 = max(float(e0), 1e-30)
+    for it in range(cfg.iterations):
+        rec = error(soft.soft_weight()) / e0
+        beta = beta_at(it, cfg)
+        loss = rec if beta is None else rec + cfg.reg_weight * soft.regulariser(beta) / soft.V.numel()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return soft.codes()
+
+
 def learn_rounding(w: torch.Tensor, scale: torch.Tensor, bits: int, Hqq: torch.Tensor, Hqf: torch.Tensor,
                    cfg: AdaRoundConfig, Hff: torch.Tensor | None = None) -> torch.Tensor:
     """Integer codes (float64) of w [Cout, n] minimising (w~ Hqq w~^T - 2 w~ Hqf w^T) per row (+ the
@@ -124,26 +145,15 @@ def learn_rounding(w: torch.Tensor, scale: torch.Tensor, bits: int, Hqq: torch.T
     # the cross term's target: P = w Hqf^T (row o: Hqf_o w_o for per-row spaces)
     P = (torch.einsum("onm,om->on", Hqf, w.double()) if per_row else w.double() @ Hqf.T).float()
     Hff = Hqq.double() if Hff is None else Hff.double()
-    opt = torch.optim.Adam([soft.V], lr=cfg.lr)
+    const = float((w.double() * (torch.einsum("onm,om->on", Hff, w.double()) if per_row else w.double() @ Hff)).sum())
 
     def rec_of(wq):   # || X_q w~^T - X w^T ||^2 / N up to the constant w Hff w^T
         wH = torch.einsum("on,onm->om", wq, Hqq) if per_row else wq @ Hqq
         return (wq * (wH - 2.0 * P)).sum()
 
-    # scale-free: the error relative to round-to-nearest's, and the regulariser as a mean, so
-    # that one reg_weight suits every layer whatever its output's magnitude
     with torch.no_grad():
-        near = torch.clamp(torch.round(w.double() / soft.scale.double()), soft.lo, soft.hi).float() * soft.scale
-        const = (w.double() * (torch.einsum("onm,om->on", Hff, w.double()) if per_row else w.double() @ Hff)).sum()
-        rec0 = max(float(rec_of(near)) + float(const), 1e-30)
-    for it in range(cfg.iterations):
-        rec = (rec_of(soft.soft_weight()) + float(const)) / rec0
-        beta = beta_at(it, cfg)
-        loss = rec if beta is None else rec + cfg.reg_weight * soft.regulariser(beta) / soft.V.numel()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return soft.codes()
+        e0 = float(rec_of(_nearest_weight(w, soft))) + const
+    return _anneal(soft, lambda wq: rec_of(wq) + const, e0, cfg)
 
 
 def learn_rounding_relu(w: torch.Tensor, bias: torch.Tensor | None, scale: torch.Tensor, bits: int,
@@ -159,22 +169,13 @@ def learn_rounding_relu(w: torch.Tensor, bias: torch.Tensor | None, scale: torch
     wf = w.float()
     b = torch.zeros(w.shape[0]) if bias is None else bias.float()
     target = torch.relu(X @ wf.T + b)
-    opt = torch.optim.Adam([soft.V], lr=cfg.lr)
 
     def err(wq):
         return (torch.relu(X @ wq.T + b + (wf - wq) @ m) - target).pow(2).sum()
 
     with torch.no_grad():
-        near = torch.clamp(torch.round(w.double() / soft.scale.double()), soft.lo, soft.hi).float() * soft.scale
-        e0 = max(float(err(near)), 1e-30)
-    for it in range(cfg.iterations):
-        rec = err(soft.soft_weight()) / e0
-        beta = beta_at(it, cfg)
-        loss = rec if beta is None else rec + cfg.reg_weight * soft.regulariser(beta) / soft.V.numel()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return soft.codes()
+        e0 = err(_nearest_weight(w, soft))
+    return _anneal(soft, err, e0, cfg)
 
 
 def reconstruction_error(w_deq: torch.Tensor, w: torch.Tensor, Hqq: torch.Tensor, Hqf: torch.Tensor,
@@ -207,15 +208,11 @@ def search_scale(w: torch.Tensor, scale: torch.Tensor, bits: int, H: dict) -> to
     weight, measured far worse at 4 bits, results/beyond.csv). w: [Cout, n]; scale: [Cout]."""
     lo, hi = qrange(bits, signed=True)
     s0 = scale.double().reshape(-1)
-    best, best_err = s0.clone(), None
+    best, best_err = s0.clone(), torch.full_like(s0, math.inf)
     for r in SCALE_RATIOS:
         s = s0 * r
         wq = torch.clamp(torch.round(w.double() / s[:, None]), lo, hi) * s[:, None]
         err = row_errors(wq, w, H["qq"], H["qf"], H["ff"])
-        if best_err is None:
-            best_err = err
-            best = s
-            continue
         better = err < best_err
         best_err = torch.where(better, err, best_err)
         best = torch.where(better, s, best)
