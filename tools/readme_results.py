@@ -381,27 +381,26 @@ def paper_checks(path: Path) -> list[str]:
 
 
 def _recipe_label(r) -> str:
+    from asrquant.quantize import RECIPES
+
     edge = pd.to_numeric(getattr(r, "edge_bits", 0), errors="coerce")
     edge = 0 if pd.isna(edge) else int(edge)
+    synthetic = str(getattr(r, "calibration", "synthetic")) == "synthetic"
     extra = [f"first block and decoder at {edge} bits"] if edge and edge != int(r.w_bits) else []
-    if str(getattr(r, "calibration", "synthetic")) != "synthetic":
+    if not synthetic:
         extra.append(f"{r.calibration} calibration")
     if r.rounding == "adaround":
         sym = str(r.adaround_symmetric) == "True"
         cen = str(r.adaround_centered) == "True"
         search = str(getattr(r, "adaround_scale_search", False)) == "True"
-        from asrquant.quantize import RECIPES
-
-        recipe = RECIPES["adaround"]
-        synthetic = str(getattr(r, "calibration", "synthetic")) == "synthetic"
         relu = str(getattr(r, "adaround_relu_aware", False)) == "True"
+        recipe = RECIPES["adaround"]
         is_recipe = (sym and cen and not search and not relu and synthetic and edge == recipe.get("edge_bits", 0)
                      and int(r.adaround_iterations) == recipe["adaround"]["iterations"])
         name = "`adaround`" if is_recipe else "learned rounding"
         how = ", ".join(p for p in ("centered" if cen else "raw",
                                     "on float inputs" if sym else "on the quantized walk's inputs",
-                                    "scale search" if search else "",
-                                    "ReLU-aware" if str(getattr(r, "adaround_relu_aware", False)) == "True" else "",
+                                    "scale search" if search else "", "ReLU-aware" if relu else "",
                                     f"{int(r.adaround_iterations)} steps/conv", *extra) if p)
         return f"{name} ({how})"
     name = "`bc`" if str(r.bias_correction) == "True" else "`paper`"

@@ -29,8 +29,9 @@ def default_recipe(weight_bits: int, mixed_precision: bool = False) -> str:
     synthetic batches (results/beyond_adaround.csv; the README's recipes table is written from it):
     at 4 bits learned rounding on the float model's inputs with the first block and the decoder at
     8 bits (fewer errors than bias correction and than uniform learned rounding in each seed), at 6
-    bias correction (learned rounding measured on one seed only), at 8 the paper's method. Mixed precision (a size budget) was measured with bias correction
-    (results/beyond_size.csv), so it gets that below 8 bits."""
+    bias correction (learned rounding measured on one seed only), at 8 the paper's method. Mixed
+    precision (a size budget) was measured with bias correction (results/beyond_size.csv), so it
+    gets that below 8 bits."""
     if weight_bits <= 4 and not mixed_precision:
         return "adaround"
     return "bc" if weight_bits < 8 else "paper"
@@ -101,7 +102,11 @@ def quantize(model, batches, weight_bits: int = 8, act_bits: int = 8, *, observe
 
         layer_bits = {conv: int(edge_bits) for conv in edge_convs(model)}
         info["edge_bits"] = int(edge_bits)
-    info["size_mb"] = size_mb(model, lambda conv: weight_bits_of(conv, weight_bits, depthwise_bits, layer_bits))
+
+    def bits_of(conv):   # every conv's width: layer_bits (budget or edges), else depthwise / weight bits
+        return weight_bits_of(conv, weight_bits, depthwise_bits, layer_bits)
+
+    info["size_mb"] = size_mb(model, bits_of)
     codes, shifts, scales, input_means = None, None, None, stats.input_means
     if rounding == "adaround":
         from .quant.adaround import AdaRoundConfig, adaround as learn_rounding
@@ -110,7 +115,7 @@ def quantize(model, batches, weight_bits: int = 8, act_bits: int = 8, *, observe
         cache_dir = opts.pop("cache_dir", None)
         cfg = AdaRoundConfig(**opts)
         learned = learn_rounding(model, batches, stats.observers, act_bits,
-                                 lambda conv: weight_bits_of(conv, weight_bits, depthwise_bits, layer_bits),
+                                 bits_of,
                                  weight_method, cfg, cache_dir=cache_dir, progress=progress)
         codes, shifts, scales = learned.codes, learned.bias_shifts, learned.scales
         if cfg.centered:   # the learned bias shift is the bias correction (float input means)
