@@ -14,7 +14,8 @@ quant/adaround.py; the row's bias_correction is then the learned closed-form shi
 then adaround_symmetric (``--symmetric``: learned on the float model's inputs, not the quantized walk's)
 and adaround_scale_search (``--scale-search``: per-channel output-aware clipping first), edge_bits
 (``--edge-bits``: the first block's convs and the decoder at that width; 0: all at --bits'),
-adaround_relu_aware (``--relu-aware``: convs before a ReLU learned on the error after it).
+adaround_relu_aware (``--relu-aware``: convs before a ReLU learned on the error after it),
+equalize (``--equalize``: cross-layer equalization of the separable pairs first, quant/equalize.py).
 """
 
 from __future__ import annotations
@@ -41,12 +42,12 @@ COLUMNS = ["model", "w_bits", "a_bits", "calibration", "seed", "observer", "weig
            "cer", "words", "word_errors", "utterances", "ci95_lo", "ci95_hi", "size_mb", "bops_t", "eval_seconds",
            "calib_seconds", "depthwise_bits", "rounding", "adaround_iterations", "size_budget_mb",
            "synth_iterations", "synth_seconds", "adaround_centered", "recipe", "adaround_symmetric",
-           "adaround_scale_search", "edge_bits", "adaround_relu_aware"]
+           "adaround_scale_search", "edge_bits", "adaround_relu_aware", "equalize"]
 
 
 KEY = ["model", "w_bits", "a_bits", "calibration", "seed", "weight_method", "bias_correction", "rounding",
        "adaround_iterations", "size_budget_mb", "synth_iterations", "adaround_centered", "adaround_symmetric",
-       "adaround_scale_search", "edge_bits", "adaround_relu_aware"]
+       "adaround_scale_search", "edge_bits", "adaround_relu_aware", "equalize"]
 
 
 def _load(csv: Path) -> pd.DataFrame:
@@ -57,7 +58,8 @@ def _done(df: pd.DataFrame, key: dict) -> bool:
     mask = pd.Series(True, index=df.index)
     for k in KEY:
         # rows from before adaround_centered: the raw (uncentered) objective
-        flag = k in ("adaround_centered", "adaround_symmetric", "adaround_scale_search", "adaround_relu_aware")
+        flag = k in ("adaround_centered", "adaround_symmetric", "adaround_scale_search", "adaround_relu_aware",
+                     "equalize")
         default = False if flag else 0 if k == "edge_bits" else ""   # rows from before the column
         col = df[k] if k in df else pd.Series(default, index=df.index)
         if k == "edge_bits":
@@ -87,6 +89,7 @@ def _recipe_name(key: dict) -> str:
                 and (not ada.get("asymmetric", True)) == key["adaround_symmetric"]
                 and ada.get("scale_search", False) == key["adaround_scale_search"]
                 and ada.get("relu_aware", False) == key["adaround_relu_aware"]
+                and r.get("equalize", False) == key["equalize"]
                 and int(r.get("edge_bits") or 0) == int(key["edge_bits"]) and key["calibration"] == "synthetic"):
             return name
     return ""
@@ -114,6 +117,8 @@ def main() -> int:
     p.add_argument("--calibration-limit", type=int, default=8, help="real: this many utterances")
     p.add_argument("--edge-bits", type=int, default=0,
                    help="the first block's convs and the decoder at this width (0: --bits' width)")
+    p.add_argument("--equalize", action="store_true",
+                   help="cross-layer equalization of the separable pairs below 8 bits (weights only) first")
     p.add_argument("--size-budget-mb", type=float, nargs="+", default=[None])
     p.add_argument("--synth-iterations", type=int, default=200, help="synthetic batches: Adam iterations")
     p.add_argument("--limit", type=int, default=None)
@@ -142,7 +147,8 @@ def main() -> int:
                            adaround_symmetric=args.rounding == "adaround" and args.symmetric,
                            adaround_scale_search=args.rounding == "adaround" and args.scale_search,
                            edge_bits=args.edge_bits,
-                           adaround_relu_aware=args.rounding == "adaround" and args.relu_aware)
+                           adaround_relu_aware=args.rounding == "adaround" and args.relu_aware,
+                           equalize=bool(args.equalize))
                 if _done(df, key):
                     continue
                 start = time.perf_counter()
@@ -156,7 +162,7 @@ def main() -> int:
                                             "asymmetric": not args.symmetric, "scale_search": args.scale_search,
                                             "relu_aware": args.relu_aware,
                                             "cache_dir": str(paths.build_dir() / "adaround_cache")},
-                                  size_budget_mb=budget, edge_bits=args.edge_bits or None, info={"calibration": args.calibration, "seed": seed})
+                                  size_budget_mb=budget, edge_bits=args.edge_bits or None, equalize=args.equalize, info={"calibration": args.calibration, "seed": seed})
                 calib_seconds = time.perf_counter() - start
                 del batches
                 summary = evaluate(qmodel, utts, batch_size=args.eval_batch_size, progress=False)

@@ -7,6 +7,8 @@ over the batches) and converts with the converter of the model's kind: ``convert
 
 from __future__ import annotations
 
+import copy
+
 #: weight rounding kinds (``--rounding``): round-to-nearest, GPTQ on the calibration Hessians
 #: (quant/gptq.py), learned rounding by block reconstruction (quant/adaround.py)
 ROUNDINGS = ("nearest", "gptq", "adaround")
@@ -47,7 +49,8 @@ def quantize(model, batches, weight_bits: int = 8, act_bits: int = 8, *, observe
              weight_method: str = "minmax", bias_correction: bool = False, rounding: str = "nearest",
              depthwise_bits: int | None = None, residual_bits: int | None = None, prob_bits: int | None = None,
              info: dict | None = None, adaround: dict | None = None, size_budget_mb: float | None = None,
-             mixed_precision: dict | None = None, edge_bits: int | None = None, progress: bool = True):
+             mixed_precision: dict | None = None, edge_bits: int | None = None, equalize: bool = False,
+             progress: bool = True):
     """Calibrate `model` on (mel, lengths) batches and convert it to an integer model.
 
     rounding: one of ROUNDINGS. adaround: ``quant.adaround.AdaRoundConfig`` fields plus
@@ -58,7 +61,9 @@ def quantize(model, batches, weight_bits: int = 8, act_bits: int = 8, *, observe
     sensitivities; ``bias_correction`` defaults to this call's: sensitivities measured with the
     correction the model gets).
     edge_bits: the first block's convs and the decoder at this width (``mixed_precision.edge_convs``;
-    not with a size budget, which allocates every conv)."""
+    not with a size budget, which allocates every conv).
+    equalize: cross-layer equalization of the separable pairs whose pointwise conv is quantized
+    below 8 bits (``quant.equalize``; on a copy of the model, from its weights alone)."""
     if rounding not in ROUNDINGS:
         raise ValueError(f"unknown rounding {rounding!r}; choose from {ROUNDINGS}")
     if is_conformer(model):
@@ -66,7 +71,8 @@ def quantize(model, batches, weight_bits: int = 8, act_bits: int = 8, *, observe
 
         unsupported = [flag for flag, on in (("--bias-correction", bias_correction), (f"--rounding {rounding}",
                        rounding != "nearest"), ("--depthwise-bits", bool(depthwise_bits)),
-                       ("--size-budget-mb", size_budget_mb is not None), ("--edge-bits", bool(edge_bits))) if on]
+                       ("--size-budget-mb", size_budget_mb is not None), ("--edge-bits", bool(edge_bits)),
+                       ("--equalize", equalize)) if on]
         if unsupported:
             raise ValueError(f"{', '.join(unsupported)}: supported for ConvASR models only, not the Conformer")
         observers = calibrate_conformer(model, batches, observer)
@@ -87,7 +93,8 @@ def quantize(model, batches, weight_bits: int = 8, act_bits: int = 8, *, observe
     from .quant.mixed_precision import size_mb
 
     batches = list(batches)
-    stats = collect(model, batches, means=bias_correction, hessians=rounding == "gptq", observer=observer)
+    if equalize:   # a copy: the caller's model is not touched; its convs keep their identity below
+        model = copy.deepcopy(model)
     info = dict(info or {})
     layer_bits = None
     if size_budget_mb is not None:
@@ -107,6 +114,12 @@ def quantize(model, batches, weight_bits: int = 8, act_bits: int = 8, *, observe
         return weight_bits_of(conv, weight_bits, depthwise_bits, layer_bits)
 
     info["size_mb"] = size_mb(model, bits_of)
+    if equalize:
+        from .quant.equalize import equalize_separable, separable_pairs
+
+        info["equalized"] = equalize_separable(model, [pw.conv for _, pw, _ in separable_pairs(model)
+                                                       if bits_of(pw.conv) < 8])
+    stats = collect(model, batches, means=bias_correction, hessians=rounding == "gptq", observer=observer)
     codes, shifts, scales, input_means = None, None, None, stats.input_means
     if rounding == "adaround":
         from .quant.adaround import AdaRoundConfig, adaround as learn_rounding
