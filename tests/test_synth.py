@@ -342,3 +342,35 @@ def test_real_quartznet_loss_drops(shared_dir):
     print(f"real QuartzNet-15x5, B=2 T=100, 10 iterations: {curve[0]:.1f} -> {curve[-1]:.1f} "
           f"in {time.perf_counter() - t0:.1f} s")
     assert curve[-1] < curve[0] / 3, curve
+
+
+# -- speech-like prior -----------------------------------------------------------------------------
+def _lag_corr(x, lag):
+    x = x - x.mean(-1, keepdim=True)
+    return float((x[..., lag:] * x[..., :-lag]).sum() / (x * x).sum())
+
+
+def test_gaussian_smooth_keeps_constants_and_correlates_neighbours():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 16, 200, generator=g)
+    assert torch.allclose(synth.gaussian_smooth(torch.full((2, 16, 50), 3.0), 4.0, -1), torch.full((2, 16, 50), 3.0))
+    y = synth.gaussian_smooth(x, 4.0, -1)
+    assert y.shape == x.shape and abs(_lag_corr(x, 1)) < 0.1 and _lag_corr(y, 1) > 0.9
+    z = synth.gaussian_smooth(x, 2.0, -2)   # along mel bins: frames stay independent
+    assert abs(_lag_corr(z, 1)) < 0.1 and _lag_corr(z.transpose(-1, -2), 1) > 0.8
+
+
+def test_prior_renders_normalized_smooth_inputs_and_is_keyed(small_model, tmp_path, counting):
+    prior = {"smooth_frames": 3.0, "smooth_mels": 1.5, "normalize": True}
+    out = _gen(small_model, iterations=10, params=prior).generate()
+    x = out.mels[0]
+    assert torch.allclose(x.mean(-1), torch.zeros(x.shape[:2]), atol=1e-4)         # NeMo's per_feature
+    assert torch.allclose(x.std(-1), torch.ones(x.shape[:2]), atol=1e-3)
+    assert _lag_corr(x, 1) > 0.8 and _lag_corr(x.transpose(-1, -2), 1) > 0.5       # smooth in time and mel
+    free = _gen(small_model, iterations=10).generate().mels[0]
+    assert _lag_corr(free, 1) < _lag_corr(x, 1)
+    # the prior is part of the cache key; without it the key is what it was before the prior existed
+    a = generate_cached(small_model, None, {**PARAMS, "n_batches": 1}, tmp_path, progress=False, threads=1)
+    b = generate_cached(small_model, None, {**PARAMS, "n_batches": 1, **prior}, tmp_path, progress=False, threads=1)
+    assert a.params["cache_key"] != b.params["cache_key"]
+    assert set(synth._keyed(synth._normalize_params({**PARAMS}))) == set(synth._KEYED)

@@ -142,6 +142,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 BN_EPS = 1e-6  # added to both variances in the KL loss (see the module docstring)
@@ -160,7 +161,15 @@ DEFAULT_PARAMS = {
     "patience": 25,
     "min_lr": 1e-4,
     "eps": BN_EPS,
+    # a speech-like prior on the inputs (0 / False: off, the paper's free pixels): the optimized
+    # variable z is rendered as x = normalize(gauss_f * gauss_t * z), Gaussian smoothing along
+    # frames (sigma in frames) and mel bins, then per utterance and mel channel zero mean and unit
+    # variance over frames (what NeMo's per_feature front end gives every real input)
+    "smooth_frames": 0.0,
+    "smooth_mels": 0.0,
+    "normalize": False,
 }
+_PRIOR = ("smooth_frames", "smooth_mels", "normalize")
 # What a batch's content depends on (n_batches is not: batch i is the same for any n_batches).
 _KEYED = ("batch_size", "frames", "iterations", "lr", "seed", "init_range", "betas", "patience", "min_lr", "eps")
 
@@ -211,8 +220,9 @@ def _normalize_params(params: dict | None = None, **overrides) -> dict:
     p.update({k: v for k, v in overrides.items() if v is not None})
     for k in ("n_batches", "batch_size", "frames", "iterations", "seed", "patience"):
         p[k] = int(p[k])
-    for k in ("lr", "init_range", "min_lr", "eps"):
+    for k in ("lr", "init_range", "min_lr", "eps", "smooth_frames", "smooth_mels"):
         p[k] = float(p[k])
+    p["normalize"] = bool(p["normalize"])
     if p["init_center"] is not None:
         p["init_center"] = float(p["init_center"])
     p["betas"] = tuple(float(b) for b in p["betas"])
@@ -342,11 +352,23 @@ class SyntheticMelGenerator:
             x = x + self.center
         return x.to(self.dtype)
 
+    def render(self, z: torch.Tensor) -> torch.Tensor:
+        """The input the model sees for the optimized variable z (the prior, if any; else z)."""
+        p = self.params
+        x = z
+        for sigma, dim in ((p["smooth_frames"], -1), (p["smooth_mels"], -2)):
+            if sigma > 0:
+                x = gaussian_smooth(x, sigma, dim)
+        if p["normalize"]:
+            x = (x - x.mean(-1, keepdim=True)) / (x.std(-1, keepdim=True) + 1e-5)
+        return x
+
     def generate_batch(self, index: int) -> tuple[torch.Tensor, list[float]]:
         """Optimize batch `index` from its own seed. Returns (mel [B, n_mels, T], loss curve)."""
         p = self.params
-        x = nn.Parameter(self.initial(index))
-        opt = torch.optim.Adam([x], lr=p["lr"], betas=p["betas"])
+        z = nn.Parameter(self.initial(index))
+        x = z
+        opt = torch.optim.Adam([z], lr=p["lr"], betas=p["betas"])
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", patience=p["patience"],
                                                            min_lr=p["min_lr"])
         losses: list[float] = []
@@ -355,6 +377,7 @@ class SyntheticMelGenerator:
                        leave=False)
             for _ in bar:
                 opt.zero_grad(set_to_none=True)
+                x = self.render(z)
                 loss = self.loss(x)
                 loss.backward()
                 value = float(loss.detach())
@@ -365,6 +388,7 @@ class SyntheticMelGenerator:
                 sched.step(value)
                 bar.set_postfix(loss=f"{value:.3f}", lr=f"{opt.param_groups[0]['lr']:.1e}", refresh=False)
             with torch.no_grad():
+                x = self.render(z)
                 losses.append(float(self.loss(x)))
         return x.detach().clone(), losses
 
@@ -379,6 +403,22 @@ class SyntheticMelGenerator:
             curves.append(curve)
         lengths = torch.full((len(indices), p["batch_size"]), p["frames"], dtype=torch.long)
         return SyntheticBatches(mels, lengths, curves, _public_params(p))
+
+
+def gaussian_smooth(x: torch.Tensor, sigma: float, dim: int) -> torch.Tensor:
+    """x smoothed along `dim` by a normalized Gaussian of std `sigma` (samples), truncated at
+    3 sigma, edges reflected."""
+    r = max(1, int(math.ceil(3 * sigma)))
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=x.dtype) / sigma) ** 2)
+    k = (k / k.sum()).reshape(1, 1, -1)
+    moved = x.movedim(dim, -1)
+    shape = moved.shape
+    flat = moved.reshape(-1, 1, shape[-1])
+    r = min(r, shape[-1] - 1)
+    k = k[..., k.shape[-1] // 2 - r: k.shape[-1] // 2 + r + 1]
+    k = k / k.sum()
+    out = F.conv1d(F.pad(flat, (r, r), mode="reflect"), k)
+    return out.reshape(shape).movedim(-1, dim)
 
 
 def masked_var_mean(z: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -459,6 +499,7 @@ def _keyed(p: dict) -> dict:
     keyed = {k: (list(p[k]) if isinstance(p[k], tuple) else p[k]) for k in _KEYED}
     if p.get("init_center"):
         keyed["init_center"] = p["init_center"]
+    keyed.update({k: p[k] for k in _PRIOR if p.get(k)})   # set only: the keys without a prior stay
     return keyed
 
 
