@@ -240,7 +240,9 @@ def test_cli_quantize_recipes(tmp_path):
             "w8": ["--weight-bits", "8"], "paper": ["--weight-bits", "4", "--recipe", "paper"],
             "flags": ["--weight-bits", "4", "--rounding", "nearest"],
             "ada": ["--weight-bits", "6", "--recipe", "adaround", "--adaround-iterations", "20"],
-            "w4u": ["--weight-bits", "4", "--adaround-iterations", "20", "--edge-bits", "0"]}
+            "w4u": ["--weight-bits", "4", "--adaround-iterations", "20", "--edge-bits", "0"],
+            "w4ne": ["--weight-bits", "4", "--adaround-iterations", "20", "--no-equalize"],
+            "w6eq": ["--weight-bits", "6", "--equalize"]}
     info = {}
     for name, extra in runs.items():
         assert cli_main(base + extra + ["--out", str(tmp_path / f"{name}.aqz")]) == 0
@@ -249,6 +251,10 @@ def test_cli_quantize_recipes(tmp_path):
     assert info["w4"]["adaround"]["iterations"] == 20 and not info["w4"]["adaround"]["asymmetric"]
     assert info["w4"]["edge_bits"] == 8 and info["w4"]["size_mb"] > info["w4u"]["size_mb"]   # first block, decoder
     assert "edge_bits" not in info["w4u"] and info["w4u"]["recipe"] == "adaround" and "edge_bits" not in info["w6"]
+    # equalization: the 4-bit recipe's separable pairs below 8 bits (the first block's are at 8), off with
+    # --no-equalize, on for any recipe with --equalize
+    assert info["w4"]["equalized"] == 4 and info["w4u"]["equalized"] == 5 and "equalized" not in info["w4ne"]
+    assert "equalized" not in info["w6"] and info["w6eq"]["equalized"] == 5
     assert (info["w6"]["recipe"], info["w6"]["bias_correction"], info["w6"]["rounding"]) == ("bc", True, "nearest")
     assert (info["w8"]["recipe"], info["w8"]["bias_correction"]) == ("paper", False)
     assert (info["paper"]["recipe"], info["paper"]["bias_correction"]) == ("paper", False)

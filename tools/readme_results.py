@@ -344,12 +344,14 @@ def verify_reports() -> list[str]:
 
 def _made(info: dict | None) -> str:
     """How a verified model was made, from the report's `quantization` record (reports from before
-    it: '-'): its recipe and edge widths, and `asrquant quantize`'s calibration time."""
+    it: '-'): its recipe, edge widths and equalized pairs, and `asrquant quantize`'s calibration time."""
     if not info:
         return "-"
     parts = [f"`{info['recipe']}`" if info.get("recipe") else ""]
     if info.get("edge_bits"):
         parts.append(f"edges at {info['edge_bits']} bits")
+    if info.get("equalized"):
+        parts.append(f"{info['equalized']} pairs equalized")
     if info.get("calibration_seconds") is not None:
         parts.append(f"{float(info['calibration_seconds']):.0f} s")
     return ", ".join(p for p in parts if p) or "-"
@@ -394,13 +396,16 @@ def _recipe_label(r) -> str:
         cen = str(r.adaround_centered) == "True"
         search = str(getattr(r, "adaround_scale_search", False)) == "True"
         relu = str(getattr(r, "adaround_relu_aware", False)) == "True"
+        eq = str(getattr(r, "equalize", False)) == "True"
         recipe = RECIPES["adaround"]
         is_recipe = (sym and cen and not search and not relu and synthetic and edge == recipe.get("edge_bits", 0)
+                     and eq == bool(recipe.get("equalize", False))
                      and int(r.adaround_iterations) == recipe["adaround"]["iterations"])
         name = "`adaround`" if is_recipe else "learned rounding"
         how = ", ".join(p for p in ("centered" if cen else "raw",
                                     "on float inputs" if sym else "on the quantized walk's inputs",
                                     "scale search" if search else "", "ReLU-aware" if relu else "",
+                                    "equalized" if eq else "",
                                     f"{int(r.adaround_iterations)} steps/conv", *extra) if p)
         return f"{name} ({how})"
     name = "`bc`" if str(r.bias_correction) == "True" else "`paper`"

@@ -208,6 +208,8 @@ def cmd_quantize(args) -> int:
     # the first block and the decoder: --edge-bits, else the recipe's (a size budget allocates every conv)
     edge_bits = args.edge_bits if args.edge_bits is not None else \
         None if args.size_budget_mb is not None else settings.get("edge_bits")
+    # cross-layer equalization of the separable pairs: --equalize / --no-equalize, else the recipe's
+    equalize = bool(settings.get("equalize", False) if args.equalize is None else args.equalize)
     start = time.perf_counter()
     batches = calibration_batches(model, args)
     info = {"calibration": args.calibration, "seed": args.seed, "source_model": str(args.model),
@@ -217,13 +219,14 @@ def cmd_quantize(args) -> int:
                       bias_correction=args.bias_correction or settings["bias_correction"], rounding=rounding,
                       depthwise_bits=args.depthwise_bits, residual_bits=args.residual_bits,
                       prob_bits=args.prob_bits, info=info, size_budget_mb=args.size_budget_mb, adaround=ada,
-                      edge_bits=edge_bits or None)
+                      edge_bits=edge_bits or None, equalize=equalize)
     # synthesis (or feature extraction) + calibration + conversion; cached batches and codes count as read
     qmodel.info["calibration_seconds"] = round(time.perf_counter() - start, 1)
     out = save_quantized(qmodel, args.out)
     edges = f", first block and decoder at {edge_bits} bits" if edge_bits and edge_bits != args.weight_bits else ""
     size = f", weights {qmodel.info['size_mb']:.2f} MiB" if "size_mb" in qmodel.info else ""
-    print(f"W{args.weight_bits}A{args.act_bits} integer model (recipe {recipe}{edges}{size}, {args.calibration} calibration, "
+    eq = f", {qmodel.info['equalized']} separable pairs equalized" if qmodel.info.get("equalized") else ""
+    print(f"W{args.weight_bits}A{args.act_bits} integer model (recipe {recipe}{edges}{eq}{size}, {args.calibration} calibration, "
           f"{len(batches)} batches, {len(qmodel.program.ops)} integer ops, "
           f"{qmodel.info['calibration_seconds']:.0f} s) -> {out}; "
           f"int64 accumulators: {qmodel.int64_layers() or 'none'}")
@@ -404,12 +407,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--recipe", choices=["default", "paper", "bc", "adaround"], default="default",
                    help="paper: round-to-nearest as the paper (the grid's setting); bc: + bias correction; adaround: "
                         "learned rounding with joint bias correction on the synthetic batches, first block and "
-                        "decoder at 8 bits; default: the measured best of the width (adaround at 4 bits, bc at 6, "
+                        "decoder at 8 bits, separable pairs equalized; default: the measured best of the width (adaround at 4 bits, bc at 6, "
                         "paper at 8; bc under --size-budget-mb; explicit --rounding / --bias-correction: paper's "
                         "plus those)")
     q.add_argument("--edge-bits", type=int, default=None,
                    help="weight width of the first block's convs and the decoder (default: the recipe's; "
                         "0: --weight-bits like every other conv)")
+    q.add_argument("--equalize", action=argparse.BooleanOptionalAction, default=None,
+                   help="cross-layer equalization (weights only) of the separable pairs below 8 bits before "
+                        "calibrating (default: the recipe's)")
     q.add_argument("--adaround-iterations", type=int, default=None,
                    help="--rounding adaround: Adam steps per conv (default: the recipe's)")
     q.add_argument("--adaround-cache", default=str(paths.build_dir() / "adaround_cache"),

@@ -15,9 +15,9 @@ normalised to geometric mean 1 (a common factor moves nothing between the layers
 weights are quantized per channel, so their error does not change; the pointwise rows' spread
 shrinks.
 
-Weights only, on purpose: the same scaling chosen from the synthetic batches' per-channel input
-magnitudes (AWQ-style) fits the synthetic inputs and measured worse on speech, because those
-magnitudes are not speech's (results/beyond_adaround.csv, chapter 06).
+Weights only, on purpose: a choice that cannot fit the synthetic batch. The choices that lean on
+it (output-aware scale search, learning on the quantized walk's inputs) measured worse on speech
+than without them (results/beyond_adaround.csv).
 """
 
 from __future__ import annotations
