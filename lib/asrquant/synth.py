@@ -367,7 +367,6 @@ class SyntheticMelGenerator:
         """Optimize batch `index` from its own seed. Returns (mel [B, n_mels, T], loss curve)."""
         p = self.params
         z = nn.Parameter(self.initial(index))
-        x = z
         opt = torch.optim.Adam([z], lr=p["lr"], betas=p["betas"])
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", patience=p["patience"],
                                                            min_lr=p["min_lr"])
@@ -408,16 +407,11 @@ class SyntheticMelGenerator:
 def gaussian_smooth(x: torch.Tensor, sigma: float, dim: int) -> torch.Tensor:
     """x smoothed along `dim` by a normalized Gaussian of std `sigma` (samples), truncated at
     3 sigma, edges reflected."""
-    r = max(1, int(math.ceil(3 * sigma)))
-    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=x.dtype) / sigma) ** 2)
-    k = (k / k.sum()).reshape(1, 1, -1)
     moved = x.movedim(dim, -1)
     shape = moved.shape
-    flat = moved.reshape(-1, 1, shape[-1])
-    r = min(r, shape[-1] - 1)
-    k = k[..., k.shape[-1] // 2 - r: k.shape[-1] // 2 + r + 1]
-    k = k / k.sum()
-    out = F.conv1d(F.pad(flat, (r, r), mode="reflect"), k)
+    r = max(1, min(int(math.ceil(3 * sigma)), shape[-1] - 1))   # reflection needs r < length
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=x.dtype) / sigma) ** 2)
+    out = F.conv1d(F.pad(moved.reshape(-1, 1, shape[-1]), (r, r), mode="reflect"), (k / k.sum()).reshape(1, 1, -1))
     return out.reshape(shape).movedim(-1, dim)
 
 
