@@ -4,6 +4,7 @@ float model, the DFQ range property, and `quantize(equalize=True)` leaving the c
 import torch
 
 from asrquant.calibration import random_mels
+from asrquant.quant.bn import fold_batchnorm
 from asrquant.quant.equalize import equalization_scales, equalize_separable, separable_pairs
 from asrquant.quantize import quantize
 
@@ -12,8 +13,7 @@ from test_adaround import tiny_model
 
 def _ranges(dw, pw, bn):
     r_dw = dw.weight.detach().double().abs().amax(dim=(1, 2))
-    w = pw.weight.detach().double()[:, :, 0] * (bn.weight.detach().double() / (bn.running_var.double() + bn.eps).sqrt())[:, None]
-    return r_dw, w.abs().amax(dim=0)
+    return r_dw, fold_batchnorm(pw.weight.detach().double(), None, bn)[0][:, :, 0].abs().amax(dim=0)
 
 
 def test_equalization_keeps_the_float_model_and_equalizes_the_ranges():

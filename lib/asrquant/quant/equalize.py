@@ -25,6 +25,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .bn import fold_batchnorm
+
 
 def separable_pairs(model) -> list[tuple]:
     """(depthwise MaskedConv1d, pointwise MaskedConv1d, BatchNorm after it or None) of every
@@ -50,10 +52,10 @@ def equalization_scales(dw: nn.Conv1d, pw: nn.Conv1d, bn: nn.BatchNorm1d | None)
     """s [C] (float64, geometric mean 1): divide depthwise channel i by s_i, multiply the pointwise
     input column i by s_i. Channels with an all-zero side keep s_i = 1."""
     r_dw = dw.weight.detach().double().abs().amax(dim=(1, 2))
-    w = pw.weight.detach().double()[:, :, 0]
+    w = pw.weight.detach().double()
     if bn is not None:
-        w = w * (bn.weight.detach().double() / (bn.running_var.detach().double() + bn.eps).sqrt())[:, None]
-    r_pw = w.abs().amax(dim=0)
+        w, _ = fold_batchnorm(w, None, bn)
+    r_pw = w[:, :, 0].abs().amax(dim=0)
     live = (r_dw > 0) & (r_pw > 0)
     s = torch.ones_like(r_dw)
     s[live] = (r_dw[live] / r_pw[live]).sqrt()
