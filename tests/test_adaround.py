@@ -352,3 +352,79 @@ def test_relu_outputs_are_the_convs_before_a_relu():
             last_with_residual = n == len(main) - 1 and res
             assert (f.name in names) == (not signed and not last_with_residual)
     assert walk.decoder.name not in names and names
+
+
+# --------------------------------------------------------------------------- block reconstruction
+
+def test_straight_through_fake_quantizer():
+    """The block stage's fake-quantizer rounds like the walk's and passes the gradient inside the
+    range only (a ReLU point's negative side and the clamp get none)."""
+    from asrquant.quant.adaround import _fq, _fq_ste
+
+    x = torch.linspace(-3, 3, 61, requires_grad=True)
+    for signed in (True, False):
+        y = _fq_ste(x, 0.02, 8, signed)
+        assert torch.equal(y.detach(), _fq(x.detach(), 0.02, 8, signed))
+        (g,) = torch.autograd.grad(y.sum(), x)
+        lo, hi = (-128, 127) if signed else (0, 255)
+        inside = (x.detach() / 0.02 >= lo) & (x.detach() / 0.02 <= hi)
+        assert torch.equal(g, inside.float()) and 0 < int(inside.sum()) < x.numel()
+
+
+def _block_errors(model, batches, obs, codes, shifts):
+    """Per encoder block, the walk's output error against the float block on the float block's
+    quantized input, with the given codes and bias shifts."""
+    from asrquant.quant.adaround import _dequantized, _fq
+
+    walk = QuantizedWalk(model, obs, 8, lambda c: weight_bits_of(c, 4))
+    mel, lens = batches[0]
+    use = lambda f, x, l: (_dequantized(f, codes[f.conv]).float(),   # noqa: E731
+                           shifts[f.conv].float() if f.conv in shifts else None)
+    xs_f, errors = [mel], []
+    with torch.no_grad():
+        for b, block in enumerate(model.encoder.encoder):
+            ys_f, lens_out = block(xs_f, lens)
+            x_in = [_fq(x, s, 8, sg) for x, (s, sg) in zip(xs_f, walk.input_points(b))]
+            out = walk.block(b, x_in, lens, use)[0][-1]
+            errors.append(float((out - ys_f[-1]).pow(2).sum()))
+            xs_f, lens = ys_f, lens_out
+    return errors
+
+
+def test_block_reconstruction_never_raises_a_blocks_error_and_lowers_the_total(tmp_path):
+    """The block stage starts from the per-conv codes and keeps them unless the hard-rounded block
+    does better on the batch: no block's output error rises, and in sum they fall; the codes stay on
+    the 4-bit grid, one step from the float weight at most."""
+    model = tiny_model(seed=5)
+    batches = random_mels(1, 4, 120, seed=4)
+    obs = collect(model, batches).observers
+    bits = lambda c: weight_bits_of(c, 4)   # noqa: E731
+    per_conv = adaround(model, batches, obs, 8, bits, cfg=AdaRoundConfig(iterations=40, asymmetric=False),
+                        progress=False)
+    block = adaround(model, batches, obs, 8, bits, progress=False,
+                     cfg=AdaRoundConfig(iterations=40, asymmetric=False, block_iterations=200))
+    before = _block_errors(model, batches, obs, per_conv.codes, per_conv.bias_shifts)
+    after = _block_errors(model, batches, obs, block.codes, block.bias_shifts)
+    assert all(a <= b * (1 + 1e-6) for a, b in zip(after, before)) and sum(after) < sum(before)
+    walk = QuantizedWalk(model, obs, 8, bits)
+    for f in (f for unit in walk.units() for f in unit):
+        c = block.codes[f.conv]
+        assert torch.equal(c, c.round()) and ((c - f.weight / f.scale.reshape(-1, 1, 1)).abs() < 1 + 1e-9).all()
+
+
+def test_block_stage_settings_leave_older_cache_keys_alone():
+    """Settings added with the block stage enter the cache key only when it is on, so learned codes
+    cached before it still hit."""
+    from dataclasses import asdict
+
+    from asrquant.quant.adaround import cache_key
+
+    model = tiny_model()
+    batches = random_mels(1, 2, 100, seed=3)
+    walk = QuantizedWalk(model, collect(model, batches).observers, 8, lambda c: 4)
+    base = AdaRoundConfig(iterations=30)
+    assert cache_key(walk, batches, base) == cache_key(walk, batches, AdaRoundConfig(iterations=30, block_lr=0.5))
+    on = cache_key(walk, batches, AdaRoundConfig(iterations=30, block_iterations=10))
+    assert on != cache_key(walk, batches, base)
+    assert on != cache_key(walk, batches, AdaRoundConfig(iterations=30, block_iterations=10, block_lr=0.5))
+    assert "block_iterations" in asdict(base)

@@ -15,7 +15,8 @@ then adaround_symmetric (``--symmetric``: learned on the float model's inputs, n
 and adaround_scale_search (``--scale-search``: per-channel output-aware clipping first), edge_bits
 (``--edge-bits``: the first block's convs and the decoder at that width; 0: all at --bits'),
 adaround_relu_aware (``--relu-aware``: convs before a ReLU learned on the error after it),
-equalize (``--equalize``: cross-layer equalization of the separable pairs first, quant/equalize.py).
+equalize (``--equalize``: cross-layer equalization of the separable pairs first, quant/equalize.py),
+adaround_block_iterations (``--block-iterations``: then block reconstruction, ``quant.adaround.refine_block``).
 """
 
 from __future__ import annotations
@@ -42,12 +43,12 @@ COLUMNS = ["model", "w_bits", "a_bits", "calibration", "seed", "observer", "weig
            "cer", "words", "word_errors", "utterances", "ci95_lo", "ci95_hi", "size_mb", "bops_t", "eval_seconds",
            "calib_seconds", "depthwise_bits", "rounding", "adaround_iterations", "size_budget_mb",
            "synth_iterations", "synth_seconds", "adaround_centered", "recipe", "adaround_symmetric",
-           "adaround_scale_search", "edge_bits", "adaround_relu_aware", "equalize"]
+           "adaround_scale_search", "edge_bits", "adaround_relu_aware", "equalize", "adaround_block_iterations"]
 
 
 KEY = ["model", "w_bits", "a_bits", "calibration", "seed", "weight_method", "bias_correction", "rounding",
        "adaround_iterations", "size_budget_mb", "synth_iterations", "adaround_centered", "adaround_symmetric",
-       "adaround_scale_search", "edge_bits", "adaround_relu_aware", "equalize"]
+       "adaround_scale_search", "edge_bits", "adaround_relu_aware", "equalize", "adaround_block_iterations"]
 
 
 def _load(csv: Path) -> pd.DataFrame:
@@ -60,9 +61,10 @@ def _done(df: pd.DataFrame, key: dict) -> bool:
         # rows from before adaround_centered: the raw (uncentered) objective
         flag = k in ("adaround_centered", "adaround_symmetric", "adaround_scale_search", "adaround_relu_aware",
                      "equalize")
-        default = False if flag else 0 if k == "edge_bits" else ""   # rows from before the column
+        numeric = k in ("edge_bits", "adaround_block_iterations")
+        default = False if flag else 0 if numeric else ""   # rows from before the column
         col = df[k] if k in df else pd.Series(default, index=df.index)
-        if k == "edge_bits":
+        if numeric:
             mask &= pd.to_numeric(col, errors="coerce").fillna(0).astype(int) == int(key[k])
             continue
         mask &= col.astype(object).fillna(default).astype(str) == str(key[k])
@@ -90,6 +92,7 @@ def _recipe_name(key: dict) -> str:
                 and ada.get("scale_search", False) == key["adaround_scale_search"]
                 and ada.get("relu_aware", False) == key["adaround_relu_aware"]
                 and r.get("equalize", False) == key["equalize"]
+                and ada.get("block_iterations", 0) == key["adaround_block_iterations"]
                 and int(r.get("edge_bits") or 0) == int(key["edge_bits"]) and key["calibration"] == "synthetic"):
             return name
     return ""
@@ -119,6 +122,8 @@ def main() -> int:
                    help="the first block's convs and the decoder at this width (0: --bits' width)")
     p.add_argument("--equalize", action="store_true",
                    help="cross-layer equalization of the separable pairs below 8 bits (weights only) first")
+    p.add_argument("--block-iterations", type=int, default=0,
+                   help="adaround: then block reconstruction, this many Adam steps per block (0: off)")
     p.add_argument("--size-budget-mb", type=float, nargs="+", default=[None])
     p.add_argument("--synth-iterations", type=int, default=200, help="synthetic batches: Adam iterations")
     p.add_argument("--limit", type=int, default=None)
@@ -148,7 +153,8 @@ def main() -> int:
                            adaround_scale_search=args.rounding == "adaround" and args.scale_search,
                            edge_bits=args.edge_bits,
                            adaround_relu_aware=args.rounding == "adaround" and args.relu_aware,
-                           equalize=bool(args.equalize))
+                           equalize=bool(args.equalize),
+                           adaround_block_iterations=args.block_iterations if args.rounding == "adaround" else 0)
                 if _done(df, key):
                     continue
                 start = time.perf_counter()
@@ -160,7 +166,7 @@ def main() -> int:
                 qmodel = quantize(model, batches, w, a, bias_correction=args.bias_correction, rounding=args.rounding,
                                   adaround={"iterations": args.iterations, "centered": centered,
                                             "asymmetric": not args.symmetric, "scale_search": args.scale_search,
-                                            "relu_aware": args.relu_aware,
+                                            "relu_aware": args.relu_aware, "block_iterations": args.block_iterations,
                                             "cache_dir": str(paths.build_dir() / "adaround_cache")},
                                   size_budget_mb=budget, edge_bits=args.edge_bits or None, equalize=args.equalize, info={"calibration": args.calibration, "seed": seed})
                 calib_seconds = time.perf_counter() - start
