@@ -9,7 +9,7 @@ from asrquant.convert import _quantize_weight, convert, weight_bits_of
 from asrquant.models import ConvASR
 from asrquant.models.configs import _block, _model
 from asrquant.quant.adaround import AdaRoundConfig, QuantizedWalk, adaround, learn_rounding, reconstruction_error
-from asrquant.quantize import ROUNDINGS, quantize
+from asrquant.quantize import RECIPES, ROUNDINGS, quantize
 
 from conftest import fill_bn_statistics, randomize_weights
 
@@ -242,13 +242,16 @@ def test_cli_quantize_recipes(tmp_path):
             "ada": ["--weight-bits", "6", "--recipe", "adaround", "--adaround-iterations", "20"],
             "w4u": ["--weight-bits", "4", "--adaround-iterations", "20", "--edge-bits", "0"],
             "w4ne": ["--weight-bits", "4", "--adaround-iterations", "20", "--no-equalize"],
-            "w6eq": ["--weight-bits", "6", "--equalize"]}
+            "w6eq": ["--weight-bits", "6", "--equalize"],
+            "w4b": ["--weight-bits", "4", "--adaround-iterations", "20", "--block-iterations", "7"]}
     info = {}
     for name, extra in runs.items():
         assert cli_main(base + extra + ["--out", str(tmp_path / f"{name}.aqz")]) == 0
         info[name] = load_quantized(tmp_path / f"{name}.aqz").info
     assert (info["w4"]["recipe"], info["w4"]["bias_correction"], info["w4"]["rounding"]) == ("adaround", True, "adaround")
     assert info["w4"]["adaround"]["iterations"] == 20 and not info["w4"]["adaround"]["asymmetric"]
+    recipe_blocks = RECIPES["adaround"]["adaround"].get("block_iterations", 0)
+    assert info["w4"]["adaround"]["block_iterations"] == recipe_blocks and info["w4b"]["adaround"]["block_iterations"] == 7
     assert info["w4"]["edge_bits"] == 8 and info["w4"]["size_mb"] > info["w4u"]["size_mb"]   # first block, decoder
     assert "edge_bits" not in info["w4u"] and info["w4u"]["recipe"] == "adaround" and "edge_bits" not in info["w6"]
     # equalization: the 4-bit recipe's separable pairs below 8 bits (the first block's are at 8), off with

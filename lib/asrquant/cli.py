@@ -205,6 +205,8 @@ def cmd_quantize(args) -> int:
     ada = {**settings.get("adaround", {}), "cache_dir": args.adaround_cache}
     if args.adaround_iterations is not None:
         ada["iterations"] = args.adaround_iterations
+    if args.block_iterations is not None:
+        ada["block_iterations"] = args.block_iterations
     # the first block and the decoder: --edge-bits, else the recipe's (a size budget allocates every conv)
     edge_bits = args.edge_bits if args.edge_bits is not None else \
         None if args.size_budget_mb is not None else settings.get("edge_bits")
@@ -418,6 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "calibrating (default: the recipe's)")
     q.add_argument("--adaround-iterations", type=int, default=None,
                    help="--rounding adaround: Adam steps per conv (default: the recipe's)")
+    q.add_argument("--block-iterations", type=int, default=None,
+                   help="--rounding adaround: then block reconstruction, Adam steps per block (0: off; default: the "
+                        "recipe's)")
     q.add_argument("--adaround-cache", default=str(paths.build_dir() / "adaround_cache"),
                    help="--rounding adaround: where each block's learned codes are kept (resumable)")
     q.add_argument("--seed", type=int, default=0)

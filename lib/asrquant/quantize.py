@@ -138,7 +138,7 @@ def quantize(model, batches, weight_bits: int = 8, act_bits: int = 8, *, observe
             input_means = None
         info["adaround"] = {"iterations": cfg.iterations, "centered": cfg.centered, "asymmetric": cfg.asymmetric,
                             "scale_search": cfg.scale_search, "relu_aware": cfg.relu_aware,
-                            "seconds": round(learned.seconds, 1)}
+                            "block_iterations": cfg.block_iterations, "seconds": round(learned.seconds, 1)}
     return convert(model, stats.observers, weight_bits, act_bits, weight_method, info, input_means=input_means,
                    depthwise_bits=depthwise_bits, hessians=stats.hessians, codes=codes, layer_bits=layer_bits,
                    bias_shifts=shifts, weight_scales=scales)
