@@ -397,16 +397,20 @@ def _recipe_label(r) -> str:
         search = str(getattr(r, "adaround_scale_search", False)) == "True"
         relu = str(getattr(r, "adaround_relu_aware", False)) == "True"
         eq = str(getattr(r, "equalize", False)) == "True"
+        blocks = pd.to_numeric(getattr(r, "adaround_block_iterations", 0), errors="coerce")
+        blocks = 0 if pd.isna(blocks) else int(blocks)
         recipe = RECIPES["adaround"]
         is_recipe = (sym and cen and not search and not relu and synthetic and edge == recipe.get("edge_bits", 0)
                      and eq == bool(recipe.get("equalize", False))
+                     and blocks == int(recipe["adaround"].get("block_iterations", 0))
                      and int(r.adaround_iterations) == recipe["adaround"]["iterations"])
         name = "`adaround`" if is_recipe else "learned rounding"
         how = ", ".join(p for p in ("centered" if cen else "raw",
                                     "on float inputs" if sym else "on the quantized walk's inputs",
                                     "scale search" if search else "", "ReLU-aware" if relu else "",
                                     "equalized" if eq else "",
-                                    f"{int(r.adaround_iterations)} steps/conv", *extra) if p)
+                                    f"{int(r.adaround_iterations)} steps/conv",
+                                    f"then {blocks} steps/block" if blocks else "", *extra) if p)
         return f"{name} ({how})"
     name = "`bc`" if str(r.bias_correction) == "True" else "`paper`"
     return f"{name} ({', '.join(extra)})" if extra else name
@@ -419,6 +423,7 @@ def recipes(path: Path) -> list[str]:
     df = pd.read_csv(path)
     df = df[(df.synth_iterations == 200) & df.size_budget_mb.isna() & df.model_sha256.notna()].copy()
     df["recipe_label"] = df.apply(_recipe_label, axis=1)
+    df = df.sort_values("seed", kind="stable")   # errors per seed in seed order, whatever order the runs ended in
     grid = _frame(ROOT / "results" / "grid.csv")
     fp32 = grid[(grid.w_bits == 32) & (grid.model_sha256.isin(set(df.model_sha256)))].iloc[0]
     g = (df.groupby(["w_bits", "a_bits", "recipe_label"], sort=False)
