@@ -33,6 +33,10 @@ columns (H_qq = X_q^T X_q, H_qf = X_q^T X, float64, once per conv) and an iterat
 O(Cout n^2) (n = Cin K; depthwise: C K^2) whatever the number of frames. Each block's codes are
 cached (atomically) under `cache_dir / key / block_XX.pt`, key = hash of everything the codes
 depend on, so an interrupted run resumes at the first missing block.
+
+Optional block stage (``block_iterations``, ``refine_block``, BRECQ): each block's convs then
+relearn their rounding together against the float block's output. It fits the synthetic batch
+better and measured worse on speech (results/beyond_adaround.csv), so it is off by default.
 """
 
 from __future__ import annotations
