@@ -73,7 +73,8 @@ class AdaRoundConfig:
     warmup: float = 0.2          # fraction of iterations without the rounding regulariser
     scale_search: bool = False   # per output channel, the clipping (of SCALE_RATIOS) with the least output error
     relu_aware: bool = False     # convs followed by BN + ReLU: the error after the ReLU (frames, not Gram matrices)
-    block_iterations: int = 0    # then per block, Adam steps on all its convs' rounding at once against the block output (0: off)
+    block_iterations: int = 0    # then per block, Adam steps on all its convs' rounding at once against
+                                 # the block's output (``refine_block``; 0: off)
     block_lr: float = 3e-2       # Adam on V in the block stage (from |V| = V_START: 1e-2 flips too few weights)
     block_reg_weight: float = 30.0   # lambda of the block stage (at 1 the soft weights stay between the grid
                                      # points: soft error 10x lower, hard error unchanged on QuartzNet-15x5)
