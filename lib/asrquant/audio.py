@@ -241,7 +241,7 @@ class MelFrontend(torch.nn.Module):
             x = torch.log(x + guard) if self.log_zero_guard_type == "add" else torch.log(x.clamp(min=guard))
 
         valid = torch.arange(x.shape[-1], device=x.device)[None, :] < mel_lengths[:, None]  # [B, T]
-        x = _normalize(x, valid, self.normalize)
+        x = normalize_features(x, valid, self.normalize)
         x = x.masked_fill(~valid[:, None, :], self.pad_value)
         if self.pad_to > 0 and x.shape[-1] % self.pad_to:
             x = torch.nn.functional.pad(x, (0, self.pad_to - x.shape[-1] % self.pad_to), value=self.pad_value)
@@ -269,7 +269,7 @@ def _samples(name: str, seconds, samples, sample_rate: int) -> int:
 _STD_EPS = 1e-5  # NeMo adds this to the std so silent channels do not divide by zero
 
 
-def _normalize(x: torch.Tensor, valid: torch.Tensor, kind) -> torch.Tensor:
+def normalize_features(x: torch.Tensor, valid: torch.Tensor, kind) -> torch.Tensor:
     """Normalize log-mels [B, F, T] using statistics of the valid frames only."""
     if kind == "per_feature":
         m = valid[:, None, :]

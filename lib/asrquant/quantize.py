@@ -36,8 +36,8 @@ def default_recipe(weight_bits: int, mixed_precision: bool = False) -> str:
     equalization, though one seed made one word more; fewer errors than bias correction and than
     uniform learned rounding in each seed; block reconstruction after it, ``block_iterations``,
     fitted the synthetic batch better and made more word errors), at 6 bias correction (learned
-    rounding measured on one seed only), at 8 the paper's method. Mixed precision (a size budget) was measured with bias
-    correction (results/beyond_size.csv), so it gets that below 8 bits."""
+    rounding measured on one seed only), at 8 the paper's method. Mixed precision (a size budget)
+    was measured with bias correction (results/beyond_size.csv), so it gets that below 8 bits."""
     if weight_bits <= 4 and not mixed_precision:
         return "adaround"
     return "bc" if weight_bits < 8 else "paper"

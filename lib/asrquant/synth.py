@@ -359,8 +359,10 @@ class SyntheticMelGenerator:
         for sigma, dim in ((p["smooth_frames"], -1), (p["smooth_mels"], -2)):
             if sigma > 0:
                 x = gaussian_smooth(x, sigma, dim)
-        if p["normalize"]:
-            x = (x - x.mean(-1, keepdim=True)) / (x.std(-1, keepdim=True) + 1e-5)
+        if p["normalize"]:   # every frame is valid: generation uses full-length inputs
+            from .audio import normalize_features
+
+            x = normalize_features(x, torch.ones(x.shape[0], x.shape[-1], dtype=torch.bool), "per_feature")
         return x
 
     def generate_batch(self, index: int) -> tuple[torch.Tensor, list[float]]:

@@ -456,6 +456,12 @@ def _nearest(f: FoldedConv) -> torch.Tensor:
     return torch.clamp(torch.round(f.weight / f.scale.reshape(-1, 1, 1)), lo, hi)
 
 
+def _hard_weight(f: FoldedConv, codes: dict, shifts: dict) -> tuple:
+    """(float32 weight, float32 bias shift or None) of f's integer codes, as the walk runs them."""
+    shift = shifts.get(f.name)
+    return _dequantized(f, codes[f.name]).float(), None if shift is None else shift.float()
+
+
 def _learn_conv(f: FoldedConv, grams: Grams, cfg: AdaRoundConfig, relu_cols: torch.Tensor | None = None) -> tuple:
     """(codes, bias shift or None, {"nearest": error, "learned": error}) of one conv; the errors
     are the reconstruction errors of the objective learned on (centered: after the bias shift).
@@ -528,8 +534,7 @@ def refine_block(walk: QuantizedWalk, b: int, xs_in: list, lens, target: torch.T
 
     def weight_of(f, x, x_lens, hard=False):
         if f.name not in softs:
-            shift = shifts.get(f.name)
-            return _dequantized(f, codes[f.name]).float(), None if shift is None else shift.float()
+            return _hard_weight(f, codes, shifts)
         soft = softs[f.name]
         wq = (soft.codes() * soft.scale.double()).float() if hard else soft.soft_weight()
         shift = (mean_column(f, x_lens) * (f.weight.reshape(wq.shape).float() - wq)).sum(-1)
@@ -568,8 +573,8 @@ def refine_block(walk: QuantizedWalk, b: int, xs_in: list, lens, target: torch.T
             if f.name in softs:
                 learned[f.name] = softs[f.name].codes().reshape(f.weight.shape)
                 w = f.weight.reshape(f.weight.shape[0], -1)
-                wq = _dequantized(f, learned[f.name]).reshape(w.shape)
-                shifts[f.name] = (means[f.name].double() * (w - wq)).sum(-1)
+                m = means[f.name].double()
+                shifts[f.name] = bias_shift(_dequantized(f, learned[f.name]).reshape(w.shape), w, m, m)
     return learned
 
 
@@ -667,8 +672,7 @@ def adaround(model, batches, observers: dict, act_bits: int, bits_of, weight_met
                     if shift is not None:
                         unit_shifts[f.name] = shift
                 bar.update(1)
-                shift = unit_shifts.get(f.name)
-                return _dequantized(f, unit_codes[f.name]).float(), None if shift is None else shift.float()
+                return _hard_weight(f, unit_codes, unit_shifts)
 
             if decoder:
                 walk.logits(xs_q[-1], lens, weight_of)
@@ -684,9 +688,7 @@ def adaround(model, batches, observers: dict, act_bits: int, bits_of, weight_met
                     e = errors[f"block {u}"]
                     if progress:
                         bar.write(f"block {u}: output error {e['per_conv']:.4g} per conv -> {e['block']:.4g}")
-                    xs_q, _ = walk.block(u, xs_in, lens, lambda f, x, l: (
-                        _dequantized(f, unit_codes[f.name]).float(),
-                        None if f.name not in unit_shifts else unit_shifts[f.name].float()))
+                    xs_q, _ = walk.block(u, xs_in, lens, lambda f, x, l: _hard_weight(f, unit_codes, unit_shifts))
                 xs_f, lens = ys_f, lens_out
             if path is not None and not cached:
                 payload = {"codes": {n: c.to(torch.int16) for n, c in unit_codes.items()},
