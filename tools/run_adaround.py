@@ -16,7 +16,8 @@ and adaround_scale_search (``--scale-search``: per-channel output-aware clipping
 (``--edge-bits``: the first block's convs and the decoder at that width; 0: all at --bits'),
 adaround_relu_aware (``--relu-aware``: convs before a ReLU learned on the error after it),
 equalize (``--equalize``: cross-layer equalization of the separable pairs first, quant/equalize.py),
-adaround_block_iterations (``--block-iterations``: then block reconstruction, ``quant.adaround.refine_block``).
+adaround_block_iterations (``--block-iterations``: then block reconstruction, ``quant.adaround.refine_block``),
+weight_group (``--weight-group``: an integer multiplier per group of that many weights of a row, quant/groups.py).
 """
 
 from __future__ import annotations
@@ -43,12 +44,13 @@ COLUMNS = ["model", "w_bits", "a_bits", "calibration", "seed", "observer", "weig
            "cer", "words", "word_errors", "utterances", "ci95_lo", "ci95_hi", "size_mb", "bops_t", "eval_seconds",
            "calib_seconds", "depthwise_bits", "rounding", "adaround_iterations", "size_budget_mb",
            "synth_iterations", "synth_seconds", "adaround_centered", "recipe", "adaround_symmetric",
-           "adaround_scale_search", "edge_bits", "adaround_relu_aware", "equalize", "adaround_block_iterations"]
+           "adaround_scale_search", "edge_bits", "adaround_relu_aware", "equalize", "adaround_block_iterations",
+           "weight_group"]
 
 
 KEY = ["model", "w_bits", "a_bits", "calibration", "seed", "weight_method", "bias_correction", "rounding",
        "adaround_iterations", "size_budget_mb", "synth_iterations", "adaround_centered", "adaround_symmetric",
-       "adaround_scale_search", "edge_bits", "adaround_relu_aware", "equalize", "adaround_block_iterations"]
+       "adaround_scale_search", "edge_bits", "adaround_relu_aware", "equalize", "adaround_block_iterations", "weight_group"]
 
 
 def _load(csv: Path) -> pd.DataFrame:
@@ -61,7 +63,7 @@ def _done(df: pd.DataFrame, key: dict) -> bool:
         # rows from before adaround_centered: the raw (uncentered) objective
         flag = k in ("adaround_centered", "adaround_symmetric", "adaround_scale_search", "adaround_relu_aware",
                      "equalize")
-        numeric = k in ("edge_bits", "adaround_block_iterations")
+        numeric = k in ("edge_bits", "adaround_block_iterations", "weight_group")
         default = False if flag else 0 if numeric else ""   # rows from before the column
         col = df[k] if k in df else pd.Series(default, index=df.index)
         if numeric:
@@ -93,7 +95,8 @@ def _recipe_name(key: dict) -> str:
                 and ada.get("relu_aware", False) == key["adaround_relu_aware"]
                 and r.get("equalize", False) == key["equalize"]
                 and ada.get("block_iterations", 0) == key["adaround_block_iterations"]
-                and int(r.get("edge_bits") or 0) == int(key["edge_bits"]) and key["calibration"] == "synthetic"):
+                and int(r.get("edge_bits") or 0) == int(key["edge_bits"])
+                and int(r.get("weight_group", 0)) == int(key["weight_group"]) and key["calibration"] == "synthetic"):
             return name
     return ""
 
@@ -124,6 +127,8 @@ def main() -> int:
                    help="cross-layer equalization of the separable pairs below 8 bits (weights only) first")
     p.add_argument("--block-iterations", type=int, default=0,
                    help="adaround: then block reconstruction, this many Adam steps per block (0: off)")
+    p.add_argument("--weight-group", type=int, default=0,
+                   help="an integer multiplier per group of this many weights of a row, 4-bit convs (0: per channel)")
     p.add_argument("--size-budget-mb", type=float, nargs="+", default=[None])
     p.add_argument("--synth-iterations", type=int, default=200, help="synthetic batches: Adam iterations")
     p.add_argument("--limit", type=int, default=None)
@@ -154,7 +159,8 @@ def main() -> int:
                            edge_bits=args.edge_bits,
                            adaround_relu_aware=args.rounding == "adaround" and args.relu_aware,
                            equalize=bool(args.equalize),
-                           adaround_block_iterations=args.block_iterations if args.rounding == "adaround" else 0)
+                           adaround_block_iterations=args.block_iterations if args.rounding == "adaround" else 0,
+                           weight_group=args.weight_group)
                 if _done(df, key):
                     continue
                 start = time.perf_counter()
@@ -168,7 +174,8 @@ def main() -> int:
                                             "asymmetric": not args.symmetric, "scale_search": args.scale_search,
                                             "relu_aware": args.relu_aware, "block_iterations": args.block_iterations,
                                             "cache_dir": str(paths.build_dir() / "adaround_cache")},
-                                  size_budget_mb=budget, edge_bits=args.edge_bits or None, equalize=args.equalize, info={"calibration": args.calibration, "seed": seed})
+                                  size_budget_mb=budget, edge_bits=args.edge_bits or None, equalize=args.equalize, weight_group=args.weight_group,
+                                  info={"calibration": args.calibration, "seed": seed})
                 calib_seconds = time.perf_counter() - start
                 del batches
                 summary = evaluate(qmodel, utts, batch_size=args.eval_batch_size, progress=False)

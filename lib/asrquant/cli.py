@@ -212,6 +212,9 @@ def cmd_quantize(args) -> int:
         None if args.size_budget_mb is not None else settings.get("edge_bits")
     # cross-layer equalization of the separable pairs: --equalize / --no-equalize, else the recipe's
     equalize = bool(settings.get("equalize", False) if args.equalize is None else args.equalize)
+    # per-group multipliers of the 4-bit convs: --weight-group, else the recipe's (0: per channel)
+    weight_group = args.weight_group if args.weight_group is not None else \
+        0 if args.size_budget_mb is not None or rounding == "gptq" else settings.get("weight_group", 0)
     start = time.perf_counter()
     batches = calibration_batches(model, args)
     info = {"calibration": args.calibration, "seed": args.seed, "source_model": str(args.model),
@@ -221,14 +224,16 @@ def cmd_quantize(args) -> int:
                       bias_correction=args.bias_correction or settings["bias_correction"], rounding=rounding,
                       depthwise_bits=args.depthwise_bits, residual_bits=args.residual_bits,
                       prob_bits=args.prob_bits, info=info, size_budget_mb=args.size_budget_mb, adaround=ada,
-                      edge_bits=edge_bits or None, equalize=equalize)
+                      edge_bits=edge_bits or None, equalize=equalize, weight_group=weight_group)
     # synthesis (or feature extraction) + calibration + conversion; cached batches and codes count as read
     qmodel.info["calibration_seconds"] = round(time.perf_counter() - start, 1)
     out = save_quantized(qmodel, args.out)
     edges = f", first block and decoder at {edge_bits} bits" if edge_bits and edge_bits != args.weight_bits else ""
     size = f", weights {qmodel.info['size_mb']:.2f} MiB" if "size_mb" in qmodel.info else ""
     eq = f", {qmodel.info['equalized']} separable pairs equalized" if qmodel.info.get("equalized") else ""
-    print(f"W{args.weight_bits}A{args.act_bits} integer model (recipe {recipe}{edges}{eq}{size}, {args.calibration} calibration, "
+    groups = f", a multiplier per {weight_group} weights" if qmodel.info.get("weight_group") else ""
+    print(f"W{args.weight_bits}A{args.act_bits} integer model (recipe {recipe}{edges}{eq}{groups}{size}, "
+          f"{args.calibration} calibration, "
           f"{len(batches)} batches, {len(qmodel.program.ops)} integer ops, "
           f"{qmodel.info['calibration_seconds']:.0f} s) -> {out}; "
           f"int64 accumulators: {qmodel.int64_layers() or 'none'}")
@@ -406,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--cache-dir", default=str(paths.build_dir() / "synth_cache"))
     q.add_argument("--size-budget-mb", type=float, default=None,
                    help="mixed precision: 4/6/8-bit weights per conv by sensitivity, fitting this many MiB")
-    q.add_argument("--recipe", choices=["default", "paper", "bc", "adaround"], default="default",
+    q.add_argument("--recipe", choices=["default", "paper", "bc", "adaround", "grouped"], default="default",
                    help="paper: round-to-nearest as the paper (the grid's setting); bc: + bias correction; adaround: "
                         "learned rounding with joint bias correction on the synthetic batches, first block and "
                         "decoder at 8 bits, separable pairs equalized; default: the measured best of the width "
@@ -418,6 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--equalize", action=argparse.BooleanOptionalAction, default=None,
                    help="cross-layer equalization (weights only) of the separable pairs below 8 bits before "
                         "calibrating (default: the recipe's)")
+    q.add_argument("--weight-group", type=int, default=None,
+                   help="an integer multiplier (4 bits) per group of this many weights of a row, for the convs of at "
+                        "most 4 bits (quant.groups; 0: per-channel scales only; default: the recipe's)")
     q.add_argument("--adaround-iterations", type=int, default=None,
                    help="--rounding adaround: Adam steps per conv (default: the recipe's)")
     q.add_argument("--block-iterations", type=int, default=None,

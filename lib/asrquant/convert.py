@@ -36,6 +36,7 @@ from .models.convasr import ConvASR, MaskedConv1d
 from .program.ops import FORMAT_VERSION, Op, Program, ProgramError, Value, dtype_name
 from .quant.bn import fold_batchnorm
 from .quant.dyadic import dyadic_from_float
+from .quant.groups import group_multipliers, grouped_codes, is_grouped
 from .quant.quantizer import qrange, quantize, scale_from_range, storage_dtype, weight_alpha
 
 FORMAT = "asrquant-integer-model"
@@ -251,12 +252,27 @@ IntegerConvASR = IntegerModel  # the name before the integer program (v1)
 
 # --------------------------------------------------------------------------- conversion
 
-def _quantize_weight(w: torch.Tensor, bits: int, method: str):
+def weight_grid(w: torch.Tensor, bits: int, method: str, group: int = 0):
+    """(s_w float64 [Cout], k int64 like w or None): the per-channel scale of w's integer weight and,
+    for per-group multipliers (``quant.groups``), each weight's multiplier (the grid is k s_w q)."""
+    if is_grouped(bits, group):
+        if method != "minmax":
+            raise ValueError(f"per-group weight multipliers (--weight-group) need --weight-method minmax, got {method}")
+        s_w, k = group_multipliers(w, bits, group)
+        return s_w, k.reshape(w.shape)
     alpha = weight_alpha(w, bits, per_channel=True, method=method).reshape(-1).double()
     alpha = torch.where(alpha > 0, alpha, torch.ones_like(alpha))  # an all-zero channel: any scale works
-    s_w = scale_from_range(alpha, bits, signed=True).double()
-    w_q = quantize(w.double(), s_w, bits, signed=True, axis=0).to(torch.int8 if bits <= 8 else torch.int16)
-    return w_q, s_w
+    return scale_from_range(alpha, bits, signed=True).double(), None
+
+
+def _quantize_weight(w: torch.Tensor, bits: int, method: str, group: int = 0):
+    """(integer weight, s_w [Cout]): round-to-nearest on ``weight_grid``; with multipliers the
+    integer weight is k * q (int8 for codes of at most 4 bits)."""
+    s_w, k = weight_grid(w, bits, method, group)
+    dtype = torch.int8 if bits <= 8 else torch.int16
+    if k is not None:
+        return (k * grouped_codes(w, s_w, k.reshape(w.shape[0], -1), bits).reshape(w.shape)).to(dtype), s_w
+    return quantize(w.double(), s_w, bits, signed=True, axis=0).to(dtype), s_w
 
 
 def weight_bits_of(conv: nn.Conv1d, weight_bits: int, depthwise_bits: int | None = None,
@@ -298,13 +314,17 @@ def _bias_correction(w: torch.Tensor, w_q: torch.Tensor, s_w: torch.Tensor, grou
 def _int_conv(conv: nn.Conv1d, bn: nn.BatchNorm1d | None, s_x: float, x_bits: int, x_signed: bool,
               s_out: float | None, out_bits: int, out_signed: bool, w_bits: int, w_method: str,
               input_means: dict | None = None, hessians: dict | None = None, codes: dict | None = None,
-              bias_shifts: dict | None = None, weight_scales: dict | None = None) -> IntConv:
+              bias_shifts: dict | None = None, weight_scales: dict | None = None, weight_group: int = 0) -> IntConv:
     w = conv.weight.detach().double()
     b = conv.bias.detach().double() if conv.bias is not None else None
     if bn is not None:
         w, b = fold_batchnorm(w, b, bn)
         w, b = w.double(), b.double()
-    w_q, s_w = _quantize_weight(w, w_bits, w_method)
+    w_q, s_w = _quantize_weight(w, w_bits, w_method, weight_group)
+    mult = weight_grid(w, w_bits, w_method, weight_group)[1]   # each weight's group multiplier, or None
+    if mult is not None and ((weight_scales is not None and conv in weight_scales)
+                             or (hessians is not None and conv in hessians)):
+        raise ValueError("per-group weight multipliers (--weight-group) do not combine with a searched scale or GPTQ")
     if weight_scales is not None and conv in weight_scales:   # searched with the rounding (quant.adaround)
         s_w = weight_scales[conv].double().reshape(-1)
         w_q = quantize(w, s_w, w_bits, signed=True, axis=0).to(w_q.dtype)
@@ -319,7 +339,7 @@ def _int_conv(conv: nn.Conv1d, bn: nn.BatchNorm1d | None, s_x: float, x_bits: in
         learned = codes[conv].reshape(w.shape)
         if learned.min() < lo or learned.max() > hi:
             raise ValueError(f"learned rounding codes outside the {w_bits}-bit range")
-        w_q = learned.to(w_q.dtype)
+        w_q = (learned if mult is None else learned.to(torch.int64) * mult).to(w_q.dtype)
     if input_means is not None:
         if conv not in input_means:
             raise KeyError("bias correction: no input mean for a conv (compute input_means on this model)")
@@ -346,7 +366,7 @@ def convert(model: ConvASR, observers: dict, weight_bits: int = 8, act_bits: int
             input_means: dict | None = None, depthwise_bits: int | None = None,
             hessians: dict | None = None, codes: dict | None = None,
             layer_bits: dict | None = None, bias_shifts: dict | None = None,
-            weight_scales: dict | None = None) -> IntegerConvASR:
+            weight_scales: dict | None = None, weight_group: int = 0) -> IntegerConvASR:
     """Build the integer model from a calibrated float model (see `calibrate`).
 
     input_means (``conv_input_means`` on the calibration batches): correct every conv's bias for
@@ -360,7 +380,9 @@ def convert(model: ConvASR, observers: dict, weight_bits: int = 8, act_bits: int
     weight_scales ({nn.Conv1d: float64 [Cout]}, searched with them): the codes' per-channel weight
     scales where they are not ``weight_method``'s.
     layer_bits ({nn.Conv1d: bits}, ``quant.mixed_precision``): per-conv weight widths (mixed
-    precision); convs not in it use depthwise_bits / weight_bits (``weight_bits_of``)."""
+    precision); convs not in it use depthwise_bits / weight_bits (``weight_bits_of``).
+    weight_group: per-group integer multipliers (``quant.groups``) for the convs of at most 4 bits,
+    groups of this many weights per row (0: per-channel scales only); codes are then the group's."""
     def bits(conv):
         return weight_bits_of(conv, weight_bits, depthwise_bits, layer_bits)
 
@@ -386,25 +408,27 @@ def convert(model: ConvASR, observers: dict, weight_bits: int = 8, act_bits: int
             c = mconv.conv
             convs.append(_int_conv(c, bn, s_x, act_bits, x_signed, s_out, act_bits, out_signed,
                                    bits(c), weight_method, input_means, hessians, codes, bias_shifts,
-                                   weight_scales=weight_scales))
+                                   weight_scales=weight_scales, weight_group=weight_group))
             s_x, x_signed = s_out, out_signed
         residual = []
         if block.res is not None:
             for (x_scale, x_sign), (rconv, rbn) in zip(prev_out, block.res):
                 residual.append(_int_conv(rconv.conv, rbn, x_scale, act_bits, x_sign, s_x, act_bits, False,
                                           bits(rconv.conv), weight_method, input_means, hessians, codes, bias_shifts,
-                                          weight_scales=weight_scales))
+                                          weight_scales=weight_scales, weight_group=weight_group))
         blocks.append(IntBlock(convs=convs, residual=residual, dense=block.dense))
         block_out.append((s_x, x_signed))
         prev_out = prev_out + [(s_x, x_signed)] if block.dense else [(s_x, x_signed)]
     dec = model.decoder.decoder_layers[0]
     decoder = _int_conv(dec, None, s_x, act_bits, x_signed, None, 32, True,
                         bits(dec), weight_method, input_means, hessians, codes, bias_shifts,
-                        weight_scales=weight_scales)
+                        weight_scales=weight_scales, weight_group=weight_group)
     qinfo = {"weight_bits": weight_bits, "act_bits": act_bits, "weight_method": weight_method,
              "observer": type(observers["input"]).__name__, "bias_correction": input_means is not None or bool(bias_shifts),
              "depthwise_bits": depthwise_bits or weight_bits,
              "rounding": "gptq" if hessians else "adaround" if codes else "nearest"}
+    if weight_group:
+        qinfo["weight_group"] = weight_group
     if layer_bits:
         qinfo["layer_bits"] = {str(b): sum(1 for v in layer_bits.values() if v == b) for b in sorted(set(layer_bits.values()))}
     qinfo.update(info or {})

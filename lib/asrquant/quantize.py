@@ -26,6 +26,8 @@ RECIPES = {
     "adaround": {"rounding": "adaround", "bias_correction": True, "edge_bits": 8, "equalize": True,
                  "adaround": {"iterations": 100, "centered": True, "asymmetric": False}},
 }
+#: adaround's settings with an integer multiplier per 32 weights of a row (quant.groups)
+RECIPES["grouped"] = {**RECIPES["adaround"], "weight_group": 32}
 
 
 def default_recipe(weight_bits: int, mixed_precision: bool = False) -> str:
@@ -54,7 +56,7 @@ def quantize(model, batches, weight_bits: int = 8, act_bits: int = 8, *, observe
              depthwise_bits: int | None = None, residual_bits: int | None = None, prob_bits: int | None = None,
              info: dict | None = None, adaround: dict | None = None, size_budget_mb: float | None = None,
              mixed_precision: dict | None = None, edge_bits: int | None = None, equalize: bool = False,
-             progress: bool = True):
+             weight_group: int = 0, progress: bool = True):
     """Calibrate `model` on (mel, lengths) batches and convert it to an integer model.
 
     rounding: one of ROUNDINGS. adaround: ``quant.adaround.AdaRoundConfig`` fields plus
@@ -67,7 +69,9 @@ def quantize(model, batches, weight_bits: int = 8, act_bits: int = 8, *, observe
     edge_bits: the first block's convs and the decoder at this width (``mixed_precision.edge_convs``;
     not with a size budget, which allocates every conv).
     equalize: cross-layer equalization of the separable pairs whose pointwise conv is quantized
-    below 8 bits (``quant.equalize``; on a copy of the model, from its weights alone)."""
+    below 8 bits (``quant.equalize``; on a copy of the model, from its weights alone).
+    weight_group: an integer multiplier per group of this many weights of a row for the convs of
+    at most 4 bits (``quant.groups``; 0: per-channel scales only)."""
     if rounding not in ROUNDINGS:
         raise ValueError(f"unknown rounding {rounding!r}; choose from {ROUNDINGS}")
     if is_conformer(model):
@@ -76,7 +80,7 @@ def quantize(model, batches, weight_bits: int = 8, act_bits: int = 8, *, observe
         unsupported = [flag for flag, on in (("--bias-correction", bias_correction), (f"--rounding {rounding}",
                        rounding != "nearest"), ("--depthwise-bits", bool(depthwise_bits)),
                        ("--size-budget-mb", size_budget_mb is not None), ("--edge-bits", bool(edge_bits)),
-                       ("--equalize", equalize)) if on]
+                       ("--equalize", equalize), ("--weight-group", bool(weight_group))) if on]
         if unsupported:
             raise ValueError(f"{', '.join(unsupported)}: supported for ConvASR models only, not the Conformer")
         observers = calibrate_conformer(model, batches, observer)
@@ -88,6 +92,9 @@ def quantize(model, batches, weight_bits: int = 8, act_bits: int = 8, *, observe
         raise TypeError(f"cannot quantize a {type(model).__name__}")
     if size_budget_mb is not None and edge_bits:
         raise ValueError("--edge-bits with --size-budget-mb: the budget allocates every conv's width; choose one")
+    if weight_group and (size_budget_mb is not None or rounding == "gptq"):
+        raise ValueError("--weight-group: not with --size-budget-mb (its sensitivities are per-channel) "
+                         "or --rounding gptq")
     if residual_bits or prob_bits:
         raise ValueError("--residual-bits / --prob-bits: supported for the Conformer only")
     from .calibration import collect
@@ -117,7 +124,9 @@ def quantize(model, batches, weight_bits: int = 8, act_bits: int = 8, *, observe
     def bits_of(conv):   # every conv's width: layer_bits (budget or edges), else depthwise / weight bits
         return weight_bits_of(conv, weight_bits, depthwise_bits, layer_bits)
 
-    info["size_mb"] = size_mb(model, bits_of)
+    info["size_mb"] = size_mb(model, bits_of, weight_group)
+    if weight_group:
+        info["weight_group"] = weight_group
     if equalize:
         from .quant.equalize import equalize_separable, separable_pairs
 
@@ -133,7 +142,7 @@ def quantize(model, batches, weight_bits: int = 8, act_bits: int = 8, *, observe
         cfg = AdaRoundConfig(**opts)
         learned = learn_rounding(model, batches, stats.observers, act_bits,
                                  bits_of,
-                                 weight_method, cfg, cache_dir=cache_dir, progress=progress)
+                                 weight_method, cfg, cache_dir=cache_dir, progress=progress, weight_group=weight_group)
         codes, shifts, scales = learned.codes, learned.bias_shifts, learned.scales
         if cfg.centered:   # the learned bias shift is the bias correction (float input means)
             input_means = None
@@ -142,4 +151,4 @@ def quantize(model, batches, weight_bits: int = 8, act_bits: int = 8, *, observe
                             "block_iterations": cfg.block_iterations, "seconds": round(learned.seconds, 1)}
     return convert(model, stats.observers, weight_bits, act_bits, weight_method, info, input_means=input_means,
                    depthwise_bits=depthwise_bits, hessians=stats.hessians, codes=codes, layer_bits=layer_bits,
-                   bias_shifts=shifts, weight_scales=scales)
+                   bias_shifts=shifts, weight_scales=scales, weight_group=weight_group)

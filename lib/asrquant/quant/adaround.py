@@ -25,7 +25,8 @@ Rounding and bias correction then compose instead of fighting: learning against 
 moments spends the rounding on the mean error, which bias correction afterwards removes a second
 time (measured: AdaRound + bias correction was worse than either alone). beta is annealed from 20 to 2 after a warm-up so that h(V) is driven to 0 or 1; then the
 rounding is made hard (V >= 0: up). The result is an ordinary integer weight tensor on the same
-grid as round-to-nearest: the integer program does not change.
+grid as round-to-nearest: the integer program does not change. With per-group multipliers
+(``quant.groups``) the step is per weight, s[o] k[o, g], and the codes are the groups'.
 
 Cheap by design (2 shared CPU cores): the reconstruction error of one conv is a quadratic form
 in its weights, so the calibration frames enter only through two Gram matrices of the im2col
@@ -87,11 +88,12 @@ def rectified_sigmoid(v: torch.Tensor) -> torch.Tensor:
 
 
 class SoftRounding(nn.Module):
-    """Learned rounding of one weight matrix w [Cout, n] on the grid scale[o] * q, q in qrange(bits)."""
+    """Learned rounding of one weight matrix w [Cout, n] on the grid scale[o] * q, q in qrange(bits)
+    (scale [Cout]; or scale[o, i] * q with per-group multipliers, scale [Cout, n])."""
 
     def __init__(self, w: torch.Tensor, scale: torch.Tensor, bits: int):
         super().__init__()
-        s = scale.to(torch.float64).reshape(-1, 1)
+        s = scale.to(torch.float64).reshape(w.shape[0], -1)
         x = w.to(torch.float64) / s
         floor = torch.floor(x)
         rest = (x - floor).clamp(0.0, 1.0)
@@ -316,7 +318,7 @@ class FoldedConv:
     conv: nn.Conv1d
     weight: torch.Tensor         # float64 folded
     bias: torch.Tensor | None    # float64 folded
-    scale: torch.Tensor          # float64 [Cout]
+    scale: torch.Tensor          # float64 [Cout]; [Cout, n] with per-group multipliers (k s, quant.groups)
     bits: int
 
     def out_lengths(self, lens):
@@ -338,9 +340,10 @@ class QuantizedWalk:
     """The ConvASR forward with fake-quantized weights and activations at the integer program's
     quantization points (``convert.convert``'s scales), block by block."""
 
-    def __init__(self, model, observers: dict, act_bits: int, bits_of, weight_method: str = "minmax"):
+    def __init__(self, model, observers: dict, act_bits: int, bits_of, weight_method: str = "minmax",
+                 weight_group: int = 0):
         from ..calibration import quant_points
-        from ..convert import _quantize_weight
+        from ..convert import weight_grid
         from ..models.convasr import MaskedConv1d
         from .bn import fold_batchnorm
 
@@ -356,7 +359,9 @@ class QuantizedWalk:
             if bn is not None:
                 w, b = (t.double() for t in fold_batchnorm(w, b, bn))
             bits = bits_of(conv)
-            _, s_w = _quantize_weight(w, bits, weight_method)
+            s_w, k = weight_grid(w, bits, weight_method, weight_group)
+            if k is not None:   # each weight's own step: the codes are then the group's (quant.groups)
+                s_w = k.reshape(k.shape[0], -1).double() * s_w.reshape(-1, 1)
             return FoldedConv(names[module], module, conv, w, b, s_w, bits)
 
         self.input_scale = act_scale("input", True)
@@ -447,13 +452,19 @@ def cache_key(walk: QuantizedWalk, batches, cfg: AdaRoundConfig) -> str:
 
 # --------------------------------------------------------------------------- the loop
 
+def _step(f: FoldedConv) -> torch.Tensor:
+    """f's grid step, shaped to broadcast against its weight [Cout, C, K]."""
+    cout = f.weight.shape[0]
+    return f.scale.reshape(cout, 1, 1) if f.scale.numel() == cout else f.scale.reshape(f.weight.shape)
+
+
 def _dequantized(f: FoldedConv, codes: torch.Tensor) -> torch.Tensor:
-    return codes.reshape(f.weight.shape) * f.scale.reshape(-1, 1, 1)
+    return codes.reshape(f.weight.shape) * _step(f)
 
 
 def _nearest(f: FoldedConv) -> torch.Tensor:
     lo, hi = qrange(f.bits, signed=True)
-    return torch.clamp(torch.round(f.weight / f.scale.reshape(-1, 1, 1)), lo, hi)
+    return torch.clamp(torch.round(f.weight / _step(f)), lo, hi)
 
 
 def _hard_weight(f: FoldedConv, codes: dict, shifts: dict) -> tuple:
@@ -474,8 +485,10 @@ def _learn_conv(f: FoldedConv, grams: Grams, cfg: AdaRoundConfig, relu_cols: tor
     cout = f.weight.shape[0]
     w = f.weight.reshape(cout, -1)
     if cfg.scale_search:   # the walk then uses this scale for the conv (f.scale is what _dequantized reads)
+        if f.scale.numel() != cout:
+            raise ValueError("--scale-search searches per-channel scales: not with per-group multipliers (--weight-group)")
         f.scale = search_scale(w, f.scale, f.bits, H)
-    s = f.scale.reshape(-1, 1)
+    s = f.scale.reshape(cout, -1)
     if not cfg.iterations:
         codes = _nearest(f).reshape(cout, -1)
     elif relu_cols is not None:
@@ -599,7 +612,8 @@ class LearnedRounding:
 
 
 def adaround(model, batches, observers: dict, act_bits: int, bits_of, weight_method: str = "minmax",
-             cfg: AdaRoundConfig | None = None, cache_dir=None, progress: bool = True) -> LearnedRounding:
+             cfg: AdaRoundConfig | None = None, cache_dir=None, progress: bool = True,
+             weight_group: int = 0) -> LearnedRounding:
     """Learned rounding for every conv of a ConvASR: integer codes (same shape as the weight, on the
     scale ``convert._quantize_weight`` gives at ``bits_of(conv)``) and, with ``cfg.centered``, the
     closed-form bias shift that goes with them.
@@ -607,7 +621,8 @@ def adaround(model, batches, observers: dict, act_bits: int, bits_of, weight_met
     batches: the calibration (mel, lengths) batches (merged into one padded batch); observers:
     ``calibration.collect``'s ranges (the activation scales of the integer program). Convs that
     are neither depthwise nor dense with at most MAX_COLUMNS columns keep round-to-nearest (and
-    get the bias shift)."""
+    get the bias shift). weight_group: per-group multipliers (``quant.groups``); the codes are then
+    the groups' (the converter multiplies them by the multipliers)."""
     from tqdm.auto import tqdm
 
     from ..models.checkpoint import atomic_write_bytes
@@ -615,7 +630,7 @@ def adaround(model, batches, observers: dict, act_bits: int, bits_of, weight_met
     cfg = cfg or AdaRoundConfig()
     model = model.eval()
     mel, lens = merge_batches(batches)
-    walk = QuantizedWalk(model, observers, act_bits, bits_of, weight_method)
+    walk = QuantizedWalk(model, observers, act_bits, bits_of, weight_method, weight_group)
     folder = Path(cache_dir) / cache_key(walk, [(mel, lens)], cfg) if cache_dir is not None else None
     codes, shifts, scales, errors = {}, {}, {}, {}
     xs_f, xs_q = [mel], [walk.quantize_input(mel)]   # float / quantized block inputs

@@ -69,9 +69,17 @@ def stored_params(conv: nn.Conv1d, bn) -> int:
     return conv.weight.numel() + (conv.out_channels if (conv.bias is not None or bn is not None) else 0)
 
 
-def size_mb(model, bits_of) -> float:
-    """MiB of the stored weights when conv c has bits_of(c) bits."""
-    return sum(stored_params(c, bn) * bits_of(c) for c, bn in weight_convs(model)) / 8 / MIB
+def size_mb(model, bits_of, weight_group: int = 0) -> float:
+    """MiB of the stored weights when conv c has bits_of(c) bits, plus the per-group multipliers
+    of the convs that get them (``quant.groups``)."""
+    from .groups import is_grouped, multiplier_bits
+
+    total = 0
+    for c, bn in weight_convs(model):
+        total += stored_params(c, bn) * bits_of(c)
+        if is_grouped(bits_of(c), weight_group):
+            total += multiplier_bits(c.weight[0].numel(), c.out_channels, weight_group)
+    return total / 8 / MIB
 
 
 @torch.no_grad()
