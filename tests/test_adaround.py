@@ -243,17 +243,24 @@ def test_cli_quantize_recipes(tmp_path):
             "w4u": ["--weight-bits", "4", "--adaround-iterations", "20", "--edge-bits", "0"],
             "w4ne": ["--weight-bits", "4", "--adaround-iterations", "20", "--no-equalize"],
             "w6eq": ["--weight-bits", "6", "--equalize"],
-            "w4b": ["--weight-bits", "4", "--adaround-iterations", "20", "--block-iterations", "7"]}
+            "w4b": ["--weight-bits", "4", "--adaround-iterations", "20", "--block-iterations", "7"],
+            "w4g": ["--weight-bits", "4", "--adaround-iterations", "20", "--weight-group", "8"],
+            "w4g0": ["--weight-bits", "4", "--adaround-iterations", "20", "--weight-group", "0"]}
     info = {}
     for name, extra in runs.items():
         assert cli_main(base + extra + ["--out", str(tmp_path / f"{name}.aqz")]) == 0
         info[name] = load_quantized(tmp_path / f"{name}.aqz").info
-    assert (info["w4"]["recipe"], info["w4"]["bias_correction"], info["w4"]["rounding"]) == ("adaround", True, "adaround")
+    assert (info["w4"]["recipe"], info["w4"]["bias_correction"], info["w4"]["rounding"]) == ("grouped", True, "adaround")
+    assert info["w4"]["weight_group"] == RECIPES["grouped"]["weight_group"] > 0
     assert info["w4"]["adaround"]["iterations"] == 20 and not info["w4"]["adaround"]["asymmetric"]
     recipe_blocks = RECIPES["adaround"]["adaround"].get("block_iterations", 0)
     assert info["w4"]["adaround"]["block_iterations"] == recipe_blocks and info["w4b"]["adaround"]["block_iterations"] == 7
     assert info["w4"]["edge_bits"] == 8 and info["w4"]["size_mb"] > info["w4u"]["size_mb"]   # first block, decoder
-    assert "edge_bits" not in info["w4u"] and info["w4u"]["recipe"] == "adaround" and "edge_bits" not in info["w6"]
+    # per-group multipliers: the recipe's group unless --weight-group says otherwise; they cost size
+    assert info["w4"].get("weight_group", 0) == RECIPES[info["w4"]["recipe"]].get("weight_group", 0)
+    assert info["w4g"]["weight_group"] == 8 and "weight_group" not in info["w4g0"]
+    assert info["w4g"]["size_mb"] > info["w4g0"]["size_mb"] and "weight_group" not in info["w6"]
+    assert "edge_bits" not in info["w4u"] and info["w4u"]["recipe"] == "grouped" and "edge_bits" not in info["w6"]
     # equalization: the 4-bit recipe's separable pairs below 8 bits (the first block's are at 8), off with
     # --no-equalize, on for any recipe with --equalize
     assert info["w4"]["equalized"] == 4 and info["w4u"]["equalized"] == 5 and "equalized" not in info["w4ne"]
@@ -264,6 +271,26 @@ def test_cli_quantize_recipes(tmp_path):
     assert (info["flags"]["recipe"], info["flags"]["bias_correction"]) == ("flags", False)
     assert (info["ada"]["rounding"], info["ada"]["bias_correction"], info["ada"]["adaround"]["iterations"]) == \
         ("adaround", True, 20)
+
+
+def test_recipe_of_a_results_row():
+    """A results row's recipe is computed from its settings (run_adaround's columns, empty = default)."""
+    from asrquant.quantize import recipe_of
+
+    row = {"rounding": "adaround", "bias_correction": True, "adaround_iterations": 100, "adaround_centered": True,
+           "adaround_symmetric": True, "adaround_scale_search": False, "adaround_relu_aware": False,
+           "equalize": True, "edge_bits": 8, "adaround_block_iterations": 0, "size_budget_mb": "",
+           "calibration": "synthetic"}
+    group = RECIPES["grouped"]["weight_group"]
+    assert recipe_of({**row, "weight_group": group}) == "grouped"
+    assert recipe_of(row) == recipe_of({**row, "weight_group": float("nan")}) == "adaround"
+    assert recipe_of({**row, "weight_group": group + 1}) == ""
+    assert recipe_of({**row, "weight_group": group, "calibration": "real"}) == ""
+    assert recipe_of({**row, "weight_group": group, "size_budget_mb": 9.5}) == ""
+    assert recipe_of({**row, "adaround_block_iterations": 200}) == ""
+    nearest = {"rounding": "nearest", "adaround_iterations": 0, "edge_bits": float("nan")}
+    assert recipe_of({**nearest, "bias_correction": "True"}) == "bc"
+    assert recipe_of({**nearest, "bias_correction": False}) == "paper"
 
 
 def test_symmetric_objective_ignores_the_quantized_inputs():

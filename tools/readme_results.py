@@ -383,36 +383,38 @@ def paper_checks(path: Path) -> list[str]:
 
 
 def _recipe_label(r) -> str:
-    from asrquant.quantize import RECIPES
+    """A row's settings in words, led by its recipe's name (``quantize.recipe_of``) when it is one."""
+    from asrquant.quantize import recipe_of
 
-    edge = pd.to_numeric(getattr(r, "edge_bits", 0), errors="coerce")
-    edge = 0 if pd.isna(edge) else int(edge)
+    def num(col):
+        v = pd.to_numeric(getattr(r, col, 0), errors="coerce")
+        return 0 if pd.isna(v) else int(v)
+
+    edge, group = num("edge_bits"), num("weight_group")
+    eq = str(getattr(r, "equalize", False)) == "True"
     synthetic = str(getattr(r, "calibration", "synthetic")) == "synthetic"
     extra = [f"first block and decoder at {edge} bits"] if edge and edge != int(r.w_bits) else []
     if not synthetic:
         extra.append(f"{r.calibration} calibration")
+    recipe = recipe_of(r)
     if r.rounding == "adaround":
         sym = str(r.adaround_symmetric) == "True"
         cen = str(r.adaround_centered) == "True"
         search = str(getattr(r, "adaround_scale_search", False)) == "True"
         relu = str(getattr(r, "adaround_relu_aware", False)) == "True"
-        eq = str(getattr(r, "equalize", False)) == "True"
-        blocks = pd.to_numeric(getattr(r, "adaround_block_iterations", 0), errors="coerce")
-        blocks = 0 if pd.isna(blocks) else int(blocks)
-        recipe = RECIPES["adaround"]
-        is_recipe = (sym and cen and not search and not relu and synthetic and edge == recipe.get("edge_bits", 0)
-                     and eq == bool(recipe.get("equalize", False))
-                     and blocks == int(recipe["adaround"].get("block_iterations", 0))
-                     and int(r.adaround_iterations) == recipe["adaround"]["iterations"])
-        name = "`adaround`" if is_recipe else "learned rounding"
+        blocks = num("adaround_block_iterations")
         how = ", ".join(p for p in ("centered" if cen else "raw",
                                     "on float inputs" if sym else "on the quantized walk's inputs",
                                     "scale search" if search else "", "ReLU-aware" if relu else "",
                                     "equalized" if eq else "",
                                     f"{int(r.adaround_iterations)} steps/conv",
-                                    f"then {blocks} steps/block" if blocks else "", *extra) if p)
-        return f"{name} ({how})"
-    name = "`bc`" if str(r.bias_correction) == "True" else "`paper`"
+                                    f"then {blocks} steps/block" if blocks else "",
+                                    f"a multiplier per {group} weights" if group else "", *extra) if p)
+        return f"{f'`{recipe}`' if recipe else 'learned rounding'} ({how})"
+    bc = str(r.bias_correction) == "True"
+    name = f"`{recipe}`" if recipe else "round-to-nearest" + (" + bias correction" if bc else "")
+    extra = ["equalized" if eq else "", f"a multiplier per {group} weights" if group else "", *extra]
+    extra = [p for p in extra if p and not (recipe and p == f"{r.calibration} calibration")]
     return f"{name} ({', '.join(extra)})" if extra else name
 
 

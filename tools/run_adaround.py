@@ -36,7 +36,7 @@ from asrquant.data import load_dataset
 from asrquant.evaluate import evaluate
 from asrquant.models.checkpoint import load_model
 from asrquant.provenance import provenance
-from asrquant.quantize import RECIPES, ROUNDINGS, quantize
+from asrquant.quantize import ROUNDINGS, quantize, recipe_of
 from asrquant.experiments import bops, model_size_mb
 from asrquant.models.checkpoint import atomic_write_bytes
 
@@ -81,24 +81,6 @@ def _append(csv: Path, df: pd.DataFrame, row: dict) -> pd.DataFrame:
     df.to_csv(buf, index=False)
     atomic_write_bytes(csv, lambda f: f.write(buf.getvalue().encode()))
     return df
-
-
-def _recipe_name(key: dict) -> str:
-    """The `asrquant quantize --recipe` these settings are, else ''."""
-    for name, r in RECIPES.items():
-        ada = r.get("adaround", {})
-        if (r["rounding"] == key["rounding"] and r["bias_correction"] == key["bias_correction"]
-                and not key["size_budget_mb"] and ada.get("iterations", 0) == key["adaround_iterations"]
-                and ada.get("centered", False) == key["adaround_centered"]
-                and (not ada.get("asymmetric", True)) == key["adaround_symmetric"]
-                and ada.get("scale_search", False) == key["adaround_scale_search"]
-                and ada.get("relu_aware", False) == key["adaround_relu_aware"]
-                and r.get("equalize", False) == key["equalize"]
-                and ada.get("block_iterations", 0) == key["adaround_block_iterations"]
-                and int(r.get("edge_bits") or 0) == int(key["edge_bits"])
-                and int(r.get("weight_group", 0)) == int(key["weight_group"]) and key["calibration"] == "synthetic"):
-            return name
-    return ""
 
 
 def main() -> int:
@@ -186,7 +168,7 @@ def main() -> int:
                        "utterances": summary["utterances"], "ci95_lo": lo, "ci95_hi": hi, "size_mb": round(size, 2),
                        "bops_t": round(bops(model, w, a) / 1e12, 3), "eval_seconds": summary["seconds"],
                        "calib_seconds": round(calib_seconds, 1), "synth_seconds": round(synth_seconds, 1),
-                       "recipe": _recipe_name(key)}
+                       "recipe": recipe_of(key)}
                 row.update({k: v for k, v in provenance(args.model, utts).items() if k not in row})
                 df = _append(csv, df, row)
                 print(f"W{w}A{a} seed {seed} {args.rounding} budget {budget}: WER {summary['wer']:.2f} "

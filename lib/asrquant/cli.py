@@ -414,9 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--recipe", choices=["default", "paper", "bc", "adaround", "grouped"], default="default",
                    help="paper: round-to-nearest as the paper (the grid's setting); bc: + bias correction; adaround: "
                         "learned rounding with joint bias correction on the synthetic batches, first block and "
-                        "decoder at 8 bits, separable pairs equalized; default: the measured best of the width "
-                        "(adaround at 4 bits, bc at 6, paper at 8; bc under --size-budget-mb; explicit --rounding / "
-                        "--bias-correction: paper's plus those)")
+                        "decoder at 8 bits, separable pairs equalized; grouped: adaround on a finer grid, a 4-bit "
+                        "integer multiplier per 16 weights of a row (quant/groups.py); default: the measured best of "
+                        "the width (grouped at 4 bits, bc at 6, paper at 8; bc under --size-budget-mb; explicit "
+                        "--rounding / --bias-correction: paper's plus those)")
     q.add_argument("--edge-bits", type=int, default=None,
                    help="weight width of the first block's convs and the decoder (default: the recipe's; "
                         "0: --weight-bits like every other conv)")

@@ -8,6 +8,7 @@ over the batches) and converts with the converter of the model's kind: ``convert
 from __future__ import annotations
 
 import copy
+import math
 
 #: weight rounding kinds (``--rounding``): round-to-nearest, GPTQ on the calibration Hessians
 #: (quant/gptq.py), learned rounding by block reconstruction (quant/adaround.py)
@@ -26,22 +27,56 @@ RECIPES = {
     "adaround": {"rounding": "adaround", "bias_correction": True, "edge_bits": 8, "equalize": True,
                  "adaround": {"iterations": 100, "centered": True, "asymmetric": False}},
 }
-#: adaround's settings with an integer multiplier per 32 weights of a row (quant.groups)
-RECIPES["grouped"] = {**RECIPES["adaround"], "weight_group": 32}
+#: adaround's settings on a finer grid: a 4-bit integer multiplier per 16 weights of a row of each
+#: 4-bit conv (quant/groups.py; +4/16 bit per weight; ``--weight-group 0``: adaround's grid)
+RECIPES["grouped"] = {**RECIPES["adaround"], "weight_group": 16}
+
+
+def recipe_of(row) -> str:
+    """The RECIPES name whose settings a results row has (``tools/run_adaround.py``'s columns: a
+    dict or a pandas row; absent or empty columns are the settings' defaults), else ''. Computed,
+    not read from the row's ``recipe`` column, which names the recipes as they were when it ran."""
+    def get(k, default=None):
+        v = row.get(k, default) if hasattr(row, "get") else getattr(row, k, default)
+        return default if v is None or (isinstance(v, float) and math.isnan(v)) or v == "" else v
+
+    def flag(k):
+        return str(get(k, False)) == "True"
+
+    def num(k):
+        return int(float(get(k, 0)))
+
+    if get("size_budget_mb") is not None or str(get("calibration", "synthetic")) != "synthetic":
+        return ""
+    for name, r in RECIPES.items():
+        ada = r.get("adaround", {})
+        if (r["rounding"] == get("rounding") and r["bias_correction"] == flag("bias_correction")
+                and ada.get("iterations", 0) == num("adaround_iterations")
+                and ada.get("centered", False) == flag("adaround_centered")
+                and (not ada.get("asymmetric", True)) == flag("adaround_symmetric")
+                and ada.get("scale_search", False) == flag("adaround_scale_search")
+                and ada.get("relu_aware", False) == flag("adaround_relu_aware")
+                and ada.get("block_iterations", 0) == num("adaround_block_iterations")
+                and r.get("equalize", False) == flag("equalize")
+                and int(r.get("edge_bits") or 0) == num("edge_bits")
+                and int(r.get("weight_group", 0)) == num("weight_group")):
+            return name
+    return ""
 
 
 def default_recipe(weight_bits: int, mixed_precision: bool = False) -> str:
     """The best recipe *measured* for a weight width on QuartzNet-15x5, 3 seeds on the grid's
     synthetic batches (results/beyond_adaround.csv; the README's recipes table is written from it):
-    at 4 bits learned rounding on the float model's inputs with the first block and the decoder at
-    8 bits, after cross-layer equalization (a 3-seed mean 3.7 word errors below the same without
-    equalization, though one seed made one word more; fewer errors than bias correction and than
-    uniform learned rounding in each seed; block reconstruction after it, ``block_iterations``,
-    fitted the synthetic batch better and made more word errors), at 6 bias correction (learned
-    rounding measured on one seed only), at 8 the paper's method. Mixed precision (a size budget)
+    at 4 bits ``grouped``: learned rounding on the float model's inputs, on the grid of a 4-bit
+    multiplier per 16 weights, with the first block and the decoder at 8 bits, after cross-layer
+    equalization (fewer word errors in every seed than the same with a multiplier per 32 or 64
+    weights, and than ``adaround``'s per-channel grid, for 0.57 MiB more than it; block
+    reconstruction, ``block_iterations``, fitted the synthetic batch better and made more word
+    errors), at 6 bias correction (learned rounding measured on one seed only), at 8 the paper's
+    method. Mixed precision (a size budget)
     was measured with bias correction (results/beyond_size.csv), so it gets that below 8 bits."""
     if weight_bits <= 4 and not mixed_precision:
-        return "adaround"
+        return "grouped"
     return "bc" if weight_bits < 8 else "paper"
 
 
