@@ -40,6 +40,23 @@ def test_grid_follows_the_specification():
     assert (err <= k * s[:, None] / 2 + 1e-12).all()                           # round-to-nearest, nothing clipped
 
 
+def test_a_dead_row_keeps_the_per_channel_floor():
+    """A row that BatchNorm folding left at ~1e-24 gets the per-channel path's scale floor: codes 0,
+    and a bias that fits an int32 accumulator, as without groups."""
+    from asrquant.convert import quantize_bias
+    from asrquant.intops.conv import accumulator_bound, choose_acc_dtype
+
+    w = _heavy_tailed()
+    w[2] = 1e-24 * torch.sign(w[2])
+    b = torch.full((w.shape[0],), 0.3, dtype=torch.float64)
+    b[2] = 1e-6   # a dead channel's folded bias: small, but not on a 1e-26 grid
+    for group in (0, 8):
+        w_q, s_w = _quantize_weight(w, 4, "minmax", group)
+        assert not w_q[2].any() and s_w[2] > 1e-12
+        bias_q = quantize_bias(b, 0.02 * s_w)
+        assert choose_acc_dtype(accumulator_bound(w_q, 8, False, bias_q)) == torch.int32
+
+
 def test_never_coarser_than_per_channel_and_finer_on_heavy_tails():
     for seed in range(3):
         w = _heavy_tailed(seed=seed)

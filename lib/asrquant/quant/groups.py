@@ -9,7 +9,7 @@ Exact specification (row o of a conv's folded weight, flattened to n = Cin/group
 c-major then tap, as ``weight.reshape(Cout, -1)``; b <= 4 code bits, m = MULTIPLIER_BITS)::
 
     qmax   = 2^(b-1) - 1,  kmax = 2^m - 1
-    s[o]   = max_i |w[o, i]| / (qmax * kmax)                 (the row's scale; 1 for an all-zero row)
+    s[o]   = max(max_i |w[o, i]|, MIN_ALPHA) / (qmax * kmax)   (the row's scale; 1 for an all-zero row)
     k[o,g] = clamp(ceil(max_{i in g} |w[o, i]| / (qmax s[o])), 1, kmax)   groups g = [g*G, (g+1)*G)
     q[o,i] = clamp(round_half_even(w[o, i] / (k[o, g(i)] s[o])), -2^(b-1), 2^(b-1) - 1)
     W[o,i] = k[o, g(i)] * q[o, i]                            (|W| <= 8 * 15 = 120: an int8 weight)
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from .quantizer import qrange
+from .quantizer import MIN_ALPHA, qrange
 
 __all__ = ["MULTIPLIER_BITS", "MAX_CODE_BITS", "is_grouped", "group_multipliers", "grouped_codes", "multiplier_bits"]
 
@@ -55,7 +55,9 @@ def group_multipliers(w: torch.Tensor, bits: int, group: int) -> tuple[torch.Ten
     wf = w.detach().double().reshape(w.shape[0], -1).abs()
     cout, n = wf.shape
     alpha = wf.amax(dim=1)
-    alpha = torch.where(alpha > 0, alpha, torch.ones_like(alpha))   # an all-zero row: any scale works
+    # an all-zero row: any scale works; a dead one (|w| ~ 1e-24 after BatchNorm folding) gets the
+    # per-channel floor, else its bias, in units of s_x s, would need an int64 accumulator
+    alpha = torch.where(alpha > 0, alpha, torch.ones_like(alpha)).clamp(min=MIN_ALPHA)
     s = alpha / (qmax * kmax)
     pad = (-n) % group
     gmax = torch.nn.functional.pad(wf, (0, pad)).reshape(cout, -1, group).amax(dim=2)   # [Cout, G]
