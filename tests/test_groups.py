@@ -180,3 +180,27 @@ def test_unsupported_combinations_say_so():
     with pytest.raises(ValueError, match="scale"):
         quantize(model, batches, 4, 8, weight_group=8, rounding="adaround",
                  adaround={"iterations": 5, "scale_search": True}, progress=False)
+
+
+def test_c_runtime_runs_grouped_weights_bit_exact(tmp_path):
+    """The C runtime takes the factorized int8 weights like any other (pinned QuartzNet-5x5, W4A8
+    with a multiplier per 8 weights, native build): every logit equals the NumPy reference."""
+    import shutil
+
+    if shutil.which("cc") is None or shutil.which("make") is None:
+        pytest.skip("needs a C compiler and make")
+    from pinned import fixed_calibration, pinned_float_model, pinned_inputs
+    from test_program import PINS
+
+    from asrquant.convert import convert
+    from asrquant.program.c_backend import CRuntime
+    from asrquant.program.numpy_ref import NumpyReference
+
+    model = pinned_float_model("quartznet5x5")
+    observers, _ = fixed_calibration(model, PINS["quartznet5x5_w8a8"])
+    q = convert(model, observers, 4, 8, weight_group=8)
+    assert max(int(op.params["weight"].abs().max()) for op in q.int_convs()) > 8   # multipliers in use
+    x, lengths = pinned_inputs()
+    ref, ref_len = NumpyReference().run(q.program, x.numpy(), lengths.numpy())
+    logits, out_len = CRuntime(q.program, threads=2, out_dir=tmp_path / "c").run_with_lengths(x.numpy(), lengths.numpy())
+    assert np.array_equal(out_len, ref_len) and np.array_equal(logits, ref)
