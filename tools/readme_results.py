@@ -352,6 +352,8 @@ def _made(info: dict | None) -> str:
         parts.append(f"edges at {info['edge_bits']} bits")
     if info.get("equalized"):
         parts.append(f"{info['equalized']} pairs equalized")
+    if info.get("weight_group"):
+        parts.append(f"a multiplier per {info['weight_group']} weights")
     if info.get("calibration_seconds") is not None:
         parts.append(f"{float(info['calibration_seconds']):.0f} s")
     return ", ".join(p for p in parts if p) or "-"
