@@ -415,8 +415,7 @@ def _recipe_label(r) -> str:
         return f"{f'`{recipe}`' if recipe else 'learned rounding'} ({how})"
     bc = str(r.bias_correction) == "True"
     name = f"`{recipe}`" if recipe else "round-to-nearest" + (" + bias correction" if bc else "")
-    extra = ["equalized" if eq else "", f"a multiplier per {group} weights" if group else "", *extra]
-    extra = [p for p in extra if p and not (recipe and p == f"{r.calibration} calibration")]
+    extra = [p for p in ("equalized" if eq else "", f"a multiplier per {group} weights" if group else "", *extra) if p]
     return f"{name} ({', '.join(extra)})" if extra else name
 
 

@@ -265,14 +265,19 @@ def weight_grid(w: torch.Tensor, bits: int, method: str, group: int = 0):
     return scale_from_range(alpha, bits, signed=True).double(), None
 
 
-def _quantize_weight(w: torch.Tensor, bits: int, method: str, group: int = 0):
-    """(integer weight, s_w [Cout]): round-to-nearest on ``weight_grid``; with multipliers the
-    integer weight is k * q (int8 for codes of at most 4 bits)."""
-    s_w, k = weight_grid(w, bits, method, group)
+def _round_on_grid(w: torch.Tensor, s_w: torch.Tensor, k: torch.Tensor | None, bits: int) -> torch.Tensor:
+    """Round-to-nearest integer weight on ``weight_grid``'s grid: q, or k * q with multipliers
+    (int8 for codes of at most 4 bits)."""
     dtype = torch.int8 if bits <= 8 else torch.int16
     if k is not None:
-        return (k * grouped_codes(w, s_w, k.reshape(w.shape[0], -1), bits).reshape(w.shape)).to(dtype), s_w
-    return quantize(w.double(), s_w, bits, signed=True, axis=0).to(dtype), s_w
+        return (k * grouped_codes(w, s_w, k.reshape(w.shape[0], -1), bits).reshape(w.shape)).to(dtype)
+    return quantize(w.double(), s_w, bits, signed=True, axis=0).to(dtype)
+
+
+def _quantize_weight(w: torch.Tensor, bits: int, method: str, group: int = 0):
+    """(integer weight, s_w [Cout]): round-to-nearest on ``weight_grid``."""
+    s_w, k = weight_grid(w, bits, method, group)
+    return _round_on_grid(w, s_w, k, bits), s_w
 
 
 def weight_bits_of(conv: nn.Conv1d, weight_bits: int, depthwise_bits: int | None = None,
@@ -320,8 +325,8 @@ def _int_conv(conv: nn.Conv1d, bn: nn.BatchNorm1d | None, s_x: float, x_bits: in
     if bn is not None:
         w, b = fold_batchnorm(w, b, bn)
         w, b = w.double(), b.double()
-    w_q, s_w = _quantize_weight(w, w_bits, w_method, weight_group)
-    mult = weight_grid(w, w_bits, w_method, weight_group)[1]   # each weight's group multiplier, or None
+    s_w, mult = weight_grid(w, w_bits, w_method, weight_group)   # mult: each weight's group multiplier, or None
+    w_q = _round_on_grid(w, s_w, mult, w_bits)
     if mult is not None and ((weight_scales is not None and conv in weight_scales)
                              or (hessians is not None and conv in hessians)):
         raise ValueError("per-group weight multipliers (--weight-group) do not combine with a searched scale or GPTQ")
