@@ -3,6 +3,10 @@
 The models are the pinned small programs of tests/pinned.py: a random-weight QuartzNet-5x5
 (depthwise, strided depthwise, residual sums) and a tiny JasperDR-shaped model (dense k > 1
 convs, dilation, a strided prologue), W8A8. Inputs: a padded batch of 3 (lengths 150, 120, 77).
+Every kernel family this CPU runs is checked against the NumPy reference (ASRQ_ISA forces one;
+each family gets its own build folder, since the library chooses its family once per process),
+also on an adversarial program: int8 weights at the extremes and inputs over the whole range,
+where a plain vpmaddubsw would saturate and most inputs fall outside the AVX2 family's window.
 """
 import os
 import platform
@@ -13,12 +17,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from pinned import pinned_inputs
 from test_program import _quantize
 
 from asrquant.cli import main
-from asrquant.convert import save_quantized
+from asrquant.convert import IntBlock, IntConv, dyadic_multiplier, emit_convasr, save_quantized
+from asrquant.cpu import FAMILIES, cpu_features, supports
+from asrquant.intops.conv import accumulator_bound, choose_acc_dtype
 from asrquant.program.c_backend import CExportError, CRuntime, build, export_c, read_logits, write_input
 from asrquant.program.numpy_ref import NumpyReference
 from asrquant.program.ops import Op, Program
@@ -36,25 +43,103 @@ def case(request):
     return request.param, q, x.numpy(), lengths.numpy(), ref, ref_len
 
 
-# the ISA builds of the kernels: -march=native (VNNI here), AVX-VNNI without AVX-512, portable C
-BUILDS = {"native": None, "avx-vnni": "-O3 -march=native -mno-avx512f", "portable": "-O3"}
+def family_runtime(program, family, tmp_path, monkeypatch, threads=2):
+    """The C runtime built in its own folder with ASRQ_ISA = family (None: the library's own choice);
+    skipped where this CPU cannot run the family."""
+    if family is not None and not supports(cpu_features(), family):
+        pytest.skip(f"this CPU ({cpu_features().model or cpu_features().arch}) cannot run the {family} kernels")
+    if family is None:
+        monkeypatch.delenv("ASRQ_ISA", raising=False)
+    else:
+        monkeypatch.setenv("ASRQ_ISA", family)
+    rt = CRuntime(program, threads=threads, out_dir=tmp_path / f"c_{family or 'auto'}")
+    assert rt.isa == (family or cpu_features().best_family)
+    return rt
 
 
-@pytest.mark.parametrize("build_name", sorted(BUILDS))
-def test_every_logit_equals_the_reference_on_a_padded_batch(case, build_name, tmp_path):
+@pytest.mark.parametrize("family", [None, *FAMILIES])
+def test_every_logit_equals_the_reference_on_a_padded_batch(case, family, tmp_path, monkeypatch):
     name, q, x, lengths, ref, ref_len = case
-    cflags = BUILDS[build_name]
-    rt = CRuntime(q.program, threads=2, out_dir=tmp_path / "c", cflags=cflags)
-    if build_name == "avx-vnni" and rt.isa != "avx-vnni":
-        pytest.skip(f"this CPU/compiler builds {rt.isa} for {cflags}")
+    rt = family_runtime(q.program, family, tmp_path, monkeypatch)
     logits, out_len = rt.run_with_lengths(x, lengths)
-    assert rt.isa == {"portable": "portable"}.get(build_name, rt.isa)
     assert np.array_equal(out_len, ref_len)
     assert logits.shape == ref.shape
     assert int((logits != ref).sum()) == 0, f"{name} ({rt.isa}): logits differ"
     # batch of one, unpadded: the same integers as the reference on that item alone
     one, _ = NumpyReference().run(q.program, x[2:3, :, :77], lengths[2:3])
     assert np.array_equal(rt.run(x[2:3, :, :77]), one)
+
+
+def _extreme_conv(g, cin, cout, k=1, groups=1, stride=1, dilation=1, out_signed=True, x_std=70.0, target=40.0):
+    """A conv whose int8 weights sit at the extremes half the time; (M, shift) spread its outputs
+    (std about `target`) for inputs of std `x_std`."""
+    shape = (cout, cin // groups, k)
+    w = torch.randint(-128, 128, shape, generator=g)
+    ends = torch.where(torch.rand(shape, generator=g) < 0.5, torch.full(shape, -128), torch.full(shape, 127))
+    w = torch.where(torch.rand(shape, generator=g) < 0.5, ends, w).to(torch.int8)
+    spread = (cin // groups * k) ** 0.5 * 90.0 * x_std   # the accumulator's std (weights: std about 90)
+    bias = torch.randint(-int(spread), int(spread), (cout,), generator=g).to(torch.int32)
+    bound = accumulator_bound(w, 8, True, bias)
+    M, shift = dyadic_multiplier(torch.full((cout,), target / spread, dtype=torch.float64), bound)
+    return IntConv(w, bias, M, shift, stride=stride, padding=dilation * (k - 1) // 2, dilation=dilation, groups=groups,
+                   acc_dtype=choose_acc_dtype(bound), out_signed=out_signed)
+
+
+def extreme_program(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    blocks = [
+        # depthwise + pointwise with a residual 1x1 branch (signed input, unsigned sum)
+        IntBlock([_extreme_conv(g, 64, 64, 11, groups=64, x_std=74.0), _extreme_conv(g, 64, 96, out_signed=False)],
+                 residual=[_extreme_conv(g, 64, 96, out_signed=False, x_std=74.0)]),
+        # a dense strided conv, then a dilated strided depthwise conv and a pointwise one
+        IntBlock([_extreme_conv(g, 96, 80, 5, stride=2, out_signed=False)]),
+        IntBlock([_extreme_conv(g, 80, 80, 7, groups=80, stride=2, dilation=2),
+                  _extreme_conv(g, 80, 130, out_signed=False)]),
+    ]
+    return emit_convasr(blocks, _extreme_conv(g, 130, 29), 0.05, 8)
+
+
+def test_extreme_weights_and_inputs_would_saturate_a_plain_vpmaddubsw():
+    """The adversarial program is adversarial: in its pointwise convs, pairs of stored u8 inputs
+    times int8 weights exceed int16 (what onnxruntime's U8S8 kernels would saturate), and most
+    inputs lie outside the AVX2 family's 6-bit window."""
+    p = extreme_program()
+    x = np.random.default_rng(0).integers(-128, 128, (1, 64, 120))
+    env = NumpyReference().execute(p, {"input": x, "input_lengths": np.array([120])})
+    op = next(o for o in p.ops if o.name == "blocks.0.convs.1")
+    u = env[op.inputs[0]][0] + 128                           # stored (signed: + 128), [C, T]
+    w = op.params["weight"].numpy()[:, :, 0].astype(np.int64)   # [Cout, C]
+    pair = u[None, 0::2, :] * w[:, 0::2, None] + u[None, 1::2, :] * w[:, 1::2, None]
+    assert np.abs(pair).max() > 32767
+    y = env[op.inputs[0]]
+    assert ((y < -32) | (y >= 32)).mean() > 0.3
+
+
+@pytest.mark.parametrize("family", [None, *FAMILIES])
+def test_every_family_is_exact_on_the_adversarial_program(family, tmp_path, monkeypatch):
+    p = extreme_program()
+    rng = np.random.default_rng(1)
+    x = rng.integers(-128, 128, (3, 64, 150)).astype(np.int8)
+    lengths = np.array([150, 111, 64])
+    ref, ref_len = NumpyReference().run(p, x, lengths)
+    rt = family_runtime(p, family, tmp_path, monkeypatch)
+    logits, out_len = rt.run_with_lengths(x, lengths)
+    assert np.array_equal(out_len, ref_len)
+    assert int((logits != ref).sum()) == 0, f"{rt.isa}: {int((logits != ref).sum())} of {ref.size} logits differ"
+    assert np.abs(ref).max() > 0
+
+
+def test_asrq_isa_names_a_family_the_cpu_lacks_or_that_does_not_exist(tmp_path, monkeypatch):
+    q = _quantize("quartznet5x5_w8a8")
+    monkeypatch.setenv("ASRQ_ISA", "sse9")
+    with pytest.raises(RuntimeError, match=r"ASRQ_ISA=sse9: this build has no such kernels \(it has .*portable\)"):
+        CRuntime(q.program, out_dir=tmp_path / "bogus")
+    lacking = [f for f in FAMILIES if not supports(cpu_features(), f)]
+    if not lacking:
+        pytest.skip("this CPU runs every kernel family")
+    monkeypatch.setenv("ASRQ_ISA", lacking[0])
+    with pytest.raises(RuntimeError, match=f"ASRQ_ISA={lacking[0]}: this CPU cannot run the {lacking[0]} kernels"):
+        CRuntime(q.program, out_dir=tmp_path / "lacking")
 
 
 def test_cli_exports_builds_and_prints_the_reference_tokens(case, tmp_path):
@@ -138,15 +223,19 @@ def test_generated_code_has_no_float_types_and_builds_without_an_fpu(case, tmp_p
         assert not bad, f"{src} uses {bad}"
     if not X86 or shutil.which("objdump") is None:
         pytest.skip("-mgeneral-regs-only / objdump check needs x86-64 gcc and binutils")
-    # no SSE/x87 registers at all: the compiler refuses any floating-point operation
+    # no SSE/x87 registers at all: the compiler refuses any floating-point operation (the portable
+    # family alone: the other families are SIMD code)
     r = subprocess.run(["cc", "-std=c99", "-O3", "-mgeneral-regs-only", "-c", "model.c", "asrq_kernels.c", "main.c"],
                        cwd=out, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    # the fast build (-march=native: AVX-512 / VNNI integer SIMD) has no float instruction either
-    subprocess.run(["cc", "-std=c99", "-O3", "-march=native", "-fopenmp", "-c", "model.c", "asrq_kernels.c",
-                    "main.c"], cwd=out, check=True, capture_output=True)
-    for obj in ("model.o", "asrq_kernels.o", "main.o"):
-        assert float_instructions(out / obj) == [], obj
+    # the whole build (every kernel family this compiler makes: AVX2, AVX-VNNI, AVX-512 VNNI integer
+    # SIMD) has no float instruction either
+    build(out, target="asrq")
+    objs = sorted(out.glob("*.o"))
+    assert {"model.o", "kernels_portable.o"} <= {o.name for o in objs}
+    assert any(o.name == "kernels_avx2.o" for o in objs), [o.name for o in objs]
+    for obj in objs:
+        assert float_instructions(obj) == [], obj.name
 
 
 def test_the_float_instruction_scan_finds_float_code(tmp_path):

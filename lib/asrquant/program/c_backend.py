@@ -7,7 +7,9 @@
   main.c         a CLI: quantized input file -> greedy CTC tokens (and int64 logits on request)
   Makefile       ``make``: the CLI, libasrq.a and libasrq.so; only libc (+ OpenMP threads)
 Nothing in the generated code has a float or double type (tests/test_c_runtime.py builds it
-with ``-mgeneral-regs-only`` and inspects the object code).
+with ``-mgeneral-regs-only`` and inspects the object code). The kernels are compiled once per
+kernel family (AVX-512 VNNI, AVX-VNNI, AVX2, portable C) and the library picks one when it
+loads: the best this CPU runs, or ``$ASRQ_ISA``; every family gives the same integers.
 
 Lowering (the kernels' comment has the memory layout): every activation of at most 8 bits is a
 uint8 time-major buffer u = y + off (off 128 for signed values, 0 for unsigned), with padding
@@ -22,7 +24,9 @@ weight row sum) and the rounding half; the first term also the output offset:
 which is the program's requantization of the true accumulator, exactly (the offset is added after
 the shift: folding it into C as off_out 2^S overflows int64 for shifts near 62, which real models
 have on dead channels). Every bound is checked here with Python integers: |acc_u| < 2^31 and
-|acc_u| M + |C| < 2^63. mask_time is done in place (padded frames set to off) when a length is
+|acc_u| M + |C| < 2^63. The AVX2 family accumulates w (u - gamma) instead (the input split at
+gamma, program/c/asrq_kernels.c), with Cs = (bias - (off_in - gamma) rowsum) M + 2^(S-1) and the
+same checks on that accumulator's interval. mask_time is done in place (padded frames set to off) when a length is
 shorter than the frames; frames ops are integer expressions on the lengths.
 
 Supported: the ConvASR op set (mask_time, frames, conv1d with groups 1 or depthwise, requantize,
@@ -57,6 +61,7 @@ SOURCES = Path(__file__).with_name("c")
 STATIC_FILES = ("asrq.h", "asrq_kernels.h", "asrq_kernels.c", "main.c", "Makefile")
 MAGIC = b"ASRQBLOB"
 INT31, INT63 = (1 << 31) - 1, (1 << 63) - 1
+SPLIT_BITS = {"gemm": 6, "dw": 7}   # the AVX2 family's input split (program/c/asrq_kernels.c)
 SUPPORTED = ("mask_time", "frames", "conv1d", "requantize", "rescale", "add", "clamp")
 
 
@@ -96,7 +101,10 @@ class _Term:
     m_off: int = 0
     c_off: int = 0
     s_off: int = 0
+    cs_off: int = 0
     taps: int = 0
+    gamma: int = 0
+    index: int = 0    # in the model's term table
 
 
 @dataclass
@@ -271,7 +279,10 @@ class _Lowering:
         possum = [int(v) for v in np.clip(flat, 0, None).sum(1)]
         bias = t.conv.params.get("bias")
         bias = _ints(bias, co) if bias is not None else [0] * co
-        C = []
+        # the AVX2 family splits u at gamma (program/c/asrq_kernels.c): its accumulator is sum w (u - gamma),
+        # gamma centering the window of 2^b values on y = 0 (signed) or starting it at 0 (unsigned)
+        t.gamma = off_in - (1 << (SPLIT_BITS[t.kind] - 1)) if off_in else 0
+        C, Cs = [], []
         for o in range(co):
             m, s = t.M[o], t.S[o]
             if not 0 <= s <= 62 or m < 0:
@@ -284,7 +295,18 @@ class _Lowering:
             if max(abs(lo * m + c), abs(hi * m + c)) > INT63:
                 raise CExportError(f"{t.conv.name}: acc * M + C can overflow int64 (M = {m})")
             C.append(c)
-        t.C = C
+            # every partial sum of w (u - gamma) lies in [lo_s, hi_s] (each term's range holds 0)
+            negsum = possum[o] - rowsum[o]
+            lo_s = -(255 - t.gamma) * negsum - t.gamma * possum[o]
+            hi_s = (255 - t.gamma) * possum[o] + t.gamma * negsum
+            if lo_s < -INT31 - 1 or hi_s > INT31:
+                raise CExportError(f"{t.conv.name}: accumulator range [{lo_s}, {hi_s}] of the split input "
+                                   "exceeds int32")
+            cs = (bias[o] - (off_in - t.gamma) * rowsum[o]) * m + ((1 << s) >> 1)
+            if max(abs(lo_s * m + cs), abs(hi_s * m + cs)) > INT63:
+                raise CExportError(f"{t.conv.name}: acc * M + C can overflow int64 (M = {m})")
+            Cs.append(cs)
+        t.C, t.Cs = C, Cs
 
     # -------------------------------------------------------------- buffers
     def _plan(self) -> None:
@@ -356,7 +378,7 @@ class _Lowering:
                     packed = full.reshape(op_ // 64, 64, k4, 4).transpose(0, 2, 1, 3)
                     t.taps = k4
                 t.w_off = blob.add(packed.astype(np.int8))
-                for key, vals in (("m", t.M), ("c", t.C), ("s", t.S)):
+                for key, vals in (("m", t.M), ("c", t.C), ("s", t.S), ("cs", t.Cs)):
                     arr = np.zeros(op_, dtype=np.int64)
                     arr[:co] = vals
                     setattr(t, f"{key}_off", blob.add(arr))
@@ -377,9 +399,19 @@ def _conv_frames(tvar: str, a) -> str:
     return f"(({tvar}) + {2 * p - d * (K - 1) - 1}) / {s} + 1"
 
 
+def _term_rows_expr(t: _Term, src: _Act, out: _Act) -> tuple[str, ...]:
+    """C expressions of (T_out, stride, row_off, taps, dil) of a term, for the scratch sizes."""
+    a = t.conv.attrs
+    return (f"T[{out.index}]", str(int(a["stride"])), str(src.pad - int(a["padding"])), str(t.taps),
+            str(int(a["dilation"])))
+
+
 def _generate(lw: _Lowering, labels, blob_size: int, checksum: int) -> str:
     p = lw.p
     acts = list(lw.acts.values())
+    terms = [t for step in lw.steps if step[0] == "group" for t in step[1].terms]
+    for i, t in enumerate(terms):
+        t.index = i
     L = []
     emit = L.append
     emit("/* Generated by asrquant (program/c_backend.py): the integer program of one model as straight-line")
@@ -387,7 +419,8 @@ def _generate(lw: _Lowering, labels, blob_size: int, checksum: int) -> str:
     emit('#include <stdio.h>\n#include <stdlib.h>\n#include <string.h>\n')
     emit('#ifdef _OPENMP\n#include <omp.h>\n#endif\n')
     emit('#include "asrq.h"\n#include "asrq_kernels.h"\n')
-    emit(f"#define NACT {len(acts)}\n#define NSLOT {lw.nslots}\n#define FEATURES {lw.acts[p.inputs[0]].channels}")
+    emit(f"#define NACT {len(acts)}\n#define NSLOT {lw.nslots}\n#define NTERMS {max(len(terms), 1)}")
+    emit(f"#define FEATURES {lw.acts[p.inputs[0]].channels}")
     emit(f"#define CLASSES {lw.out.channels}\n#define BLOB_SIZE {blob_size}ULL\n#define BLOB_SUM {checksum}ULL\n")
     labels = list(labels or [])
     emit(f"static const char *const labels[] = {{{', '.join(_c_string(s) for s in labels) or '0'}}};")
@@ -397,11 +430,27 @@ def _generate(lw: _Lowering, labels, blob_size: int, checksum: int) -> str:
     emit(f"static const long act_cp[NACT] = {{{', '.join(str(a.cp) for a in acts)}}};")
     emit(f"static const long act_pad[NACT] = {{{', '.join(str(a.pad) for a in acts)}}};")
     emit(f"static const long act_back[NACT] = {{{', '.join(str(a.back) for a in acts)}}};\n")
+    emit("/* the conv terms: kind, input slot, input row bytes, stride, dilation, row offset, taps, cin4, output")
+    emit(" * blocks, gamma, blob offsets of weights, M, C, S, Cs (asrq_kernels.h) */")
+    emit("static const struct { int kind, slot; long cp_in, stride, dil, row_off, taps, cin4, oblocks, gamma;")
+    emit("                     unsigned long long w, m, c, s, cs; } term_desc[NTERMS] = {")
+    for t in terms:
+        a = t.conv.attrs
+        src = lw.acts[t.src]
+        kind = "ASRQ_DW" if t.kind == "dw" else "ASRQ_GEMM"
+        oblocks = _cp(int(t.conv.params["weight"].shape[0])) // 64
+        emit(f"    {{{kind}, {src.slot}, {src.cp}, {int(a['stride'])}, {int(a['dilation'])}, "
+             f"{src.pad - int(a['padding'])}, {t.taps}, {src.cp // 4}, {oblocks}, {t.gamma}, "
+             f"{t.w_off}, {t.m_off}, {t.c_off}, {t.s_off}, {t.cs_off}}},  /* {t.conv.name} */")
+    if not terms:
+        emit("    {0}")
+    emit("};\n")
     emit("""struct asrq_model {
     uint8_t *blob_mem, *blob;          /* the weights blob, 64-byte aligned */
     uint8_t *slot_mem[NSLOT], *slot[NSLOT];
-    uint8_t *x4_mem, *x4;              /* the depthwise convs' 4-tap copy of their input */
+    uint8_t *gx_mem, *gx;              /* scratch: what the kernel family prepares from a group's inputs */
     int64_t *out64;
+    asrq_term terms[NTERMS];
     long max_frames;
     int threads, adaptive;
 };
@@ -450,13 +499,14 @@ static long lmin(long a, long b) { return a < b ? a : b; }
 static uint8_t *align64(uint8_t *p) { return p + ((64 - ((uintptr_t)p & 63)) & 63); }
 """)
     # frame counts of every activation, from the input's frames
-    emit("/* T[i]: frames of activation i for an input of T0 frames; x4_rows: the x4 copy's largest use */")
-    emit("static int shapes(long *T, long *x4_bytes) {   /* T[0]: the input frames */")
-    emit("    long need = 0;")
+    emit("/* T[i]: frames of activation i for an input of T0 frames; the largest group's scratch */")
+    emit("static int shapes(long *T, long *gx_bytes) {   /* T[0]: the input frames */")
+    emit("    long gneed = 0, g;")
     for step in lw.steps:
         if step[0] == "group":
             g = step[1]
             out = lw.acts[g.out]
+            emit("    g = 0;")
             for j, t in enumerate(g.terms):
                 a = t.conv.attrs
                 K = int(t.conv.params["weight"].shape[-1])
@@ -467,17 +517,18 @@ static uint8_t *align64(uint8_t *p) { return p + ((64 - ((uintptr_t)p & 63)) & 6
                     emit(f"    if (T[{out.index}] < 1) return ASRQ_ERR_SHORT;")
                 else:
                     emit(f"    if ({expr} != T[{out.index}]) return ASRQ_ERR_SHORT;")
-                if t.kind == "dw":
-                    rows = (f"(T[{out.index}] - 1) * {int(a['stride'])} + {src.pad - int(a['padding'])} + "
-                            f"{4 * (t.taps - 1) * int(a['dilation'])} + 1")
-                    emit(f"    if (({rows}) * {src.cp * 4}L > need) need = ({rows}) * {src.cp * 4}L;")
-    emit("    *x4_bytes = need;\n    return 0;\n}\n")
-    emit("long asrq_out_frames(long frames) {\n    long T[NACT], x4;\n    T[0] = frames;\n"
-         f"    return shapes(T, &x4) ? 0 : T[{lw.out.index}];\n}}\n")
+                geo = ", ".join(_term_rows_expr(t, src, out))
+                kind = "ASRQ_DW" if t.kind == "dw" else "ASRQ_GEMM"
+                emit(f"    g += asrq_term_scratch({kind}, {geo}, {src.cp});")
+            emit("    if (g > gneed) gneed = g;")
+    emit("    *gx_bytes = gneed;\n    return 0;\n}\n")
+    emit("long asrq_out_frames(long frames) {\n    long T[NACT], gx;\n    T[0] = frames;\n"
+         f"    return shapes(T, &gx) ? 0 : T[{lw.out.index}];\n}}\n")
     emit("""void asrq_free(asrq_model *m) {
     if (!m) return;
+    for (int i = 0; i < NTERMS; ++i) asrq_unpack_term(&m->terms[i]);
     for (int s = 0; s < NSLOT; ++s) free(m->slot_mem[s]);
-    free(m->x4_mem);
+    free(m->gx_mem);
     free(m->out64);
     free(m->blob_mem);
     free(m);
@@ -500,13 +551,14 @@ asrq_model *asrq_load(const char *path, long max_frames, int threads) {
     asrq_model *m = calloc(1, sizeof(asrq_model));
     unsigned char head[64];
     FILE *f = NULL;
-    long T[NACT], x4 = 0;
+    long T[NACT], gx = 0;
     if (!m) { snprintf(last_error, sizeof last_error, "out of memory"); return NULL; }
+    if (asrq_select_isa(last_error, sizeof last_error)) { free(m); return NULL; }
     m->max_frames = max_frames;
     m->adaptive = 1;
     asrq_set_threads(m, threads);
     T[0] = max_frames;
-    if (max_frames < 1 || shapes(T, &x4)) {
+    if (max_frames < 1 || shapes(T, &gx)) {
         snprintf(last_error, sizeof last_error, "max_frames %ld: %s", max_frames, asrq_error(ASRQ_ERR_SHORT));
         goto fail;
     }
@@ -533,11 +585,30 @@ asrq_model *asrq_load(const char *path, long max_frames, int threads) {
         if (!m->slot_mem[s]) { snprintf(last_error, sizeof last_error, "out of memory"); goto fail; }
         m->slot[s] = align64(m->slot_mem[s]);
     }
-    m->x4_mem = malloc((size_t)x4 + 128);
+    m->gx_mem = malloc((size_t)gx + 128);
 """)
     emit(f"    m->out64 = malloc(sizeof(int64_t) * (size_t)(T[{lw.out.index}] * {lw.out.cp}) + 64);")
-    emit("""    if (!m->x4_mem || !m->out64) { snprintf(last_error, sizeof last_error, "out of memory"); goto fail; }
-    m->x4 = align64(m->x4_mem);
+    emit("""    if (!m->gx_mem || !m->out64) { snprintf(last_error, sizeof last_error, "out of memory"); goto fail; }
+    m->gx = align64(m->gx_mem);
+    for (int i = 0; i < NTERMS && term_desc[i].oblocks; ++i) {
+        asrq_term *t = &m->terms[i];
+        t->kind = term_desc[i].kind;
+        t->x = m->slot[term_desc[i].slot];
+        t->cp_in = term_desc[i].cp_in;
+        t->stride = term_desc[i].stride;
+        t->dil = term_desc[i].dil;
+        t->row_off = term_desc[i].row_off;
+        t->taps = term_desc[i].taps;
+        t->cin4 = term_desc[i].cin4;
+        t->oblocks = term_desc[i].oblocks;
+        t->gamma = term_desc[i].gamma;
+        t->w = (const int8_t *)(m->blob + term_desc[i].w);
+        t->M = (const int64_t *)(m->blob + term_desc[i].m);
+        t->C = (const int64_t *)(m->blob + term_desc[i].c);
+        t->S = (const int64_t *)(m->blob + term_desc[i].s);
+        t->Cs = (const int64_t *)(m->blob + term_desc[i].cs);
+        if (asrq_pack_term(t)) { snprintf(last_error, sizeof last_error, "out of memory"); goto fail; }
+    }
     return m;
 bad:
     snprintf(last_error, sizeof last_error, "%s is not the weights blob of this model (exported with it: "
@@ -551,13 +622,13 @@ fail:
     # ---------------------------------------------------------------- asrq_run
     inp = lw.acts[p.inputs[0]]
     emit("int asrq_run(asrq_model *m, const int8_t *q, long frames, long length, int64_t *logits, long *out_length) {")
-    emit("    long T[NACT], x4_bytes;")
+    emit("    long T[NACT], gx_bytes;")
     emit("    const int nt = run_threads(m);")
     emit("    const long T0 = frames, L0 = length;")
     emit("    if (frames > m->max_frames) return ASRQ_ERR_TOO_LONG;")
     emit("    if (length < 1 || length > frames) return ASRQ_ERR_LENGTH;")
     emit("    T[0] = frames;")
-    emit("    { int rc = shapes(T, &x4_bytes); if (rc) return rc; }")
+    emit("    { int rc = shapes(T, &gx_bytes); if (rc) return rc; }")
     for n, var in lw.lengths.items():
         if var != "L0":
             emit(f"    long {var};")
@@ -581,35 +652,17 @@ fail:
         else:
             g = step[1]
             out = lw.acts[g.out]
-            emit(f"    {{   /* {g.terminal.name}: {' + '.join(t.conv.name + ' (' + t.kind + ')' for t in g.terms)} */")
-            for t in g.terms:
-                if t.kind == "dw":
-                    src = lw.acts[t.src]
-                    a = t.conv.attrs
-                    rows = (f"(T[{out.index}] - 1) * {int(a['stride'])} + {src.pad - int(a['padding'])} + "
-                            f"{4 * (t.taps - 1) * int(a['dilation'])} + 1")
-                    emit(f"        asrq_build_x4(m->slot[{src.slot}], {rows}, {src.cp}, {int(a['dilation'])}, m->x4, nt);")
-            emit(f"        const asrq_term terms[{len(g.terms)}] = {{")
-            for t in g.terms:
-                src = lw.acts[t.src]
-                a = t.conv.attrs
-                kind = "ASRQ_DW" if t.kind == "dw" else "ASRQ_GEMM"
-                x = "m->x4" if t.kind == "dw" else f"m->slot[{src.slot}]"
-                emit(f"            {{{kind}, {x}, {src.cp}, {int(a['stride'])}, {int(a['dilation'])}, "
-                     f"{src.pad - int(a['padding'])}, {t.taps}, {src.cp // 4}, (const int8_t *)(m->blob + {t.w_off}), "
-                     f"(const int64_t *)(m->blob + {t.m_off}), (const int64_t *)(m->blob + {t.c_off}), "
-                     f"(const int64_t *)(m->blob + {t.s_off})}},")
-            emit("        };")
+            emit(f"    /* {g.terminal.name}: {' + '.join(t.conv.name + ' (' + t.kind + ')' for t in g.terms)} */")
+            first, n = g.terms[0].index, len(g.terms)
             if out.int64:
-                emit(f"        asrq_group(terms, {len(g.terms)}, T[{out.index}], {out.cp // 64}, NULL, m->out64, "
-                     f"{out.cp}, 0, 0, 0, 0, nt);")
+                emit(f"    asrq_group(m->terms + {first}, {n}, T[{out.index}], {out.cp // 64}, NULL, m->out64, "
+                     f"{out.cp}, 0, 0, 0, 0, nt, m->gx);")
             else:
-                emit(f"        asrq_group(terms, {len(g.terms)}, T[{out.index}], {out.cp // 64}, m->slot[{out.slot}], NULL, "
-                     f"{out.cp}, {out.pad}, {out.off}, {g.lo}, {g.hi}, nt);")
-                emit(f"        asrq_fill_rows(m->slot[{out.slot}], {out.cp}, 0, {out.pad}, {out.off});")
-                emit(f"        asrq_fill_rows(m->slot[{out.slot}], {out.cp}, {out.pad} + T[{out.index}], "
+                emit(f"    asrq_group(m->terms + {first}, {n}, T[{out.index}], {out.cp // 64}, m->slot[{out.slot}], NULL, "
+                     f"{out.cp}, {out.pad}, {out.off}, {g.lo}, {g.hi}, nt, m->gx);")
+                emit(f"    asrq_fill_rows(m->slot[{out.slot}], {out.cp}, 0, {out.pad}, {out.off});")
+                emit(f"    asrq_fill_rows(m->slot[{out.slot}], {out.cp}, {out.pad} + T[{out.index}], "
                      f"{out.pad} + T[{out.index}] + {out.back}, {out.off});")
-            emit("    }")
     o = lw.out
     emit(f"    /* the logits: [T'][Cp] -> [classes][T'] */")
     emit(f"    {{ const long To = T[{o.index}];")
@@ -718,12 +771,12 @@ class CRuntime:
         L.asrq_error.restype = ctypes.c_char_p
         L.asrq_last_error.restype = ctypes.c_char_p
         L.asrq_isa.restype = ctypes.c_char_p
-        self.isa = L.asrq_isa().decode()
         self.threads = threads or 1
         self.max_frames = max_frames
         self.handle = L.asrq_load(str(self.dir / "model.bin").encode(), max_frames, self.threads)
         if not self.handle:
             raise RuntimeError(f"asrq_load: {L.asrq_last_error().decode()}")
+        self.isa = L.asrq_isa().decode()   # the kernel family asrq_load chose (ASRQ_ISA, else the best here)
 
     @staticmethod
     def _hash(program: Program, cflags) -> str:

@@ -1,42 +1,97 @@
 /* Integer kernels of the asrquant C runtime (asrq_kernels.h explains the layout).
  *
- * Three builds of the same arithmetic, chosen at compile time from the compiler's target macros
- * (-march=native defines them when the CPU has the instructions):
- *   __AVX512VNNI__ + __AVX512BW__  vpdpbusd on zmm: 64 u8 x s8 multiply-adds per instruction
- *   __AVXVNNI__                    the same on ymm (32 per instruction)
- *   neither                        portable C loops (no intrinsics: also the no-FPU build)
- * vpdpbusd accumulates u8 x s8 products in int32 without saturation, so all three give the same
- * integers as long as |acc| < 2^31, which the exporter proves per conv from the weights.
- * Requantization is fused into the producing kernel: each 6 x 64 tile of int32 accumulators is
- * scaled, summed over the group's terms (residual branches), offset, clamped and stored while in L1.
- * Signed right shifts of negative int64 are arithmetic shifts (floor) on every compiler we target
- * (gcc, clang); the exporter's tests check the integers against the NumPy reference.
+ * This file is compiled once per kernel family, each time with that family's instruction set
+ * (the Makefile: -DASRQ_FAMILY_<name> plus its -m flags), and each compilation defines one
+ * asrq_family table. The portable compilation also holds the dispatcher: asrq_select_isa picks,
+ * at load, $ASRQ_ISA or the best family this CPU runs (__builtin_cpu_supports, which also checks
+ * that the OS saves the registers), so one build runs on any x86-64.
+ *
+ *   avx512-vnni  vpdpbusd on zmm: 64 u8 x s8 multiply-adds per instruction, int32 accumulators
+ *   avx-vnni     the same on ymm (32 per instruction)
+ *   avx2         no VNNI: vpmaddubsw on a 6-bit split of the activations (below), vpmaddwd for
+ *                depthwise convs
+ *   portable     plain C loops (no intrinsics: also the no-FPU build)
+ * vpdpbusd accumulates u8 x s8 products in int32 without saturation, so the VNNI and portable
+ * families give the same integers as long as |acc| < 2^31, which the exporter proves per conv from
+ * the weights. Requantization is fused into the producing kernel: each tile of int32 accumulators
+ * is scaled, summed over the group's terms (residual branches), offset, clamped and stored while
+ * in L1. Signed right shifts of negative int64 are arithmetic shifts (floor) on every compiler we
+ * target (gcc, clang); the exporter's tests check the integers against the NumPy reference.
+ *
+ * The AVX2 family, and why it is exact. AVX2 has no VNNI; its u8 x s8 instruction, vpmaddubsw,
+ * adds each pair of products into int16 *with saturation*: with u in [0, 255] and int8 weights a
+ * pair reaches 2 * 255 * 128 = 65280, so it is not exact as such (onnxruntime's U8S8 kernels use
+ * it and are not). vpmaddwd on int16 is exact but does no more multiply-adds per instruction than
+ * a float32 FMA. Here each conv input u (stored, in [0, 255]) is split once per layer as
+ *     u = a + gamma + 2^b d,   a = (u - gamma) mod 2^b,   d = floor((u - gamma) / 2^b)
+ * (the exporter's gamma: 128 - 2^(b-1) for signed inputs, off = 128, so that a covers y in
+ * [-2^(b-1), 2^(b-1)); 0 for unsigned ones). Then sum w u = sum w a + gamma rowsum(w) + sum 2^b d w:
+ *   * sum w a: GEMMs take b = 6: two vpmaddubsw (4 products, |a w| <= 63 * 128) added in int16 hold
+ *     |sum| <= 4 * 63 * 128 = 32256 < 2^15, so no pair saturates and the int16 sum cannot wrap, for
+ *     any int8 weights and any input; vpmaddwd by ones then sums 8 products into int32. Depthwise
+ *     convs take b = 7 on the x4 copy: one vpmaddubsw, pairs <= 2 * 127 * 128 = 32512 < 2^15.
+ *   * gamma rowsum(w) is a constant: the exporter folds it into the requantization constant
+ *     (Cs = (bias - (off - gamma) rowsum) M + 2^(S-1), checked to fit int64 with the rest).
+ *   * the rare inputs outside the window (d != 0: for b = 6, |y| >= 32 on signed inputs, y >= 64 on
+ *     unsigned ones) are listed per input row when the input is split ("tails"), and each adds
+ *     2^b d w to the accumulators of the outputs that read it.
+ * Every partial sum is a sum of terms w (u - gamma), w a or 0 over the inputs, each within the range
+ * of w (u - gamma), which holds 0, so |acc| stays within the interval the exporter proves < 2^31.
+ * The sum is the same integer whatever the order, so the AVX2 family's output equals the others'
+ * bit for bit (tests/test_c_runtime.py runs each family against the NumPy reference).
  */
 #include "asrq_kernels.h"
 
+#include <stdlib.h>
 #include <string.h>
 
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#if defined(ASRQ_FAMILY_avx512)
+#if !(defined(__AVX512VNNI__) && defined(__AVX512BW__))
+#error "the avx512 family needs -mavx512f -mavx512bw -mavx512vnni"
+#endif
 #define ASRQ_AVX512 1
+#define FAMILY_NAME "avx512-vnni"
+#define FAMILY_TABLE asrq_family_avx512
 #include <immintrin.h>
-#elif defined(__AVXVNNI__)
+#elif defined(ASRQ_FAMILY_avxvnni)
+#if !defined(__AVXVNNI__)
+#error "the avxvnni family needs -mavx2 -mavxvnni"
+#endif
 #define ASRQ_AVXVNNI 1
+#define FAMILY_NAME "avx-vnni"
+#define FAMILY_TABLE asrq_family_avxvnni
 #include <immintrin.h>
+#elif defined(ASRQ_FAMILY_avx2)
+#if !defined(__AVX2__)
+#error "the avx2 family needs -mavx2"
+#endif
+#define ASRQ_AVX2 1
+#define FAMILY_NAME "avx2"
+#define FAMILY_TABLE asrq_family_avx2
+#include <immintrin.h>
+#else
+#define ASRQ_PORTABLE 1
+#define FAMILY_NAME "portable"
+#define FAMILY_TABLE asrq_family_portable
 #endif
 
 #define R ASRQ_TILE_ROWS
 
-const char *asrq_isa(void) {
-#if defined(ASRQ_AVX512)
-    return "avx512-vnni";
-#elif defined(ASRQ_AVXVNNI)
-    return "avx-vnni";
-#else
-    return "portable";
-#endif
+static inline int32_t ld32(const uint8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return v;
 }
 
-/* ------------------------------------------------------------------ tiles: int32 acc[rows][64] */
+static long align64l(long n) { return (n + 63) & ~63L; }
+
+/* x4[r][c][i] = x[r + i*dil][c], i = 0..3: one 32-bit lane holds four taps of one channel (the
+ * layout a u8 x s8 dot product of 4 wants), for the rows the depthwise tiles read */
+static long x4_rows(long T_out, long stride, long row_off, long taps, long dil) {
+    return (T_out - 1) * stride + row_off + 4 * (taps - 1) * dil + 1;
+}
+
+/* ------------------------------------------------------------------ VNNI and portable tiles: int32 acc[rows][64] */
 
 #if defined(ASRQ_AVX512)
 static inline __attribute__((always_inline)) void gemm_tile_n(const asrq_term *t, long t0, long ob, int32_t *acc,
@@ -56,9 +111,7 @@ static inline __attribute__((always_inline)) void gemm_tile_n(const asrq_term *t
             const __m512i w2 = _mm512_load_si512((const void *)(wk + c * 256 + 128));
             const __m512i w3 = _mm512_load_si512((const void *)(wk + c * 256 + 192));
             for (int r = 0; r < n; ++r) {
-                int32_t xv;
-                memcpy(&xv, xk + r * xstep + c * 4, 4);
-                const __m512i b = _mm512_set1_epi32(xv);
+                const __m512i b = _mm512_set1_epi32(ld32(xk + r * xstep + c * 4));
                 a[r][0] = _mm512_dpbusd_epi32(a[r][0], b, w0);
                 a[r][1] = _mm512_dpbusd_epi32(a[r][1], b, w1);
                 a[r][2] = _mm512_dpbusd_epi32(a[r][2], b, w2);
@@ -70,13 +123,13 @@ static inline __attribute__((always_inline)) void gemm_tile_n(const asrq_term *t
         for (int q = 0; q < 4; ++q) _mm512_storeu_si512((void *)(acc + r * 64 + q * 16), a[r][q]);
 }
 
-static inline __attribute__((always_inline)) void dw_tile_n(const asrq_term *t, long t0, long ob, int32_t *acc,
-                                                            const int n) {
+static inline __attribute__((always_inline)) void dw_tile_n(const asrq_term *t, const uint8_t *x4, long t0,
+                                                            long ob, int32_t *acc, const int n) {
     __m512i a[R][4];
     for (int r = 0; r < n; ++r)
         for (int q = 0; q < 4; ++q) a[r][q] = _mm512_setzero_si512();
     const long row = 4 * t->cp_in, xstep = t->stride * row, jstep = 4 * t->dil * row;
-    const uint8_t *x0 = t->x + (t0 * t->stride + t->row_off) * row + ob * 256;
+    const uint8_t *x0 = x4 + (t0 * t->stride + t->row_off) * row + ob * 256;
     const int8_t *wp = t->w + ob * t->taps * 256;
     for (long j = 0; j < t->taps; ++j) {
         const uint8_t *xj = x0 + j * jstep;
@@ -107,9 +160,7 @@ static inline __attribute__((always_inline)) void gemm_tile_n(const asrq_term *t
                 const __m256i w0 = _mm256_load_si256((const void *)(wk + c * 256));
                 const __m256i w1 = _mm256_load_si256((const void *)(wk + c * 256 + 32));
                 for (int r = 0; r < n; ++r) {
-                    int32_t xv;
-                    memcpy(&xv, xk + r * xstep + c * 4, 4);
-                    const __m256i b = _mm256_set1_epi32(xv);
+                    const __m256i b = _mm256_set1_epi32(ld32(xk + r * xstep + c * 4));
                     a[r][0] = _mm256_dpbusd_avx_epi32(a[r][0], b, w0);
                     a[r][1] = _mm256_dpbusd_avx_epi32(a[r][1], b, w1);
                 }
@@ -122,10 +173,10 @@ static inline __attribute__((always_inline)) void gemm_tile_n(const asrq_term *t
     }
 }
 
-static inline __attribute__((always_inline)) void dw_tile_n(const asrq_term *t, long t0, long ob, int32_t *acc,
-                                                            const int n) {
+static inline __attribute__((always_inline)) void dw_tile_n(const asrq_term *t, const uint8_t *x4, long t0,
+                                                            long ob, int32_t *acc, const int n) {
     const long row = 4 * t->cp_in, xstep = t->stride * row, jstep = 4 * t->dil * row;
-    const uint8_t *x0 = t->x + (t0 * t->stride + t->row_off) * row + ob * 256;
+    const uint8_t *x0 = x4 + (t0 * t->stride + t->row_off) * row + ob * 256;
     const int8_t *wp = t->w + ob * t->taps * 256;
     for (int h = 0; h < 4; ++h) {
         __m256i a[R][2];
@@ -146,7 +197,7 @@ static inline __attribute__((always_inline)) void dw_tile_n(const asrq_term *t, 
     }
 }
 
-#else
+#elif defined(ASRQ_PORTABLE)
 static void gemm_tile_n(const asrq_term *t, long t0, long ob, int32_t *acc, const int n) {
     const long cin4 = t->cin4;
     const int8_t *wp = t->w + ob * t->taps * cin4 * 256;
@@ -164,12 +215,12 @@ static void gemm_tile_n(const asrq_term *t, long t0, long ob, int32_t *acc, cons
     }
 }
 
-static void dw_tile_n(const asrq_term *t, long t0, long ob, int32_t *acc, const int n) {
+static void dw_tile_n(const asrq_term *t, const uint8_t *x4, long t0, long ob, int32_t *acc, const int n) {
     const long row = 4 * t->cp_in;
     const int8_t *wp = t->w + ob * t->taps * 256;
     memset(acc, 0, sizeof(int32_t) * 64 * (size_t)n);
     for (int r = 0; r < n; ++r) {
-        const uint8_t *xr = t->x + ((t0 + r) * t->stride + t->row_off) * row + ob * 256;
+        const uint8_t *xr = x4 + ((t0 + r) * t->stride + t->row_off) * row + ob * 256;
         int32_t *ar = acc + r * 64;
         for (long j = 0; j < t->taps; ++j) {
             const uint8_t *xj = xr + j * 4 * t->dil * row;
@@ -180,73 +231,11 @@ static void dw_tile_n(const asrq_term *t, long t0, long ob, int32_t *acc, const 
 }
 #endif
 
-/* the row count as a compile-time constant, so that the accumulator arrays live in registers */
-#define DISPATCH(fn, t, t0, ob, acc, n)  \
-    switch (n) {                         \
-    case 1: fn(t, t0, ob, acc, 1); break; \
-    case 2: fn(t, t0, ob, acc, 2); break; \
-    case 3: fn(t, t0, ob, acc, 3); break; \
-    case 4: fn(t, t0, ob, acc, 4); break; \
-    case 5: fn(t, t0, ob, acc, 5); break; \
-    default: fn(t, t0, ob, acc, 6); break; \
-    }
 
-static void tile(const asrq_term *t, long t0, long ob, int32_t *acc, int n) {
-    if (t->kind == ASRQ_DW) {
-        DISPATCH(dw_tile_n, t, t0, ob, acc, n)
-    } else {
-        DISPATCH(gemm_tile_n, t, t0, ob, acc, n)
-    }
-}
-
-/* ------------------------------------------------------------------ fused group + requantization */
-
-void asrq_group(const asrq_term *terms, int nterms, long T_out, long oblocks, uint8_t *out8, int64_t *out64,
-                long out_cp, long out_row0, int64_t post, int64_t lo, int64_t hi, int nthreads) {
-    const long tiles = (T_out + R - 1) / R;
-    (void)nthreads;
-#pragma omp parallel for collapse(2) schedule(static) num_threads(nthreads)
-    for (long ob = 0; ob < oblocks; ++ob) {
-        for (long tb = 0; tb < tiles; ++tb) {
-            int32_t acc[R * 64];
-            int64_t v[R * 64];
-            const long t0 = tb * R;
-            const int n = (int)(T_out - t0 < R ? T_out - t0 : R);
-            for (int j = 0; j < nterms; ++j) {
-                const asrq_term *t = terms + j;
-                const int64_t *M = t->M + ob * 64, *C = t->C + ob * 64, *S = t->S + ob * 64;
-                tile(t, t0, ob, acc, n);
-                for (int r = 0; r < n; ++r) {
-                    const int32_t *ar = acc + r * 64;
-                    int64_t *vr = v + r * 64;
-                    if (j == 0)
-                        for (int c = 0; c < 64; ++c) vr[c] = ((int64_t)ar[c] * M[c] + C[c]) >> S[c];
-                    else
-                        for (int c = 0; c < 64; ++c) vr[c] += ((int64_t)ar[c] * M[c] + C[c]) >> S[c];
-                }
-            }
-            for (int r = 0; r < n; ++r) {
-                const int64_t *vr = v + r * 64;
-                if (out8) {
-                    uint8_t *o = out8 + (out_row0 + t0 + r) * out_cp + ob * 64;
-                    int64_t y[64];
-                    for (int c = 0; c < 64; ++c) {
-                        y[c] = vr[c] + post;
-                        y[c] = y[c] < lo ? lo : y[c];
-                        y[c] = y[c] > hi ? hi : y[c];
-                    }
-                    for (int c = 0; c < 64; ++c) o[c] = (uint8_t)y[c];
-                } else {
-                    memcpy(out64 + (out_row0 + t0 + r) * out_cp + ob * 64, vr, sizeof(int64_t) * 64);
-                }
-            }
-        }
-    }
-}
-
-/* ------------------------------------------------------------------ layout helpers */
-
-void asrq_build_x4(const uint8_t *x, long rows, long cp, long dil, uint8_t *x4, int nthreads) {
+#if !defined(ASRQ_AVX2)
+static void prepare_x4(const asrq_term *t, long T_out, uint8_t *x4, int nthreads) {
+    const long rows = x4_rows(T_out, t->stride, t->row_off, t->taps, t->dil), cp = t->cp_in, dil = t->dil;
+    const uint8_t *x = t->x;
     (void)nthreads;
 #pragma omp parallel for schedule(static) num_threads(nthreads)
     for (long r = 0; r < rows; ++r) {
@@ -279,6 +268,545 @@ void asrq_build_x4(const uint8_t *x, long rows, long cp, long dil, uint8_t *x4, 
     }
 }
 
+/* the row count as a compile-time constant, so that the accumulator arrays live in registers */
+#define DISPATCH(call_n, n)     \
+    switch (n) {                \
+    case 1: call_n(1); break;   \
+    case 2: call_n(2); break;   \
+    case 3: call_n(3); break;   \
+    case 4: call_n(4); break;   \
+    case 5: call_n(5); break;   \
+    default: call_n(6); break;  \
+    }
+
+static void tile(const asrq_term *t, const uint8_t *x4, long t0, long ob, int32_t *acc, int n) {
+    if (t->kind == ASRQ_DW) {
+#define DW_N(k) dw_tile_n(t, x4, t0, ob, acc, k)
+        DISPATCH(DW_N, n)
+    } else {
+#define GEMM_N(k) gemm_tile_n(t, t0, ob, acc, k)
+        DISPATCH(GEMM_N, n)
+    }
+}
+
+static long scratch_vnni(int kind, long T_out, long stride, long row_off, long taps, long dil, long cp) {
+    return kind == ASRQ_DW ? align64l(x4_rows(T_out, stride, row_off, taps, dil) * cp * 4) : 0;
+}
+
+/* ------------------------------------------------------------------ fused group + requantization */
+
+static void group_vnni(const asrq_term *terms, int nterms, long T_out, long oblocks, uint8_t *out8, int64_t *out64,
+                       long out_cp, long out_row0, int64_t post, int64_t lo, int64_t hi, int nthreads,
+                       uint8_t *scratch) {
+    const long tiles = (T_out + R - 1) / R;
+    const uint8_t *x4[nterms > 0 ? nterms : 1];
+    for (int j = 0; j < nterms; ++j) {
+        const asrq_term *t = terms + j;
+        x4[j] = NULL;
+        if (t->kind != ASRQ_DW) continue;
+        prepare_x4(t, T_out, scratch, nthreads);
+        x4[j] = scratch;
+        scratch += scratch_vnni(t->kind, T_out, t->stride, t->row_off, t->taps, t->dil, t->cp_in);
+    }
+    (void)nthreads;
+#pragma omp parallel for collapse(2) schedule(static) num_threads(nthreads)
+    for (long ob = 0; ob < oblocks; ++ob) {
+        for (long tb = 0; tb < tiles; ++tb) {
+            int32_t acc[R * 64];
+            int64_t v[R * 64];
+            const long t0 = tb * R;
+            const int n = (int)(T_out - t0 < R ? T_out - t0 : R);
+            for (int j = 0; j < nterms; ++j) {
+                const asrq_term *t = terms + j;
+                const int64_t *M = t->M + ob * 64, *C = t->C + ob * 64, *S = t->S + ob * 64;
+                tile(t, x4[j], t0, ob, acc, n);
+                for (int r = 0; r < n; ++r) {
+                    const int32_t *ar = acc + r * 64;
+                    int64_t *vr = v + r * 64;
+                    if (j == 0)
+                        for (int c = 0; c < 64; ++c) vr[c] = ((int64_t)ar[c] * M[c] + C[c]) >> S[c];
+                    else
+                        for (int c = 0; c < 64; ++c) vr[c] += ((int64_t)ar[c] * M[c] + C[c]) >> S[c];
+                }
+            }
+            for (int r = 0; r < n; ++r) {
+                const int64_t *vr = v + r * 64;
+                if (out8) {
+                    uint8_t *o = out8 + (out_row0 + t0 + r) * out_cp + ob * 64;
+                    int64_t y[64];
+                    for (int c = 0; c < 64; ++c) {
+                        y[c] = vr[c] + post;
+                        y[c] = y[c] < lo ? lo : y[c];
+                        y[c] = y[c] > hi ? hi : y[c];
+                    }
+                    for (int c = 0; c < 64; ++c) o[c] = (uint8_t)y[c];
+                } else {
+                    memcpy(out64 + (out_row0 + t0 + r) * out_cp + ob * 64, vr, sizeof(int64_t) * 64);
+                }
+            }
+        }
+    }
+}
+
+const asrq_family FAMILY_TABLE = {FAMILY_NAME, group_vnni, scratch_vnni, NULL, NULL};
+#endif
+
+#if defined(ASRQ_AVX2)  /* ------------------------------------------------------------------ the AVX2 family */
+
+#define TR 4        /* output frames per tile: 4 rows x 16 channels = 8 ymm accumulators */
+#define WIN_GEMM 6  /* GEMM inputs: a in [0, 63], two vpmaddubsw summed in int16 (module doc) */
+#define WIN_DW 7    /* depthwise inputs: a in [0, 127], one vpmaddubsw (pairs <= 127 * 256 < 2^15) */
+
+typedef struct {
+    int8_t *wt;    /* GEMM: [Cp_out/64][K][Cp_in][64] int8, a weight row per input channel (for the tails) */
+    int m31;       /* every M in [0, 2^31): the vectorized requantization applies */
+} avx2_aux;
+
+/* An input split at gamma with a window of 2^bits (module doc): the window parts a, in the layout
+ * the kernel reads (GEMM: [rows][cp]; depthwise: the x4 copy), and per input row its inputs outside
+ * the window ("tails"): cnt[row] entries (channel << 8 | (uint8) d) at ent + row * cp, and
+ * cum[row] = the entries of the rows before it (depthwise: a tile skips a window with none). */
+typedef struct {
+    uint8_t *a;
+    int32_t *cnt, *cum, *ent;
+    long rows;
+} split;
+
+static long in_rows(int kind, long T_out, long stride, long row_off, long taps, long dil) {
+    return (T_out - 1) * stride + row_off + (kind == ASRQ_DW ? 4 * taps - 1 : taps - 1) * dil + 1;
+}
+
+static long a_bytes(int kind, long T_out, long stride, long row_off, long taps, long dil, long cp) {
+    return kind == ASRQ_DW ? x4_rows(T_out, stride, row_off, taps, dil) * cp * 4
+                           : in_rows(kind, T_out, stride, row_off, taps, dil) * cp;
+}
+
+static long scratch_avx2(int kind, long T_out, long stride, long row_off, long taps, long dil, long cp) {
+    const long rows = in_rows(kind, T_out, stride, row_off, taps, dil);
+    return align64l(a_bytes(kind, T_out, stride, row_off, taps, dil, cp)) + 2 * align64l((rows + 1) * 4) +
+           align64l(rows * cp * 4);
+}
+
+static split split_at(const asrq_term *t, long T_out, uint8_t *scratch) {
+    split s;
+    const long cp = t->cp_in;
+    s.rows = in_rows(t->kind, T_out, t->stride, t->row_off, t->taps, t->dil);
+    s.a = scratch;
+    scratch += align64l(a_bytes(t->kind, T_out, t->stride, t->row_off, t->taps, t->dil, cp));
+    s.cnt = (int32_t *)scratch;
+    scratch += align64l((s.rows + 1) * 4);
+    s.cum = (int32_t *)scratch;
+    scratch += align64l((s.rows + 1) * 4);
+    s.ent = (int32_t *)scratch;
+    return s;
+}
+
+/* The tails of every input row; for a GEMM also its window part a = (u - gamma) mod 2^bits.
+ * v = u - gamma mod 256 lies in the window exactly when v < 2^bits (the bits above are clear),
+ * since u - gamma is in [-128, 255] for the gammas used (0, 64 or 96). */
+static void split_rows(const asrq_term *t, const split *s, int bits) {
+    const long cp = t->cp_in;
+    const __m256i g = _mm256_set1_epi8((char)t->gamma), low = _mm256_set1_epi8((char)((1 << bits) - 1));
+    const __m256i top = _mm256_set1_epi8((char)(0xFF << bits)), z = _mm256_setzero_si256();
+#pragma omp for schedule(static)
+    for (long r = 0; r < s->rows; ++r) {
+        const uint8_t *u = t->x + r * cp;
+        int32_t *er = s->ent + r * cp, n = 0;
+        for (long c = 0; c < cp; c += 32) {
+            const __m256i v = _mm256_sub_epi8(_mm256_loadu_si256((const __m256i *)(u + c)), g);
+            if (t->kind == ASRQ_GEMM) _mm256_storeu_si256((__m256i *)(s->a + r * cp + c), _mm256_and_si256(v, low));
+            unsigned out = ~(unsigned)_mm256_movemask_epi8(_mm256_cmpeq_epi8(_mm256_and_si256(v, top), z));
+            while (out) {
+                const int i = __builtin_ctz(out);
+                out &= out - 1;
+                const int vt = (int)u[c + i] - t->gamma;
+                const int d = (vt - (vt & ((1 << bits) - 1))) / (1 << bits);   /* exact: a multiple of 2^bits */
+                er[n++] = (int32_t)(((c + i) << 8) | (uint8_t)(int8_t)d);
+            }
+        }
+        s->cnt[r] = n;
+    }
+}
+
+/* the depthwise x4 copy of the window parts a = (u - gamma) & 127 */
+static void build_x4(const asrq_term *t, long T_out, uint8_t *x4) {
+    const long rows = x4_rows(T_out, t->stride, t->row_off, t->taps, t->dil), cp = t->cp_in, dil = t->dil;
+    const __m256i g = _mm256_set1_epi8((char)t->gamma), low = _mm256_set1_epi8(127);
+#pragma omp for schedule(static)
+    for (long r = 0; r < rows; ++r) {
+        const uint8_t *a = t->x + r * cp, *b = a + dil * cp, *c = b + dil * cp, *d = c + dil * cp;
+        uint8_t *o = x4 + r * cp * 4;
+        for (long k = 0; k < cp; k += 32) {
+#define WIN(p) _mm256_and_si256(_mm256_sub_epi8(_mm256_loadu_si256((const __m256i *)((p) + k)), g), low)
+            const __m256i ra = WIN(a), rb = WIN(b), rc = WIN(c), rd = WIN(d);
+#undef WIN
+            /* interleave the bytes of four rows per channel; then the 128-bit lanes in channel order */
+            const __m256i ab_lo = _mm256_unpacklo_epi8(ra, rb), ab_hi = _mm256_unpackhi_epi8(ra, rb);
+            const __m256i cd_lo = _mm256_unpacklo_epi8(rc, rd), cd_hi = _mm256_unpackhi_epi8(rc, rd);
+            const __m256i q0 = _mm256_unpacklo_epi16(ab_lo, cd_lo), q1 = _mm256_unpackhi_epi16(ab_lo, cd_lo);
+            const __m256i q2 = _mm256_unpacklo_epi16(ab_hi, cd_hi), q3 = _mm256_unpackhi_epi16(ab_hi, cd_hi);
+            _mm256_storeu_si256((__m256i *)(o + 4 * k), _mm256_permute2x128_si256(q0, q1, 0x20));
+            _mm256_storeu_si256((__m256i *)(o + 4 * k + 32), _mm256_permute2x128_si256(q2, q3, 0x20));
+            _mm256_storeu_si256((__m256i *)(o + 4 * k + 64), _mm256_permute2x128_si256(q0, q1, 0x31));
+            _mm256_storeu_si256((__m256i *)(o + 4 * k + 96), _mm256_permute2x128_si256(q2, q3, 0x31));
+        }
+    }
+}
+
+#define GROW(r)                                                                                             \
+    if (n > (r)) {                                                                                          \
+        const __m256i b = _mm256_set1_epi32(ld32(xk + (r) * xstep + 4 * c));                               \
+        const __m256i d = _mm256_set1_epi32(ld32(xk + (r) * xstep + 4 * c + 4));                            \
+        const __m256i s0 = _mm256_add_epi16(_mm256_maddubs_epi16(b, w0), _mm256_maddubs_epi16(d, v0));    \
+        a##r##0 = _mm256_add_epi32(a##r##0, _mm256_madd_epi16(s0, ones));                                  \
+        const __m256i s1 = _mm256_add_epi16(_mm256_maddubs_epi16(b, w1), _mm256_maddubs_epi16(d, v1));    \
+        a##r##1 = _mm256_add_epi32(a##r##1, _mm256_madd_epi16(s1, ones));                                  \
+        __asm__("" : "+x"(a##r##0), "+x"(a##r##1)); /* keeps the rows in order: no spilled registers */    \
+    }
+
+/* acc[r][16h .. 16h+15] for the tile's rows r < n: sum over taps and inputs of a w (a: 6-bit window) */
+static inline __attribute__((always_inline)) void gemm_tile_avx2(const asrq_term *t, const uint8_t *a, long t0,
+                                                                 long ob, int h, int32_t *acc, const int n) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i a00 = _mm256_setzero_si256(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00,
+            a31 = a00;
+    const long cp = t->cp_in, xstep = t->stride * cp, cin4 = t->cin4;
+    const int8_t *wp = t->w + ob * t->taps * cin4 * 256 + h * 64;
+    for (long k = 0; k < t->taps; ++k) {
+        const uint8_t *xk = a + (t0 * t->stride + t->row_off + k * t->dil) * cp;
+        const int8_t *wk = wp + k * cin4 * 256;
+        for (long c = 0; c < cin4; c += 2) {   /* cin4 = Cp_in / 4 is even (Cp_in: a multiple of 64) */
+            const __m256i w0 = _mm256_load_si256((const __m256i *)(wk + c * 256));
+            const __m256i w1 = _mm256_load_si256((const __m256i *)(wk + c * 256 + 32));
+            const __m256i v0 = _mm256_load_si256((const __m256i *)(wk + c * 256 + 256));
+            const __m256i v1 = _mm256_load_si256((const __m256i *)(wk + c * 256 + 288));
+            GROW(0) GROW(1) GROW(2) GROW(3)
+        }
+    }
+    int32_t *o = acc + h * 16;
+    _mm256_storeu_si256((__m256i *)o, a00), _mm256_storeu_si256((__m256i *)(o + 8), a01);
+    if (n > 1) _mm256_storeu_si256((__m256i *)(o + 64), a10), _mm256_storeu_si256((__m256i *)(o + 72), a11);
+    if (n > 2) _mm256_storeu_si256((__m256i *)(o + 128), a20), _mm256_storeu_si256((__m256i *)(o + 136), a21);
+    if (n > 3) _mm256_storeu_si256((__m256i *)(o + 192), a30), _mm256_storeu_si256((__m256i *)(o + 200), a31);
+}
+
+static void gemm_avx2(const asrq_term *t, const split *s, long t0, long ob, int32_t *acc, int n) {
+    for (int h = 0; h < 4; ++h) {
+        switch (n) {
+        case 1: gemm_tile_avx2(t, s->a, t0, ob, h, acc, 1); break;
+        case 2: gemm_tile_avx2(t, s->a, t0, ob, h, acc, 2); break;
+        case 3: gemm_tile_avx2(t, s->a, t0, ob, h, acc, 3); break;
+        default: gemm_tile_avx2(t, s->a, t0, ob, h, acc, 4); break;
+        }
+    }
+    /* the tails: acc += 2^6 d w_row */
+    const avx2_aux *x = (const avx2_aux *)t->aux;
+    const long cp = t->cp_in;
+    for (int r = 0; r < n; ++r)
+        for (long k = 0; k < t->taps; ++k) {
+            const long row = (t0 + r) * t->stride + t->row_off + k * t->dil;
+            const int32_t *e = s->ent + row * cp;
+            for (int32_t i = 0; i < s->cnt[row]; ++i) {
+                const __m256i d = _mm256_set1_epi32((int32_t)(int8_t)(e[i] & 0xFF) << WIN_GEMM);
+                const int8_t *wr = x->wt + ((ob * t->taps + k) * cp + (e[i] >> 8)) * 64;
+                int32_t *ar = acc + r * 64;
+                for (int q = 0; q < 64; q += 8) {
+                    const __m256i w = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(wr + q)));
+                    const __m256i v = _mm256_loadu_si256((const __m256i *)(ar + q));
+                    _mm256_storeu_si256((__m256i *)(ar + q), _mm256_add_epi32(v, _mm256_mullo_epi32(w, d)));
+                }
+            }
+        }
+}
+
+/* acc[r][16h .. 16h+15]: vpmaddubsw on the x4 copy of the 7-bit window parts, 4 taps per lane */
+static inline __attribute__((always_inline)) void dw_tile_avx2(const asrq_term *t, const uint8_t *x4, long t0,
+                                                               long ob, int32_t *acc, const int n) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    const long row = 4 * t->cp_in, xstep = t->stride * row, jstep = 4 * t->dil * row;
+    const uint8_t *x0 = x4 + (t0 * t->stride + t->row_off) * row + ob * 256;
+    const int8_t *wp = t->w + ob * t->taps * 256;
+    for (int h = 0; h < 4; ++h) {
+        __m256i a[TR][2];
+        for (int r = 0; r < n; ++r) a[r][0] = a[r][1] = _mm256_setzero_si256();
+        for (long j = 0; j < t->taps; ++j) {
+            const uint8_t *xj = x0 + j * jstep + h * 64;
+            const __m256i w0 = _mm256_load_si256((const __m256i *)(wp + j * 256 + h * 64));
+            const __m256i w1 = _mm256_load_si256((const __m256i *)(wp + j * 256 + h * 64 + 32));
+            for (int r = 0; r < n; ++r) {
+                const __m256i x0v = _mm256_loadu_si256((const __m256i *)(xj + r * xstep));
+                const __m256i x1v = _mm256_loadu_si256((const __m256i *)(xj + r * xstep + 32));
+                a[r][0] = _mm256_add_epi32(a[r][0], _mm256_madd_epi16(_mm256_maddubs_epi16(x0v, w0), ones));
+                a[r][1] = _mm256_add_epi32(a[r][1], _mm256_madd_epi16(_mm256_maddubs_epi16(x1v, w1), ones));
+            }
+        }
+        for (int r = 0; r < n; ++r) {
+            _mm256_storeu_si256((__m256i *)(acc + r * 64 + h * 16), a[r][0]);
+            _mm256_storeu_si256((__m256i *)(acc + r * 64 + h * 16 + 8), a[r][1]);
+        }
+    }
+}
+
+static void dw_avx2(const asrq_term *t, const split *s, long t0, long ob, int32_t *acc, int n) {
+    switch (n) {
+    case 1: dw_tile_avx2(t, s->a, t0, ob, acc, 1); break;
+    case 2: dw_tile_avx2(t, s->a, t0, ob, acc, 2); break;
+    case 3: dw_tile_avx2(t, s->a, t0, ob, acc, 3); break;
+    default: dw_tile_avx2(t, s->a, t0, ob, acc, 4); break;
+    }
+    /* the tails in the tile's input window: acc[r][c] += 2^7 d w[c][k] for each tap k that reads them */
+    const long r0 = t0 * t->stride + t->row_off, K4 = 4 * t->taps;
+    const long r1 = (t0 + n - 1) * t->stride + t->row_off + (K4 - 1) * t->dil + 1;
+    if (s->cum[r1] == s->cum[r0]) return;
+    const long cp = t->cp_in, c0 = ob * 64;
+    for (long row = r0; row < r1; ++row) {
+        const int32_t *e = s->ent + row * cp;
+        for (int32_t i = 0; i < s->cnt[row]; ++i) {
+            const long c = (e[i] >> 8) - c0;
+            if (c < 0 || c >= 64) continue;
+            const int32_t d = (int32_t)(int8_t)(e[i] & 0xFF) << WIN_DW;
+            for (int r = 0; r < n; ++r) {
+                const long off = row - (t0 + r) * t->stride - t->row_off;
+                if (off < 0 || off % t->dil) continue;
+                const long k = off / t->dil;
+                if (k < K4) acc[r * 64 + c] += d * (int32_t)t->w[((ob * t->taps + k / 4) * 64 + c) * 4 + k % 4];
+            }
+        }
+    }
+}
+
+/* v[r][c] (+)= (acc * M + C) >> S for 64 channels, in int64 lanes: vpmuldq (M < 2^31) and the
+ * arithmetic shift as ((p ^ 2^63) >>> S) - (2^63 >>> S) (AVX2 has no 64-bit arithmetic shift) */
+static void requant_avx2(const int32_t *acc, const int64_t *M, const int64_t *C, const int64_t *S, int64_t *v,
+                         int n, int first, int m31) {
+    if (!m31) {
+        for (int r = 0; r < n; ++r)
+            for (int c = 0; c < 64; ++c) {
+                const int64_t p = ((int64_t)acc[r * 64 + c] * M[c] + C[c]) >> S[c];
+                v[r * 64 + c] = first ? p : v[r * 64 + c] + p;
+            }
+        return;
+    }
+    const __m256i sign = _mm256_set1_epi64x((long long)(1ULL << 63));
+    for (int c = 0; c < 64; c += 4) {
+        const __m256i m = _mm256_loadu_si256((const __m256i *)(M + c)), k = _mm256_loadu_si256((const __m256i *)(C + c));
+        const __m256i s = _mm256_loadu_si256((const __m256i *)(S + c)), bias = _mm256_srlv_epi64(sign, s);
+        for (int r = 0; r < n; ++r) {
+            const __m256i a = _mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)(acc + r * 64 + c)));
+            const __m256i p = _mm256_add_epi64(_mm256_mul_epi32(a, m), k);
+            __m256i y = _mm256_sub_epi64(_mm256_srlv_epi64(_mm256_xor_si256(p, sign), s), bias);
+            if (!first) y = _mm256_add_epi64(y, _mm256_loadu_si256((const __m256i *)(v + r * 64 + c)));
+            _mm256_storeu_si256((__m256i *)(v + r * 64 + c), y);
+        }
+    }
+}
+
+/* y = clamp(v + post, lo, hi) for 64 channels of one row, stored as uint8 ([lo, hi] within [0, 255]) */
+static void store_u8_avx2(const int64_t *v, uint8_t *o, int64_t post, int64_t lo, int64_t hi) {
+    const __m256i p = _mm256_set1_epi64x(post), l = _mm256_set1_epi64x(lo), u = _mm256_set1_epi64x(hi);
+    const __m256i idx = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+    for (int c = 0; c < 64; c += 8) {
+        __m256i y0 = _mm256_add_epi64(_mm256_loadu_si256((const __m256i *)(v + c)), p);
+        __m256i y1 = _mm256_add_epi64(_mm256_loadu_si256((const __m256i *)(v + c + 4)), p);
+        y0 = _mm256_blendv_epi8(y0, l, _mm256_cmpgt_epi64(l, y0));
+        y0 = _mm256_blendv_epi8(y0, u, _mm256_cmpgt_epi64(y0, u));
+        y1 = _mm256_blendv_epi8(y1, l, _mm256_cmpgt_epi64(l, y1));
+        y1 = _mm256_blendv_epi8(y1, u, _mm256_cmpgt_epi64(y1, u));
+        const __m128i q0 = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(y0, idx));
+        const __m128i q1 = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(y1, idx));
+        const __m128i w16 = _mm_packus_epi32(q0, q1);
+        _mm_storel_epi64((__m128i *)(o + c), _mm_packus_epi16(w16, w16));
+    }
+}
+
+static void group_avx2(const asrq_term *terms, int nterms, long T_out, long oblocks, uint8_t *out8, int64_t *out64,
+                       long out_cp, long out_row0, int64_t post, int64_t lo, int64_t hi, int nthreads,
+                       uint8_t *scratch) {
+    const long tiles = (T_out + TR - 1) / TR;
+    split sp[nterms > 0 ? nterms : 1];
+    for (int j = 0; j < nterms; ++j) {
+        const asrq_term *t = terms + j;
+        sp[j] = split_at(t, T_out, scratch);
+        scratch += scratch_avx2(t->kind, T_out, t->stride, t->row_off, t->taps, t->dil, t->cp_in);
+    }
+    (void)nthreads;
+#pragma omp parallel num_threads(nthreads)
+    {
+        for (int j = 0; j < nterms; ++j) {
+            const asrq_term *t = terms + j;
+            split_rows(t, sp + j, t->kind == ASRQ_DW ? WIN_DW : WIN_GEMM);   /* ends in a barrier */
+            if (t->kind == ASRQ_DW) {
+                build_x4(t, T_out, sp[j].a);
+#pragma omp single
+                {
+                    sp[j].cum[0] = 0;
+                    for (long r = 0; r < sp[j].rows; ++r) sp[j].cum[r + 1] = sp[j].cum[r] + sp[j].cnt[r];
+                }
+            }
+        }
+#pragma omp for collapse(2) schedule(static)
+        for (long ob = 0; ob < oblocks; ++ob) {
+            for (long tb = 0; tb < tiles; ++tb) {
+                int32_t acc[TR * 64];
+                int64_t v[TR * 64];
+                const long t0 = tb * TR;
+                const int n = (int)(T_out - t0 < TR ? T_out - t0 : TR);
+                for (int j = 0; j < nterms; ++j) {
+                    const asrq_term *t = terms + j;
+                    if (t->kind == ASRQ_GEMM)
+                        gemm_avx2(t, sp + j, t0, ob, acc, n);
+                    else
+                        dw_avx2(t, sp + j, t0, ob, acc, n);
+                    requant_avx2(acc, t->M + ob * 64, t->Cs + ob * 64, t->S + ob * 64, v, n, j == 0,
+                                 ((const avx2_aux *)t->aux)->m31);
+                }
+                for (int r = 0; r < n; ++r) {
+                    if (out8)
+                        store_u8_avx2(v + r * 64, out8 + (out_row0 + t0 + r) * out_cp + ob * 64, post, lo, hi);
+                    else
+                        memcpy(out64 + (out_row0 + t0 + r) * out_cp + ob * 64, v + r * 64, sizeof(int64_t) * 64);
+                }
+            }
+        }
+    }
+}
+
+static int pack_avx2(asrq_term *t) {
+    avx2_aux *x = calloc(1, sizeof(avx2_aux));
+    if (!x) return 1;
+    t->aux = x;
+    x->m31 = 1;
+    for (long c = 0; c < t->oblocks * 64; ++c)
+        if (t->M[c] < 0 || t->M[c] >= (1LL << 31)) x->m31 = 0;
+    if (t->kind == ASRQ_GEMM) {
+        const long cp = t->cp_in, K = t->taps;
+        x->wt = malloc((size_t)(t->oblocks * K * cp * 64));
+        if (!x->wt) return 1;
+        for (long ob = 0; ob < t->oblocks; ++ob)
+            for (long k = 0; k < K; ++k)
+                for (long c = 0; c < cp; ++c)
+                    for (int o = 0; o < 64; ++o)
+                        x->wt[((ob * K + k) * cp + c) * 64 + o] =
+                            t->w[(((ob * K + k) * t->cin4 + c / 4) * 64 + o) * 4 + c % 4];
+    }
+    return 0;
+}
+
+static void unpack_avx2(asrq_term *t) {
+    avx2_aux *x = (avx2_aux *)t->aux;
+    if (!x) return;
+    free(x->wt);
+    free(x);
+    t->aux = NULL;
+}
+
+const asrq_family FAMILY_TABLE = {FAMILY_NAME, group_avx2, scratch_avx2, pack_avx2, unpack_avx2};
+#endif
+
+/* ------------------------------------------------------------------ the dispatcher (portable compilation) */
+
+#if defined(ASRQ_PORTABLE)
+#include <stdio.h>
+
+#if defined(ASRQ_HAVE_avx512)
+extern const asrq_family asrq_family_avx512;
+#endif
+#if defined(ASRQ_HAVE_avxvnni)
+extern const asrq_family asrq_family_avxvnni;
+#endif
+#if defined(ASRQ_HAVE_avx2)
+extern const asrq_family asrq_family_avx2;
+#endif
+
+static const asrq_family *const families[] = {   /* best first */
+#if defined(ASRQ_HAVE_avx512)
+    &asrq_family_avx512,
+#endif
+#if defined(ASRQ_HAVE_avxvnni)
+    &asrq_family_avxvnni,
+#endif
+#if defined(ASRQ_HAVE_avx2)
+    &asrq_family_avx2,
+#endif
+    &asrq_family_portable,
+};
+#define NFAMILIES ((int)(sizeof families / sizeof families[0]))
+
+static const asrq_family *current;
+
+static int cpu_runs(const asrq_family *f) {
+    if (f == &asrq_family_portable) return 1;
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+    __builtin_cpu_init();
+#if defined(ASRQ_HAVE_avx512)
+    if (f == &asrq_family_avx512)
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vnni");
+#endif
+#if defined(ASRQ_HAVE_avxvnni)
+    if (f == &asrq_family_avxvnni) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("avxvnni");
+#endif
+#if defined(ASRQ_HAVE_avx2)
+    if (f == &asrq_family_avx2) return __builtin_cpu_supports("avx2");
+#endif
+#endif
+    return 0;
+}
+
+int asrq_select_isa(char *err, size_t n) {
+    if (current) return 0;
+    const char *want = getenv("ASRQ_ISA");
+    if (want && *want) {
+        char have[128] = "";
+        for (int i = 0; i < NFAMILIES; ++i) {
+            if (!strcmp(families[i]->name, want)) {
+                if (!cpu_runs(families[i])) {
+                    snprintf(err, n, "ASRQ_ISA=%s: this CPU cannot run the %s kernels", want, want);
+                    return 1;
+                }
+                current = families[i];
+                return 0;
+            }
+            strncat(have, i ? ", " : "", sizeof have - strlen(have) - 1);
+            strncat(have, families[i]->name, sizeof have - strlen(have) - 1);
+        }
+        snprintf(err, n, "ASRQ_ISA=%s: this build has no such kernels (it has %s)", want, have);
+        return 1;
+    }
+    for (int i = 0; i < NFAMILIES; ++i)
+        if (cpu_runs(families[i])) {
+            current = families[i];
+            break;
+        }
+    return 0;
+}
+
+/* the family in use; before a successful selection (a bad $ASRQ_ISA, which asrq_load reports),
+ * the portable one, without choosing it */
+static const asrq_family *family(void) {
+    char err[256];
+    if (!current && asrq_select_isa(err, sizeof err)) return &asrq_family_portable;
+    return current;
+}
+
+const char *asrq_isa(void) { return family()->name; }
+
+void asrq_group(const asrq_term *terms, int nterms, long T_out, long oblocks, uint8_t *out8, int64_t *out64,
+                long out_cp, long out_row0, int64_t post, int64_t lo, int64_t hi, int nthreads, uint8_t *scratch) {
+    family()->group(terms, nterms, T_out, oblocks, out8, out64, out_cp, out_row0, post, lo, hi, nthreads, scratch);
+}
+
+long asrq_term_scratch(int kind, long T_out, long stride, long row_off, long taps, long dil, long cp_in) {
+    return family()->scratch(kind, T_out, stride, row_off, taps, dil, cp_in);
+}
+
+int asrq_pack_term(asrq_term *t) { return family()->pack ? family()->pack(t) : 0; }
+
+void asrq_unpack_term(asrq_term *t) {
+    if (current && current->unpack) current->unpack(t);
+}
+
 void asrq_fill_rows(uint8_t *x, long cp, long r0, long r1, int off) {
     if (r1 > r0) memset(x + r0 * cp, off, (size_t)((r1 - r0) * cp));
 }
+#endif

@@ -1,11 +1,12 @@
 /* asrq: command line front of an exported model.
  *
  *   asrq model.bin input.q8 [-t threads] [--logits out.bin]
- *   asrq --isa      (which kernels this build uses: avx512-vnni, avx-vnni or portable)
+ *   asrq --isa      (the kernel family this CPU runs: avx512-vnni, avx-vnni, avx2 or portable;
+ *                    $ASRQ_ISA forces one)
  *
  * input.q8: "ASQ8", then three little-endian int32 (features F, frames T, valid frames L), then
  * F*T int8 values [F][T] (the quantized log-mel; `asrquant.program.c_backend.write_input`).
- * Prints the greedy CTC tokens (frame argmax, repeats merged, blanks dropped) as class indices on
+ * Prints the kernel family that ran ("kernels: ..."), the greedy CTC tokens (frame argmax, repeats merged, blanks dropped) as class indices on
  * one line ("tokens: ..."), and their text ("text: ..."). --logits writes "ASL8", int32 classes,
  * out frames, valid out frames, then the int64 logits [classes][out frames], little-endian.
  */
@@ -14,6 +15,7 @@
 #include <string.h>
 
 #include "asrq.h"
+#include "asrq_kernels.h"
 
 static int read_i32(FILE *f, long *v) {
     unsigned char b[4];
@@ -32,7 +34,12 @@ int main(int argc, char **argv) {
     const char *model = NULL, *input = NULL, *dump = NULL;
     int threads = 1;
     for (int i = 1; i < argc; ++i) {
-        if (!strcmp(argv[i], "--isa")) { printf("%s\n", asrq_isa()); return 0; }
+        if (!strcmp(argv[i], "--isa")) {
+            char err[256];
+            if (asrq_select_isa(err, sizeof err)) { fprintf(stderr, "asrq: %s\n", err); return 2; }
+            printf("%s\n", asrq_isa());
+            return 0;
+        }
         else if (!strcmp(argv[i], "-t") && i + 1 < argc) threads = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--logits") && i + 1 < argc) dump = argv[++i];
         else if (!model) model = argv[i];
@@ -78,6 +85,7 @@ int main(int argc, char **argv) {
         if (best != prev && best != C - 1) tokens[n++] = best;
         prev = best;
     }
+    printf("kernels: %s\n", asrq_isa());
     printf("tokens:");
     for (long i = 0; i < n; ++i) printf(" %ld", tokens[i]);
     printf("\ntext: ");
