@@ -85,6 +85,14 @@ static inline int32_t ld32(const uint8_t *p) {
 
 static long align64l(long n) { return (n + 63) & ~63L; }
 
+/* an identity term (a residual skip): the accumulator is the stored input itself */
+static void ident_tile(const asrq_term *t, long t0, long ob, int32_t *acc, int n) {
+    for (int r = 0; r < n; ++r) {
+        const uint8_t *x = t->x + (t0 + r + t->row_off) * t->cp_in + ob * 64;
+        for (int c = 0; c < 64; ++c) acc[r * 64 + c] = x[c];
+    }
+}
+
 /* x4[r][c][i] = x[r + i*dil][c], i = 0..3: one 32-bit lane holds four taps of one channel (the
  * layout a u8 x s8 dot product of 4 wants), for the rows the depthwise tiles read */
 static long x4_rows(long T_out, long stride, long row_off, long taps, long dil) {
@@ -280,7 +288,9 @@ static void prepare_x4(const asrq_term *t, long T_out, uint8_t *x4, int nthreads
     }
 
 static void tile(const asrq_term *t, const uint8_t *x4, long t0, long ob, int32_t *acc, int n) {
-    if (t->kind == ASRQ_DW) {
+    if (t->kind == ASRQ_IDENT) {
+        ident_tile(t, t0, ob, acc, n);
+    } else if (t->kind == ASRQ_DW) {
 #define DW_N(k) dw_tile_n(t, x4, t0, ob, acc, k)
         DISPATCH(DW_N, n)
     } else {
@@ -382,6 +392,7 @@ static long a_bytes(int kind, long T_out, long stride, long row_off, long taps, 
 }
 
 static long scratch_avx2(int kind, long T_out, long stride, long row_off, long taps, long dil, long cp) {
+    if (kind == ASRQ_IDENT) return 0;
     const long rows = in_rows(kind, T_out, stride, row_off, taps, dil);
     return align64l(a_bytes(kind, T_out, stride, row_off, taps, dil, cp)) + 2 * align64l((rows + 1) * 4) +
            align64l(rows * cp * 4);
@@ -626,6 +637,7 @@ static void group_avx2(const asrq_term *terms, int nterms, long T_out, long oblo
     split sp[nterms > 0 ? nterms : 1];
     for (int j = 0; j < nterms; ++j) {
         const asrq_term *t = terms + j;
+        if (t->kind == ASRQ_IDENT) continue;
         sp[j] = split_at(t, T_out, scratch);
         scratch += scratch_avx2(t->kind, T_out, t->stride, t->row_off, t->taps, t->dil, t->cp_in);
     }
@@ -634,6 +646,7 @@ static void group_avx2(const asrq_term *terms, int nterms, long T_out, long oblo
     {
         for (int j = 0; j < nterms; ++j) {
             const asrq_term *t = terms + j;
+            if (t->kind == ASRQ_IDENT) continue;
             split_rows(t, sp + j, t->kind == ASRQ_DW ? WIN_DW : WIN_GEMM);   /* ends in a barrier */
             if (t->kind == ASRQ_DW) {
                 build_x4(t, T_out, sp[j].a);
@@ -655,8 +668,10 @@ static void group_avx2(const asrq_term *terms, int nterms, long T_out, long oblo
                     const asrq_term *t = terms + j;
                     if (t->kind == ASRQ_GEMM)
                         gemm_avx2(t, sp + j, t0, ob, acc, n);
-                    else
+                    else if (t->kind == ASRQ_DW)
                         dw_avx2(t, sp + j, t0, ob, acc, n);
+                    else
+                        ident_tile(t, t0, ob, acc, n);
                     requant_avx2(acc, t->M + ob * 64, t->Cs + ob * 64, t->S + ob * 64, v, n, j == 0,
                                  ((const avx2_aux *)t->aux)->m31);
                 }

@@ -20,6 +20,7 @@
 #define ASRQ_TILE_ROWS 6   /* output frames per tile (VNNI, portable): 6 x 64 int32 accumulators */
 #define ASRQ_GEMM 0        /* dense conv (groups = 1), any K / stride / dilation: K shifted 1x1 GEMMs */
 #define ASRQ_DW 1          /* depthwise conv on the prepared copy of its input */
+#define ASRQ_IDENT 2       /* the input itself (a residual skip): acc = u, one channel each */
 
 typedef struct {
     int kind;
