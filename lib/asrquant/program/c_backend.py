@@ -39,7 +39,8 @@ from .ops import Program
 __all__ = ["CExportError", "export_c", "CRuntime", "write_input", "read_logits", "SOURCES", "build"]
 
 SOURCES = Path(__file__).with_name("c")
-STATIC_FILES = ("asrq.h", "asrq_kernels.h", "asrq_kernels.c", "asrq_ops.h", "asrq_ops.c", "main.c", "Makefile")
+STATIC_FILES = ("asrq.h", "asrq_family.h", "asrq_kernels.h", "asrq_kernels.c", "asrq_ops.h", "asrq_ops.c", "main.c",
+                "Makefile")
 KIND = {"gemm": "ASRQ_GEMM", "dw": "ASRQ_DW", "ident": "ASRQ_IDENT"}
 
 
@@ -184,6 +185,8 @@ asrq_model *asrq_load(const char *path, long max_frames, int threads) {
         t->taps = term_desc[i].taps;
         t->cin4 = term_desc[i].cin4;
         t->oblocks = term_desc[i].oblocks;
+        t->cin = term_desc[i].cin;
+        t->cout = term_desc[i].cout;
         t->gamma = term_desc[i].gamma;
         t->w = (const int8_t *)(m->blob + term_desc[i].w);
         t->M = (const int64_t *)(m->blob + term_desc[i].m);
@@ -259,15 +262,16 @@ class _Codegen:
              f"static const long act_pad[NACT] = {{{', '.join(str(a.pad) for a in acts)}}};",
              f"static const long act_back[NACT] = {{{', '.join(str(a.back) for a in acts)}}};\n",
              "/* the conv terms: kind, input slot, input row bytes, stride, dilation, row offset, taps, cin4, output",
-             " * blocks, gamma, blob offsets of weights, M, C, S, Cs (asrq_kernels.h) */",
-             "static const struct { int kind, slot; long cp_in, stride, dil, row_off, taps, cin4, oblocks, gamma;",
+             " * blocks, input and output channels, gamma, blob offsets of weights, M, C, S, Cs (asrq_kernels.h) */",
+             "static const struct { int kind, slot; long cp_in, stride, dil, row_off, taps, cin4, oblocks, cin, cout, gamma;",
              "                     unsigned long long w, m, c, s, cs; } term_desc[NTERMS] = {"]
         for t in self.terms:
             src = self.act(t.src)
             a = t.conv.attrs if t.conv is not None else {"stride": 1, "dilation": 1, "padding": 0}
             oblocks = -(-len(t.M) // 64)
             L.append(f"    {{{KIND[t.kind]}, {src.slot}, {src.cp}, {int(a['stride'])}, {int(a['dilation'])}, "
-                     f"{src.pad - int(a['padding'])}, {t.taps}, {src.cp // 4}, {oblocks}, {t.gamma}, "
+                     f"{src.pad - int(a['padding'])}, {t.taps}, {src.cp // 4}, {oblocks}, {src.channels}, {len(t.M)}, "
+                     f"{t.gamma}, "
                      f"{t.w_off}, {t.m_off}, {t.c_off}, {t.s_off}, {t.cs_off}}},  /* {t.name} */")
         if not self.terms:
             L.append("    {0}")
@@ -295,8 +299,8 @@ class _Codegen:
                 if step.kind == "layernorm":
                     L.append(f"    if ({src.channels}L * 8 * nt > need) need = {src.channels}L * 8 * nt;")
                 elif step.kind == "attention":
-                    L.append(f"    if (asrq_attention_scratch(T[{src.index}], nt) > need) "
-                             f"need = asrq_attention_scratch(T[{src.index}], nt);")
+                    geo = f"T[{src.index}], {step.data['heads']}, {step.data['dk']}, nt"
+                    L.append(f"    if (asrq_attention_scratch({geo}) > need) need = asrq_attention_scratch({geo});")
                 continue
             L.append("    g = 0;")
             for j, t in enumerate(step.data["terms"]):

@@ -45,35 +45,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(ASRQ_FAMILY_avx512)
-#if !(defined(__AVX512VNNI__) && defined(__AVX512BW__))
-#error "the avx512 family needs -mavx512f -mavx512bw -mavx512vnni"
-#endif
-#define ASRQ_AVX512 1
-#define FAMILY_NAME "avx512-vnni"
-#define FAMILY_TABLE asrq_family_avx512
-#include <immintrin.h>
-#elif defined(ASRQ_FAMILY_avxvnni)
-#if !defined(__AVXVNNI__)
-#error "the avxvnni family needs -mavx2 -mavxvnni"
-#endif
-#define ASRQ_AVXVNNI 1
-#define FAMILY_NAME "avx-vnni"
-#define FAMILY_TABLE asrq_family_avxvnni
-#include <immintrin.h>
-#elif defined(ASRQ_FAMILY_avx2)
-#if !defined(__AVX2__)
-#error "the avx2 family needs -mavx2"
-#endif
-#define ASRQ_AVX2 1
-#define FAMILY_NAME "avx2"
-#define FAMILY_TABLE asrq_family_avx2
-#include <immintrin.h>
-#else
-#define ASRQ_PORTABLE 1
-#define FAMILY_NAME "portable"
-#define FAMILY_TABLE asrq_family_portable
-#endif
+#include "asrq_family.h"
+#include "asrq_ops.h"
+
+extern const asrq_ops_table OPS_TABLE;
 
 #define R ASRQ_TILE_ROWS
 
@@ -358,7 +333,7 @@ static void group_vnni(const asrq_term *terms, int nterms, long T_out, long oblo
     }
 }
 
-const asrq_family FAMILY_TABLE = {FAMILY_NAME, group_vnni, scratch_vnni, NULL, NULL};
+const asrq_family FAMILY_TABLE = {FAMILY_NAME, group_vnni, scratch_vnni, NULL, NULL, &OPS_TABLE};
 #endif
 
 #if defined(ASRQ_AVX2)  /* ------------------------------------------------------------------ the AVX2 family */
@@ -482,11 +457,12 @@ static inline __attribute__((always_inline)) void gemm_tile_avx2(const asrq_term
     __m256i a00 = _mm256_setzero_si256(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00,
             a31 = a00;
     const long cp = t->cp_in, xstep = t->stride * cp, cin4 = t->cin4;
+    const long used = (t->cin + 7) / 8 * 2;   /* the groups of 4 inputs up to the real channels, paired */
     const int8_t *wp = t->w + ob * t->taps * cin4 * 256 + h * 64;
     for (long k = 0; k < t->taps; ++k) {
         const uint8_t *xk = a + (t0 * t->stride + t->row_off + k * t->dil) * cp;
         const int8_t *wk = wp + k * cin4 * 256;
-        for (long c = 0; c < cin4; c += 2) {   /* cin4 = Cp_in / 4 is even (Cp_in: a multiple of 64) */
+        for (long c = 0; c < used; c += 2) {   /* used <= cin4 = Cp_in / 4: the rest are zero weights */
             const __m256i w0 = _mm256_load_si256((const __m256i *)(wk + c * 256));
             const __m256i w1 = _mm256_load_si256((const __m256i *)(wk + c * 256 + 32));
             const __m256i v0 = _mm256_load_si256((const __m256i *)(wk + c * 256 + 256));
@@ -501,8 +477,17 @@ static inline __attribute__((always_inline)) void gemm_tile_avx2(const asrq_term
     if (n > 3) _mm256_storeu_si256((__m256i *)(o + 192), a30), _mm256_storeu_si256((__m256i *)(o + 200), a31);
 }
 
+/* the 16-channel blocks of output block ob that hold real channels (the rest: zero weights, acc 0) */
+static int blocks16(const asrq_term *t, long ob, int32_t *acc, int n) {
+    const long left = t->cout - ob * 64;
+    const int used = left >= 64 ? 4 : (int)((left + 15) / 16);
+    for (int r = 0; r < n && used < 4; ++r) memset(acc + r * 64 + used * 16, 0, sizeof(int32_t) * 16 * (size_t)(4 - used));
+    return used;
+}
+
 static void gemm_avx2(const asrq_term *t, const split *s, long t0, long ob, int32_t *acc, int n) {
-    for (int h = 0; h < 4; ++h) {
+    const int used = blocks16(t, ob, acc, n);
+    for (int h = 0; h < used; ++h) {
         switch (n) {
         case 1: gemm_tile_avx2(t, s->a, t0, ob, h, acc, 1); break;
         case 2: gemm_tile_avx2(t, s->a, t0, ob, h, acc, 2); break;
@@ -537,7 +522,8 @@ static inline __attribute__((always_inline)) void dw_tile_avx2(const asrq_term *
     const long row = 4 * t->cp_in, xstep = t->stride * row, jstep = 4 * t->dil * row;
     const uint8_t *x0 = x4 + (t0 * t->stride + t->row_off) * row + ob * 256;
     const int8_t *wp = t->w + ob * t->taps * 256;
-    for (int h = 0; h < 4; ++h) {
+    const int used = blocks16(t, ob, acc, n);
+    for (int h = 0; h < used; ++h) {
         __m256i a[TR][2];
         for (int r = 0; r < n; ++r) a[r][0] = a[r][1] = _mm256_setzero_si256();
         for (long j = 0; j < t->taps; ++j) {
@@ -715,7 +701,7 @@ static void unpack_avx2(asrq_term *t) {
     t->aux = NULL;
 }
 
-const asrq_family FAMILY_TABLE = {FAMILY_NAME, group_avx2, scratch_avx2, pack_avx2, unpack_avx2};
+const asrq_family FAMILY_TABLE = {FAMILY_NAME, group_avx2, scratch_avx2, pack_avx2, unpack_avx2, &OPS_TABLE};
 #endif
 
 /* ------------------------------------------------------------------ the dispatcher (portable compilation) */
@@ -823,5 +809,30 @@ void asrq_unpack_term(asrq_term *t) {
 
 void asrq_fill_rows(uint8_t *x, long cp, long r0, long r1, int off) {
     if (r1 > r0) memset(x + r0 * cp, off, (size_t)((r1 - r0) * cp));
+}
+
+void asrq_lut(const uint8_t *x, long xcp, uint8_t *y, long ycp, long rows, long C, const uint8_t *lut,
+              int per_channel, int nthreads) {
+    family()->ops->lut(x, xcp, y, ycp, rows, C, lut, per_channel, nthreads);
+}
+
+void asrq_glu(const uint8_t *x, long xcp, uint8_t *y, long ycp, long rows, long C, const int32_t *sig,
+              const int64_t *M, const int64_t *S, int per_channel, int off_in, int off_out, int lo, int hi,
+              int nthreads) {
+    family()->ops->glu(x, xcp, y, ycp, rows, C, sig, M, S, per_channel, off_in, off_out, lo, hi, nthreads);
+}
+
+void asrq_layernorm(const uint8_t *x, long xcp, uint8_t *y, long ycp, long rows, const asrq_ln *p, const int64_t *g,
+                    const int64_t *b, int off_in, int off_out, int64_t *scratch, int nthreads) {
+    family()->ops->layernorm(x, xcp, y, ycp, rows, p, g, b, off_in, off_out, scratch, nthreads);
+}
+
+void asrq_attention(const asrq_attn *a, const uint8_t *q, const uint8_t *k, const uint8_t *v, const uint8_t *qv,
+                    long cp, long T, long L, uint8_t *out, long ocp, void *scratch, int nthreads) {
+    family()->ops->attention(a, q, k, v, qv, cp, T, L, out, ocp, scratch, nthreads);
+}
+
+long asrq_attention_scratch(long T, long heads, long dk, int nthreads) {
+    return family()->ops->attention_scratch(T, heads, dk, nthreads);
 }
 #endif

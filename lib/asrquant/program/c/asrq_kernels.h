@@ -31,6 +31,7 @@ typedef struct {
     long taps;            /* GEMM: K; DW: K rounded up to 4, divided by 4 */
     long cin4;            /* GEMM: Cp_in / 4 */
     long oblocks;         /* Cp_out / 64 */
+    long cin, cout;       /* the real channel counts (the rest of Cp_in / Cp_out is padding: zero weights) */
     const int8_t *w;      /* GEMM: [Cp_out/64][K][cin4][64][4]; DW: [Cp/64][taps][64][4] */
     const int64_t *M, *C, *S;  /* per output channel (Cp_out): v = (acc * M + C) >> S */
     /* the AVX2 family (asrq_kernels.c): the input split at gamma, and the requantization constant
@@ -63,7 +64,8 @@ int asrq_select_isa(char *err, size_t n);
 /* The family in use: "avx512-vnni", "avx-vnni", "avx2" or "portable". */
 const char *asrq_isa(void);
 
-/* One family: what asrq_kernels.c defines once per instruction set. */
+/* One family: what asrq_kernels.c (and asrq_ops.c: ops) defines once per instruction set. */
+struct asrq_ops_table;
 typedef struct {
     const char *name;
     void (*group)(const asrq_term *, int, long, long, uint8_t *, int64_t *, long, long, int64_t, int64_t, int64_t,
@@ -71,6 +73,7 @@ typedef struct {
     long (*scratch)(int, long, long, long, long, long, long);
     int (*pack)(asrq_term *);
     void (*unpack)(asrq_term *);
+    const struct asrq_ops_table *ops;
 } asrq_family;
 
 #endif

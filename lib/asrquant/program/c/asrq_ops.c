@@ -5,9 +5,11 @@
  * divisions, in int32/int64 as the bounds allow. Activations are the runtime's u8 rows (u = y + off,
  * asrq_kernels.h). `>>` on a negative int64 is an arithmetic shift (floor) on the compilers we
  * target; C's `/` truncates, so every floor division of a possibly negative value goes through
- * fdiv64. tests/test_c_conformer.py checks every op against the NumPy reference.
+ * floor_div. tests/test_c_conformer.py checks every op against the NumPy reference.
  */
 #include "asrq_ops.h"
+
+#include "asrq_family.h"
 
 #include <string.h>
 
@@ -15,9 +17,32 @@
 #include <omp.h>
 #endif
 
-static int64_t fdiv64(int64_t a, int64_t b) {   /* floor(a / b), b > 0 */
-    const int64_t q = a / b;
-    return (a % b != 0 && a < 0) ? q - 1 : q;
+/* floor(n / d) for a fixed divisor 2 <= d < 2^63 and |n| < 2^63, by a reciprocal: m = floor(2^64 / d)
+ * gives q = floor(n m / 2^64) in {floor(n / d) - 1, floor(n / d)} for 0 <= n < 2^63 (the error
+ * n (2^64 / d - m) / 2^64 < 1/2), which one comparison corrects; a negative n is -(floor((-n - 1) / d) + 1). */
+typedef struct {
+    uint64_t d, m;
+} divisor;
+
+static divisor make_divisor(int64_t d) {
+    divisor v = {(uint64_t)d, 0};
+#ifdef __SIZEOF_INT128__
+    v.m = (uint64_t)(((unsigned __int128)1 << 64) / (uint64_t)d);
+#endif
+    return v;
+}
+
+static inline uint64_t udiv(uint64_t n, divisor v) {
+#ifdef __SIZEOF_INT128__
+    uint64_t q = (uint64_t)(((unsigned __int128)n * v.m) >> 64);
+    return n - q * v.d >= v.d ? q + 1 : q;
+#else
+    return n / v.d;
+#endif
+}
+
+static inline int64_t floor_div(int64_t n, divisor v) {
+    return n >= 0 ? (int64_t)udiv((uint64_t)n, v) : -(int64_t)udiv((uint64_t)(-(n + 1)), v) - 1;
 }
 
 static int bitlen64(uint64_t n) {   /* bit_length: 0 for 0 */
@@ -55,7 +80,7 @@ static inline int32_t iexp(int64_t q, const asrq_exp *p) {
 
 /* ------------------------------------------------------------------ tables */
 
-void asrq_lut(const uint8_t *x, long xcp, uint8_t *y, long ycp, long rows, long C, const uint8_t *lut,
+static void lut_rows(const uint8_t *x, long xcp, uint8_t *y, long ycp, long rows, long C, const uint8_t *lut,
               int per_channel, int nthreads) {
     (void)nthreads;
 #pragma omp parallel for schedule(static) num_threads(nthreads)
@@ -71,7 +96,7 @@ void asrq_lut(const uint8_t *x, long xcp, uint8_t *y, long ycp, long rows, long 
 
 /* ------------------------------------------------------------------ GLU */
 
-void asrq_glu(const uint8_t *x, long xcp, uint8_t *y, long ycp, long rows, long C, const int32_t *sig,
+static void glu(const uint8_t *x, long xcp, uint8_t *y, long ycp, long rows, long C, const int32_t *sig,
               const int64_t *M, const int64_t *S, int per_channel, int off_in, int off_out, int lo, int hi,
               int nthreads) {
     (void)nthreads;
@@ -117,9 +142,10 @@ static void layernorm_row(const uint8_t *x, uint8_t *y, const asrq_ln *p, const 
     const int e = (int)p->norm_bits + t - r;
     const int64_t Bd = sd << (e < 0 ? -e : 0), half = ((int64_t)1 << p->shift) >> 1;
     const int lo = -(1 << (p->out_bits - 1)), hi = (1 << (p->out_bits - 1)) - 1;
+    const divisor d2 = make_divisor(2 * Bd);   /* 2 Bd >= 2 (sd >= 1) */
     for (long c = 0; c < C; ++c) {
         const int64_t A = ybuf[c] * ((int64_t)1 << (e > 0 ? e : 0));
-        int64_t u = fdiv64(2 * A + Bd, 2 * Bd);
+        int64_t u = floor_div(2 * A + Bd, d2);
         u = u < -p->u_max ? -p->u_max : (u > p->u_max ? p->u_max : u);
         int64_t o = ((u * g[c] + b[c]) * p->M + half) >> p->shift;
         o = o < lo ? lo : (o > hi ? hi : o);
@@ -127,7 +153,7 @@ static void layernorm_row(const uint8_t *x, uint8_t *y, const asrq_ln *p, const 
     }
 }
 
-void asrq_layernorm(const uint8_t *x, long xcp, uint8_t *y, long ycp, long rows, const asrq_ln *p, const int64_t *g,
+static void layernorm(const uint8_t *x, long xcp, uint8_t *y, long ycp, long rows, const asrq_ln *p, const int64_t *g,
                     const int64_t *b, int off_in, int off_out, int64_t *scratch, int nthreads) {
     (void)nthreads;
 #pragma omp parallel for schedule(static) num_threads(nthreads)
@@ -166,7 +192,7 @@ static void softmax_row(const int64_t *s, long n, long nv, const asrq_softmax *p
 
 static int64_t rescale64(int64_t v, int64_t M, int64_t S) { return (v * M + (((int64_t)1 << S) >> 1)) >> S; }
 
-void asrq_attention(const asrq_attn *a, const uint8_t *q, const uint8_t *k, const uint8_t *v, const uint8_t *qv,
+static void attention_scalar(const asrq_attn *a, const uint8_t *q, const uint8_t *k, const uint8_t *v, const uint8_t *qv,
                     long cp, long T, long L, uint8_t *out, long ocp, void *scratch, int nthreads) {
     const long dk = a->dk, H = a->heads;
     (void)nthreads;
@@ -209,4 +235,170 @@ void asrq_attention(const asrq_attn *a, const uint8_t *q, const uint8_t *k, cons
     }
 }
 
-long asrq_attention_scratch(long T, int nthreads) { return 3 * T * (long)sizeof(int64_t) * (nthreads > 0 ? nthreads : 1); }
+static long attention_scratch_scalar(long T, int nthreads) { return 3 * T * (long)sizeof(int64_t) * (nthreads > 0 ? nthreads : 1); }
+
+/* ------------------------------------------------------------------ attention, AVX2 */
+
+#if defined(__AVX2__)
+/* int16 operands, vpmaddwd (exact: each pair of int16 products fits int32) on layouts prepared once
+ * per layer: for head h, kt[h][c2][j] = (k[j][2 c2], k[j][2 c2 + 1]) and v2[h][j2][c] =
+ * (v[2 j2][c], v[2 j2 + 1][c]), true values, zero past dk and T; per query row the scores of 8 keys
+ * at a time, the softmax (i-exp on 8 lanes, below), and the context of 8 channels at a time. */
+#define NPAD(n, k) (((n) + (k) - 1) / (k) * (k))
+
+static inline int32_t pack16(int a, int b) { return (int32_t)((uint32_t)(uint16_t)(int16_t)a | ((uint32_t)(uint16_t)(int16_t)b << 16)); }
+
+/* i-exp of 8 int32 differences d <= 0 (|d| < 2^31): the scalar iexp's integers. x' = clamp(d, q_min, 0)
+ * rescaled (|x'| < 2^21), z = (-x' R) >> s via two vpmuludq (R < 2^23: the product < 2^44),
+ * t = x' + z q_ln2 + q_b in (0, 2^15), P = t^2 + q_c < 2^31, e = P >> z (0 for z >= 32) */
+static inline __m256i iexp8(__m256i d, const asrq_exp *p) {
+    const int32_t qmin = p->q_min < INT32_MIN ? INT32_MIN : (int32_t)p->q_min;
+    __m256i x = _mm256_max_epi32(d, _mm256_set1_epi32(qmin));
+    if (p->in_shift >= 0)
+        x = _mm256_sll_epi32(x, _mm_cvtsi32_si128((int)p->in_shift));
+    else
+        x = _mm256_sra_epi32(_mm256_add_epi32(x, _mm256_set1_epi32(1 << (-p->in_shift - 1))),
+                             _mm_cvtsi32_si128((int)-p->in_shift));
+    const __m256i nx = _mm256_sub_epi32(_mm256_setzero_si256(), x), R = _mm256_set1_epi32((int32_t)p->recip);
+    const __m128i s = _mm_cvtsi32_si128((int)p->recip_shift);
+    const __m256i ze = _mm256_srl_epi64(_mm256_mul_epu32(nx, R), s);
+    const __m256i zo = _mm256_srl_epi64(_mm256_mul_epu32(_mm256_srli_epi64(nx, 32), R), s);
+    const __m256i z = _mm256_blend_epi32(ze, _mm256_slli_epi64(zo, 32), 0xAA);
+    const __m256i t = _mm256_add_epi32(_mm256_add_epi32(x, _mm256_mullo_epi32(z, _mm256_set1_epi32((int32_t)p->q_ln2))),
+                                       _mm256_set1_epi32((int32_t)p->q_b));
+    const __m256i P = _mm256_add_epi32(_mm256_mullo_epi32(t, t), _mm256_set1_epi32((int32_t)p->q_c));
+    return _mm256_srlv_epi32(P, z);
+}
+
+/* probabilities (int16) of one row from its int32 scores s[0..nv), zero up to n */
+static void softmax_row8(const int32_t *s, long n, long nv, const asrq_softmax *p, int32_t *e, int16_t *prob) {
+    memset(prob, 0, sizeof(int16_t) * (size_t)n);
+    if (nv <= 0) return;
+    int32_t m = s[0];
+    for (long j = 1; j < nv; ++j) m = s[j] > m ? s[j] : m;
+    const __m256i mv = _mm256_set1_epi32(m), lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    __m256i sum = _mm256_setzero_si256();
+    for (long j = 0; j < nv; j += 8) {
+        __m256i ev = iexp8(_mm256_sub_epi32(_mm256_loadu_si256((const __m256i *)(s + j)), mv), &p->exp);
+        if (j + 8 > nv)   /* lanes past nv: 0 */
+            ev = _mm256_and_si256(ev, _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(nv - j)), lane));
+        _mm256_storeu_si256((__m256i *)(e + j), ev);
+        sum = _mm256_add_epi64(sum, _mm256_add_epi64(_mm256_cvtepu32_epi64(_mm256_castsi256_si128(ev)),
+                                                     _mm256_cvtepu32_epi64(_mm256_extracti128_si256(ev, 1))));
+    }
+    int64_t total = _mm256_extract_epi64(sum, 0) + _mm256_extract_epi64(sum, 1) + _mm256_extract_epi64(sum, 2) +
+                    _mm256_extract_epi64(sum, 3);
+    const int K = p->recip_bits, B = p->out_bits;
+    const uint64_t f = ((uint64_t)1 << K) / (uint64_t)(total > 1 ? total : 1);
+    /* e f <= 2^K (e <= total): e f = (e fh) 2^32 + e fl, both parts below 2^62 */
+    const __m256i fl = _mm256_set1_epi64x((long long)(f & 0xFFFFFFFFu)), fh = _mm256_set1_epi64x((long long)(f >> 32));
+    const __m256i half = _mm256_set1_epi64x((long long)1 << (K - B - 1)), top = _mm256_set1_epi64x((1 << B) - 1);
+    const __m128i sh = _mm_cvtsi32_si128(K - B);
+    for (long j = 0; j < nv; j += 4) {
+        const __m256i e4 = _mm256_cvtepu32_epi64(_mm_loadu_si128((const __m128i *)(e + j)));
+        __m256i v = _mm256_add_epi64(_mm256_slli_epi64(_mm256_mul_epu32(e4, fh), 32), _mm256_mul_epu32(e4, fl));
+        v = _mm256_srl_epi64(_mm256_add_epi64(v, half), sh);
+        v = _mm256_blendv_epi8(v, top, _mm256_cmpgt_epi64(v, top));
+        int64_t p4[4];
+        _mm256_storeu_si256((__m256i *)p4, v);
+        const long n4 = nv - j < 4 ? nv - j : 4;
+        for (long q = 0; q < n4; ++q) prob[j + q] = (int16_t)p4[q];
+    }
+}
+
+static long attention_scratch_avx2(long T, long H, long dk, int nthreads) {
+    const long Tp = NPAD(T, 8), dk2 = NPAD(dk, 2) / 2, dk8 = NPAD(dk, 8);
+    return (long)sizeof(int32_t) * (H * dk2 * Tp + H * (Tp / 2) * dk8 + (long)(nthreads > 0 ? nthreads : 1) * (3 * Tp + dk2 + 8));
+}
+
+static void attention_avx2(const asrq_attn *a, const uint8_t *q, const uint8_t *k, const uint8_t *v, const uint8_t *qv,
+                           long cp, long T, long L, uint8_t *out, long ocp, void *scratch, int nthreads) {
+    if (a->pos) {   /* rel_pos: the scalar kernel (int64 scores) */
+        attention_scalar(a, q, k, v, qv, cp, T, L, out, ocp, scratch, nthreads);
+        return;
+    }
+    const long H = a->heads, dk = a->dk, Tp = NPAD(T, 8), dk2 = NPAD(dk, 2) / 2, dk8 = NPAD(dk, 8);
+    const long nvalid = L < T ? L : T;
+    int32_t *kt = (int32_t *)scratch, *v2 = kt + H * dk2 * Tp, *rows = v2 + H * (Tp / 2) * dk8;
+    (void)nthreads;
+#pragma omp parallel num_threads(nthreads)
+    {
+#pragma omp for collapse(2) schedule(static)
+        for (long h = 0; h < H; ++h)
+            for (long j = 0; j < Tp; ++j)
+                for (long c2 = 0; c2 < dk2; ++c2) {
+                    const long c = 2 * c2;
+                    const int a0 = j < T ? (int)k[j * cp + h * dk + c] - 128 : 0;
+                    const int a1 = j < T && c + 1 < dk ? (int)k[j * cp + h * dk + c + 1] - 128 : 0;
+                    kt[(h * dk2 + c2) * Tp + j] = pack16(a0, a1);
+                }
+#pragma omp for collapse(2) schedule(static)
+        for (long h = 0; h < H; ++h)
+            for (long j2 = 0; j2 < Tp / 2; ++j2)
+                for (long c = 0; c < dk8; ++c) {
+                    const long j = 2 * j2;
+                    const int a0 = j < T && c < dk ? (int)v[j * cp + h * dk + c] - 128 : 0;
+                    const int a1 = j + 1 < T && c < dk ? (int)v[(j + 1) * cp + h * dk + c] - 128 : 0;
+                    v2[(h * (Tp / 2) + j2) * dk8 + c] = pack16(a0, a1);
+                }
+#ifdef _OPENMP
+        int32_t *mine = rows + (long)omp_get_thread_num() * (3 * Tp + dk2 + 8);
+#else
+        int32_t *mine = rows;
+#endif
+        int32_t *s = mine, *e = mine + Tp, *qp = mine + 2 * Tp;
+        int16_t *prob = (int16_t *)(qp + dk2 + 8);
+#pragma omp for collapse(2) schedule(static)
+        for (long h = 0; h < H; ++h) {
+            for (long i = 0; i < T; ++i) {
+                const long nv = i < L ? nvalid : 0;   /* padded queries: every probability 0 */
+                const uint8_t *qi = q + i * cp + h * dk;
+                for (long c2 = 0; c2 < dk2; ++c2)
+                    qp[c2] = pack16((int)qi[2 * c2] - 128, 2 * c2 + 1 < dk ? (int)qi[2 * c2 + 1] - 128 : 0);
+                const int32_t *kh = kt + h * dk2 * Tp;
+                for (long j = 0; j < nv; j += 8) {
+                    __m256i acc = _mm256_setzero_si256();
+                    for (long c2 = 0; c2 < dk2; ++c2)
+                        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_set1_epi32(qp[c2]),
+                                                                      _mm256_loadu_si256((const __m256i *)(kh + c2 * Tp + j))));
+                    _mm256_storeu_si256((__m256i *)(s + j), acc);
+                }
+                softmax_row8(s, Tp, nv, &a->sm, e, prob);
+                const int32_t *vh = v2 + h * (Tp / 2) * dk8;
+                uint8_t *o = out + i * ocp + h * dk;
+                for (long c = 0; c < dk8; c += 8) {
+                    __m256i acc = _mm256_setzero_si256();
+                    for (long j2 = 0; 2 * j2 < nv; ++j2) {
+                        int32_t pp;
+                        memcpy(&pp, prob + 2 * j2, 4);
+                        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_set1_epi32(pp),
+                                                                      _mm256_loadu_si256((const __m256i *)(vh + j2 * dk8 + c))));
+                    }
+                    int32_t ctx[8];
+                    _mm256_storeu_si256((__m256i *)ctx, acc);
+                    for (long cc = c; cc < c + 8 && cc < dk; ++cc) {
+                        const long kk = a->per_channel ? h * dk + cc : 0;
+                        int64_t y = rescale64(ctx[cc - c], a->M[kk], a->S[kk]);
+                        y = y < a->lo ? a->lo : (y > a->hi ? a->hi : y);
+                        o[cc] = (uint8_t)(y + a->off_out);
+                    }
+                }
+            }
+        }
+    }
+}
+
+static long attention_scratch(long T, long H, long dk, int nthreads) {
+    const long a = attention_scratch_avx2(T, H, dk, nthreads), b = attention_scratch_scalar(T, nthreads);
+    return a > b ? a : b;
+}
+
+const asrq_ops_table OPS_TABLE = {lut_rows, glu, layernorm, attention_avx2, attention_scratch};
+#else
+static long attention_scratch(long T, long H, long dk, int nthreads) {
+    (void)H, (void)dk;
+    return attention_scratch_scalar(T, nthreads);
+}
+
+const asrq_ops_table OPS_TABLE = {lut_rows, glu, layernorm, attention_scalar, attention_scratch};
+#endif

@@ -54,9 +54,21 @@ void asrq_layernorm(const uint8_t *x, long xcp, uint8_t *y, long ycp, long rows,
                     const int64_t *b, int off_in, int off_out, int64_t *scratch, int nthreads);
 
 /* fused attention (T frames, the first L valid); qv: the rel_pos query (or NULL); scratch:
- * asrq_attention_scratch(T, nthreads) bytes */
+ * asrq_attention_scratch(T, heads, dk, nthreads) bytes */
 void asrq_attention(const asrq_attn *a, const uint8_t *q, const uint8_t *k, const uint8_t *v, const uint8_t *qv,
                     long cp, long T, long L, uint8_t *out, long ocp, void *scratch, int nthreads);
-long asrq_attention_scratch(long T, int nthreads);
+long asrq_attention_scratch(long T, long heads, long dk, int nthreads);
+
+/* the ops of one kernel family (asrq_ops.c, compiled once per family like asrq_kernels.c) */
+typedef struct asrq_ops_table {
+    void (*lut)(const uint8_t *, long, uint8_t *, long, long, long, const uint8_t *, int, int);
+    void (*glu)(const uint8_t *, long, uint8_t *, long, long, long, const int32_t *, const int64_t *,
+                const int64_t *, int, int, int, int, int, int);
+    void (*layernorm)(const uint8_t *, long, uint8_t *, long, long, const asrq_ln *, const int64_t *,
+                      const int64_t *, int, int, int64_t *, int);
+    void (*attention)(const asrq_attn *, const uint8_t *, const uint8_t *, const uint8_t *, const uint8_t *, long,
+                      long, long, uint8_t *, long, void *, int);
+    long (*attention_scratch)(long, long, long, int);
+} asrq_ops_table;
 
 #endif
