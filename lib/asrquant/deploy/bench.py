@@ -43,6 +43,11 @@ import numpy as np
 
 FP32_RUNTIMES = ("torch-fp32", "onnxruntime-fp32", "torch-fp32-fastdw")
 INT8_RUNTIMES = ("onnxruntime-int8", "torch+native-int8", "torch-int8+fp32exact-dw", "c-int8")
+# The default INT8 set. The torch runners (program/fast.py) are left out: their pointwise convs are
+# torch._int_mm, which runs at about 0.7 GMAC/s on a CPU without VNNI (AMD EPYC Zen 3, torch 2.13:
+# 392 ms for one 1008 x 512 x 512 product, 7 ms in float32), and where it is fast the C runtime is
+# faster still (benchmarks/README.md); `--runtimes` still times them.
+DEFAULT_INT8 = ("onnxruntime-int8", "c-int8")
 PEER = "onnxruntime-static-int8"
 REFERENCE = "torch-int8-reference"
 RUNTIMES = FP32_RUNTIMES + INT8_RUNTIMES + (PEER, REFERENCE)
@@ -55,7 +60,7 @@ CONFORMER_RUNTIMES = ("torch-fp32", "onnxruntime-int8", "torch+native-int8")
 def default_runtimes(model) -> tuple[str, ...]:
     from ..quantize import is_conformer
 
-    return CONFORMER_RUNTIMES if is_conformer(model) else FP32_RUNTIMES + INT8_RUNTIMES + (PEER,)
+    return CONFORMER_RUNTIMES if is_conformer(model) else FP32_RUNTIMES + DEFAULT_INT8 + (PEER,)
 
 
 def machine_info() -> dict:
@@ -104,7 +109,8 @@ def _runners(model, qmodel, names, threads, skipped: dict | None = None, peer: d
     out = {}
     for n in names:
         try:
-            out[n] = _runner(model, qmodel, n, threads, peer)
+            r = _runner(model, qmodel, n, threads, peer)
+            out[n] = r if len(r) == 3 else (*r, {})
         except (ValueError, OSError, RuntimeError, NotImplementedError, ImportError) as e:  # inexact / unbuildable
             if skipped is None or n not in INT8_RUNTIMES + (PEER,):
                 raise
@@ -113,7 +119,8 @@ def _runners(model, qmodel, names, threads, skipped: dict | None = None, peer: d
 
 
 def _runner(model, qmodel, n, threads, peer: dict | None = None):
-    """(kind, callable) of one runtime; peer: static_int8_model's arguments (model_path,
+    """(kind, callable) of one runtime, or (kind, callable, info) where a runtime has more to record
+    (the C runtime: the kernel family it chose); peer: static_int8_model's arguments (model_path,
     calibration_data, limit) for onnxruntime-static-int8."""
     import torch
 
@@ -138,7 +145,8 @@ def _runner(model, qmodel, n, threads, peer: dict | None = None):
     if n == "c-int8":
         from ..program.c_backend import CRuntime
 
-        return "int8", CRuntime(qmodel.program, threads).run
+        rt = CRuntime(qmodel.program, threads)
+        return "int8", rt.run, {"kernels": rt.isa}
     if n == PEER:
         from .runtime import OrtStaticInt8Runner, static_int8_model
 
@@ -163,7 +171,7 @@ def _as_np(y):
 
 
 def bench(model, qmodel, seconds: float = 10.0, batch: int = 1, threads: int = 1, repeats: int = 20,
-          warmup: int = 3, runtimes=FP32_RUNTIMES + INT8_RUNTIMES, seed: int = 0, progress: bool = False,
+          warmup: int = 3, runtimes=FP32_RUNTIMES + DEFAULT_INT8, seed: int = 0, progress: bool = False,
           peer: dict | None = None) -> dict:
     """Time FP32 and INT8 runtimes of one model side by side (module doc). Returns a JSON-able dict."""
     import torch
@@ -191,7 +199,7 @@ def bench(model, qmodel, seconds: float = 10.0, batch: int = 1, threads: int = 1
         ref_int = qmodel.forward_int(q, lengths)[0].numpy()
         ref_fp = model.forward_features(mel, lengths)[0].numpy()
     checks = {}
-    for name, (kind, fn) in runners.items():
+    for name, (kind, fn, _) in runners.items():
         y = _as_np(fn(inputs[kind]))
         if kind == "int8":
             same_shape = y.shape == ref_int.shape
@@ -211,7 +219,7 @@ def bench(model, qmodel, seconds: float = 10.0, batch: int = 1, threads: int = 1
     for r in range(repeats):
         order = names[r % len(names):] + names[: r % len(names)]
         for n in order:
-            kind, fn = runners[n]
+            kind, fn, _ = runners[n]
             t0 = time.perf_counter()
             fn(inputs[kind])
             times[n].append((time.perf_counter() - t0) * 1e3)
@@ -222,7 +230,7 @@ def bench(model, qmodel, seconds: float = 10.0, batch: int = 1, threads: int = 1
     for n in names:
         kind = runners[n][0]
         results[n] = {"precision": kind, "integer_only": n in INTEGER_ONLY if kind.startswith("int8") else None,
-                      **_stats(times[n]), **checks[n]}
+                      **_stats(times[n]), **checks[n], **runners[n][2]}
     fp = {n: r for n, r in results.items() if r["precision"] == "fp32"}
     i8 = {n: r for n, r in results.items() if r["precision"] == "int8" and r["bit_exact"]}
     i8_int = {n: r for n, r in i8.items() if r["integer_only"]}
@@ -257,6 +265,8 @@ def format_report(res: dict) -> str:
     for n, r in res["runtimes"].items():
         extra = (f"bit-exact {r['bit_exact']} ({r['logits_differ']} of {r['logits']} logits differ)"
                  if r["precision"] == "int8" else f"max |diff| vs torch {r['max_abs_diff_vs_torch']:.2e}")
+        if r.get("kernels"):
+            extra += f", kernels {r['kernels']}"
         if "argmax_agreement_vs_fp32" in r:
             extra += f", frame argmax = FP32's on {100 * r['argmax_agreement_vs_fp32']:.1f}%"
         lines.append(f"  {n:26s} {r['precision']}  median {r['median_ms']:8.1f} ms  IQR {r['q25_ms']:.1f}-{r['q75_ms']:.1f}  {extra}")
@@ -269,7 +279,8 @@ def format_report(res: dict) -> str:
         lines.append(f"integer-only INT8 {res['int8_integer_only_ms']:.1f} ms ({res['int8_integer_only_runtime']}): "
                      f"{res['speedup_integer_only']:.2f}x")
     if res.get("c_vs_fp32"):
-        lines.append(f"C runtime (c-int8) {res['c_int8_ms']:.1f} ms: {res['c_vs_fp32']:.2f}x faster than FP32"
+        lines.append(f"C runtime (c-int8, {res['runtimes']['c-int8'].get('kernels')} kernels) {res['c_int8_ms']:.1f} ms: "
+                     f"{res['c_vs_fp32']:.2f}x faster than FP32"
                      + (f", {res['c_vs_peer']:.2f}x faster than onnxruntime's static int8 ({res['peer_ms']:.1f} ms)"
                         if res.get("c_vs_peer") else ""))
     return "\n".join(lines)
