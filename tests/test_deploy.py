@@ -327,6 +327,10 @@ def test_bench_json(float5, q5, tmp_path):
     assert all(r["runs"] == 3 for r in res["runtimes"].values())
     assert all(res["runtimes"][n]["bit_exact"] for n in runtimes if "int8" in n)
     assert res["machine"]["torch"] and res["machine"]["onnxruntime"] and "cpu_model" in res["machine"]
+    from asrquant.cpu import cpu_features   # the machine record is the CPU-feature probe's (CPUID)
+
+    assert res["machine"]["cpu_probe"] == cpu_features().source and "kernel_family" in res["machine"]
+    assert res["machine"].get("vnni", False) is cpu_features().vnni
     json.dumps(res)  # serializable
     # the CLI wrapper writes the same JSON
     from asrquant.models import save_model
