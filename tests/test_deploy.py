@@ -118,6 +118,21 @@ def test_export_file_and_cli(q5, q_input, tmp_path):
     assert (tmp_path / "cli.onnx").is_file() and (tmp_path / "qdq.onnx").is_file()
 
 
+def test_export_check_is_skipped_with_its_reason_where_the_kernels_are_inexact(q5, tmp_path, monkeypatch, capsys):
+    """asrquant export --check on a CPU without VNNI (simulated: the probe answers no): the graph is
+    written and checked integer-only, the onnxruntime comparison is skipped with its reason, exit 0."""
+    monkeypatch.setattr(oi, "ort_kernels_exact", lambda threads=1: False)
+    monkeypatch.setattr(rt, "ort_kernels_exact", lambda threads=1: False)
+    qpath = save_quantized(q5, tmp_path / "m.aqz")
+    p = argparse.ArgumentParser()
+    ox.add_export_arguments(p)
+    args = p.parse_args([str(qpath), "--onnx", str(tmp_path / "m.onnx"), "--check", str(tmp_path / "no_audio_needed")])
+    assert ox.cmd_export(args) == 0 and (tmp_path / "m.onnx").is_file()
+    out = capsys.readouterr().out
+    assert "integer-only (bool masks allowed): PASS" in out
+    assert "onnxruntime vs forward_int: SKIPPED: onnxruntime's integer kernels are not exact on this CPU" in out
+
+
 def _x86_vnni() -> bool | None:
     """Whether this x86 CPU has VNNI (AVX-512 or AVX), as CPUID tells this process (asrquant.cpu:
     an emulated CPU's answer, not the host's); None off x86."""
