@@ -105,7 +105,7 @@ def _cpu_info() -> dict:
     first results rows; kernel_family is the C runtime's family in this process ($ASRQ_ISA
     honoured, "unknown" for an $ASRQ_ISA this CPU cannot run), cpu_flags the features the probe
     found (/proc/cpuinfo's spelling, space-separated), cpu_probe where they were read from
-    ("cpuid", "/proc/cpuinfo" where CPUID could not run, "none" off x86), asrq_isa the forced
+    (cpuid; Linux's /proc/cpuinfo where CPUID could not run; none off x86), asrq_isa the forced
     family if any."""
     from .cpu import ISA_ENV, cpu_features, kernel_family
 
