@@ -13,6 +13,9 @@ int8 model of the float graph (``onnxruntime-static-int8``, the peer: ``quantize
 on the first ``--calibration-limit`` train-clean-100 utterances; the random-weight float models
 are kept in build/fig2/ so that the calibrated peer is cached between runs).
 
+A runtime that cannot run exactly on this CPU (``onnxruntime-int8`` without VNNI) is skipped by
+``bench``: it has no row, and the reason is printed.
+
 Writes a tidy CSV (one row per model x runtime) and a seaborn plot with the paper's statement
 (``data/paper_latency.csv``: 15x5 INT8 2.35x faster than FP32 on a T4 with TensorRT 7.2.1) beside it.
 """
@@ -79,6 +82,8 @@ def run(models=MODELS, repeats: int = 20, threads: int = 1, seconds: float = 10.
                   f"{res['int8_integer_only_ms']:.0f} ms -> {res['speedup_integer_only']:.2f}x; "
                   f"onnxruntime static int8 {res['peer_ms'] or float('nan'):.0f} ms "
                   f"[{time.time() - t0:.0f} s, load {res['loadavg_before']}]", flush=True)
+            for rt, why in (res.get("skipped") or {}).items():   # e.g. onnxruntime-int8 without VNNI: no CSV row
+                print(f"  {rt} skipped: {why}", flush=True)
     return pd.DataFrame(rows)
 
 

@@ -1,6 +1,10 @@
 """The fused C kernels (intops/native.py) against a plain NumPy replay of the same integer maths, and
 the fast runner that lowers the program onto them (program/fast.py) against forward_int."""
 
+import re
+import shutil
+import subprocess
+
 import numpy as np
 import pytest
 import torch
@@ -104,6 +108,51 @@ def test_compile_failure_is_a_clear_error(monkeypatch, tmp_path):
         assert not native.available()
         with pytest.raises(native.NativeBuildError, match="no C compiler 'no-such-compiler-xyz'"):
             native._lib()
+    finally:
+        monkeypatch.undo()
+        native._lib.cache_clear()
+
+
+def _cpu(**flags):
+    from asrquant.cpu import CpuFeatures
+
+    return CpuFeatures(arch="x86_64", vendor="GenuineIntel", model="test CPU", source="cpuid", **flags)
+
+
+AVX2_ONLY = dict(sse41=True, avx2=True, fma=True)
+EVERYTHING = dict(AVX2_ONLY, avx512f=True, avx512bw=True, avx512vnni=True, avxvnni=True, amx_int8=True)
+
+
+def test_the_build_follows_the_cpu_probe_not_proc_cpuinfo(monkeypatch):
+    """The cache key and the -mno-... flags come from this process's CPU (asrquant.cpu): an AVX2
+    process gets a library of its own, built without AVX-512, whatever the compiler's host has."""
+    monkeypatch.setattr(native, "_features", lambda: _cpu(**AVX2_ONLY))
+    avx2_flags, avx2_path = native.target_flags(), native.library_path()
+    assert {"-mno-avx512f", "-mno-avx512vnni", "-mno-avxvnni"} <= set(avx2_flags) and "-mno-avx2" not in avx2_flags
+    monkeypatch.setattr(native, "_features", lambda: _cpu(**EVERYTHING))
+    assert native.target_flags() == [] and native.library_path() != avx2_path
+    monkeypatch.setattr(native, "_features", lambda: _cpu())   # x86-64 baseline: no AVX at all
+    assert {"-mno-avx2", "-mno-fma", "-mno-sse4.1"} <= set(native.target_flags())
+    from asrquant.cpu import CpuFeatures
+
+    monkeypatch.setattr(native, "_features", lambda: CpuFeatures(arch="aarch64", vendor="", model="", source="none"))
+    assert native.target_flags() == []   # x86 options are never passed to another architecture's compiler
+
+
+@NEEDS_NATIVE
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="needs objdump (binutils)")
+def test_a_library_built_for_an_avx2_process_has_no_avx512(monkeypatch, tmp_path):
+    """What qemu-x86_64 -cpu max needs on an AVX-512 host: its compiler runs natively (-march=native
+    = the host), the process is told AVX2 only; the library must not hold a zmm/opmask instruction."""
+    monkeypatch.setenv("ASRQUANT_NATIVE_CACHE", str(tmp_path))
+    monkeypatch.setattr(native, "_features", lambda: _cpu(**AVX2_ONLY))
+    native._lib.cache_clear()
+    try:
+        path = native.library_path()
+        native._lib()
+        asm = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(path)], capture_output=True, text=True,
+                             check=True).stdout
+        assert "ret" in asm and not re.search(r"%zmm|%k[1-7]\b|\{%k", asm)
     finally:
         monkeypatch.undo()
         native._lib.cache_clear()

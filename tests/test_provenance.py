@@ -73,3 +73,24 @@ def test_provenance_row_is_flat(tmp_path):
     bare = prov.provenance()
     assert bare["model_sha256"] == "unknown" and bare["eval_sha256"] == "unknown"
     assert set(row) - {"iterations", "lr"} == set(bare)
+
+
+def test_machine_record_is_the_cpu_probe(monkeypatch):
+    """The machine columns come from the one CPU-feature probe (asrquant.cpu): the old columns
+    (cpu, cores, vnni) and the probe's own (kernel family, flags, where they were read)."""
+    from asrquant.cpu import ISA_ENV, cpu_features
+
+    monkeypatch.delenv(ISA_ENV, raising=False)
+    f = cpu_features()
+    m = prov.machine()
+    assert m["cpu"] and m["cpu_probe"] == f.source and m["kernel_family"] == f.best_family
+    assert m["cores"] is None or 1 <= m["cores"] <= (os.cpu_count() or 1)
+    if f.source != "none":
+        assert m["vnni"] is f.vnni
+        assert m["cpu_flags"].split() == f.linux_flags()
+        assert ("avx512_vnni" in m["cpu_flags"].split()) == f.avx512vnni
+    assert m["asrq_isa"] is None
+    monkeypatch.setenv(ISA_ENV, "portable")   # a forced family is what the row records
+    assert prov.machine()["kernel_family"] == "portable" and prov.machine()["asrq_isa"] == "portable"
+    monkeypatch.setenv(ISA_ENV, "no-such-family")   # the C runtime would refuse it: not guessed
+    assert prov.machine()["kernel_family"] == "unknown"

@@ -116,7 +116,7 @@ def test_verify_report_names_its_model_portably(tiny_quantized, tmp_path):
     assert prov["model_state_sha256"] == model_hash(model) != model_hash(other)
 
 
-def test_check_exact_writes_no_machine_paths(tiny_quantized, tmp_path):
+def test_check_exact_writes_no_machine_paths(tiny_quantized, tmp_path, monkeypatch):
     root, _, aqz, data, _, _ = tiny_quantized
     script = load_script(ROOT / "benchmarks" / "check_exact.py")
     out = tmp_path / "exact.json"
@@ -124,4 +124,19 @@ def test_check_exact_writes_no_machine_paths(tiny_quantized, tmp_path):
     res = json.loads(out.read_text())
     assert res["quantized"] == "tiny_w8a8.aqz" and res["data"] == "tiny" and res["utterances"] == 2
     assert res["runtimes"]["torch+native-int8"]["differ"] == 0
+    # onnxruntime's integer graph runs where its kernels are exact; elsewhere it is skipped with the reason
+    from asrquant.cpu import cpu_features
+    from asrquant.deploy.runtime import ort_kernels_exact
+
+    if ort_kernels_exact(1):
+        assert res["runtimes"]["onnxruntime-int8"]["differ"] == 0 and res["skipped"] == {}
+    else:
+        assert "onnxruntime-int8" not in res["runtimes"] and "not exact" in res["skipped"]["onnxruntime-int8"]
+    assert res["machine"]["cpu_probe"] == cpu_features().source
     _no_machine_paths(out.read_text(), root, tmp_path)
+    # the other kind of CPU, on this one: an inexact kernel is a recorded skip and exit status 0
+    monkeypatch.setattr(script, "ort_kernels_exact", lambda threads=1: False)
+    assert script.main(["--quantized", str(aqz), "--data", str(data), "--limit", "1", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert set(res["runtimes"]) == {"torch+native-int8", "torch-int8+fp32exact-dw", "qdq-uint8", "qdq-int8-trt"}
+    assert "not exact" in res["skipped"]["onnxruntime-int8"] and res["runtimes"]["torch+native-int8"]["differ"] == 0

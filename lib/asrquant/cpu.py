@@ -31,7 +31,7 @@ import platform
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-__all__ = ["CpuFeatures", "cpu_features", "kernel_family", "FAMILIES", "ISA_ENV"]
+__all__ = ["CpuFeatures", "cpu_features", "kernel_family", "FAMILIES", "ISA_ENV", "LINUX_NAMES"]
 
 FAMILIES = ("avx512-vnni", "avx-vnni", "avx2", "portable")
 ISA_ENV = "ASRQ_ISA"
@@ -54,6 +54,11 @@ _XGETBV = bytes([0x89, 0xF9,                   # mov ecx, edi
                  0x48, 0xC1, 0xE2, 0x20,       # shl rdx, 32
                  0x48, 0x09, 0xD0,             # or rax, rdx
                  0xC3])                        # ret
+
+
+# CpuFeatures' boolean fields -> the flag /proc/cpuinfo names them by (its fallback reads these)
+LINUX_NAMES = {"sse41": "sse4_1", "avx2": "avx2", "fma": "fma", "avx512f": "avx512f", "avx512bw": "avx512bw",
+               "avx512vnni": "avx512_vnni", "avxvnni": "avx_vnni", "amx_int8": "amx_int8"}
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,11 @@ class CpuFeatures:
 
     def flags(self) -> list[str]:
         return [k for k, v in asdict(self).items() if v is True]
+
+    def linux_flags(self) -> list[str]:
+        """The features this CPU has, spelled as Linux's /proc/cpuinfo spells them (avx512_vnni,
+        avx_vnni, sse4_1, ...): the names older bench JSON files recorded, sorted."""
+        return sorted(LINUX_NAMES[k] for k in self.flags())
 
     def as_dict(self) -> dict:
         """JSON-able: what provenance and bench records store."""
@@ -158,11 +168,8 @@ def _from_proc_cpuinfo(arch: str) -> CpuFeatures:
     field = lambda key: next((ln.split(":", 1)[1].strip() for ln in text.splitlines()  # noqa: E731
                               if ln.split(":", 1)[0].strip() == key), "")
     flags = set(field("flags").split())
-    return CpuFeatures(
-        arch=arch, vendor=field("vendor_id"), model=field("model name"), source="/proc/cpuinfo",
-        sse41="sse4_1" in flags, avx2="avx2" in flags, fma="fma" in flags, avx512f="avx512f" in flags,
-        avx512bw="avx512bw" in flags, avx512vnni="avx512_vnni" in flags, avxvnni="avx_vnni" in flags,
-        amx_int8="amx_int8" in flags)
+    return CpuFeatures(arch=arch, vendor=field("vendor_id"), model=field("model name"), source="/proc/cpuinfo",
+                       **{name: linux in flags for name, linux in LINUX_NAMES.items()})
 
 
 @functools.lru_cache(maxsize=None)

@@ -84,37 +84,47 @@ def code_version() -> dict:
     return {"version": __version__, "commit": commit, "dirty": UNKNOWN if status is None else bool(status)}
 
 
+def _physical_cores() -> int | None:
+    """Physical cores of the online CPUs: distinct (package, core) pairs of Linux's sysfs topology;
+    None where there is none."""
+    seen = set()
+    for cpu in Path("/sys/devices/system/cpu").glob("cpu[0-9]*"):
+        try:
+            if (cpu / "online").is_file() and (cpu / "online").read_text().strip() == "0":
+                continue
+            seen.add(((cpu / "topology" / "physical_package_id").read_text().strip(),
+                      (cpu / "topology" / "core_id").read_text().strip()))
+        except OSError:
+            continue
+    return len(seen) or None
+
+
 def _cpu_info() -> dict:
-    info = {"cpu": None, "cores": None, "vnni": None}
+    """The CPU, from the one CPU-feature probe (``asrquant.cpu``: CPUID, as this process sees it,
+    so an emulated or masked CPU is recorded as such). cpu, cores and vnni are the columns of the
+    first results rows; kernel_family is the C runtime's family in this process ($ASRQ_ISA
+    honoured, "unknown" for an $ASRQ_ISA this CPU cannot run), cpu_flags the features the probe
+    found (/proc/cpuinfo's spelling, space-separated), cpu_probe where they were read from
+    (cpuid; Linux's /proc/cpuinfo where CPUID could not run; none off x86), asrq_isa the forced
+    family if any."""
+    from .cpu import ISA_ENV, cpu_features, kernel_family
+
+    f = cpu_features()
     try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return {**info, "cpu": platform.processor() or UNKNOWN}
-    cores = set()
-    physical = core = None
-    for line in text.splitlines():
-        name, _, value = (s.strip() for s in line.partition(":"))
-        if name == "model name" and info["cpu"] is None:
-            info["cpu"] = value
-        elif name == "flags" and info["vnni"] is None:
-            info["vnni"] = any(f in value.split() for f in ("avx512_vnni", "avx_vnni"))
-        elif name == "physical id":
-            physical = value
-        elif name == "core id":
-            core = value
-        elif not line.strip() and core is not None:
-            cores.add((physical, core))
-            physical = core = None
-    if core is not None:
-        cores.add((physical, core))
-    info["cores"] = len(cores) or None
-    info["cpu"] = info["cpu"] or platform.processor() or UNKNOWN
-    return info
+        family = kernel_family()
+    except ValueError:
+        family = UNKNOWN
+    known = f.source != "none"
+    return {"cpu": f.model or platform.processor() or UNKNOWN, "cores": _physical_cores(),
+            "vnni": f.vnni if known else None, "kernel_family": family,
+            "cpu_flags": " ".join(f.linux_flags()) if known else None, "cpu_probe": f.source,
+            "asrq_isa": os.environ.get(ISA_ENV) or None}
 
 
 def machine() -> dict:
-    """{cpu, threads, cores, vnni, python, torch, numpy, onnxruntime}: what a timing or an
-    integer kernel result depends on. threads is what this process may use (affinity)."""
+    """{cpu, cores, vnni, kernel_family, cpu_flags, cpu_probe, asrq_isa, threads, python, torch,
+    numpy, onnxruntime}: what a timing or an integer kernel result depends on (``_cpu_info``).
+    threads is what this process may use (affinity)."""
     try:
         threads = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -131,7 +141,8 @@ def machine() -> dict:
 def provenance(model_path=None, eval_entries=None, settings: dict | None = None) -> dict:
     """One results row's provenance columns: model_sha256, eval_sha256 / eval_utterances /
     eval_words, every setting given (as is), code_version / code_commit / code_dirty, and the
-    machine (cpu, threads, cores, vnni, torch, numpy, onnxruntime, python). A part not given is
+    machine (``machine()``: cpu, cores, vnni, kernel_family, cpu_flags, cpu_probe, asrq_isa, threads,
+    torch, numpy, onnxruntime, python). A part not given is
     "unknown" so that every row has the same columns."""
     row: dict = {"model_sha256": file_sha256(model_path) if model_path is not None else UNKNOWN}
     if eval_entries is not None:

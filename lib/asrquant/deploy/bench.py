@@ -64,20 +64,21 @@ def default_runtimes(model) -> tuple[str, ...]:
 
 
 def machine_info() -> dict:
-    """CPU model and flags of interest, cores, load average, library versions."""
-    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count()}
+    """CPU model and flags of interest, VNNI and the C runtime's kernel family (the CPU-feature
+    probe, ``asrquant.cpu``: CPUID as this process sees it), cores, load average, library versions."""
+    from ..cpu import ISA_ENV, cpu_features, kernel_family
+
+    f = cpu_features()
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
+            "cpu_model": f.model or platform.processor() or "unknown", "cpu_probe": f.source}
+    if f.source != "none":
+        info["cpu_flags"] = f.linux_flags()   # /proc/cpuinfo's spelling, as older bench JSON recorded
+        info["vnni"] = f.vnni
     try:
-        text = Path("/proc/cpuinfo").read_text()
-        for line in text.splitlines():
-            if line.startswith("model name"):
-                info["cpu_model"] = line.split(":", 1)[1].strip()
-                break
-        flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
-        info["cpu_flags"] = sorted(f for f in flags if f in ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni",
-                                                              "amx_int8", "fma"))
-        info["vnni"] = any(f in flags for f in ("avx512_vnni", "avx_vnni"))
-    except OSError:
-        info["cpu_model"] = platform.processor() or "unknown"
+        info["kernel_family"] = kernel_family()   # $ASRQ_ISA honoured
+    except ValueError:   # an $ASRQ_ISA this CPU cannot run (the C runtime refuses it)
+        info["kernel_family"] = "unknown"
+    info["asrq_isa"] = os.environ.get(ISA_ENV) or None
     try:
         info["loadavg"] = [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
     except OSError:

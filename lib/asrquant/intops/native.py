@@ -14,7 +14,14 @@ Both are the exact integer arithmetic of ``IntegerConvASR.forward_int`` (tests/t
 checks them against NumPy and the runner against ``forward_int``). The shared library is built
 with the system C compiler (``$CC``, default ``cc``; flags ``-O3 -march=native -fopenmp``) into
 ``$ASRQUANT_NATIVE_CACHE`` (default ``~/.cache/asrquant``), keyed by the source, the flags and the
-CPU's feature flags, and written atomically; ``available()`` says whether that works here.
+CPU's features (``asrquant.cpu``, CPUID as this process sees it), and written atomically;
+``available()`` says whether that works here.
+
+``-march=native`` is what the *compiler* sees, and the compiler is another process: under
+``qemu-x86_64 -cpu max`` (an AVX2 CPU without AVX-512) the compiler runs natively on the host, so
+on an AVX-512 host it would emit AVX-512 code that the emulated CPU cannot run. Every x86 feature
+the probe says this process lacks is therefore also switched off (``-mno-avx512f``, ...:
+``target_flags()``), which changes nothing where compiler and process see the same CPU.
 """
 
 from __future__ import annotations
@@ -23,7 +30,6 @@ import ctypes
 import functools
 import hashlib
 import os
-import platform
 import shutil
 import subprocess
 import tempfile
@@ -31,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "library_path", "dw_conv_requant", "requant_sum", "NativeBuildError"]
+__all__ = ["available", "library_path", "target_flags", "dw_conv_requant", "requant_sum", "NativeBuildError"]
 
 SOURCE = Path(__file__).with_name("native_kernels.c")
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c99"]
@@ -41,14 +47,42 @@ class NativeBuildError(RuntimeError):
     """The C kernels could not be compiled or loaded on this machine."""
 
 
-def _cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line
-    except OSError:
-        pass
-    return platform.processor()
+# the probe's features (asrquant.cpu.CpuFeatures) -> the GCC/Clang option that switches one off
+_NO_FLAG = {"sse41": "-mno-sse4.1", "avx2": "-mno-avx2", "fma": "-mno-fma", "avx512f": "-mno-avx512f",
+            "avx512bw": "-mno-avx512bw", "avx512vnni": "-mno-avx512vnni", "avxvnni": "-mno-avxvnni",
+            "amx_int8": "-mno-amx-int8"}
+
+
+def _features():
+    from ..cpu import cpu_features
+
+    return cpu_features()
+
+
+def _cpu_key() -> str:
+    """This process's CPU in the cache key: the probe's features (not /proc/cpuinfo, which shows the
+    host's CPU to an emulated process too)."""
+    f = _features()
+    return f"{f.arch} {f.vendor} {f.model} {' '.join(f.flags())}"
+
+
+def target_flags() -> list[str]:
+    """``-mno-...`` for every x86 feature this process's CPU lacks (none off x86)."""
+    f = _features()
+    if f.arch not in ("x86_64", "amd64") or f.source == "none":
+        return []
+    return [flag for name, flag in _NO_FLAG.items() if not getattr(f, name)]
+
+
+def _accepted(cc: str, flags: list[str]) -> list[str]:
+    """The flags this compiler knows (an older one lacks e.g. -mno-avxvnni: nothing to switch off)."""
+    def ok(fl):
+        r = subprocess.run([cc, *fl, "-x", "c", "-c", os.devnull, "-o", os.devnull], capture_output=True)
+        return r.returncode == 0
+
+    if not flags or ok(flags):
+        return flags
+    return [fl for fl in flags if ok([fl])]
 
 
 def _cache_dir() -> Path:
@@ -58,7 +92,8 @@ def _cache_dir() -> Path:
 def library_path() -> Path:
     """Where the compiled library for this source, these flags and this CPU lives (or will)."""
     cc = os.environ.get("CC", "cc")
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([cc, *FLAGS, _cpu_flags()]).encode()).hexdigest()[:16]
+    what = " ".join([cc, *FLAGS, *target_flags(), _cpu_key()])
+    key = hashlib.sha256(SOURCE.read_bytes() + what.encode()).hexdigest()[:16]
     return _cache_dir() / f"asrquant_native_{key}.so"
 
 
@@ -74,9 +109,10 @@ def _lib() -> ctypes.CDLL:
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
         os.close(fd)
         try:
-            r = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True)
+            flags = [*FLAGS, *_accepted(cc, target_flags())]
+            r = subprocess.run([cc, *flags, str(SOURCE), "-o", tmp], capture_output=True, text=True)
             if r.returncode:
-                raise NativeBuildError(f"compiling {SOURCE} failed ({cc} {' '.join(FLAGS)}):\n{r.stderr.strip()}")
+                raise NativeBuildError(f"compiling {SOURCE} failed ({cc} {' '.join(flags)}):\n{r.stderr.strip()}")
             os.replace(tmp, path)  # atomic: a concurrent build or a crash never leaves half a library
         finally:
             if os.path.exists(tmp):
