@@ -187,12 +187,14 @@ asrq_model *asrq_load(const char *path, long max_frames, int threads) {
         t->oblocks = term_desc[i].oblocks;
         t->cin = term_desc[i].cin;
         t->cout = term_desc[i].cout;
-        t->gamma = term_desc[i].gamma;
+        t->gamma6 = term_desc[i].gamma6;
+        t->gamma7 = term_desc[i].gamma7;
         t->w = (const int8_t *)(m->blob + term_desc[i].w);
         t->M = (const int64_t *)(m->blob + term_desc[i].m);
         t->C = (const int64_t *)(m->blob + term_desc[i].c);
         t->S = (const int64_t *)(m->blob + term_desc[i].s);
-        t->Cs = (const int64_t *)(m->blob + term_desc[i].cs);
+        t->Cs6 = (const int64_t *)(m->blob + term_desc[i].cs6);
+        t->Cs7 = (const int64_t *)(m->blob + term_desc[i].cs7);
         if (asrq_pack_term(t)) { snprintf(last_error, sizeof last_error, "out of memory"); goto fail; }
     }
     return m;
@@ -262,17 +264,18 @@ class _Codegen:
              f"static const long act_pad[NACT] = {{{', '.join(str(a.pad) for a in acts)}}};",
              f"static const long act_back[NACT] = {{{', '.join(str(a.back) for a in acts)}}};\n",
              "/* the conv terms: kind, input slot, input row bytes, stride, dilation, row offset, taps, cin4, output",
-             " * blocks, input and output channels, gamma, blob offsets of weights, M, C, S, Cs (asrq_kernels.h) */",
-             "static const struct { int kind, slot; long cp_in, stride, dil, row_off, taps, cin4, oblocks, cin, cout, gamma;",
-             "                     unsigned long long w, m, c, s, cs; } term_desc[NTERMS] = {"]
+             " * blocks, input and output channels, gamma6, gamma7, blob offsets of weights, M, C, S, Cs6, Cs7",
+             " * (asrq_kernels.h) */",
+             "static const struct { int kind, slot; long cp_in, stride, dil, row_off, taps, cin4, oblocks, cin, cout;",
+             "                     int gamma6, gamma7; unsigned long long w, m, c, s, cs6, cs7; } term_desc[NTERMS] = {"]
         for t in self.terms:
             src = self.act(t.src)
             a = t.conv.attrs if t.conv is not None else {"stride": 1, "dilation": 1, "padding": 0}
             oblocks = -(-len(t.M) // 64)
             L.append(f"    {{{KIND[t.kind]}, {src.slot}, {src.cp}, {int(a['stride'])}, {int(a['dilation'])}, "
                      f"{src.pad - int(a['padding'])}, {t.taps}, {src.cp // 4}, {oblocks}, {src.channels}, {len(t.M)}, "
-                     f"{t.gamma}, "
-                     f"{t.w_off}, {t.m_off}, {t.c_off}, {t.s_off}, {t.cs_off}}},  /* {t.name} */")
+                     f"{t.gamma6}, {t.gamma7}, "
+                     f"{t.w_off}, {t.m_off}, {t.c_off}, {t.s_off}, {t.cs6_off}, {t.cs7_off}}},  /* {t.name} */")
         if not self.terms:
             L.append("    {0}")
         L += ["};", STATIC]
@@ -404,9 +407,10 @@ class _Codegen:
     def step_layernorm(self, step: Step) -> list[str]:
         d, src, out = step.data, self.act(step.reads[0]), self.act(step.out)
         p = d["params"]
+        narrow = int(p.u_max * max(map(abs, p.gamma_q)) + max(map(abs, p.beta_q)) < 2 ** 31 and p.M < 2 ** 31)
         return [f"    {{   /* {d['name']} */",
                 f"        static const asrq_ln p = {{{p.channels}, {p.h}, {p.eps_int}LL, {p.eps_shift}, {p.norm_bits}, "
-                f"{p.u_max}, {p.M}LL, {p.shift}, {p.out_bits}}};",
+                f"{p.u_max}, {p.M}LL, {p.shift}, {p.out_bits}, {narrow}}};",
                 f"        asrq_layernorm({self.rows(src)}, {src.cp}, {self.rows(out)}, {out.cp}, T[{out.index}], &p, "
                 f"(const int64_t *)(m->blob + {d['g_off']}), (const int64_t *)(m->blob + {d['b_off']}), "
                 f"{src.off}, {out.off}, (int64_t *)m->gx, nt);",

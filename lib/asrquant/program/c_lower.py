@@ -15,8 +15,8 @@ program's ops are matched, in order, into steps; each step is one kernel call:
              the shift: folding it into C as off_out 2^S overflows int64 for shifts near 62, which
              real models have on dead channels). Every bound is checked with Python integers:
              |acc_u| < 2^31 and |acc_u| M + |C| < 2^63. The AVX2 kernel family accumulates
-             w (u - gamma) instead (its input split, program/c/asrq_kernels.c), with
-             Cs = (bias - (off_in - gamma) rowsum) M + 2^(S-1) and the same checks.
+             w (u - gamma) instead (its input split at gamma6 or gamma7, program/c/asrq_kernels.c),
+             with Cs = (bias - (off_in - gamma) rowsum) M + 2^(S-1) and the same checks.
   table      swish / gelu of an 8-bit activation and the requantize that reads it: a 256-entry
              table per channel (or per tensor), filled here by the NumPy reference's own kernels,
              so its integers are the reference's by construction.
@@ -44,7 +44,6 @@ from .ops import Op, Program
 __all__ = ["CExportError", "Lowering", "Blob", "LOWERED", "INT31", "INT63"]
 
 INT31, INT63 = (1 << 31) - 1, (1 << 63) - 1
-SPLIT_BITS = {"gemm": 6, "dw": 7}   # the AVX2 family's input split (program/c/asrq_kernels.c)
 # the op kinds the C backend lowers (as parts of the steps above)
 LOWERED = ("mask_time", "frames", "conv1d", "requantize", "rescale", "add", "clamp", "swish", "gelu", "glu",
            "layernorm", "matmul_qk", "matmul_pos", "softmax", "matmul_pv")
@@ -96,9 +95,11 @@ class Term:
     m_off: int = 0
     c_off: int = 0
     s_off: int = 0
-    cs_off: int = 0
+    cs6_off: int = 0
+    cs7_off: int = 0
     taps: int = 0
-    gamma: int = 0
+    gamma6: int = 0
+    gamma7: int = 0
     index: int = 0              # in the model's term table
     name: str = ""
 
@@ -399,15 +400,16 @@ class Lowering:
         bias = t.conv.params.get("bias") if t.conv is not None else None
         bias = _ints(bias, co) if bias is not None else [0] * co
         # the AVX2 family splits u at gamma (program/c/asrq_kernels.c): its accumulator is sum w (u - gamma),
-        # gamma centering the window of 2^b values on y = 0 (signed) or starting it at 0 (unsigned)
-        t.gamma = off_in - (1 << (SPLIT_BITS[t.kind] - 1)) if off_in and t.kind in SPLIT_BITS else 0
-        C, Cs = [], []
+        # gamma centering the window of 2^b values (b = 6 or 7) on y = 0 (signed) or starting it at 0
+        if off_in and t.kind != "ident":
+            t.gamma6, t.gamma7 = off_in - 32, off_in - 64
+        C, Cs6, Cs7 = [], [], []
         for o in range(co):
             m, s = t.M[o], t.S[o]
             if not 0 <= s <= 62 or m < 0:
                 raise CExportError(f"{t.name}: shift {s} / multiplier {m} outside 0..62 / >= 0")
             negsum = possum[o] - rowsum[o]
-            for gamma, out in ((off_in * 0, C), (t.gamma, Cs)):
+            for gamma, out in ((0, C), (t.gamma6, Cs6), (t.gamma7, Cs7)):
                 # every partial sum of w (u - gamma), u in [0, 255], lies in [lo, hi] (each term's range holds 0)
                 lo = -(255 - gamma) * negsum - gamma * possum[o]
                 hi = (255 - gamma) * possum[o] + gamma * negsum
@@ -417,7 +419,7 @@ class Lowering:
                 if max(abs(lo * m + c), abs(hi * m + c)) > INT63:
                     raise CExportError(f"{t.name}: acc * M + C can overflow int64 (M = {m})")
                 out.append(c)
-        t.C, t.Cs = C, Cs
+        t.C, t.Cs6, t.Cs7 = C, Cs6, Cs7
 
     # -------------------------------------------------------------- tables, GLU, LayerNorm, attention
     def _stored_values(self, src: Act) -> np.ndarray:
@@ -571,7 +573,7 @@ class Lowering:
         else:
             packed, t.taps = np.zeros(64, dtype=np.int8), 1
         t.w_off = blob.add(np.ascontiguousarray(packed).astype(np.int8))
-        for key, vals in (("m", t.M), ("c", t.C), ("s", t.S), ("cs", t.Cs)):
+        for key, vals in (("m", t.M), ("c", t.C), ("s", t.S), ("cs6", t.Cs6), ("cs7", t.Cs7)):
             arr = np.zeros(op_, dtype=np.int64)
             arr[:co] = vals
             setattr(t, f"{key}_off", blob.add(arr))

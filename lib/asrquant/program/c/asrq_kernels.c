@@ -339,8 +339,11 @@ const asrq_family FAMILY_TABLE = {FAMILY_NAME, group_vnni, scratch_vnni, NULL, N
 #if defined(ASRQ_AVX2)  /* ------------------------------------------------------------------ the AVX2 family */
 
 #define TR 4        /* output frames per tile: 4 rows x 16 channels = 8 ymm accumulators */
-#define WIN_GEMM 6  /* GEMM inputs: a in [0, 63], two vpmaddubsw summed in int16 (module doc) */
-#define WIN_DW 7    /* depthwise inputs: a in [0, 127], one vpmaddubsw (pairs <= 127 * 256 < 2^15) */
+/* The window: 6 bits (a in [0, 63]: two vpmaddubsw summed in int16, 5 instructions per 64 products)
+ * or 7 bits (a in [0, 127]: one vpmaddubsw, pairs <= 127 * 256 < 2^15, 6 per 64) plus the tails
+ * (about 40 instructions each). A GEMM takes 6 bits unless a sample of its input has more than 1 in
+ * 64 values outside that window (the 7-bit window has 8-10x fewer); depthwise convs take 7. */
+#define WIN_DW 7
 
 typedef struct {
     int8_t *wt;    /* GEMM: [Cp_out/64][K][Cp_in][64] int8, a weight row per input channel (for the tails) */
@@ -355,6 +358,8 @@ typedef struct {
     uint8_t *a;
     int32_t *cnt, *cum, *ent;
     long rows;
+    int bits, gamma;
+    const int64_t *Cs;
 } split;
 
 static long in_rows(int kind, long T_out, long stride, long row_off, long taps, long dil) {
@@ -373,8 +378,11 @@ static long scratch_avx2(int kind, long T_out, long stride, long row_off, long t
            align64l(rows * cp * 4);
 }
 
-static split split_at(const asrq_term *t, long T_out, uint8_t *scratch) {
+static split split_at(const asrq_term *t, long T_out, uint8_t *scratch, int bits) {
     split s;
+    s.bits = bits;
+    s.gamma = bits == 6 ? t->gamma6 : t->gamma7;
+    s.Cs = bits == 6 ? t->Cs6 : t->Cs7;
     const long cp = t->cp_in;
     s.rows = in_rows(t->kind, T_out, t->stride, t->row_off, t->taps, t->dil);
     s.a = scratch;
@@ -390,9 +398,10 @@ static split split_at(const asrq_term *t, long T_out, uint8_t *scratch) {
 /* The tails of every input row; for a GEMM also its window part a = (u - gamma) mod 2^bits.
  * v = u - gamma mod 256 lies in the window exactly when v < 2^bits (the bits above are clear),
  * since u - gamma is in [-128, 255] for the gammas used (0, 64 or 96). */
-static void split_rows(const asrq_term *t, const split *s, int bits) {
+static void split_rows(const asrq_term *t, const split *s) {
     const long cp = t->cp_in;
-    const __m256i g = _mm256_set1_epi8((char)t->gamma), low = _mm256_set1_epi8((char)((1 << bits) - 1));
+    const int bits = s->bits;
+    const __m256i g = _mm256_set1_epi8((char)s->gamma), low = _mm256_set1_epi8((char)((1 << bits) - 1));
     const __m256i top = _mm256_set1_epi8((char)(0xFF << bits)), z = _mm256_setzero_si256();
 #pragma omp for schedule(static)
     for (long r = 0; r < s->rows; ++r) {
@@ -405,7 +414,7 @@ static void split_rows(const asrq_term *t, const split *s, int bits) {
             while (out) {
                 const int i = __builtin_ctz(out);
                 out &= out - 1;
-                const int vt = (int)u[c + i] - t->gamma;
+                const int vt = (int)u[c + i] - s->gamma;
                 const int d = (vt - (vt & ((1 << bits) - 1))) / (1 << bits);   /* exact: a multiple of 2^bits */
                 er[n++] = (int32_t)(((c + i) << 8) | (uint8_t)(int8_t)d);
             }
@@ -417,7 +426,7 @@ static void split_rows(const asrq_term *t, const split *s, int bits) {
 /* the depthwise x4 copy of the window parts a = (u - gamma) & 127 */
 static void build_x4(const asrq_term *t, long T_out, uint8_t *x4) {
     const long rows = x4_rows(T_out, t->stride, t->row_off, t->taps, t->dil), cp = t->cp_in, dil = t->dil;
-    const __m256i g = _mm256_set1_epi8((char)t->gamma), low = _mm256_set1_epi8(127);
+    const __m256i g = _mm256_set1_epi8((char)t->gamma7), low = _mm256_set1_epi8(127);
 #pragma omp for schedule(static)
     for (long r = 0; r < rows; ++r) {
         const uint8_t *a = t->x + r * cp, *b = a + dil * cp, *c = b + dil * cp, *d = c + dil * cp;
@@ -485,9 +494,50 @@ static int blocks16(const asrq_term *t, long ob, int32_t *acc, int n) {
     return used;
 }
 
+#define GROW7(r)                                                                                            \
+    if (n > (r)) {                                                                                          \
+        const __m256i b = _mm256_set1_epi32(ld32(xk + (r) * xstep + 4 * c));                               \
+        a##r##0 = _mm256_add_epi32(a##r##0, _mm256_madd_epi16(_mm256_maddubs_epi16(b, w0), ones));         \
+        a##r##1 = _mm256_add_epi32(a##r##1, _mm256_madd_epi16(_mm256_maddubs_epi16(b, w1), ones));         \
+        __asm__("" : "+x"(a##r##0), "+x"(a##r##1));                                                        \
+    }
+
+/* the same with a 7-bit window: one vpmaddubsw per 4 inputs */
+static inline __attribute__((always_inline)) void gemm7_tile_avx2(const asrq_term *t, const uint8_t *a, long t0,
+                                                                  long ob, int h, int32_t *acc, const int n) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i a00 = _mm256_setzero_si256(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00,
+            a31 = a00;
+    const long cp = t->cp_in, xstep = t->stride * cp, cin4 = t->cin4, used = (t->cin + 3) / 4;
+    const int8_t *wp = t->w + ob * t->taps * cin4 * 256 + h * 64;
+    for (long k = 0; k < t->taps; ++k) {
+        const uint8_t *xk = a + (t0 * t->stride + t->row_off + k * t->dil) * cp;
+        const int8_t *wk = wp + k * cin4 * 256;
+        for (long c = 0; c < used; ++c) {
+            const __m256i w0 = _mm256_load_si256((const __m256i *)(wk + c * 256));
+            const __m256i w1 = _mm256_load_si256((const __m256i *)(wk + c * 256 + 32));
+            GROW7(0) GROW7(1) GROW7(2) GROW7(3)
+        }
+    }
+    int32_t *o = acc + h * 16;
+    _mm256_storeu_si256((__m256i *)o, a00), _mm256_storeu_si256((__m256i *)(o + 8), a01);
+    if (n > 1) _mm256_storeu_si256((__m256i *)(o + 64), a10), _mm256_storeu_si256((__m256i *)(o + 72), a11);
+    if (n > 2) _mm256_storeu_si256((__m256i *)(o + 128), a20), _mm256_storeu_si256((__m256i *)(o + 136), a21);
+    if (n > 3) _mm256_storeu_si256((__m256i *)(o + 192), a30), _mm256_storeu_si256((__m256i *)(o + 200), a31);
+}
+
 static void gemm_avx2(const asrq_term *t, const split *s, long t0, long ob, int32_t *acc, int n) {
     const int used = blocks16(t, ob, acc, n);
     for (int h = 0; h < used; ++h) {
+        if (s->bits == 7) {
+            switch (n) {
+            case 1: gemm7_tile_avx2(t, s->a, t0, ob, h, acc, 1); break;
+            case 2: gemm7_tile_avx2(t, s->a, t0, ob, h, acc, 2); break;
+            case 3: gemm7_tile_avx2(t, s->a, t0, ob, h, acc, 3); break;
+            default: gemm7_tile_avx2(t, s->a, t0, ob, h, acc, 4); break;
+            }
+            continue;
+        }
         switch (n) {
         case 1: gemm_tile_avx2(t, s->a, t0, ob, h, acc, 1); break;
         case 2: gemm_tile_avx2(t, s->a, t0, ob, h, acc, 2); break;
@@ -503,7 +553,7 @@ static void gemm_avx2(const asrq_term *t, const split *s, long t0, long ob, int3
             const long row = (t0 + r) * t->stride + t->row_off + k * t->dil;
             const int32_t *e = s->ent + row * cp;
             for (int32_t i = 0; i < s->cnt[row]; ++i) {
-                const __m256i d = _mm256_set1_epi32((int32_t)(int8_t)(e[i] & 0xFF) << WIN_GEMM);
+                const __m256i d = _mm256_set1_epi32((int32_t)(int8_t)(e[i] & 0xFF) << s->bits);
                 const int8_t *wr = x->wt + ((ob * t->taps + k) * cp + (e[i] >> 8)) * 64;
                 int32_t *ar = acc + r * 64;
                 for (int q = 0; q < 64; q += 8) {
@@ -616,6 +666,22 @@ static void store_u8_avx2(const int64_t *v, uint8_t *o, int64_t post, int64_t lo
     }
 }
 
+/* 6 or 7 (the comment at WIN_DW): the inputs of every 8th row outside the 6-bit window, counted */
+static int gemm_window(const asrq_term *t, long T_out) {
+    const long rows = in_rows(ASRQ_GEMM, T_out, t->stride, t->row_off, t->taps, t->dil), cp = t->cp_in;
+    const __m256i g = _mm256_set1_epi8((char)t->gamma6), top = _mm256_set1_epi8((char)0xC0), z = _mm256_setzero_si256();
+    long out = 0, seen = 0;
+    for (long r = 0; r < rows; r += 8) {
+        const uint8_t *u = t->x + r * cp;
+        for (long c = 0; c < (t->cin + 31) / 32 * 32; c += 32) {
+            const __m256i v = _mm256_sub_epi8(_mm256_loadu_si256((const __m256i *)(u + c)), g);
+            out += __builtin_popcount(~(unsigned)_mm256_movemask_epi8(_mm256_cmpeq_epi8(_mm256_and_si256(v, top), z)));
+        }
+        seen += (t->cin + 31) / 32 * 32;
+    }
+    return out * 64 <= seen ? 6 : 7;
+}
+
 static void group_avx2(const asrq_term *terms, int nterms, long T_out, long oblocks, uint8_t *out8, int64_t *out64,
                        long out_cp, long out_row0, int64_t post, int64_t lo, int64_t hi, int nthreads,
                        uint8_t *scratch) {
@@ -624,7 +690,7 @@ static void group_avx2(const asrq_term *terms, int nterms, long T_out, long oblo
     for (int j = 0; j < nterms; ++j) {
         const asrq_term *t = terms + j;
         if (t->kind == ASRQ_IDENT) continue;
-        sp[j] = split_at(t, T_out, scratch);
+        sp[j] = split_at(t, T_out, scratch, t->kind == ASRQ_DW ? WIN_DW : gemm_window(t, T_out));
         scratch += scratch_avx2(t->kind, T_out, t->stride, t->row_off, t->taps, t->dil, t->cp_in);
     }
     (void)nthreads;
@@ -633,7 +699,7 @@ static void group_avx2(const asrq_term *terms, int nterms, long T_out, long oblo
         for (int j = 0; j < nterms; ++j) {
             const asrq_term *t = terms + j;
             if (t->kind == ASRQ_IDENT) continue;
-            split_rows(t, sp + j, t->kind == ASRQ_DW ? WIN_DW : WIN_GEMM);   /* ends in a barrier */
+            split_rows(t, sp + j);   /* ends in a barrier */
             if (t->kind == ASRQ_DW) {
                 build_x4(t, T_out, sp[j].a);
 #pragma omp single
@@ -658,7 +724,8 @@ static void group_avx2(const asrq_term *terms, int nterms, long T_out, long oblo
                         dw_avx2(t, sp + j, t0, ob, acc, n);
                     else
                         ident_tile(t, t0, ob, acc, n);
-                    requant_avx2(acc, t->M + ob * 64, t->Cs + ob * 64, t->S + ob * 64, v, n, j == 0,
+                    const int64_t *Cs = t->kind == ASRQ_IDENT ? t->C : sp[j].Cs;
+                    requant_avx2(acc, t->M + ob * 64, Cs + ob * 64, t->S + ob * 64, v, n, j == 0,
                                  ((const avx2_aux *)t->aux)->m31);
                 }
                 for (int r = 0; r < n; ++r) {

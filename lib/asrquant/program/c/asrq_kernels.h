@@ -34,10 +34,10 @@ typedef struct {
     long cin, cout;       /* the real channel counts (the rest of Cp_in / Cp_out is padding: zero weights) */
     const int8_t *w;      /* GEMM: [Cp_out/64][K][cin4][64][4]; DW: [Cp/64][taps][64][4] */
     const int64_t *M, *C, *S;  /* per output channel (Cp_out): v = (acc * M + C) >> S */
-    /* the AVX2 family (asrq_kernels.c): the input split at gamma, and the requantization constant
-     * for its accumulator of w (u - gamma) */
-    int gamma;
-    const int64_t *Cs;
+    /* the AVX2 family (asrq_kernels.c): the input split at gamma6 (a window of 64 values) or gamma7
+     * (128), and the requantization constants for its accumulator of w (u - gamma) */
+    int gamma6, gamma7;
+    const int64_t *Cs6, *Cs7;
     void *aux;            /* what the family packs at load (asrq_pack_term), or NULL */
 } asrq_term;
 

@@ -116,6 +116,91 @@ static void glu(const uint8_t *x, long xcp, uint8_t *y, long ycp, long rows, lon
 
 /* ------------------------------------------------------------------ LayerNorm */
 
+#if defined(__AVX2__)
+/* floor(v / 2^k) of 4 int64 lanes (AVX2 has no 64-bit arithmetic shift): ((v ^ 2^63) >>> k) - 2^(63-k) */
+static inline __m256i sra64(__m256i v, int k) {
+    const __m256i sign = _mm256_set1_epi64x((long long)(1ULL << 63));
+    const __m128i s = _mm_cvtsi32_si128(k);
+    return _mm256_sub_epi64(_mm256_srl_epi64(_mm256_xor_si256(v, sign), s), _mm256_srl_epi64(sign, s));
+}
+
+/* 8 int32 lanes from the low halves of int64 results for the even and the odd lanes */
+static inline __m256i interleave8(__m256i even, __m256i odd) {
+    return _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+}
+
+/* 8 int32 lanes from the low halves of two int64 vectors (lanes 0-3, 4-7) */
+static inline __m256i narrow8(__m256i lo4, __m256i hi4) {
+    const __m256i idx = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+    return _mm256_blend_epi32(_mm256_permutevar8x32_epi32(lo4, idx), _mm256_permutevar8x32_epi32(hi4, idx), 0xF0);
+}
+
+/* The last stage of a LayerNorm row on 8 lanes, where it fits (else 0: the scalar loop runs):
+ *   u = floor((y 2^(e+1) + sd) / (2 sd)), the unique integer with (2u - 1) sd <= y 2^(e+1) < (2u + 1) sd,
+ * from the estimate (y R + 2^(k-1)) >> k, R = round(2^(e+k) / sd), 2^k > 2 max|y|: within 1 of u
+ * where |u| <= U + 2 (outside, the clamp at U + 2 gives the same clamped result); one correction
+ * step each way with exact 64-bit products (|2u +- 1| < 2^18, sd < 2^31). Then u is clamped to U,
+ * acc = u g + b in int32 (narrow: checked at export), (acc M + 2^(shift-1)) >> shift in int64. */
+static int normalize8(const int64_t *ybuf, uint8_t *y, const asrq_ln *p, const int64_t *g, const int64_t *b,
+                      int off_out, int e, int64_t sd, int64_t amax) {
+    const long C = p->channels;
+    const int k = bitlen64((uint64_t)amax) + 2;
+    if (!p->narrow || e < 0 || k > 33 || e + k > 62 || amax >= (1 << 30)) return 0;
+    const int64_t R = (int64_t)((((uint64_t)1 << (e + k)) + (uint64_t)(sd >> 1)) / (uint64_t)sd);
+    if (R >= ((int64_t)1 << 31) || e + 1 + bitlen64((uint64_t)amax) > 62) return 0;
+    const int32_t U = (int32_t)p->u_max;
+    const __m256i Rv = _mm256_set1_epi32((int32_t)R), sdv = _mm256_set1_epi32((int32_t)sd);
+    const __m256i rnd = _mm256_set1_epi64x((long long)1 << (k - 1)), Mv = _mm256_set1_epi32((int32_t)p->M);
+    const __m256i half = _mm256_set1_epi64x(((long long)1 << p->shift) >> 1), one = _mm256_set1_epi32(1);
+    const __m256i lim = _mm256_set1_epi32(U + 2), ulim = _mm256_set1_epi32(U);
+    const __m256i lo = _mm256_set1_epi32(-(1 << (p->out_bits - 1))), hi = _mm256_set1_epi32((1 << (p->out_bits - 1)) - 1);
+    const __m128i e1 = _mm_cvtsi32_si128(e + 1);
+    for (long c = 0; c + 8 <= C; c += 8) {
+        const __m256i y8 = narrow8(_mm256_loadu_si256((const __m256i *)(ybuf + c)),
+                                   _mm256_loadu_si256((const __m256i *)(ybuf + c + 4)));
+        const __m256i gv = narrow8(_mm256_loadu_si256((const __m256i *)(g + c)), _mm256_loadu_si256((const __m256i *)(g + c + 4)));
+        const __m256i bv = narrow8(_mm256_loadu_si256((const __m256i *)(b + c)), _mm256_loadu_si256((const __m256i *)(b + c + 4)));
+        const __m256i yo = _mm256_srli_epi64(y8, 32);
+        __m256i u = interleave8(sra64(_mm256_add_epi64(_mm256_mul_epi32(y8, Rv), rnd), k),
+                                sra64(_mm256_add_epi64(_mm256_mul_epi32(yo, Rv), rnd), k));
+        u = _mm256_max_epi32(_mm256_min_epi32(u, lim), _mm256_sub_epi32(_mm256_setzero_si256(), lim));
+        /* y 2^(e+1) as int64, even / odd lanes */
+        const __m256i ye = _mm256_sll_epi64(_mm256_mul_epi32(y8, one), e1), yodd = _mm256_sll_epi64(_mm256_mul_epi32(yo, one), e1);
+        for (int step = 0; step < 2; ++step) {   /* down, then up */
+            const __m256i m2 = step == 0 ? _mm256_sub_epi32(_mm256_add_epi32(u, u), one) : _mm256_add_epi32(_mm256_add_epi32(u, u), one);
+            const __m256i pe = _mm256_mul_epi32(m2, sdv), po = _mm256_mul_epi32(_mm256_srli_epi64(m2, 32), sdv);
+            /* down: y2 < (2u - 1) sd -> u - 1; up: y2 >= (2u + 1) sd -> u + 1 */
+            const __m256i ce = step == 0 ? _mm256_cmpgt_epi64(pe, ye) : _mm256_xor_si256(_mm256_cmpgt_epi64(pe, ye), _mm256_set1_epi64x(-1));
+            const __m256i co = step == 0 ? _mm256_cmpgt_epi64(po, yodd) : _mm256_xor_si256(_mm256_cmpgt_epi64(po, yodd), _mm256_set1_epi64x(-1));
+            const __m256i mask = interleave8(ce, co);   /* -1 where the step applies */
+            u = step == 0 ? _mm256_add_epi32(u, mask) : _mm256_sub_epi32(u, mask);
+        }
+        u = _mm256_max_epi32(_mm256_min_epi32(u, ulim), _mm256_sub_epi32(_mm256_setzero_si256(), ulim));
+        const __m256i acc = _mm256_add_epi32(_mm256_mullo_epi32(u, gv), bv);
+        __m256i o = interleave8(sra64(_mm256_add_epi64(_mm256_mul_epi32(acc, Mv), half), (int)p->shift),
+                                sra64(_mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64(acc, 32), Mv), half), (int)p->shift));
+        o = _mm256_max_epi32(_mm256_min_epi32(o, hi), lo);
+        o = _mm256_add_epi32(o, _mm256_set1_epi32(off_out));
+        const __m128i w16 = _mm_packs_epi32(_mm256_castsi256_si128(o), _mm256_extracti128_si256(o, 1));
+        _mm_storel_epi64((__m128i *)(y + c), _mm_packus_epi16(w16, w16));
+    }
+    /* the channels past the last multiple of 8: the same integers, one at a time */
+    for (long c = C / 8 * 8; c < C; ++c) {
+        const int64_t y2 = ybuf[c] * ((int64_t)1 << (e + 1));
+        int64_t u = (ybuf[c] * R + ((int64_t)1 << (k - 1))) >> k;
+        u = u > U + 2 ? U + 2 : (u < -U - 2 ? -U - 2 : u);
+        if (y2 < (2 * u - 1) * sd) u -= 1;
+        if (y2 >= (2 * u + 1) * sd) u += 1;
+        u = u > U ? U : (u < -U ? -U : u);
+        int64_t o = ((u * g[c] + b[c]) * p->M + (((int64_t)1 << p->shift) >> 1)) >> p->shift;
+        const int64_t lo1 = -(1 << (p->out_bits - 1)), hi1 = (1 << (p->out_bits - 1)) - 1;
+        o = o < lo1 ? lo1 : (o > hi1 ? hi1 : o);
+        y[c] = (uint8_t)(o + off_out);
+    }
+    return 1;
+}
+#endif
+
 /* one row (intops/nonlinear.py's int_layernorm, the channel axis): x stored u8, y stored u8 */
 static void layernorm_row(const uint8_t *x, uint8_t *y, const asrq_ln *p, const int64_t *g, const int64_t *b,
                           int off_in, int off_out, int64_t *ybuf) {
@@ -142,6 +227,9 @@ static void layernorm_row(const uint8_t *x, uint8_t *y, const asrq_ln *p, const 
     const int e = (int)p->norm_bits + t - r;
     const int64_t Bd = sd << (e < 0 ? -e : 0), half = ((int64_t)1 << p->shift) >> 1;
     const int lo = -(1 << (p->out_bits - 1)), hi = (1 << (p->out_bits - 1)) - 1;
+#if defined(__AVX2__)
+    if (normalize8(ybuf, y, p, g, b, off_out, e, sd, amax)) return;
+#endif
     const divisor d2 = make_divisor(2 * Bd);   /* 2 Bd >= 2 (sd >= 1) */
     for (long c = 0; c < C; ++c) {
         const int64_t A = ybuf[c] * ((int64_t)1 << (e > 0 ? e : 0));

@@ -23,6 +23,7 @@ typedef struct {
     long channels;
     int64_t h, eps_int, eps_shift, norm_bits, u_max, M, shift;
     int out_bits;
+    int narrow;   /* U max|gamma| + max|beta| < 2^31 and M < 2^31: the last stage fits 32-bit lanes */
 } asrq_ln;
 
 /* attention of one layer: heads x dk channels of q, k, v (8-bit signed, off 128); probabilities by
