@@ -358,9 +358,9 @@ static inline __m256i iexp8(__m256i d, const asrq_exp *p) {
     return _mm256_srlv_epi32(P, z);
 }
 
-/* probabilities (int16) of one row from its int32 scores s[0..nv), zero up to n */
-static void softmax_row8(const int32_t *s, long n, long nv, const asrq_softmax *p, int32_t *e, int16_t *prob) {
-    memset(prob, 0, sizeof(int16_t) * (size_t)n);
+/* probabilities (bytes: out_bits <= 8) of one row from its int32 scores s[0..nv), zero up to n */
+static void softmax_row8(const int32_t *s, long n, long nv, const asrq_softmax *p, int32_t *e, uint8_t *prob) {
+    memset(prob, 0, (size_t)n);
     if (nv <= 0) return;
     int32_t m = s[0];
     for (long j = 1; j < nv; ++j) m = s[j] > m ? s[j] : m;
@@ -382,32 +382,46 @@ static void softmax_row8(const int32_t *s, long n, long nv, const asrq_softmax *
     const __m256i fl = _mm256_set1_epi64x((long long)(f & 0xFFFFFFFFu)), fh = _mm256_set1_epi64x((long long)(f >> 32));
     const __m256i half = _mm256_set1_epi64x((long long)1 << (K - B - 1)), top = _mm256_set1_epi64x((1 << B) - 1);
     const __m128i sh = _mm_cvtsi32_si128(K - B);
-    for (long j = 0; j < nv; j += 4) {
-        const __m256i e4 = _mm256_cvtepu32_epi64(_mm_loadu_si128((const __m128i *)(e + j)));
-        __m256i v = _mm256_add_epi64(_mm256_slli_epi64(_mm256_mul_epu32(e4, fh), 32), _mm256_mul_epu32(e4, fl));
-        v = _mm256_srl_epi64(_mm256_add_epi64(v, half), sh);
-        v = _mm256_blendv_epi8(v, top, _mm256_cmpgt_epi64(v, top));
-        int64_t p4[4];
-        _mm256_storeu_si256((__m256i *)p4, v);
-        const long n4 = nv - j < 4 ? nv - j : 4;
-        for (long q = 0; q < n4; ++q) prob[j + q] = (int16_t)p4[q];
+    const __m256i idx = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+    for (long j = 0; j < nv; j += 8) {   /* e is 0 from nv to the next multiple of 8 */
+        __m256i v[2];
+        for (int h = 0; h < 2; ++h) {
+            const __m256i e4 = _mm256_cvtepu32_epi64(_mm_loadu_si128((const __m128i *)(e + j + 4 * h)));
+            v[h] = _mm256_add_epi64(_mm256_slli_epi64(_mm256_mul_epu32(e4, fh), 32), _mm256_mul_epu32(e4, fl));
+            v[h] = _mm256_srl_epi64(_mm256_add_epi64(v[h], half), sh);
+            v[h] = _mm256_blendv_epi8(v[h], top, _mm256_cmpgt_epi64(v[h], top));
+            v[h] = _mm256_permutevar8x32_epi32(v[h], idx);   /* the 4 values in the low 128 bits */
+        }
+        const __m128i w16 = _mm_packus_epi32(_mm256_castsi256_si128(v[0]), _mm256_castsi256_si128(v[1]));
+        const __m128i b8 = _mm_packus_epi16(w16, w16);
+        if (j + 8 <= n) _mm_storel_epi64((__m128i *)(prob + j), b8);
+        else {
+            uint8_t t8[8];
+            _mm_storel_epi64((__m128i *)t8, b8);
+            memcpy(prob + j, t8, (size_t)(n - j));
+        }
     }
 }
 
+/* per thread: the scores of QB query rows, exponentials (then the split probabilities), the QB
+ * queries, the probabilities */
+#define QB 4
+#define ROW_INTS(T, dk2) ((QB + 1) * NPAD(T, 32) + QB * ((dk2) + 8) + NPAD(T, 32) / 4)
+
 static long attention_scratch_avx2(long T, long H, long dk, int nthreads) {
     const long Tp = NPAD(T, 8), dk2 = NPAD(dk, 2) / 2, dk8 = NPAD(dk, 8);
-    return (long)sizeof(int32_t) * (H * dk2 * Tp + H * (Tp / 2) * dk8 + (long)(nthreads > 0 ? nthreads : 1) * (3 * Tp + dk2 + 8));
+    return (long)sizeof(int32_t) * (H * dk2 * Tp + H * (Tp / 4) * dk8 + (long)(nthreads > 0 ? nthreads : 1) * ROW_INTS(T, dk2));
 }
 
 static void attention_avx2(const asrq_attn *a, const uint8_t *q, const uint8_t *k, const uint8_t *v, const uint8_t *qv,
                            long cp, long T, long L, uint8_t *out, long ocp, void *scratch, int nthreads) {
-    if (a->pos) {   /* rel_pos: the scalar kernel (int64 scores) */
+    if (a->pos || a->sm.out_bits > 8 || a->dk > 64) {   /* rel_pos (int64 scores), wider probabilities: scalar */
         attention_scalar(a, q, k, v, qv, cp, T, L, out, ocp, scratch, nthreads);
         return;
     }
     const long H = a->heads, dk = a->dk, Tp = NPAD(T, 8), dk2 = NPAD(dk, 2) / 2, dk8 = NPAD(dk, 8);
     const long nvalid = L < T ? L : T;
-    int32_t *kt = (int32_t *)scratch, *v2 = kt + H * dk2 * Tp, *rows = v2 + H * (Tp / 2) * dk8;
+    int32_t *kt = (int32_t *)scratch, *v4 = kt + H * dk2 * Tp, *rows = v4 + H * (Tp / 4) * dk8;
     (void)nthreads;
 #pragma omp parallel num_threads(nthreads)
     {
@@ -422,55 +436,90 @@ static void attention_avx2(const asrq_attn *a, const uint8_t *q, const uint8_t *
                 }
 #pragma omp for collapse(2) schedule(static)
         for (long h = 0; h < H; ++h)
-            for (long j2 = 0; j2 < Tp / 2; ++j2)
+            for (long j4 = 0; j4 < Tp / 4; ++j4)
                 for (long c = 0; c < dk8; ++c) {
-                    const long j = 2 * j2;
-                    const int a0 = j < T && c < dk ? (int)v[j * cp + h * dk + c] - 128 : 0;
-                    const int a1 = j + 1 < T && c < dk ? (int)v[(j + 1) * cp + h * dk + c] - 128 : 0;
-                    v2[(h * (Tp / 2) + j2) * dk8 + c] = pack16(a0, a1);
+                    uint32_t w = 0;
+                    for (int i = 0; i < 4; ++i) {
+                        const long j = 4 * j4 + i;
+                        const int x = j < T && c < dk ? (int)v[j * cp + h * dk + c] - 128 : 0;
+                        w |= (uint32_t)(uint8_t)(int8_t)x << (8 * i);
+                    }
+                    v4[(h * (Tp / 4) + j4) * dk8 + c] = (int32_t)w;
                 }
+        const long Tq = NPAD(T, 32);
 #ifdef _OPENMP
-        int32_t *mine = rows + (long)omp_get_thread_num() * (3 * Tp + dk2 + 8);
+        int32_t *mine = rows + (long)omp_get_thread_num() * ROW_INTS(T, dk2);
 #else
         int32_t *mine = rows;
 #endif
-        int32_t *s = mine, *e = mine + Tp, *qp = mine + 2 * Tp;
-        int16_t *prob = (int16_t *)(qp + dk2 + 8);
+        int32_t *s4 = mine, *e = mine + QB * Tq, *qp = e + Tq;
+        uint8_t *prob = (uint8_t *)(qp + QB * (dk2 + 8));
+        const long blocks = (T + QB - 1) / QB;
 #pragma omp for collapse(2) schedule(static)
         for (long h = 0; h < H; ++h) {
-            for (long i = 0; i < T; ++i) {
-                const long nv = i < L ? nvalid : 0;   /* padded queries: every probability 0 */
-                const uint8_t *qi = q + i * cp + h * dk;
+            for (long ib = 0; ib < blocks; ++ib) {
+            /* the scores of QB query rows at once: each load of the keys serves all of them */
+            const long i0 = ib * QB, nr = T - i0 < QB ? T - i0 : QB;
+            const long nvb = i0 < L ? nvalid : 0;   /* padded queries: every probability 0 */
+            for (long r = 0; r < nr; ++r) {
+                const uint8_t *qi = q + (i0 + r) * cp + h * dk;
                 for (long c2 = 0; c2 < dk2; ++c2)
-                    qp[c2] = pack16((int)qi[2 * c2] - 128, 2 * c2 + 1 < dk ? (int)qi[2 * c2 + 1] - 128 : 0);
-                const int32_t *kh = kt + h * dk2 * Tp;
-                for (long j = 0; j < nv; j += 8) {
-                    __m256i acc = _mm256_setzero_si256();
-                    for (long c2 = 0; c2 < dk2; ++c2)
-                        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_set1_epi32(qp[c2]),
-                                                                      _mm256_loadu_si256((const __m256i *)(kh + c2 * Tp + j))));
-                    _mm256_storeu_si256((__m256i *)(s + j), acc);
+                    qp[r * (dk2 + 8) + c2] = pack16((int)qi[2 * c2] - 128, 2 * c2 + 1 < dk ? (int)qi[2 * c2 + 1] - 128 : 0);
+            }
+            const int32_t *kh = kt + h * dk2 * Tp;
+            for (long j = 0; j < nvb; j += 8) {
+                __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+                for (long c2 = 0; c2 < dk2; ++c2) {
+                    const __m256i kv = _mm256_loadu_si256((const __m256i *)(kh + c2 * Tp + j));
+                    a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(_mm256_set1_epi32(qp[c2]), kv));
+                    a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(_mm256_set1_epi32(qp[(dk2 + 8) + c2]), kv));
+                    a2 = _mm256_add_epi32(a2, _mm256_madd_epi16(_mm256_set1_epi32(qp[2 * (dk2 + 8) + c2]), kv));
+                    a3 = _mm256_add_epi32(a3, _mm256_madd_epi16(_mm256_set1_epi32(qp[3 * (dk2 + 8) + c2]), kv));
                 }
-                softmax_row8(s, Tp, nv, &a->sm, e, prob);
-                const int32_t *vh = v2 + h * (Tp / 2) * dk8;
+                _mm256_storeu_si256((__m256i *)(s4 + j), a0);
+                _mm256_storeu_si256((__m256i *)(s4 + Tq + j), a1);
+                _mm256_storeu_si256((__m256i *)(s4 + 2 * Tq + j), a2);
+                _mm256_storeu_si256((__m256i *)(s4 + 3 * Tq + j), a3);
+            }
+            for (long r = 0; r < nr; ++r) {
+                const long i = i0 + r, nv = i < L ? nvalid : 0;
+                const int32_t *s = s4 + r * Tq;
+                softmax_row8(s, Tq, nv, &a->sm, e, prob);
+                /* the context: p = pa + 128 [p >= 128] with pa = p & 127, so that vpmaddubsw's pairs
+                 * pa v stay below 2 * 127 * 128 < 2^15; at most 2 probabilities of a row reach 128
+                 * (each is then about half the row's sum or more), added one by one */
+                uint8_t *pa = (uint8_t *)e;   /* e is free again */
+                long big[8], nbig = 0;
+                for (long j = 0; j < nv; j += 32) {
+                    const __m256i x = _mm256_loadu_si256((const __m256i *)(prob + j));   /* prob: zero past nv */
+                    _mm256_storeu_si256((__m256i *)(pa + j), _mm256_and_si256(x, _mm256_set1_epi8(127)));
+                    for (unsigned m = (unsigned)_mm256_movemask_epi8(x); m && nbig < 8; m &= m - 1)
+                        big[nbig++] = j + __builtin_ctz(m);
+                }
+                const int32_t *vh = v4 + h * (Tp / 4) * dk8;
+                const __m256i ones = _mm256_set1_epi16(1);
+                __m256i acc[8];
+                for (int q8 = 0; q8 < dk8 / 8; ++q8) acc[q8] = _mm256_setzero_si256();
+                for (long j4 = 0; 4 * j4 < nv; ++j4) {
+                    int32_t pq;
+                    memcpy(&pq, pa + 4 * j4, 4);
+                    const __m256i b = _mm256_set1_epi32(pq);
+                    for (int q8 = 0; q8 < dk8 / 8; ++q8)
+                        acc[q8] = _mm256_add_epi32(acc[q8], _mm256_madd_epi16(_mm256_maddubs_epi16(b,
+                                _mm256_loadu_si256((const __m256i *)(vh + j4 * dk8 + q8 * 8))), ones));
+                }
+                int32_t ctx[64];
+                for (int q8 = 0; q8 < dk8 / 8; ++q8) _mm256_storeu_si256((__m256i *)(ctx + q8 * 8), acc[q8]);
+                for (long t = 0; t < nbig; ++t)
+                    for (long c = 0; c < dk; ++c) ctx[c] += 128 * ((int)v[big[t] * cp + h * dk + c] - 128);
                 uint8_t *o = out + i * ocp + h * dk;
-                for (long c = 0; c < dk8; c += 8) {
-                    __m256i acc = _mm256_setzero_si256();
-                    for (long j2 = 0; 2 * j2 < nv; ++j2) {
-                        int32_t pp;
-                        memcpy(&pp, prob + 2 * j2, 4);
-                        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_set1_epi32(pp),
-                                                                      _mm256_loadu_si256((const __m256i *)(vh + j2 * dk8 + c))));
-                    }
-                    int32_t ctx[8];
-                    _mm256_storeu_si256((__m256i *)ctx, acc);
-                    for (long cc = c; cc < c + 8 && cc < dk; ++cc) {
-                        const long kk = a->per_channel ? h * dk + cc : 0;
-                        int64_t y = rescale64(ctx[cc - c], a->M[kk], a->S[kk]);
-                        y = y < a->lo ? a->lo : (y > a->hi ? a->hi : y);
-                        o[cc] = (uint8_t)(y + a->off_out);
-                    }
+                for (long c = 0; c < dk; ++c) {
+                    const long kk = a->per_channel ? h * dk + c : 0;
+                    int64_t y = rescale64(ctx[c], a->M[kk], a->S[kk]);
+                    y = y < a->lo ? a->lo : (y > a->hi ? a->hi : y);
+                    o[c] = (uint8_t)(y + a->off_out);
                 }
+            }
             }
         }
     }
