@@ -8,6 +8,11 @@ from pathlib import Path
 
 import pytest
 
+# A quantized model's engine (IntegerModel.use_runtime) is the torch integer reference in the tests
+# unless a test asks for another: the C runtime builds a library per program (seconds each), and
+# tests/test_engine.py checks that it gives the same transcripts and integers.
+os.environ.setdefault("ASRQUANT_RUNTIME", "torch")
+
 
 def _shared_path() -> Path:
     return Path(os.environ.get("ASRQUANT_SHARED") or Path(__file__).resolve().parents[2] / "shared")

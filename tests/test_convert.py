@@ -16,6 +16,7 @@ from conftest import fill_bn_statistics, random_quartznet5x5, randomize_weights,
 
 from asrquant.calibration import random_mels
 from asrquant.cli import main as cli_main
+from asrquant.cpu import cpu_features
 from asrquant.convert import (HEADER, IntegerConvASR, load_quantized, quantize_model, read_payload, save_quantized,
                               write_payload)
 from asrquant.models import CheckpointError, ConvASR, save_model
@@ -219,7 +220,8 @@ def test_cli_quantize_verify_evaluate(small_quartznet, tmp_path, capsys):
                      "--json", str(report)]) == 0
     rep = json.loads(report.read_text())
     assert rep["passed"] is True
-    assert set(rep["backends"]) == {"numpy", "onnx-int", "fast-native", "fast-float-exact"}
+    assert set(rep["backends"]) == {"numpy", "onnx-int", "fast-native", "fast-float-exact", "c"}
+    assert rep["backends"]["c"]["bit_exact"] and rep["backends"]["c"]["kernels"] == cpu_features().best_family
     for name, r in rep["backends"].items():  # every backend either ran bit-exact or says why it could not
         assert r["bit_exact"] is True or r["skipped"], (name, r)
     assert rep["backends"]["numpy"]["bit_exact"] is True

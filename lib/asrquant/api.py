@@ -381,13 +381,17 @@ def _subsampling_factor(config: dict) -> int | None:
     return None
 
 
-def load(path: str | Path) -> Recognizer:
+def load(path: str | Path, runtime: str | None = None) -> Recognizer:
     """Open a float `.nemo` (QuartzNet, JasperDR, Conformer-CTC, the imported hama Conformer) or a
-    quantized `.aqz` model file as a Recognizer."""
+    quantized `.aqz` model file as a Recognizer. runtime: a quantized model's engine ("auto", "c",
+    "torch": ``IntegerModel.use_runtime``; default $ASRQUANT_RUNTIME, else auto)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: model file not found")
-    return Recognizer(open_model(path), path)
+    model = open_model(path)
+    if hasattr(model, "use_runtime"):
+        model.use_runtime(runtime)
+    return Recognizer(model, path)
 
 
 def ctm_lines(results: list[dict]) -> list[str]:

@@ -82,13 +82,28 @@ def cmd_import_hama(args) -> int:
     return 0
 
 
+def _use_runtime(model, runtime: str | None):
+    """A quantized model runs on `runtime` (IntegerModel.use_runtime); a float model has one engine."""
+    if hasattr(model, "use_runtime"):
+        model.use_runtime(runtime)
+    return model
+
+
+def _add_runtime_argument(p) -> None:
+    p.add_argument("--runtime", choices=("auto", "c", "torch"), default=None,
+                   help="engine of a quantized model: the C runtime (c), the torch integer reference "
+                        "(torch), or auto: C where a C compiler builds it, else torch (default: "
+                        "$ASRQUANT_RUNTIME, else auto); the same integers on every engine")
+
+
 def cmd_evaluate(args) -> int:
     from .data import load_dataset
     from .evaluate import evaluate
 
-    model = open_model(args.model)
+    model = _use_runtime(open_model(args.model), args.runtime)
     utts = load_dataset(args.data, limit=args.limit)
     result = evaluate(model, utts, batch_size=args.batch_size, progress=not args.quiet, seed=args.seed)
+    result["engine"] = model.engine_name() if hasattr(model, "engine_name") else "torch-fp32"
     lo, hi = result["ci95"]
     if "per" in result:  # phoneme models
         print(f"PER {result['per']:.2f}% (95% CI {lo:.2f}-{hi:.2f}; {result['phoneme_errors']} errors / "
@@ -111,7 +126,7 @@ def cmd_transcribe(args) -> int:
     for out in (args.json, args.ctm):  # before hours of decoding, not after
         _check_output_path(out)
     files = expand_inputs(args.inputs)
-    recognizer = load(args.model)
+    recognizer = load(args.model, runtime=args.runtime)
     if args.chunk_seconds is not None:
         recognizer.chunk_seconds = args.chunk_seconds
     results = recognizer.transcribe_detailed(
@@ -363,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0, help="bootstrap seed for the confidence interval")
     e.add_argument("--transcripts", action="store_true", help="include per-utterance transcripts in the JSON")
     e.add_argument("--quiet", action="store_true")
+    _add_runtime_argument(e)
     e.set_defaults(func=cmd_evaluate)
 
     t = sub.add_parser("transcribe", help="transcribe audio files, folders or a manifest with any model")
@@ -376,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ctm", default=None,
                    help="also write the words as CTM lines here: <file-id> 1 <start> <duration> <word> "
                         "(file-id: the file name without its extension)")
+    _add_runtime_argument(t)
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--chunk-seconds", type=float, default=None,
                    help="decode inputs longer than this in windows of this length, overlapping by 4 s "

@@ -23,6 +23,8 @@ paper; everything after it is the program.
 from __future__ import annotations
 
 import json
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -229,13 +231,59 @@ class IntegerModel(nn.Module):
 
     # --- integer side
     def forward_int(self, q: torch.Tensor, lengths: torch.Tensor):
-        """Integer log-mel [B, F, T] -> integer logits [B, C, T'] (scale `logit_scale`), lengths."""
+        """Integer log-mel [B, F, T] -> integer logits [B, C, T'] (scale `logit_scale`), lengths: the
+        torch reference backend, the program's specification in torch ops (verify watches it)."""
         from .program.torch_ref import TorchReference
 
         return TorchReference().run(self.program, q, lengths)
 
+    def use_runtime(self, runtime: str | None = None) -> "IntegerModel":
+        """The engine of `run_int` (hence of forward_features, evaluate, transcribe, the grid):
+        "c" (the C runtime, built once per program into the build cache), "torch" (forward_int),
+        or "auto" (the C runtime where a C compiler builds it, else torch, said once on stderr).
+        Default: $ASRQUANT_RUNTIME, else "auto". Every engine gives the same integers."""
+        runtime = runtime or os.environ.get("ASRQUANT_RUNTIME") or "auto"
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime {runtime!r}: choose from {', '.join(RUNTIMES)}")
+        self.runtime, self._engine = runtime, None
+        return self
+
+    def engine(self):
+        """The C runtime this model runs on, or None for the torch path (``use_runtime``)."""
+        if getattr(self, "runtime", None) is None:
+            self.use_runtime()
+        if self.runtime == "torch" or self._engine is False:
+            return None
+        if self._engine is None:
+            from .program.c_backend import CExportError, CRuntime
+
+            try:
+                self._engine = CRuntime(self.program, threads=torch.get_num_threads())
+            except (CExportError, OSError, RuntimeError) as e:
+                if self.runtime == "c":
+                    raise
+                self._engine = False
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                print(f"note: the C runtime is not available here ({first}); using the torch integer path "
+                      "(the same integers, slower)", file=sys.stderr)
+                return None
+        return self._engine
+
+    def engine_name(self) -> str:
+        """What `run_int` runs on: "c-int8 (<family> kernels)" or "torch-int8-reference"."""
+        engine = self.engine()
+        return f"c-int8 ({engine.isa} kernels)" if engine is not None else "torch-int8-reference"
+
+    def run_int(self, q: torch.Tensor, lengths: torch.Tensor):
+        """forward_int's integers, on the engine ``use_runtime`` chose."""
+        engine = self.engine()
+        if engine is None:
+            return self.forward_int(q, lengths)
+        logits, out_len = engine.run_with_lengths(q.numpy(), lengths.numpy())
+        return torch.from_numpy(logits), torch.from_numpy(out_len)
+
     def forward_features(self, mel, lengths):
-        return self.forward_int(self.quantize_input(mel), lengths)
+        return self.run_int(self.quantize_input(mel), lengths)
 
     def forward(self, audio, lengths):
         return self.forward_features(*self.features(audio, lengths))
@@ -248,6 +296,7 @@ class IntegerModel(nn.Module):
 
 
 IntegerConvASR = IntegerModel  # the name before the integer program (v1)
+RUNTIMES = ("auto", "c", "torch")
 
 
 # --------------------------------------------------------------------------- conversion

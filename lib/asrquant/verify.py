@@ -4,7 +4,8 @@
    `forward_int` (the torch reference backend of the program); no floating-point tensor may
    appear between the quantized input and the logits.
 2. Bit-exact across backends: every other backend of the program (the NumPy reference, which
-   shares no code with torch; the integer ONNX graph on onnxruntime; the fast CPU runner) is run
+   shares no code with torch; the integer ONNX graph on onnxruntime; the fast CPU runner; the C
+   runtime, in the kernel family it picks for this CPU, or $ASRQ_ISA's) is run
    on the same padded batch with its lengths, and every valid logit must equal the reference's.
    A backend that cannot run exactly on this machine (onnxruntime's integer kernels without
    VNNI, no C compiler) is reported as skipped with its reason, never as a pass.
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-BACKENDS = ("numpy", "onnx-int", "fast-native", "fast-float-exact")
+BACKENDS = ("numpy", "onnx-int", "fast-native", "fast-float-exact", "c")
 SIMULATED = ("onnx-qdq",)
 
 
@@ -55,9 +56,10 @@ def numpy_forward(qmodel, q: np.ndarray, lengths: np.ndarray):
 
 
 def run_backend(name: str, qmodel, q: torch.Tensor, lengths: torch.Tensor, threads: int = 1):
-    """(int64 logits, lengths) of one backend; raises ``BackendUnavailable`` with the reason."""
+    """(int64 logits, lengths, what to record of the run) of one backend; raises
+    ``BackendUnavailable`` with the reason."""
     if name == "numpy":
-        return numpy_forward(qmodel, q.numpy(), lengths.numpy())
+        return *numpy_forward(qmodel, q.numpy(), lengths.numpy()), {}
     if name == "onnx-int":
         from .deploy.runtime import ort_kernels_exact
         from .program.onnx_int import run_onnx_int
@@ -65,15 +67,23 @@ def run_backend(name: str, qmodel, q: torch.Tensor, lengths: torch.Tensor, threa
         if not ort_kernels_exact(threads):
             raise BackendUnavailable("onnxruntime's integer kernels are not exact on this CPU (no VNNI: U8S8 "
                                      "pairs saturate at int16)")
-        return run_onnx_int(qmodel.program, q, lengths, threads=threads)
+        return *run_onnx_int(qmodel.program, q, lengths, threads=threads), {}
     if name in ("fast-native", "fast-float-exact"):
         from .program.fast import run_fast
 
         mode = "native" if name == "fast-native" else "float-exact"
         try:
-            return run_fast(qmodel.program, q, lengths, depthwise=mode, threads=threads)
+            return *run_fast(qmodel.program, q, lengths, depthwise=mode, threads=threads), {}
         except (NotImplementedError, OSError, RuntimeError) as e:
             raise BackendUnavailable(f"{type(e).__name__}: {e}") from e
+    if name == "c":
+        from .program.c_backend import CExportError, CRuntime
+
+        try:
+            rt = CRuntime(qmodel.program, threads=threads)
+        except (CExportError, OSError, RuntimeError) as e:
+            raise BackendUnavailable(f"{type(e).__name__}: {e}") from e
+        return *rt.run_with_lengths(q.numpy(), lengths.numpy()), {"kernels": rt.isa}
     raise ValueError(f"unknown backend {name!r}; known: {BACKENDS + SIMULATED}")
 
 
@@ -143,12 +153,12 @@ def verify(qmodel, audio: torch.Tensor, lengths: torch.Tensor, numpy_items: int 
             ref, ref_len = logits[:k], out_len[:k]
         try:
             with torch.inference_mode():
-                got, got_len = run_backend(name, qmodel, qb, lb, threads)
+                got, got_len, info = run_backend(name, qmodel, qb, lb, threads)
         except BackendUnavailable as e:
             report["backends"][name] = {"bit_exact": None, "skipped": str(e)}
             continue
         report["backends"][name] = _compare(ref.numpy(), ref_len.numpy(), got, got_len)
-        report["backends"][name]["utterances"] = int(qb.shape[0])
+        report["backends"][name].update(utterances=int(qb.shape[0]), **info)
     ran = [r for r in report["backends"].values() if not r.get("skipped")]
     report["bit_exact"] = {"passed": bool(ran) and all(r["bit_exact"] for r in ran),
                            "backends_run": len(ran), "backends_skipped": len(report["backends"]) - len(ran)}

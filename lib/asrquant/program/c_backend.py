@@ -484,17 +484,45 @@ def _cache_root() -> Path:
     return Path(os.environ.get("ASRQUANT_NATIVE_CACHE", Path.home() / ".cache" / "asrquant")) / "c_runtime"
 
 
-def build(out_dir, cflags: str | None = None, target: str = "libasrq.so") -> Path:
-    """make the exported folder (CC / CFLAGS from the environment unless cflags is given)."""
+def build(out_dir, cflags: str | None = None, target: str = "libasrq.so", kernels: Path | None = None) -> Path:
+    """make the exported folder (CC / CFLAGS from the environment unless cflags is given); kernels:
+    a prebuilt archive of the kernels (``kernel_library``) to link instead of compiling them here."""
     if shutil.which(os.environ.get("CC", "cc")) is None or shutil.which("make") is None:
         raise RuntimeError("the C runtime needs a C compiler (cc or $CC) and make")
-    cmd = ["make", "-s", "-C", str(out_dir), target]
+    cmd = ["make", "-s", f"-j{os.cpu_count() or 1}", "-C", str(out_dir), target]
     if cflags is not None:
         cmd.append(f"CFLAGS={cflags}")
+    if kernels:
+        cmd += ["KOBJ=", f"KLIB={kernels}"]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode:
         raise RuntimeError(f"building the C runtime in {out_dir} failed:\n{r.stderr.strip()[-2000:]}")
     return Path(out_dir) / target
+
+
+KERNEL_SOURCES = ("asrq.h", "asrq_family.h", "asrq_kernels.h", "asrq_kernels.c", "asrq_ops.h", "asrq_ops.c", "Makefile")
+
+
+def kernel_library(cflags: str | None = None) -> Path:
+    """The kernel families' archive (it does not depend on the model), compiled once per source,
+    compiler and flags into the cache; a model then compiles only its model.c."""
+    h = hashlib.sha256()
+    for name in KERNEL_SOURCES:
+        h.update((SOURCES / name).read_bytes())
+    h.update(repr((cflags, os.environ.get("CC"), os.environ.get("CFLAGS"))).encode())
+    d = _cache_root() / f"kernels-{h.hexdigest()[:16]}"
+    if not (d / "done").is_file():
+        tmp = d.with_name(f"{d.name}.tmp{os.getpid()}")
+        tmp.mkdir(parents=True, exist_ok=True)
+        for name in KERNEL_SOURCES:
+            shutil.copyfile(SOURCES / name, tmp / name)
+        build(tmp, cflags, target="libasrq_kernels.a")
+        (tmp / "done").write_text("")
+        try:
+            os.replace(tmp, d)
+        except OSError:   # another process got there first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return d / "libasrq_kernels.a"
 
 
 class CRuntime:
@@ -509,11 +537,11 @@ class CRuntime:
         lib = self.dir / "libasrq.so"
         if out_dir and not lib.is_file():
             export_c(program, self.dir)
-            build(self.dir, cflags)
+            build(self.dir, cflags, kernels=kernel_library(cflags))
         elif not lib.is_file():   # the cache: built aside, then renamed (a concurrent build never shows half)
             tmp = self.dir.with_name(f"{self.dir.name}.tmp{os.getpid()}")
             export_c(program, tmp)
-            build(tmp, cflags)
+            build(tmp, cflags, kernels=kernel_library(cflags))
             try:
                 os.replace(tmp, self.dir)
             except OSError:       # another process got there first
