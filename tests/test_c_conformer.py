@@ -3,7 +3,9 @@ residual skips, bit-exact with the NumPy reference in every kernel family this C
 batch (every logit, the padded frames' too), alone or batched.
 
 The real pretrained hama Conformer (its weights ship with the PyPI package), calibrated on
-synthetic speech-like audio as in tests/test_conformer_integer.py: nothing here needs ../shared.
+synthetic speech-like audio as in tests/test_conformer_integer.py, and a NeMo-architecture
+Conformer-CTC (Conv2d subsampling, rel_pos attention) with random weights: nothing here needs
+../shared.
 """
 import shutil
 
@@ -65,3 +67,39 @@ def test_every_logit_equals_the_reference_on_a_padded_batch(hama_w8a8, padded, f
     alone, alone_len = NumpyReference().run(hama_w8a8.program, x[2:3, :, :n], lengths[2:3])
     assert np.array_equal(rt.run(x[2:3, :, :n]), alone)
     assert np.array_equal(alone[0, :, :ref_len[2]], ref[2, :, :ref_len[2]])
+
+
+@pytest.fixture(scope="module")
+def nemo_w8a8():
+    """A NeMo-architecture Conformer-CTC (2 layers of conformer_ctc_small): Conv2d striding
+    subsampling, rel_pos attention, xscaling; random weights, calibrated on random log-mels."""
+    from asrquant.models import ConformerCTC, conformer_ctc_config
+
+    cfg = conformer_ctc_config("small", n_layers=2)
+    torch.manual_seed(0)
+    model = ConformerCTC(cfg).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() > 1:
+                p.copy_(torch.randn(p.shape, generator=g) / p[0].numel() ** 0.5)
+    mel = torch.randn(2, 80, 300, generator=g)
+    return quantize(model, [(mel, torch.tensor([300, 250]))], 8, 8)
+
+
+def test_the_nemo_conformer_is_bit_exact_in_every_family(nemo_w8a8, tmp_path, monkeypatch):
+    steps = {s.kind for s in Lowering(nemo_w8a8.program).steps}
+    assert {"im2col", "attention", "group"} <= steps
+    g = torch.Generator().manual_seed(1)
+    x = nemo_w8a8.quantize_input(torch.randn(3, 80, 190, generator=g)).numpy()
+    lengths = np.array([190, 150, 97])
+    ref, ref_len = NumpyReference().run(nemo_w8a8.program, x, lengths)
+    for family in (None, *FAMILIES):
+        from asrquant.cpu import cpu_features, supports
+
+        if family is not None and not supports(cpu_features(), family):
+            continue
+        rt = family_runtime(nemo_w8a8.program, family, tmp_path, monkeypatch)
+        out, out_len = rt.run_with_lengths(x, lengths)
+        assert np.array_equal(out_len, ref_len)
+        assert int((out != ref).sum()) == 0, f"{rt.isa}: {int((out != ref).sum())} of {ref.size} logits differ"

@@ -535,6 +535,7 @@ def convert_conformer(model, observers: dict, weight_bits: int = 8, act_bits: in
     em.head_dim = model.encoder.d_model // model.encoder.layers[0].self_attn.h if len(model.encoder.layers) else 1
     walk(model, em, em.input, "input_lengths")
     program = em.g.program(("logits", "logits_lengths"), {"input_scale": em.input.scale, "input_bits": act_bits,
+                                                          "input_features": int(model.encoder.feat_in),
                                                           "logit_scale": em.logit_scale})
     qinfo = {"weight_bits": weight_bits, "act_bits": act_bits, "residual_bits": em.rb, "weight_method": weight_method,
              "prob_bits": prob_bits or act_bits,

@@ -223,7 +223,7 @@ class _Codegen:
     def act(self, name: str) -> Act:
         return self.lw.acts[name]
 
-    def rows(self, a: Act) -> str:
+    def first_row(self, a: Act) -> str:
         """the C pointer to the first frame of a stored activation"""
         return f"(m->slot[{a.slot}] + {a.pad * a.cp})"
 
@@ -270,7 +270,7 @@ class _Codegen:
              "                     int gamma6, gamma7; unsigned long long w, m, c, s, cs6, cs7; } term_desc[NTERMS] = {"]
         for t in self.terms:
             src = self.act(t.src)
-            a = t.conv.attrs if t.conv is not None else {"stride": 1, "dilation": 1, "padding": 0}
+            a = t.geo
             oblocks = -(-len(t.M) // 64)
             L.append(f"    {{{KIND[t.kind]}, {src.slot}, {src.cp}, {int(a['stride'])}, {int(a['dilation'])}, "
                      f"{src.pad - int(a['padding'])}, {t.taps}, {src.cp // 4}, {oblocks}, {src.channels}, {len(t.M)}, "
@@ -282,10 +282,15 @@ class _Codegen:
         return L
 
     # -------------------------------------------------------------- frame counts and scratch
-    def _term_geometry(self, t, out: Act) -> str:
+    def rows(self, out: Act, step: Step) -> str:
+        """the C expression of a group's output rows: its frames, times F' for an image (Conv2d)"""
+        f2 = step.data.get("rows_per_frame", 1)
+        return f"T[{out.index}]" + (f" * {f2}" if f2 != 1 else "")
+
+    def _term_geometry(self, t, out: Act, step: Step) -> str:
         src = self.act(t.src)
-        a = t.conv.attrs if t.conv is not None else {"stride": 1, "dilation": 1, "padding": 0}
-        return (f"{KIND[t.kind]}, T[{out.index}], {int(a['stride'])}, {src.pad - int(a['padding'])}, {t.taps}, "
+        a = t.geo
+        return (f"{KIND[t.kind]}, {self.rows(out, step)}, {int(a['stride'])}, {src.pad - int(a['padding'])}, {t.taps}, "
                 f"{int(a['dilation'])}, {src.cp}")
 
     def shapes(self) -> list[str]:
@@ -296,6 +301,13 @@ class _Codegen:
             if step.kind in ("mask", "frames"):
                 continue
             out = self.act(step.out)
+            if step.kind == "im2col":
+                src, g = self.act(step.reads[0]), step.data
+                frames = _conv_frames(f"T[{src.index}]", {"kernel": g["kT"], "stride": g["sT"], "padding": g["pT"],
+                                                           "dilation": 1})
+                L.append(f"    T[{out.index}] = ({frames}) * {g['F2']};")
+                L.append(f"    if (T[{out.index}] < 1) return ASRQ_ERR_SHORT;")
+                continue
             if step.kind != "group":
                 src = self.act(step.reads[0])
                 L.append(f"    T[{out.index}] = T[{src.index}];")
@@ -308,17 +320,15 @@ class _Codegen:
             L.append("    g = 0;")
             for j, t in enumerate(step.data["terms"]):
                 src = self.act(t.src)
-                if t.conv is not None:
-                    K = int(t.conv.params["weight"].shape[-1])
-                    expr = _conv_frames(f"T[{src.index}]", {"kernel": K, **t.conv.attrs})
-                else:
-                    expr = f"T[{src.index}]"
+                expr = _conv_frames(f"T[{src.index}]", t.geo)
+                if "rows_per_frame" in step.data:   # an image: the patches' rows are frames x F'
+                    expr = f"({expr}) / {step.data['rows_per_frame']}"
                 if j == 0:
                     L.append(f"    T[{out.index}] = {expr};")
                     L.append(f"    if (T[{out.index}] < 1) return ASRQ_ERR_SHORT;")
                 else:
                     L.append(f"    if ({expr} != T[{out.index}]) return ASRQ_ERR_SHORT;")
-                L.append(f"    g += asrq_term_scratch({self._term_geometry(t, out)});")
+                L.append(f"    g += asrq_term_scratch({self._term_geometry(t, out, step)});")
             L.append("    if (g > need) need = g;")
         L += ["    *gx_bytes = need;\n    return 0;\n}\n",
               "long asrq_out_frames(long frames) {\n    long T[NACT], gx;\n    T[0] = frames;\n"
@@ -386,20 +396,30 @@ class _Codegen:
             L.append(f"    asrq_group(m->terms + {first}, {n}, T[{out.index}], {out.cp // 64}, NULL, m->out64, "
                      f"{out.cp}, 0, 0, 0, 0, nt, m->gx);")
             return L
-        L.append(f"    asrq_group(m->terms + {first}, {n}, T[{out.index}], {out.cp // 64}, m->slot[{out.slot}], NULL, "
-                 f"{out.cp}, {out.pad}, {out.off}, {d['lo']}, {d['hi']}, nt, m->gx);")
+        f2 = d.get("rows_per_frame", 1)
+        ocp = out.img[1] if out.img else out.cp   # an image: rows of one position
+        L.append(f"    asrq_group(m->terms + {first}, {n}, {self.rows(out, step)}, {ocp // 64}, m->slot[{out.slot}], "
+                 f"NULL, {ocp}, {out.pad * f2}, {out.off}, {d['lo']}, {d['hi']}, nt, m->gx);")
         return L + self.fill(out)
+
+    def step_im2col(self, step: Step) -> list[str]:
+        g, src, out = step.data, self.act(step.reads[0]), self.act(step.out)
+        F, pstride, C = src.img
+        T2 = f"(T[{out.index}] / {g['F2']})"
+        return [f"    asrq_im2col({self.first_row(src)}, {src.cp}, {F}, {pstride}, {C}, "
+                f"T[{src.index}], m->slot[{out.slot}], {out.cp}, {T2}, {g['F2']}, {g['kT']}, {g['kF']}, {g['sT']}, "
+                f"{g['sF']}, {g['pT']}, {g['pF']}, {src.off}, nt);"]
 
     def step_table(self, step: Step) -> list[str]:
         d, src, out = step.data, self.act(step.reads[0]), self.act(step.out)
         return [f"    /* {d['name']} + requantize: a table */",
-                f"    asrq_lut({self.rows(src)}, {src.cp}, {self.rows(out)}, {out.cp}, T[{out.index}], {out.channels}, "
+                f"    asrq_lut({self.first_row(src)}, {src.cp}, {self.first_row(out)}, {out.cp}, T[{out.index}], {out.channels}, "
                 f"m->blob + {d['off']}, {int(d['per_channel'])}, nt);"] + self.fill(out)
 
     def step_glu(self, step: Step) -> list[str]:
         d, src, out = step.data, self.act(step.reads[0]), self.act(step.out)
         return [f"    /* {d['name']} + requantize */",
-                f"    asrq_glu({self.rows(src)}, {src.cp}, {self.rows(out)}, {out.cp}, T[{out.index}], {out.channels}, "
+                f"    asrq_glu({self.first_row(src)}, {src.cp}, {self.first_row(out)}, {out.cp}, T[{out.index}], {out.channels}, "
                 f"(const int32_t *)(m->blob + {d['sig_off']}), (const int64_t *)(m->blob + {d['m_off']}), "
                 f"(const int64_t *)(m->blob + {d['s_off']}), {int(d['per_channel'])}, {src.off}, {out.off}, "
                 f"{d['lo']}, {d['hi']}, nt);"] + self.fill(out)
@@ -411,7 +431,7 @@ class _Codegen:
         return [f"    {{   /* {d['name']} */",
                 f"        static const asrq_ln p = {{{p.channels}, {p.h}, {p.eps_int}LL, {p.eps_shift}, {p.norm_bits}, "
                 f"{p.u_max}, {p.M}LL, {p.shift}, {p.out_bits}, {narrow}}};",
-                f"        asrq_layernorm({self.rows(src)}, {src.cp}, {self.rows(out)}, {out.cp}, T[{out.index}], &p, "
+                f"        asrq_layernorm({self.first_row(src)}, {src.cp}, {self.first_row(out)}, {out.cp}, T[{out.index}], &p, "
                 f"(const int64_t *)(m->blob + {d['g_off']}), (const int64_t *)(m->blob + {d['b_off']}), "
                 f"{src.off}, {out.off}, (int64_t *)m->gx, nt);",
                 "    }"] + self.fill(out)
@@ -424,7 +444,7 @@ class _Codegen:
         e = d["softmax"].exp
         exp = ", ".join(f"{int(getattr(e, f))}LL" for f in ("in_shift", "q_ln2", "q_b", "q_c", "q_min", "out_max",
                                                              "z_max", "recip", "recip_shift"))
-        qv = self.rows(self.act(d["qv"])) if d["qv"] is not None else "NULL"
+        qv = self.first_row(self.act(d["qv"])) if d["qv"] is not None else "NULL"
         pos = (f"(const int8_t *)(m->blob + {d['pos_off']}), {d['max_len']}, {d['Mc']}LL, {d['Sc']}, {d['Mp']}LL, "
                f"{d['Sp']}" if d["qv"] is not None else "NULL, 0, 0, 0, 0, 0")
         lv = self.lw.lengths[d["lengths"]]
@@ -433,8 +453,8 @@ class _Codegen:
                 f"{d['softmax'].recip_bits}}}, (const int64_t *)(m->blob + {d['m_off']}), "
                 f"(const int64_t *)(m->blob + {d['s_off']}), {int(d['per_channel'])}, {d['lo']}, {d['hi']}, "
                 f"{out.off}, {pos}}};",
-                f"        asrq_attention(&a, {self.rows(q)}, {self.rows(k)}, {self.rows(v)}, {qv}, {q.cp}, "
-                f"T[{q.index}], {lv}, {self.rows(out)}, {out.cp}, m->gx, nt);",
+                f"        asrq_attention(&a, {self.first_row(q)}, {self.first_row(k)}, {self.first_row(v)}, {qv}, {q.cp}, "
+                f"T[{q.index}], {lv}, {self.first_row(out)}, {out.cp}, m->gx, nt);",
                 "    }"] + self.fill(out)
 
 

@@ -25,6 +25,11 @@ program's ops are matched, in order, into steps; each step is one kernel call:
   layernorm  the integer LayerNorm of each row (program/c/asrq_ops.c).
   attention  matmul_qk (+ rescale, matmul_pos, rescale, add: rel_pos), softmax, matmul_pv and the
              context's requantize, fused per head and query row.
+  im2col     NeMo's Conv2d subsampling: the 3 x 3 patches of an image activation as the rows of a
+             matrix, so that the Conv2d is a group with one GEMM term over them. Images are stored
+             time-major, one row of F positions per frame (the input mel: F bytes; a Conv2d's output:
+             F positions of Cp bytes, its GEMM rows); ``to_image`` and ``flatten_freq`` are views of
+             the same buffer (the Linear after flatten_freq reads its weights in position order).
   mask       mask_time, in place (padded frames set to off) when a length is shorter than the frames.
   frames     an integer expression on the lengths.
 Anything else raises ``CExportError`` naming the op.
@@ -46,8 +51,9 @@ __all__ = ["CExportError", "Lowering", "Blob", "LOWERED", "INT31", "INT63"]
 INT31, INT63 = (1 << 31) - 1, (1 << 63) - 1
 # the op kinds the C backend lowers (as parts of the steps above)
 LOWERED = ("mask_time", "frames", "conv1d", "requantize", "rescale", "add", "clamp", "swish", "gelu", "glu",
-           "layernorm", "matmul_qk", "matmul_pos", "softmax", "matmul_pv")
+           "layernorm", "matmul_qk", "matmul_pos", "softmax", "matmul_pv", "to_image", "conv2d", "flatten_freq")
 MAGIC = b"ASRQBLOB"
+UNIT = {"stride": 1, "padding": 0, "dilation": 1, "kernel": 1}   # a 1x1 over time: skips, Conv2d patches
 
 
 class CExportError(NotImplementedError):
@@ -78,6 +84,7 @@ class Act:
     back: int = 0    # rows after them
     slot: int = -1
     index: int = 0
+    img: tuple | None = None   # an image: (F positions per frame, bytes per position, channels per position)
 
     @property
     def cp(self) -> int:
@@ -91,6 +98,8 @@ class Term:
     S: list
     kind: str = "gemm"          # gemm | dw | ident (the activation itself)
     conv: Op | None = None
+    w: np.ndarray | None = None  # int64 [Cout, Cin/groups, K] as the kernels read it (views reordered)
+    geo: dict = field(default_factory=lambda: dict(UNIT))   # stride, padding, dilation, kernel along time
     w_off: int = 0
     m_off: int = 0
     c_off: int = 0
@@ -209,6 +218,9 @@ class _Patterns:
             conv = self.made_by(op.inputs[0], "conv1d")
             if conv is not None:
                 return ("group", [conv], [(conv, op)])
+            conv = self.made_by(op.inputs[0], "conv2d")
+            if conv is not None and op.kind == "requantize":
+                return ("conv2d", [conv], conv)
         return None
 
     def _table(self, op):   # swish / gelu + requantize, on an 8-bit input
@@ -268,14 +280,17 @@ class Lowering:
         self.acts: dict[str, Act] = {}
         self.lengths = {program.inputs[1]: "L0"}
         self.steps: list[Step] = []
+        self.flattened: set[str] = set()      # values that are flatten_freq views (and masks of them)
         inp = program.inputs[0]
         self.acts[inp] = Act(inp, self._input_channels(inp), off=_off(program.values[inp]))
         self._check_act(inp)
-        build = {"group": self._group, "table": self._table, "glu": self._glu, "attention": self._attention}
+        build = {"group": self._group, "table": self._table, "glu": self._glu, "attention": self._attention,
+                 "conv2d": self._conv2d}
         for op in program.ops:
             if id(op) in pat.found:
                 kind, _, detail = pat.found[id(op)]
-                self.steps.append(build[kind](op, detail))
+                step = build[kind](op, detail)
+                self.steps += step if isinstance(step, list) else [step]
             elif id(op) in pat.absorbed:
                 continue
             elif op.kind == "mask_time":
@@ -285,6 +300,16 @@ class Lowering:
                 self.steps.append(Step("frames", [], data={"op": op}))
             elif op.kind == "layernorm":
                 self.steps.append(self._layernorm(op))
+            elif op.kind == "to_image":   # [B, F, T] as an image of F positions of 1 channel: the same bytes
+                src = self._src(op.inputs[0], op.name)
+                src.img = (src.channels, 1, 1)
+                self.alias[op.outputs[0]] = src.name
+            elif op.kind == "flatten_freq":   # the image's frames as rows of F x Cp channels: the same bytes
+                src = self._src(op.inputs[0], op.name)
+                if src.img is None:
+                    raise CExportError(f"{op.name}: flatten_freq of a value that is not an image")
+                self.alias[op.outputs[0]] = src.name
+                self.flattened.add(op.outputs[0])
             else:
                 raise CExportError(f"{op.name}: a {op.kind} op outside the patterns the C backend fuses "
                                    "(conv groups, swish/gelu/glu + requantize, attention: program/c_lower.py)")
@@ -309,6 +334,8 @@ class Lowering:
                                f"(got role {v.role}, {v.bits} bits)")
 
     def _input_channels(self, name: str) -> int:
+        if "input_features" in self.p.meta:
+            return int(self.p.meta["input_features"])
         seen, todo = set(), [name]
         while todo:
             n = todo.pop()
@@ -319,7 +346,8 @@ class Lowering:
                 if op.kind == "mask_time" and op.outputs[0] not in seen:
                     seen.add(op.outputs[0])
                     todo.append(op.outputs[0])
-        raise CExportError(f"the program input {name!r} is not read by a conv1d")
+        raise CExportError(f"the program input {name!r} is not read by a conv1d, and the program does not record "
+                           "its input features (meta input_features: convert it again)")
 
     def _src(self, name: str, who: str) -> Act:
         root = self.root(name)
@@ -340,6 +368,8 @@ class Lowering:
         if len(self.cons.get(x, [])) != 1 or x in self.p.outputs:
             raise CExportError(f"{op.name}: the unmasked value {x!r} has other readers (in-place mask)")
         self.alias[op.outputs[0]] = root
+        if x in self.flattened:
+            self.flattened.add(op.outputs[0])
         return Step("mask", [root], root, {"lengths": lengths})
 
     # -------------------------------------------------------------- groups
@@ -368,14 +398,21 @@ class Lowering:
             if xin.channels != cout:
                 raise CExportError(f"{scale.name}: a skip of {xin.channels} channels into a sum of {cout}")
             return Term(xin.name, _ints(M, cout), _ints(S, cout), kind="ident", name=scale.name)
-        w = conv.params["weight"]
-        co, cin_g, K = (int(s) for s in w.shape)
+        w = conv.params["weight"].numpy().astype(np.int64)
+        co, cin_g, K = w.shape
         groups = int(conv.attrs["groups"])
         xin = self._src(conv.inputs[0], conv.name)
         if co != cout:
             raise CExportError(f"{terminal.name}: terms with different channel counts")
         if int(w.min()) < -128 or int(w.max()) > 127:
             raise CExportError(f"{conv.name}: weights outside int8")
+        if conv.inputs[0] in self.flattened:   # NeMo's (channel, freq) order -> the buffer's (freq, channel) order
+            F, pstride, C = xin.img
+            if groups != 1 or K != 1 or cin_g != C * F:
+                raise CExportError(f"{conv.name}: a conv of a flattened image other than a 1x1 of its {C * F} values")
+            w = np.zeros((co, F, pstride), dtype=np.int64)
+            w[:, :, :C] = conv.params["weight"].numpy().astype(np.int64)[:, :, 0].reshape(co, C, F).transpose(0, 2, 1)
+            w, cin_g = w.reshape(co, F * pstride, 1), F * pstride
         if groups == 1:
             kind = "gemm"
         elif groups == co and cin_g == 1 and xin.channels == co:
@@ -384,20 +421,19 @@ class Lowering:
             raise CExportError(f"{conv.name}: grouped conv with {groups} groups (only 1 or depthwise)")
         if cin_g * groups != xin.channels:
             raise CExportError(f"{conv.name}: {cin_g * groups} input channels, its input has {xin.channels}")
-        return Term(xin.name, _ints(M, co), _ints(S, co), kind=kind, conv=conv, name=conv.name)
+        geo = {k: int(conv.attrs[k]) for k in ("stride", "padding", "dilation")} | {"kernel": int(K)}
+        return Term(xin.name, _ints(M, co), _ints(S, co), kind=kind, conv=conv, w=w, geo=geo, name=conv.name)
 
     def _weights(self, t: Term, co: int) -> np.ndarray:
         """[Cout, Cin/g, K] int64 (an identity term: the unit matrix, for its bounds)."""
-        if t.conv is None:
-            return np.eye(co, dtype=np.int64)[:, :, None]
-        return t.conv.params["weight"].numpy().astype(np.int64)
+        return np.eye(co, dtype=np.int64)[:, :, None] if t.kind == "ident" else t.w
 
     def _constants(self, t: Term, off_in: int):
         co = len(t.M)
         flat = self._weights(t, co).reshape(co, -1)
         rowsum = [int(v) for v in flat.sum(1)]
         possum = [int(v) for v in np.clip(flat, 0, None).sum(1)]
-        bias = t.conv.params.get("bias") if t.conv is not None else None
+        bias = t.conv.params.get("bias") if t.kind != "ident" else None
         bias = _ints(bias, co) if bias is not None else [0] * co
         # the AVX2 family splits u at gamma (program/c/asrq_kernels.c): its accumulator is sum w (u - gamma),
         # gamma centering the window of 2^b values (b = 6 or 7) on y = 0 (signed) or starting it at 0
@@ -420,6 +456,37 @@ class Lowering:
                     raise CExportError(f"{t.name}: acc * M + C can overflow int64 (M = {m})")
                 out.append(c)
         t.C, t.Cs6, t.Cs7 = C, Cs6, Cs7
+
+    # -------------------------------------------------------------- NeMo's Conv2d subsampling
+    def _conv2d(self, req: Op, conv: Op) -> list[Step]:
+        """im2col of the image, then a group with one 1x1 GEMM term over its patches; the output is an
+        image of F' positions of Cp channels (the GEMM's rows)."""
+        src = self._src(conv.inputs[0], conv.name)
+        if src.img is None:
+            raise CExportError(f"{conv.name}: a Conv2d of a value that is not an image")
+        F, pstride, C = src.img
+        w = conv.params["weight"].numpy().astype(np.int64)
+        co, cin_g, kT, kF = w.shape
+        (sT, sF), (pT, pF) = conv.attrs["stride"], conv.attrs["padding"]
+        if int(conv.attrs["groups"]) != 1 or cin_g != C:
+            raise CExportError(f"{conv.name}: grouped Conv2d or {cin_g} input channels for an image of {C}")
+        F2 = (F + 2 * pF - kF) // sF + 1
+        patch = Act(f"{conv.name}.patches", kT * kF * C, off=src.off)
+        self.acts[patch.name] = patch
+        geo = {"kT": kT, "kF": kF, "sT": sT, "sF": sF, "pT": pT, "pF": pF, "F2": F2}
+        steps = [Step("im2col", [src.name], patch.name, geo)]
+        cp_o = _cp(co)
+        out = self._new_act(req, F2 * cp_o)
+        out.img = (F2, cp_o, co)
+        lo, hi = qrange(int(req.attrs["bits"]), bool(req.attrs["signed"]))
+        # patch index (i kF + j) C + c holds x[c, t sT + i - pT, f sF + j - pF]
+        gw = w.transpose(0, 2, 3, 1).reshape(co, kT * kF * C, 1)
+        t = Term(patch.name, _ints(req.params["M"], co), _ints(req.params["shift"], co), kind="gemm", conv=conv,
+                 w=gw, name=conv.name)
+        self._constants(t, patch.off)
+        steps.append(Step("group", [patch.name], out.name, {"terminal": req, "terms": [t], "lo": lo + out.off,
+                                                             "hi": hi + out.off, "rows_per_frame": F2, "image": geo}))
+        return steps
 
     # -------------------------------------------------------------- tables, GLU, LayerNorm, attention
     def _stored_values(self, src: Act) -> np.ndarray:
@@ -492,11 +559,10 @@ class Lowering:
     def _plan(self) -> None:
         for step in self.steps:
             for t in step.data.get("terms", []) if step.kind == "group" else []:
-                if t.conv is None:
+                if t.kind == "ident":
                     continue
-                a = t.conv.attrs
                 x = self.acts[t.src]
-                p, d = int(a["padding"]), int(a["dilation"])
+                p, d = t.geo["padding"], t.geo["dilation"]
                 x.pad = max(x.pad, p)
                 x.back = max(x.back, p + (3 * d if t.kind == "dw" else 0))
         # liveness: the last step reading each buffer
@@ -553,7 +619,7 @@ class Lowering:
         co = len(t.M)
         op_ = _cp(co)
         if t.kind == "gemm":
-            w = t.conv.params["weight"].numpy().astype(np.int8)
+            w = t.w.astype(np.int8)
             _, cin_g, K = w.shape
             cpi = self.acts[t.src].cp
             full = np.zeros((op_, cpi, K), dtype=np.int8)
@@ -562,7 +628,7 @@ class Lowering:
             packed = full.reshape(op_ // 64, 64, cpi // 4, 4, K).transpose(0, 4, 2, 1, 3)
             t.taps = K
         elif t.kind == "dw":
-            w = t.conv.params["weight"].numpy().astype(np.int8)
+            w = t.w.astype(np.int8)
             K = w.shape[-1]
             k4 = -(-K // 4)
             full = np.zeros((op_, k4 * 4), dtype=np.int8)

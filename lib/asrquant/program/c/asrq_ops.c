@@ -539,3 +539,25 @@ static long attention_scratch(long T, long H, long dk, int nthreads) {
 
 const asrq_ops_table OPS_TABLE = {lut_rows, glu, layernorm, attention_scalar, attention_scratch};
 #endif
+
+#if defined(ASRQ_PORTABLE)
+void asrq_im2col(const uint8_t *x, long xrow, long F, long pstride, long C, long T, uint8_t *out, long ocp, long T2,
+                 long F2, int kT, int kF, int sT, int sF, int pT, int pF, int off, int nthreads) {
+    (void)nthreads;
+#pragma omp parallel for collapse(2) schedule(static) num_threads(nthreads)
+    for (long t2 = 0; t2 < T2; ++t2)
+        for (long f2 = 0; f2 < F2; ++f2) {
+            uint8_t *row = out + (t2 * F2 + f2) * ocp;
+            for (int i = 0; i < kT; ++i)
+                for (int j = 0; j < kF; ++j) {
+                    const long t = t2 * sT + i - pT, f = f2 * sF + j - pF;
+                    uint8_t *dst = row + (i * kF + j) * C;
+                    if (t >= 0 && t < T && f >= 0 && f < F)
+                        memcpy(dst, x + t * xrow + f * pstride, (size_t)C);
+                    else
+                        memset(dst, off, (size_t)C);
+                }
+            memset(row + kT * kF * C, off, (size_t)(ocp - kT * kF * C));
+        }
+}
+#endif

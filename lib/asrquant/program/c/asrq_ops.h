@@ -60,6 +60,12 @@ void asrq_attention(const asrq_attn *a, const uint8_t *q, const uint8_t *k, cons
                     long cp, long T, long L, uint8_t *out, long ocp, void *scratch, int nthreads);
 long asrq_attention_scratch(long T, long heads, long dk, int nthreads);
 
+/* the kT x kF patches of an image (T frames of F positions, `pstride` bytes apart, C channels each, rows
+ * of xrow bytes) as the rows of a matrix: row t2 F2 + f2 holds, at (i kF + j) C, the C bytes of position
+ * (t2 sT + i - pT, f2 sF + j - pF), or `off` (a real zero) outside the image; the rest of a row is off */
+void asrq_im2col(const uint8_t *x, long xrow, long F, long pstride, long C, long T, uint8_t *out, long ocp, long T2,
+                 long F2, int kT, int kF, int sT, int sF, int pT, int pF, int off, int nthreads);
+
 /* the ops of one kernel family (asrq_ops.c, compiled once per family like asrq_kernels.c) */
 typedef struct asrq_ops_table {
     void (*lut)(const uint8_t *, long, uint8_t *, long, long, long, const uint8_t *, int, int);
