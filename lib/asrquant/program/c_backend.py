@@ -71,6 +71,7 @@ const char *asrq_error(int code) {
     case ASRQ_ERR_SHORT: return "input too short for the model";
     case ASRQ_ERR_TOO_LONG: return "input longer than the max_frames given to asrq_load";
     case ASRQ_ERR_LENGTH: return "length outside 1..frames";
+    case ASRQ_ERR_POSITIONS: return "more frames than the model's relative positions (pos_emb_max_len)";
     default: return "unknown error";
     }
 }
@@ -315,6 +316,8 @@ class _Codegen:
                     L.append(f"    if ({src.channels}L * 8 * nt > need) need = {src.channels}L * 8 * nt;")
                 elif step.kind == "attention":
                     geo = f"T[{src.index}], {step.data['heads']}, {step.data['dk']}, nt"
+                    if step.data["qv"] is not None:
+                        L.append(f"    if (T[{src.index}] > {step.data['max_len']}) return ASRQ_ERR_POSITIONS;")
                     L.append(f"    if (asrq_attention_scratch({geo}) > need) need = asrq_attention_scratch({geo});")
                 continue
             L.append("    g = 0;")

@@ -43,5 +43,6 @@ const char *asrq_isa(void);
 #define ASRQ_ERR_SHORT 1       /* too few frames for the model's convolutions */
 #define ASRQ_ERR_TOO_LONG 2    /* more frames than max_frames of asrq_load */
 #define ASRQ_ERR_LENGTH 3      /* length outside 1..frames */
+#define ASRQ_ERR_POSITIONS 4   /* more frames than the model's relative positions (rel_pos attention) */
 
 #endif

@@ -404,24 +404,61 @@ static void softmax_row8(const int32_t *s, long n, long nv, const asrq_softmax *
 }
 
 /* per thread: the scores of QB query rows, exponentials (then the split probabilities), the QB
- * queries, the probabilities */
+ * queries, the probabilities, rel_pos's int64 scores */
 #define QB 4
-#define ROW_INTS(T, dk2) ((QB + 1) * NPAD(T, 32) + QB * ((dk2) + 8) + NPAD(T, 32) / 4)
+#define ROW_INTS(T, dk2) ((QB + 1) * NPAD(T, 32) + QB * ((dk2) + 8) + NPAD(T, 32) / 4 + 8 + 2 * NPAD(T, 8))
+
+/* rel_pos: s[j] <- max(rescale(s[j], Mc, Sc) + rescale(p_j, Mp, Sp) - max, q_min) for j < nv, with
+ * p_j = sum_c qv[c] pos[c][(L-1) - i + j] from pt (column m = off + j); tmp: int32 scratch */
+static void rel_scores(const asrq_attn *a, const uint8_t *qvi, const int32_t *pth, long P, long off, long dk, long dk2,
+                       long nv, int32_t *s, int64_t *s64, int32_t *tmp) {
+    int32_t qp[40];
+    for (long c2 = 0; c2 < dk2; ++c2) qp[c2] = pack16((int)qvi[2 * c2] - 128, 2 * c2 + 1 < dk ? (int)qvi[2 * c2 + 1] - 128 : 0);
+    for (long j = 0; j < nv; j += 8) {
+        __m256i acc = _mm256_setzero_si256();
+        for (long c2 = 0; c2 < dk2; ++c2)
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_set1_epi32(qp[c2]),
+                                                          _mm256_loadu_si256((const __m256i *)(pth + c2 * P + off + j))));
+        _mm256_storeu_si256((__m256i *)(tmp + j), acc);
+    }
+    const __m256i Mc = _mm256_set1_epi32((int32_t)a->Mc), Mp = _mm256_set1_epi32((int32_t)a->Mp);
+    const __m256i hc = _mm256_set1_epi64x(((long long)1 << a->Sc) >> 1), hp = _mm256_set1_epi64x(((long long)1 << a->Sp) >> 1);
+    for (long j = 0; j < nv; j += 4) {
+        const __m256i c = _mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)(s + j)));
+        const __m256i p = _mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)(tmp + j)));
+        const __m256i v = _mm256_add_epi64(sra64(_mm256_add_epi64(_mm256_mul_epi32(c, Mc), hc), (int)a->Sc),
+                                           sra64(_mm256_add_epi64(_mm256_mul_epi32(p, Mp), hp), (int)a->Sp));
+        _mm256_storeu_si256((__m256i *)(s64 + j), v);
+    }
+    int64_t m = s64[0];
+    for (long j = 1; j < nv; ++j) m = s64[j] > m ? s64[j] : m;
+    const int64_t qmin = a->sm.exp.q_min;
+    for (long j = 0; j < nv; ++j) {
+        const int64_t d = s64[j] - m;
+        s[j] = (int32_t)(d < qmin ? qmin : d);
+    }
+}
 
 static long attention_scratch_avx2(long T, long H, long dk, int nthreads) {
     const long Tp = NPAD(T, 8), dk2 = NPAD(dk, 2) / 2, dk8 = NPAD(dk, 8);
-    return (long)sizeof(int32_t) * (H * dk2 * Tp + H * (Tp / 4) * dk8 + (long)(nthreads > 0 ? nthreads : 1) * ROW_INTS(T, dk2));
+    return (long)sizeof(int32_t) * (H * dk2 * Tp + H * (Tp / 4) * dk8 + H * dk2 * NPAD(2 * T, 8) +
+                                    (long)(nthreads > 0 ? nthreads : 1) * ROW_INTS(T, dk2));
 }
 
 static void attention_avx2(const asrq_attn *a, const uint8_t *q, const uint8_t *k, const uint8_t *v, const uint8_t *qv,
                            long cp, long T, long L, uint8_t *out, long ocp, void *scratch, int nthreads) {
-    if (a->pos || a->sm.out_bits > 8 || a->dk > 64) {   /* rel_pos (int64 scores), wider probabilities: scalar */
-        attention_scalar(a, q, k, v, qv, cp, T, L, out, ocp, scratch, nthreads);
+    /* rel_pos: the int64 sum of the two rescaled scores, narrowed to int32 after subtracting the row max
+     * and clamping at q_min (exact where q_min >= -2^31; the rescales on 8 lanes need M < 2^31) */
+    const int rel = a->pos != NULL;
+    if (a->sm.out_bits > 8 || a->dk > 64 ||
+        (rel && (a->sm.exp.q_min < INT32_MIN || a->Mc >= ((int64_t)1 << 31) || a->Mp >= ((int64_t)1 << 31)))) {
+        attention_scalar(a, q, k, v, qv, cp, T, L, out, ocp, scratch, nthreads);   /* the general case */
         return;
     }
     const long H = a->heads, dk = a->dk, Tp = NPAD(T, 8), dk2 = NPAD(dk, 2) / 2, dk8 = NPAD(dk, 8);
-    const long nvalid = L < T ? L : T;
-    int32_t *kt = (int32_t *)scratch, *v4 = kt + H * dk2 * Tp, *rows = v4 + H * (Tp / 4) * dk8;
+    const long nvalid = L < T ? L : T, P = NPAD(2 * T, 8);   /* rel_pos: the 2T - 1 distances' columns */
+    int32_t *kt = (int32_t *)scratch, *v4 = kt + H * dk2 * Tp, *pt = v4 + H * (Tp / 4) * dk8;
+    int32_t *rows = pt + (rel ? H * dk2 * P : 0);
     (void)nthreads;
 #pragma omp parallel num_threads(nthreads)
     {
@@ -446,6 +483,18 @@ static void attention_avx2(const asrq_attn *a, const uint8_t *q, const uint8_t *
                     }
                     v4[(h * (Tp / 4) + j4) * dk8 + c] = (int32_t)w;
                 }
+        if (rel) {   /* pt[h][c2][m] = the pos table's columns of distance (T - 1) - m, channel pairs */
+            const long L2 = 2 * a->max_len - 1;
+#pragma omp for collapse(2) schedule(static)
+            for (long h = 0; h < H; ++h)
+                for (long c2 = 0; c2 < dk2; ++c2)
+                    for (long m = 0; m < P; ++m) {
+                        const long col = a->max_len - T + m, c = h * dk + 2 * c2;   /* (L-1) - (T-1) + m */
+                        const int a0 = m < 2 * T - 1 ? a->pos[c * L2 + col] : 0;
+                        const int a1 = m < 2 * T - 1 && 2 * c2 + 1 < dk ? a->pos[(c + 1) * L2 + col] : 0;
+                        pt[(h * dk2 + c2) * P + m] = pack16(a0, a1);
+                    }
+        }
         const long Tq = NPAD(T, 32);
 #ifdef _OPENMP
         int32_t *mine = rows + (long)omp_get_thread_num() * ROW_INTS(T, dk2);
@@ -454,6 +503,7 @@ static void attention_avx2(const asrq_attn *a, const uint8_t *q, const uint8_t *
 #endif
         int32_t *s4 = mine, *e = mine + QB * Tq, *qp = e + Tq;
         uint8_t *prob = (uint8_t *)(qp + QB * (dk2 + 8));
+        int64_t *s64 = (int64_t *)(prob + Tq + 32);
         const long blocks = (T + QB - 1) / QB;
 #pragma omp for collapse(2) schedule(static)
         for (long h = 0; h < H; ++h) {
@@ -483,7 +533,9 @@ static void attention_avx2(const asrq_attn *a, const uint8_t *q, const uint8_t *
             }
             for (long r = 0; r < nr; ++r) {
                 const long i = i0 + r, nv = i < L ? nvalid : 0;
-                const int32_t *s = s4 + r * Tq;
+                int32_t *s = s4 + r * Tq;
+                if (rel && nv > 0) rel_scores(a, qv + i * cp + h * dk, pt + h * dk2 * P, P, T - 1 - i, dk, dk2, nv, s,
+                                              s64, e);
                 softmax_row8(s, Tq, nv, &a->sm, e, prob);
                 /* the context: p = pa + 128 [p >= 128] with pa = p & 127, so that vpmaddubsw's pairs
                  * pa v stay below 2 * 127 * 128 < 2^15; at most 2 probabilities of a row reach 128
