@@ -22,12 +22,19 @@ Runtimes (``RUNTIMES``):
         c-int8 (``program/c_backend.py``: the program exported to C and built here, called
         through ctypes: VNNI int8 dot products, fused requantization; integer-only; it runs
         on one thread while the load average is at least twice the cores: ``asrq_set_adaptive``).
-  INT8 peer: onnxruntime-static-int8 (onnxruntime's own ``quantize_static`` model of the float
-        graph, calibrated on real utterances of ``calibration_data``: float requantization, not
-        bit-exact to the program; checked against FP32 by frame argmax agreement). Its time is
-        ``peer_ms``; ``c_vs_fp32`` and ``c_vs_peer`` are the C runtime's speedups.
+  INT8 peers (float requantization, not bit-exact to the program; checked against FP32 by frame
+        argmax agreement): onnxruntime-static-int8 (onnxruntime's own ``quantize_static`` model of
+        the float graph, calibrated on real utterances of ``calibration_data``) for the conv
+        models; onnxruntime-dynamic-int8 (``quantize_dynamic`` of a ``torch.onnx.export`` of the
+        float model: int8 MatMul weights, float everything else, the recipe sherpa-onnx ships its
+        int8 Conformer models with) for the Conformer. The peer's time is ``peer_ms``; ``c_vs_fp32``
+        and ``c_vs_peer`` are the C runtime's speedups.
+The Conformer (``CONFORMER_RUNTIMES``): torch-fp32, onnxruntime-fp32 (the torch.onnx.export of the
+float model), onnxruntime-dynamic-int8, and the integer-only runtimes.
 Latency covers the encoder + decoder (log-mel in, logits out), not the mel front end.
-The Conformer (``CONFORMER_RUNTIMES``): torch-fp32 against onnxruntime-int8 and torch+native-int8.
+Memory (``asrquant bench``, unless --no-memory): what each runtime adds to the resident set at its
+peak, in a process of its own that loads the models, resets its peak, builds that runtime and runs it
+once (``added_rss_mib``; ``base_rss_mib``: that process before the runtime).
 """
 
 from __future__ import annotations
@@ -49,12 +56,12 @@ INT8_RUNTIMES = ("onnxruntime-int8", "torch+native-int8", "torch-int8+fp32exact-
 # faster still (benchmarks/README.md); `--runtimes` still times them.
 DEFAULT_INT8 = ("onnxruntime-int8", "c-int8")
 PEER = "onnxruntime-static-int8"
+PEER_DYNAMIC = "onnxruntime-dynamic-int8"
+PEERS = (PEER, PEER_DYNAMIC)
 REFERENCE = "torch-int8-reference"
-RUNTIMES = FP32_RUNTIMES + INT8_RUNTIMES + (PEER, REFERENCE)
+RUNTIMES = FP32_RUNTIMES + INT8_RUNTIMES + PEERS + (REFERENCE,)
 INTEGER_ONLY = {"onnxruntime-int8", "torch+native-int8", "c-int8", REFERENCE}
-# The Conformer: the float model in torch (no BN-folded float graph of it here), and the two
-# integer-only runtimes (the fast runner uses the reference kernels for the Conformer's ops).
-CONFORMER_RUNTIMES = ("torch-fp32", "onnxruntime-int8", "torch+native-int8")
+CONFORMER_RUNTIMES = ("torch-fp32", "onnxruntime-fp32", PEER_DYNAMIC, "c-int8", "onnxruntime-int8")
 
 
 def default_runtimes(model) -> tuple[str, ...]:
@@ -113,7 +120,7 @@ def _runners(model, qmodel, names, threads, skipped: dict | None = None, peer: d
             r = _runner(model, qmodel, n, threads, peer)
             out[n] = r if len(r) == 3 else (*r, {})
         except (ValueError, OSError, RuntimeError, NotImplementedError, ImportError) as e:  # inexact / unbuildable
-            if skipped is None or n not in INT8_RUNTIMES + (PEER,):
+            if skipped is None or n not in INT8_RUNTIMES + PEERS:
                 raise
             skipped[n] = f"{type(e).__name__}: {e}"
     return out
@@ -126,6 +133,7 @@ def _runner(model, qmodel, n, threads, peer: dict | None = None):
     import torch
 
     from ..program.fast import TorchIntegerRunner
+    from ..quantize import is_conformer
     from .onnx_float import build_float_model
     from .runtime import OrtFloatRunner, OrtIntegerRunner, TorchFloatRunner
 
@@ -136,7 +144,11 @@ def _runner(model, qmodel, n, threads, peer: dict | None = None):
                 return _m.forward_features(mel, lengths)[0]
         return "fp32", f
     if n == "onnxruntime-fp32":
+        if is_conformer(model):
+            return "fp32", _torch_onnx_runner(float_export(model), threads)
         return "fp32", OrtFloatRunner(build_float_model(model), threads).run
+    if n == PEER_DYNAMIC:
+        return "int8-peer", _torch_onnx_runner(dynamic_int8_model(float_export(model)), threads)
     if n == "torch-fp32-fastdw":
         return "fp32", TorchFloatRunner(model, threads).run
     if n == "onnxruntime-int8":
@@ -167,25 +179,103 @@ def _runner(model, qmodel, n, threads, peer: dict | None = None):
     raise ValueError(f"unknown runtime {n!r} (choose from {', '.join(RUNTIMES)})")
 
 
+def _model_key(model) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def float_export(model, cache_dir=None) -> Path:
+    """The FP32 ONNX export of a float model (``onnx_float.export_torch_onnx``), cached under
+    cache_dir (default build/ort_float) by the model's weights."""
+    from ..paths import build_dir
+    from .onnx_float import export_torch_onnx
+
+    out = Path(cache_dir or build_dir() / "ort_float") / f"fp32_{_model_key(model)}.onnx"
+    if not out.is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+        export_torch_onnx(model, tmp)
+        os.replace(tmp, out)
+    return out
+
+
+def dynamic_int8_model(fp32_path: Path) -> Path:
+    """onnxruntime's ``quantize_dynamic`` (int8 weights, QInt8) of an FP32 ONNX file, beside it."""
+    out = Path(fp32_path).with_name(Path(fp32_path).stem.replace("fp32", "dyn_int8") + ".onnx")
+    if not out.is_file():
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        tmp = out.with_name(out.name + f".tmp{os.getpid()}.onnx")
+        quantize_dynamic(str(fp32_path), str(tmp), weight_type=QuantType.QInt8)
+        os.replace(tmp, out)
+    return out
+
+
+def _torch_onnx_runner(path: Path, threads):
+    """run(mel) of an export with inputs (mel, lengths): every frame valid."""
+    from ..program.onnx_int import make_session
+
+    session = make_session(Path(path), threads)
+
+    def run(mel):
+        x = _as_np(mel).astype(np.float32)
+        return session.run(None, {"mel": x, "lengths": np.full(x.shape[0], x.shape[-1], dtype=np.int64)})[0]
+    return run
+
+
 def _as_np(y):
     return y.numpy() if hasattr(y, "numpy") else np.asarray(y)
 
 
-def bench(model, qmodel, seconds: float = 10.0, batch: int = 1, threads: int = 1, repeats: int = 20,
-          warmup: int = 3, runtimes=FP32_RUNTIMES + DEFAULT_INT8, seed: int = 0, progress: bool = False,
-          peer: dict | None = None) -> dict:
-    """Time FP32 and INT8 runtimes of one model side by side (module doc). Returns a JSON-able dict."""
+def bench_input(model, seconds: float, batch: int, seed: int = 0, audio=None):
+    """(float log-mel [batch, F, T] of `seconds`, what it is): the model's front end on real speech
+    (utterances of the folder / manifest `audio` joined, then cut to length) when given, else random
+    normal values. The AVX2 kernels' time depends a little on the values (inputs outside their
+    window), so speech is what the README's timings use."""
     import torch
 
     from ..experiments import input_frames
+
+    T = input_frames(model, seconds)
+    if audio is None:
+        g = torch.Generator().manual_seed(seed)
+        return torch.randn(batch, model.encoder.feat_in, T, generator=g), "random normal log-mel"
+    from ..audio import load_audio
+    from ..data import load_dataset
+
+    need, waves, names = int(seconds * 16000), [], []
+    for u in load_dataset(audio, require_text=False):
+        waves.append(load_audio(u.audio_path))
+        names.append(u.id)
+        if sum(len(w) for w in waves) >= need:
+            break
+    x = np.concatenate(waves)[:need]
+    if len(x) < need:
+        raise ValueError(f"{audio}: less than {seconds:g} s of audio")
+    with torch.inference_mode():
+        mel, _ = model.features(torch.from_numpy(x)[None], torch.tensor([need]))
+    mel = mel[:, :, :T].repeat(batch, 1, 1)
+    return mel, f"speech: {' + '.join(names)} ({seconds:g} s)"
+
+
+def bench(model, qmodel, seconds: float = 10.0, batch: int = 1, threads: int = 1, repeats: int = 20,
+          warmup: int = 3, runtimes=FP32_RUNTIMES + DEFAULT_INT8, seed: int = 0, progress: bool = False,
+          peer: dict | None = None, audio=None) -> dict:
+    """Time FP32 and INT8 runtimes of one model side by side (module doc). Returns a JSON-able dict.
+    audio: a folder / manifest whose speech is the input (``bench_input``), else random values."""
+    import torch
 
     if repeats < 1 or batch < 1 or threads < 1:
         raise ValueError("repeats, batch and threads must be >= 1")
     torch.set_num_threads(threads)
     load_before = machine_info().get("loadavg")
-    T = input_frames(model, seconds)
-    g = torch.Generator().manual_seed(seed)
-    mel = torch.randn(batch, model.encoder.feat_in, T, generator=g)
+    mel, input_desc = bench_input(model, seconds, batch, seed, audio)
+    T = int(mel.shape[-1])
     q = qmodel.quantize_input(mel)
     skipped: dict = {}
     runners = _runners(model, qmodel, list(runtimes), threads, skipped, peer)
@@ -239,7 +329,8 @@ def bench(model, qmodel, seconds: float = 10.0, batch: int = 1, threads: int = 1
     fp_best, i8_best, i8_int_best = best(fp), best(i8), best(i8_int)
     out = {
         "model": getattr(model, "name", None) or model.__class__.__name__,
-        "seconds": seconds, "frames": T, "batch": batch, "threads": threads, "repeats": repeats, "warmup": warmup,
+        "seconds": seconds, "frames": T, "input": input_desc, "batch": batch, "threads": threads, "repeats": repeats,
+        "warmup": warmup,
         "fp32_runtime": fp_best, "fp32_ms": fp[fp_best]["median_ms"] if fp_best else None,
         "int8_runtime": i8_best, "int8_ms": i8[i8_best]["median_ms"] if i8_best else None,
         "int8_integer_only_runtime": i8_int_best,
@@ -252,7 +343,8 @@ def bench(model, qmodel, seconds: float = 10.0, batch: int = 1, threads: int = 1
     ms = lambda n: results[n]["median_ms"] if n in results else None  # noqa: E731
     c_ok = "c-int8" in i8
     out["c_int8_ms"] = ms("c-int8") if c_ok else None
-    out["peer_runtime"], out["peer_ms"] = (PEER, ms(PEER)) if PEER in results else (None, None)
+    peer_name = next((n for n in PEERS if n in results), None)
+    out["peer_runtime"], out["peer_ms"] = peer_name, ms(peer_name) if peer_name else None
     out["c_vs_fp32"] = out["fp32_ms"] / out["c_int8_ms"] if out["fp32_ms"] and out["c_int8_ms"] else None
     out["c_vs_peer"] = out["peer_ms"] / out["c_int8_ms"] if out["peer_ms"] and out["c_int8_ms"] else None
     out["loadavg_after"] = out["machine"].get("loadavg")
@@ -268,6 +360,8 @@ def format_report(res: dict) -> str:
                  if r["precision"] == "int8" else f"max |diff| vs torch {r['max_abs_diff_vs_torch']:.2e}")
         if r.get("kernels"):
             extra += f", kernels {r['kernels']}"
+        if r.get("added_rss_mib") is not None:
+            extra += f", +{r['added_rss_mib']:.0f} MiB at its peak"
         if "argmax_agreement_vs_fp32" in r:
             extra += f", frame argmax = FP32's on {100 * r['argmax_agreement_vs_fp32']:.1f}%"
         lines.append(f"  {n:26s} {r['precision']}  median {r['median_ms']:8.1f} ms  IQR {r['q25_ms']:.1f}-{r['q75_ms']:.1f}  {extra}")
@@ -282,7 +376,7 @@ def format_report(res: dict) -> str:
     if res.get("c_vs_fp32"):
         lines.append(f"C runtime (c-int8, {res['runtimes']['c-int8'].get('kernels')} kernels) {res['c_int8_ms']:.1f} ms: "
                      f"{res['c_vs_fp32']:.2f}x faster than FP32"
-                     + (f", {res['c_vs_peer']:.2f}x faster than onnxruntime's static int8 ({res['peer_ms']:.1f} ms)"
+                     + (f", {res['c_vs_peer']:.2f}x faster than {res['peer_runtime']} ({res['peer_ms']:.1f} ms)"
                         if res.get("c_vs_peer") else ""))
     return "\n".join(lines)
 
@@ -302,8 +396,56 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    help="audio for onnxruntime-static-int8's quantize_static calibration (default: the shared "
                         "train-clean-100, as `asrquant quantize --calibration real`)")
     p.add_argument("--calibration-limit", type=int, default=None, help="use only the first N calibration files")
+    p.add_argument("--audio", default=None,
+                   help="speech for the input: a LibriSpeech folder or manifest, its utterances joined and cut to "
+                        "--seconds (default: the shared test-other when present; 'random': random log-mel values)")
+    p.add_argument("--no-memory", dest="memory", action="store_false",
+                   help="skip each runtime's peak memory (a process per runtime, seconds each)")
     p.add_argument("--json", default=None, help="write the full result here")
     p.add_argument("--quiet", action="store_true")
+
+
+def peak_memory(model_path, quantized_path, runtimes, threads: int, seconds: float, peer: dict | None = None) -> dict:
+    """{runtime: the MiB a runtime adds to the resident set at its peak: a process loads both models,
+    then (Linux) resets its peak (/proc/self/clear_refs), builds that runtime and runs it once on
+    `seconds` of random input; the peak minus the resident set before}, and "base": the resident MiB
+    of such a process before the runtime (torch, the models)."""
+    import subprocess
+    import sys
+
+    out = {}
+    for n in ("base", *runtimes):
+        cmd = [sys.executable, "-m", "asrquant.deploy.bench", "--memory-child", str(model_path), str(quantized_path),
+               n, str(threads), str(seconds), json.dumps(peer or {})]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        last = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
+        ok = r.returncode == 0 and last.startswith("{")
+        out[n] = json.loads(last)["base_mib" if n == "base" else "added_mib"] if ok else None
+    return out
+
+
+def _status_kib(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise OSError(f"/proc/self/status has no {key}")
+
+
+def _memory_child(model_path, quantized_path, name, threads, seconds, peer) -> None:
+    import torch
+
+    from ..convert import load_quantized
+    from ..models.checkpoint import load_model
+
+    torch.set_num_threads(threads)
+    model, qmodel = load_model(model_path), load_quantized(quantized_path)
+    mel, _ = bench_input(model, seconds, 1)
+    Path("/proc/self/clear_refs").write_text("5")   # VmHWM := VmRSS
+    base = _status_kib("VmRSS")
+    if name != "base":
+        kind, fn, *_ = _runner(model, qmodel, name, threads, peer)
+        fn(qmodel.quantize_input(mel) if kind == "int8" else mel)
+    print(json.dumps({"base_mib": base / 1024, "added_mib": (_status_kib("VmHWM") - base) / 1024}))
 
 
 def cmd_bench(args) -> int:
@@ -317,10 +459,20 @@ def cmd_bench(args) -> int:
 
     peer = {"model_path": args.model, "calibration_data": args.calibration_data or str(librispeech("train-clean-100")),
             "limit": args.calibration_limit, "progress": not args.quiet}
+    audio = args.audio
+    if audio is None and librispeech("test-other").is_dir():
+        audio = str(librispeech("test-other"))
     res = bench(model, qmodel, args.seconds, args.batch, args.threads, args.repeats, args.warmup,
-                runtimes=runtimes, progress=not args.quiet, peer=peer)
+                runtimes=runtimes, progress=not args.quiet, peer=peer, audio=None if audio == "random" else audio)
     from ..paths import display_path
     from ..provenance import file_sha256, provenance
+
+    if args.memory:
+        mem = peak_memory(args.model, args.quantized, list(res["runtimes"]), args.threads, args.seconds,
+                          {**peer, "progress": False})
+        res["base_rss_mib"] = mem.pop("base")
+        for n, mib in mem.items():
+            res["runtimes"][n]["added_rss_mib"] = mib
 
     # files named relative to the repository (build/..., ../shared/...), never this machine's paths
     res["calibration_data"] = display_path(peer["calibration_data"])
@@ -338,3 +490,11 @@ def cmd_bench(args) -> int:
 
         atomic_write_bytes(args.json, lambda f: f.write(json.dumps(res, indent=2).encode()))
     return 0
+
+
+if __name__ == "__main__":   # peak_memory's child process
+    import sys
+
+    if sys.argv[1:2] == ["--memory-child"]:
+        a = sys.argv[2:]
+        _memory_child(a[0], a[1], a[2], int(a[3]), float(a[4]), json.loads(a[5]))

@@ -76,3 +76,39 @@ def export_onnx_float(model, path, frames: int | None = None) -> Path:
     from ..program.onnx_int import save_model
 
     return save_model(build_float_model(model, frames), path)
+
+
+def export_torch_onnx(model, path, frames: int = 1000) -> Path:
+    """FP32 ONNX of any float model by ``torch.onnx.export`` (the TorchScript exporter) of
+    ``forward_features``: inputs ``mel`` [1, F, T] and ``lengths`` [1], output ``logits``; what a user
+    who exports our float Conformer would run on onnxruntime (and quantize with ``quantize_dynamic``)."""
+    import io
+    import warnings
+
+    import torch
+
+    from ..program.onnx_int import save_model
+
+    class Features(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, mel, lengths):
+            return self.m.forward_features(mel, lengths)[0]
+
+    import copy
+
+    model = copy.deepcopy(model)   # tracing may leave caches behind in the module (positions of its length)
+    n_feat = int(getattr(model.encoder, "feat_in", 0) or model.preprocessor.featurizer.n_mels)
+    mel = torch.zeros(1, n_feat, frames)
+    lengths = torch.tensor([frames])
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Features(model.eval()), (mel, lengths), buf, input_names=["mel", "lengths"],
+                          output_names=["logits"], dynamic_axes={"mel": {2: "frames"}, "logits": {2: "out_frames"}},
+                          opset_version=17, dynamo=False)
+    import onnx
+
+    return save_model(onnx.load_from_string(buf.getvalue()), path)
