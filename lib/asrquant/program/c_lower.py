@@ -109,6 +109,9 @@ class Term:
     taps: int = 0
     gamma6: int = 0
     gamma7: int = 0
+    fast32: int = 0
+    group32: int = 0
+    vmax: int = 0
     index: int = 0              # in the model's term table
     name: str = ""
 
@@ -389,7 +392,17 @@ class Lowering:
             data["terms"].append(self._term(conv, scale, cout, terminal))
         for t in data["terms"]:
             self._constants(t, self.acts[t.src].off)
+        self._sum32(data)
         return Step("group", [t.src for t in data["terms"]], out, data)
+
+    @staticmethod
+    def _sum32(data: dict) -> None:
+        """group32 on the first term: every term fast32 and the sum of the rescaled terms (plus the
+        output offset) provably within int32, so the AVX2 family sums them in int32."""
+        terms = data["terms"]
+        ok = all(t.fast32 for t in terms) and sum(t.vmax for t in terms) + 256 < 1 << 31
+        for j, t in enumerate(terms):
+            t.group32 = int(ok and j == 0)
 
     def _term(self, conv: Op | None, scale: Op, cout: int, terminal: Op) -> Term:
         M, S = scale.params["M"], scale.params["shift"]
@@ -440,6 +453,7 @@ class Lowering:
         if off_in and t.kind != "ident":
             t.gamma6, t.gamma7 = off_in - 32, off_in - 64
         C, Cs6, Cs7 = [], [], []
+        t.vmax = 0   # the largest |(acc M + C) >> S|: a rescaled term's magnitude
         for o in range(co):
             m, s = t.M[o], t.S[o]
             if not 0 <= s <= 62 or m < 0:
@@ -455,7 +469,10 @@ class Lowering:
                 if max(abs(lo * m + c), abs(hi * m + c)) > INT63:
                     raise CExportError(f"{t.name}: acc * M + C can overflow int64 (M = {m})")
                 out.append(c)
+                t.vmax = max(t.vmax, (max(abs(lo * m + c), abs(hi * m + c)) >> s) + 1)
         t.C, t.Cs6, t.Cs7 = C, Cs6, Cs7
+        # the AVX2 family's int32 requantization: floor(v / 2^S) as (the high half of v) >> (S - 32)
+        t.fast32 = int(all(s >= 32 for s in t.S) and all(0 <= m < 1 << 31 for m in t.M))
 
     # -------------------------------------------------------------- NeMo's Conv2d subsampling
     def _conv2d(self, req: Op, conv: Op) -> list[Step]:
@@ -484,6 +501,8 @@ class Lowering:
         t = Term(patch.name, _ints(req.params["M"], co), _ints(req.params["shift"], co), kind="gemm", conv=conv,
                  w=gw, name=conv.name)
         self._constants(t, patch.off)
+        data = {"terms": [t]}
+        self._sum32(data)
         steps.append(Step("group", [patch.name], out.name, {"terminal": req, "terms": [t], "lo": lo + out.off,
                                                              "hi": hi + out.off, "rows_per_frame": F2, "image": geo}))
         return steps

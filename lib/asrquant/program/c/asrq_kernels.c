@@ -348,6 +348,7 @@ const asrq_family FAMILY_TABLE = {FAMILY_NAME, group_vnni, scratch_vnni, NULL, N
 typedef struct {
     int8_t *wt;    /* GEMM: [Cp_out/64][K][Cp_in][64] int8, a weight row per input channel (for the tails) */
     int m31;       /* every M in [0, 2^31): the vectorized requantization applies */
+    int32_t *sh32; /* fast32: S - 32 per channel */
 } avx2_aux;
 
 /* An input split at gamma with a window of 2^bits (module doc): the window parts a, in the layout
@@ -648,6 +649,40 @@ static void requant_avx2(const int32_t *acc, const int64_t *M, const int64_t *C,
     }
 }
 
+/* v[r][c] (+)= (acc * M + C) >> S in int32 lanes where the term is fast32 and its group group32:
+ * floor(p / 2^S) = floor(floor(p / 2^32) / 2^(S-32)), the first the high half of the int64 p */
+static void requant32_avx2(const int32_t *acc, const int64_t *M, const int64_t *C, const int32_t *sh, int32_t *v,
+                           int n, int first) {
+    const __m256i idx = _mm256_setr_epi32(1, 3, 5, 7, 1, 3, 5, 7);
+    for (int c = 0; c < 64; c += 8) {
+        const __m256i m0 = _mm256_loadu_si256((const __m256i *)(M + c)), m1 = _mm256_loadu_si256((const __m256i *)(M + c + 4));
+        const __m256i k0 = _mm256_loadu_si256((const __m256i *)(C + c)), k1 = _mm256_loadu_si256((const __m256i *)(C + c + 4));
+        const __m256i s = _mm256_loadu_si256((const __m256i *)(sh + c));
+        for (int r = 0; r < n; ++r) {
+            const int32_t *a = acc + r * 64 + c;
+            const __m256i p0 = _mm256_add_epi64(_mm256_mul_epi32(_mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)a)), m0), k0);
+            const __m256i p1 = _mm256_add_epi64(_mm256_mul_epi32(_mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)(a + 4))), m1), k1);
+            /* the high halves of the 8 int64: dwords 1, 3, 5, 7 of each */
+            const __m256i hi = _mm256_blend_epi32(_mm256_permutevar8x32_epi32(p0, idx), _mm256_permutevar8x32_epi32(p1, idx), 0xF0);
+            __m256i y = _mm256_srav_epi32(hi, s);
+            if (!first) y = _mm256_add_epi32(y, _mm256_loadu_si256((const __m256i *)(v + r * 64 + c)));
+            _mm256_storeu_si256((__m256i *)(v + r * 64 + c), y);
+        }
+    }
+}
+
+/* y = clamp(v + post, lo, hi) for 64 int32 channels of one row, stored as uint8 */
+static void store32_u8_avx2(const int32_t *v, uint8_t *o, int32_t post, int32_t lo, int32_t hi) {
+    const __m256i p = _mm256_set1_epi32(post), l = _mm256_set1_epi32(lo), u = _mm256_set1_epi32(hi);
+    for (int c = 0; c < 64; c += 16) {
+        const __m256i y0 = _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(v + c)), p), l), u);
+        const __m256i y1 = _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(v + c + 8)), p), l), u);
+        const __m256i w = _mm256_permute4x64_epi64(_mm256_packs_epi32(y0, y1), 0xD8);   /* 16 int16 in order */
+        const __m128i b = _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
+        _mm_storeu_si128((__m128i *)(o + c), b);
+    }
+}
+
 /* y = clamp(v + post, lo, hi) for 64 channels of one row, stored as uint8 ([lo, hi] within [0, 255]) */
 static void store_u8_avx2(const int64_t *v, uint8_t *o, int64_t post, int64_t lo, int64_t hi) {
     const __m256i p = _mm256_set1_epi64x(post), l = _mm256_set1_epi64x(lo), u = _mm256_set1_epi64x(hi);
@@ -712,10 +747,11 @@ static void group_avx2(const asrq_term *terms, int nterms, long T_out, long oblo
 #pragma omp for collapse(2) schedule(static)
         for (long ob = 0; ob < oblocks; ++ob) {
             for (long tb = 0; tb < tiles; ++tb) {
-                int32_t acc[TR * 64];
+                int32_t acc[TR * 64], v32[TR * 64];
                 int64_t v[TR * 64];
                 const long t0 = tb * TR;
                 const int n = (int)(T_out - t0 < TR ? T_out - t0 : TR);
+                const int narrow = out8 && terms[0].group32;   /* every term's rescaled value and the sum fit int32 */
                 for (int j = 0; j < nterms; ++j) {
                     const asrq_term *t = terms + j;
                     if (t->kind == ASRQ_GEMM)
@@ -725,12 +761,19 @@ static void group_avx2(const asrq_term *terms, int nterms, long T_out, long oblo
                     else
                         ident_tile(t, t0, ob, acc, n);
                     const int64_t *Cs = t->kind == ASRQ_IDENT ? t->C : sp[j].Cs;
-                    requant_avx2(acc, t->M + ob * 64, Cs + ob * 64, t->S + ob * 64, v, n, j == 0,
-                                 ((const avx2_aux *)t->aux)->m31);
+                    if (narrow)
+                        requant32_avx2(acc, t->M + ob * 64, Cs + ob * 64, ((const avx2_aux *)t->aux)->sh32 + ob * 64,
+                                       v32, n, j == 0);
+                    else
+                        requant_avx2(acc, t->M + ob * 64, Cs + ob * 64, t->S + ob * 64, v, n, j == 0,
+                                     ((const avx2_aux *)t->aux)->m31);
                 }
                 for (int r = 0; r < n; ++r) {
-                    if (out8)
-                        store_u8_avx2(v + r * 64, out8 + (out_row0 + t0 + r) * out_cp + ob * 64, post, lo, hi);
+                    uint8_t *o8 = out8 ? out8 + (out_row0 + t0 + r) * out_cp + ob * 64 : NULL;
+                    if (narrow)
+                        store32_u8_avx2(v32 + r * 64, o8, (int32_t)post, (int32_t)lo, (int32_t)hi);
+                    else if (out8)
+                        store_u8_avx2(v + r * 64, o8, post, lo, hi);
                     else
                         memcpy(out64 + (out_row0 + t0 + r) * out_cp + ob * 64, v + r * 64, sizeof(int64_t) * 64);
                 }
@@ -746,6 +789,9 @@ static int pack_avx2(asrq_term *t) {
     x->m31 = 1;
     for (long c = 0; c < t->oblocks * 64; ++c)
         if (t->M[c] < 0 || t->M[c] >= (1LL << 31)) x->m31 = 0;
+    x->sh32 = malloc(sizeof(int32_t) * (size_t)(t->oblocks * 64));
+    if (!x->sh32) return 1;
+    for (long c = 0; c < t->oblocks * 64; ++c) x->sh32[c] = c < t->cout ? (int32_t)t->S[c] - 32 : 0;   /* padding: v = 0 */
     if (t->kind == ASRQ_GEMM) {
         const long cp = t->cp_in, K = t->taps;
         x->wt = malloc((size_t)(t->oblocks * K * cp * 64));
@@ -764,6 +810,7 @@ static void unpack_avx2(asrq_term *t) {
     avx2_aux *x = (avx2_aux *)t->aux;
     if (!x) return;
     free(x->wt);
+    free(x->sh32);
     free(x);
     t->aux = NULL;
 }
