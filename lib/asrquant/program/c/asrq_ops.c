@@ -201,24 +201,75 @@ static int normalize8(const int64_t *ybuf, uint8_t *y, const asrq_ln *p, const i
 }
 #endif
 
+#if defined(__AVX2__)
+/* The statistics of a row on 8 lanes where r = eps_shift (no rescale of y: |y| < 2^h): y = C x - sum x
+ * (|y| <= 2 C 255 < 2^31 for C < 2^22), amax, W = sum y^2 in int64 (y^2 < 2^62 / C each... W < 2^62 is the
+ * algorithm's own bound). Else 0: the scalar loop. */
+static int row_stats8(const uint8_t *x, long C, int off_in, const asrq_ln *p, int64_t *ybuf, int64_t *amax_out,
+                      int64_t *W_out, int *r_out) {
+    if (C % 8 || C >= (1L << 22)) return 0;
+    const __m256i off = _mm256_set1_epi32(off_in);
+    __m256i t8 = _mm256_setzero_si256();
+    for (long c = 0; c < C; c += 8)
+        t8 = _mm256_add_epi32(t8, _mm256_sub_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(x + c))), off));
+    int32_t tv[8];
+    _mm256_storeu_si256((__m256i *)tv, t8);
+    const int32_t total = tv[0] + tv[1] + tv[2] + tv[3] + tv[4] + tv[5] + tv[6] + tv[7];
+    const __m256i Cv = _mm256_set1_epi32((int32_t)C), tot = _mm256_set1_epi32(total);
+    __m256i am = _mm256_setzero_si256();
+    for (long c = 0; c < C; c += 8) {
+        const __m256i xv = _mm256_sub_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(x + c))), off);
+        const __m256i yv = _mm256_sub_epi32(_mm256_mullo_epi32(xv, Cv), tot);
+        am = _mm256_max_epi32(am, _mm256_abs_epi32(yv));
+        _mm256_storeu_si256((__m256i *)(ybuf + c), _mm256_cvtepi32_epi64(_mm256_castsi256_si128(yv)));
+        _mm256_storeu_si256((__m256i *)(ybuf + c + 4), _mm256_cvtepi32_epi64(_mm256_extracti128_si256(yv, 1)));
+    }
+    int32_t av[8];
+    _mm256_storeu_si256((__m256i *)av, am);
+    int64_t amax = 0;
+    for (int i = 0; i < 8; ++i) amax = av[i] > amax ? av[i] : amax;
+    int r = bitlen64((uint64_t)amax) - (int)p->h;
+    r = r > p->eps_shift ? r : (int)p->eps_shift;
+    if (r != 0) return 0;   /* the rescaled squares: the scalar loop */
+    __m256i w4 = _mm256_setzero_si256();
+    for (long c = 0; c < C; c += 4) {
+        const __m256i yv = _mm256_loadu_si256((const __m256i *)(ybuf + c));
+        w4 = _mm256_add_epi64(w4, _mm256_mul_epi32(yv, yv));   /* |y| < 2^31: the low halves hold y */
+    }
+    int64_t wv[4];
+    _mm256_storeu_si256((__m256i *)wv, w4);
+    *amax_out = amax;
+    *W_out = wv[0] + wv[1] + wv[2] + wv[3];
+    *r_out = r;
+    return 1;
+}
+#endif
+
 /* one row (intops/nonlinear.py's int_layernorm, the channel axis): x stored u8, y stored u8 */
 static void layernorm_row(const uint8_t *x, uint8_t *y, const asrq_ln *p, const int64_t *g, const int64_t *b,
                           int off_in, int off_out, int64_t *ybuf) {
     const long C = p->channels;
-    int64_t total = 0, amax = 0;
+    int64_t total = 0, amax = 0, W = 0;
+    int r;
+#if defined(__AVX2__)
+    if (row_stats8(x, C, off_in, p, ybuf, &amax, &W, &r)) goto normalize;
+#endif
     for (long c = 0; c < C; ++c) total += (int64_t)x[c] - off_in;
     for (long c = 0; c < C; ++c) {
         const int64_t v = C * ((int64_t)x[c] - off_in) - total;
         ybuf[c] = v;
         amax = (v < 0 ? -v : v) > amax ? (v < 0 ? -v : v) : amax;
     }
-    int r = bitlen64((uint64_t)amax) - (int)p->h;
+    r = bitlen64((uint64_t)amax) - (int)p->h;
     r = r > p->eps_shift ? r : (int)p->eps_shift;
-    int64_t W = 0;
     for (long c = 0; c < C; ++c) {
         const int64_t s = (ybuf[c] + (((int64_t)1 << r) >> 1)) >> r;
         W += s * s;
     }
+#if defined(__AVX2__)
+normalize:
+#endif
+    ;
     const int j = r - (int)p->eps_shift;
     if (p->eps_int) W += (p->eps_int + (((int64_t)1 << (2 * j)) >> 1)) >> (2 * j);
     const int t = (62 - bitlen64((uint64_t)W)) >> 1;
@@ -362,8 +413,14 @@ static inline __m256i iexp8(__m256i d, const asrq_exp *p) {
 static void softmax_row8(const int32_t *s, long n, long nv, const asrq_softmax *p, int32_t *e, uint8_t *prob) {
     memset(prob, 0, (size_t)n);
     if (nv <= 0) return;
-    int32_t m = s[0];
-    for (long j = 1; j < nv; ++j) m = s[j] > m ? s[j] : m;
+    __m256i m8 = _mm256_set1_epi32(s[0]);
+    long j8 = 0;
+    for (; j8 + 8 <= nv; j8 += 8) m8 = _mm256_max_epi32(m8, _mm256_loadu_si256((const __m256i *)(s + j8)));
+    int32_t mm[8];
+    _mm256_storeu_si256((__m256i *)mm, m8);
+    int32_t m = mm[0];
+    for (int i = 1; i < 8; ++i) m = mm[i] > m ? mm[i] : m;
+    for (; j8 < nv; ++j8) m = s[j8] > m ? s[j8] : m;
     const __m256i mv = _mm256_set1_epi32(m), lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     __m256i sum = _mm256_setzero_si256();
     for (long j = 0; j < nv; j += 8) {
