@@ -42,14 +42,19 @@ from asrquant.models import ConvASR, config_for, load_model, save_model  # noqa:
 
 MODELS = ("quartznet5x5", "quartznet10x5", "quartznet15x5")
 LABEL = {"quartznet5x5": "QuartzNet-5x5", "quartznet10x5": "QuartzNet-10x5", "quartznet15x5": "QuartzNet-15x5"}
-FIG2_RUNTIMES = ("onnxruntime-fp32", "torch-fp32-fastdw", "onnxruntime-int8", "torch+native-int8",
-                 "torch-int8+fp32exact-dw", "c-int8", PEER)
+FIG2_RUNTIMES = ("onnxruntime-fp32", "torch-fp32-fastdw", "onnxruntime-int8", "c-int8", PEER)
 
 
-def run(models=MODELS, repeats: int = 20, threads: int = 1, seconds: float = 10.0, batch: int = 1,
-        runtimes=FIG2_RUNTIMES, progress: bool = True, calibration_limit: int = 16) -> pd.DataFrame:
+def run(models=MODELS, repeats: int = 20, threads=(1,), seconds: float = 10.0, batch: int = 1,
+        runtimes=FIG2_RUNTIMES, progress: bool = True, calibration_limit: int = 16, audio=None) -> pd.DataFrame:
+    """One ``bench`` per model and thread count. audio: the speech that is the input (default: the
+    shared test-other folder where it exists, else random values; 'random' for random values)."""
+    if audio is None and paths.librispeech("test-other").is_dir():
+        audio = str(paths.librispeech("test-other"))
+    audio = None if audio == "random" else audio
+    threads = (threads,) if isinstance(threads, int) else tuple(threads)
     rows = []
-    for name in models:
+    for name, th in [(m, t) for m in models for t in threads]:
         t0 = time.time()
         path = paths.build_dir() / "fig2" / f"{name}_random.nemo"
         if not path.is_file():   # seeded: the same weights every run; kept so the peer's calibration is cached
@@ -60,8 +65,8 @@ def run(models=MODELS, repeats: int = 20, threads: int = 1, seconds: float = 10.
         qmodel = quantize_model(model, random_mels(1, 2, 200, seed=0))
         peer = {"model_path": str(path), "calibration_data": str(paths.librispeech("train-clean-100")),
                 "limit": calibration_limit}
-        res = bench(model, qmodel, seconds=seconds, batch=batch, threads=threads, repeats=repeats,
-                    warmup=2, runtimes=runtimes, peer=peer)
+        res = bench(model, qmodel, seconds=seconds, batch=batch, threads=th, repeats=repeats,
+                    warmup=2, runtimes=runtimes, peer=peer, audio=audio)
         sizes = {"fp32": model_size_mb(name, 32), "int8": model_size_mb(name, 8)}
         for rt, r in res["runtimes"].items():
             rows.append({
@@ -73,11 +78,12 @@ def run(models=MODELS, repeats: int = 20, threads: int = 1, seconds: float = 10.
                 "headline": rt in (res["fp32_runtime"], res["int8_runtime"]),
                 "speedup_vs_best_fp32": res["fp32_ms"] / r["median_ms"],
                 "size_mb": sizes[r["precision"][:4]], "seconds": seconds, "frames": res["frames"], "batch": batch,
-                "threads": threads, "repeats": repeats, "cpu": res["machine"].get("cpu_model"),
+                "threads": th, "repeats": repeats, "input": res.get("input"), "cpu": res["machine"].get("cpu_model"),
+                "kernels": res["machine"].get("kernel_family"), "speedup_vs_peer": (res.get("peer_ms") or float("nan")) / r["median_ms"],
                 "loadavg_before": (res["loadavg_before"] or [None])[0], "loadavg_after": (res["loadavg_after"] or [None])[0],
             })
         if progress:
-            print(f"{LABEL[name]}: FP32 {res['fp32_ms']:.0f} ms ({res['fp32_runtime']}), INT8 {res['int8_ms']:.0f} ms "
+            print(f"{LABEL[name]}, {th} thread(s): FP32 {res['fp32_ms']:.0f} ms ({res['fp32_runtime']}), INT8 {res['int8_ms']:.0f} ms "
                   f"({res['int8_runtime']}) -> {res['speedup']:.2f}x; integer-only INT8 "
                   f"{res['int8_integer_only_ms']:.0f} ms -> {res['speedup_integer_only']:.2f}x; "
                   f"onnxruntime static int8 {res['peer_ms'] or float('nan'):.0f} ms "
@@ -109,31 +115,33 @@ def plot(df: pd.DataFrame, out=None):
                                 ("INT8 onnxruntime static (float requant.)" if r.precision == "INT8-PEER" else
                                  ("INT8 integer-only (ours)" if r.integer_only else "INT8 (fp32-exact depthwise)")),
                                 axis=1)
-    best = best.drop_duplicates(["model", "series"])
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    threads = sorted(set(df.threads))
+    fig, axes = plt.subplots(1, len(threads) + 1, figsize=(5.5 * (len(threads) + 1), 4.2))
     order = [LABEL[m] for m in MODELS if LABEL[m] in set(df.model)]
     hue_order = [h for h in ("FP32", "INT8 onnxruntime static (float requant.)", "INT8 integer-only (ours)",
                              "INT8 (fp32-exact depthwise)") if h in set(best.series)]
-    ax = sns.barplot(data=best, x="model", y="latency_ms", hue="series", order=order, hue_order=hue_order, ax=axes[0])
-    for i, m in enumerate(order):
-        sub = best[best.model == m].set_index("series")
-        for j, h in enumerate(hue_order):
-            if h in sub.index:
-                r = sub.loc[h]
-                x = i + (j - (len(hue_order) - 1) / 2) * 0.8 / len(hue_order)
-                ax.errorbar(x, r.latency_ms, yerr=[[r.latency_ms - r.q25_ms], [r.q75_ms - r.latency_ms]], color="k",
-                            capsize=3, lw=1)
-                if h != "FP32":
-                    ax.text(x, r.q75_ms, f"{r.speedup_vs_best_fp32:.2f}x", ha="center", va="bottom", fontsize=8)
-    th = df.threads.iloc[0]
-    loads = df.groupby("model").loadavg_before.first()
-    ax.set_xticks(range(len(order)), [f"{m}\nload {loads.get(m, float('nan')):.1f}" for m in order])
-    ax.set_ylabel(f"latency (ms), median and IQR\n10 s input, batch 1, {th} thread(s)")
-    ax.set_xlabel("")
-    ax.set_title("Latency on this CPU (ours)")
-    ax.legend(fontsize=8)
+    for ax, th in zip(axes, threads):
+        part = best[best.threads == th].drop_duplicates(["model", "series"])
+        sns.barplot(data=part, x="model", y="latency_ms", hue="series", order=order, hue_order=hue_order, ax=ax)
+        for i, m in enumerate(order):
+            sub = part[part.model == m].set_index("series")
+            for j, h in enumerate(hue_order):
+                if h in sub.index:
+                    r = sub.loc[h]
+                    x = i + (j - (len(hue_order) - 1) / 2) * 0.8 / len(hue_order)
+                    ax.errorbar(x, r.latency_ms, yerr=[[r.latency_ms - r.q25_ms], [r.q75_ms - r.latency_ms]],
+                                color="k", capsize=3, lw=1)
+                    if h != "FP32":
+                        ax.text(x, r.q75_ms, f"{r.speedup_vs_best_fp32:.2f}x", ha="center", va="bottom", fontsize=8)
+        loads = part.groupby("model").loadavg_before.first()
+        ax.set_xticks(range(len(order)), [f"{m}\nload {loads.get(m, float('nan')):.1f}" for m in order])
+        ax.set_ylabel(f"latency (ms), median and IQR\n10 s input, batch 1, {th} thread(s)")
+        ax.set_xlabel("")
+        ax.set_title(f"Latency on this CPU (ours), {th} thread(s)")
+        ax.legend(fontsize=8)
+    ax2 = axes[-1]
     sizes = df[df.precision.isin(["FP32", "INT8"])].drop_duplicates(["model", "precision"])
-    ax2 = sns.barplot(data=sizes, x="model", y="size_mb", hue="precision", order=order, hue_order=["FP32", "INT8"], ax=axes[1])
+    sns.barplot(data=sizes, x="model", y="size_mb", hue="precision", order=order, hue_order=["FP32", "INT8"], ax=ax2)
     ax2.set_ylabel("model size (MiB, BN folded)")
     ax2.set_xlabel("")
     ax2.set_title("Model size")
@@ -149,7 +157,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, nargs="+", default=[1], help="one run per thread count")
+    p.add_argument("--audio", default=None, help="speech input folder / manifest (default: the shared test-other; "
+                   "'random' for random values)")
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--calibration-limit", type=int, default=16,
                    help="train-clean-100 utterances for onnxruntime's static int8 calibration")
@@ -160,7 +170,8 @@ def main(argv=None) -> int:
     out = Path(args.out)
     if args.quick and args.out == p.get_default("out"):
         out = ROOT / "build" / "results" / "fig2_latency_quick.csv"
-    df = run(args.models, args.repeats, args.threads, args.seconds, calibration_limit=args.calibration_limit)
+    df = run(args.models, args.repeats, args.threads, args.seconds, calibration_limit=args.calibration_limit,
+             audio=args.audio)
     out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out, index=False)
     plot(df, args.plot or out.with_suffix(".png"))

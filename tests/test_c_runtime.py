@@ -117,6 +117,18 @@ def test_extreme_weights_and_inputs_would_saturate_a_plain_vpmaddubsw():
 
 @pytest.mark.parametrize("family", [None, *FAMILIES])
 def test_every_family_is_exact_on_the_adversarial_program(family, tmp_path, monkeypatch):
+    _adversarial_is_exact(family, tmp_path, monkeypatch)
+
+
+@pytest.mark.parametrize("window", ["6", "7"])
+def test_avx2_gemm_windows_are_both_exact(window, tmp_path, monkeypatch):
+    """The AVX2 family picks a GEMM's window from its data; forced, each window is exact on inputs
+    mostly outside it (tails of every size: d in [-2, 2] for 6 bits)."""
+    monkeypatch.setenv("ASRQ_AVX2_WINDOW", window)
+    _adversarial_is_exact("avx2", tmp_path, monkeypatch)
+
+
+def _adversarial_is_exact(family, tmp_path, monkeypatch):
     p = extreme_program()
     rng = np.random.default_rng(1)
     x = rng.integers(-128, 128, (3, 64, 150)).astype(np.int8)

@@ -339,6 +339,7 @@ const asrq_family FAMILY_TABLE = {FAMILY_NAME, group_vnni, scratch_vnni, NULL, N
 #if defined(ASRQ_AVX2)  /* ------------------------------------------------------------------ the AVX2 family */
 
 #define TR 4        /* output frames per tile: 4 rows x 16 channels = 8 ymm accumulators */
+#define SB 16       /* output frames per work item (a thread's unit): 4 tiles */
 /* The window: 6 bits (a in [0, 63]: two vpmaddubsw summed in int16, 5 instructions per 64 products)
  * or 7 bits (a in [0, 127]: one vpmaddubsw, pairs <= 127 * 256 < 2^15, 6 per 64) plus the tails
  * (about 40 instructions each). A GEMM takes 6 bits unless a sample of its input has more than 1 in
@@ -347,18 +348,23 @@ const asrq_family FAMILY_TABLE = {FAMILY_NAME, group_vnni, scratch_vnni, NULL, N
 
 typedef struct {
     int8_t *wt;    /* GEMM: [Cp_out/64][K][Cp_in][64] int8, a weight row per input channel (for the tails) */
+    int8_t *wh;    /* GEMM: [Cp_out/64][4][K][cin4][16][4], each 16-channel slice contiguous (L1: a stride of
+                    * 256 bytes would use a quarter of the cache's sets); 64-byte aligned in wh_mem */
+    void *wh_mem;
     int m31;       /* every M in [0, 2^31): the vectorized requantization applies */
     int32_t *sh32; /* fast32: S - 32 per channel */
 } avx2_aux;
 
 /* An input split at gamma with a window of 2^bits (module doc): the window parts a, in the layout
- * the kernel reads (GEMM: [rows][cp]; depthwise: the x4 copy), and per input row its inputs outside
- * the window ("tails"): cnt[row] entries (channel << 8 | (uint8) d) at ent + row * cp, and
- * cum[row] = the entries of the rows before it (depthwise: a tile skips a window with none). */
+ * the kernel reads (GEMM: [rows][cp]; depthwise: the x4 copy), and its inputs outside the window
+ * ("tails") in buckets of `bucket` channels (GEMM: the row, every output reads all of it; depthwise:
+ * 64, the channels of one output block): cnt[row * nb + b] entries (channel << 8 | (uint8) d) at
+ * ent + row * cp + b * bucket, and (depthwise) cum[b * (rows + 1) + row] = the entries of bucket b
+ * in the rows before it (a tile skips a window with none). */
 typedef struct {
     uint8_t *a;
     int32_t *cnt, *cum, *ent;
-    long rows;
+    long rows, bucket, nb, x4rows;
     int bits, gamma;
     const int64_t *Cs;
 } split;
@@ -372,10 +378,12 @@ static long a_bytes(int kind, long T_out, long stride, long row_off, long taps, 
                            : in_rows(kind, T_out, stride, row_off, taps, dil) * cp;
 }
 
+static long buckets(int kind, long cp) { return kind == ASRQ_DW ? cp / 64 : 1; }
+
 static long scratch_avx2(int kind, long T_out, long stride, long row_off, long taps, long dil, long cp) {
     if (kind == ASRQ_IDENT) return 0;
-    const long rows = in_rows(kind, T_out, stride, row_off, taps, dil);
-    return align64l(a_bytes(kind, T_out, stride, row_off, taps, dil, cp)) + 2 * align64l((rows + 1) * 4) +
+    const long rows = in_rows(kind, T_out, stride, row_off, taps, dil), nb = buckets(kind, cp);
+    return align64l(a_bytes(kind, T_out, stride, row_off, taps, dil, cp)) + 2 * align64l((rows + 1) * nb * 4) +
            align64l(rows * cp * 4);
 }
 
@@ -386,12 +394,15 @@ static split split_at(const asrq_term *t, long T_out, uint8_t *scratch, int bits
     s.Cs = bits == 6 ? t->Cs6 : t->Cs7;
     const long cp = t->cp_in;
     s.rows = in_rows(t->kind, T_out, t->stride, t->row_off, t->taps, t->dil);
+    s.nb = buckets(t->kind, cp);
+    s.x4rows = t->kind == ASRQ_DW ? x4_rows(T_out, t->stride, t->row_off, t->taps, t->dil) : 0;
+    s.bucket = cp / s.nb;
     s.a = scratch;
     scratch += align64l(a_bytes(t->kind, T_out, t->stride, t->row_off, t->taps, t->dil, cp));
     s.cnt = (int32_t *)scratch;
-    scratch += align64l((s.rows + 1) * 4);
+    scratch += align64l((s.rows + 1) * s.nb * 4);
     s.cum = (int32_t *)scratch;
-    scratch += align64l((s.rows + 1) * 4);
+    scratch += align64l((s.rows + 1) * s.nb * 4);
     s.ent = (int32_t *)scratch;
     return s;
 }
@@ -407,32 +418,36 @@ static void split_rows(const asrq_term *t, const split *s) {
 #pragma omp for schedule(static)
     for (long r = 0; r < s->rows; ++r) {
         const uint8_t *u = t->x + r * cp;
-        int32_t *er = s->ent + r * cp, n = 0;
-        for (long c = 0; c < cp; c += 32) {
-            const __m256i v = _mm256_sub_epi8(_mm256_loadu_si256((const __m256i *)(u + c)), g);
-            if (t->kind == ASRQ_GEMM) _mm256_storeu_si256((__m256i *)(s->a + r * cp + c), _mm256_and_si256(v, low));
-            unsigned out = ~(unsigned)_mm256_movemask_epi8(_mm256_cmpeq_epi8(_mm256_and_si256(v, top), z));
-            while (out) {
-                const int i = __builtin_ctz(out);
-                out &= out - 1;
-                const int vt = (int)u[c + i] - s->gamma;
-                const int d = (vt - (vt & ((1 << bits) - 1))) / (1 << bits);   /* exact: a multiple of 2^bits */
-                er[n++] = (int32_t)(((c + i) << 8) | (uint8_t)(int8_t)d);
+        for (long b = 0; b < s->nb; ++b) {
+            int32_t *er = s->ent + r * cp + b * s->bucket, n = 0;
+            for (long c = b * s->bucket; c < (b + 1) * s->bucket; c += 32) {
+                const __m256i v = _mm256_sub_epi8(_mm256_loadu_si256((const __m256i *)(u + c)), g);
+                if (t->kind == ASRQ_GEMM) _mm256_storeu_si256((__m256i *)(s->a + r * cp + c), _mm256_and_si256(v, low));
+                unsigned out = ~(unsigned)_mm256_movemask_epi8(_mm256_cmpeq_epi8(_mm256_and_si256(v, top), z));
+                while (out) {
+                    const int i = __builtin_ctz(out);
+                    out &= out - 1;
+                    const int vt = (int)u[c + i] - s->gamma;
+                    const int d = (vt - (vt & ((1 << bits) - 1))) / (1 << bits);   /* exact: a multiple of 2^bits */
+                    er[n++] = (int32_t)(((c + i) << 8) | (uint8_t)(int8_t)d);
+                }
             }
+            s->cnt[r * s->nb + b] = n;
         }
-        s->cnt[r] = n;
     }
 }
 
-/* the depthwise x4 copy of the window parts a = (u - gamma) & 127 */
+/* the depthwise x4 copy of the window parts a = (u - gamma) & 127, block-major: [cp / 64][rows][64][4],
+ * so that the rows a tile reads for one output block are contiguous (row-major, one block's 256 bytes
+ * would sit 4 cp bytes apart: a few L1 sets for the whole K + 3 rows) */
 static void build_x4(const asrq_term *t, long T_out, uint8_t *x4) {
     const long rows = x4_rows(T_out, t->stride, t->row_off, t->taps, t->dil), cp = t->cp_in, dil = t->dil;
     const __m256i g = _mm256_set1_epi8((char)t->gamma7), low = _mm256_set1_epi8(127);
 #pragma omp for schedule(static)
     for (long r = 0; r < rows; ++r) {
         const uint8_t *a = t->x + r * cp, *b = a + dil * cp, *c = b + dil * cp, *d = c + dil * cp;
-        uint8_t *o = x4 + r * cp * 4;
         for (long k = 0; k < cp; k += 32) {
+            uint8_t *o = x4 + ((k / 64) * rows + r) * 256 + (k % 64) * 4 - 4 * k;   /* o + 4 k: channel k */
 #define WIN(p) _mm256_and_si256(_mm256_sub_epi8(_mm256_loadu_si256((const __m256i *)((p) + k)), g), low)
             const __m256i ra = WIN(a), rb = WIN(b), rc = WIN(c), rd = WIN(d);
 #undef WIN
@@ -468,15 +483,15 @@ static inline __attribute__((always_inline)) void gemm_tile_avx2(const asrq_term
             a31 = a00;
     const long cp = t->cp_in, xstep = t->stride * cp, cin4 = t->cin4;
     const long used = (t->cin + 7) / 8 * 2;   /* the groups of 4 inputs up to the real channels, paired */
-    const int8_t *wp = t->w + ob * t->taps * cin4 * 256 + h * 64;
+    const int8_t *wp = ((const avx2_aux *)t->aux)->wh + (ob * 4 + h) * t->taps * cin4 * 64;
     for (long k = 0; k < t->taps; ++k) {
         const uint8_t *xk = a + (t0 * t->stride + t->row_off + k * t->dil) * cp;
-        const int8_t *wk = wp + k * cin4 * 256;
+        const int8_t *wk = wp + k * cin4 * 64;
         for (long c = 0; c < used; c += 2) {   /* used <= cin4 = Cp_in / 4: the rest are zero weights */
-            const __m256i w0 = _mm256_load_si256((const __m256i *)(wk + c * 256));
-            const __m256i w1 = _mm256_load_si256((const __m256i *)(wk + c * 256 + 32));
-            const __m256i v0 = _mm256_load_si256((const __m256i *)(wk + c * 256 + 256));
-            const __m256i v1 = _mm256_load_si256((const __m256i *)(wk + c * 256 + 288));
+            const __m256i w0 = _mm256_load_si256((const __m256i *)(wk + c * 64));
+            const __m256i w1 = _mm256_load_si256((const __m256i *)(wk + c * 64 + 32));
+            const __m256i v0 = _mm256_load_si256((const __m256i *)(wk + c * 64 + 64));
+            const __m256i v1 = _mm256_load_si256((const __m256i *)(wk + c * 64 + 96));
             GROW(0) GROW(1) GROW(2) GROW(3)
         }
     }
@@ -510,13 +525,13 @@ static inline __attribute__((always_inline)) void gemm7_tile_avx2(const asrq_ter
     __m256i a00 = _mm256_setzero_si256(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00,
             a31 = a00;
     const long cp = t->cp_in, xstep = t->stride * cp, cin4 = t->cin4, used = (t->cin + 3) / 4;
-    const int8_t *wp = t->w + ob * t->taps * cin4 * 256 + h * 64;
+    const int8_t *wp = ((const avx2_aux *)t->aux)->wh + (ob * 4 + h) * t->taps * cin4 * 64;
     for (long k = 0; k < t->taps; ++k) {
         const uint8_t *xk = a + (t0 * t->stride + t->row_off + k * t->dil) * cp;
-        const int8_t *wk = wp + k * cin4 * 256;
+        const int8_t *wk = wp + k * cin4 * 64;
         for (long c = 0; c < used; ++c) {
-            const __m256i w0 = _mm256_load_si256((const __m256i *)(wk + c * 256));
-            const __m256i w1 = _mm256_load_si256((const __m256i *)(wk + c * 256 + 32));
+            const __m256i w0 = _mm256_load_si256((const __m256i *)(wk + c * 64));
+            const __m256i w1 = _mm256_load_si256((const __m256i *)(wk + c * 64 + 32));
             GROW7(0) GROW7(1) GROW7(2) GROW7(3)
         }
     }
@@ -527,51 +542,75 @@ static inline __attribute__((always_inline)) void gemm7_tile_avx2(const asrq_ter
     if (n > 3) _mm256_storeu_si256((__m256i *)(o + 192), a30), _mm256_storeu_si256((__m256i *)(o + 200), a31);
 }
 
+/* rows t0 .. t0 + n - 1 (n <= SB) of output block ob: each 16-channel weight slice is read once for
+ * all the tiles of the item (it stays in L1 between them) */
 static void gemm_avx2(const asrq_term *t, const split *s, long t0, long ob, int32_t *acc, int n) {
     const int used = blocks16(t, ob, acc, n);
-    for (int h = 0; h < used; ++h) {
-        if (s->bits == 7) {
-            switch (n) {
-            case 1: gemm7_tile_avx2(t, s->a, t0, ob, h, acc, 1); break;
-            case 2: gemm7_tile_avx2(t, s->a, t0, ob, h, acc, 2); break;
-            case 3: gemm7_tile_avx2(t, s->a, t0, ob, h, acc, 3); break;
-            default: gemm7_tile_avx2(t, s->a, t0, ob, h, acc, 4); break;
+    for (int h = 0; h < used; ++h)
+        for (int i = 0; i < n; i += TR) {
+            int32_t *ai = acc + i * 64;
+            const int m = n - i < TR ? n - i : TR;
+            if (s->bits == 7) {
+                switch (m) {
+                case 1: gemm7_tile_avx2(t, s->a, t0 + i, ob, h, ai, 1); break;
+                case 2: gemm7_tile_avx2(t, s->a, t0 + i, ob, h, ai, 2); break;
+                case 3: gemm7_tile_avx2(t, s->a, t0 + i, ob, h, ai, 3); break;
+                default: gemm7_tile_avx2(t, s->a, t0 + i, ob, h, ai, 4); break;
+                }
+                continue;
             }
-            continue;
+            switch (m) {
+            case 1: gemm_tile_avx2(t, s->a, t0 + i, ob, h, ai, 1); break;
+            case 2: gemm_tile_avx2(t, s->a, t0 + i, ob, h, ai, 2); break;
+            case 3: gemm_tile_avx2(t, s->a, t0 + i, ob, h, ai, 3); break;
+            default: gemm_tile_avx2(t, s->a, t0 + i, ob, h, ai, 4); break;
+            }
         }
-        switch (n) {
-        case 1: gemm_tile_avx2(t, s->a, t0, ob, h, acc, 1); break;
-        case 2: gemm_tile_avx2(t, s->a, t0, ob, h, acc, 2); break;
-        case 3: gemm_tile_avx2(t, s->a, t0, ob, h, acc, 3); break;
-        default: gemm_tile_avx2(t, s->a, t0, ob, h, acc, 4); break;
-        }
-    }
-    /* the tails: acc += 2^6 d w_row */
+    /* the tails: acc += 2^bits sum d w_row, the sum in registers (d in [-2, 2]: adds, no multiplies) */
     const avx2_aux *x = (const avx2_aux *)t->aux;
     const long cp = t->cp_in;
-    for (int r = 0; r < n; ++r)
+    for (int r = 0; r < n; ++r) {
+        __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0, s4 = s0, s5 = s0, s6 = s0, s7 = s0;
+        int any = 0;
         for (long k = 0; k < t->taps; ++k) {
             const long row = (t0 + r) * t->stride + t->row_off + k * t->dil;
             const int32_t *e = s->ent + row * cp;
             for (int32_t i = 0; i < s->cnt[row]; ++i) {
-                const __m256i d = _mm256_set1_epi32((int32_t)(int8_t)(e[i] & 0xFF) << s->bits);
+                const int d = (int8_t)(e[i] & 0xFF);
                 const int8_t *wr = x->wt + ((ob * t->taps + k) * cp + (e[i] >> 8)) * 64;
-                int32_t *ar = acc + r * 64;
-                for (int q = 0; q < 64; q += 8) {
-                    const __m256i w = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(wr + q)));
-                    const __m256i v = _mm256_loadu_si256((const __m256i *)(ar + q));
-                    _mm256_storeu_si256((__m256i *)(ar + q), _mm256_add_epi32(v, _mm256_mullo_epi32(w, d)));
+#define W8(q) _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(wr + 8 * (q))))
+                for (int m = d < 0 ? -d : d; m > 0; --m) {
+                    if (d > 0) {
+                        s0 = _mm256_add_epi32(s0, W8(0)), s1 = _mm256_add_epi32(s1, W8(1));
+                        s2 = _mm256_add_epi32(s2, W8(2)), s3 = _mm256_add_epi32(s3, W8(3));
+                        s4 = _mm256_add_epi32(s4, W8(4)), s5 = _mm256_add_epi32(s5, W8(5));
+                        s6 = _mm256_add_epi32(s6, W8(6)), s7 = _mm256_add_epi32(s7, W8(7));
+                    } else {
+                        s0 = _mm256_sub_epi32(s0, W8(0)), s1 = _mm256_sub_epi32(s1, W8(1));
+                        s2 = _mm256_sub_epi32(s2, W8(2)), s3 = _mm256_sub_epi32(s3, W8(3));
+                        s4 = _mm256_sub_epi32(s4, W8(4)), s5 = _mm256_sub_epi32(s5, W8(5));
+                        s6 = _mm256_sub_epi32(s6, W8(6)), s7 = _mm256_sub_epi32(s7, W8(7));
+                    }
                 }
+#undef W8
+                any = 1;
             }
         }
+        if (!any) continue;
+        int32_t *ar = acc + r * 64;
+        const __m128i b = _mm_cvtsi32_si128(s->bits);
+#define ADD(q, v) _mm256_storeu_si256((__m256i *)(ar + 8 * (q)), _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(ar + 8 * (q))), _mm256_sll_epi32(v, b)))
+        ADD(0, s0), ADD(1, s1), ADD(2, s2), ADD(3, s3), ADD(4, s4), ADD(5, s5), ADD(6, s6), ADD(7, s7);
+#undef ADD
+    }
 }
 
 /* acc[r][16h .. 16h+15]: vpmaddubsw on the x4 copy of the 7-bit window parts, 4 taps per lane */
-static inline __attribute__((always_inline)) void dw_tile_avx2(const asrq_term *t, const uint8_t *x4, long t0,
-                                                               long ob, int32_t *acc, const int n) {
+static inline __attribute__((always_inline)) void dw_tile_avx2(const asrq_term *t, const uint8_t *x4, long x4rows,
+                                                               long t0, long ob, int32_t *acc, const int n) {
     const __m256i ones = _mm256_set1_epi16(1);
-    const long row = 4 * t->cp_in, xstep = t->stride * row, jstep = 4 * t->dil * row;
-    const uint8_t *x0 = x4 + (t0 * t->stride + t->row_off) * row + ob * 256;
+    const long row = 256, xstep = t->stride * row, jstep = 4 * t->dil * row;   /* build_x4's layout */
+    const uint8_t *x0 = x4 + (ob * x4rows + t0 * t->stride + t->row_off) * row;
     const int8_t *wp = t->w + ob * t->taps * 256;
     const int used = blocks16(t, ob, acc, n);
     for (int h = 0; h < used; ++h) {
@@ -595,23 +634,23 @@ static inline __attribute__((always_inline)) void dw_tile_avx2(const asrq_term *
     }
 }
 
-static void dw_avx2(const asrq_term *t, const split *s, long t0, long ob, int32_t *acc, int n) {
+static void dw_tiles_avx2(const asrq_term *t, const split *s, long t0, long ob, int32_t *acc, int n) {
     switch (n) {
-    case 1: dw_tile_avx2(t, s->a, t0, ob, acc, 1); break;
-    case 2: dw_tile_avx2(t, s->a, t0, ob, acc, 2); break;
-    case 3: dw_tile_avx2(t, s->a, t0, ob, acc, 3); break;
-    default: dw_tile_avx2(t, s->a, t0, ob, acc, 4); break;
+    case 1: dw_tile_avx2(t, s->a, s->x4rows, t0, ob, acc, 1); break;
+    case 2: dw_tile_avx2(t, s->a, s->x4rows, t0, ob, acc, 2); break;
+    case 3: dw_tile_avx2(t, s->a, s->x4rows, t0, ob, acc, 3); break;
+    default: dw_tile_avx2(t, s->a, s->x4rows, t0, ob, acc, 4); break;
     }
     /* the tails in the tile's input window: acc[r][c] += 2^7 d w[c][k] for each tap k that reads them */
     const long r0 = t0 * t->stride + t->row_off, K4 = 4 * t->taps;
     const long r1 = (t0 + n - 1) * t->stride + t->row_off + (K4 - 1) * t->dil + 1;
-    if (s->cum[r1] == s->cum[r0]) return;
+    const int32_t *cum = s->cum + ob * (s->rows + 1);
+    if (cum[r1] == cum[r0]) return;
     const long cp = t->cp_in, c0 = ob * 64;
     for (long row = r0; row < r1; ++row) {
-        const int32_t *e = s->ent + row * cp;
-        for (int32_t i = 0; i < s->cnt[row]; ++i) {
+        const int32_t *e = s->ent + row * cp + ob * 64;
+        for (int32_t i = 0; i < s->cnt[row * s->nb + ob]; ++i) {
             const long c = (e[i] >> 8) - c0;
-            if (c < 0 || c >= 64) continue;
             const int32_t d = (int32_t)(int8_t)(e[i] & 0xFF) << WIN_DW;
             for (int r = 0; r < n; ++r) {
                 const long off = row - (t0 + r) * t->stride - t->row_off;
@@ -621,6 +660,10 @@ static void dw_avx2(const asrq_term *t, const split *s, long t0, long ob, int32_
             }
         }
     }
+}
+
+static void dw_avx2(const asrq_term *t, const split *s, long t0, long ob, int32_t *acc, int n) {
+    for (int i = 0; i < n; i += TR) dw_tiles_avx2(t, s, t0 + i, ob, acc + i * 64, n - i < TR ? n - i : TR);
 }
 
 /* v[r][c] (+)= (acc * M + C) >> S for 64 channels, in int64 lanes: vpmuldq (M < 2^31) and the
@@ -714,13 +757,15 @@ static int gemm_window(const asrq_term *t, long T_out) {
         }
         seen += (t->cin + 31) / 32 * 32;
     }
+    const char *force = getenv("ASRQ_AVX2_WINDOW");   /* 6 or 7: the tests run both windows on any data */
+    if (force && (force[0] == '6' || force[0] == '7') && !force[1]) return force[0] - '0';
     return out * 64 <= seen ? 6 : 7;
 }
 
 static void group_avx2(const asrq_term *terms, int nterms, long T_out, long oblocks, uint8_t *out8, int64_t *out64,
                        long out_cp, long out_row0, int64_t post, int64_t lo, int64_t hi, int nthreads,
                        uint8_t *scratch) {
-    const long tiles = (T_out + TR - 1) / TR;
+    const long tiles = (T_out + SB - 1) / SB;
     split sp[nterms > 0 ? nterms : 1];
     for (int j = 0; j < nterms; ++j) {
         const asrq_term *t = terms + j;
@@ -739,18 +784,21 @@ static void group_avx2(const asrq_term *terms, int nterms, long T_out, long oblo
                 build_x4(t, T_out, sp[j].a);
 #pragma omp single
                 {
-                    sp[j].cum[0] = 0;
-                    for (long r = 0; r < sp[j].rows; ++r) sp[j].cum[r + 1] = sp[j].cum[r] + sp[j].cnt[r];
+                    for (long b = 0; b < sp[j].nb; ++b) {
+                        int32_t *cum = sp[j].cum + b * (sp[j].rows + 1);
+                        cum[0] = 0;
+                        for (long r = 0; r < sp[j].rows; ++r) cum[r + 1] = cum[r] + sp[j].cnt[r * sp[j].nb + b];
+                    }
                 }
             }
         }
 #pragma omp for collapse(2) schedule(static)
         for (long ob = 0; ob < oblocks; ++ob) {
             for (long tb = 0; tb < tiles; ++tb) {
-                int32_t acc[TR * 64], v32[TR * 64];
-                int64_t v[TR * 64];
-                const long t0 = tb * TR;
-                const int n = (int)(T_out - t0 < TR ? T_out - t0 : TR);
+                int32_t acc[SB * 64], v32[SB * 64];
+                int64_t v[SB * 64];
+                const long t0 = tb * SB;
+                const int n = (int)(T_out - t0 < SB ? T_out - t0 : SB);
                 const int narrow = out8 && terms[0].group32;   /* every term's rescaled value and the sum fit int32 */
                 for (int j = 0; j < nterms; ++j) {
                     const asrq_term *t = terms + j;
@@ -802,6 +850,16 @@ static int pack_avx2(asrq_term *t) {
                     for (int o = 0; o < 64; ++o)
                         x->wt[((ob * K + k) * cp + c) * 64 + o] =
                             t->w[(((ob * K + k) * t->cin4 + c / 4) * 64 + o) * 4 + c % 4];
+        const size_t n = (size_t)(t->oblocks * K * t->cin4 * 256);
+        x->wh_mem = malloc(n + 63);
+        if (!x->wh_mem) return 1;
+        x->wh = (int8_t *)(((uintptr_t)x->wh_mem + 63) & ~(uintptr_t)63);
+        for (long ob = 0; ob < t->oblocks; ++ob)
+            for (long k = 0; k < K; ++k)
+                for (long c = 0; c < t->cin4; ++c)
+                    for (int o = 0; o < 64; ++o)
+                        memcpy(x->wh + ((((ob * 4 + o / 16) * K + k) * t->cin4 + c) * 16 + o % 16) * 4,
+                               t->w + (((ob * K + k) * t->cin4 + c) * 64 + o) * 4, 4);
     }
     return 0;
 }
@@ -810,6 +868,7 @@ static void unpack_avx2(asrq_term *t) {
     avx2_aux *x = (avx2_aux *)t->aux;
     if (!x) return;
     free(x->wt);
+    free(x->wh_mem);
     free(x->sh32);
     free(x);
     t->aux = NULL;
