@@ -1,4 +1,5 @@
-"""The C runtime's CLI against ``forward_int`` on real audio: tokens, every logit, WER.
+"""The C runtime's CLI against ``forward_int`` on real audio: tokens, every logit, WER (PER for a
+phoneme model such as the hama Conformer).
 
     .venv/bin/python benchmarks/check_c_runtime.py --quantized Q.aqz [--limit 40] [--json OUT]
 
@@ -7,7 +8,8 @@ CLI, -O3 -march=native), then for each test-other utterance (batch 1): the float
 the input quantization in Python (as ``forward_int``'s callers do), the quantized log-mel written
 as the CLI's input file, ``asrq model.bin input.q8 --logits out.bin`` run as a process; its
 printed tokens are compared with the greedy CTC tokens of ``forward_int``'s logits and its dumped
-int64 logits with those logits, every one. Writes benchmarks/results/c_runtime_test_other.json.
+int64 logits with those logits, every one; both logits are decoded and scored as ``evaluate`` does
+(``decode_batch``, ``score``). Writes benchmarks/results/c_runtime_test_other.json.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ from asrquant.convert import load_quantized  # noqa: E402
 from asrquant.data import load_batch, load_dataset  # noqa: E402
 from asrquant.program.c_backend import read_logits, write_input  # noqa: E402
 from asrquant.provenance import provenance  # noqa: E402
-from asrquant.text import ctc_greedy_tokens, wer_summary  # noqa: E402
+from asrquant.evaluate import decode_batch, score  # noqa: E402
+from asrquant.text import ctc_greedy_tokens  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -58,7 +61,7 @@ def main(argv=None) -> int:
     subprocess.run(["make", "-s", "-C", str(out), "asrq"], check=True)
     isa = subprocess.run([str(out / "asrq"), "--isa"], capture_output=True, text=True, check=True).stdout.strip()
     utts = load_dataset(args.data, limit=args.limit)
-    rows, refs, hyps_c, hyps_ref = [], [], [], []
+    rows, hyps_c, hyps_ref = [], [], []
     t0 = time.time()
     for i, u in enumerate(utts):
         wav, lengths = load_batch([u])
@@ -71,19 +74,18 @@ def main(argv=None) -> int:
         r = subprocess.run([str(out / "asrq"), str(out / "model.bin"), str(inp), "-t", str(args.threads),
                             "--logits", str(Path(tmp.name) / "logits.bin")], capture_output=True, text=True, check=True)
         tokens = [int(t) for t in re.search(r"^tokens:(.*)$", r.stdout, re.M).group(1).split()]
-        text_c = re.search(r"^text: (.*)$", r.stdout, re.M).group(1)
         logits, valid_c = read_logits(Path(tmp.name) / "logits.bin")
         same_shape = logits.shape == ref.shape
         ids_ref = ctc_greedy_tokens(torch.from_numpy(ref[None]), torch.tensor([valid]), range(len(qmodel.labels)),
                                     time_axis=2)[0]   # class ids: the "labels" are the ids themselves
-        text_ref = "".join(qmodel.labels[k] for k in ids_ref)
+        hyp_ref = decode_batch(qmodel, torch.from_numpy(ref[None]), torch.tensor([valid]))[0]
+        hyp_c = decode_batch(qmodel, torch.from_numpy(logits[None]), torch.tensor([valid_c]))[0]
         rows.append({"id": u.id, "frames": int(q.shape[-1]), "tokens_equal": tokens == ids_ref,
                      "valid_frames_equal": valid_c == valid, "logits": int(ref.size),
                      "logits_differ": int((logits != ref).sum()) if same_shape else int(ref.size),
-                     "text_equal": text_c == text_ref})
-        refs.append(u.text)
-        hyps_c.append(text_c)
-        hyps_ref.append(text_ref)
+                     "text_equal": hyp_c == hyp_ref})
+        hyps_c.append(hyp_c)
+        hyps_ref.append(hyp_ref)
         print(f"{i + 1}/{len(utts)} {u.id}: tokens equal {rows[-1]['tokens_equal']}, "
               f"{rows[-1]['logits_differ']} of {ref.size} logits differ ({time.time() - t0:.0f} s)", flush=True)
     res = {"quantized": paths.display_path(args.quantized), "data": paths.display_path(args.data),
@@ -92,15 +94,26 @@ def main(argv=None) -> int:
            "threads": args.threads, "kernels": isa,
            "tokens_equal": sum(r["tokens_equal"] for r in rows), "text_equal": sum(r["text_equal"] for r in rows),
            "logits": sum(r["logits"] for r in rows), "logits_differ": sum(r["logits_differ"] for r in rows),
-           "wer_c_runtime": wer_summary(refs, hyps_c), "wer_forward_int": wer_summary(refs, hyps_ref),
+           "wer_c_runtime": _summary(qmodel, utts, hyps_c), "wer_forward_int": _summary(qmodel, utts, hyps_ref),
            "per_utterance": rows,
            # model_sha256 is the .aqz file's; eval_* fingerprint the utterances checked
            "provenance": provenance(args.quantized, utts, {"run_threads": args.threads, "limit": args.limit})}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(res, indent=2))
     print(f"{res['tokens_equal']}/{len(rows)} token sequences equal, {res['logits_differ']} of {res['logits']} "
-          f"logits differ; WER C {res['wer_c_runtime'].get('wer')} vs forward_int {res['wer_forward_int'].get('wer')}")
+          f"logits differ; {_rate(res['wer_c_runtime'])} (C) vs {_rate(res['wer_forward_int'])} (forward_int)")
     return 0 if res["tokens_equal"] == len(rows) and res["logits_differ"] == 0 else 1
+
+
+def _summary(qmodel, utts, hyps) -> dict:
+    summary = score(qmodel, utts, hyps)
+    summary.pop("transcripts", None)   # the hypotheses are compared per utterance above
+    return summary
+
+
+def _rate(summary: dict) -> str:
+    name = "per" if "per" in summary else "wer"
+    return f"{name.upper()} {summary.get(name)}"
 
 
 if __name__ == "__main__":

@@ -299,3 +299,42 @@ def test_bench_times_the_c_runtime_and_onnxruntimes_static_int8_side_by_side(tmp
     assert res["c_vs_peer"] == pytest.approx(p["median_ms"] / c["median_ms"])
     assert "faster than onnxruntime-static-int8" in bench.format_report(res)
     json.dumps(res)
+
+
+def _with_requant(p, name, M=None, shift=None, weight=None):
+    """A copy of program p with op `name`'s multipliers / shifts (or its conv's weights) replaced."""
+    import copy
+
+    p = copy.deepcopy(p)
+    op = next(o for o in p.ops if o.name == name)
+    if M is not None:
+        op.params["M"] = torch.full_like(op.params["M"], M)
+    if shift is not None:
+        op.params["shift"] = torch.full_like(op.params["shift"], shift)
+    if weight is not None:
+        op.params["weight"] = torch.full_like(op.params["weight"], weight)
+    return p
+
+
+def test_export_constants_match_exact_integers_and_refuse_overflow():
+    """The requantization constants (computed in int64 where a bound proves it safe) equal the exact
+    integer formula C = (bias - (offset - gamma) rowsum) M + 2^S / 2; a multiplier that can overflow
+    int64 and an accumulator range past int32 are refused by name."""
+    from asrquant.program.c_lower import CExportError, Lowering
+
+    p = extreme_program()
+    lw = Lowering(p)
+    terms = [t for st in lw.steps for t in st.data.get("terms", []) if t.kind != "ident"]
+    assert terms
+    for t in terms:
+        w = t.w.reshape(len(t.M), -1).astype(object)
+        bias = t.conv.params.get("bias")
+        bias = [int(v) for v in bias.tolist()] if bias is not None else [0] * len(t.M)
+        off = lw.acts[t.src].off
+        for o in range(len(t.M)):
+            m, s, rowsum = int(t.M[o]), int(t.S[o]), int(w[o].sum())
+            for gamma, consts in ((0, t.C), (t.gamma6, t.Cs6), (t.gamma7, t.Cs7)):
+                assert consts[o] == (bias[o] - (off - gamma) * rowsum) * m + ((1 << s) >> 1)
+    big = _with_requant(p, "blocks.0.convs.1.rescale", M=(1 << 62) - 1, shift=40)
+    with pytest.raises(CExportError, match=r"blocks\.0\.convs\.1.*overflow int64"):
+        Lowering(big)

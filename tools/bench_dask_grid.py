@@ -1,9 +1,11 @@
 #!/usr/bin/env python
-"""Issue 15's benchmark: the same 2 x 2 x 2 grid with `asrquant grid --workers 1` (serial, in one
-process) and `--workers 2` (Dask LocalCluster), each from an empty output and synthetic cache
+"""The same 2 x 2 x 2 grid with `asrquant grid --workers 1` (serial, in one process) and
+`--workers 2` (Dask LocalCluster), on each engine (`--runtimes`: $ASRQUANT_RUNTIME = c, the C
+runtime, or torch, the torch integer reference), each run from an empty output and synthetic cache
 folder; wall time of each command, and whether the rows are the same.
 
     .venv/bin/python tools/bench_dask_grid.py --out results/dask_grid_bench.json
+    .venv/bin/python tools/bench_dask_grid.py --order 1 --runtimes torch c --out results/dask_grid_engines.json
 
 Rows are compared on the settings, provenance of model and data, and every result column
 (WER, CER, errors, CI, size, BOPs); timing and machine columns differ by nature and are left out.
@@ -70,6 +72,8 @@ def main() -> int:
     p.add_argument("--iterations", type=int, default=20)
     p.add_argument("--frames", type=int, default=200)
     p.add_argument("--order", nargs="+", type=int, default=[1, 2], help="worker counts, run in this order")
+    p.add_argument("--runtimes", nargs="+", default=["c"], choices=["c", "torch", "auto"],
+                   help="engines ($ASRQUANT_RUNTIME); every worker count runs on each, in this order")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads per task for every run (default: the grid's, cores // workers)")
     p.add_argument("--work", default=str(paths.build_dir() / "dask_grid_bench"))
@@ -86,38 +90,41 @@ def main() -> int:
         extra += ["--threads", str(args.threads)]
     work = Path(args.work)
     runs, csvs = [], []
-    for i, workers in enumerate(args.order):
-        folder = work / f"run{i}_workers{workers}"
+    for i, (runtime, workers) in enumerate((r, w) for r in args.runtimes for w in args.order):
+        folder = work / f"run{i}_{runtime}_workers{workers}"
         shutil.rmtree(folder, ignore_errors=True)   # empty results and synthetic cache: everything computed
         cmd = [str(ROOT / ".venv" / "bin" / "asrquant"), "grid", "--model", args.model, "--data", args.data, *GRID,
                *extra, "--workers", str(workers), "--out", str(folder / "grid.csv"), "--cache-dir", str(folder / "cache")]
         before = loadavg()
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = subprocess.run(cmd, capture_output=True, text=True,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1", "ASRQUANT_RUNTIME": runtime})
         wall = time.perf_counter() - t0
         (folder / "log.txt").write_text(proc.stdout + proc.stderr)
         if proc.returncode != 0:
             raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}); log: {folder / 'log.txt'}")
-        runs.append({"workers": workers, "wall_seconds": round(wall, 1), "loadavg_before": before,
+        engines = sorted(set(pd.read_csv(folder / "grid.csv").get("engine", pd.Series(["?"])).astype(str)))
+        runs.append({"runtime": runtime, "engines": engines, "workers": workers, "wall_seconds": round(wall, 1),
+                     "loadavg_before": before,
                      "loadavg_after": loadavg(), "command": " ".join(_shown(cmd)),
                      "csv": paths.display_path(folder / "grid.csv"), "task_seconds": task_seconds(folder / "grid.csv")})
         csvs.append(folder / "grid.csv")
-        print(f"workers {workers}: {wall:.1f} s", flush=True)
+        print(f"{runtime}, workers {workers}: {wall:.1f} s ({', '.join(engines)})", flush=True)
 
     frames = [pd.read_csv(csv).sort_values("cell_key").reset_index(drop=True)[COMPARED] for csv in csvs]
     same = all(f.equals(frames[0]) for f in frames[1:])
-    diff = [] if same else frames[0].compare(frames[1]).to_dict(orient="index")
+    diff = [] if same else [frames[0].compare(f).to_dict(orient="index") for f in frames[1:]]
     by = {}
     for r in runs:
-        by.setdefault(r["workers"], []).append(r["wall_seconds"])
+        by.setdefault(f"{r['runtime']}, workers {r['workers']}", []).append(r["wall_seconds"])
     report = {"grid": " ".join(GRID + extra), "model": paths.display_path(args.model), "model_sha256": file_sha256(args.model),
               "rows": len(frames[0]), "rows_identical": same, "differences": diff, "runs": runs,
-              "wall_seconds_by_workers": by, "machine": machine(), "code": code_version(),
+              "wall_seconds_by_run": by, "machine": machine(), "code": code_version(),
               "note": "each run starts from an empty synthetic cache and output folder; the machine is shared with "
                       "other jobs (loadavg before/after each run)"}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1, default=str) + "\n")
-    print(json.dumps({k: report[k] for k in ("rows", "rows_identical", "wall_seconds_by_workers")}))
+    print(json.dumps({k: report[k] for k in ("rows", "rows_identical", "wall_seconds_by_run")}))
     return 0
 
 

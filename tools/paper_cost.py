@@ -29,9 +29,10 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bench", default=str(ROOT / "results" / "dask_grid_bench_malloc_fix.json"))
     p.add_argument("--out", default=str(ROOT / "results" / "paper_profile_cost.json"))
+    p.add_argument("--runtime", default=None, help="the serial run of this engine (c / torch; default: the first)")
     args = p.parse_args()
     bench = json.loads(Path(args.bench).read_text())
-    serial = next(r for r in bench["runs"] if r["workers"] == 1)
+    serial = next(r for r in bench["runs"] if r["workers"] == 1 and args.runtime in (None, r.get("runtime", "torch")))
     folder = Path(serial["csv"]).parent
     per_it = []
     for manifest in (folder / "cache").glob("*/manifest.json"):
@@ -45,7 +46,7 @@ def main() -> int:
     cost = paper_cost(s_it, per_utt)
     report = {"profile": {k: list(v) if isinstance(v, tuple) else v for k, v in PAPER_PROFILE.items()},
               "seconds_per_iteration_T500": round(s_it, 3), "seconds_per_utterance": round(per_utt, 3),
-              "measured_in": str(folder), "machine": bench["machine"],
+              "measured_in": str(folder), "engine": serial.get("runtime", "torch"), "machine": bench["machine"],
               **{k: (round(v, 1) if isinstance(v, float) else v) for k, v in cost.items()},
               "note": "CPU time of one task at a time on this machine (shared, loaded); with N workers of the same "
                       "speed the wall time is about total_hours / N (synthetic batches and shards are independent "

@@ -248,6 +248,12 @@ class IntegerModel(nn.Module):
         self.runtime, self._engine = runtime, None
         return self
 
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        if "_engine" in state:   # a loaded shared library: another process loads its own from the build cache
+            state["_engine"] = None
+        return state
+
     def engine(self):
         """The C runtime this model runs on, or None for the torch path (``use_runtime``)."""
         if getattr(self, "runtime", None) is None:

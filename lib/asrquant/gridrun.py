@@ -181,7 +181,9 @@ def transcribe_shard(model_path: str, model_sha: str, quantized, utts: list, bat
     model = quantized["model"] if quantized is not None else _float_model(model_path, model_sha)
     t0 = time.perf_counter()
     hyps = transcribe(model, utts, batch_size=batch_size, progress=False)
-    return {"hyps": hyps, "seconds": time.perf_counter() - t0}
+    engine = ("torch-fp32" if quantized is None else
+              model.engine_name() if hasattr(model, "engine_name") else f"torch ({type(model).__name__})")
+    return {"hyps": hyps, "seconds": time.perf_counter() - t0, "engine": engine}
 
 
 def finish_cell(model_path: str, model_sha: str, base: dict, utts: list, shards: list, cell_file: str,
@@ -204,7 +206,8 @@ def finish_cell(model_path: str, model_sha: str, base: dict, utts: list, shards:
     quantize_s = quantized["seconds"] if quantized is not None else 0.0
     synth_s = sum(b["seconds"] for b in synth if b["generated"])
     timing = {"quantize_seconds": round(quantize_s, 2), "synth_seconds": round(synth_s, 2),
-              "calib_seconds": round(quantize_s + synth_s, 1), "eval_shards": len(shards)}
+              "calib_seconds": round(quantize_s + synth_s, 1), "eval_shards": len(shards),
+              "engine": ", ".join(sorted({r.get("engine", "?") for r in shard_results}))}
     if synth:
         timing["synth_final_loss"] = float(sum(b["final_loss"] for b in synth) / len(synth))
     code = code_version()

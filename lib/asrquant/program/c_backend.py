@@ -471,12 +471,13 @@ def export_c(program: Program, out_dir, labels=None) -> Path:
     blob = Blob()
     lw.pack(blob)
     body = blob.body()
-    data = MAGIC + struct.pack("<QQ", len(body), checksum(body)) + b"\0" * 40 + body   # 64-byte header
+    check = checksum(body)
+    data = MAGIC + struct.pack("<QQ", len(body), check) + b"\0" * 40 + body   # 64-byte header
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name in STATIC_FILES:
         shutil.copyfile(SOURCES / name, out / name)
-    (out / "model.c").write_text(_Codegen(lw, labels, len(body), checksum(body)).source())
+    (out / "model.c").write_text(_Codegen(lw, labels, len(body), check).source())
     tmp = out / "model.bin.tmp"
     tmp.write_bytes(data)
     os.replace(tmp, out / "model.bin")

@@ -149,11 +149,17 @@ class Blob:
 def checksum(body: bytes) -> int:
     """sum of byte * (position mod 65521 + 1), mod 2^61 - 1 (as model.c): catches a truncated or
     foreign blob."""
-    a = np.frombuffer(body, dtype=np.uint8).astype(np.uint64)
+    a = np.frombuffer(body, dtype=np.uint8)
     if not a.size:
         return 0
-    pos = (np.arange(a.size, dtype=np.uint64) % np.uint64(65521)) + np.uint64(1)
-    return int((a * pos).sum(dtype=np.uint64) % np.uint64((1 << 61) - 1))
+    # bytes at positions equal mod 65521 share a weight: sum each column of a [rows][65521] view
+    # first (exact in int64, and the total stays below 2^63 for any blob under 2^30 bytes)
+    cols = np.zeros(65521, dtype=np.int64)
+    full = a.size // 65521 * 65521
+    if full:
+        cols += a[:full].reshape(-1, 65521).sum(0, dtype=np.int64)
+    cols[: a.size - full] += a[full:]
+    return int(cols @ np.arange(1, 65522, dtype=np.int64)) % ((1 << 61) - 1)
 
 
 # ------------------------------------------------------------------ pattern matching
@@ -444,33 +450,48 @@ class Lowering:
     def _constants(self, t: Term, off_in: int):
         co = len(t.M)
         flat = self._weights(t, co).reshape(co, -1)
-        rowsum = [int(v) for v in flat.sum(1)]
-        possum = [int(v) for v in np.clip(flat, 0, None).sum(1)]
+        rowsum = flat.sum(1, dtype=np.int64)
+        possum = np.maximum(flat, 0).sum(1, dtype=np.int64)
+        negsum = possum - rowsum
         bias = t.conv.params.get("bias") if t.kind != "ident" else None
-        bias = _ints(bias, co) if bias is not None else [0] * co
+        bias = np.array(_ints(bias, co) if bias is not None else [0] * co, dtype=np.int64)
         # the AVX2 family splits u at gamma (program/c/asrq_kernels.c): its accumulator is sum w (u - gamma),
         # gamma centering the window of 2^b values (b = 6 or 7) on y = 0 (signed) or starting it at 0
         if off_in and t.kind != "ident":
             t.gamma6, t.gamma7 = off_in - 32, off_in - 64
-        C, Cs6, Cs7 = [], [], []
-        t.vmax = 0   # the largest |(acc M + C) >> S|: a rescaled term's magnitude
-        for o in range(co):
-            m, s = t.M[o], t.S[o]
+        for o, (m, s) in enumerate(zip(t.M, t.S)):
             if not 0 <= s <= 62 or m < 0:
                 raise CExportError(f"{t.name}: shift {s} / multiplier {m} outside 0..62 / >= 0")
-            negsum = possum[o] - rowsum[o]
-            for gamma, out in ((0, C), (t.gamma6, Cs6), (t.gamma7, Cs7)):
-                # every partial sum of w (u - gamma), u in [0, 255], lies in [lo, hi] (each term's range holds 0)
-                lo = -(255 - gamma) * negsum - gamma * possum[o]
-                hi = (255 - gamma) * possum[o] + gamma * negsum
-                if lo < -INT31 - 1 or hi > INT31:
-                    raise CExportError(f"{t.name}: accumulator range [{lo}, {hi}] exceeds int32")
-                c = (bias[o] - (off_in - gamma) * rowsum[o]) * m + ((1 << s) >> 1)
-                if max(abs(lo * m + c), abs(hi * m + c)) > INT63:
+        M, S = np.array(t.M, dtype=np.int64), np.array(t.S, dtype=np.int64)
+        t.vmax = 0   # the largest |(acc M + C) >> S|: a rescaled term's magnitude
+        consts = []
+        for gamma in (0, t.gamma6, t.gamma7):
+            # every partial sum of w (u - gamma), u in [0, 255], lies in [lo, hi] (each term's range holds 0)
+            lo = -(255 - gamma) * negsum - gamma * possum
+            hi = (255 - gamma) * possum + gamma * negsum
+            worst = int(np.argmax((lo < -INT31 - 1) | (hi > INT31)))
+            if lo[worst] < -INT31 - 1 or hi[worst] > INT31:
+                raise CExportError(f"{t.name}: accumulator range [{lo[worst]}, {hi[worst]}] exceeds int32")
+            base = bias - (off_in - gamma) * rowsum
+            # acc M + C = (acc + base) M + 2^S / 2, |acc + base| <= max(|lo + base|, |hi + base|) (which
+            # bounds |base| too, as lo <= 0 <= hi): int64 where that bound proves it safe (2x margin)
+            bound = np.maximum(np.abs(lo + base), np.abs(hi + base)).astype(np.float64) * M + 2.0 ** S
+            safe = bound < 2.0 ** 62
+            c = np.where(safe, base * np.where(safe, M, 0) + ((np.int64(1) << S) >> 1), 0)
+            peak = np.maximum(np.abs(lo * M + c), np.abs(hi * M + c))
+            if safe.any():
+                t.vmax = max(t.vmax, int((peak[safe] >> S[safe]).max()) + 1)
+            out = [int(v) for v in c]
+            for o in np.flatnonzero(~safe):   # exact Python ints
+                m, s = int(M[o]), int(S[o])
+                c = int(base[o]) * m + ((1 << s) >> 1)
+                peak = max(abs(int(lo[o]) * m + c), abs(int(hi[o]) * m + c))
+                if peak > INT63:
                     raise CExportError(f"{t.name}: acc * M + C can overflow int64 (M = {m})")
-                out.append(c)
-                t.vmax = max(t.vmax, (max(abs(lo * m + c), abs(hi * m + c)) >> s) + 1)
-        t.C, t.Cs6, t.Cs7 = C, Cs6, Cs7
+                out[o] = c
+                t.vmax = max(t.vmax, (peak >> s) + 1)
+            consts.append(out)
+        t.C, t.Cs6, t.Cs7 = consts
         # the AVX2 family's int32 requantization: floor(v / 2^S) as (the high half of v) >> (S - 32)
         t.fast32 = int(all(s >= 32 for s in t.S) and all(0 <= m < 1 << 31 for m in t.M))
 
