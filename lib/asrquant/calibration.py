@@ -7,11 +7,18 @@ statistics: `synth`). ``calibration_batches`` is the one factory the CLI and the
 
 ``collect`` runs the float model once over the batches with hooks and returns whatever is asked:
 activation ranges at every quantization point (observers), per-channel input means of every
-conv (bias correction) and input Hessians (output-aware rounding, ``quant.gptq``).
+conv (bias correction) and input Hessians (output-aware rounding, ``quant.gptq``). Its ranges and
+means do not depend on the weight width, so a process remembers the last few (keyed by the model's
+parameter storage and versions, the batches' bytes and the options): a grid's W8A8 and W6A8 cells
+of one calibration set measure once.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import itertools
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -108,9 +115,45 @@ class CalibrationStats:
     hessians: dict | None = None       # nn.Conv1d -> float64 im2col Gram matrix (see collect)
 
 
-@torch.no_grad()
+_REMEMBERED: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+REMEMBER = 4   # results per model
+
+
+def _collect_key(model: nn.Module, batches: list, options: tuple) -> tuple:
+    """What a pass depends on: every parameter and buffer (storage and in-place version: an edited
+    weight is a new key), the batches' contents, the options."""
+    h = hashlib.sha256()
+    for mel, lengths in batches:
+        for t in (mel, lengths):
+            t = t.detach().cpu().contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    state = tuple((t.data_ptr(), t._version) for t in itertools.chain(model.parameters(), model.buffers()))
+    return state, h.hexdigest(), options
+
+
 def collect(model: ConvASR, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, ranges: bool = True,
             means: bool = False, hessians: bool = False, observer: str = "minmax", **observer_kw) -> CalibrationStats:
+    """``collect_once``, remembered per process (module doc; not the Hessians, which are large).
+    Each call gets its own copy of the observers and means (the model's modules stay shared keys)."""
+    if hessians:
+        return collect_once(model, batches, ranges=ranges, means=means, hessians=True, observer=observer,
+                            **observer_kw)
+    batches = list(batches)
+    key = _collect_key(model, batches, (ranges, means, observer, tuple(sorted(observer_kw.items()))))
+    memo = _REMEMBERED.setdefault(model, {})
+    if key not in memo:
+        stats = collect_once(model, batches, ranges=ranges, means=means, observer=observer, **observer_kw)
+        while len(memo) >= REMEMBER:
+            memo.pop(next(iter(memo)))
+        memo[key] = stats
+    return copy.deepcopy(memo[key], memo={id(m): m for m in model.modules()})
+
+
+@torch.no_grad()
+def collect_once(model: ConvASR, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, ranges: bool = True,
+                 means: bool = False, hessians: bool = False, observer: str = "minmax",
+                 **observer_kw) -> CalibrationStats:
     """One pass of the float model over (mel, lengths) batches, with hooks for what is asked.
 
     ranges: an observer at the input and at every quantization point (``quant_points``).
