@@ -86,3 +86,20 @@ def test_without_a_compiler_auto_falls_back_and_c_fails(q5, monkeypatch, capsys)
 def test_an_unknown_runtime_is_refused(q5):
     with pytest.raises(ValueError, match="runtime 'gpu': choose from auto, c, torch"):
         q5.use_runtime("gpu")
+
+
+def test_a_model_with_its_engine_loaded_serializes(q5):
+    """The loaded library is not part of the model: pickle and Dask's serializer (which walks an
+    nn.Module's __dict__) carry the program, and the copy loads its own engine with the same integers."""
+    import pickle
+
+    from distributed.protocol import deserialize, serialize
+
+    x, lengths = pinned_inputs()
+    q5.use_runtime("c")
+    want, _ = q5.run_int(x, lengths)
+    assert q5.engine() is not None
+    for copy in (pickle.loads(pickle.dumps(q5)), deserialize(*serialize(q5))):
+        assert copy.runtime == "c"
+        got, _ = copy.run_int(x, lengths)
+        assert torch.equal(got, want) and copy.engine() is not q5.engine()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -183,6 +184,12 @@ def _frontend(config: dict):
     return frontend_from_config(config.get("preprocessor", {}))
 
 
+# model -> its loaded C runtime (or False: not available here), kept off the instance: a loaded library
+# does not serialize (pickle, Dask's nn.Module serializer, which walks __dict__), and another
+# process loads its own from the build cache
+_ENGINES: "weakref.WeakKeyDictionary[nn.Module, object]" = weakref.WeakKeyDictionary()
+
+
 class IntegerModel(nn.Module):
     """An integer program with its float front end. `forward_int` takes and returns integers only."""
 
@@ -245,35 +252,31 @@ class IntegerModel(nn.Module):
         runtime = runtime or os.environ.get("ASRQUANT_RUNTIME") or "auto"
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime {runtime!r}: choose from {', '.join(RUNTIMES)}")
-        self.runtime, self._engine = runtime, None
+        self.runtime = runtime
+        _ENGINES.pop(self, None)
         return self
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        if "_engine" in state:   # a loaded shared library: another process loads its own from the build cache
-            state["_engine"] = None
-        return state
 
     def engine(self):
         """The C runtime this model runs on, or None for the torch path (``use_runtime``)."""
         if getattr(self, "runtime", None) is None:
             self.use_runtime()
-        if self.runtime == "torch" or self._engine is False:
+        engine = _ENGINES.get(self)
+        if self.runtime == "torch" or engine is False:
             return None
-        if self._engine is None:
+        if engine is None:
             from .program.c_backend import CExportError, CRuntime
 
             try:
-                self._engine = CRuntime(self.program, threads=torch.get_num_threads())
+                engine = _ENGINES[self] = CRuntime(self.program, threads=torch.get_num_threads())
             except (CExportError, OSError, RuntimeError) as e:
                 if self.runtime == "c":
                     raise
-                self._engine = False
+                _ENGINES[self] = False
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 print(f"note: the C runtime is not available here ({first}); using the torch integer path "
                       "(the same integers, slower)", file=sys.stderr)
                 return None
-        return self._engine
+        return engine
 
     def engine_name(self) -> str:
         """What `run_int` runs on: "c-int8 (<family> kernels)" or "torch-int8-reference"."""
