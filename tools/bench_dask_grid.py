@@ -6,6 +6,10 @@ folder; wall time of each command, and whether the rows are the same.
 
     .venv/bin/python tools/bench_dask_grid.py --out results/dask_grid_bench.json
     .venv/bin/python tools/bench_dask_grid.py --order 1 --runtimes torch c --out results/dask_grid_engines.json
+    .venv/bin/python tools/bench_dask_grid.py --order 1 2 --reference OTHER/grid.csv   # rows checked against it too
+
+--reference: the grid.csv of an earlier run (e.g. the torch engine's, which takes far longer on a
+CPU without VNNI) whose rows every run must equal.
 
 Rows are compared on the settings, provenance of model and data, and every result column
 (WER, CER, errors, CI, size, BOPs); timing and machine columns differ by nature and are left out.
@@ -76,6 +80,7 @@ def main() -> int:
                    help="engines ($ASRQUANT_RUNTIME); every worker count runs on each, in this order")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads per task for every run (default: the grid's, cores // workers)")
+    p.add_argument("--reference", default=None, help="an earlier run's grid.csv that every run's rows must equal")
     p.add_argument("--work", default=str(paths.build_dir() / "dask_grid_bench"))
     p.add_argument("--out", default=str(ROOT / "results" / "dask_grid_bench.json"))
     p.add_argument("--add-task-seconds", action="store_true",
@@ -111,6 +116,8 @@ def main() -> int:
         csvs.append(folder / "grid.csv")
         print(f"{runtime}, workers {workers}: {wall:.1f} s ({', '.join(engines)})", flush=True)
 
+    if args.reference:
+        csvs = [Path(args.reference), *csvs]
     frames = [pd.read_csv(csv).sort_values("cell_key").reset_index(drop=True)[COMPARED] for csv in csvs]
     same = all(f.equals(frames[0]) for f in frames[1:])
     diff = [] if same else [frames[0].compare(f).to_dict(orient="index") for f in frames[1:]]
@@ -119,6 +126,9 @@ def main() -> int:
         by.setdefault(f"{r['runtime']}, workers {r['workers']}", []).append(r["wall_seconds"])
     report = {"grid": " ".join(GRID + extra), "model": paths.display_path(args.model), "model_sha256": file_sha256(args.model),
               "rows": len(frames[0]), "rows_identical": same, "differences": diff, "runs": runs,
+              "reference": None if not args.reference else {
+                  "csv": paths.display_path(args.reference),
+                  "engines": sorted(set(pd.read_csv(args.reference).get("engine", pd.Series(["?"])).astype(str)))},
               "wall_seconds_by_run": by, "machine": machine(), "code": code_version(),
               "note": "each run starts from an empty synthetic cache and output folder; the machine is shared with "
                       "other jobs (loadavg before/after each run)"}
