@@ -172,10 +172,23 @@ def cmd_export(args) -> int:
         raise ValueError("export: give --onnx FILE and/or --c DIR")
     rc = 0
     if args.c:
-        from .program.c_backend import cmd_export_c
-
-        rc = cmd_export_c(args)
+        rc = _export_c(args)
     return rc or (run(args) if args.onnx else 0)
+
+
+def _export_c(args) -> int:
+    """``asrquant export Q --c DIR``: write the C library of Q's program."""
+    from .convert import load_quantized
+    from .program.c_backend import CExportError, export_c
+
+    qmodel = load_quantized(args.model)
+    try:
+        out = export_c(qmodel.program, args.c, labels=getattr(qmodel, "labels", None))
+    except CExportError as e:
+        raise CExportError(f"{args.model}: {e}") from None
+    size = (out / "model.bin").stat().st_size / 2**20
+    print(f"C library -> {out} (model.c, model.bin {size:.1f} MiB, asrq.h, main.c, Makefile): make -C {out}")
+    return 0
 
 
 def cmd_bench(args) -> int:

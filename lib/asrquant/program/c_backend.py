@@ -644,17 +644,3 @@ class CRuntime:
 
     def run(self, q, lengths=None) -> np.ndarray:
         return self.run_with_lengths(q, lengths)[0]
-
-
-def cmd_export_c(args) -> int:
-    """``asrquant export Q --c DIR``: write the C library of Q's program (module doc)."""
-    from ..convert import load_quantized
-
-    qmodel = load_quantized(args.model)
-    try:
-        out = export_c(qmodel.program, args.c, labels=getattr(qmodel, "labels", None))
-    except CExportError as e:
-        raise CExportError(f"{args.model}: {e}") from None
-    size = (out / "model.bin").stat().st_size / 2**20
-    print(f"C library -> {out} (model.c, model.bin {size:.1f} MiB, asrq.h, main.c, Makefile): make -C {out}")
-    return 0
