@@ -163,12 +163,15 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--calibration-limit", type=int, default=16,
                    help="train-clean-100 utterances for onnxruntime's static int8 calibration")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "fig2_latency.csv"))
+    p.add_argument("--out", default=None, help="CSV path (default: benchmarks/fig2_latency_<kernel family>.csv, "
+                   "one file per kind of CPU; benchmarks/fig2_latency.csv is the earlier AVX-512 VNNI run)")
     p.add_argument("--plot", default=None, help="PNG path (default: beside the CSV)")
     p.add_argument("--quick", action="store_true", help="write to build/results/ instead (notebook quick profile)")
     args = p.parse_args(argv)
-    out = Path(args.out)
-    if args.quick and args.out == p.get_default("out"):
+    from asrquant.cpu import kernel_family
+
+    out = Path(args.out or ROOT / "benchmarks" / f"fig2_latency_{kernel_family()}.csv")
+    if args.quick and args.out is None:
         out = ROOT / "build" / "results" / "fig2_latency_quick.csv"
     df = run(args.models, args.repeats, args.threads, args.seconds, calibration_limit=args.calibration_limit,
              audio=args.audio)

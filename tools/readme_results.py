@@ -205,7 +205,8 @@ def latency() -> list[str]:
     differ = sum(v["differ"] for v in runs.values())
     return [f"`asrquant bench --model {t1['model_path']} --quantized {t1['quantized_path']} --seconds "
             f"{t1['seconds']:.0f} --threads 1 --repeats {t1['repeats']}` "
-            f"(`benchmarks/results/bench_quartznet15x5_t1.json`, load average {_load(t1['loadavg_before'], t1['loadavg_after'])}): "
+            f"(`benchmarks/results/bench_quartznet15x5_t1.json`, an earlier run on an AVX-512 VNNI CPU, load average "
+            f"{_load(t1['loadavg_before'], t1['loadavg_after'])}): "
             f"integer-only INT8 (`{t1['int8_integer_only_runtime']}`: `torch._int_mm` pointwise + our fused C "
             f"depthwise and requantization kernels) **{t1['int8_integer_only_ms']:.0f} ms vs "
             f"{t1['fp32_ms']:.0f} ms for the fastest FP32 runtime (`{t1['fp32_runtime']}`): "
@@ -216,36 +217,79 @@ def latency() -> list[str]:
             f"(`benchmarks/check_exact.py`, `benchmarks/results/exactness_test_other.json`)."]
 
 
+def _fig2_vs(path: Path):
+    fig = pd.read_csv(path)
+    out = {}
+    for th, part in fig.groupby("threads"):
+        c = part[part.runtime == "c-int8"].set_index("model")
+        peer = part[part.runtime == "onnxruntime-static-int8"].set_index("model")
+        models = list(c.index)
+        out[int(th)] = (models, [float(c.loc[m, "speedup_vs_best_fp32"]) for m in models],
+                        [float(peer.loc[m, "latency_ms"] / c.loc[m, "latency_ms"]) for m in models], c)
+    return out
+
+
+def _sizes(models) -> str:
+    return " / ".join(m.replace("QuartzNet-", "") for m in models)
+
+
+def c_runtime_avx2() -> list[str]:
+    """The C runtime on this CPU without VNNI (issues 25, 26): the real QuartzNet-15x5 and Fig. 2."""
+    lines = []
+    avx2 = ROOT / "benchmarks" / "fig2_latency_avx2.csv"
+    if avx2.is_file():
+        t = {th: _json(f"benchmarks/results/bench_c_quartznet15x5_avx2_t{th}.json") for th in (1, 2)}
+        fig = _fig2_vs(avx2)
+        t1 = t[1]
+        parts = []
+        for th, (models, vs_fp, vs_peer, c) in fig.items():
+            parts.append(f"{th} thread{'s' if th > 1 else ''}: C " + " / ".join(f"{v:.2f}x" for v in vs_fp)
+                         + " the fastest FP32 and " + " / ".join(f"**{v:.2f}x**" for v in vs_peer)
+                         + " onnxruntime's static int8 (load average "
+                         + f"{_load([c.loadavg_before.min()], [c.loadavg_after.max()])})")
+        lines.append(
+            f"**On a CPU without VNNI** ({t1['machine'].get('cpu_model')}, AVX2; the `avx2` kernels), real "
+            f"QuartzNet-15x5 W8A8 (`{t1['quantized_path']}`), {t1['input']}, every runtime in one "
+            f"`asrquant bench --seconds 10 --repeats {t1['repeats']}` run "
+            "(`benchmarks/results/bench_c_quartznet15x5_avx2_t{1,2}.json`): 1 thread, C "
+            f"**{t1['c_int8_ms']:.0f} ms** vs the fastest FP32 {t1['fp32_ms']:.0f} ms (`{t1['fp32_runtime']}`, "
+            f"**{t1['c_vs_fp32']:.2f}x**) and onnxruntime's static int8 model {t1['peer_ms']:.0f} ms "
+            f"(**{t1['c_vs_peer']:.2f}x**, target 1.15x); 2 threads: {t[2]['c_int8_ms']:.0f} ms, "
+            f"**{t[2]['c_vs_fp32']:.2f}x** and **{t[2]['c_vs_peer']:.2f}x** (load average "
+            f"{_load(t1['loadavg_before'], t1['loadavg_after'])} / {_load(t[2]['loadavg_before'], t[2]['loadavg_after'])}"
+            "). Fig. 2 on this CPU (`benchmarks/fig2_latency_avx2.csv`, random-weight models, "
+            f"{_sizes(fig[1][0])}): " + "; ".join(parts) + ". "
+            "onnxruntime's own integer graph of our program is not exact on this CPU (no VNNI: int16 "
+            "saturation) and is left out of these runs with that reason.")
+    return lines
+
+
 def c_runtime() -> list[str]:
+    lines = c_runtime_avx2()
     chk = _json("benchmarks/results/c_runtime_test_other.json")
     t1 = _json("benchmarks/results/bench_c_quartznet15x5_t1.json")
     t2 = _json("benchmarks/results/bench_c_quartznet15x5_t2.json")
-    fig = pd.read_csv(ROOT / "benchmarks" / "fig2_latency.csv")
-    c = fig[fig.runtime == "c-int8"].set_index("model")
-    peer = fig[fig.runtime == "onnxruntime-static-int8"].set_index("model")
-    models = list(c.index)
-    vs_peer = [float(peer.loc[m, "latency_ms"] / c.loc[m, "latency_ms"]) for m in models]
+    models, vs_fp, vs_peer, c = _fig2_vs(ROOT / "benchmarks" / "fig2_latency.csv")[1]
     slower = [m.replace("QuartzNet-", "") for m, r in zip(models, vs_peer) if r < 1]
     w = chk["wer_c_runtime"]
     same = chk["wer_forward_int"]["word_errors"] == w["word_errors"]
-    return [f"Its CLI gives `forward_int`'s tokens on {chk['tokens_equal']}/{chk['utterances']} test-other "
-            f"utterances, {chk['logits_differ']} of {chk['logits']:,} logits differ, WER {w['wer']:.2f}% "
-            f"({w['word_errors']}/{w['words']}){' for both' if same else ''} (`benchmarks/check_c_runtime.py`, "
-            "`benchmarks/results/c_runtime_test_other.json`). Latency, real QuartzNet-15x5, 10 s, every runtime "
-            "in one `asrquant bench` run (`benchmarks/results/bench_c_quartznet15x5_t{1,2}.json`; **machine "
-            f"shared, load average {_load(t1['loadavg_before'], t1['loadavg_after'])} / "
-            f"{_load(t2['loadavg_before'], t2['loadavg_after'])} on 2 cores**: "
-            f"ratios only): 1 thread, C {t1['c_int8_ms']:.0f} ms vs the fastest FP32 {t1['fp32_ms']:.0f} ms "
-            f"(**{t1['c_vs_fp32']:.2f}x**, target 3.0x) and onnxruntime's own static int8 model "
-            f"{t1['peer_ms']:.0f} ms (**{t1['c_vs_peer']:.2f}x**, target 1.15x); 2 threads: "
-            f"**{t2['c_vs_fp32']:.2f}x** and **{t2['c_vs_peer']:.2f}x** (under load the C runtime drops to one "
-            "thread: OpenMP's static split waited for preempted threads). Fig. 2 redrawn "
-            f"(`benchmarks/fig2_latency.csv`, {int(c.repeats.iloc[0])} runs, load average "
-            f"{_load([c.loadavg_before.min()], [c.loadavg_after.max()])}): C "
-            + " / ".join(f"{v:.2f}x" for v in c.speedup_vs_best_fp32)
-            + f" faster than FP32 for {' / '.join(m.replace('QuartzNet-', '') for m in models)}, and "
-            + " / ".join(f"{v:.2f}x" for v in vs_peer) + " against onnxruntime's static int8"
-            + (f" (**slower than it on {', '.join(slower)}**)." if slower else ".")]
+    lines.append(
+        f"Its CLI gives `forward_int`'s tokens on {chk['tokens_equal']}/{chk['utterances']} test-other "
+        f"utterances, {chk['logits_differ']} of {chk['logits']:,} logits differ, WER {w['wer']:.2f}% "
+        f"({w['word_errors']}/{w['words']}){' for both' if same else ''} (`benchmarks/check_c_runtime.py`, "
+        f"`benchmarks/results/c_runtime_test_other.json`, kernels `{chk.get('kernels')}`). **The earlier run on "
+        "an AVX-512 VNNI CPU** (the code of that time, before the per-CPU kernels; not rerun since: no VNNI CPU "
+        "was available): real QuartzNet-15x5, 10 s, `benchmarks/results/bench_c_quartznet15x5_t{1,2}.json`, "
+        f"**machine shared, load average {_load(t1['loadavg_before'], t1['loadavg_after'])} / "
+        f"{_load(t2['loadavg_before'], t2['loadavg_after'])} on 2 cores**: 1 thread, C {t1['c_int8_ms']:.0f} ms vs "
+        f"the fastest FP32 {t1['fp32_ms']:.0f} ms (**{t1['c_vs_fp32']:.2f}x**) and onnxruntime's static int8 "
+        f"{t1['peer_ms']:.0f} ms (**{t1['c_vs_peer']:.2f}x**); 2 threads: **{t2['c_vs_fp32']:.2f}x** and "
+        f"**{t2['c_vs_peer']:.2f}x**. Fig. 2 there (`benchmarks/fig2_latency.csv`, {int(c.repeats.iloc[0])} runs, "
+        f"load average {_load([c.loadavg_before.min()], [c.loadavg_after.max()])}): C "
+        + " / ".join(f"{v:.2f}x" for v in vs_fp) + f" faster than FP32 for {_sizes(models)}, and "
+        + " / ".join(f"{v:.2f}x" for v in vs_peer) + " against onnxruntime's static int8"
+        + (f" (slower than it on {', '.join(slower)})." if slower else "."))
+    return lines
 
 
 def dask() -> list[str]:
@@ -254,13 +298,39 @@ def dask() -> list[str]:
     cost = _json("results/paper_profile_cost.json")
     wall = {r["workers"]: r["wall_seconds"] for r in fix["runs"]}
     wall_old = {r["workers"]: r["wall_seconds"] for r in old["runs"]}
-    return [f"The 2 x 2 x 2 grid (`{fix['grid']}`, QuartzNet-15x5) gives "
-            f"**{'identical' if fix['rows_identical'] else 'DIFFERENT'} rows** ({fix['rows']}) with "
-            f"`--workers 1` and `--workers 2`, in **{wall[1]:.1f} s and {wall[2]:.1f} s** on this shared 2-core "
-            "machine (`results/dask_grid_bench_malloc_fix.json`; before the workers' malloc setting was fixed, "
-            f"2 workers took {wall_old[2]:.1f} s against {wall_old[1]:.1f} s: `results/dask_grid_bench.json`, "
-            f"`results/README.md`). `--profile paper` holds the paper's whole protocol (~{cost['total_hours']:.0f} "
-            "task-hours for one model at this machine's rates, `results/paper_profile_cost.json`): a cluster job."]
+    lines = []
+    if (ROOT / "results" / "dask_grid_c_avx2.json").is_file():
+        c = _json("results/dask_grid_c_avx2.json")
+        both = _json("results/dask_grid_engines_avx2.json")
+        cw = {r["workers"]: r for r in c["runs"]}
+        cc = _json("results/paper_profile_cost_c_avx2.json")
+        torch_run = next(r for r in both["runs"] if r["runtime"] == "torch")
+        lines.append(
+            f"**On the C runtime** (the default engine now; each row names it in its `engine` column), the same "
+            f"grid on this AVX2 CPU: `--workers 1` **{cw[1]['wall_seconds']:.1f} s**, `--workers 2` "
+            f"**{cw[2]['wall_seconds']:.1f} s** (`results/dask_grid_c_avx2.json`, load average "
+            f"{_load(cw[1]['loadavg_before'], cw[2]['loadavg_after'])}), rows "
+            f"**{'identical' if c['rows_identical'] else 'DIFFERENT'}** to the torch-evaluated run "
+            f"({torch_run['wall_seconds']:.1f} s with `--workers 1` here, `results/dask_grid_engines_avx2.json`: "
+            "PyTorch's int8 GEMM has no fast kernel without VNNI): "
+            f"{torch_run['wall_seconds'] / cw[1]['wall_seconds']:.1f}x and "
+            f"{torch_run['wall_seconds'] / cw[2]['wall_seconds']:.1f}x faster on the same machine, and "
+            f"{wall[1] / cw[1]['wall_seconds']:.2f}x / {wall[1] / cw[2]['wall_seconds']:.2f}x the earlier "
+            f"{wall[1]:.1f} s below (another machine). What remains is float work the integer engine does not "
+            "touch: the synthetic batches (Adam through the float model) and the FP32 row. At these rates "
+            f"`--profile paper` costs ~{cc['total_hours']:.0f} task-hours for one model, "
+            f"{cc['synthesis_hours']:.0f} of them synthesis (`results/paper_profile_cost_c_avx2.json`, "
+            "`tools/paper_cost.py --bench results/dask_grid_c_avx2.json --runtime c`). Earlier runs:")
+    lines.append(
+        f"The 2 x 2 x 2 grid (`{fix['grid']}`, QuartzNet-15x5) gives "
+        f"**{'identical' if fix['rows_identical'] else 'DIFFERENT'} rows** ({fix['rows']}) with "
+        f"`--workers 1` and `--workers 2`, in **{wall[1]:.1f} s and {wall[2]:.1f} s** on a shared 2-core "
+        "AVX-512 VNNI machine, torch engine (`results/dask_grid_bench_malloc_fix.json`; before the workers' malloc "
+        f"setting was fixed, 2 workers took {wall_old[2]:.1f} s against {wall_old[1]:.1f} s: "
+        "`results/dask_grid_bench.json`, `results/README.md`). `--profile paper` holds the paper's whole protocol "
+        f"(~{cost['total_hours']:.0f} task-hours for one model at that machine's torch-engine rates, "
+        "`results/paper_profile_cost.json`): a cluster job.")
+    return lines
 
 
 def measured_more() -> list[str]:
@@ -298,25 +368,60 @@ def measured_more() -> list[str]:
         f"{int(sp.rounds)} --threads {int(sp.torch_threads)}`)."]
 
 
+def conformer_c() -> list[str]:
+    """The Conformer on the C runtime: latency against its peers per kind of CPU, exactness."""
+    lines = []
+    for f in sorted((ROOT / "benchmarks").glob("conformer_latency_*.csv")):
+        df = pd.read_csv(f)
+        c = df[df.runtime == "c-int8"]
+        r0 = c.iloc[0]
+        runs = []
+        for (m, th), r in c.set_index(["model", "threads"]).iterrows():
+            runs.append(f"{m}, {th} thread{'s' if th > 1 else ''}: **{r.latency_ms:.1f} ms**, "
+                        f"**{r.speedup_vs_fastest_fp32:.2f}x** the fastest FP32 (`{r.fastest_fp32}`) and "
+                        f"**{r.speedup_vs_dynamic_int8:.2f}x** onnxruntime dynamic int8, "
+                        f"{'bit-exact' if r.bit_exact else 'NOT bit-exact'}, +{r.added_rss_mib:.0f} MiB")
+        mem = df[(df.model == "hama") & (df.threads == 1)].set_index("runtime").added_rss_mib
+        lines.append(
+            f"**The Conformer in the C runtime** ({r0.cpu}, `{r0.kernel_family}` kernels; "
+            f"`.venv/bin/python benchmarks/run_conformer_bench.py`, one `asrquant bench --seconds 10 --repeats "
+            f"{int(r0.repeats)}` run per model and thread count, 10 s of test-other speech, `{f.name}` and "
+            f"`benchmarks/results/conformer_*_{r0.kernel_family}_t*.json`, load average "
+            f"{df.loadavg_before.min():.1f}-{df.loadavg_after.max():.1f}): " + "; ".join(runs)
+            + ". Resident memory each runtime adds (hama, 1 thread): "
+            + ", ".join(f"{k} +{v:.0f} MiB" for k, v in mem.items() if pd.notna(v)) + ".")
+    chk = ROOT / "benchmarks" / "results" / "c_runtime_conformer_test_other.json"
+    if chk.is_file():
+        cc = _json("benchmarks/results/c_runtime_conformer_test_other.json")
+        p = cc["wer_c_runtime"]
+        lines.append(
+            f"The hama Conformer W8A8 zero-shot (`{cc['quantized']}`) on the C runtime's CLI: tokens equal to "
+            f"`forward_int`'s on {cc['tokens_equal']}/{cc['utterances']} test-other utterances, "
+            f"{cc['logits_differ']} of {cc['logits']:,} logits differ, PER {p['per']:.2f}% "
+            f"({p['phoneme_errors']}/{p['phonemes']}) (`benchmarks/check_c_runtime.py --quantized "
+            f"{cc['quantized']} --json benchmarks/results/c_runtime_conformer_test_other.json`, kernels "
+            f"`{cc['kernels']}`).")
+    return lines
+
+
 def conformer_latency() -> list[str]:
+    lines = conformer_c()
     b = _json("benchmarks/results/bench_conformer_hama_t1.json")
     r = b["runtimes"]
-    slower = b["int8_integer_only_ms"] / b["fp32_ms"]
     nemo = _json("results/conformer_nemo_check.json")["models"]
     small, large = nemo["conformer_ctc_small"]["bits"], nemo["conformer_ctc_large"]["bits"]
-    return [f"Latency (`asrquant bench --model {b['model_path']} --quantized {b['quantized_path']} --seconds "
-            f"{b['seconds']:.0f} --threads {b['threads']} --repeats {b['repeats']}`, "
-            "`benchmarks/results/bench_conformer_hama_t1.json`, shared machine): torch FP32 "
-            f"{b['fp32_ms']:.1f} ms, integer-only {r['torch+native-int8']['median_ms']:.1f} ms (fast runner) / "
-            f"{r['onnxruntime-int8']['median_ms']:.1f} ms (onnxruntime integer graph): **the integer Conformer is "
-            f"{slower:.1f}x {'slower' if slower > 1 else 'faster'} than float here** (its integer Softmax over "
-            "T x T scores and LayerNorm run as int64 torch/ONNX element-wise ops; no fused kernels yet). The "
-            "NeMo-architecture Conformer (Conv2d subsampling, relative-position attention) converts and verifies "
-            "too; on random weights its integer logits follow the float ones less well "
-            "(`results/conformer_nemo_check.json`, `tools/conformer_nemo_check.py`): W8A8 relative L2 "
-            f"{small['W8A8']['pooled']['rel_l2']:.2f} (small) / {large['W8A8']['pooled']['rel_l2']:.2f} (large), "
-            f"{small['W8A8 probs 16']['pooled']['rel_l2']:.2f} / {large['W8A8 probs 16']['pooled']['rel_l2']:.2f} "
-            "with 16-bit attention probabilities (`prob_bits=16`)."]
+    lines.append(
+        f"Before the C runtime lowered the Conformer (`benchmarks/results/bench_conformer_hama_t1.json`, an "
+        f"earlier AVX-512 VNNI machine): torch FP32 {b['fp32_ms']:.1f} ms, integer-only "
+        f"{r['torch+native-int8']['median_ms']:.1f} ms (torch runner) / {r['onnxruntime-int8']['median_ms']:.1f} ms "
+        f"(onnxruntime integer graph): {b['int8_integer_only_ms'] / b['fp32_ms']:.1f}x slower than float. The "
+        "NeMo-architecture Conformer (Conv2d subsampling, relative-position attention) converts and verifies "
+        "too; on random weights its integer logits follow the float ones less well "
+        "(`results/conformer_nemo_check.json`, `tools/conformer_nemo_check.py`): W8A8 relative L2 "
+        f"{small['W8A8']['pooled']['rel_l2']:.2f} (small) / {large['W8A8']['pooled']['rel_l2']:.2f} (large), "
+        f"{small['W8A8 probs 16']['pooled']['rel_l2']:.2f} / {large['W8A8 probs 16']['pooled']['rel_l2']:.2f} "
+        "with 16-bit attention probabilities (`prob_bits=16`).")
+    return lines
 
 
 def verify_reports() -> list[str]:
@@ -465,6 +570,9 @@ BLOCKS = {
         "measured_more": measured_more,
         "verify": verify_reports,
         "recipes": lambda: recipes(ROOT / "results" / "beyond_adaround.csv"),
+    },
+    "benchmarks/README.md": {
+        "avx2": lambda: c_runtime_avx2() + conformer_c(),
     },
     "results/README.md": {
         "summary": lambda: summary(ROOT / "results" / "grid.csv", ROOT / "results" / "beyond.csv"),
