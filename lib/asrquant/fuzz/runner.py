@@ -140,7 +140,7 @@ def worker(reader_name: str, n: int, seed: int, work: Path, seed_dir: Path, out)
     if reader.native:
         from .native import Driver, build_driver
 
-        driver = Driver(build_driver(Path(seed_dir) / "c" / "model", work.parent / "c_driver"))
+        driver = Driver(build_driver(Path(seed_dir) / "c" / "model", Path(seed_dir).parent / "c_driver"))
     os.chdir(work)
     watch = _Watch()
     tracemalloc.start(1)

@@ -135,6 +135,7 @@ def build_seeds(folder) -> Path:
 
     d = Path(folder)
     if (d / "done").is_file() and (d / "done").read_text() == SEED_VERSION:
+        _c_seeds(d)   # re-exported when the C backend's code changes
         return d
     if d.exists():
         shutil.rmtree(d)
@@ -175,14 +176,44 @@ def build_seeds(folder) -> Path:
     ld.mkdir()
     _write_librispeech(ld, speech_like(1.0, seed=2))
 
-    from ..program.c_backend import export_c, write_input
-
-    cd = d / "c"
-    export_c(q.program, cd / "model", labels=list(q.float_model_config.get("labels", [])) or None)
-    x = q.quantize_input(model.features(torch.from_numpy(speech_like(0.5, 3))[None], torch.tensor([8000]))[0])
-    x = x.numpy()[0]
-    write_input(cd / "input.q8", x)
-    write_input(cd / "input_short.q8", x[:, :40], 31)
+    _c_seeds(d)
     (d / "done").write_text(SEED_VERSION)
     assert audio and io
     return d
+
+
+def _c_stamp() -> str:
+    import hashlib
+
+    from ..program import c_backend
+
+    h = hashlib.sha256()
+    for p in [Path(c_backend.__file__), Path(c_backend.__file__).with_name("c_lower.py"),
+              *sorted(c_backend.SOURCES.iterdir())]:
+        if p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def _c_seeds(d: Path) -> None:
+    """The tiny ConvASR exported to C (model.bin, sources) and two ASQ8 inputs, made again whenever the
+    C backend's code changed."""
+    import torch
+
+    from ..convert import load_quantized
+    from ..program.c_backend import export_c, write_input
+
+    cd = d / "c"
+    stamp = _c_stamp()
+    if (cd / "stamp").is_file() and (cd / "stamp").read_text() == stamp:
+        return
+    if cd.exists():
+        shutil.rmtree(cd)
+    q = load_quantized(d / "aqz" / "tiny_convasr_w8a8.aqz")
+    export_c(q.program, cd / "model", labels=list(q.float_model_config.get("labels", [])) or None)
+    with torch.no_grad():
+        mel, _ = q.features(torch.from_numpy(speech_like(0.5, 3))[None], torch.tensor([8000]))
+    x = q.quantize_input(mel).numpy()[0]
+    write_input(cd / "input.q8", x)
+    write_input(cd / "input_short.q8", x[:, :40], 31)
+    (cd / "stamp").write_text(stamp)

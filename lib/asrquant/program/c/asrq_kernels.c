@@ -554,7 +554,7 @@ static void gemm_avx2(const asrq_term *t, const split *s, long t0, long ob, int3
             const long row = (t0 + r) * t->stride + t->row_off + k * t->dil;
             const int32_t *e = s->ent + row * cp;
             for (int32_t i = 0; i < s->cnt[row]; ++i) {
-                const __m256i d = _mm256_set1_epi32((int32_t)(int8_t)(e[i] & 0xFF) << s->bits);
+                const __m256i d = _mm256_set1_epi32((int32_t)(int8_t)(e[i] & 0xFF) * (1 << s->bits));
                 const int8_t *wr = x->wt + ((ob * t->taps + k) * cp + (e[i] >> 8)) * 64;
                 int32_t *ar = acc + r * 64;
                 for (int q = 0; q < 64; q += 8) {
@@ -612,7 +612,7 @@ static void dw_avx2(const asrq_term *t, const split *s, long t0, long ob, int32_
         for (int32_t i = 0; i < s->cnt[row]; ++i) {
             const long c = (e[i] >> 8) - c0;
             if (c < 0 || c >= 64) continue;
-            const int32_t d = (int32_t)(int8_t)(e[i] & 0xFF) << WIN_DW;
+            const int32_t d = (int32_t)(int8_t)(e[i] & 0xFF) * (1 << WIN_DW);
             for (int r = 0; r < n; ++r) {
                 const long off = row - (t0 + r) * t->stride - t->row_off;
                 if (off < 0 || off % t->dil) continue;
