@@ -300,6 +300,11 @@ def load_hama_model(path: str | Path | None = None):
               "file": Path(pkg.source).name, "sha256": hashlib.sha256(Path(pkg.source).read_bytes()).hexdigest()}
     model = ConformerCTC(hama_config(source=source))
     sd = hama_state_dict(pkg, bn_eps=model.encoder.layers[0].conv.batch_norm.eps)
+    expect = model.state_dict()
+    for key, t in sd.items():   # named, before torch's several-line size-mismatch report
+        if key in expect and tuple(t.shape) != tuple(expect[key].shape):
+            raise CheckpointError(f"{pkg.source}: tensor for {key} has shape {tuple(t.shape)}, the Conformer "
+                                  f"needs {tuple(expect[key].shape)}")
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{pkg.source}: mapping onto the Conformer left missing {missing[:5]}, "
