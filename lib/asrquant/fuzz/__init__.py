@@ -37,8 +37,15 @@ def run_campaign(per_reader: int, readers=None, seed: int = 0, work=None, out=No
     from .readers import READERS
     from .seeds import build_seeds
 
+    import shutil
+
     work = Path(work or Path("build") / "fuzz")
     seed_dir = build_seeds(work / "seeds")
+    failures = Path(failures) if failures else work / "failures"
+    for name in readers or []:
+        shutil.rmtree(failures / name, ignore_errors=True)
+    if not readers:
+        shutil.rmtree(failures, ignore_errors=True)
     names = list(readers or READERS)
     results = {"command": command, "per_reader": per_reader, "seed": seed, "hang_seconds": HANG_SECONDS,
                "failure_kinds": list(FAILURE_KINDS), "readers": {}, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -55,7 +62,7 @@ def run_campaign(per_reader: int, readers=None, seed: int = 0, work=None, out=No
                       f"{stats['inputs'] / max(1e-9, time.time() - t0):.1f}/s", file=sys.stderr, flush=True)
 
         results["readers"][name] = run_reader(name, per_reader, seed + 1000 * k, work / "runs", seed_dir,
-                                              Path(failures) if failures else work / "failures", progress)
+                                              failures, progress)
         if out:
             _write(results, out)
     results.pop("partial", None)

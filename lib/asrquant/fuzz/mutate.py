@@ -301,7 +301,7 @@ def mutate_tar_structure(draw, members, names_of_interest=()) -> tuple[list, str
         (mi, di), (mj, dj) = members[i], members[j]
         members[i], members[j] = (mi, dj), (mj, di)
     elif kind == "many":
-        members += [(tar_member(f"junk/{i}.txt", b""), b"") for i in range(draw(st.sampled_from([100, 2000])))]
+        members += [(tar_member(f"junk/{i}.txt", b""), b"") for i in range(draw(st.sampled_from([100, 1000])))]
     elif kind == "rename" and members:
         i = _pos(draw, len(members))
         m, d = members[i]

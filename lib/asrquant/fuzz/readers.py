@@ -56,7 +56,7 @@ def _write(case_dir: Path, name: str, data: bytes) -> Path:
 
 def _aqz_setup(seed_dir, work):
     seeds = sorted((Path(seed_dir) / "aqz").glob("*.aqz"))
-    return {"seeds": [(p.name, p.read_bytes()) for p in seeds]}
+    return {"seeds": [(p.name, p.read_bytes()) for p in seeds], "warm": seeds}
 
 
 def _aqz_make(draw, ctx, case_dir):
@@ -173,7 +173,7 @@ def _aqz_target(path, out_dir, ctx):
 def _nemo_setup(seed_dir, work):
     p = Path(seed_dir) / "nemo" / "tiny_convasr.nemo"
     members = mu.read_tar(p.read_bytes())
-    return {"data": p.read_bytes(), "members": members}
+    return {"data": p.read_bytes(), "members": members, "warm": [p]}
 
 
 def _nemo_make(draw, ctx, case_dir):
@@ -302,7 +302,7 @@ def _hama_setup(seed_dir, work):
         e["offset"], e["nbytes"] = pos, pos + 8
         pos += 16
         entries.append(e)
-    return {"data": data, "entries": entries, "table_end": pos}
+    return {"data": data, "entries": entries, "table_end": pos, "warm": [p]}
 
 
 def _hama_make(draw, ctx, case_dir):
@@ -359,7 +359,7 @@ def _hama_target(path, out_dir, ctx):
 
 def _audio_setup(seed_dir, work):
     d = Path(seed_dir) / "audio"
-    return {"seeds": [(p.name, p.read_bytes()) for p in sorted(d.iterdir())]}
+    return {"seeds": [(p.name, p.read_bytes()) for p in sorted(d.iterdir())], "warm": sorted(d.iterdir())}
 
 
 def _audio_make(draw, ctx, case_dir):
@@ -414,7 +414,9 @@ def _manifest_setup(seed_dir, work):
         os.mkfifo(fifo)
     text = (Path(seed_dir) / "manifest" / "manifest.json").read_text()
     text = text.replace(str((Path(seed_dir) / "audio").resolve()), str(audio.resolve()))
-    return {"lines": text.splitlines(), "fifo": fifo, "audio": audio}
+    warm = Path(work) / "warm_manifest.json"
+    warm.write_text(text)
+    return {"lines": text.splitlines(), "fifo": fifo, "audio": audio, "warm": [warm]}
 
 
 PATHS = ("/dev/zero", "/dev/stdin", "/proc/self/mem", "/", ".", "", "\x00", "a\x00b.wav", "../../../../etc/passwd",
@@ -460,7 +462,7 @@ def _manifest_target(path, out_dir, ctx):
 def _libri_setup(seed_dir, work):
     d = Path(seed_dir) / "librispeech"
     return {"tar": (d / "split.tar").read_bytes(), "tgz": (d / "split.tar.gz").read_bytes(),
-            "members": mu.read_tar((d / "split.tar").read_bytes())}
+            "members": mu.read_tar((d / "split.tar").read_bytes()), "warm": [d / "split.tar"]}
 
 
 def _libri_make(draw, ctx, case_dir):
@@ -594,7 +596,7 @@ READERS = {r.name: r for r in [
            (16, 96 * MiB)),
     Reader("nemo", "models.checkpoint.load_model", _nemo_make, _nemo_target, _nemo_setup, (16, 96 * MiB)),
     Reader("hama", "models.hama.load_hama_model", _hama_make, _hama_target, _hama_setup, (16, 96 * MiB)),
-    Reader("audio", "audio.load_audio", _audio_make, _audio_target, _audio_setup, (16, 96 * MiB)),
+    Reader("audio", "audio.load_audio", _audio_make, _audio_target, _audio_setup, (64, 256 * MiB)),
     Reader("manifest", "data.load_dataset (a NeMo manifest)", _manifest_make, _manifest_target, _manifest_setup,
            (16, 96 * MiB)),
     Reader("librispeech", "data.extract_tar_safely + data.load_dataset (a LibriSpeech folder)", _libri_make,

@@ -7,9 +7,10 @@ Per input the worker checks (failures by kind, what the results file counts):
   bad_message     a library error whose message is more than one line or names no file
   run_after_load  (.aqz) a file that loaded, whose program then failed to run: validation missed it
   over_allocation the reader held more than A x input bytes + B (its bound), or hit MemoryError;
-                  measured as the larger of tracemalloc's peak (Python and NumPy) and the growth of
-                  the peak resident set (Linux clear_refs), or for the C runtime the sanitizer's
-                  heap hooks; the worker also runs under an address-space limit
+                  measured as the growth of the peak resident set during the call (Linux clear_refs
+                  resets it before each input), or for the C runtime the sanitizer's heap hooks
+                  (every malloc counted); the worker runs under an address-space limit (AS_LIMIT
+                  beyond its imports), so an allocation too large to touch fails as MemoryError
   write_outside   a file written, made or removed anywhere but the reader's output folder
                   (a Python audit hook on every open-for-write, mkdir, rename, link, remove... and a
                   listing of the sandbox before and after)
@@ -27,7 +28,6 @@ import shutil
 import subprocess
 import sys
 import time
-import tracemalloc
 from pathlib import Path
 
 HANG_SECONDS = 5.0
@@ -59,6 +59,9 @@ class _Watch:
                 isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND))
             if writes:
                 self.events.append(("open", os.fsdecode(path) if isinstance(path, (str, bytes)) else str(path)))
+        elif event in ("os.symlink", "os.link"):   # (source, destination): the link is made at destination
+            if len(args) > 1 and isinstance(args[1], (str, bytes, os.PathLike)):
+                self.events.append((event, os.fsdecode(args[1])))
         elif event in _WRITE_EVENTS:
             for a in args[:2]:
                 if isinstance(a, (str, bytes, os.PathLike)):
@@ -142,8 +145,14 @@ def worker(reader_name: str, n: int, seed: int, work: Path, seed_dir: Path, out)
 
         driver = Driver(build_driver(Path(seed_dir) / "c" / "model", Path(seed_dir).parent / "c_driver"))
     os.chdir(work)
+    for path in ctx.get("warm", []):   # imports and first-call set-up, before anything is timed
+        out_dir.mkdir(exist_ok=True)
+        try:
+            reader.target(path, out_dir, ctx)
+        except Exception:   # noqa: BLE001
+            pass
+        shutil.rmtree(out_dir, ignore_errors=True)
     watch = _Watch()
-    tracemalloc.start(1)
     if not reader.native:
         soft, hard = resource.getrlimit(resource.RLIMIT_AS)
         limit = _status("VmSize") + AS_LIMIT
@@ -179,8 +188,6 @@ def worker(reader_name: str, n: int, seed: int, work: Path, seed_dir: Path, out)
             emit("R", i, json.dumps(rec))
             return
         before = _listing(sandbox, out_dir)
-        tracemalloc.clear_traces()
-        tracemalloc.reset_peak()
         rss_ok = _reset_peak()
         rss0 = _status("VmRSS")
         watch.events, watch.active = [], True
@@ -203,9 +210,7 @@ def worker(reader_name: str, n: int, seed: int, work: Path, seed_dir: Path, out)
             outcome, kind, msg = "failure", "uncaught", f"{type(e).__name__}: {str(e)[:300]}"
         seconds = time.perf_counter() - t0
         watch.active = False
-        py_peak = tracemalloc.get_traced_memory()[1]
-        rss_peak = max(0, _status("VmHWM") - rss0) if rss_ok else 0
-        peak = max(py_peak, rss_peak)
+        peak = max(0, _status("VmHWM") - rss0) if rss_ok else 0
         outside = [f"{ev} {p}" for ev, p in watch.events if not _inside(p, out_dir)]
         after = _listing(sandbox, out_dir)
         changed = sorted(set(after) - set(before)) + sorted(p for p in before if p not in after)
