@@ -219,6 +219,11 @@ _FRONTEND_LIMITS = {"sample_rate": (1000, 768000), "n_fft": (1, 1 << 16), "featu
 def _check_frontend_config(path, pre) -> None:
     if not isinstance(pre, dict):
         return
+    for key in (*_FRONTEND_LIMITS, "window_size", "window_stride"):
+        v = pre.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            # a string here is multiplied by the sample rate: "A" * 10^4 made a 160 MB string
+            raise CheckpointError(f"{path}: preprocessor {key} must be a number, not {type(v).__name__}")
     for key, (lo, hi) in _FRONTEND_LIMITS.items():
         v = pre.get(key)
         if isinstance(v, (int, float)) and not isinstance(v, bool) and not lo <= v <= hi:
