@@ -712,7 +712,8 @@ def load_quantized(path) -> IntegerModel:
         frontend = {k: tensors["frontend." + k] for k in meta.get("frontend", [])}
         return IntegerModel(meta["config"], program, meta.get("info"), frontend_state=frontend)
     except ProgramError as e:   # names the op and the tensor
-        raise CheckpointError(f"{path}: refused before running: {_first_line(e)}") from e
+        raise CheckpointError(f"{path}: refused before running: {_first_line(e)}; regenerate it with "
+                              f"`asrquant quantize`") from e
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError, RuntimeError,
             OverflowError) as e:
         raise CheckpointError(f"{path}: malformed integer model (version {version}): {_first_line(e)}; "
