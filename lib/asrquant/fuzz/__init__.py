@@ -39,7 +39,7 @@ def run_campaign(per_reader: int, readers=None, seed: int = 0, work=None, out=No
 
     import shutil
 
-    work = Path(work or Path("build") / "fuzz")
+    work = Path(work or Path("build") / "fuzz").resolve()
     seed_dir = build_seeds(work / "seeds")
     failures = Path(failures) if failures else work / "failures"
     for name in readers or []:
