@@ -355,6 +355,10 @@ def check_program(p: Program, input_features: int | None = None) -> Program:
         if bound.get(out) is None:
             v = p.values[out]
             bound[out] = max(map(abs, _qrange(v.bits, v.signed))) if v.role == "act" else I64
+    # what was proven, for reports (tools/accumulator_proof.py): the accumulator bound of each
+    # accumulating op and the largest value its dtype holds
+    p.acc_bounds = {op.name: (bound[op.outputs[0]], ACC_MAX[op.attrs["acc_dtype"]]) for op in p.ops
+                    if op.kind in ("conv1d", "conv2d", "matmul_qk", "matmul_pv", "matmul_pos")}
     lo_out, lens = p.outputs
     if shape.get(lo_out, ("",))[0] != "bct" or p.values[lo_out].dtype != "int64":
         raise ProgramError(f"program output {lo_out!r} must be int64 [B, classes, T]")
