@@ -469,7 +469,8 @@ def fuzz() -> list[str]:
     t = res.get("totals", {})
     state = "finished " + res["finished"] if res.get("finished") else "partial (still running or stopped)"
     out += ["", f"{t.get('inputs', sum(r['inputs'] for r in rows)):,} inputs in all, "
-            f"{sum(t.get(k, 0) for k in FAILURE_KINDS)} failures; `{res.get('command')}`, one thread, "
+            f"{sum(t.get(k, 0) for k in FAILURE_KINDS)} failures; "
+            f"{' and '.join(f'`{c}`' for c in res.get('commands') or [res.get('command')])}, one thread, "
             f"{res['machine']['cores']}-core {res['machine']['cpu']}, started {res['started']}, {state}. "
             f"Hang: over {res['hang_seconds']:.0f} s wall clock; peak / bound: the largest measured allocation over "
             f"the reader's bound (A x input bytes + B: `asrquant/fuzz/readers.py`). Written by "

@@ -114,6 +114,8 @@ def main(argv=None) -> int:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--work", default="build/fuzz")
     r.add_argument("--out", default="build/fuzz/fuzz.json")
+    r.add_argument("--merge", action="store_true",
+                   help="replace these readers' rows in an existing --out file (its other rows kept)")
     w = sub.add_parser("worker")
     w.add_argument("reader")
     w.add_argument("n", type=int)
@@ -125,7 +127,21 @@ def main(argv=None) -> int:
         worker(args.reader, args.n, args.seed, Path(args.work), Path(args.seed_dir), sys.stdout)
         return 0
     command = "python -m asrquant.fuzz " + " ".join(argv if argv is not None else sys.argv[1:])
-    res = run_campaign(args.per_reader, args.readers, args.seed, args.work, args.out, quiet=False, command=command)
+    old = json.loads(Path(args.out).read_text()) if args.merge and Path(args.out).is_file() else None
+    res = run_campaign(args.per_reader, args.readers, args.seed, args.work, None if old else args.out, quiet=False,
+                       command=command)
+    if old:   # the other readers' rows as they were, each row saying which command wrote it
+        for name, row in old["readers"].items():
+            row.setdefault("command", old.get("command"))
+        for row in res["readers"].values():
+            row["command"] = command
+        old["readers"].update(res["readers"])
+        old["commands"] = sorted({r["command"] for r in old["readers"].values()})
+        old["totals"] = {"inputs": sum(r["inputs"] for r in old["readers"].values()),
+                         **{k: sum(r["failures"][k] for r in old["readers"].values()) for k in FAILURE_KINDS}}
+        old["finished"] = res["finished"]
+        res = old
+        _write(res, args.out)
     for row in table(res):
         print(row)
     print("totals:", res["totals"])

@@ -15,7 +15,8 @@ the first thing that does not match the op set's spec (``program/ops.py``):
   dtype against its Value record;
 * the accumulator proof: with every activation inside its declared range (``Value.bits``,
   ``signed``; the input's range is the program's input bits), no conv / matmul accumulator leaves
-  its dtype and no requantization, rescale or LayerNorm product leaves int64 (interval bounds, the
+  its dtype (a conv's bound is the exact extreme of each channel over the input's range, at most
+  the converter's recorded ``meta["bound"]``) and no requantization, rescale or LayerNorm product leaves int64 (interval bounds, the
   same ones the converter proves and ``verify`` records).
 """
 from __future__ import annotations
@@ -207,15 +208,21 @@ def check_program(p: Program, input_features: int | None = None) -> Program:
             if cin is not None and cin_g * groups != cin:
                 raise ProgramError(f"{where}: tensor {_tn(op, 'weight')!r} (weight) shape {tuple(w.shape)} "
                                    f"reads {cin_g * groups} channels ({groups} groups); input {op.inputs[0]!r} has {cin}")
-            bias = 0
+            bias = [0] * cout
             if "bias" in op.params and op.params["bias"] is not None:
-                b = _param(where, op, "bias", 1, (torch.int32, torch.int64), [(cout,)])
-                bias = _absmax(b)
-            wsum = int(w.to(torch.int64).abs().reshape(cout, -1).sum(1).max())
-            acc = wsum * bound[op.inputs[0]] + bias
+                bias = [int(v) for v in _param(where, op, "bias", 1, (torch.int32, torch.int64), [(cout,)]).tolist()]
+            # the exact extreme of each output channel over every input in the declared box
+            # [lo, hi]^n: b + hi sum(w > 0) + lo sum(w < 0), and the other way round
+            vx = p.values[op.inputs[0]]
+            xlo, xhi = _qrange(vx.bits, vx.signed)
+            w2 = w.to(torch.int64).reshape(cout, -1)
+            wpos, wneg = w2.clamp(min=0).sum(1).tolist(), w2.clamp(max=0).sum(1).tolist()
+            acc = max(max(abs(b + xhi * pw + xlo * nw), abs(b + xlo * pw + xhi * nw))
+                      for b, pw, nw in zip(bias, wpos, wneg))
             if acc > ACC_MAX[a["acc_dtype"]]:
                 raise ProgramError(f"{where}: tensor {_tn(op, 'weight')!r} (weight): the accumulator bound "
-                                   f"{acc} (sum |w| x max |x| + |bias|) does not fit {a['acc_dtype']}")
+                                   f"{acc} (the extreme of w . x + bias over the input's range) does not fit "
+                                   f"{a['acc_dtype']}")
             if img:
                 F = s[2]
                 kT, kF = int(w.shape[2]), int(w.shape[3])
