@@ -400,3 +400,21 @@ def test_the_sanitized_runtime_runs_the_seeds_without_a_report(seeds, tmp_path):
     finally:
         drv.stop()
     assert io and zipfile
+
+
+def test_a_hama_tensor_of_rank_over_64_is_refused(tmp_path):
+    """fuzz: field_ndim (rank 127 consistent with its size: NumPy's 'maximum supported dimension is 64')"""
+    from asrquant.models.hama import parse_hama, write_hama
+
+    good = write_hama(tmp_path / "t.hama", {"w": np.ones((2, 3), np.float32)}).read_bytes()
+    pos = 12 + 2 + 1            # the table: name length, name "w", then dtype and rank
+    name_end = pos + 1
+    rank = 127
+    dims = struct.pack(f"<{rank}I", 2, 3, *([1] * (rank - 2)))
+    table = good[12:name_end] + bytes([rank]) + dims + good[name_end + 1 + 8:name_end + 1 + 8 + 16]
+    header = good[:12] + table
+    header += b"\0" * (-len(header) % 16)
+    data = header + np.ones((2, 3), np.float32).tobytes()
+    with pytest.raises(CheckpointError, match="rank 127") as e:
+        parse_hama(data, "bad.hama")
+    _one_line(e.value, "bad.hama")
