@@ -121,6 +121,19 @@ def _one_line_naming(msg: str, names) -> bool:
     return "\n" not in msg.strip() and any(n and n in msg for n in names)
 
 
+def keep_case(failures: Path, reader: str, i: int, rec: dict, case_dir: Path) -> None:
+    """A failing input kept as it was (files, links, folders; FIFOs and devices left out) with its record."""
+    keep = failures / reader / f"{rec['kind']}-{os.getpid()}-{i:06d}-{rec['label']}"
+    try:
+        if case_dir.exists():
+            shutil.copytree(case_dir, keep, symlinks=True, ignore_dangling_symlinks=True,
+                            ignore=lambda d, names: [n for n in names if _special(Path(d) / n)])
+        keep.mkdir(parents=True, exist_ok=True)
+        (keep / "failure.json").write_text(json.dumps(rec, indent=1))
+    except OSError:
+        pass
+
+
 def worker(reader_name: str, n: int, seed: int, work: Path, seed_dir: Path, out) -> None:
     """Draw and run n inputs; report each on `out` ("S i label" before, "R i json" after)."""
     from hypothesis import HealthCheck, Phase, given, settings
@@ -136,6 +149,7 @@ def worker(reader_name: str, n: int, seed: int, work: Path, seed_dir: Path, out)
     reader = READERS[reader_name]
     allowed = _errors()
     work = Path(work)
+    failures = Path(os.environ.get("ASRQUANT_FUZZ_FAILURES", work / "failures"))
     sandbox = work.parent.parent           # escapes of up to two levels land in the sandbox
     case_dir, out_dir = work / "case", work / "out"
     ctx = reader.setup(seed_dir, work)
@@ -185,6 +199,8 @@ def worker(reader_name: str, n: int, seed: int, work: Path, seed_dir: Path, out)
         rec = {"i": i, "label": label, "size": size, "bound": bound}
         if reader.native:
             rec.update(_native_case(reader, driver, ctx, path, work, bound))
+            if rec.get("kind") is not None:
+                keep_case(failures, reader_name, i, rec, case_dir)
             emit("R", i, json.dumps(rec))
             return
         before = _listing(sandbox, out_dir)
@@ -222,6 +238,8 @@ def worker(reader_name: str, n: int, seed: int, work: Path, seed_dir: Path, out)
         if kind is not None and outcome != "failure":
             outcome = "failure"
         rec.update({"outcome": outcome, "kind": kind, "seconds": seconds, "peak": peak, "msg": msg[:500]})
+        if kind is not None:
+            keep_case(failures, reader_name, i, rec, case_dir)
         emit("R", i, json.dumps(rec))
 
     try:
@@ -269,8 +287,9 @@ def _native_case(reader, driver, ctx, path: Path, work: Path, bound: int) -> dic
 
 # ------------------------------------------------------------------ the parent
 
-def _spawn(reader: str, n: int, seed: int, work: Path, seed_dir: Path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+def _spawn(reader: str, n: int, seed: int, work: Path, seed_dir: Path, failures: Path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONHASHSEED": "0",
+           "ASRQUANT_FUZZ_FAILURES": str(failures)}
     cmd = [sys.executable, "-m", "asrquant.fuzz", "worker", reader, str(n), str(seed), str(work), str(seed_dir)]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True, bufsize=1)
 
@@ -292,7 +311,7 @@ def run_reader(reader: str, n: int, seed: int, root: Path, seed_dir: Path, failu
     attempt = 0
     while stats["inputs"] < n:
         left = n - stats["inputs"]
-        proc = _spawn(reader, left, seed + 7919 * attempt, work, seed_dir)
+        proc = _spawn(reader, left, seed + 7919 * attempt, work, seed_dir, failures)
         attempt += 1
         stats["workers"] += 1
         current, started = None, None
@@ -345,12 +364,8 @@ def _record(stats, rec, work: Path, failures: Path, reader: str):
     if rec["outcome"] == "failure":
         stats["failures"][rec["kind"]] += 1
         lab["failures"] += 1
-        if failures is not None:
-            keep = failures / reader / f"{rec['kind']}-{stats['inputs']:06d}-{label}"
-            if not keep.exists() and (work / "case").exists():
-                shutil.copytree(work / "case", keep, symlinks=True, ignore_dangling_symlinks=True,
-                                ignore=lambda d, names: [n for n in names if _special(Path(d) / n)])
-                (keep / "failure.json").write_text(json.dumps(rec, indent=1))
+        if rec["kind"] in ("hang", "crash"):   # the worker is gone: its input is still in place
+            keep_case(failures, reader, stats["inputs"], rec, work / "case")
         if len(stats["examples"]) < 40:
             stats["examples"].append({k: rec.get(k) for k in ("label", "kind", "msg", "seconds")})
     else:
