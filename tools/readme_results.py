@@ -558,6 +558,31 @@ def recipes(path: Path) -> list[str]:
 
 
 # README file -> block name -> function of the results files
+def fuzz() -> list[str]:
+    """results/fuzz.json (python -m asrquant.fuzz run): one row per reader, failures by kind."""
+    from asrquant.fuzz import FAILURE_KINDS, table
+
+    res = _json("results/fuzz.json")
+    rows = table(res)
+    kinds = [k.replace("_", " ") for k in FAILURE_KINDS]
+    out = ["| reader | inputs | refused | accepted | " + " | ".join(kinds) + " | slowest input (s) | peak / bound |",
+           "|---|" + "---|" * (len(kinds) + 5)]
+    for r in rows:
+        out.append(f"| `{r['reader']}` | {r['inputs']:,} | {r['refused']:,} | {r['accepted']:,} | "
+                   + " | ".join(str(r[k]) for k in FAILURE_KINDS)
+                   + f" | {r['slowest s']:.2f} (`{r['slowest input']}`) | {r['peak / bound']:.3f} |")
+    t = res.get("totals", {})
+    state = "finished " + res["finished"] if res.get("finished") else "partial (still running or stopped)"
+    out += ["", f"{t.get('inputs', sum(r['inputs'] for r in rows)):,} inputs in all, "
+            f"{sum(t.get(k, 0) for k in FAILURE_KINDS)} failures; "
+            f"{' and '.join(f'`{c}`' for c in res.get('commands') or [res.get('command')])}, one thread, "
+            f"{res['machine']['cores']}-core {res['machine']['cpu']}, started {res['started']}, {state}. "
+            f"Hang: over {res['hang_seconds']:.0f} s wall clock; peak / bound: the largest measured allocation over "
+            f"the reader's bound (A x input bytes + B: `asrquant/fuzz/readers.py`). Written by "
+            f"`tools/readme_results.py`."]
+    return out
+
+
 BLOCKS = {
     "README.md": {
         "table1": lambda: table1(ROOT / "results" / "grid.csv"),
@@ -570,6 +595,7 @@ BLOCKS = {
         "measured_more": measured_more,
         "verify": verify_reports,
         "recipes": lambda: recipes(ROOT / "results" / "beyond_adaround.csv"),
+        "fuzz": fuzz,
     },
     "benchmarks/README.md": {
         "avx2": lambda: c_runtime_avx2() + conformer_c(),

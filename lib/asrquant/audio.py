@@ -22,6 +22,14 @@ class AudioError(ValueError):
     """A file could not be turned into usable audio; the message names the file and the problem."""
 
 
+# Limits of load_audio on what a file's header may claim (issue 29): rates, the exact resampling
+# ratio's terms (the polyphase filter has 20 x max(up, down) taps), decoded samples per file byte.
+MIN_RATE, MAX_RATE = 1000, 768000
+MAX_RATIO_TERM = 1 << 16
+MAX_SAMPLES_PER_BYTE = 16
+MAX_FREE_SAMPLES = 16 * 60 * 16000        # 16 minutes at 16 kHz, whatever the file's size
+
+
 def load_audio(path, sample_rate: int = 16000) -> np.ndarray:
     """Read an audio file as float32 mono in [-1, 1] at `sample_rate` Hz.
 
@@ -31,14 +39,33 @@ def load_audio(path, sample_rate: int = 16000) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise AudioError(f"{path}: file not found")
+    size = path.stat().st_size
     try:
         with sf.SoundFile(str(path)) as f:
-            sr = f.samplerate
+            sr, frames, channels = f.samplerate, f.frames, f.channels
+            # what the header claims is checked before anything is decoded (a file from a stranger):
+            # a rate the exact resampler can serve with a filter of bounded length, and at most
+            # MAX_SAMPLES_PER_BYTE samples per byte of file beyond the first MAX_FREE_SAMPLES (a FLAC
+            # of digital silence decodes 1000x; real speech about 1 sample per byte)
+            if not MIN_RATE <= sr <= MAX_RATE:
+                raise AudioError(f"{path}: sample rate {sr} Hz outside {MIN_RATE}..{MAX_RATE} Hz")
+            ratio = Fraction(sample_rate, sr)
+            if max(ratio.numerator, ratio.denominator) > MAX_RATIO_TERM:
+                raise AudioError(f"{path}: sample rate {sr} Hz: the exact resampling to {sample_rate} Hz "
+                                 f"({ratio.numerator}/{ratio.denominator}) needs too long a filter")
+            if frames * channels > MAX_SAMPLES_PER_BYTE * size + MAX_FREE_SAMPLES:
+                raise AudioError(f"{path}: claims {frames} frames x {channels} channels in {size} bytes "
+                                 f"(more than {MAX_SAMPLES_PER_BYTE} samples per byte: a decompression bomb?)")
             # mixed down block by block, so a long multi-channel file never sits in memory whole
             blocks = [b.mean(axis=1) if b.shape[1] > 1 else b[:, 0]
-                      for b in f.blocks(blocksize=1 << 20, dtype="float32", always_2d=True)]
+                      for b in f.blocks(blocksize=max(1, min(1 << 20, (1 << 24) // max(1, channels))),
+                                        dtype="float32", always_2d=True)]
+    except AudioError:
+        raise
+    except MemoryError:
+        raise
     except Exception as e:  # soundfile raises LibsndfileError, RuntimeError, TypeError... by format
-        raise AudioError(f"{path}: cannot decode audio ({e})") from e
+        raise AudioError(f"{path}: cannot decode audio ({' '.join(str(e).split())[:300]})") from e
     audio = np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
     if audio.shape[0] == 0:
         raise AudioError(f"{path}: audio is empty (0 samples)")

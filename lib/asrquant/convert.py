@@ -37,6 +37,7 @@ from .intops.conv import accumulator_bound, choose_acc_dtype
 from .models.checkpoint import CheckpointError, atomic_write_bytes
 from .models.convasr import ConvASR, MaskedConv1d
 from .program.ops import FORMAT_VERSION, Op, Program, ProgramError, Value, dtype_name
+from .program.validate import program_from_file
 from .quant.bn import fold_batchnorm
 from .quant.dyadic import dyadic_from_float
 from .quant.groups import group_multipliers, grouped_codes, is_grouped
@@ -528,6 +529,8 @@ def save_quantized(qmodel: IntegerModel, path) -> Path:
 # builds only tensors and containers) still load, after the same zip size checks.
 HEADER = "asrquant.json"
 _TENSOR_KINDS = "biuf"          # bool, signed / unsigned integers, floats (the front end's buffers)
+_TORCH_DTYPES = tuple(__import__("numpy").dtype(t) for t in ("bool", "int8", "uint8", "int16", "int32", "int64",
+                                                             "float16", "float32", "float64"))
 
 
 def write_payload(payload: dict, path) -> Path:
@@ -593,11 +596,11 @@ def _read_npy(z, path: Path, name: str, member: str):
             read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                            else np.lib.format.read_array_header_2_0)
             shape, fortran, dtype = read_header(f)
-        except (ValueError, OSError, EOFError) as e:
-            raise CheckpointError(f"{path}: tensor {name!r}: bad .npy header: {e}") from e
+        except (ValueError, OSError, EOFError, SyntaxError, TypeError, RecursionError, MemoryError) as e:
+            raise CheckpointError(f"{path}: tensor {name!r}: bad .npy header: {_first_line(e)}") from e
         if any(int(n) < 0 for n in shape):
             raise CheckpointError(f"{path}: tensor {name!r}: negative dimension in shape {tuple(shape)}")
-        if dtype.hasobject or dtype.kind not in _TENSOR_KINDS:
+        if dtype.hasobject or dtype.kind not in _TENSOR_KINDS or dtype.newbyteorder("=") not in _TORCH_DTYPES:
             raise CheckpointError(f"{path}: tensor {name!r}: dtype {dtype} refused (integer, bool or float only)")
         count = 1
         for n in shape:
@@ -611,7 +614,7 @@ def _read_npy(z, path: Path, name: str, member: str):
     if len(data) != nbytes:
         raise CheckpointError(f"{path}: tensor {name!r}: truncated ({len(data)} of {nbytes} bytes)")
     a = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
-    return torch.from_numpy(np.ascontiguousarray(a).copy())
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=dtype.newbyteorder("=")).copy())
 
 
 def read_payload(path) -> dict:
@@ -628,19 +631,37 @@ def read_payload(path) -> dict:
             raise CheckpointError(f"{path}: is a float .nemo model, not a quantized .aqz; make one with "
                                   f"`asrquant quantize --model {path} --out MODEL.aqz`")
         raise CheckpointError(f"{path}: not a quantized model file (an .aqz is a zip; this file is not)")
+    import zipfile
+    import zlib
+
     with _checked_zip(path) as z:
         names = set(z.namelist())
+        if len(names) != len(z.infolist()):
+            raise CheckpointError(f"{path}: a member name appears twice (refused: which one is meant?)")
         if HEADER not in names:
             legacy = any(n.endswith("/data.pkl") or n == "data.pkl" for n in names)
         else:
+            # zipfile checks each member's CRC-32 as it reads: a flipped bit anywhere is refused here,
+            # naming the member, as are the other errors a damaged archive raises
+            damaged = (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError, RuntimeError)
             try:
-                header = json.loads(z.read(HEADER).decode("utf-8"))
-            except (ValueError, UnicodeDecodeError) as e:
-                raise CheckpointError(f"{path}: {HEADER} is not valid JSON: {e}") from e
+                text = z.read(HEADER)
+            except damaged as e:
+                raise CheckpointError(f"{path}: member {HEADER!r} is damaged (truncated or corrupt?): "
+                                      f"{_first_line(e)}") from e
+            try:
+                header = json.loads(text.decode("utf-8"))
+            except (ValueError, UnicodeDecodeError, RecursionError) as e:
+                raise CheckpointError(f"{path}: {HEADER} is not valid JSON: {_first_line(e)}") from e
             if not isinstance(header, dict) or not isinstance(header.get("tensors"), dict):
                 raise CheckpointError(f"{path}: {HEADER} has no tensor table")
-            tensors = {str(name): _read_npy(z, path, str(name), str(member))
-                       for name, member in header["tensors"].items()}
+            tensors = {}
+            for name, member in header["tensors"].items():
+                try:
+                    tensors[str(name)] = _read_npy(z, path, str(name), str(member))
+                except damaged as e:
+                    raise CheckpointError(f"{path}: tensor {str(name)!r}: member {str(member)!r} is damaged "
+                                          f"(truncated or corrupt?): {_first_line(e)}") from e
             return {"format": header.get("format"), "version": header.get("version"),
                     "meta": header.get("meta"), "tensors": tensors}
     if not legacy:
@@ -650,6 +671,11 @@ def read_payload(path) -> dict:
     except Exception as e:
         raise CheckpointError(f"{path}: not a readable quantized model (weights_only load failed): "
                               f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:300]}" if text else type(e).__name__
 
 
 def is_quantized_file(path) -> bool:
@@ -692,9 +718,13 @@ def load_quantized(path) -> IntegerModel:
         meta, tensors = json.loads(payload["meta"]), payload["tensors"]
         if not isinstance(meta, dict) or not isinstance(tensors, dict):
             raise TypeError("meta and tensors must be a mapping")
-        program = _migrate_v1(meta, tensors) if version == 1 else Program.from_state(meta["program"], tensors)
+        program = _migrate_v1(meta, tensors) if version == 1 else program_from_file(meta["program"], tensors)
         frontend = {k: tensors["frontend." + k] for k in meta.get("frontend", [])}
         return IntegerModel(meta["config"], program, meta.get("info"), frontend_state=frontend)
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise CheckpointError(f"{path}: malformed integer model (version {version}): {type(e).__name__}: {e}; "
+    except ProgramError as e:   # names the op and the tensor
+        raise CheckpointError(f"{path}: refused before running: {_first_line(e)}; regenerate it with "
+                              f"`asrquant quantize`") from e
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError, RuntimeError,
+            OverflowError) as e:
+        raise CheckpointError(f"{path}: malformed integer model (version {version}): {_first_line(e)}; "
                               f"regenerate it with `asrquant quantize`") from e

@@ -44,6 +44,14 @@ def _duration(path: Path) -> float:
         raise DataError(f"{path}: cannot read audio header ({e})") from e
 
 
+def _regular_file(path) -> bool:
+    """A regular file (or a link to one); False for anything else, a name too long or a NUL in it."""
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def _is_audio(path: Path) -> bool:
     """Whether soundfile reads the file's header (how a manifest given as --data by mistake is told apart)."""
     try:
@@ -55,7 +63,13 @@ def _is_audio(path: Path) -> bool:
 
 def _read_transcripts(trans_path: Path) -> dict[str, str]:
     texts = {}
-    for lineno, line in enumerate(trans_path.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        lines = trans_path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise DataError(f"{trans_path}: not a transcript file: byte {e.start} is not UTF-8 text") from e
+    except OSError as e:
+        raise DataError(f"{trans_path}: cannot read transcripts ({e.strerror or e})") from e
+    for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
         utt_id, _, words = line.strip().partition(" ")
@@ -74,13 +88,19 @@ def read_librispeech(root, require_text: bool = True) -> list[Utterance]:
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: LibriSpeech folder not found")
-    flacs = sorted(root.rglob("*.flac"), key=lambda p: p.stem)
+    try:
+        flacs = sorted(root.rglob("*.flac"), key=lambda p: p.stem)
+    except (OSError, RecursionError) as e:
+        raise DataError(f"{root}: cannot list the folder ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:200]}; nested too deep?)") from e
     if not flacs:
         raise DataError(f"{root}: no .flac files found (expected speaker/chapter/*.flac)")
 
     cache: dict[Path, dict[str, str]] = {}
     utts = []
     for flac in flacs:
+        if not flac.is_file():   # a FIFO, a device or a link to one would block or never end
+            raise DataError(f"{flac}: not a regular file")
         speaker_chapter = "-".join(flac.stem.split("-")[:2])
         trans = flac.parent / f"{speaker_chapter}.trans.txt"
         if trans not in cache:
@@ -116,6 +136,8 @@ def read_manifest(path, require_text: bool = False) -> list[Utterance]:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
+        except RecursionError as e:
+            raise DataError(f"{path}:{lineno}: not a manifest line (JSON nested too deep)") from e
         if not isinstance(row, dict) or not isinstance(row.get("audio_filepath"), str):
             raise DataError(f"{path}:{lineno}: expected a JSON object with a string 'audio_filepath'")
         text = row.get("text")
@@ -174,7 +196,7 @@ def load_dataset(path_or_dir, require_text: bool = True, limit: int | None = Non
     else:
         raise DataError(f"{p}: no such dataset folder or manifest")
     utts = utts[:limit] if limit is not None else utts
-    missing = [u for u in utts if not Path(u.audio_path).is_file()]
+    missing = [u for u in utts if not _regular_file(u.audio_path)]
     if missing:  # said before any decoding starts
         raise DataError(f"{p}: audio file {missing[0].audio_path} not found ({len(missing)} of {len(utts)} "
                         f"listed files missing)")
@@ -249,6 +271,9 @@ def download_file(url: str, dest, md5: str | None = None) -> Path:
     return dest
 
 
+MAX_EXPANSION = 20   # a compressed archive may hold at most this many times its size (FLAC does not compress)
+
+
 def _inside(root: Path, target: Path) -> bool:
     return target == root or root in target.parents
 
@@ -260,15 +285,36 @@ def extract_tar_safely(tar_path, dest) -> Path:
     symlinks/hardlinks pointing outside dest, and device/fifo members raise DataError
     naming the member.
     """
+    import lzma
+    import zlib
+
     tar_path, dest = Path(tar_path), Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     root = dest.resolve()
+    damaged = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError, ValueError, KeyError, RecursionError)
     try:
         tf = tarfile.open(tar_path, "r:*")
-    except (tarfile.TarError, OSError) as e:
-        raise DataError(f"{tar_path}: cannot open archive ({e})") from e
+    except damaged as e:
+        raise DataError(f"{tar_path}: cannot open archive ({' '.join(str(e).split())[:300]})") from e
+    # what the members claim is checked before anything is written: a plain tar's members fit in
+    # the file, a compressed one's at most MAX_EXPANSION times it (a gzip of zeros inflates 1000x)
+    size = tar_path.stat().st_size
+    with open(tar_path, "rb") as f:
+        compressed = f.read(6).startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ"))
+    budget = size * (MAX_EXPANSION if compressed else 1) + (1 << 20)
     with tf:
-        members = tf.getmembers()
+        members, total = [], 0
+        try:
+            while (m := tf.next()) is not None:   # each header checked as it is read, before the next
+                members.append(m)                 # one (a compressed stream is inflated to reach it)
+                total += m.size if m.isfile() else 0
+                if total > budget:
+                    raise DataError(f"{tar_path}: members claim {total}+ bytes, more than a {size}-byte "
+                                    f"{'compressed ' if compressed else ''}archive can hold (truncated or hostile)")
+        except damaged as e:
+            if isinstance(e, DataError):
+                raise
+            raise DataError(f"{tar_path}: damaged archive ({' '.join(str(e).split())[:300]})") from e
         for m in members:
             bad = f"{tar_path}: refusing member {m.name!r}"
             if os.path.isabs(m.name) or m.name.startswith(("/", "\\")):
@@ -287,7 +333,10 @@ def extract_tar_safely(tar_path, dest) -> Path:
             elif not (m.isfile() or m.isdir()):
                 raise DataError(f"{bad}: device or special file")
         # Python's 'data' filter is a second line of defence (e.g. against symlinked parents).
-        tf.extractall(root, members=members, filter="data")
+        try:
+            tf.extractall(root, members=members, filter="data")
+        except damaged as e:
+            raise DataError(f"{tar_path}: cannot extract into {dest} ({' '.join(str(e).split())[:300]})") from e
     return dest
 
 

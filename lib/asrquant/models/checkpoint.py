@@ -75,8 +75,10 @@ def read_nemo(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor], d
                 files[name] = f.read() if f is not None else b""
     except CheckpointError:
         raise
+    except MemoryError:
+        raise
     except Exception as e:  # tarfile, gzip and zlib each raise their own types on a damaged file
-        raise CheckpointError(f"{path}: not a readable .nemo archive (truncated or corrupt?): {e}") from e
+        raise CheckpointError(f"{path}: not a readable .nemo archive (truncated or corrupt?): {_one_line(e)}") from e
 
     def find(basename):
         hits = [n for n in files if PurePosixPath(n).name == basename]
@@ -86,13 +88,39 @@ def read_nemo(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor], d
 
     config_name, weights_name = find(CONFIG_NAME), find(WEIGHTS_NAME)
     try:
-        config = yaml.safe_load(files.pop(config_name).decode("utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: {CONFIG_NAME} is not valid YAML: {e}") from e
+        text = files.pop(config_name).decode("utf-8")
+        depth = _flow_depth(text)
+        if depth > MAX_YAML_DEPTH:   # PyYAML's scanner takes quadratic time in the nesting (10^5: minutes)
+            raise CheckpointError(f"{path}: {CONFIG_NAME} nests {depth} brackets deep (more than "
+                                  f"{MAX_YAML_DEPTH}: not a model config)")
+        config = yaml.safe_load(text)
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:
+        raise CheckpointError(f"{path}: {CONFIG_NAME} is not valid YAML: {_one_line(e)}") from e
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: {CONFIG_NAME} is not a mapping")
     state_dict = load_weights(files.pop(weights_name), f"{path}:{WEIGHTS_NAME}")
     return config, state_dict, files
+
+
+MAX_YAML_DEPTH = 64
+
+
+def _flow_depth(text: str) -> int:
+    """The deepest nesting of YAML flow brackets ([ and {, quoted strings skipped), in linear time."""
+    import re
+
+    bare = re.sub(r'"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\n]|\'\')*\'', "", text)
+    depth = best = 0
+    for ch in re.findall(r"[\[\]{}]", bare):
+        depth = depth + 1 if ch in "[{" else max(0, depth - 1)
+        best = max(best, depth)
+    return best
+
+
+def _one_line(e: BaseException) -> str:
+    """an exception's message on one line (tarfile, torch and YAML messages span several)"""
+    text = " ".join(str(e).split())
+    return (text[:400] + "...") if len(text) > 400 else (text or type(e).__name__)
 
 
 def load_weights(data: bytes, where: str) -> dict[str, torch.Tensor]:
@@ -100,9 +128,11 @@ def load_weights(data: bytes, where: str) -> dict[str, torch.Tensor]:
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"{where}: refused: the pickle holds objects other than tensors "
-                              f"(weights_only=True): {str(e).splitlines()[0]}") from e
+                              f"(weights_only=True): {str(e).splitlines()[0] if str(e) else ''}") from e
+    except MemoryError:
+        raise
     except Exception as e:
-        raise CheckpointError(f"{where}: cannot read weights (truncated or corrupt?): {e}") from e
+        raise CheckpointError(f"{where}: cannot read weights (truncated or corrupt?): {_one_line(e)}") from e
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -175,6 +205,91 @@ def build_model(config: dict, tokenizer=None):
     raise ValueError(f"encoder {encoder.get('_target_')!r} not supported (ConvASREncoder, ConformerEncoder)")
 
 
+_CONFIG_ERRORS = (KeyError, TypeError, ValueError, AttributeError, IndexError, ZeroDivisionError, OverflowError,
+                  RuntimeError, RecursionError, NotImplementedError, AssertionError)
+MAX_UNSTORED = 1 << 24   # elements a config may make that are not weights in the file (front-end buffers)
+
+
+# the front end's sizes: its buffers are computed from the config (NumPy, not on the meta device)
+_FRONTEND_LIMITS = {"sample_rate": (1000, 768000), "n_fft": (1, 1 << 16), "features": (1, 4096), "nfilt": (1, 4096),
+                    "frame_splicing": (1, 64), "pad_to": (0, 1 << 12), "n_window_size": (1, 1 << 16),
+                    "n_window_stride": (1, 1 << 16), "hop_length": (1, 1 << 16), "win_length": (1, 1 << 16)}
+
+
+def _check_frontend_config(path, pre) -> None:
+    if not isinstance(pre, dict):
+        return
+    for key in (*_FRONTEND_LIMITS, "window_size", "window_stride"):
+        v = pre.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            # a string here is multiplied by the sample rate: "A" * 10^4 made a 160 MB string
+            raise CheckpointError(f"{path}: preprocessor {key} must be a number, not {type(v).__name__}")
+    for key, (lo, hi) in _FRONTEND_LIMITS.items():
+        v = pre.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and not lo <= v <= hi:
+            raise CheckpointError(f"{path}: preprocessor {key} = {v} outside {lo}..{hi}")
+    rate = pre.get("sample_rate", 16000)
+    for key in ("window_size", "window_stride"):
+        v = pre.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and isinstance(rate, (int, float)) and \
+                not 0 < v * rate <= 1 << 16:
+            raise CheckpointError(f"{path}: preprocessor {key} = {v} s at {rate} Hz: outside 1..65536 samples")
+
+
+MAX_CONFIG_INT = 1 << 20          # any size in the encoder / decoder sections (channels, kernels, positions)
+MAX_LAYERS = 512                  # repeat (ConvASR blocks), n_layers (Conformer)
+
+
+def _check_model_sizes(path, config: dict) -> None:
+    """Sizes in the model sections bounded before even the meta-device build (10^7 repeated blocks
+    take minutes to build without memory)."""
+    def walk(node, where):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{where}.{k}")
+        elif isinstance(node, list):
+            for i, v in enumerate(node[:10000]):
+                walk(v, f"{where}[{i}]")
+        elif isinstance(node, (int, float)) and not isinstance(node, bool):
+            key = where.rsplit(".", 1)[-1].split("[")[0]
+            limit = MAX_LAYERS if key in ("repeat", "n_layers") else MAX_CONFIG_INT
+            if node != node or abs(node) > limit:
+                raise CheckpointError(f"{path}: config {where.lstrip('.')} = {node} (more than {limit}: "
+                                      f"not a model this reader builds)")
+    for section in ("encoder", "decoder"):
+        walk(config.get(section), section)
+
+
+def _check_config_against_weights(path, config: dict, tokenizer, state_dict: dict) -> None:
+    """The config's model built without memory (torch's meta device) and compared with the file's
+    weights, tensor by tensor, before the real model is built: a config that declares a larger
+    model than the weights it ships (filters: 10^7 in a 100 kB file) is refused having allocated
+    nothing, so building costs at most what the file holds (plus MAX_UNSTORED recomputed buffers)."""
+    _check_frontend_config(path, config.get("preprocessor"))
+    _check_model_sizes(path, config)
+    try:
+        with torch.device("meta"):
+            meta = build_model(config, tokenizer)
+    except _CONFIG_ERRORS as e:
+        raise CheckpointError(f"{path}: unsupported model config: {_one_line(repr(e))}") from e
+    stored = getattr(getattr(meta, "featurizer", None), "stored_weights", False)
+    unstored = 0
+    for key, t in meta.state_dict().items():
+        w = state_dict.get(key)
+        if w is None:
+            if key.startswith("preprocessor.") and not stored:
+                unstored += t.numel()
+                if unstored > MAX_UNSTORED:
+                    raise CheckpointError(f"{path}: the config's front end needs {unstored}+ values of its own "
+                                          f"(more than {MAX_UNSTORED}; absurd window or filterbank sizes?)")
+                continue
+            raise CheckpointError(f"{path}: weights do not match the config: tensor {key!r} "
+                                  f"{tuple(t.shape)} missing from {WEIGHTS_NAME}")
+        if tuple(w.shape) != tuple(t.shape):
+            raise CheckpointError(f"{path}: weights do not match the config: tensor {key!r} is "
+                                  f"{tuple(w.shape)} in {WEIGHTS_NAME}, the config makes {tuple(t.shape)}")
+
+
 def load_model(path: str | os.PathLike):
     """Build a float `ConvASR` or `ConformerCTC` (by the encoder `_target_`) from a `.nemo` file.
 
@@ -188,10 +303,11 @@ def load_model(path: str | os.PathLike):
         tokenizer = tokenizer_from_archive(config, files, str(path))
     except TokenizerError as e:
         raise CheckpointError(str(e)) from e
+    _check_config_against_weights(path, config, tokenizer, state_dict)
     try:
         model = build_model(config, tokenizer)
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise CheckpointError(f"{path}: unsupported model config: {e!r}") from e
+    except _CONFIG_ERRORS as e:
+        raise CheckpointError(f"{path}: unsupported model config: {_one_line(repr(e))}") from e
     try:
         missing, unexpected = model.load_state_dict(state_dict, strict=False)
     except RuntimeError as e:  # shape mismatches between config and weights

@@ -17,6 +17,7 @@ File format (``.hama``; little-endian; verified on the shipped file)::
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 from importlib import resources
@@ -27,6 +28,7 @@ import numpy as np
 from .checkpoint import CheckpointError
 
 MAGIC = b"HAMAPK"
+MAX_RANK = 32
 ASSET_PACKAGE = "hama.assets"
 ASSET_NAME = "asr_waveform.hama"
 _DTYPES = {0: np.dtype("<f4"), 1: np.dtype("<f2"), 2: np.dtype("<i8"), 3: np.dtype("<i4"), 4: np.dtype("u1")}
@@ -94,6 +96,8 @@ def parse_hama(data: bytes, where: str = "<bytes>") -> HamaPackage:
         pos += 2
         if code not in _DTYPES:
             raise bad(f"tensor {name!r}: unknown dtype code {code}")
+        if ndim > MAX_RANK:   # NumPy arrays have at most 64 dimensions (ValueError past that)
+            raise bad(f"tensor {name!r}: rank {ndim}, more than {MAX_RANK}")
         need(4 * ndim + 16, f"dims, offset and size of {name!r}")
         shape = struct.unpack_from(f"<{ndim}I", view, pos)
         pos += 4 * ndim
@@ -103,7 +107,7 @@ def parse_hama(data: bytes, where: str = "<bytes>") -> HamaPackage:
             raise bad(f"tensor {name!r} appears twice")
         names.add(name)
         dtype = _DTYPES[code]
-        expect = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        expect = math.prod(shape) * dtype.itemsize   # Python ints: no int64 wrap-around
         if nbytes != expect:
             raise bad(f"tensor {name!r}: {nbytes} bytes stored but shape {list(shape)} of {dtype} needs {expect}")
         infos.append(HamaTensorInfo(name, dtype, tuple(int(d) for d in shape), int(offset), int(nbytes)))
@@ -300,6 +304,11 @@ def load_hama_model(path: str | Path | None = None):
               "file": Path(pkg.source).name, "sha256": hashlib.sha256(Path(pkg.source).read_bytes()).hexdigest()}
     model = ConformerCTC(hama_config(source=source))
     sd = hama_state_dict(pkg, bn_eps=model.encoder.layers[0].conv.batch_norm.eps)
+    expect = model.state_dict()
+    for key, t in sd.items():   # named, before torch's several-line size-mismatch report
+        if key in expect and tuple(t.shape) != tuple(expect[key].shape):
+            raise CheckpointError(f"{pkg.source}: tensor for {key} has shape {tuple(t.shape)}, the Conformer "
+                                  f"needs {tuple(expect[key].shape)}")
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{pkg.source}: mapping onto the Conformer left missing {missing[:5]}, "

@@ -2,7 +2,8 @@
 
 ``export_c(program, out_dir, labels)`` writes
   model.c        the program as straight-line kernel calls (generated), buffer plan, asrq_load / asrq_run
-  model.bin      packed int8 weights, int64 constants and tables (one blob, read once)
+  model.bin      a 64-byte header (ASRQBLOB, size, checksum, SHA-256 of the body: asrq_load takes that blob
+                 alone), then packed int8 weights, int64 constants and tables (one blob, read once)
   asrq.h         the API (asrq_load, asrq_run, ...); asrq_kernels.{c,h}: the conv kernels, one build per
                  kernel family; asrq_ops.{c,h}: LayerNorm, GLU, tables, attention
   main.c         a CLI: quantized input file -> greedy CTC tokens (and int64 logits on request)
@@ -129,6 +130,52 @@ void asrq_free(asrq_model *m) {
 """
 
 LOAD = r"""
+/* SHA-256 (FIPS 180-4) of the weights blob: asrq_load takes only the very blob this model.c was
+ * exported with (its digest is compiled in below). The position-weighted checksum catches a
+ * truncated or foreign file; a hostile one can be made to match it (three bytes changed by
+ * +d, -2d, +d keep it), and its constants (shifts, multipliers, tables) would then reach the
+ * kernels, whose bounds the export proved for the exported values only. */
+static const unsigned char blob_sha256[32] = {BLOB_SHA256_BYTES};
+static const uint32_t sha_k[64] = {
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
+#define SHA_ROR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
+static void sha256_block(uint32_t h[8], const unsigned char *p) {
+    uint32_t w[64], a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], k = h[7];
+    for (int i = 0; i < 16; ++i)
+        w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 | (uint32_t)p[4 * i + 2] << 8 | p[4 * i + 3];
+    for (int i = 16; i < 64; ++i)
+        w[i] = w[i - 16] + (SHA_ROR(w[i - 15], 7) ^ SHA_ROR(w[i - 15], 18) ^ (w[i - 15] >> 3)) + w[i - 7] +
+               (SHA_ROR(w[i - 2], 17) ^ SHA_ROR(w[i - 2], 19) ^ (w[i - 2] >> 10));
+    for (int i = 0; i < 64; ++i) {
+        uint32_t t1 = k + (SHA_ROR(e, 6) ^ SHA_ROR(e, 11) ^ SHA_ROR(e, 25)) + ((e & f) ^ (~e & g)) + sha_k[i] + w[i];
+        uint32_t t2 = (SHA_ROR(a, 2) ^ SHA_ROR(a, 13) ^ SHA_ROR(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
+        k = g; g = f; f = e; e = d + t1; d = c; c = b; b = a; a = t1 + t2;
+    }
+    h[0] += a; h[1] += b; h[2] += c; h[3] += d; h[4] += e; h[5] += f; h[6] += g; h[7] += k;
+}
+static int blob_digest_ok(const unsigned char *p, uint64_t n) {
+    uint32_t h[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+    unsigned char tail[128] = {0}, out[32];
+    uint64_t i = 0, r;
+    for (; i + 64 <= n; i += 64) sha256_block(h, p + i);
+    r = n - i;
+    memcpy(tail, p + i, (size_t)r);
+    tail[r] = 0x80;
+    const uint64_t len = r < 56 ? 64 : 128, bits = n * 8;
+    for (int j = 0; j < 8; ++j) tail[len - 1 - j] = (unsigned char)(bits >> (8 * j));
+    sha256_block(h, tail);
+    if (len == 128) sha256_block(h, tail + 64);
+    for (int j = 0; j < 32; ++j) out[j] = (unsigned char)(h[j / 4] >> (24 - 8 * (j % 4)));
+    return memcmp(out, blob_sha256, 32) == 0;
+}
+
 asrq_model *asrq_load(const char *path, long max_frames, int threads) {
     asrq_model *m = calloc(1, sizeof(asrq_model));
     unsigned char head[64];
@@ -153,11 +200,20 @@ asrq_model *asrq_load(const char *path, long max_frames, int threads) {
     uint64_t size = 0, sum = 0;
     if (fread(head, 1, 64, f) != 64 || memcmp(head, "ASRQBLOB", 8)) goto bad;
     for (int k = 7; k >= 0; --k) { size = (size << 8) | head[8 + k]; sum = (sum << 8) | head[16 + k]; }
-    if (size != BLOB_SIZE || sum != BLOB_SUM) goto bad;
+    /* every size before use: the header's (and the file's: nothing after the blob) against the size
+     * compiled in, before the blob's memory is allocated; then the checksum and the SHA-256 */
+    if (size != BLOB_SIZE || sum != BLOB_SUM || memcmp(head + 24, blob_sha256, 32)) goto bad;
+    {
+        long at = ftell(f), end = -1;
+        if (at >= 0 && fseek(f, 0, SEEK_END) == 0) end = ftell(f);
+        if (end < 0 || (uint64_t)(end - at) != BLOB_SIZE || fseek(f, at, SEEK_SET)) goto bad;
+    }
     m->blob_mem = malloc(BLOB_SIZE + 64);
     if (!m->blob_mem) { snprintf(last_error, sizeof last_error, "out of memory"); goto fail; }
     m->blob = align64(m->blob_mem);
-    if (fread(m->blob, 1, BLOB_SIZE, f) != BLOB_SIZE || checksum(m->blob, BLOB_SIZE) != BLOB_SUM) goto bad;
+    if (fread(m->blob, 1, BLOB_SIZE, f) != BLOB_SIZE || checksum(m->blob, BLOB_SIZE) != BLOB_SUM ||
+        !blob_digest_ok(m->blob, BLOB_SIZE))
+        goto bad;
     fclose(f);
     f = NULL;
     /* buffers, once: each slot as large as the largest activation it holds */
@@ -472,12 +528,14 @@ def export_c(program: Program, out_dir, labels=None) -> Path:
     lw.pack(blob)
     body = blob.body()
     check = checksum(body)
-    data = MAGIC + struct.pack("<QQ", len(body), check) + b"\0" * 40 + body   # 64-byte header
+    digest = hashlib.sha256(body).digest()   # the loader takes this blob and no other (LOAD)
+    data = MAGIC + struct.pack("<QQ", len(body), check) + digest + b"\0" * 8 + body   # 64-byte header
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name in STATIC_FILES:
         shutil.copyfile(SOURCES / name, out / name)
-    (out / "model.c").write_text(_Codegen(lw, labels, len(body), check).source())
+    source = _Codegen(lw, labels, len(body), check).source()
+    (out / "model.c").write_text(source.replace("BLOB_SHA256_BYTES", ", ".join(f"0x{b:02x}" for b in digest)))
     tmp = out / "model.bin.tmp"
     tmp.write_bytes(data)
     os.replace(tmp, out / "model.bin")

@@ -253,17 +253,26 @@ class Program:
 
     @classmethod
     def from_state(cls, desc: dict, tensors: dict[str, torch.Tensor]) -> "Program":
-        values = {k: Value(**v) for k, v in desc["values"].items()}
+        """The program of a file, its structure checked (``validate``); a file from a stranger goes through
+        ``program.validate.program_from_file``, which also checks every tensor, attribute and bound."""
+        values = {str(k): Value(**v) for k, v in desc["values"].items()}
         ops = []
         for d in desc["ops"]:
-            params = {}
+            params, keys = {}, {}
             for p, key in d["params"].items():
-                if key not in tensors:
-                    raise ProgramError(f"op {d['name']!r}: tensor {key!r} missing from the file")
-                params[p] = tensors[key]
-            ops.append(Op(d["kind"], list(d["inputs"]), list(d["outputs"]), dict(d["attrs"]), params,
-                          dict(d.get("meta", {})), d.get("name", "")))
-        return cls(values, ops, tuple(desc["inputs"]), tuple(desc["outputs"]), dict(desc.get("meta", {}))).validate()
+                if not isinstance(key, str) or key not in tensors:
+                    raise ProgramError(f"op {d['name']!r}: tensor {key!r} missing from the file"[:300])
+                params[p], keys[p] = tensors[key], key
+            if not isinstance(d["kind"], str) or not all(isinstance(n, str) for n in [*d["inputs"], *d["outputs"]]):
+                raise ProgramError(f"op {d.get('name')!r}: kind, inputs and outputs must be names"[:300])
+            op = Op(d["kind"], list(d["inputs"]), list(d["outputs"]), dict(d["attrs"]), params,
+                    dict(d.get("meta") or {}), str(d.get("name", "")))
+            op.param_keys = keys
+            ops.append(op)
+        if len(desc["inputs"]) != 2 or len(desc["outputs"]) != 2:
+            raise ProgramError("a program has two inputs and two outputs")
+        program = cls(values, ops, tuple(desc["inputs"]), tuple(desc["outputs"]), dict(desc.get("meta") or {}))
+        return program.validate()
 
 
 def torch_dtype(name: str) -> torch.dtype:

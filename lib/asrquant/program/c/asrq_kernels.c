@@ -651,7 +651,7 @@ static void dw_tiles_avx2(const asrq_term *t, const split *s, long t0, long ob, 
         const int32_t *e = s->ent + row * cp + ob * 64;
         for (int32_t i = 0; i < s->cnt[row * s->nb + ob]; ++i) {
             const long c = (e[i] >> 8) - c0;
-            const int32_t d = (int32_t)(int8_t)(e[i] & 0xFF) << WIN_DW;
+            const int32_t d = (int32_t)(int8_t)(e[i] & 0xFF) * (1 << WIN_DW);
             for (int r = 0; r < n; ++r) {
                 const long off = row - (t0 + r) * t->stride - t->row_off;
                 if (off < 0 || off % t->dil) continue;

@@ -61,23 +61,44 @@ int main(int argc, char **argv) {
         fclose(f);
         return 2;
     }
+    /* the F x T values must be in the file before anything is allocated for them: a header
+     * claiming 2^31 frames in a 16-byte file is refused here, not by a failed 128 GB malloc */
+    long here = ftell(f), end = -1;
+    if (here >= 0 && fseek(f, 0, SEEK_END) == 0) end = ftell(f);
+    if (end < 0 || fseek(f, here, SEEK_SET) != 0 || T > (end - here) / F) {
+        fprintf(stderr, "asrq: %s is truncated (header: %ld x %ld values)\n", input, F, T);
+        fclose(f);
+        return 2;
+    }
     int8_t *q = malloc((size_t)(F * T));
     if (!q || fread(q, 1, (size_t)(F * T), f) != (size_t)(F * T)) {
         fprintf(stderr, "asrq: %s is truncated\n", input);
+        free(q);
         fclose(f);
         return 2;
     }
     fclose(f);
     asrq_model *m = asrq_load(model, T, threads);
-    if (!m) { fprintf(stderr, "asrq: %s\n", asrq_last_error()); return 2; }
+    if (!m) { fprintf(stderr, "asrq: %s\n", asrq_last_error()); free(q); return 2; }
     const long C = asrq_classes(), To = asrq_out_frames(T);
-    if (To < 1) { fprintf(stderr, "asrq: %s: %s\n", input, asrq_error(ASRQ_ERR_SHORT)); return 2; }
+    if (To < 1) {
+        fprintf(stderr, "asrq: %s: %s\n", input, asrq_error(ASRQ_ERR_SHORT));
+        free(q);
+        asrq_free(m);
+        return 2;
+    }
     int64_t *logits = malloc(sizeof(int64_t) * (size_t)(C * To));
     long Lo = 0;
     int rc = logits ? asrq_run(m, q, T, L, logits, &Lo) : -1;
-    if (rc) { fprintf(stderr, "asrq: %s: %s\n", input, rc < 0 ? "out of memory" : asrq_error(rc)); return 2; }
+    long *tokens = rc ? NULL : malloc(sizeof(long) * (size_t)(Lo + 1));
+    if (rc || !tokens) {
+        fprintf(stderr, "asrq: %s: %s\n", input, rc <= 0 ? "out of memory" : asrq_error(rc));
+        free(logits);
+        free(q);
+        asrq_free(m);
+        return 2;
+    }
     long prev = -1, n = 0;
-    long *tokens = malloc(sizeof(long) * (size_t)(Lo + 1));
     for (long t = 0; t < Lo; ++t) {
         long best = 0;
         for (long c = 1; c < C; ++c)
@@ -96,7 +117,14 @@ int main(int argc, char **argv) {
     printf("\n");
     if (dump) {
         FILE *o = fopen(dump, "wb");
-        if (!o) { fprintf(stderr, "asrq: cannot write %s\n", dump); return 2; }
+        if (!o) {
+            fprintf(stderr, "asrq: cannot write %s\n", dump);
+            free(tokens);
+            free(logits);
+            free(q);
+            asrq_free(m);
+            return 2;
+        }
         fwrite("ASL8", 1, 4, o);
         write_i32(o, C);
         write_i32(o, To);
