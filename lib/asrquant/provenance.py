@@ -13,6 +13,8 @@ import platform
 import subprocess
 from pathlib import Path
 
+from .version import __version__
+
 UNKNOWN = "unknown"
 _FILE_HASHES: dict[tuple[str, int, int], str] = {}
 
@@ -79,8 +81,6 @@ def _git(*args: str) -> str | None:
 def code_version() -> dict:
     """{version, commit, dirty}: the library version, and the git commit of the checkout it runs
     from with whether tracked files differ from it ("unknown" outside a git checkout)."""
-    from . import __version__
-
     commit = _git("rev-parse", "HEAD")
     if commit is None:
         return {"version": __version__, "commit": UNKNOWN, "dirty": UNKNOWN}
