@@ -129,8 +129,7 @@ def quantize(model, batches, weight_bits: int = 8, act_bits: int = 8, *, observe
         raise ValueError("--residual-bits / --prob-bits: supported for the Conformer only")
     from .calibration import collect
     from .convert import convert
-
-    from .convert import weight_bits_of
+    from .quant.weights import weight_bits_of
     from .quant.mixed_precision import size_mb
 
     batches = list(batches)
