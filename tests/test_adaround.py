@@ -5,7 +5,8 @@ learns on is the integer program's arithmetic."""
 import torch
 
 from asrquant.calibration import collect, random_mels
-from asrquant.convert import _quantize_weight, convert, weight_bits_of
+from asrquant.convert import convert
+from asrquant.quant.weights import quantize_weight, weight_bits_of
 from asrquant.models import ConvASR
 from asrquant.models.configs import _block, _model
 from asrquant.quant.adaround import AdaRoundConfig, QuantizedWalk, adaround, learn_rounding, reconstruction_error
@@ -27,7 +28,7 @@ def _problem(seed, cout=12, n=20, frames=400):
 def test_learned_rounding_beats_nearest_on_the_reconstruction_error():
     for seed in range(3):
         w, Hqq, Hqf, Hff = _problem(seed)
-        w_q, s = _quantize_weight(w.reshape(w.shape[0], w.shape[1], 1), 4, "minmax")
+        w_q, s = quantize_weight(w.reshape(w.shape[0], w.shape[1], 1), 4, "minmax")
         nearest = w_q.reshape(w.shape).double() * s[:, None]
         codes = learn_rounding(w, s, 4, Hqq, Hqf, FAST)
         assert torch.equal(codes, codes.round()) and codes.min() >= -8 and codes.max() <= 7
@@ -78,7 +79,7 @@ def _walk_logits(model, obs, w_bits, a_bits, mel, lens):
     nearest = {}
     for unit in walk.units():
         for f in unit:
-            q, s = _quantize_weight(f.weight, w_bits, "minmax")
+            q, s = quantize_weight(f.weight, w_bits, "minmax")
             nearest[f.name] = (q.double() * s.reshape(-1, 1, 1)).float()
     xs = [walk.quantize_input(mel)]
     use = lambda f, x, l: (nearest[f.name], None)   # noqa: E731
@@ -164,7 +165,7 @@ def _frames(seed, cin=10, frames=600, shift=1.5):
 def test_centered_objective_is_the_error_after_bias_correction():
     """With the closed-form bias shift (= the converter's bias correction on the float means),
     the centered quadratic form is the conv's actual output error, for any rounding."""
-    from asrquant.convert import _bias_correction
+    from asrquant.quant.weights import bias_correction
     from asrquant.quant.adaround import Grams, bias_shift
 
     for groups, k in ((1, 3), (10, 5)):
@@ -186,7 +187,7 @@ def test_centered_objective_is_the_error_after_bias_correction():
             assert abs(form - actual) < 1e-9 * max(actual, 1.0)
             # the shift is bias correction: the mean error on the float input is zero
             means = x.mean(dim=(0, 2))
-            delta = _bias_correction(w, codes, s, groups, means)
+            delta = bias_correction(w, codes, s, groups, means)
             assert torch.allclose(shift, -delta, atol=0.02 * float(delta.abs().max()))   # edges: padding zeros
 
 
@@ -320,7 +321,7 @@ def test_scale_search_lowers_every_channels_output_error():
     for seed in range(3):
         w, Hqq, Hqf, Hff = _problem(seed, cout=16, n=24)
         w[:, 0] *= 4                                  # an outlier column: min/max wastes levels on it
-        _, s = _quantize_weight(w.reshape(16, 24, 1), 4, "minmax")
+        _, s = quantize_weight(w.reshape(16, 24, 1), 4, "minmax")
         H = {"qq": Hff, "qf": Hff, "ff": Hff}
         found = search_scale(w, s, 4, H)
         err = lambda sc: row_errors(torch.clamp(torch.round(w / sc[:, None]), -8, 7) * sc[:, None], w,   # noqa: E731

@@ -1,4 +1,4 @@
-"""Bias correction (convert._bias_correction, calibration.conv_input_means): the expected output shift that
+"""Bias correction (quant.weights.bias_correction, calibration.conv_input_means): the expected output shift that
 weight rounding causes, removed through the bias."""
 
 import pytest
@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from asrquant.calibration import calibrate, conv_input_means, random_mels
-from asrquant.convert import _bias_correction, _quantize_weight, convert
+from asrquant.convert import convert
+from asrquant.quant.weights import bias_correction, quantize_weight
 from asrquant.models import ConvASR, config_for
 
 from conftest import randomize_weights
@@ -18,12 +19,12 @@ def test_delta_is_the_mean_output_shift(groups, cin, cout, k):
     conv equals delta at every interior frame."""
     g = torch.Generator().manual_seed(groups * 10 + k)
     w = torch.randn(cout, cin // groups, k, generator=g, dtype=torch.float64)
-    w_q, s_w = _quantize_weight(w, 4, "minmax")
+    w_q, s_w = quantize_weight(w, 4, "minmax")
     mean = torch.randn(cin, generator=g, dtype=torch.float64) * 3
     x = mean.reshape(1, cin, 1).expand(1, cin, 20)
     w_deq = w_q.double() * s_w.reshape(-1, 1, 1)
     shift = F.conv1d(x, w_deq, groups=groups) - F.conv1d(x, w, groups=groups)
-    delta = _bias_correction(w, w_q, s_w, groups, mean)
+    delta = bias_correction(w, w_q, s_w, groups, mean)
     assert delta.abs().max() > 1e-3  # 4-bit rounding does shift the mean
     torch.testing.assert_close(shift, delta.reshape(1, cout, 1).expand_as(shift), rtol=0, atol=1e-10)
 

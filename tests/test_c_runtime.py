@@ -23,12 +23,13 @@ from pinned import pinned_inputs
 from test_program import _quantize
 
 from asrquant.cli import main
-from asrquant.convert import IntBlock, IntConv, dyadic_multiplier, emit_convasr, save_quantized
+from asrquant.convert import IntBlock, IntConv, emit_convasr, save_quantized
 from asrquant.cpu import FAMILIES, cpu_features, supports
 from asrquant.intops.conv import accumulator_bound, choose_acc_dtype
 from asrquant.program.c_backend import CExportError, CRuntime, build, export_c, read_logits, write_input
 from asrquant.program.numpy_ref import NumpyReference
 from asrquant.program.ops import Op, Program
+from asrquant.quant.weights import dyadic_multiplier
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None or shutil.which("make") is None,
                                 reason="needs a C compiler and make")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from asrquant.calibration import collect, random_mels
-from asrquant.convert import _quantize_weight, weight_grid
+from asrquant.quant.weights import quantize_weight, weight_grid
 from asrquant.quant.groups import MULTIPLIER_BITS, group_multipliers, grouped_codes, is_grouped
 from asrquant.quant.mixed_precision import MIB, edge_convs, size_mb, weight_convs
 from asrquant.quantize import quantize
@@ -43,7 +43,7 @@ def test_grid_follows_the_specification():
 def test_a_dead_row_keeps_the_per_channel_floor():
     """A row that BatchNorm folding left at ~1e-24 gets the per-channel path's scale floor: codes 0,
     and a bias that fits an int32 accumulator, as without groups."""
-    from asrquant.convert import quantize_bias
+    from asrquant.quant.weights import quantize_bias
     from asrquant.intops.conv import accumulator_bound, choose_acc_dtype
 
     w = _heavy_tailed()
@@ -51,7 +51,7 @@ def test_a_dead_row_keeps_the_per_channel_floor():
     b = torch.full((w.shape[0],), 0.3, dtype=torch.float64)
     b[2] = 1e-6   # a dead channel's folded bias: small, but not on a 1e-26 grid
     for group in (0, 8):
-        w_q, s_w = _quantize_weight(w, 4, "minmax", group)
+        w_q, s_w = quantize_weight(w, 4, "minmax", group)
         assert not w_q[2].any() and s_w[2] > 1e-12
         bias_q = quantize_bias(b, 0.02 * s_w)
         assert choose_acc_dtype(accumulator_bound(w_q, 8, False, bias_q)) == torch.int32
@@ -60,8 +60,8 @@ def test_a_dead_row_keeps_the_per_channel_floor():
 def test_never_coarser_than_per_channel_and_finer_on_heavy_tails():
     for seed in range(3):
         w = _heavy_tailed(seed=seed)
-        per_channel, s_c = _quantize_weight(w, 4, "minmax")
-        grouped, s_g = _quantize_weight(w, 4, "minmax", group=8)
+        per_channel, s_c = quantize_weight(w, 4, "minmax")
+        grouped, s_g = quantize_weight(w, 4, "minmax", group=8)
         assert grouped.dtype == torch.int8 and grouped.abs().max() <= 120
         e_c = (per_channel.double() * s_c.reshape(-1, 1, 1) - w)
         e_g = (grouped.double() * s_g.reshape(-1, 1, 1) - w)
@@ -121,7 +121,7 @@ def test_integer_weights_are_codes_times_multipliers(rounding):
 
 
 def test_learned_codes_round_each_weight_down_or_up():
-    from asrquant.convert import weight_bits_of
+    from asrquant.quant.weights import weight_bits_of
     from asrquant.quant.adaround import AdaRoundConfig, QuantizedWalk, adaround
 
     model = tiny_model(seed=4)

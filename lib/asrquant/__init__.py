@@ -15,7 +15,7 @@ Modules, each with one job:
   api        `asrquant.load(path).transcribe(files_or_arrays)`
 """
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: F401
 
 
 def __getattr__(name: str):

@@ -27,8 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import load_batch, load_dataset
-from .evaluate import length_sorted_batches
+from .data import length_sorted_batches, load_batch, load_dataset
 from .models.convasr import ConvASR, MaskedConv1d, frame_mask
 from .quant.observers import make_observer
 

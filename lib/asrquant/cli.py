@@ -30,8 +30,7 @@ def cmd_restore_bn(args) -> int:
     import numpy as np
     import torch
 
-    from .data import load_batch, load_dataset
-    from .evaluate import length_sorted_batches
+    from .data import length_sorted_batches, load_batch, load_dataset
     from .models import ConvASR, config_for, save_model
     from .models.restore_bn import restore_batchnorm
 
@@ -67,8 +66,7 @@ def cmd_import_hama(args) -> int:
     model = load_hama_model(args.hama)
     note = "folded BatchNorm (identity form)"
     if args.restore_bn:
-        from .data import load_batch, load_dataset
-        from .evaluate import length_sorted_batches
+        from .data import length_sorted_batches, load_batch, load_dataset
 
         utts = load_dataset(args.audio, require_text=False, limit=args.limit)
         if not utts:

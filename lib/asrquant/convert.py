@@ -39,9 +39,9 @@ from .models.convasr import ConvASR, MaskedConv1d
 from .program.ops import FORMAT_VERSION, Op, Program, ProgramError, Value, dtype_name
 from .program.validate import program_from_file
 from .quant.bn import fold_batchnorm
-from .quant.dyadic import dyadic_from_float
-from .quant.groups import group_multipliers, grouped_codes, is_grouped
-from .quant.quantizer import qrange, quantize, scale_from_range, storage_dtype, weight_alpha
+from .quant.quantizer import qrange, quantize, scale_from_range, storage_dtype
+from .quant.weights import (bias_correction, dyadic_multiplier, quantize_bias, round_on_grid, weight_bits_of,
+                            weight_grid)
 
 FORMAT = "asrquant-integer-model"
 VERSION = FORMAT_VERSION      # 2: the integer program; 1: hand-walked blocks (migrated on load)
@@ -311,70 +311,6 @@ RUNTIMES = ("auto", "c", "torch")
 
 # --------------------------------------------------------------------------- conversion
 
-def weight_grid(w: torch.Tensor, bits: int, method: str, group: int = 0):
-    """(s_w float64 [Cout], k int64 like w or None): the per-channel scale of w's integer weight and,
-    for per-group multipliers (``quant.groups``), each weight's multiplier (the grid is k s_w q)."""
-    if is_grouped(bits, group):
-        if method != "minmax":
-            raise ValueError(f"per-group weight multipliers (--weight-group) need --weight-method minmax, got {method}")
-        s_w, k = group_multipliers(w, bits, group)
-        return s_w, k.reshape(w.shape)
-    alpha = weight_alpha(w, bits, per_channel=True, method=method).reshape(-1).double()
-    alpha = torch.where(alpha > 0, alpha, torch.ones_like(alpha))  # an all-zero channel: any scale works
-    return scale_from_range(alpha, bits, signed=True).double(), None
-
-
-def _round_on_grid(w: torch.Tensor, s_w: torch.Tensor, k: torch.Tensor | None, bits: int) -> torch.Tensor:
-    """Round-to-nearest integer weight on ``weight_grid``'s grid: q, or k * q with multipliers
-    (int8 for codes of at most 4 bits)."""
-    dtype = torch.int8 if bits <= 8 else torch.int16
-    if k is not None:
-        return (k * grouped_codes(w, s_w, k.reshape(w.shape[0], -1), bits).reshape(w.shape)).to(dtype)
-    return quantize(w.double(), s_w, bits, signed=True, axis=0).to(dtype)
-
-
-def _quantize_weight(w: torch.Tensor, bits: int, method: str, group: int = 0):
-    """(integer weight, s_w [Cout]): round-to-nearest on ``weight_grid``."""
-    s_w, k = weight_grid(w, bits, method, group)
-    return _round_on_grid(w, s_w, k, bits), s_w
-
-
-def weight_bits_of(conv: nn.Conv1d, weight_bits: int, depthwise_bits: int | None = None,
-                   layer_bits: dict | None = None) -> int:
-    """The weight width of one conv: its own (mixed precision), else depthwise_bits for a
-    depthwise conv, else weight_bits."""
-    if layer_bits and conv in layer_bits:
-        return int(layer_bits[conv])
-    if depthwise_bits and conv.groups > 1 and conv.groups == conv.in_channels:
-        return depthwise_bits
-    return weight_bits
-
-
-def quantize_bias(b: torch.Tensor | None, acc_scale: torch.Tensor) -> torch.Tensor | None:
-    """round(b / (s_x s_w)) per output channel: int32 when it fits, else int64 (None: no bias)."""
-    if b is None:
-        return None
-    bias_q = torch.round(b / acc_scale).to(torch.int64)
-    return bias_q.to(torch.int32) if bias_q.abs().max() < 2 ** 31 - 1 else bias_q
-
-
-def dyadic_multiplier(m, bound: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(M, shift) int64 [C] with M / 2^shift ~= m (per channel). acc * M must fit int64 for
-    |acc| <= bound: wide accumulators get a shorter multiplier (at most 31 bits)."""
-    M, shift = dyadic_from_float(m, bits=min(31, 62 - max(int(bound), 1).bit_length()))
-    return (torch.as_tensor(M, dtype=torch.int64).reshape(-1), torch.as_tensor(shift, dtype=torch.int64).reshape(-1))
-
-
-def _bias_correction(w: torch.Tensor, w_q: torch.Tensor, s_w: torch.Tensor, groups: int,
-                     x_mean: torch.Tensor) -> torch.Tensor:
-    """Expected output shift the weight rounding causes, per output channel:
-    delta[o] = sum_{c,k} (s_w[o] w_q[o, c, k] - w[o, c, k]) * E[x_c]  (Nagel et al. 2019, DFQ)."""
-    dw = (w_q.double() * s_w.reshape(-1, 1, 1) - w).sum(dim=2)  # [Cout, Cin/groups]
-    cout, cin_g = dw.shape
-    xm = x_mean.double().reshape(groups, cin_g)                  # group g reads channels g*cin_g...
-    return (dw.reshape(groups, cout // groups, cin_g) * xm[:, None, :]).sum(dim=2).reshape(cout)
-
-
 def _int_conv(conv: nn.Conv1d, bn: nn.BatchNorm1d | None, s_x: float, x_bits: int, x_signed: bool,
               s_out: float | None, out_bits: int, out_signed: bool, w_bits: int, w_method: str,
               input_means: dict | None = None, hessians: dict | None = None, codes: dict | None = None,
@@ -385,7 +321,7 @@ def _int_conv(conv: nn.Conv1d, bn: nn.BatchNorm1d | None, s_x: float, x_bits: in
         w, b = fold_batchnorm(w, b, bn)
         w, b = w.double(), b.double()
     s_w, mult = weight_grid(w, w_bits, w_method, weight_group)   # mult: each weight's group multiplier, or None
-    w_q = _round_on_grid(w, s_w, mult, w_bits)
+    w_q = round_on_grid(w, s_w, mult, w_bits)
     if mult is not None and ((weight_scales is not None and conv in weight_scales)
                              or (hessians is not None and conv in hessians)):
         raise ValueError("per-group weight multipliers (--weight-group) do not combine with a searched scale or GPTQ")
@@ -407,7 +343,7 @@ def _int_conv(conv: nn.Conv1d, bn: nn.BatchNorm1d | None, s_x: float, x_bits: in
     if input_means is not None:
         if conv not in input_means:
             raise KeyError("bias correction: no input mean for a conv (compute input_means on this model)")
-        delta = _bias_correction(w, w_q, s_w, conv.groups, input_means[conv])
+        delta = bias_correction(w, w_q, s_w, conv.groups, input_means[conv])
         b = -delta if b is None else b - delta
     if bias_shifts is not None and conv in bias_shifts:   # learned with the rounding (quant.adaround)
         shift = bias_shifts[conv].double().reshape(-1)

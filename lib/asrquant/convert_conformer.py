@@ -364,10 +364,10 @@ class IntEmitter:
         return _Act(out, x.scale, x.bits, x.signed)
 
     def conv(self, name, x: _Act, layer, lengths, bn=None, extra_bias=None):
-        from .convert import _quantize_weight, quantize_bias
+        from .quant.weights import quantize_bias, quantize_weight
 
         w, b = _weight_bias(layer, bn, extra_bias)
-        w_q, s_w = _quantize_weight(w, self.wb, self.method)
+        w_q, s_w = quantize_weight(w, self.wb, self.method)
         acc_scale = x.scale * s_w
         params = {"weight": w_q}
         bias_q = quantize_bias(b, acc_scale)
@@ -392,7 +392,7 @@ class IntEmitter:
         return _Acc(out, acc_scale.numpy(), bound), out_len
 
     def _requant(self, name, acc: _Acc, s_out, bits, signed, factor=1.0, output=None) -> _Act:
-        from .convert import dyadic_multiplier
+        from .quant.weights import dyadic_multiplier
 
         M, shift = dyadic_multiplier(factor * acc.scale / s_out, acc.bound)
         out = self.g.add("requantize", [acc.name], output or f"{name}.out",
@@ -450,7 +450,7 @@ class IntEmitter:
         return _Act(out, s_out, self.rb)
 
     def _rescale(self, name, acc: _Acc, s_out, factor, output=None) -> str:
-        from .convert import dyadic_multiplier
+        from .quant.weights import dyadic_multiplier
 
         M, shift = dyadic_multiplier(factor * acc.scale / s_out, acc.bound)
         return self.g.add("rescale", [acc.name], output or f"{name}.scaled", Value("int64", "acc", scale=s_out),

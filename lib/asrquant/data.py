@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import soundfile as sf
@@ -201,6 +202,13 @@ def load_dataset(path_or_dir, require_text: bool = True, limit: int | None = Non
         raise DataError(f"{p}: audio file {missing[0].audio_path} not found ({len(missing)} of {len(utts)} "
                         f"listed files missing)")
     return utts
+
+
+def length_sorted_batches(utts: Sequence[Utterance], batch_size: int) -> list[list[int]]:
+    """Indices of `utts` in batches of `batch_size`, utterances of similar length together (less
+    padding): sorted by (duration, id)."""
+    order = sorted(range(len(utts)), key=lambda i: (utts[i].duration or 0.0, utts[i].id))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def load_batch(utts, sample_rate: int = 16000) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,13 +21,8 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .data import Utterance, load_batch
+from .data import Utterance, length_sorted_batches, load_batch
 from .text import ctc_greedy_decode, ctc_greedy_tokens, token_error_summary, wer_summary
-
-
-def length_sorted_batches(utts: Sequence[Utterance], batch_size: int) -> list[list[int]]:
-    order = sorted(range(len(utts)), key=lambda i: (utts[i].duration or 0.0, utts[i].id))
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def model_config(model) -> dict:

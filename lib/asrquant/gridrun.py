@@ -257,7 +257,7 @@ def content_key(*parts) -> str:
 def shards_of(utts: list, batch_size: int, shard_utterances: int | None) -> list[list[int]]:
     """Utterance indices per shard: consecutive whole batches of the length-sorted order (what
     ``evaluate.transcribe`` decodes together), about `shard_utterances` each (None: one shard)."""
-    from .evaluate import length_sorted_batches
+    from .data import length_sorted_batches
 
     batches = length_sorted_batches(utts, batch_size)
     per = max(1, (shard_utterances or len(utts)) // batch_size)

@@ -13,26 +13,32 @@ import platform
 import subprocess
 from pathlib import Path
 
+from .version import __version__
+
 UNKNOWN = "unknown"
 _FILE_HASHES: dict[tuple[str, int, int], str] = {}
 
 
-def file_sha256(path) -> str:
-    """sha256 of a file, read in 1 MiB chunks; cached per process by (path, size, mtime) so that
-    hashing a 70 MB model for every grid cell costs one read."""
+def file_sha256(path, cached: bool = True) -> str:
+    """sha256 of a file, read in 1 MiB chunks (the library's one file hash). cached: remembered per
+    process by (path, size, mtime), so that hashing a 70 MB model for every grid cell costs one
+    read; cached=False reads the file every time (a cache checking its own files, which may be
+    rewritten in place within the clock's resolution)."""
     path = Path(path).resolve()
     try:
         st = path.stat()
     except OSError as e:
         raise FileNotFoundError(f"{path}: cannot hash, file not readable ({e.strerror})") from e
     key = (str(path), st.st_size, st.st_mtime_ns)
-    if key not in _FILE_HASHES:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+    if cached and key in _FILE_HASHES:
+        return _FILE_HASHES[key]
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    if cached:
         _FILE_HASHES[key] = h.hexdigest()
-    return _FILE_HASHES[key]
+    return h.hexdigest()
 
 
 def _relative_names(paths: list[Path]) -> list[str]:
@@ -75,8 +81,6 @@ def _git(*args: str) -> str | None:
 def code_version() -> dict:
     """{version, commit, dirty}: the library version, and the git commit of the checkout it runs
     from with whether tracked files differ from it ("unknown" outside a git checkout)."""
-    from . import __version__
-
     commit = _git("rev-parse", "HEAD")
     if commit is None:
         return {"version": __version__, "commit": UNKNOWN, "dirty": UNKNOWN}

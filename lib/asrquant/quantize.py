@@ -65,16 +65,11 @@ def recipe_of(row) -> str:
 
 
 def default_recipe(weight_bits: int, mixed_precision: bool = False) -> str:
-    """The best recipe *measured* for a weight width on QuartzNet-15x5, 3 seeds on the grid's
-    synthetic batches (results/beyond_adaround.csv; the README's recipes table is written from it):
-    at 4 bits ``grouped``: learned rounding on the float model's inputs, on the grid of a 4-bit
-    multiplier per 16 weights, with the first block and the decoder at 8 bits, after cross-layer
-    equalization (fewer word errors in every seed than the same with a multiplier per 32 or 64
-    weights, and than ``adaround``'s per-channel grid, for 0.57 MiB more than it; block
-    reconstruction, ``block_iterations``, fitted the synthetic batch better and made more word
-    errors), at 6 bias correction (learned rounding measured on one seed only), at 8 the paper's
-    method. Mixed precision (a size budget)
-    was measured with bias correction (results/beyond_size.csv), so it gets that below 8 bits."""
+    """The recipe ``asrquant quantize`` uses when none is named: ``grouped`` at 4 bits and below,
+    ``bc`` below 8 bits, ``paper`` at 8; with a size budget (``mixed_precision``) ``bc`` below 8
+    bits, the setting its budgets were measured with. Why these: the recipes measured at each width
+    on QuartzNet-15x5 are in results/beyond_adaround.csv and results/beyond_size.csv (the README's
+    recipes table is written from them)."""
     if weight_bits <= 4 and not mixed_precision:
         return "grouped"
     return "bc" if weight_bits < 8 else "paper"
@@ -134,8 +129,7 @@ def quantize(model, batches, weight_bits: int = 8, act_bits: int = 8, *, observe
         raise ValueError("--residual-bits / --prob-bits: supported for the Conformer only")
     from .calibration import collect
     from .convert import convert
-
-    from .convert import weight_bits_of
+    from .quant.weights import weight_bits_of
     from .quant.mixed_precision import size_mb
 
     batches = list(batches)

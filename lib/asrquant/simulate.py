@@ -37,10 +37,10 @@ class SimulatedTaps(FloatTaps):
         return fake_quantize(y, scale, bits, signed)
 
     def conv(self, name, x, layer, lengths, bn=None):
-        from .convert import _quantize_weight
+        from .quant.weights import quantize_weight
 
         w, b = _weight_bias(layer, bn)
-        w_q, s_w = _quantize_weight(w, self.wb, "minmax")
+        w_q, s_w = quantize_weight(w, self.wb, "minmax")
         w_fq = (w_q.double() * s_w.reshape(-1, 1, 1)).to(x.dtype)
         y = torch.nn.functional.conv1d(x, w_fq, None if b is None else b.to(x.dtype), **_geometry(layer))
         self.lengths = _out_lengths(lengths, layer)

@@ -145,6 +145,8 @@ from torch import nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .provenance import file_sha256
+
 BN_EPS = 1e-6  # added to both variances in the KL loss (see the module docstring)
 CACHE_FORMAT = 1
 
@@ -532,14 +534,6 @@ def cache_key(model_digest: str, params: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _is_hex_digest(s) -> bool:
     return isinstance(s, str) and len(s) == 64 and all(c in "0123456789abcdef" for c in s.lower())
 
@@ -593,7 +587,7 @@ def generate_cached(model, model_path_or_hash=None, params: dict | None = None, 
             entries.pop(str(i), None)
             continue
         results[i] = loaded
-        entries.setdefault(str(i), {"file": path.name, "sha256": _sha256_file(path),
+        entries.setdefault(str(i), {"file": path.name, "sha256": file_sha256(path, cached=False),
                                     "final_loss": loaded[1][-1] if loaded[1] else None})
 
     missing = [i for i in wanted if i not in results]
@@ -607,8 +601,8 @@ def generate_cached(model, model_path_or_hash=None, params: dict | None = None, 
             blob = {"mel": mel.contiguous(), "lengths": torch.full((shape[0],), shape[2], dtype=torch.long),
                     "losses": torch.tensor(curve, dtype=torch.float64), "index": torch.tensor(i)}
             atomic_write_bytes(path, lambda f: torch.save(blob, f))
-            entries[str(i)] = {"file": path.name, "sha256": _sha256_file(path), "final_loss": curve[-1],
-                               "initial_loss": curve[0], "seconds": round(seconds, 3)}
+            entries[str(i)] = {"file": path.name, "sha256": file_sha256(path, cached=False),
+                               "final_loss": curve[-1], "initial_loss": curve[0], "seconds": round(seconds, 3)}
             _write_manifest(manifest_path, manifest, atomic_write_bytes)
             results[i] = (mel, curve)
     _write_manifest(manifest_path, manifest, atomic_write_bytes)
@@ -649,7 +643,7 @@ def _write_manifest(path: Path, manifest: dict, atomic_write_bytes) -> None:
 def _check_batch(path: Path, entry: dict | None, index: int, shape: tuple, iterations: int):
     """(problem or None, (mel, losses))."""
     if entry is not None and entry.get("sha256"):
-        actual = _sha256_file(path)
+        actual = file_sha256(path, cached=False)
         if actual != entry["sha256"]:
             return f"checksum mismatch: sha256 {actual[:12]}... but the manifest says {entry['sha256'][:12]}...", None
     try:

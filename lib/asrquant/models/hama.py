@@ -362,7 +362,7 @@ def measure_conv_bn_inputs(model, batches, progress: bool = True) -> dict:
 def restore_conformer_bn(model, batches, progress: bool = True) -> dict:
     """Give every conv module's identity BatchNorm (z + b, from `hama_state_dict`) the running
     statistics measured on `batches`, with gamma = sqrt(var + eps), beta = mean + b, so the model
-    computes the same function (quant/bn.py `set_identity_affine`). Returns the statistics."""
+    computes the same function (models/bn.py `set_identity_affine`). Returns the statistics."""
     import torch
 
     from .restore_bn import restore_identity_bn

@@ -33,7 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .convasr import ConvASR, MaskedConv1d, frame_mask
-from ..quant.bn import set_identity_affine
+from .bn import set_identity_affine
 
 
 def conv_before_each_bn(model: ConvASR) -> list[tuple[str, MaskedConv1d, nn.BatchNorm1d]]:
@@ -144,11 +144,11 @@ def measure_bn_inputs(model: ConvASR, batches, progress: bool = True,
 
 def restore_identity_bn(bn: nn.BatchNorm1d, mean, var) -> None:
     """Turn a `z + b_f` BatchNorm (identity scale, bias b_f) into one with running statistics
-    (mean, var) that computes the same function (quant/bn.py `set_identity_affine`)."""
+    (mean, var) that computes the same function (models/bn.py `set_identity_affine`)."""
     b_f = bn.bias.detach().double().clone()
     bn.running_mean.copy_(torch.as_tensor(mean))
     bn.running_var.copy_(torch.as_tensor(var))
-    set_identity_affine(bn, b_f)  # quant/bn.py: the same identity bn_from_stats builds
+    set_identity_affine(bn, b_f)  # models/bn.py: the same identity quant.bn.bn_from_stats builds
 
 
 def apply_bn_statistics(model: ConvASR, stats: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:

@@ -343,7 +343,7 @@ class QuantizedWalk:
     def __init__(self, model, observers: dict, act_bits: int, bits_of, weight_method: str = "minmax",
                  weight_group: int = 0):
         from ..calibration import quant_points
-        from ..convert import weight_grid
+        from .weights import weight_grid
         from ..models.convasr import MaskedConv1d
         from .bn import fold_batchnorm
 
@@ -615,7 +615,7 @@ def adaround(model, batches, observers: dict, act_bits: int, bits_of, weight_met
              cfg: AdaRoundConfig | None = None, cache_dir=None, progress: bool = True,
              weight_group: int = 0) -> LearnedRounding:
     """Learned rounding for every conv of a ConvASR: integer codes (same shape as the weight, on the
-    scale ``convert._quantize_weight`` gives at ``bits_of(conv)``) and, with ``cfg.centered``, the
+    scale ``quant.weights.quantize_weight`` gives at ``bits_of(conv)``) and, with ``cfg.centered``, the
     closed-form bias shift that goes with them.
 
     batches: the calibration (mel, lengths) batches (merged into one padded batch); observers:

@@ -26,7 +26,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-__all__ = ["BNParams", "bn_params", "fold_batchnorm", "bn_from_stats", "set_identity_affine", "unfold_batchnorm"]
+__all__ = ["BNParams", "bn_params", "fold_batchnorm", "bn_from_stats", "unfold_batchnorm"]
 
 
 class BNParams(NamedTuple):
@@ -65,16 +65,6 @@ def fold_batchnorm(weight: torch.Tensor, bias: torch.Tensor | None, bn):
     return w_f.to(out_dtype), b_f.to(out_dtype)
 
 
-@torch.no_grad()
-def set_identity_affine(bn: nn.BatchNorm1d, b_f: torch.Tensor) -> None:
-    """Given bn's running statistics, set gamma = sqrt(running_var + eps) and beta = running_mean
-    + b_f, so that bn(z) = z + b_f. Computed in float64 from the statistics as stored (already
-    rounded to bn's dtype), so the stored parameters cancel as closely as that dtype allows."""
-    mean, var = bn.running_mean.double(), bn.running_var.double()
-    bn.weight.copy_(torch.sqrt(var + bn.eps).to(bn.weight.dtype))
-    bn.bias.copy_((mean + torch.as_tensor(b_f, dtype=torch.float64).reshape(-1)).to(bn.bias.dtype))
-
-
 def bn_from_stats(mean, var, eps: float, target_weight: torch.Tensor,
                   target_bias: torch.Tensor | None = None):
     """Restore a BN behind a folded conv (module doc).
@@ -86,6 +76,8 @@ def bn_from_stats(mean, var, eps: float, target_weight: torch.Tensor,
     bias = mean (= running_mean + b_f), so that bn(conv(x; weight)) == conv(x; W_f) + b_f.
     Negative variances (round-off) are clamped to 0.
     """
+    from ..models.bn import set_identity_affine   # the identity itself (models/bn.py)
+
     w = target_weight.detach().clone()
     dtype = w.dtype if w.is_floating_point() else torch.float32
     c = w.shape[0]

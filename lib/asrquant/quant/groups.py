@@ -29,9 +29,8 @@ from .quantizer import MIN_ALPHA, qrange
 
 __all__ = ["MULTIPLIER_BITS", "MAX_CODE_BITS", "is_grouped", "group_multipliers", "grouped_codes", "multiplier_bits"]
 
-#: bits of each group's unsigned multiplier k in [1, 15]: in a weight-only round-to-nearest scratch probe
-#: on QuartzNet-15x5 (group 64, not a committed command; issue 14's closing note) 8-bit multipliers
-#: were within two word errors of 4-bit ones
+#: bits of each group's unsigned multiplier k in [1, 2^m - 1] = [1, 15]; with MAX_CODE_BITS, what
+#: keeps every product k q an int8 weight
 MULTIPLIER_BITS = 4
 #: widest code whose product with a multiplier fits int8: 2^(4-1) * 15 = 120 <= 127
 MAX_CODE_BITS = 4

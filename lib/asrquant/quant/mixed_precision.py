@@ -89,7 +89,7 @@ def sensitivities(model, mel: torch.Tensor, lengths: torch.Tensor, widths=WIDTHS
     from tqdm.auto import tqdm
 
     from ..calibration import collect
-    from ..convert import _bias_correction, _quantize_weight
+    from .weights import bias_correction, quantize_weight
     from .bn import fold_batchnorm
 
     model = model.eval()
@@ -117,11 +117,11 @@ def sensitivities(model, mel: torch.Tensor, lengths: torch.Tensor, widths=WIDTHS
         hook = conv.register_forward_hook(corrected)
         try:
             for bits in widths:
-                w_q, s_w = _quantize_weight(w, bits, weight_method)
+                w_q, s_w = quantize_weight(w, bits, weight_method)
                 deq = w_q.double() * s_w.reshape(-1, 1, 1) / scale.reshape(-1, 1, 1)
                 conv.weight.copy_(deq.to(original.dtype))
                 if means is not None:
-                    shift["value"] = _bias_correction(w, w_q, s_w, conv.groups, means[conv]) / scale
+                    shift["value"] = bias_correction(w, w_q, s_w, conv.groups, means[conv]) / scale
                 y = model.forward_features(mel, lengths)[0].double()
                 out[(conv, bits)] = float((y - ref).pow(2).sum()) / energy
         finally:
