@@ -235,6 +235,23 @@ def test_swapped_hama_records_are_refused_naming_the_tensor(seeds, tmp_path):
     _one_line(e.value, p)
 
 
+def test_a_hama_matmul_name_without_its_number_is_refused_naming_it(seeds, tmp_path):
+    """fuzz: bytes_bytes (a byte of 'onnx::MatMul_870' became 0x7f: int() raised a bare ValueError)"""
+    from asrquant.models.hama import load_hama_model
+
+    hamas = sorted((seeds / "hama").glob("*.hama"))
+    if hamas[0].name != "asr_waveform.hama":
+        pytest.skip("the hama package is not installed")
+    b = bytearray(hamas[0].read_bytes())
+    at = b.index(b"onnx::MatMul_") + len(b"onnx::MatMul_") + 1
+    b[at] = 0x7F
+    p = tmp_path / "renamed.hama"
+    p.write_bytes(bytes(b))
+    with pytest.raises(CheckpointError, match="does not end in a number") as e:
+        load_hama_model(p)
+    _one_line(e.value, p)
+
+
 # --------------------------------------------------------------------------- audio
 
 @pytest.mark.parametrize("rate, expect", [(767999, "needs too long a filter"), (1000003, "outside"), (1, "outside"),

@@ -225,7 +225,11 @@ def hama_config(labels: list[str] | None = None, source: dict | None = None) -> 
 
 
 def _matmul_names(tensors: dict, where: str) -> list[str]:
-    names = sorted((k for k in tensors if k.startswith("onnx::MatMul_")), key=lambda k: int(k.rsplit("_", 1)[1]))
+    names = [k for k in tensors if k.startswith("onnx::MatMul_")]
+    bad = [k for k in names if not k.rsplit("_", 1)[1].isascii() or not k.rsplit("_", 1)[1].isdigit()]
+    if bad:   # the graph order is the number after the last underscore (fuzz: bytes_bytes)
+        raise CheckpointError(f"{where}: tensor name {bad[0][:60]!r} does not end in a number")
+    names.sort(key=lambda k: int(k.rsplit("_", 1)[1]))
     shapes = [tuple(tensors[k].shape) for k in names]
     expect = list(_BLOCK_MATMULS) * N_LAYERS
     if shapes != expect:
