@@ -128,7 +128,9 @@ def main(argv=None) -> int:
         return 0
     command = "python -m asrquant.fuzz " + " ".join(argv if argv is not None else sys.argv[1:])
     old = json.loads(Path(args.out).read_text()) if args.merge and Path(args.out).is_file() else None
-    res = run_campaign(args.per_reader, args.readers, args.seed, args.work, None if old else args.out, quiet=False,
+    # merging: this run's progress goes to a file of its own, so an interruption keeps what it did
+    progress_out = Path(args.out).with_suffix(".partial.json") if old else args.out
+    res = run_campaign(args.per_reader, args.readers, args.seed, args.work, progress_out, quiet=False,
                        command=command)
     if old:   # the other readers' rows as they were, each row saying which command wrote it
         for name, row in old["readers"].items():
@@ -139,7 +141,7 @@ def main(argv=None) -> int:
         old["commands"] = sorted({r["command"] for r in old["readers"].values()})
         old["totals"] = {"inputs": sum(r["inputs"] for r in old["readers"].values()),
                          **{k: sum(r["failures"][k] for r in old["readers"].values()) for k in FAILURE_KINDS}}
-        old["finished"] = res["finished"]
+        old["finished"], old["partial"] = res["finished"], bool(res.get("partial"))
         res = old
         _write(res, args.out)
     for row in table(res):
