@@ -21,12 +21,18 @@ each runtime's added resident memory in a process of its own), its JSON in
 benchmarks/results/conformer_<model>_<kernel family>_t<N>.json; then a tidy CSV
 (benchmarks/conformer_latency_<kernel family>.csv,
 one row per model x threads x runtime) and its plot (.png beside it).
+
+``--alone``: each runtime in a process of its own, one after the other (``asrquant bench --runtimes
+R``), so that no other runtime's thread pool shares the process; a tidy CSV
+benchmarks/conformer_alone_<kernel family>.csv (the same columns, ``protocol`` "alone"). The
+interleaved run shares load drifts fairly; the alone run shows what a deployment of one runtime sees.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -67,7 +73,7 @@ def nemo_small_files(folder: Path) -> tuple[Path, Path]:
     return model_path, q_path
 
 
-def run(models, threads, repeats: int, out_dir: Path, hama=None, hama_quantized=None) -> pd.DataFrame:
+def run(models, threads, repeats: int, out_dir: Path, hama=None, hama_quantized=None, alone=False) -> pd.DataFrame:
     from asrquant.cpu import kernel_family
 
     rows = []
@@ -83,6 +89,11 @@ def run(models, threads, repeats: int, out_dir: Path, hama=None, hama_quantized=
         else:
             model_path, q_path = nemo_small_files(paths.build_dir() / "conformer_bench")
         for th in threads:
+            if alone:
+                rows += tidy(name, bench_alone(model_path, q_path, th, repeats,
+                                               out_dir / f"conformer_{name}_{kernel_family()}_t{th}_alone.json"),
+                             protocol="alone")
+                continue
             out = out_dir / f"conformer_{name}_{kernel_family()}_t{th}.json"
             args = ["bench", "--model", str(model_path), "--quantized", str(q_path), "--seconds", "10",
                     "--threads", str(th), "--repeats", str(repeats), "--json", str(out), "--quiet"]
@@ -96,13 +107,48 @@ def run(models, threads, repeats: int, out_dir: Path, hama=None, hama_quantized=
     return pd.DataFrame(rows)
 
 
-def tidy(name: str, res: dict) -> list[dict]:
+def bench_alone(model_path: Path, q_path: Path, threads: int, repeats: int, out: Path) -> dict:
+    """``asrquant bench`` once per runtime, each in a fresh process; one merged result (the first
+    run's record, every runtime's timings, the fastest FP32 recomputed over the separate runs)."""
+    import subprocess
+
+    from asrquant.deploy.bench import CONFORMER_RUNTIMES
+
+    merged = None
+    for rt in CONFORMER_RUNTIMES:
+        part = out.with_name(out.stem + f"_{rt}.json")
+        args = ["bench", "--model", str(model_path), "--quantized", str(q_path), "--seconds", "10", "--threads",
+                str(threads), "--repeats", str(repeats), "--runtimes", rt, "--no-memory", "--json", str(part),
+                "--quiet"]
+        print(f"== alone: asrquant {' '.join(paths.display_path(a) for a in args)}", flush=True)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "lib"), os.environ.get("PYTHONPATH", "")]))
+        subprocess.run([sys.executable, "-c", "import sys; from asrquant.cli import main; sys.exit(main(sys.argv[1:]))",
+                        *args], env=env)
+        if not part.is_file():   # a runtime this CPU does not run exactly (bench said why) or a failure
+            print(f"   {rt}: no result", flush=True)
+            continue
+        res = json.loads(part.read_text())
+        part.unlink()
+        if merged is None:
+            merged = dict(res, runtimes={}, commands=[], loadavg_after=res.get("loadavg_after"))
+        merged["runtimes"].update(res["runtimes"])
+        merged["commands"].append("asrquant " + " ".join(paths.display_path(a) for a in args))
+        merged["loadavg_after"] = res.get("loadavg_after")
+    timed = {k: r for k, r in merged["runtimes"].items() if "median_ms" in r}
+    fp32 = min((k for k, r in timed.items() if r["precision"] == "fp32"), key=lambda k: timed[k]["median_ms"])
+    merged["runtimes"] = timed
+    merged["fp32_runtime"], merged["fp32_ms"] = fp32, timed[fp32]["median_ms"]
+    out.write_text(json.dumps(merged, indent=2))
+    return merged
+
+
+def tidy(name: str, res: dict, protocol: str = "interleaved") -> list[dict]:
     fastest_fp32 = res["fp32_ms"]
     peer = res["runtimes"].get("onnxruntime-dynamic-int8", {}).get("median_ms")
     rows = []
     for rt, r in res["runtimes"].items():
         rows.append({
-            "model": name, "label": LABEL[name], "runtime": rt, "precision": r["precision"],
+            "model": name, "label": LABEL[name], "protocol": protocol, "runtime": rt, "precision": r["precision"],
             "integer_only": r.get("integer_only"), "bit_exact": r.get("bit_exact"),
             "argmax_agreement_vs_fp32": r.get("argmax_agreement_vs_fp32"), "kernels": r.get("kernels"),
             "latency_ms": r["median_ms"], "q25_ms": r["q25_ms"], "q75_ms": r["q75_ms"],
@@ -165,11 +211,15 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None,
                    help="CSV path (default: benchmarks/conformer_latency_<kernel family>.csv, one per kind of CPU)")
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"), help="folder of the bench JSONs")
+    p.add_argument("--alone", action="store_true",
+                   help="each runtime in a process of its own (module doc); CSV conformer_alone_<kernels>.csv")
     args = p.parse_args(argv)
     from asrquant.cpu import kernel_family
 
-    df = run(args.models, args.threads, args.repeats, Path(args.results), args.hama, args.hama_quantized)
-    out = Path(args.out or ROOT / "benchmarks" / f"conformer_latency_{kernel_family()}.csv")
+    df = run(args.models, args.threads, args.repeats, Path(args.results), args.hama, args.hama_quantized,
+             alone=args.alone)
+    stem = "conformer_alone" if args.alone else "conformer_latency"
+    out = Path(args.out or ROOT / "benchmarks" / f"{stem}_{kernel_family()}.csv")
     out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out, index=False)
     plot(df, out.with_suffix(".png"))

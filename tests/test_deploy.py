@@ -449,3 +449,14 @@ def test_bench_skips_an_inexact_runtime_with_its_reason(float5, q5, monkeypatch)
     assert "onnxruntime-int8" not in res["runtimes"] and "not exact" in res["skipped"]["onnxruntime-int8"]
     assert res["int8_runtime"] == "torch+native-int8" and res["runtimes"]["torch+native-int8"]["bit_exact"]
     assert "onnxruntime-int8" in bench.format_report(res) and "skipped" in bench.format_report(res)
+
+
+def test_bench_with_every_runtime_skipped_says_why(float5, q5, monkeypatch):
+    """Only an inexact runtime asked for: a one-line error with its reason (was a ZeroDivisionError)."""
+    from asrquant.deploy import bench
+    from asrquant.program import onnx_int
+
+    monkeypatch.setattr(onnx_int, "ort_kernels_exact", lambda threads=1: False)
+    monkeypatch.setattr(rt, "ort_kernels_exact", lambda threads=1: False)
+    with pytest.raises(ValueError, match="no runtime left to time: onnxruntime-int8: .*not exact"):
+        bench.bench(float5, q5, seconds=0.3, repeats=2, warmup=1, threads=1, runtimes=("onnxruntime-int8",))

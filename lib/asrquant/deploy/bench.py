@@ -282,6 +282,8 @@ def bench(model, qmodel, seconds: float = 10.0, batch: int = 1, threads: int = 1
     for n, why in skipped.items():
         if progress:
             print(f"{n}: skipped ({why})", flush=True)
+    if not runners:
+        raise ValueError("no runtime left to time: " + "; ".join(f"{n}: {why}" for n, why in skipped.items()))
     inputs = {"fp32": mel, "int8": q, "int8-peer": mel}
 
     # correctness, once, on the timed input
