@@ -29,16 +29,15 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "lib"))
 
-from asrquant import paths  # noqa: E402
-from asrquant.cli import main as cli_main  # noqa: E402
-from asrquant.convert import load_quantized  # noqa: E402
-from asrquant.data import load_batch, load_dataset  # noqa: E402
-from asrquant.program.c_backend import read_logits, write_input  # noqa: E402
-from asrquant.provenance import provenance  # noqa: E402
-from asrquant.evaluate import decode_batch, score  # noqa: E402
-from asrquant.text import ctc_greedy_tokens  # noqa: E402
+from asrquant import paths
+from asrquant.cli import main as cli_main
+from asrquant.convert import load_quantized
+from asrquant.data import load_batch, load_dataset
+from asrquant.program.c_backend import read_logits, write_input
+from asrquant.provenance import provenance
+from asrquant.evaluate import decode_batch, score
+from asrquant.text import ctc_greedy_tokens
 
 
 def main(argv=None) -> int:

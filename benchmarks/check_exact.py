@@ -26,16 +26,15 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "lib"))
 
-from asrquant import paths  # noqa: E402
-from asrquant.convert import load_quantized  # noqa: E402
-from asrquant.data import load_batch, load_dataset  # noqa: E402
-from asrquant.deploy.runtime import OrtIntegerRunner, make_session, ort_kernels_exact  # noqa: E402
-from asrquant.provenance import machine  # noqa: E402
-from asrquant.program.fast import TorchIntegerRunner  # noqa: E402
-from asrquant.program.onnx_qdq import build_qdq_model  # noqa: E402
-from asrquant.text import ctc_greedy_decode  # noqa: E402
+from asrquant import paths
+from asrquant.convert import load_quantized
+from asrquant.data import load_batch, load_dataset
+from asrquant.deploy.runtime import OrtIntegerRunner, make_session, ort_kernels_exact
+from asrquant.provenance import machine
+from asrquant.program.fast import TorchIntegerRunner
+from asrquant.program.onnx_qdq import build_qdq_model
+from asrquant.text import ctc_greedy_decode
 
 
 def main(argv=None) -> int:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -40,10 +39,9 @@ import pandas as pd
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "lib"))
 
-from asrquant import paths  # noqa: E402
-from asrquant.cli import main as cli_main  # noqa: E402
+from asrquant import paths
+from asrquant.cli import main as cli_main
 
 MODELS = ("hama", "nemo-small")
 LABEL = {"hama": "hama Conformer-CTC (real, W8A8 zero-shot)", "nemo-small": "NeMo Conformer-CTC small (random)"}
@@ -121,9 +119,8 @@ def bench_alone(model_path: Path, q_path: Path, threads: int, repeats: int, out:
                 str(threads), "--repeats", str(repeats), "--runtimes", rt, "--no-memory", "--json", str(part),
                 "--quiet"]
         print(f"== alone: asrquant {' '.join(paths.display_path(a) for a in args)}", flush=True)
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "lib"), os.environ.get("PYTHONPATH", "")]))
         subprocess.run([sys.executable, "-c", "import sys; from asrquant.cli import main; sys.exit(main(sys.argv[1:]))",
-                        *args], env=env)
+                        *args])
         if not part.is_file():   # a runtime this CPU does not run exactly (bench said why) or a failure
             print(f"   {rt}: no result", flush=True)
             continue

@@ -31,14 +31,13 @@ import pandas as pd
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "lib"))
 
-from asrquant import paths  # noqa: E402
-from asrquant.calibration import random_mels  # noqa: E402
-from asrquant.convert import quantize_model  # noqa: E402
-from asrquant.deploy.bench import PEER, bench  # noqa: E402
-from asrquant.experiments import model_size_mb  # noqa: E402
-from asrquant.models import ConvASR, config_for, load_model, save_model  # noqa: E402
+from asrquant import paths
+from asrquant.calibration import random_mels
+from asrquant.convert import quantize_model
+from asrquant.deploy.bench import PEER, bench
+from asrquant.experiments import model_size_mb
+from asrquant.models import ConvASR, config_for, load_model, save_model
 
 MODELS = ("quartznet5x5", "quartznet10x5", "quartznet15x5")
 LABEL = {"quartznet5x5": "QuartzNet-5x5", "quartznet10x5": "QuartzNet-10x5", "quartznet15x5": "QuartzNet-15x5"}

@@ -29,10 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
-from asrquant.convert import load_quantized  # noqa: E402
-from asrquant.program.ops import Op, Program, Value  # noqa: E402
+from asrquant.convert import load_quantized
+from asrquant.program.ops import Op, Program, Value
 
 
 def _qrange(bits, signed):

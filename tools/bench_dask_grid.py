@@ -22,14 +22,12 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "lib"))
 
 GRID = ["--bits", "8/8", "6/8", "--calibrations", "synthetic", "random", "--seeds", "0", "1", "--limit", "8"]
 COMPARED = ["model", "w_bits", "a_bits", "calibration", "seed", "cell_key", "model_sha256", "eval_sha256",

@@ -5,12 +5,10 @@ results/beyond_size.csv: 108 errors, CER 5.8032).
 
     nice -n 5 .venv/bin/python tools/check_fast_eval.py
 """
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
 torch.set_num_threads(1)
 from asrquant import paths
 from asrquant.calibration import calibration_batches

@@ -13,20 +13,18 @@ from __future__ import annotations
 
 import argparse
 import csv
-import sys
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import seaborn as sns  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
-from asrquant.intops import nonlinear as nl  # noqa: E402
+from asrquant.intops import nonlinear as nl
 
 FIELDS = ["function", "config", "in_scale", "out_bits", "points", "max_abs_err", "mean_abs_err", "unit"]
 

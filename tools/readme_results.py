@@ -27,17 +27,14 @@ from pathlib import Path
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "lib"))
-sys.path.insert(0, str(ROOT / "tools"))
 
-from asrquant.tables import _load_frame  # noqa: E402
-from summarize_results import summary_lines, synthetic_vs_random, variant  # noqa: E402
+from asrquant.tables import load_frame, summary_lines, synthetic_vs_random, variant
 
 ORDER = {"none": 0, "synthetic": 1, "random": 2, "real": 3}
 
 
 def _frame(path: Path) -> pd.DataFrame:
-    df = _load_frame(pd.read_csv(path))
+    df = load_frame(pd.read_csv(path))
     df["variant"] = df.apply(variant, axis=1)
     return df
 
@@ -564,7 +561,7 @@ def recipes(path: Path) -> list[str]:
             notes.append(f"W{w}: best 3-seed recipe {best.recipe_label} ({best.rate - float(fp32.error_rate):+.2f}); "
                          f"`asrquant quantize --weight-bits {w}` defaults to `{default_recipe(int(w))}`")
     out += ["", f"FP32 {float(fp32.error_rate):.2f}% ({int(fp32.unit_errors)} / {int(fp32.units)} words, "
-            "`results/grid.csv`). " + "; ".join(notes) + ". " + provenance_line(_load_frame(df), path)]
+            "`results/grid.csv`). " + "; ".join(notes) + ". " + provenance_line(load_frame(df), path)]
     return out
 
 
