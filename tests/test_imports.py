@@ -86,3 +86,49 @@ def test_no_import_cycle_in_lib():
     cycle = find_cycle(import_graph())
     if cycle:
         pytest.fail("import cycle: " + " -> ".join(cycle))
+
+
+# The floors of the house (README, "Layout"): a module imports only from its own floor or below.
+# Each entry is a module or a package (relative to asrquant); the longest match decides, so a
+# recipe inside quant/ sits above the primitives beside it. A new module must be given a floor here.
+FLOORS = {
+    0: ("base", ["version", "paths", "cpu", "provenance", "text", "tokenizer", "synth_args"]),
+    1: ("I/O", ["audio", "data"]),
+    2: ("models and checkpoints", ["models"]),
+    3: ("quantization primitives and integer kernels", ["quant", "intops"]),
+    4: ("the integer program: op set, checks, backends", ["program"]),
+    5: ("calibration, synthesis and conversion", ["calibration", "synth", "convert", "convert_conformer",
+                                                 "simulate"]),
+    6: ("recipes", ["quantize", "quant.adaround", "quant.mixed_precision"]),
+    7: ("experiments, results and deployment", ["experiments", "evaluate", "gridrun", "tables", "verify", "deploy",
+                                               "fuzz"]),
+    8: ("api and command line", ["api", "cli", "fuzz.__main__", ""]),
+}
+
+
+def floor_of(module: str) -> int | None:
+    rel = module[len("asrquant."):] if module.startswith("asrquant.") else ""
+    best, best_len = None, -1
+    for floor, (_, names) in FLOORS.items():
+        for name in names:
+            if (rel == name or (name and rel.startswith(name + "."))) and len(name) > best_len:
+                best, best_len = floor, len(name)
+    return best
+
+
+def test_every_module_has_a_floor():
+    missing = sorted(m for m in import_graph() if floor_of(m) is None)
+    assert not missing, f"give these modules a floor in FLOORS: {missing}"
+
+
+def test_floor_rules():
+    assert floor_of("asrquant.quant.quantizer") == 3 and floor_of("asrquant.quant.adaround") == 6
+    assert floor_of("asrquant") == 8 and floor_of("asrquant.program.c_backend") == 4
+    assert floor_of("asrquant.fuzz.__main__") == 8 and floor_of("asrquant.fuzz.readers") == 7
+
+
+def test_no_import_points_up_the_floors():
+    up = [f"{m} (floor {floor_of(m)}) -> {d} (floor {floor_of(d)})"
+          for m, deps in sorted(import_graph().items()) for d in sorted(deps)
+          if floor_of(m) is not None and floor_of(d) is not None and floor_of(d) > floor_of(m)]
+    assert not up, "imports pointing up the floors:\n" + "\n".join(up)
