@@ -390,7 +390,8 @@ def test_relu_outputs_are_the_convs_before_a_relu():
 def test_straight_through_fake_quantizer():
     """The block stage's fake-quantizer rounds like the walk's and passes the gradient inside the
     range only (a ReLU point's negative side and the clamp get none)."""
-    from asrquant.quant.adaround import _fq, _fq_ste
+    from asrquant.quant.adaround import _fq_ste
+    from asrquant.quant.quantizer import fake_quantize as _fq
 
     x = torch.linspace(-3, 3, 61, requires_grad=True)
     for signed in (True, False):
@@ -405,7 +406,8 @@ def test_straight_through_fake_quantizer():
 def _block_errors(model, batches, obs, codes, shifts):
     """Per encoder block, the walk's output error against the float block on the float block's
     quantized input, with the given codes and bias shifts."""
-    from asrquant.quant.adaround import _dequantized, _fq
+    from asrquant.quant.adaround import _dequantized
+    from asrquant.quant.quantizer import fake_quantize as _fq
 
     walk = QuantizedWalk(model, obs, 8, lambda c: weight_bits_of(c, 4))
     mel, lens = batches[0]

@@ -14,12 +14,7 @@ import torch
 from torch import nn
 
 from .convert_conformer import FloatTaps, _geometry, _out_lengths, _weight_bias, calibrate_conformer, float_forward
-from .quant.quantizer import qrange, scale_from_range
-
-
-def fake_quantize(x: torch.Tensor, scale: float, bits: int, signed: bool = True) -> torch.Tensor:
-    lo, hi = qrange(bits, signed)
-    return torch.clamp(torch.round(x / scale), lo, hi) * scale
+from .quant.quantizer import fake_quantize, scale_from_range
 
 
 class SimulatedTaps(FloatTaps):

@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .quantizer import qrange, scale_from_range
+from .quantizer import fake_quantize, qrange, scale_from_range
 
 ZETA, GAMMA = 1.1, -0.1  # rectified sigmoid stretch (AdaRound)
 CACHE_FORMAT = 3          # 2: the cache holds bias shifts too; 3: and weight scales
@@ -297,13 +297,8 @@ def learnable(conv: nn.Conv1d) -> bool:
 
 # --------------------------------------------------------------------------- the quantized walk
 
-def _fq(x: torch.Tensor, scale: float, bits: int, signed: bool) -> torch.Tensor:
-    lo, hi = qrange(bits, signed)
-    return torch.clamp(torch.round(x / scale), lo, hi) * scale
-
-
 def _fq_ste(x: torch.Tensor, scale: float, bits: int, signed: bool) -> torch.Tensor:
-    """``_fq`` with the straight-through gradient inside the range (zero where it clamps)."""
+    """``fake_quantize`` with the straight-through gradient inside the range (zero where it clamps)."""
     lo, hi = qrange(bits, signed)
     v = torch.clamp(x / scale, lo, hi)
     return (v + (torch.round(v) - v).detach()) * scale
@@ -400,13 +395,13 @@ class QuantizedWalk:
         return points
 
     def quantize_input(self, mel):
-        return _fq(mel, self.input_scale, self.act_bits, True)
+        return fake_quantize(mel, self.input_scale, self.act_bits, True)
 
     def block(self, b: int, xs: list, lens, weight_of, fq=None):
         """Block b on fake-quantized inputs xs; weight_of(FoldedConv, its input, lengths) -> (the
         float weight to use, a bias shift or None) (called in order, so it may learn from the
-        input it is given). fq: the activation fake-quantizer (``_fq``; ``_fq_ste`` to learn through it)."""
-        fq = fq or _fq
+        input it is given). fq: the activation fake-quantizer (``fake_quantize``; ``_fq_ste`` to learn through it)."""
+        fq = fq or fake_quantize
         main, res, dense = self.blocks[b]
         x, lens_in = xs[-1], lens
         for n, (f, s_out, signed) in enumerate(main):
@@ -557,7 +552,7 @@ def refine_block(walk: QuantizedWalk, b: int, xs_in: list, lens, target: torch.T
     count = float(mask.sum()) * target.shape[1]
 
     def error(hard=False):
-        fq = _fq if hard else _fq_ste
+        fq = fake_quantize if hard else _fq_ste
         out = walk.block(b, xs_in, lens, lambda f, x, l: weight_of(f, x, l, hard), fq=fq)[0][-1]
         return ((out - target) ** 2 * mask).sum() / count
 
@@ -696,7 +691,7 @@ def adaround(model, batches, observers: dict, act_bits: int, bits_of, weight_met
                 xs_q, _ = walk.block(u, xs_in, lens, weight_of)
                 if cfg.block_iterations and not cached:
                     # the block's input as the per-conv stage saw it: the float model's (symmetric) or the walk's
-                    x_ref = xs_in if cfg.asymmetric else [_fq(x, s, walk.act_bits, sg) for x, (s, sg) in
+                    x_ref = xs_in if cfg.asymmetric else [fake_quantize(x, s, walk.act_bits, sg) for x, (s, sg) in
                                                            zip(xs_f, walk.input_points(u))]
                     unit_codes.update(refine_block(walk, u, x_ref, lens, ys_f[-1], float_in, unit_codes,
                                                    unit_shifts, cfg, errors))

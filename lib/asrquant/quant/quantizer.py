@@ -135,9 +135,14 @@ def dequantize(q: torch.Tensor, scale, axis: int | None = None) -> torch.Tensor:
 
 def fake_quantize(x: torch.Tensor, scale, bits: int, signed: bool = True,
                   axis: int | None = None) -> torch.Tensor:
-    """Float simulation S * clamp(round(x / S), qmin, qmax), in x's dtype. For comparison only."""
+    """Float simulation S * clamp(round(x / S), qmin, qmax), in x's dtype (a Python number S taken
+    exactly in that dtype, as ``x / S`` would). The one fake quantizer: the simulated Conformer and
+    the learned-rounding walk use it too."""
     lo, hi = qrange(bits, signed)
-    s = _shape_scale(scale, x, axis).to(x.dtype)
+    if isinstance(scale, (int, float)):
+        s = torch.as_tensor(scale, dtype=x.dtype, device=x.device)
+    else:
+        s = _shape_scale(scale, x, axis).to(x.dtype)
     return torch.clamp(torch.round(x / s), lo, hi) * s
 
 
