@@ -89,7 +89,7 @@ def sensitivities(model, mel: torch.Tensor, lengths: torch.Tensor, widths=WIDTHS
     from tqdm.auto import tqdm
 
     from ..calibration import collect
-    from .weights import bias_correction, quantize_weight
+    from .weights import bias_correction as rounding_shift, quantize_weight
     from .bn import fold_batchnorm
 
     model = model.eval()
@@ -121,7 +121,7 @@ def sensitivities(model, mel: torch.Tensor, lengths: torch.Tensor, widths=WIDTHS
                 deq = w_q.double() * s_w.reshape(-1, 1, 1) / scale.reshape(-1, 1, 1)
                 conv.weight.copy_(deq.to(original.dtype))
                 if means is not None:
-                    shift["value"] = bias_correction(w, w_q, s_w, conv.groups, means[conv]) / scale
+                    shift["value"] = rounding_shift(w, w_q, s_w, conv.groups, means[conv]) / scale
                 y = model.forward_features(mel, lengths)[0].double()
                 out[(conv, bits)] = float((y - ref).pow(2).sum()) / energy
         finally:
