@@ -14,8 +14,10 @@ Matmul and conv2d accumulators: the proven bound only.
     python tools/accumulator_proof.py --out results/accumulator_proof.json
 
 The models: the fuzz harness's seeds (a small ConvASR and a one-layer NeMo-architecture Conformer,
-W8A8, asrquant/fuzz/seeds.py), not the real ones of results/verify/ (restoring QuartzNet-15x5 takes
-minutes here, and a C build per layer of it more).
+W8A8, asrquant/fuzz/seeds.py), and with ``--aqz`` the real ones (QuartzNet-15x5 and the hama
+Conformer W8A8 of results/verify/; a C build per layer, minutes):
+
+    python tools/accumulator_proof.py --aqz build/qn15_w8a8.aqz build/conf_w8a8.aqz
 """
 from __future__ import annotations
 
@@ -118,6 +120,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="results/accumulator_proof.json")
     ap.add_argument("--seeds", default="build/fuzz/seeds")
     ap.add_argument("--no-c", action="store_true")
+    ap.add_argument("--aqz", nargs="*", default=[],
+                    help="more integer models to prove (the real ones of results/verify/, e.g. build/qn15_w8a8.aqz)")
     args = ap.parse_args(argv)
     from asrquant.fuzz.seeds import build_seeds
 
@@ -126,7 +130,7 @@ def main(argv=None) -> int:
     report = {"command": "python tools/accumulator_proof.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "models": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        for aqz in sorted((seeds / "aqz").glob("*.aqz")):
+        for aqz in sorted((seeds / "aqz").glob("*.aqz")) + [Path(a) for a in args.aqz]:
             q = load_quantized(aqz)       # the load-time checks prove every bound (or refuse the file)
             p = q.program
             layers = [layer_proof(p, op, not args.no_c, Path(tmp) / aqz.stem) for op in p.ops if op.kind == "conv1d"]
