@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from . import paths
+from .synth_args import SYNTH_DEFAULTS
 
 
 def _write_json(path: str | None, obj) -> None:
@@ -433,9 +434,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quantization_options(q)
     q.add_argument("--batches", type=int, default=1, help="synthetic/random batches")
     q.add_argument("--batch-size", type=int, default=8)
-    q.add_argument("--frames", type=int, default=500, help="synthetic/random input length T")
-    q.add_argument("--iterations", type=int, default=200, help="synthetic: Adam iterations per batch")
-    q.add_argument("--lr", type=float, default=0.05, help="synthetic: Adam learning rate")
+    q.add_argument("--frames", type=int, default=SYNTH_DEFAULTS["frames"], help="synthetic/random input length T")
+    q.add_argument("--iterations", type=int, default=SYNTH_DEFAULTS["iterations"],
+                   help="synthetic: Adam iterations per batch")
+    q.add_argument("--lr", type=float, default=SYNTH_DEFAULTS["lr"], help="synthetic: Adam learning rate")
     q.add_argument("--cache-dir", default=str(paths.build_dir() / "synth_cache"))
     q.add_argument("--size-budget-mb", type=float, default=None,
                    help="mixed precision: 4/6/8-bit weights per conv by sensitivity, fitting this many MiB")
@@ -476,9 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["synthetic", "random", "real"])
     g.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     g.add_argument("--synth-batches", type=int, default=1)
-    g.add_argument("--synth-frames", type=int, default=500)
-    g.add_argument("--synth-iterations", "--iterations", type=int, default=200)
-    g.add_argument("--lr", type=float, default=0.05)
+    g.add_argument("--synth-frames", type=int, default=SYNTH_DEFAULTS["frames"])
+    g.add_argument("--synth-iterations", "--iterations", type=int, default=SYNTH_DEFAULTS["iterations"])
+    g.add_argument("--lr", type=float, default=SYNTH_DEFAULTS["lr"])
     g.add_argument("--real-limit", type=int, default=None)
     _add_quantization_options(g)
     g.add_argument("--cache-dir", default=str(paths.build_dir() / "synth_cache"))

@@ -146,16 +146,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .provenance import file_sha256
+from .synth_args import SYNTH_DEFAULTS
 
 BN_EPS = 1e-6  # added to both variances in the KL loss (see the module docstring)
 CACHE_FORMAT = 1
 
 DEFAULT_PARAMS = {
-    "n_batches": 1,
-    "batch_size": 8,
-    "frames": 500,
-    "iterations": 200,
-    "lr": 0.05,
+    **SYNTH_DEFAULTS,        # n_batches, batch_size, frames, iterations, lr (synth_args)
     "seed": 0,
     "init_range": 0.3,
     "init_center": None,      # None: the model front end's level prior (input_level_prior); 0 for NeMo's

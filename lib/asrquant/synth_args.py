@@ -1,4 +1,10 @@
-"""Arguments of `asrquant synth`, in a module that imports no torch (so `--help` is fast)."""
+"""The synthesis defaults, once, and the arguments of `asrquant synth`, in a module that imports no
+torch (so `--help` is fast)."""
+
+# The paper's synthesis settings (Sec. 2.2): batches of 8 inputs of 500 frames (5 s), 200 Adam
+# iterations at learning rate 0.05. `synth.DEFAULT_PARAMS`, `asrquant synth`, `quantize` and
+# `grid` read them from here.
+SYNTH_DEFAULTS = {"n_batches": 1, "batch_size": 8, "frames": 500, "iterations": 200, "lr": 0.05}
 
 
 def add_synth_arguments(parser) -> None:
@@ -9,10 +15,10 @@ def add_synth_arguments(parser) -> None:
     parser.add_argument("--out", default=str(paths.build_dir() / "synth_cache"),
                         help="cache folder; batches go to OUT/<key>/")
     parser.add_argument("--batches", type=int, default=20, help="number of batches (paper: 20)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--frames", type=int, default=500, help="frames T per input (500 = 5 s)")
-    parser.add_argument("--iterations", type=int, default=200)
-    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--batch-size", type=int, default=SYNTH_DEFAULTS["batch_size"])
+    parser.add_argument("--frames", type=int, default=SYNTH_DEFAULTS["frames"], help="frames T per input (500 = 5 s)")
+    parser.add_argument("--iterations", type=int, default=SYNTH_DEFAULTS["iterations"])
+    parser.add_argument("--lr", type=float, default=SYNTH_DEFAULTS["lr"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--json", default=None, help="write the summary here")
