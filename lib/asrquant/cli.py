@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from . import paths
-from .synth_args import SYNTH_DEFAULTS
+from .options import SYNTH_DEFAULTS, add_data_argument, add_model_argument
 
 
 def _write_json(path: str | None, obj) -> None:
@@ -382,8 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_restore_bn)
 
     e = sub.add_parser("evaluate", help="WER/CER of a float or quantized model")
-    e.add_argument("--model", default=str(paths.restored_model()))
-    e.add_argument("--data", default=str(paths.librispeech("test-other")), help="LibriSpeech folder or manifest")
+    add_model_argument(e, help="a float .nemo or a quantized .aqz model (default: the restored QuartzNet-15x5)")
+    add_data_argument(e)
     e.add_argument("--json", default=None, help="write the summary here")
     e.add_argument("--batch-size", type=int, default=8)
     e.add_argument("--limit", type=int, default=None)
@@ -397,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="audio files (any format soundfile reads, any rate and channel count), folders "
                         "(searched recursively) or NeMo JSON-lines manifests")
-    t.add_argument("--model", required=True, help="a float .nemo or a quantized .aqz model")
+    add_model_argument(t, required=True, help="a float .nemo or a quantized .aqz model")
     t.add_argument("--json", default=None,
                    help="also write [{file, text, seconds, words: [{word, start, end}, ...]}, ...] here "
                         "(word times in seconds, from the CTC frames)")
@@ -425,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.set_defaults(func=cmd_import_hama)
 
     q = sub.add_parser("quantize", help="calibrate and convert a float .nemo model to an integer-only model")
-    q.add_argument("--model", default=str(paths.restored_model()))
+    add_model_argument(q)
     q.add_argument("--weight-bits", type=int, default=8)
     q.add_argument("--act-bits", type=int, default=8)
     q.add_argument("--calibration", choices=["synthetic", "real", "random"], default="synthetic")
@@ -469,8 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_quantize, rounding=None)   # None: the recipe's rounding
 
     g = sub.add_parser("grid", help="Table 1/2 experiment grid: W/A x calibration x seed -> tidy CSV (resumable)")
-    g.add_argument("--model", default=str(paths.restored_model()))
-    g.add_argument("--data", default=str(paths.librispeech("test-other")))
+    add_model_argument(g)
+    add_data_argument(g)
     g.add_argument("--calibration-data", default=str(paths.librispeech("train-clean-100")))
     g.add_argument("--out", default=str(paths.build_dir() / "results" / "grid.csv"))
     g.add_argument("--bits", nargs="+", default=["8/8", "6/8", "4/8"], help="W/A settings")
@@ -506,7 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
     # argument helpers import no torch, so `--help` stays fast; the commands import it when run
     from .deploy.bench import add_bench_arguments
     from .deploy.onnx_export import add_export_arguments
-    from .synth_args import add_synth_arguments
+    from .options import add_synth_arguments
 
     ex = sub.add_parser("export", help="export an integer model to ONNX (integer operators only) and/or C")
     add_export_arguments(ex)
@@ -525,7 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("verify", help="prove a quantized model float-free, bit-exact and batch-invariant")
     v.add_argument("model", help="quantized model file")
-    v.add_argument("--data", default=str(paths.librispeech("test-other")), help="audio folder or manifest")
+    add_data_argument(v)
     v.add_argument("--utterances", type=int, default=3, help="utterances in the padded test batch")
     v.add_argument("--numpy-utterances", type=int, default=None,
                    help="utterances of the padded batch the NumPy backend replays (default: all)")

@@ -146,13 +146,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .provenance import file_sha256
-from .synth_args import SYNTH_DEFAULTS
+from .options import SYNTH_DEFAULTS
 
 BN_EPS = 1e-6  # added to both variances in the KL loss (see the module docstring)
 CACHE_FORMAT = 1
 
 DEFAULT_PARAMS = {
-    **SYNTH_DEFAULTS,        # n_batches, batch_size, frames, iterations, lr (synth_args)
+    **SYNTH_DEFAULTS,        # n_batches, batch_size, frames, iterations, lr (options)
     "seed": 0,
     "init_range": 0.3,
     "init_center": None,      # None: the model front end's level prior (input_level_prior); 0 for NeMo's
@@ -663,8 +663,8 @@ def _check_batch(path: Path, entry: dict | None, index: int, shape: tuple, itera
 
 
 # -- command line -------------------------------------------------------------------------------
-# add_synth_arguments lives in synth_args (no torch import), so `asrquant synth --help` is fast
-from .synth_args import add_synth_arguments  # noqa: E402,F401  (re-exported)
+# add_synth_arguments lives in options (no torch import), so `asrquant synth --help` is fast
+from .options import add_synth_arguments  # noqa: E402,F401  (re-exported)
 
 
 def cmd_synth(args) -> int:

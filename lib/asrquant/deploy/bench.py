@@ -384,7 +384,9 @@ def format_report(res: dict) -> str:
 
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="float model (.nemo)")
+    from ..options import add_model_argument
+
+    add_model_argument(p, required=True, help="float model (.nemo)")
     p.add_argument("--quantized", required=True, help="its integer model (.aqz from `asrquant quantize`)")
     p.add_argument("--seconds", type=float, default=10.0, help="input length in seconds of 16 kHz audio")
     p.add_argument("--batch", type=int, default=1)
