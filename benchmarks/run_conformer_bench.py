@@ -51,6 +51,7 @@ def nemo_small_files(folder: Path) -> tuple[Path, Path]:
     """The seeded random-weight NeMo small Conformer and its W8A8 file (made once)."""
     from asrquant.convert import save_quantized
     from asrquant.models import ConformerCTC, conformer_ctc_config, save_model
+    from asrquant.models.init import random_matrices_
     from asrquant.quantize import quantize
 
     model_path, q_path = folder / "nemo_small_random.nemo", folder / "nemo_small_random_w8a8.aqz"
@@ -58,12 +59,8 @@ def nemo_small_files(folder: Path) -> tuple[Path, Path]:
         return model_path, q_path
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    model = ConformerCTC(conformer_ctc_config("small")).eval()
     g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.copy_(torch.randn(p.shape, generator=g) / p[0].numel() ** 0.5)
+    model = random_matrices_(ConformerCTC(conformer_ctc_config("small")).eval(), g)
     mel = torch.randn(2, 80, 400, generator=g)
     qmodel = quantize(model, [(mel, torch.tensor([400, 320]))], 8, 8, info={"calibration": "random", "seed": 0})
     save_model(model, model_path)
@@ -127,7 +124,7 @@ def bench_alone(model_path: Path, q_path: Path, threads: int, repeats: int, out:
         res = json.loads(part.read_text())
         part.unlink()
         if merged is None:
-            merged = dict(res, runtimes={}, commands=[], loadavg_after=res.get("loadavg_after"))
+            merged = dict(res, runtimes={}, commands=[])
         merged["runtimes"].update(res["runtimes"])
         merged["commands"].append("asrquant " + " ".join(paths.display_path(a) for a in args))
         merged["loadavg_after"] = res.get("loadavg_after")

@@ -74,15 +74,11 @@ def nemo_w8a8():
     """A NeMo-architecture Conformer-CTC (2 layers of conformer_ctc_small): Conv2d striding
     subsampling, rel_pos attention, xscaling; random weights, calibrated on random log-mels."""
     from asrquant.models import ConformerCTC, conformer_ctc_config
+    from asrquant.models.init import random_matrices_
 
-    cfg = conformer_ctc_config("small", n_layers=2)
     torch.manual_seed(0)
-    model = ConformerCTC(cfg).eval()
     g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() > 1:
-                p.copy_(torch.randn(p.shape, generator=g) / p[0].numel() ** 0.5)
+    model = random_matrices_(ConformerCTC(conformer_ctc_config("small", n_layers=2)).eval(), g)
     mel = torch.randn(2, 80, 300, generator=g)
     return quantize(model, [(mel, torch.tensor([300, 250]))], 8, 8)
 

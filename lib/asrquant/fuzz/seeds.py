@@ -64,17 +64,12 @@ def _tiny_conformer():
     import torch
 
     from ..models import ConformerCTC, conformer_ctc_config
+    from ..models.init import random_matrices_
 
     cfg = conformer_ctc_config("small", bpe=False, n_layers=1, d_model=32, n_heads=2, conv_kernel_size=5,
                                feat_in=64)
     torch.manual_seed(0)
-    model = ConformerCTC(cfg).eval()
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() > 1:
-                p.copy_(torch.randn(p.shape, generator=g) / p[0].numel() ** 0.5)
-    return model
+    return random_matrices_(ConformerCTC(cfg).eval(), torch.Generator().manual_seed(0))
 
 
 def _write_audio(d: Path) -> dict:
