@@ -209,14 +209,20 @@ def test_archive_errors_are_one_line(tmp_path):
 
 # --------------------------------------------------------------------------- .hama
 
+def _real_hama(seeds):
+    """The hama package's own asset among the seeds (skip where the package is not installed)."""
+    hamas = sorted((seeds / "hama").glob("*.hama"))
+    if hamas[0].name != "asr_waveform.hama":
+        pytest.skip("the hama package is not installed")
+    return hamas[0]
+
+
 def test_swapped_hama_records_are_refused_naming_the_tensor(seeds, tmp_path):
     """fuzz: swap_records (torch's several-line size-mismatch RuntimeError)"""
     from asrquant.fuzz.readers import _hama_setup
     from asrquant.models.hama import load_hama_model
 
-    hamas = sorted((seeds / "hama").glob("*.hama"))
-    if hamas[0].name != "asr_waveform.hama":
-        pytest.skip("the hama package is not installed")
+    _real_hama(seeds)
     ctx = _hama_setup(seeds, tmp_path)
     ones = [e for e in ctx["entries"] if e["n_dims"] == 1]
 
@@ -239,10 +245,8 @@ def test_a_hama_matmul_name_without_its_number_is_refused_naming_it(seeds, tmp_p
     """fuzz: bytes_bytes (a byte of 'onnx::MatMul_870' became 0x7f: int() raised a bare ValueError)"""
     from asrquant.models.hama import load_hama_model
 
-    hamas = sorted((seeds / "hama").glob("*.hama"))
-    if hamas[0].name != "asr_waveform.hama":
-        pytest.skip("the hama package is not installed")
-    b = bytearray(hamas[0].read_bytes())
+    real = _real_hama(seeds)
+    b = bytearray(real.read_bytes())
     at = b.index(b"onnx::MatMul_") + len(b"onnx::MatMul_") + 1
     b[at] = 0x7F
     p = tmp_path / "renamed.hama"
