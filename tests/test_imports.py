@@ -132,3 +132,24 @@ def test_no_import_points_up_the_floors():
           for m, deps in sorted(import_graph().items()) for d in sorted(deps)
           if floor_of(m) is not None and floor_of(d) is not None and floor_of(d) > floor_of(m)]
     assert not up, "imports pointing up the floors:\n" + "\n".join(up)
+
+
+def _reaches_into_convasr_blocks(source: str) -> list[int]:
+    """Lines that read `<x>.encoder.encoder` (the ConvASR block list) as an attribute."""
+    return [n.lineno for n in ast.walk(ast.parse(source))
+            if isinstance(n, ast.Attribute) and n.attr == "encoder"
+            and isinstance(n.value, ast.Attribute) and n.value.attr == "encoder"]
+
+
+def test_block_reader_finds_a_reach():
+    assert _reaches_into_convasr_blocks("for b in model.encoder.encoder:\n    pass\n") == [1]
+    assert _reaches_into_convasr_blocks("name = f'encoder.encoder.{b}'\n") == []
+
+
+def test_only_the_walk_reads_the_convasr_blocks():
+    """The ConvASR's block structure is read in one place (models.convasr: the model itself and
+    its `walk`); everything else visits the walk."""
+    lib = Path(__file__).resolve().parents[1] / "lib" / "asrquant"
+    found = {str(p.relative_to(lib)): lines for p in lib.rglob("*.py")
+             if p.name != "convasr.py" and (lines := _reaches_into_convasr_blocks(p.read_text()))}
+    assert not found, f"modules that walk model.encoder.encoder by hand (use models.convasr.walk): {found}"

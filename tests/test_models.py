@@ -309,3 +309,34 @@ def test_restore_bn_is_byte_identical_across_thread_counts(tmp_path):
     for k in sd:
         assert torch.allclose(sd[k], sd2[k], rtol=1e-4, atol=1e-5), k
     assert len(unpinned) == len(one)
+
+
+@pytest.mark.parametrize("arch", ["quartznet5x5", "jasperdr10x5"])
+def test_convasr_walk_names_every_conv_once_in_execution_order(arch):
+    """The one walk: every site's name resolves to its module, BatchNorms to theirs, every conv of
+    the model appears once, and the sites come in the order the forward runs them."""
+    from asrquant.models.configs import config_for
+    from asrquant.models.convasr import ConvASR, MaskedConv1d, walk
+
+    model = ConvASR(config_for(arch))
+    modules = dict(model.named_modules())
+    sites = walk(model).sites()
+    for s in sites:
+        assert modules[s.name] is s.module
+        if s.bn is not None:
+            assert modules[s.bn_name] is s.bn
+    convs = [m.conv for m in model.modules() if isinstance(m, MaskedConv1d)] + [model.decoder.decoder_layers[0]]
+    assert sorted(map(id, (s.conv for s in sites))) == sorted(map(id, convs))
+    seen = []
+    hooks = [s.conv.register_forward_hook(lambda m, i, o, n=s.name: seen.append(n)) for s in sites]
+    model.forward_features(torch.randn(1, model.encoder.feat_in, 64), torch.tensor([64]))
+    for h in hooks:
+        h.remove()
+    assert seen == [s.name for s in sites]
+    kinds = {s.kind for s in sites}
+    assert kinds >= {"decoder"} and (kinds & {"depthwise", "pointwise"} if "quartz" in arch else "dense" in kinds)
+    # the activation after BN: every main conv except a depthwise half and a block's last one
+    for blk in walk(model).blocks:
+        for s in blk.main[:-1]:
+            assert (s.act is None) == s.feeds_conv
+        assert blk.main[-1].act is None

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import length_sorted_batches, load_batch, load_dataset
-from .models.convasr import ConvASR, MaskedConv1d, frame_mask
+from .models.convasr import ConvASR, MaskedConv1d, frame_mask, walk
 from .quant.observers import make_observer
 
 SOURCES = ("synthetic", "random", "real")
@@ -92,16 +92,12 @@ def quant_points(model: ConvASR) -> dict:
     (which also closes the residual sum). A Hardtanh sub-block activation is a point of its own,
     like ReLU."""
     points = {}
-    for b, block in enumerate(model.encoder.encoder):
-        layers = list(block.mconv)
-        for i, layer in enumerate(layers):
-            if not isinstance(layer, MaskedConv1d):
-                continue
-            if layer.conv.groups > 1 and i + 1 < len(layers) and isinstance(layers[i + 1], MaskedConv1d):
-                points[(b, i)] = layer                     # depthwise output feeds the pointwise conv
+    for blk in walk(model).blocks:
+        for site in blk.main:
+            if site.feeds_conv and site.conv.groups > 1:
+                points[(site.block, site.index)] = site.module   # depthwise output feeds the pointwise conv
             else:
-                nxt = layers[i + 2] if i + 2 < len(layers) else None  # conv, BN, act
-                points[(b, i)] = nxt if isinstance(nxt, (nn.ReLU, nn.Hardtanh)) else block.mout
+                points[(site.block, site.index)] = site.act if site.act is not None else blk.block.mout
     return points
 
 
@@ -149,6 +145,100 @@ def collect(model: ConvASR, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
     return copy.deepcopy(memo[key], memo={id(m): m for m in model.modules()})
 
 
+def conv_input_hessian(mod: MaskedConv1d, x: torch.Tensor, lens: torch.Tensor) -> torch.Tensor | None:
+    """sum over valid output frames of x x^T for the im2col columns x of `mod`'s input (float64):
+    [Cin*K, Cin*K] for a dense conv (row index c * K + k), [C, K, K] for a depthwise one; None for
+    grouped convs and those with more than ``gptq.MAX_COLUMNS`` columns."""
+    from .quant.gptq import MAX_COLUMNS
+
+    c = mod.conv
+    cin, K = c.in_channels, c.kernel_size[0]
+    depthwise = c.groups == cin == c.out_channels and c.groups > 1
+    if not depthwise and (c.groups != 1 or cin * K > MAX_COLUMNS):
+        return None
+    x = x * frame_mask(lens, x.shape[-1])[:, None, :].to(x.dtype)
+    xp = F.pad(x, (c.padding[0], c.padding[0])).double()
+    span = c.dilation[0] * (K - 1) + 1
+    u = xp.unfold(2, span, c.stride[0])[:, :, :, :: c.dilation[0]]          # [B, Cin, T_out, K]
+    valid = frame_mask(mod.output_lengths(lens), u.shape[2]).to(u.dtype)   # [B, T_out]
+    u = u * valid[:, None, :, None]
+    if depthwise:
+        return torch.einsum("bctk,bctl->ckl", u, u)
+    cols = u.permute(0, 2, 1, 3).reshape(-1, cin * K)
+    return cols.T @ cols
+
+
+class _StatsHooks:
+    """The hooks of one calibration pass, placed on the walk's convs; they sum what was asked.
+    The decoder (a plain 1x1 Conv1d on the whole encoder output) takes the lengths the last
+    encoder conv produced."""
+
+    def __init__(self, model: ConvASR, *, ranges: bool, means: bool, hessians: bool, observer: str,
+                 observer_kw: dict):
+        self.means, self.hessians = means, hessians
+        self.lens = None
+        self.sums: dict = {}
+        self.H: dict = {}
+        self.observers: dict = {}
+        self.handles = []
+        sites = walk(model)
+        for site in sites.sites()[:-1]:
+            self.handles.append(site.module.register_forward_hook(self._track_lengths))
+            if means or hessians:
+                self.handles.append(site.module.register_forward_pre_hook(self._conv_pre))
+        if means or hessians:
+            self.handles.append(sites.decoder.module.register_forward_pre_hook(self._decoder_pre))
+        if ranges:
+            self._observe_points(model, observer, observer_kw)
+
+    def _track_lengths(self, _m, _i, out):
+        self.lens = out[1]
+
+    def _add_mean(self, conv, x, lens):
+        m = frame_mask(lens, x.shape[-1])[:, None, :].to(torch.float64)
+        tot, cnt = self.sums.get(conv, (0.0, 0.0))
+        self.sums[conv] = (tot + (x.double() * m).sum(dim=(0, 2)), cnt + float(m.sum()))
+
+    def _add_hessian(self, conv, h):
+        if h is not None:
+            self.H[conv] = self.H[conv] + h if conv in self.H else h
+
+    def _conv_pre(self, mod, args):
+        x, lens = args
+        if self.means:
+            self._add_mean(mod.conv, x, lens)
+        if self.hessians:
+            self._add_hessian(mod.conv, conv_input_hessian(mod, x, lens))
+
+    def _decoder_pre(self, mod, args):
+        x = args[0]
+        if self.means:
+            self._add_mean(mod, x, self.lens)
+        if self.hessians:
+            cols = x.double().permute(0, 2, 1).reshape(-1, x.shape[1])
+            self._add_hessian(mod, cols.T @ cols)
+
+    def _observe_points(self, model, observer, observer_kw):
+        """One observer per quantization point module (points sharing a module share it)."""
+        self.observers["input"] = make_observer(observer, **observer_kw)
+        by_module: dict = {}
+        for key, mod in quant_points(model).items():
+            by_module.setdefault(id(mod), (mod, []))[1].append(key)
+        for mod, keys in by_module.values():
+            obs = make_observer(observer, **observer_kw)
+            for k in keys:
+                self.observers[k] = obs
+
+            def hook(_m, _i, out, obs=obs):
+                y = out[0] if isinstance(out, tuple) else out
+                obs.update(y, frame_mask(self.lens, y.shape[-1])[:, None, :])
+            self.handles.append(mod.register_forward_hook(hook))
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
 @torch.no_grad()
 def collect_once(model: ConvASR, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, ranges: bool = True,
                  means: bool = False, hessians: bool = False, observer: str = "minmax",
@@ -160,103 +250,28 @@ def collect_once(model: ConvASR, batches: Iterable[tuple[torch.Tensor, torch.Ten
         what bias correction needs; on synthetic inputs these are the means the BatchNorm
         statistics imply, so the correction stays zero-shot.
     hessians: H = sum over valid output frames of x x^T for every conv's im2col column x
-        (float64; [Cin*K, Cin*K] for dense convs, [C, K, K] for depthwise ones, decoder
-        included): what output-aware rounding (``quant.gptq``) needs. Convs with more than
-        ``gptq.MAX_COLUMNS`` columns are left out.
+        (``conv_input_hessian``; the decoder's too): what output-aware rounding (``quant.gptq``) needs.
     """
-    from .quant.gptq import MAX_COLUMNS
-
-    stats = CalibrationStats()
-    handles = []
-    state = {"lens": None}
-    sums: dict = {}
-    H: dict = {}
-
-    def track_lengths(_m, _i, out):
-        state["lens"] = out[1]
-
-    def add_mean(conv, x, lens):
-        m = frame_mask(lens, x.shape[-1])[:, None, :].to(torch.float64)
-        tot, cnt = sums.get(conv, (0.0, 0.0))
-        sums[conv] = (tot + (x.double() * m).sum(dim=(0, 2)), cnt + float(m.sum()))
-
-    def add_hessian(mod, x, lens):
-        c = mod.conv
-        cin, K = c.in_channels, c.kernel_size[0]
-        depthwise = c.groups == cin == c.out_channels and c.groups > 1
-        if not depthwise and (c.groups != 1 or cin * K > MAX_COLUMNS):
-            return
-        x = x * frame_mask(lens, x.shape[-1])[:, None, :].to(x.dtype)
-        xp = F.pad(x, (c.padding[0], c.padding[0])).double()
-        span = c.dilation[0] * (K - 1) + 1
-        u = xp.unfold(2, span, c.stride[0])[:, :, :, :: c.dilation[0]]          # [B, Cin, T_out, K]
-        valid = frame_mask(mod.output_lengths(lens), u.shape[2]).to(u.dtype)   # [B, T_out]
-        u = u * valid[:, None, :, None]
-        if depthwise:
-            h = torch.einsum("bctk,bctl->ckl", u, u)
-        else:
-            cols = u.permute(0, 2, 1, 3).reshape(-1, cin * K)                  # row index c * K + k
-            h = cols.T @ cols
-        H[c] = H[c] + h if c in H else h
-
-    def conv_pre(mod, args):
-        x, lens = args
-        if means:
-            add_mean(mod.conv, x, lens)
-        if hessians:
-            add_hessian(mod, x, lens)
-
-    for m in model.encoder.modules():
-        if isinstance(m, MaskedConv1d):
-            handles.append(m.register_forward_hook(track_lengths))
-            if means or hessians:
-                handles.append(m.register_forward_pre_hook(conv_pre))
-    dec = model.decoder.decoder_layers[0]  # a plain 1x1 Conv1d on the whole encoder output
-
-    def dec_pre(mod, args):
-        x = args[0]
-        if means:
-            add_mean(mod, x, state["lens"])
-        if hessians:
-            cols = x.double().permute(0, 2, 1).reshape(-1, x.shape[1])
-            H[mod] = H[mod] + cols.T @ cols if mod in H else cols.T @ cols
-
-    if means or hessians:
-        handles.append(dec.register_forward_pre_hook(dec_pre))
-
-    observers = {}
-    if ranges:
-        observers["input"] = make_observer(observer, **observer_kw)
-        by_module: dict = {}
-        for key, mod in quant_points(model).items():
-            by_module.setdefault(id(mod), (mod, []))[1].append(key)
-        for mod, keys in by_module.values():
-            obs = make_observer(observer, **observer_kw)
-            for k in keys:
-                observers[k] = obs
-
-            def hook(_m, _i, out, obs=obs):
-                y = out[0] if isinstance(out, tuple) else out
-                obs.update(y, frame_mask(state["lens"], y.shape[-1])[:, None, :])
-            handles.append(mod.register_forward_hook(hook))
+    hooks = _StatsHooks(model, ranges=ranges, means=means, hessians=hessians, observer=observer,
+                        observer_kw=observer_kw)
     try:
         n = 0
         for mel, lengths in batches:
             if ranges:
-                observers["input"].update(mel, frame_mask(lengths, mel.shape[-1])[:, None, :])
+                hooks.observers["input"].update(mel, frame_mask(lengths, mel.shape[-1])[:, None, :])
             model.forward_features(mel, lengths)
             n += 1
         if n == 0:
             raise ValueError("calibration needs at least one batch")
     finally:
-        for h in handles:
-            h.remove()
+        hooks.remove()
+    stats = CalibrationStats()
     if ranges:
-        stats.observers = observers
+        stats.observers = hooks.observers
     if means:
-        stats.input_means = {conv: tot / max(cnt, 1.0) for conv, (tot, cnt) in sums.items()}
+        stats.input_means = {conv: tot / max(cnt, 1.0) for conv, (tot, cnt) in hooks.sums.items()}
     if hessians:
-        stats.hessians = H
+        stats.hessians = hooks.H
     return stats
 
 

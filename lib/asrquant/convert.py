@@ -35,7 +35,7 @@ from torch import nn
 from .calibration import collect, quant_points
 from .intops.conv import accumulator_bound, choose_acc_dtype
 from .models.checkpoint import CheckpointError, atomic_write_bytes
-from .models.convasr import ConvASR, MaskedConv1d
+from .models.convasr import ConvASR, walk
 from .program.ops import FORMAT_VERSION, Op, Program, ProgramError, Value, dtype_name
 from .program.validate import program_from_file
 from .quant.bn import fold_batchnorm
@@ -392,34 +392,27 @@ def convert(model: ConvASR, observers: dict, weight_bits: int = 8, act_bits: int
     s_in = act_scale("input", True)
     s_x, x_signed = s_in, True
     points = quant_points(model)
-    blocks, block_out = [], []  # block_out: (scale, signed) of every block output, for dense inputs
-    prev_out = [(s_in, True)]
-    for b, block in enumerate(model.encoder.encoder):
-        layers = list(block.mconv)
-        conv_idx = [i for i, l in enumerate(layers) if isinstance(l, MaskedConv1d)]
+    blocks = []
+    prev_out = [(s_in, True)]   # (scale, signed) of the next block's inputs (all earlier outputs if dense)
+    sites = walk(model)
+    for blk in sites.blocks:
         convs = []
-        for n, i in enumerate(conv_idx):
-            mconv = layers[i]
-            bn = layers[i + 1] if i + 1 < len(layers) and isinstance(layers[i + 1], nn.BatchNorm1d) else None
-            point = points[(b, i)]
-            depthwise = point is mconv
-            out_signed = depthwise
-            s_out = act_scale((b, i), out_signed)
-            c = mconv.conv
-            convs.append(_int_conv(c, bn, s_x, act_bits, x_signed, s_out, act_bits, out_signed,
+        for site in blk.main:
+            out_signed = points[(site.block, site.index)] is site.module   # a depthwise output: no ReLU
+            s_out = act_scale((site.block, site.index), out_signed)
+            c = site.conv
+            convs.append(_int_conv(c, site.bn, s_x, act_bits, x_signed, s_out, act_bits, out_signed,
                                    bits(c), weight_method, input_means, hessians, codes, bias_shifts,
                                    weight_scales=weight_scales, weight_group=weight_group))
             s_x, x_signed = s_out, out_signed
         residual = []
-        if block.res is not None:
-            for (x_scale, x_sign), (rconv, rbn) in zip(prev_out, block.res):
-                residual.append(_int_conv(rconv.conv, rbn, x_scale, act_bits, x_sign, s_x, act_bits, False,
-                                          bits(rconv.conv), weight_method, input_means, hessians, codes, bias_shifts,
-                                          weight_scales=weight_scales, weight_group=weight_group))
-        blocks.append(IntBlock(convs=convs, residual=residual, dense=block.dense))
-        block_out.append((s_x, x_signed))
-        prev_out = prev_out + [(s_x, x_signed)] if block.dense else [(s_x, x_signed)]
-    dec = model.decoder.decoder_layers[0]
+        for (x_scale, x_sign), rsite in zip(prev_out, blk.residual):
+            residual.append(_int_conv(rsite.conv, rsite.bn, x_scale, act_bits, x_sign, s_x, act_bits, False,
+                                      bits(rsite.conv), weight_method, input_means, hessians, codes, bias_shifts,
+                                      weight_scales=weight_scales, weight_group=weight_group))
+        blocks.append(IntBlock(convs=convs, residual=residual, dense=blk.dense))
+        prev_out = prev_out + [(s_x, x_signed)] if blk.dense else [(s_x, x_signed)]
+    dec = sites.decoder.conv
     decoder = _int_conv(dec, None, s_x, act_bits, x_signed, None, 32, True,
                         bits(dec), weight_method, input_means, hessians, codes, bias_shifts,
                         weight_scales=weight_scales, weight_group=weight_group)

@@ -76,25 +76,8 @@ Swish, LayerNorm arithmetic, residual adds and the 0.5 macaron scales are not MA
 
 ``macs`` / ``bops`` count the weight layers only by default (attention=False): the attention matmuls
 multiply two activations, not a weight and an activation, and leaving them out is what reproduces the
-paper. Conformer-Large (d 512, 18 layers, 8 heads, vocabulary 128 + blank), 10 s -> 1001 mel frames
--> 501 -> 251 encoder frames:
-
-==========  =====  ==============================  ==================================
-model       W/A    size (paper 494.8 / 123.7 MB)   BOPs T (paper 44.0 / 2.75)
-==========  =====  ==============================  ==================================
-Conf-Large  32/32  463.4 MiB -6.3%; 485.9 MB -1.8%  43.98 -0.06% (with attention 46.35 +5.3%)
-Conf-Large   8/8   115.9 MiB -6.3%; 121.5 MB -1.8%  2.748 -0.06% (with attention 2.897 +5.3%)
-==========  =====  ==============================  ==================================
-
-42.94 G weight MACs: subsampling convs 11.94 G (the second 512 -> 512 Conv2d alone 11.84 G), Linears
-25.0 G (feed-forwards 18.95 G, q/k/v/out 4.74 G, the subsampling's out 1.32 G), linear_pos 2.36 G,
-conv module 3.62 G, decoder 0.02 G; the attention matmuls would add 2.32 G. The BOPs
-match both printed values to their printed precision. The size does not: the model has 121.50 M
-parameters (121.48 M with the 18 BatchNorms folded; NeMo publishes 121 M for Conformer-CTC Large),
-while 494.8 needs 123.7 M (MB = 10^6) or 129.7 M (MiB). MB = 10^6 is closer here (-1.8%), MiB for
-QuartzNet/Jasper; no one unit fits all three models. Tried and rejected: counting NeMo's positional
-table (9999 x 512 = 5.1 M, a non-persistent buffer: 506.5 MB +2.4%, 483.0 MiB -2.4%), a larger
-vocabulary (1024 pieces adds only 0.46 M), BN unfolded (+18 k).
+paper (results/op_counts.csv; the Conformer-Large comparison and the size unit in results/README.md,
+section "Op counts against the paper").
 """
 
 from __future__ import annotations
@@ -295,38 +278,25 @@ def layer_table(model, seconds: float = 10.0, sample_rate: int = 16000, pad_to: 
     `model`: a ConvASR (real or meta device) or an architecture name.
     """
     from .models.conformer import ConformerCTC
-    from .models.convasr import MaskedConv1d
+    from .models.convasr import walk
 
     model = _as_model(model)
     t = input_frames(model, seconds, sample_rate, pad_to, legacy)
     if isinstance(model, ConformerCTC):
         return pd.DataFrame(_conformer_rows(model, t))
     rows = []
-    for b, block in enumerate(model.encoder.encoder):
+    sites = walk(model)
+    for blk in sites.blocks:
         t_block = t
-        layers = list(block.mconv)
-        for j, layer in enumerate(layers):
-            if not isinstance(layer, MaskedConv1d):
-                continue
-            conv = layer.conv
-            bn_follows = j + 1 < len(layers) and isinstance(layers[j + 1], nn.BatchNorm1d)
-            if conv.groups > 1 and conv.groups == conv.in_channels:
-                kind = "depthwise"
-            elif conv.kernel_size[0] == 1:
-                kind = "pointwise"
-            else:
-                kind = "dense"
-            rows.append(_row(f"encoder.encoder.{b}.mconv.{j}.conv", kind, b, conv, t, bn_follows))
+        for site in blk.main:
+            rows.append(_row(f"{site.name}.conv", site.kind, blk.index, site.conv, t, site.bn is not None))
             t = rows[-1]["frames"]
-        if block.res is not None:
-            for i, branch in enumerate(block.res):
-                conv, has_bn = branch[0].conv, isinstance(branch[1], nn.BatchNorm1d)
-                row = _row(f"encoder.encoder.{b}.res.{i}.0.conv", "residual", b, conv, t_block, has_bn)
-                if row["frames"] != t:
-                    raise ValueError(f"block {b}: residual branch gives {row['frames']} frames, main path {t}")
-                rows.append(row)
-    for i, conv in enumerate(model.decoder.decoder_layers):
-        rows.append(_row(f"decoder.decoder_layers.{i}", "decoder", -1, conv, t, False))
+        for site in blk.residual:
+            row = _row(f"{site.name}.conv", "residual", blk.index, site.conv, t_block, site.bn is not None)
+            if row["frames"] != t:
+                raise ValueError(f"block {blk.index}: residual branch gives {row['frames']} frames, main path {t}")
+            rows.append(row)
+    rows.append(_row(sites.decoder.name, "decoder", -1, sites.decoder.conv, t, False))
     return pd.DataFrame(rows)
 
 

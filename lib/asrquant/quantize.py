@@ -17,8 +17,8 @@ ROUNDINGS = ("nearest", "gptq", "adaround")
 #: named settings (``asrquant quantize --recipe``): the paper's method (round-to-nearest, no bias
 #: correction); round-to-nearest + bias correction; learned rounding with the joint bias correction
 #: (quant/adaround.py: centered objective, on the float model's inputs, 100 Adam steps per conv)
-#: with the first block's convs and the decoder at 8 bits (``edge_bits``: 0.26% of QuartzNet-15x5's
-#: weights, +0.02 MiB; the convention of AdaRound, BRECQ and LSQ; ``--edge-bits 0``: uniform), after
+#: with the first block's convs and the decoder at 8 bits (``edge_bits``: a fraction of a percent of the
+#: weights; the convention of AdaRound, BRECQ and LSQ; ``--edge-bits 0``: uniform), after
 #: cross-layer equalization of the 4-bit separable pairs (quant/equalize.py, weights only;
 #: ``--no-equalize``: without)
 RECIPES = {

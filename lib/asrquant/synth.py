@@ -44,42 +44,8 @@ modified. The copy's fast path changes nothing beyond float32 rounding:
 `fast=False` gives the straightforward path (full encoder, PyTorch convs, masks, parameters as
 the caller had them), kept for the tests and for the measurement below.
 
-Measured on this shared 2-core CPU, real restored QuartzNet-15x5, B=8, 3 Adam iterations per
-path, same initial input, same process, straightforward then fast:
-
-    PYTHONPATH=lib python tools/bench_synth.py --frames 500 200 --iterations 3 --rounds 1 --threads 2
-
-  quiet machine (load ~0.5), 2 threads:
-    T=500: straightforward 4.75 s/it, fast 1.54 s/it: x3.1
-           losses [945.686, 445.012, 237.283] vs [945.686, 445.012, 237.278]: max rel diff 2.1e-5
-    T=200: straightforward 2.30 s/it, fast 0.72 s/it: x3.2
-           losses [622.563, 298.519, 183.859] vs [622.563, 298.519, 183.859]: max rel diff 8.3e-8
-  busy machine (other jobs, load 6-9), 1 thread (2 threads were slower there), with
-  `--threads 1 --control-threads 2`:
-    T=500: straightforward 40.8 s/it, fast 13.3 s/it: x3.1
-           losses [945.686, 444.953, 237.189] vs [945.686, 445.002, 237.234]
-    T=200: straightforward 14.6 s/it, fast 5.4 s/it: x2.7 (a second run: 22.2 vs 6.9, x3.2)
-           losses [622.563, 298.511, 183.938] vs [622.563, 298.519, 183.860]
-           loss of the fast path at the straightforward run's inputs: max rel diff 1.0e-7
-    control: the straightforward path again, same input, 2 threads instead of 1:
-           losses [622.563, 298.519, 183.859]: 4.3e-4 from itself with 1 thread, as far as the
-           fast path is (which lands within 1e-6 of this 2-thread run)
-
-The loss is identical at the start and equal to 1e-7 at the same inputs; the trajectories can move
-apart by up to ~1e-4 per Adam step because Adam's first steps are sign-like (lr * g/|g|), so entries
-whose gradient is at rounding level take lr-sized steps of either sign: float rounding alone
-does this (see the control line, and tests/test_synth.py, where both float32 paths are compared
-with a float64 run). Profile of one fast iteration (T=200, 1 thread): pointwise convs
-(GEMMs, forward + input gradient) ~53%, per-channel var_mean reductions ~14%, depthwise convs
-~19%: what is left is mostly GEMM work.
-
-Real run (for the record): restored QuartzNet-15x5, 1 batch of 8, T=500, 200 iterations,
-lr 0.05, seed 0, fast path, 1 thread, on the busy machine: loss 945.69 -> 7.345 in 2751 s
-(13.7 s/it on average; 2.9 s/it once the other jobs ended; the LR never decayed). Cached in
-build/synth_cache/5225e5a4.../ by
-    PYTHONPATH=lib python -c 'import argparse,sys; from asrquant import synth; p=argparse.ArgumentParser();
-        synth.add_synth_arguments(p); synth.cmd_synth(p.parse_args(sys.argv[1:]))' --batches 1 --threads 1
-(= `asrquant synth --batches 1 --threads 1` once wired into cli.py).
+Measurements of both paths (speed, loss agreement, thread-count effects) and of real runs'
+loss curves: results/README.md, section "Synthetic data: speed and loss curves".
 
 Conformer-CTC (models/conformer.py; `SyntheticMelGenerator(conformer_ctc_model)`, the cache and
 `asrquant synth --model conformer.nemo` take it as they take a ConvASR). The loss has one term
@@ -102,29 +68,12 @@ What constrains the input, and what does not:
   costs 17.0 and per-channel standardizing 1550. So synthetic inputs can match the BatchNorm
   statistics while their level differs from real features: the hama front end is an
   unnormalized log-mel (real frames: mean -10, std 4, range [-23.0, 3.9]), synthetic ones stay
-  centred (mean -0.08 to -0.24 in the runs below): the input range is not a BatchNorm target.
+  centred (mean -0.08 to -0.24 in the runs of results/README.md): the input range is not a BatchNorm target.
 The fast path for the Conformer: parameters frozen, depthwise convs on FastDepthwiseConv1d
 (k 31, stride 1: covered exactly), forward stopped after the last BatchNorm input; masks are kept
 (the pad and attention masks are all-False for full-length inputs, so they cost little and are
 exact no-ops). Placeholder statistics (every BatchNorm at mean 0, variance 1 or 1 - eps: hama's
 folded identity form before `import-hama --restore-bn`) raise a `SynthStatsWarning`.
-
-Measured (restored hama Conformer from `import-hama --restore-bn`, 251 train-clean-100
-utterances; B=8, T=500 -> 250 frames after subsampling; 1 thread; shared 2-core CPU with load
-4-10 from other jobs):
-- per iteration (forward + backward), 5 iterations: straightforward 1.20-1.35 s, fast 0.47-0.62 s
-  (load ~5); 2.63 vs 1.10 s at load 9.4. Most of it is the frozen parameters (no weight
-  gradients); the depthwise swap and the early stop are within the noise here.
-  Losses of both paths agree to 3e-6 relative over 5 Adam steps.
-- 200 iterations, paper settings (lr 0.05, U[-0.3, 0.3]), batch 0, seeds 0 / 1 / 2:
-  32255.9 -> 21.03, 31661.1 -> 20.92, 32146.2 -> 20.31 (x1500; 86 / 82 / 80 after 50 iterations;
-  per layer at the end [10.7, 4.7, 3.3, 2.4] for seed 0), 0.49-1.36 s/it (load 5-10); the
-  learning rate never decayed (monotone curves). On real features the loss is 0.02-0.1.
-- the paper's step size is for normalized features (std ~1); hama's real features have std ~4.
-  Seed 0 with lr 0.2: 4.15 after 200 iterations, lr 0.5: 2.06; lr 0.05 for 600 iterations: 8.39.
-  The defaults stay the paper's (and so do the cache keys); `--lr` sets it.
-Reproduce a curve with `asrquant synth --model hama.nemo --batches 1 --seed S --threads 1`
-(batch 0 of seed S).
 """
 
 from __future__ import annotations

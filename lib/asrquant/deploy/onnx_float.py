@@ -17,7 +17,7 @@ def build_float_model(model, frames: int | None = None):
     import torch
     from torch import nn
 
-    from ..models.convasr import MaskedConv1d
+    from ..models.convasr import walk
     from ..program.onnx_int import Graph  # in here: `asrquant export --help` imports no torch
     from ..quant.bn import fold_batchnorm
 
@@ -42,27 +42,18 @@ def build_float_model(model, frames: int | None = None):
         return x
 
     xs = ["mel"]
-    for block in model.encoder.encoder:
-        layers = list(block.mconv)
+    sites = walk(model)
+    for blk in sites.blocks:
         out = xs[-1]
-        i = 0
-        while i < len(layers):
-            layer = layers[i]
-            if isinstance(layer, MaskedConv1d):
-                bn = layers[i + 1] if i + 1 < len(layers) and isinstance(layers[i + 1], nn.BatchNorm1d) else None
-                out = conv(out, layer.conv, bn)
-                i += 2 if bn is not None else 1
-            elif isinstance(layer, (nn.ReLU, nn.Hardtanh)):
-                out = act(out, layer)
-                i += 1
-            else:  # dropout
-                i += 1
-        if block.res is not None:
-            for x_in, (rconv, rbn) in zip(xs, block.res):
-                out = g.op("Add", [out, conv(x_in, rconv.conv, rbn)], "add")
-        out = act(out, block.mout)
-        xs = xs + [out] if block.dense else [out]
-    dec = model.decoder.decoder_layers[0]
+        for site in blk.main:
+            out = conv(out, site.conv, site.bn)
+            if site.act is not None:
+                out = act(out, site.act)
+        for x_in, rsite in zip(xs, blk.residual):
+            out = g.op("Add", [out, conv(x_in, rsite.conv, rsite.bn)], "add")
+        out = act(out, blk.block.mout)
+        xs = xs + [out] if blk.dense else [out]
+    dec = sites.decoder.conv
     y = conv(xs[-1], dec)
     g.nodes.append(h.make_node("Identity", [y], ["logits"], name="logits"))
     n_feat = model.encoder.feat_in

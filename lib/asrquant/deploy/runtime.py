@@ -136,7 +136,7 @@ class TorchFloatRunner:
         import torch
         from torch import nn
 
-        from ..models.convasr import MaskedConv1d
+        from ..models.convasr import walk
         from ..quant.bn import fold_batchnorm
 
         self.threads = threads
@@ -154,22 +154,19 @@ class TorchFloatRunner:
                     "stride": c.stride[0], "padding": c.padding[0], "dilation": c.dilation[0], "groups": c.groups}
 
         self.blocks = []
-        for block in model.encoder.encoder:
-            layers = list(block.mconv)
+        sites = walk(model)
+        for blk in sites.blocks:
             seq = []
-            for i, layer in enumerate(layers):
-                if isinstance(layer, MaskedConv1d):
-                    bn = layers[i + 1] if i + 1 < len(layers) and isinstance(layers[i + 1], nn.BatchNorm1d) else None
-                    seq.append(("conv", prep(layer.conv, bn)))
-                elif isinstance(layer, nn.ReLU):
-                    seq.append(("relu", None))
-                elif isinstance(layer, nn.Hardtanh):
+            for site in blk.main:
+                seq.append(("conv", prep(site.conv, site.bn)))
+                if isinstance(site.act, nn.Hardtanh):
                     raise NotImplementedError("hardtanh")
-            if not any(isinstance(m, nn.ReLU) for m in block.mout):
+                if site.act is not None:
+                    seq.append(("relu", None))
+            if not any(isinstance(m, nn.ReLU) for m in blk.block.mout):
                 raise NotImplementedError("TorchFloatRunner supports ReLU models only")
-            res = [prep(rc.conv, rbn) for rc, rbn in block.res] if block.res is not None else []
-            self.blocks.append((seq, res, block.dense))
-        self.decoder = prep(model.decoder.decoder_layers[0])
+            self.blocks.append((seq, [prep(r.conv, r.bn) for r in blk.residual], blk.dense))
+        self.decoder = prep(sites.decoder.conv)
 
     @staticmethod
     def _conv(x, p):

@@ -216,3 +216,96 @@ class ConvASR(CTCModel):
         if self.decoder.num_classes != len(self.labels) + 1:
             raise ValueError(f"decoder has {self.decoder.num_classes - 1} classes but {len(self.labels)} labels")
         self.eval()
+
+
+# --------------------------------------------------------------------------- the one walk
+
+@dataclass(frozen=True)
+class ConvSite:
+    """One convolution of a ConvASR, as every pass that quantizes, counts or exports it sees it.
+
+    `bn` is the BatchNorm that normalizes this conv's output (folded into it by the converter);
+    `act` is the activation right after that BatchNorm inside the block (ReLU or Hardtanh; None
+    when the conv feeds another conv directly or is the block's last, whose activation is the
+    block's `mout`, after the residual sum); `feeds_conv` says the next layer is a conv (the
+    depthwise half of a separable pair)."""
+
+    name: str                   # module path of the MaskedConv1d ("encoder.encoder.3.mconv.4"; decoder: "decoder.decoder_layers.0")
+    block: int                  # block index; -1 for the decoder
+    index: int                  # position in block.mconv (main path) or residual branch index
+    role: str                   # "main", "residual" or "decoder"
+    module: nn.Module           # the MaskedConv1d (main, residual) or the decoder's nn.Conv1d
+    bn: nn.BatchNorm1d | None = None
+    act: nn.Module | None = None
+    feeds_conv: bool = False
+
+    @property
+    def conv(self) -> nn.Conv1d:
+        return self.module.conv if isinstance(self.module, MaskedConv1d) else self.module
+
+    @property
+    def bn_name(self) -> str | None:
+        """Module path of `bn` (it sits right after the conv in mconv, or second in a residual branch)."""
+        if self.bn is None:
+            return None
+        if self.role == "main":
+            return f"encoder.encoder.{self.block}.mconv.{self.index + 1}"
+        return f"encoder.encoder.{self.block}.res.{self.index}.1"
+
+    @property
+    def kind(self) -> str:
+        """depthwise / pointwise / dense on the main path; residual; decoder."""
+        if self.role != "main":
+            return self.role
+        c = self.conv
+        if c.groups > 1 and c.groups == c.in_channels:
+            return "depthwise"
+        return "pointwise" if c.kernel_size[0] == 1 else "dense"
+
+
+@dataclass(frozen=True)
+class BlockSites:
+    """A Jasper block's convs in execution order: the main path, then one residual branch per
+    (dense) block input; `dense` says the block's output is appended to its inputs."""
+
+    index: int
+    block: JasperBlock
+    main: tuple[ConvSite, ...]
+    residual: tuple[ConvSite, ...]
+    dense: bool
+
+
+@dataclass(frozen=True)
+class ConvASRWalk:
+    blocks: tuple[BlockSites, ...]
+    decoder: ConvSite
+
+    def sites(self) -> list[ConvSite]:
+        """Every conv in execution order: each block's main path and residual branches, then the decoder."""
+        return [s for b in self.blocks for s in (*b.main, *b.residual)] + [self.decoder]
+
+
+def walk(model: "ConvASR") -> ConvASRWalk:
+    """The ConvASR's structure, read once: the only place outside the model's own forward that
+    knows the layout of `block.mconv` (module doc) and `block.res`. Calibration, conversion,
+    learned rounding, mixed precision, equalization, BN restoration, the layer tables and the
+    float runners are visitors of this walk."""
+    blocks = []
+    for b, block in enumerate(model.encoder.encoder):
+        layers = list(block.mconv)
+        main = []
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, MaskedConv1d):
+                continue
+            nxt = layers[i + 1] if i + 1 < len(layers) else None
+            bn = nxt if isinstance(nxt, nn.BatchNorm1d) else None
+            j = i + 1 + (bn is not None)
+            after = layers[j] if j < len(layers) else None
+            main.append(ConvSite(f"encoder.encoder.{b}.mconv.{i}", b, i, "main", layer, bn,
+                                 after if isinstance(after, (nn.ReLU, nn.Hardtanh)) else None,
+                                 isinstance(nxt, MaskedConv1d)))
+        residual = tuple(ConvSite(f"encoder.encoder.{b}.res.{r}.0", b, r, "residual", conv, bn)
+                         for r, (conv, bn) in enumerate(block.res or []))
+        blocks.append(BlockSites(b, block, tuple(main), residual, bool(block.dense)))
+    dec = model.decoder.decoder_layers[0]
+    return ConvASRWalk(tuple(blocks), ConvSite("decoder.decoder_layers.0", -1, 0, "decoder", dec))

@@ -32,19 +32,17 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .convasr import ConvASR, MaskedConv1d, frame_mask
+from .convasr import ConvASR, MaskedConv1d, frame_mask, walk
 from .bn import set_identity_affine
 
 
 def conv_before_each_bn(model: ConvASR) -> list[tuple[str, MaskedConv1d, nn.BatchNorm1d]]:
     """(bn_name, conv, bn) for every BatchNorm, with the conv whose output it normalizes."""
     pairs = []
-    for bi, block in enumerate(model.encoder.encoder):
-        for i, layer in enumerate(block.mconv):
-            if isinstance(layer, nn.BatchNorm1d):
-                pairs.append((f"encoder.encoder.{bi}.mconv.{i}", block.mconv[i - 1], layer))
-        for ri, (conv, bn) in enumerate(block.res or []):
-            pairs.append((f"encoder.encoder.{bi}.res.{ri}.1", conv, bn))
+    for blk in walk(model).blocks:
+        for site in (*blk.main, *blk.residual):
+            if site.bn is not None:
+                pairs.append((site.bn_name, site.module, site.bn))
     return pairs
 
 

@@ -338,43 +338,39 @@ class QuantizedWalk:
     def __init__(self, model, observers: dict, act_bits: int, bits_of, weight_method: str = "minmax",
                  weight_group: int = 0):
         from ..calibration import quant_points
+        from ..models.convasr import walk
         from .weights import weight_grid
-        from ..models.convasr import MaskedConv1d
         from .bn import fold_batchnorm
 
         self.model, self.act_bits = model, act_bits
-        names = {m: n for n, m in model.named_modules()}
 
         def act_scale(key, signed):
             return float(scale_from_range(observers[key].alpha(), act_bits, signed=signed))
 
-        def folded(module, conv, bn):
-            w = conv.weight.detach().double()
-            b = conv.bias.detach().double() if conv.bias is not None else None
-            if bn is not None:
-                w, b = (t.double() for t in fold_batchnorm(w, b, bn))
-            bits = bits_of(conv)
+        def folded(site):
+            w = site.conv.weight.detach().double()
+            b = site.conv.bias.detach().double() if site.conv.bias is not None else None
+            if site.bn is not None:
+                w, b = (t.double() for t in fold_batchnorm(w, b, site.bn))
+            bits = bits_of(site.conv)
             s_w, k = weight_grid(w, bits, weight_method, weight_group)
             if k is not None:   # each weight's own step: the codes are then the group's (quant.groups)
                 s_w = k.reshape(k.shape[0], -1).double() * s_w.reshape(-1, 1)
-            return FoldedConv(names[module], module, conv, w, b, s_w, bits)
+            return FoldedConv(site.name, site.module, site.conv, w, b, s_w, bits)
 
         self.input_scale = act_scale("input", True)
         points = quant_points(model)
+        sites = walk(model)
         self.blocks = []   # per block: main [(FoldedConv, out_scale, out_signed)], residual [FoldedConv], dense
-        for b, block in enumerate(model.encoder.encoder):
-            layers = list(block.mconv)
+        for blk in sites.blocks:
             main = []
-            for i, layer in enumerate(layers):
-                if not isinstance(layer, MaskedConv1d):
-                    continue
-                bn = layers[i + 1] if i + 1 < len(layers) and isinstance(layers[i + 1], nn.BatchNorm1d) else None
-                signed = points[(b, i)] is layer
-                main.append((folded(layer, layer.conv, bn), act_scale((b, i), signed), signed))
-            res = [folded(rconv, rconv.conv, rbn) for rconv, rbn in block.res] if block.res is not None else []
-            self.blocks.append((main, res, block.dense))
-        dec = model.decoder.decoder_layers[0]
-        self.decoder = folded(dec, dec, None)
+            for site in blk.main:
+                key = (site.block, site.index)
+                signed = points[key] is site.module
+                main.append((folded(site), act_scale(key, signed), signed))
+            self.blocks.append((main, [folded(r) for r in blk.residual], blk.dense))
+        self.block_modules = [blk.block for blk in sites.blocks]
+        self.decoder = folded(sites.decoder)
 
     def relu_outputs(self) -> set:
         """Names of the convs whose output goes straight through BatchNorm + ReLU (unsigned, and
@@ -606,6 +602,78 @@ class LearnedRounding:
     seconds: float
 
 
+def _load_unit(path: Path, unit: list[FoldedConv]) -> tuple[dict, dict, dict]:
+    """A cached unit's codes, bias shifts and searched scales (by conv name); the scales are set on the convs."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    codes = {n: c.double() for n, c in payload["codes"].items()}
+    shifts = {n: t.double() for n, t in payload["shifts"].items()}
+    scales = {n: t.double() for n, t in payload["scales"].items()}
+    for f in unit:
+        if f.name in scales:
+            f.scale = scales[f.name]
+    return codes, shifts, scales
+
+
+def _save_unit(path: Path, codes: dict, shifts: dict, scales: dict) -> None:
+    from ..models.checkpoint import atomic_write_bytes
+
+    payload = {"codes": {n: c.to(torch.int16) for n, c in codes.items()},
+               "shifts": {n: t.double() for n, t in shifts.items()},
+               "scales": {n: t.double() for n, t in scales.items()}}
+    atomic_write_bytes(path, lambda fh: torch.save(payload, fh))
+
+
+def _float_unit(walk: QuantizedWalk, u: int, unit: list[FoldedConv], xs_f: list, lens) -> tuple:
+    """The float model's inputs of unit u's convs ({name: tensor}), the unit's float outputs and
+    their lengths (the decoder unit: its input only)."""
+    if u == len(walk.blocks):
+        return {walk.decoder.name: xs_f[-1]}, None, lens
+    float_in: dict = {}
+
+    def record(module, args, name):
+        float_in.setdefault(name, args[0])   # returns None: the input is not replaced
+
+    hooks = [f.module.register_forward_pre_hook(lambda m, a, n=f.name: record(m, a, n)) for f in unit]
+    try:
+        ys_f, lens_out = walk.block_modules[u](xs_f, lens)
+    finally:
+        for h in hooks:
+            h.remove()
+    return float_in, ys_f, lens_out
+
+
+class _UnitRounding:
+    """``QuantizedWalk.block``'s weight_of for one unit: learns each conv's rounding (and bias
+    shift) from its quantized and float inputs the first time the conv runs, then uses it hard."""
+
+    def __init__(self, cfg: AdaRoundConfig, relu_after: set, float_in: dict, codes: dict, shifts: dict,
+                 scales: dict, errors: dict, bar):
+        self.cfg, self.relu_after, self.float_in = cfg, relu_after, float_in
+        self.codes, self.shifts, self.scales, self.errors, self.bar = codes, shifts, scales, errors, bar
+
+    def __call__(self, f: FoldedConv, xq, x_lens):
+        if f.name not in self.codes:
+            cfg, xf = self.cfg, self.float_in[f.name]
+            if learnable(f.conv):
+                grams = Grams(f.conv)
+                grams.add(xq, xf, x_lens, f.out_lengths(x_lens))
+                cols = None
+                if cfg.relu_aware and not cfg.asymmetric and f.name in self.relu_after:
+                    c = im2col(xf, x_lens, f.conv, f.out_lengths(x_lens))   # [C, N, K]
+                    cols = c.permute(1, 0, 2).reshape(c.shape[1], -1)
+                with torch.enable_grad():
+                    self.codes[f.name], shift, self.errors[f.name] = _learn_conv(f, grams, cfg, cols)
+                if cfg.scale_search:
+                    self.scales[f.name] = f.scale
+            else:
+                self.codes[f.name] = _nearest(f)
+                shift = _mean_shift(f, xq, xf, x_lens) if cfg.centered else None
+            if shift is not None:
+                self.shifts[f.name] = shift
+        self.bar.update(1)
+        return _hard_weight(f, self.codes, self.shifts)
+
+
 def adaround(model, batches, observers: dict, act_bits: int, bits_of, weight_method: str = "minmax",
              cfg: AdaRoundConfig | None = None, cache_dir=None, progress: bool = True,
              weight_group: int = 0) -> LearnedRounding:
@@ -617,10 +685,9 @@ def adaround(model, batches, observers: dict, act_bits: int, bits_of, weight_met
     ``calibration.collect``'s ranges (the activation scales of the integer program). Convs that
     are neither depthwise nor dense with at most MAX_COLUMNS columns keep round-to-nearest (and
     get the bias shift). weight_group: per-group multipliers (``quant.groups``); the codes are then
-    the groups' (the converter multiplies them by the multipliers)."""
+    the groups' (the converter multiplies them by the multipliers). Unit by unit (each block, then
+    the decoder), cached per unit under cache_dir, so an interrupted run resumes."""
     from tqdm.auto import tqdm
-
-    from ..models.checkpoint import atomic_write_bytes
 
     cfg = cfg or AdaRoundConfig()
     model = model.eval()
@@ -635,56 +702,12 @@ def adaround(model, batches, observers: dict, act_bits: int, bits_of, weight_met
     start = time.perf_counter()
     with torch.no_grad():
         for u, unit in enumerate(units):
-            decoder = u == len(units) - 1
             path = folder / f"block_{u:02d}.pt" if folder is not None else None
             cached = path is not None and path.is_file()
-            unit_codes, unit_shifts, unit_scales = {}, {}, {}
-            if cached:
-                payload = torch.load(path, map_location="cpu", weights_only=True)
-                unit_codes = {n: c.double() for n, c in payload["codes"].items()}
-                unit_shifts = {n: t.double() for n, t in payload["shifts"].items()}
-                unit_scales = {n: t.double() for n, t in payload["scales"].items()}
-                for f in unit:
-                    if f.name in unit_scales:
-                        f.scale = unit_scales[f.name]
-            float_in: dict = {}   # this unit's conv inputs in the float model
-            if decoder:
-                float_in[walk.decoder.name] = xs_f[-1]
-                ys_f, lens_out = None, lens
-            else:
-                def record(module, args, name):
-                    float_in.setdefault(name, args[0])   # returns None: the input is not replaced
-
-                hooks = [f.module.register_forward_pre_hook(lambda m, a, n=f.name: record(m, a, n)) for f in unit]
-                try:
-                    ys_f, lens_out = model.encoder.encoder[u](xs_f, lens)
-                finally:
-                    for h in hooks:
-                        h.remove()
-
-            def weight_of(f, xq, x_lens):
-                """Learn f's rounding (and bias shift) from its quantized and float inputs, then use it hard."""
-                if f.name not in unit_codes:
-                    if learnable(f.conv):
-                        grams = Grams(f.conv)
-                        grams.add(xq, float_in[f.name], x_lens, f.out_lengths(x_lens))
-                        cols = None
-                        if cfg.relu_aware and not cfg.asymmetric and f.name in relu_after:
-                            c = im2col(float_in[f.name], x_lens, f.conv, f.out_lengths(x_lens))   # [C, N, K]
-                            cols = c.permute(1, 0, 2).reshape(c.shape[1], -1)
-                        with torch.enable_grad():
-                            unit_codes[f.name], shift, errors[f.name] = _learn_conv(f, grams, cfg, cols)
-                        if cfg.scale_search:
-                            unit_scales[f.name] = f.scale
-                    else:
-                        unit_codes[f.name] = _nearest(f)
-                        shift = _mean_shift(f, xq, float_in[f.name], x_lens) if cfg.centered else None
-                    if shift is not None:
-                        unit_shifts[f.name] = shift
-                bar.update(1)
-                return _hard_weight(f, unit_codes, unit_shifts)
-
-            if decoder:
+            unit_codes, unit_shifts, unit_scales = _load_unit(path, unit) if cached else ({}, {}, {})
+            float_in, ys_f, lens_out = _float_unit(walk, u, unit, xs_f, lens)
+            weight_of = _UnitRounding(cfg, relu_after, float_in, unit_codes, unit_shifts, unit_scales, errors, bar)
+            if u == len(units) - 1:
                 walk.logits(xs_q[-1], lens, weight_of)
             else:
                 xs_in = xs_q
@@ -701,10 +724,7 @@ def adaround(model, batches, observers: dict, act_bits: int, bits_of, weight_met
                     xs_q, _ = walk.block(u, xs_in, lens, lambda f, x, l: _hard_weight(f, unit_codes, unit_shifts))
                 xs_f, lens = ys_f, lens_out
             if path is not None and not cached:
-                payload = {"codes": {n: c.to(torch.int16) for n, c in unit_codes.items()},
-                           "shifts": {n: t.double() for n, t in unit_shifts.items()},
-                           "scales": {n: t.double() for n, t in unit_scales.items()}}
-                atomic_write_bytes(path, lambda fh: torch.save(payload, fh))
+                _save_unit(path, unit_codes, unit_shifts, unit_scales)
             for f in unit:
                 codes[f.conv] = unit_codes[f.name].reshape(f.weight.shape)
                 if f.name in unit_shifts:

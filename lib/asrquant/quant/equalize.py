@@ -31,20 +31,15 @@ from .bn import fold_batchnorm
 def separable_pairs(model) -> list[tuple]:
     """(depthwise MaskedConv1d, pointwise MaskedConv1d, BatchNorm after it or None) of every
     separable sub-block of a ConvASR encoder, in order."""
-    from ..models.convasr import MaskedConv1d
+    from ..models.convasr import walk
 
     pairs = []
-    for block in model.encoder.encoder:
-        layers = list(block.mconv)
-        for i in range(len(layers) - 1):
-            dw, pw = layers[i], layers[i + 1]
-            if not (isinstance(dw, MaskedConv1d) and isinstance(pw, MaskedConv1d)):
-                continue
+    for blk in walk(model).blocks:
+        for dw, pw in zip(blk.main, blk.main[1:]):
             c = dw.conv
-            if c.groups > 1 and c.groups == c.in_channels == c.out_channels and c.bias is None \
+            if dw.feeds_conv and c.groups > 1 and c.groups == c.in_channels == c.out_channels and c.bias is None \
                     and pw.conv.kernel_size[0] == 1 and pw.conv.groups == 1:
-                bn = layers[i + 2] if i + 2 < len(layers) and isinstance(layers[i + 2], nn.BatchNorm1d) else None
-                pairs.append((dw, pw, bn))
+                pairs.append((dw.module, pw.module, pw.bn))
     return pairs
 
 

@@ -40,28 +40,18 @@ _SECONDS: dict[str, float] = {}      # content key -> seconds the measurement to
 
 def weight_convs(model) -> list[tuple[nn.Conv1d, nn.BatchNorm1d | None]]:
     """Every conv of a ConvASR that the converter quantizes, with the BatchNorm folded into it."""
-    from ..models.convasr import MaskedConv1d
+    from ..models.convasr import walk
 
-    out = []
-    for block in model.encoder.encoder:
-        layers = list(block.mconv)
-        for i, layer in enumerate(layers):
-            if isinstance(layer, MaskedConv1d):
-                bn = layers[i + 1] if i + 1 < len(layers) and isinstance(layers[i + 1], nn.BatchNorm1d) else None
-                out.append((layer.conv, bn))
-        if block.res is not None:
-            out += [(rconv.conv, rbn) for rconv, rbn in block.res]
-    out.append((model.decoder.decoder_layers[0], None))
-    return out
+    return [(site.conv, site.bn) for site in walk(model).sites()]
 
 
 def edge_convs(model) -> list[nn.Conv1d]:
     """The first block's convs (they read the mel features) and the decoder (it writes the
     logits): the layers that 4-bit recipes conventionally keep at 8 bits (AdaRound, BRECQ, LSQ)."""
-    from ..models.convasr import MaskedConv1d
+    from ..models.convasr import walk
 
-    first = [m.conv for m in model.encoder.encoder[0].mconv if isinstance(m, MaskedConv1d)]
-    return first + [model.decoder.decoder_layers[0]]
+    sites = walk(model)
+    return [site.conv for site in sites.blocks[0].main] + [sites.decoder.conv]
 
 
 def stored_params(conv: nn.Conv1d, bn) -> int:
