@@ -152,3 +152,31 @@ def test_fig2_paper_statement_reads_the_csv(tmp_path):
     (tmp_path / "p.csv").write_text("metric,model,value,device,software,input\n"
                                     "speedup,QuartzNet-15x5,2.5,GPU X,Soft Y,10 s input\n")
     assert fig2.paper_statement(tmp_path / "p.csv").startswith("Paper (Fig. 2, Sec. 3.2): QuartzNet-15x5 INT8 2.50x")
+
+
+def test_run_fig2_script_is_a_shell_over_the_library(tmp_path, monkeypatch, fig2_frame):
+    """benchmarks/run_fig2.py: its options reach deploy.fig2.run, the CSV goes to --out and the plot
+    beside it (or to --plot)."""
+    import importlib.util
+
+    from asrquant import paths
+    from asrquant.deploy import fig2
+
+    spec = importlib.util.spec_from_file_location("run_fig2", paths.REPO_ROOT / "benchmarks" / "run_fig2.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    seen = {}
+
+    def fake_run(models, repeats, threads, seconds, calibration_limit, audio):
+        seen.update(models=models, repeats=repeats, threads=threads, seconds=seconds,
+                    calibration_limit=calibration_limit, audio=audio)
+        return fig2_frame
+
+    monkeypatch.setattr(fig2, "run", fake_run)
+    monkeypatch.setattr(fig2, "plot", lambda df, out: seen.update(plot=out))
+    out = tmp_path / "f.csv"
+    assert script.main(["--models", "quartznet5x5", "--repeats", "2", "--threads", "1", "2", "--seconds", "5",
+                        "--calibration-limit", "3", "--audio", "random", "--out", str(out)]) == 0
+    assert seen == {"models": ["quartznet5x5"], "repeats": 2, "threads": [1, 2], "seconds": 5.0,
+                    "calibration_limit": 3, "audio": "random", "plot": out.with_suffix(".png")}
+    pd.testing.assert_frame_equal(pd.read_csv(out), fig2_frame.reset_index(drop=True), check_dtype=False)

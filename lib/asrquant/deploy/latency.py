@@ -211,9 +211,9 @@ def runtime_pivot(lat: pd.DataFrame, values: str = "latency_ms") -> pd.DataFrame
 
 
 def conformer_latency_tables(lat: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The interleaved Conformer runs as text: (latency per runtime as "x.x ms", pivoted; the C
-    runtime's rows with its speedups over the fastest FP32 and the dynamic int8 peer as "x.xxx",
-    its bit-exactness, added memory "+N MiB" and the load average)."""
+    """The interleaved Conformer runs as text: (latency per runtime, one decimal and " ms", pivoted;
+    the C runtime's rows with its speedups over the fastest FP32 and over the dynamic int8 peer, two
+    decimals and "x", its bit-exactness, its added memory "+<MiB> MiB" and the load average)."""
     show = lat.assign(
         latency=lat.latency_ms.map("{:.1f} ms".format),
         vs_fp32=lat.speedup_vs_fastest_fp32.map("{:.2f}x".format),
