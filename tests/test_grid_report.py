@@ -121,3 +121,8 @@ def test_seed_spread_leaves_out_single_seed_calibrations(grid):
     want = np.mean([statistics.stdev([110, 112, 108]), statistics.stdev([120, 111, 115]),
                     statistics.stdev([105, 113])])
     assert gr.seed_spread(quant, exclude=("real",)) == pytest.approx(want)
+
+
+def test_degradation_table_names_its_metric(grid):
+    t = gr.degradation_table(grid, PAPER, CALS, KINDS, metric="WER", paper_column="paper")
+    assert {"WER % (mean ± std)", "Δ WER", "paper"} <= set(t.columns) and "Δ PER" not in t.columns

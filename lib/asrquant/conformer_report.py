@@ -42,9 +42,9 @@ def n_parameters(module) -> int:
 
 # ---- the float model -------------------------------------------------------------------------
 
-def hyperparameters(model) -> pd.Series:
+def hyperparameters(model, name: str = "hama Conformer-CTC") -> pd.Series:
     """The architecture of a ConformerCTC in six lines (front end, subsampling, attention, blocks,
-    output and decoding, parameter count), read from the model and its config."""
+    output and decoding, parameter count), read from the model and its config; name: the Series'."""
     enc, fz = model.config["encoder"], model.featurizer
     dec = model.config["decoding"]
     hyper = {
@@ -59,7 +59,7 @@ def hyperparameters(model) -> pd.Series:
                    f" {dec['temperature']}, blank {dec['blank_bias']:+}"),
         "parameters": f"{n_parameters(model):,}",
     }
-    return pd.Series(hyper, name="hama Conformer-CTC")
+    return pd.Series(hyper, name=name)
 
 
 def source_line(model) -> str:
@@ -181,23 +181,25 @@ def per_row(decoder: str, summary: dict, seconds: float) -> dict:
             "seconds": seconds}
 
 
-def size_bops_table(large, model, paper_rows: pd.DataFrame, ours=((32, 32), (8, 8), (6, 8))) -> pd.DataFrame:
+def size_bops_table(large, model, paper_rows: pd.DataFrame, ours=((32, 32), (8, 8), (6, 8)),
+                    names=("Conformer-Large", "hama Conformer (this chapter)")) -> pd.DataFrame:
     """Size (MiB) and TBOPs of a meta-device model against the paper's rows (``paper_rows``: Table 1
     rows with w_bits, a_bits, size_mb, bops_t; widest first) with the relative errors, plus the
-    attention matmuls counted at b_A x b_A; then the chapter's ``model`` at the W/A of ``ours``."""
+    attention matmuls counted at b_A x b_A; then the chapter's ``model`` at the W/A of ``ours``.
+    names: the model column of the two (``size_bops_values`` finds the first by it)."""
     rows = []
     for r in paper_rows.sort_values("w_bits", ascending=False).itertuples():
         size = experiments.model_size_mb(large, r.w_bits)
         b = experiments.bops(large, r.w_bits, r.a_bits) / 1e12
         rows.append({
-            "model": "Conformer-Large", "W/A": f"{r.w_bits}/{r.a_bits}",
+            "model": names[0], "W/A": f"{r.w_bits}/{r.a_bits}",
             "size MiB (ours)": size, "size MB (paper)": r.size_mb, "size rel. err %": 100 * (size / r.size_mb - 1),
             "TBOPs (ours)": b, "TBOPs (paper)": r.bops_t, "BOPs rel. err %": 100 * (b / r.bops_t - 1),
             "TBOPs with attention": experiments.bops(large, r.w_bits, r.a_bits, attention=True) / 1e12,
         })
     for w, a in ours:
         rows.append({
-            "model": "hama Conformer (this chapter)", "W/A": f"{w}/{a}",
+            "model": names[1], "W/A": f"{w}/{a}",
             "size MiB (ours)": experiments.model_size_mb(model, w),
             "TBOPs (ours)": experiments.bops(model, w, a) / 1e12,
             "TBOPs with attention": experiments.bops(model, w, a, attention=True) / 1e12,
@@ -205,11 +207,12 @@ def size_bops_table(large, model, paper_rows: pd.DataFrame, ours=((32, 32), (8, 
     return pd.DataFrame(rows)
 
 
-def size_bops_values(large, table: pd.DataFrame, paper_rows: pd.DataFrame) -> dict[str, str]:
+def size_bops_values(large, table: pd.DataFrame, paper_rows: pd.DataFrame, name: str = "Conformer-Large"
+                     ) -> dict[str, str]:
     """What prose quotes about Conformer-Large: parameters (M, BN folded), blocks, width, heads,
     the FP32 row's relative errors, and the parameter count the paper's FP32 size implies at 4 bytes
     per parameter (MB = 10^6 bytes, and MiB)."""
-    r32 = table[(table.model == "Conformer-Large") & (table["W/A"] == "32/32")].iloc[0]
+    r32 = table[(table.model == name) & (table["W/A"] == "32/32")].iloc[0]
     paper_mb = float(paper_rows[paper_rows.w_bits == 32].size_mb.iloc[0])
     return {
         "large_params_m": f"{experiments.param_count(large, fold_bn=True) / 1e6:.1f}",

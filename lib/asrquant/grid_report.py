@@ -78,20 +78,22 @@ def missing_report(gaps, n_expected: int) -> list[str]:
 
 
 def degradation_table(grid: pd.DataFrame, paper_wer: pd.Series, calibrations, kinds,
-                      paper_setting=("synthetic", "integer")) -> pd.DataFrame:
+                      paper_setting=("synthetic", "integer"), metric: str = "PER",
+                      paper_column: str = "paper WER (Conformer-Large)") -> pd.DataFrame:
     """FP32, then per (W/A widest first, calibration and kind in the given orders): the mean ± std
     error rate over seeds, the errors per seed, the change from FP32 (points and relative) and, for
     the paper's setting (calibration, kind), the paper's rate (``paper_wer``: by w_bits, 32 = FP32)
-    and its relative change. All cells are text."""
+    and its relative change. All cells are text; metric names our rate's columns, paper_column the
+    paper's."""
     fp32 = grid[grid.w_bits == 32]
     quant = grid[grid.w_bits < 32]
     grid_fp32, paper_fp32 = float(fp32.error_rate.iloc[0]), float(paper_wer.loc[32])
     summ = tables.summarize(grid)
     summ = summ[summ.w_bits < 32]
     rows = [{"W/A": "32/32", "calibration": "—", "non-linearities": "float",
-             "PER % (mean ± std)": f"{grid_fp32:.2f}", "seeds": 1,
-             "errors per seed": str(int(fp32.unit_errors.iloc[0])), "Δ PER": "", "Δ relative": "",
-             "paper WER (Conformer-Large)": f"{paper_fp32:.2f}", "paper Δ relative": ""}]
+             f"{metric} % (mean ± std)": f"{grid_fp32:.2f}", "seeds": 1,
+             "errors per seed": str(int(fp32.unit_errors.iloc[0])), f"Δ {metric}": "", "Δ relative": "",
+             paper_column: f"{paper_fp32:.2f}", "paper Δ relative": ""}]
     summ = summ.assign(_c=summ.calibration.map({c: i for i, c in enumerate(calibrations)}),
                        _k=summ.nonlinear.map({k: i for i, k in enumerate(kinds)}))
     for r in summ.sort_values(["w_bits", "_c", "_k"], ascending=[False, True, True]).itertuples():
@@ -100,11 +102,11 @@ def degradation_table(grid: pd.DataFrame, paper_wer: pd.Series, calibrations, ki
         p = paper_wer.get(r.w_bits) if (r.calibration, r.nonlinear) == tuple(paper_setting) else None
         rows.append({
             "W/A": f"{r.w_bits}/{r.a_bits}", "calibration": r.calibration, "non-linearities": r.nonlinear,
-            "PER % (mean ± std)": f"{r.rate_mean:.2f}" + (f" ± {r.rate_std:.2f}" if r.seeds > 1 else ""),
+            f"{metric} % (mean ± std)": f"{r.rate_mean:.2f}" + (f" ± {r.rate_std:.2f}" if r.seeds > 1 else ""),
             "seeds": int(r.seeds),
             "errors per seed": "/".join(str(int(v)) for v in runs.sort_values("seed").unit_errors),
-            "Δ PER": f"{r.delta_vs_fp32:+.2f}", "Δ relative": f"{100 * r.delta_vs_fp32 / grid_fp32:+.1f}%",
-            "paper WER (Conformer-Large)": f"{p:.2f}" if p is not None else "—",
+            f"Δ {metric}": f"{r.delta_vs_fp32:+.2f}", "Δ relative": f"{100 * r.delta_vs_fp32 / grid_fp32:+.1f}%",
+            paper_column: f"{p:.2f}" if p is not None else "—",
             "paper Δ relative": f"{100 * (p / paper_fp32 - 1):+.1f}%" if p is not None else "—",
         })
     return pd.DataFrame(rows)
