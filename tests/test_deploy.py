@@ -460,3 +460,13 @@ def test_bench_with_every_runtime_skipped_says_why(float5, q5, monkeypatch):
     monkeypatch.setattr(rt, "ort_kernels_exact", lambda threads=1: False)
     with pytest.raises(ValueError, match="no runtime left to time: onnxruntime-int8: .*not exact"):
         bench.bench(float5, q5, seconds=0.3, repeats=2, warmup=1, threads=1, runtimes=("onnxruntime-int8",))
+
+
+def test_integer_runners_are_exact_or_left_out_with_a_reason(q5, q_input):
+    runners, skipped = rt.integer_runners(q5, 1)
+    assert {"torch+native-int8", "torch-int8+fp32exact-dw"} <= set(runners)
+    assert ("onnxruntime-int8" in runners) == rt.ort_kernels_exact(1) != ("onnxruntime-int8" in skipped)
+    assert all("not exact" in why for why in skipped.values())
+    ref, _ = _ref(q5, q_input)
+    for name, runner in runners.items():
+        assert np.array_equal(runner.run(q_input), ref), name

@@ -101,7 +101,7 @@ FLOORS = {
                                                  "simulate"]),
     6: ("recipes", ["quantize", "quant.adaround", "quant.mixed_precision"]),
     7: ("experiments, results and deployment", ["experiments", "evaluate", "gridrun", "tables", "verify", "deploy",
-                                               "fuzz"]),
+                                               "fuzz", "conformer_report", "grid_report"]),
     8: ("api and command line", ["api", "cli", "fuzz.__main__", ""]),
 }
 

@@ -32,7 +32,7 @@ from ..program.onnx_int import INEXACT, as_numpy, full_lengths, make_session, or
 
 __all__ = ["make_session", "ort_kernels_exact", "OrtIntegerRunner", "OrtFloatRunner", "TorchFloatRunner",
            "OrtStaticInt8Runner", "static_int8_model", "compare_logits", "check_against_forward_int",
-           "first_utterance_input"]
+           "first_utterance_input", "integer_runners"]
 
 _np = as_numpy
 
@@ -271,3 +271,23 @@ class OrtStaticInt8Runner:
 
     def run(self, mel) -> np.ndarray:
         return self.session.run(None, {"mel": _np(mel, np.float32)})[0]
+
+
+def integer_runners(qmodel, threads: int | None = None, graph=None) -> tuple[dict, dict[str, str]]:
+    """The INT8 runners of a ConvASR integer model that are exact on this CPU, by name:
+    ``onnxruntime-int8`` (graph: the lowered ModelProto, else lowered here) where
+    ``ort_kernels_exact``, ``torch+native-int8`` and ``torch-int8+fp32exact-dw``
+    (``program/fast.py``); and {name: why} for each runner left out."""
+    from ..program.fast import TorchIntegerRunner
+    from ..provenance import machine
+
+    runners, skipped = {}, {}
+    if ort_kernels_exact(threads or 1):
+        runners["onnxruntime-int8"] = OrtIntegerRunner(qmodel if graph is None else graph, threads)
+    else:  # no VNNI: the U8S8 kernels saturate pairs of products at int16
+        m = machine()
+        skipped["onnxruntime-int8"] = ("its integer kernels are not exact on this CPU "
+                                       f"({m['cpu']}, VNNI: no, kernels: {m['kernel_family']})")
+    runners["torch+native-int8"] = TorchIntegerRunner(qmodel, threads, depthwise="native")
+    runners["torch-int8+fp32exact-dw"] = TorchIntegerRunner(qmodel, threads, depthwise="float-exact")
+    return runners, skipped
