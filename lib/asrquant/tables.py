@@ -410,13 +410,15 @@ def run_paper_profile(model_path, data_root, out_dir, cache_dir, progress=True, 
 
 # --------------------------------------------------------------------------- summaries (README, results/README)
 
-def variant(r) -> str:
+def variant(r, plain: str = "paper's method") -> str:
+    """A row's weight-side settings in words ('bias correction + depthwise 8-bit'); `plain` when
+    it has none (min/max, round-to-nearest, one width, integer non-linearities)."""
     parts = [("MSE clipping" if r.weight_method == "mse" else ""), ("GPTQ rounding" if r.rounding == "gptq" else ""),
              ("bias correction" if str(r.bias_correction) == "True" else ""),
              (f"depthwise {int(r.depthwise_bits)}-bit" if int(r.depthwise_bits) else ""),
              ("" if r.observer == "minmax" else f"{r.observer} observer"),
              ("float non-linearities (simulated)" if getattr(r, "nonlinear", "integer") == "float" else "")]
-    return " + ".join(p for p in parts if p) or "paper's method"
+    return " + ".join(p for p in parts if p) or plain
 
 
 def summary_lines(paths: list[str]) -> list[str]:
