@@ -9,11 +9,15 @@ chapter quotes them; '—' marks a number the files cannot give.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
 from . import tables
 from .aggregate import per_seed, rate_text, seed_summary
+from .chapter_source import rows_apply, sha_prefix, shown
 
 MISSING = "—"
 MAIN_ITERATIONS = 200   # the grid's synthetic run: the sweep's rows at another length are its development runs
@@ -92,15 +96,16 @@ def size_sweep_rows(sweep: pd.DataFrame):
     return (mixed if len(mixed) else None), s[budget.isna()].copy()
 
 
-def uniform_rows(beyond: pd.DataFrame, mixed: pd.DataFrame, sweep_uniform: pd.DataFrame) -> pd.DataFrame:
+def uniform_rows(beyond: pd.DataFrame, mixed: pd.DataFrame, sweep_uniform: pd.DataFrame):
     """Uniform W4/W6/W8 + bias correction (min/max, nearest, one width): the beyond grid's rows,
-    on the sweep's model file where the grid has them, and the sweep's own for widths the grid lacks."""
+    on the sweep's model file where the grid has them, and the sweep's own for widths the grid
+    lacks. Returns (the beyond grid's rows used, all uniform rows)."""
     u = tables.load_frame(beyond)
     u = u[(u.w_bits < 32) & (u.bias_correction.astype(str) == "True") & (u.weight_method == "minmax")
           & (u.rounding == "nearest") & (u.depthwise_bits.astype(int) == 0)]
     same = u[u.model_sha256.astype(str).isin(set(mixed.model_sha256.astype(str)))]
     u = same if len(same) else u
-    return pd.concat([u, sweep_uniform[~sweep_uniform.w_bits.isin(set(u.w_bits))]], ignore_index=True)
+    return u, pd.concat([u, sweep_uniform[~sweep_uniform.w_bits.isin(set(u.w_bits))]], ignore_index=True)
 
 
 def _flag(a: pd.DataFrame, col: str) -> pd.Series:
@@ -257,3 +262,72 @@ def default_recipe_text(learned, fp32_wer: float, weight_bits: int = 4) -> str:
     return (f"`asrquant quantize --weight-bits {weight_bits}` (recipe `{name}`) makes **{_wer(r)} %** WER over seeds "
             f"0-2, **{_points(r.wer - fp32_wer)}** points over FP32 (word errors per seed {r.errors}), with "
             f"{r.size_mb:.2f} MiB of weights.")
+
+
+@dataclass
+class SizeSweep:
+    """The size sweep's rows that apply to a run (``read_size_sweep``); each frame None when absent."""
+    mixed: pd.DataFrame | None = None           # mixed precision per budget (main runs)
+    uniform: pd.DataFrame | None = None         # uniform widths + bias correction
+    learned: pd.DataFrame | None = None         # learned rounding, uniform width, 3 seeds
+    mixed_learned: pd.DataFrame | None = None   # learned rounding under a size budget, 3 seeds
+    applies: bool = False                       # the sweep file has rows of this run's model and data
+
+    def budgets(self) -> pd.DataFrame:
+        return sweep_summary(self.mixed, "budget")
+
+    def uniform_widths(self) -> pd.DataFrame | None:
+        return sweep_summary(self.uniform, "w_bits") if len(self.uniform) else None
+
+
+def read_size_sweep(size_csv: Path, beyond_csv: Path | None, ada_csv: Path, model_path, eval_dir,
+                    eval_utts) -> SizeSweep:
+    """The size sweep (`size_csv`), the uniform rows of the beyond grid (`beyond_csv`, None: the
+    sweep's own) and the learned-rounding runs (`ada_csv`) that apply to this run's model and
+    evaluation data; prints which file each comes from (and its model hash)."""
+    sweep = SizeSweep(applies=size_csv.is_file() and rows_apply(size_csv, model_path, eval_dir, eval_utts))
+    if sweep.applies:
+        sweep.mixed, sweep.uniform = size_sweep_rows(pd.read_csv(size_csv))
+    if sweep.mixed is None:
+        print(f"{shown(size_csv)}: no size-sweep rows for this run's model and evaluation data; the size plot is "
+              "left out")
+        return sweep
+    print(f"mixed precision: {shown(size_csv)} (model {sha_prefix(sweep.mixed)})")
+    if beyond_csv is not None:
+        grid_rows, sweep.uniform = uniform_rows(pd.read_csv(beyond_csv), sweep.mixed, sweep.uniform)
+        print(f"uniform + bias correction: {shown(beyond_csv)} (model {sha_prefix(grid_rows)})")
+    if ada_csv.is_file():
+        try:   # read defensively: older files lack columns
+            sweep.learned, sweep.mixed_learned = learned_rows(pd.read_csv(ada_csv))
+            for what, d in (("learned rounding", sweep.learned), ("mixed + learned", sweep.mixed_learned)):
+                if d is not None:
+                    print(f"{what}: {shown(ada_csv)} (model {sha_prefix(d)})")
+        except (KeyError, AttributeError, ValueError) as e:
+            print(f"{shown(ada_csv)}: no usable learned-rounding rows ({e})")
+    return sweep
+
+
+PROSE = ("status", "match", "learned", "dev", "conclusion", "default4")   # glued as markdown
+
+
+def size_sweep_prose(sweep: SizeSweep, fp32_wer: float, words: int, size_csv: Path, ada_csv: Path,
+                     measure_csv: Path) -> dict:
+    """Everything chapter 06 quotes of the size sweep and learned rounding (keys without the
+    chapter's ``mp_`` prefix; ``PROSE`` names the markdown ones): ``size_sweep_numbers``, the
+    learned-rounding sentence, the sensitivity choice, the default 4-bit recipe's result, and a
+    ``status`` sentence when the sweep has no rows for this run."""
+    if sweep.mixed is None:
+        g = {f"w{w}_{k}": MISSING for w in (4, 6) for k in ("size", "bc", "delta")}
+        g.update({f"{t}_{k}": MISSING for t in ("lo", "mid") for k in ("budget", "wer", "delta", "errors")})
+        g.update(lo_extra=MISSING, match=MISSING, learned=" ", dev=" ", conclusion=" ")
+        g["status"] = ("The size sweep (`results/beyond_size.csv`) was measured on the default model and test-other"
+                       + ("; it has no rows for this run's" if sweep.applies else ", not this run's")
+                       + " model and data, so the plot is left out and the numbers below are blank.")
+    else:
+        g = size_sweep_numbers(sweep.budgets(), sweep.uniform_widths(), fp32_wer, words)
+        g["status"] = " "
+        g["learned"] = learned_text(sweep.learned, sweep.mixed_learned, fp32_wer, shown(ada_csv))
+        measure = pd.read_csv(measure_csv) if measure_csv.is_file() else None
+        g["dev"] = sensitivity_choice_text(pd.read_csv(size_csv), measure, shown(measure_csv))
+    g["default4"] = default_recipe_text(sweep.learned, fp32_wer)
+    return g

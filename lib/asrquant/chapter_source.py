@@ -52,6 +52,14 @@ def committed(name: str, root: Path | None = None) -> Path:
     return local if local.is_file() else (repo_root() if root is None else root) / "results" / name
 
 
+def applying_file(name: str, model_path, eval_dir, eval_utts, root: Path | None = None) -> Path | None:
+    """The first of build/results/<name> and the repository's results/<name> that exists and was
+    measured on this run's model and evaluation data (``rows_apply``), else None."""
+    root = repo_root() if root is None else root
+    candidates = [paths.build_dir() / "results" / name, root / "results" / name]
+    return next((p for p in candidates if p.is_file() and rows_apply(p, model_path, eval_dir, eval_utts)), None)
+
+
 def known_provenance(df: pd.DataFrame) -> bool:
     """Every row carries a model hash and an evaluation-set fingerprint (not 'unknown')."""
     cols = ["model_sha256", "eval_sha256"]

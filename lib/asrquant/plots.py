@@ -103,13 +103,15 @@ def _seed_band(ax, runs: pd.DataFrame, summary: pd.DataFrame, color: str, label:
     return at_mean
 
 
-def size_figure(mixed, mp_sum, uni_sum, learned, mixed_learned, fp32_wer: float, words: int, paper_marks):
-    """WER against stored weight size: mixed precision per budget (seed mean and range, and each
-    run), with learned rounding under a budget, uniform widths + bias correction, each learned-
-    rounding variant, FP32 (dotted) and the paper's W8A8 / W6A8 sizes (`paper_marks`: rows with
-    w_bits, a_bits, size_mb)."""
+def size_figure(sweep, fp32_wer: float, words: int, paper_marks):
+    """WER against stored weight size, from an ``ablations.SizeSweep``: mixed precision per budget
+    (seed mean and range, and each run), with learned rounding under a budget, uniform widths +
+    bias correction, each learned-rounding variant, FP32 (dotted) and the paper's W8A8 / W6A8 sizes
+    (`paper_marks`: rows with w_bits, a_bits, size_mb)."""
     from .ablations import sweep_summary
 
+    mixed, mp_sum, uni_sum = sweep.mixed, sweep.budgets(), sweep.uniform_widths()
+    learned, mixed_learned = sweep.learned, sweep.mixed_learned
     fig, ax = plt.subplots(figsize=(8, 4.6))
     runs_mp = _seed_band(ax, mixed, mp_sum, "C0", "mixed 4/6/8-bit + bias correction (seed mean, range)")
     sns.scatterplot(data=runs_mp, x="size_mb", y="wer", color="C0", s=14, alpha=0.5, ax=ax)
