@@ -41,7 +41,7 @@ def beyond_rows(beyond: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
 def beyond_summary(allr: pd.DataFrame, fp32_wer: float) -> pd.DataFrame:
     """Per W/A (widest first) and variant (best first): mean and std of the WER over seeds, the
     seeds, the mean word errors, the size and the change from FP32."""
-    g = seed_summary(allr, ["W/A", "variant"], rate="wer", errors="word_errors", first=())
+    g = seed_summary(allr, ["W/A", "variant"], rate="wer", errors="word_errors")
     g = g.rename(columns={"rate": "wer_mean", "std": "wer_std", "errors": "word_errors"})
     g = g[["W/A", "variant", "wer_mean", "wer_std", "seeds", "word_errors", "size_mb"]]
     g["delta_vs_fp32"] = g.wer_mean - fp32_wer
@@ -78,7 +78,7 @@ def paper_size_marks(paper: pd.DataFrame) -> pd.DataFrame:
 def sweep_summary(df: pd.DataFrame, by) -> pd.DataFrame:
     """Per group of `by` (sorted): WER mean, std, min and max over seeds, the seeds, the mean size
     and the word errors per seed in seed order (``errors``, 'a/b/c')."""
-    g = seed_summary(df.sort_values("seed"), by, rate="wer", errors="word_errors", first=(), size="mean", sort=True)
+    g = seed_summary(df.sort_values("seed"), by, rate="wer", errors="word_errors", size="mean", sort=True)
     g = g.drop(columns="errors").rename(columns={"rate": "wer", "std": "wer_std", "rate_min": "wer_min", "rate_max": "wer_max",
                           "per_seed": "errors"})
     return g[[*([by] if isinstance(by, str) else by), "wer", "wer_std", "wer_min", "wer_max", "seeds", "size_mb",

@@ -22,7 +22,7 @@ def per_seed(errors) -> str:
 
 
 def seed_summary(df: pd.DataFrame, by, *, rate: str = "error_rate", errors: str = "unit_errors",
-                 first=("units",), means=(), size: str = "first", sort: bool = False) -> pd.DataFrame:
+                 size: str = "first", more: dict | None = None, sort: bool = False) -> pd.DataFrame:
     """One row per group of `by`, with the columns:
 
     - ``rate``, ``std``, ``rate_min``, ``rate_max``: mean, sample std (NaN for one run), min and
@@ -31,7 +31,7 @@ def seed_summary(df: pd.DataFrame, by, *, rate: str = "error_rate", errors: str 
     - ``errors``: the mean of the `errors` column; ``per_seed``: those errors as 'a/b/c';
     - ``ci95_lo``, ``ci95_hi``: the mean of the runs' CI bounds (the CI of one run, averaged);
     - ``size_mb``: the group's stored size, aggregated with `size` ('first', 'mean', 'median');
-    - each column of `first`: its value in the group's first row; of `means`: its mean.
+    - each column of `more` under its own name, aggregated as it says ({"units": "first"}).
 
     A column missing from `df` leaves its summary columns out. `sort` orders the groups by key
     (False: in order of first appearance)."""
@@ -44,8 +44,7 @@ def seed_summary(df: pd.DataFrame, by, *, rate: str = "error_rate", errors: str 
             spec[col] = (col, "mean")
     if "size_mb" in df:
         spec["size_mb"] = ("size_mb", size)
-    spec.update({col: (col, "first") for col in first if col in df})
-    spec.update({col: (col, "mean") for col in means if col in df})
+    spec.update({col: (col, how) for col, how in (more or {}).items() if col in df})
     return df.groupby(by, sort=sort).agg(**spec).reset_index()
 
 

@@ -38,7 +38,7 @@ def table1_runs(results: pd.DataFrame) -> pd.DataFrame:
 def table1_ours(results: pd.DataFrame) -> pd.DataFrame:
     """Our Table 1 rows per W/A: FP32 and the synthetic-calibration rows, aggregated over seeds."""
     return seed_summary(table1_runs(results), ["w_bits", "a_bits"], rate="wer", errors="word_errors",
-                        first=("words", "utterances"), sort=True)
+                        more={"words": "first", "utterances": "first"}, sort=True)
 
 
 def table1_rows(results: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
@@ -157,8 +157,8 @@ def table2_ours(results: pd.DataFrame) -> pd.DataFrame:
     fp32_wer = float(results[results.w_bits == 32].iloc[0].wer)
     quant = results[results.w_bits < 32].copy()
     quant["delta"] = quant["wer"] - fp32_wer
-    return seed_summary(quant, ["calibration", "w_bits", "a_bits"], rate="wer", errors="word_errors", first=(),
-                        means=("delta",), sort=True)
+    return seed_summary(quant, ["calibration", "w_bits", "a_bits"], rate="wer", errors="word_errors",
+                        more={"delta": "mean"}, sort=True)
 
 
 def table2_rows(results: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:

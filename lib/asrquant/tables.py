@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .aggregate import rate_text, seed_summary
 from .models.checkpoint import atomic_write_bytes
 
 UNKNOWN = "unknown"
@@ -430,23 +431,18 @@ def summary_lines(paths: list[str]) -> list[str]:
     df = df.drop_duplicates(key)  # the FP32 row is in every CSV
     fp32 = df[df.w_bits == 32].iloc[0]
     name, unit = ("PER", "phonemes") if str(fp32.metric) == "per" else ("WER", "words")
-    g = (df.groupby(["w_bits", "a_bits", "calibration", "variant"], sort=False)
-         .agg(wer=("error_rate", "mean"), std=("error_rate", "std"), seeds=("seed", "nunique"),
-              errors=("unit_errors", "mean"),
-              errors_list=("unit_errors", lambda s: "/".join(str(int(v)) for v in s)), words=("units", "first"),
-              lo=("ci95_lo", "mean"), hi=("ci95_hi", "mean"), size=("size_mb", "first"))
-         .reset_index())
-    g["delta"] = g.wer - float(fp32.error_rate)
+    g = seed_summary(df, ["w_bits", "a_bits", "calibration", "variant"], more={"units": "first"})
+    g["delta"] = g.rate - float(fp32.error_rate)
     order = {"none": 0, "synthetic": 1, "random": 2, "real": 3}
-    g = g.sort_values(["w_bits", "calibration", "wer"], key=lambda s: s.map(order) if s.name == "calibration" else
+    g = g.sort_values(["w_bits", "calibration", "rate"], key=lambda s: s.map(order) if s.name == "calibration" else
                       (-s if s.name == "w_bits" else s))
     out.append(f"| W/A | calibration | variant | {name} % mean ± std | Δ vs FP32 | seeds | errors (per seed) / {unit} "
                "| 95% CI (one run) | size MiB |")
     out.append("|---|---|---|---|---|---|---|---|---|")
     for r in g.itertuples():
-        std = f" ± {r.std:.2f}" if r.seeds > 1 else ""
-        out.append(f"| {r.w_bits}/{r.a_bits} | {r.calibration} | {r.variant} | {r.wer:.2f}{std} | {r.delta:+.2f} | "
-                   f"{r.seeds} | {r.errors_list} / {int(r.words)} | {r.lo:.1f}-{r.hi:.1f} | {r.size:.2f} |")
+        out.append(f"| {r.w_bits}/{r.a_bits} | {r.calibration} | {r.variant} | {rate_text(r.rate, r.std, r.seeds)} | "
+                   f"{r.delta:+.2f} | {r.seeds} | {r.per_seed} / {int(r.units)} | {r.ci95_lo:.1f}-{r.ci95_hi:.1f} | "
+                   f"{r.size_mb:.2f} |")
     for w, a, pairs in synthetic_vs_random(df[(df.variant == "paper's method")]):
         wins = sum(int(syn < ran) for syn, ran in pairs)
         out += ["", f"W{w}A{a}: synthetic has fewer errors than random in {wins} of {len(pairs)} seeds "
