@@ -23,11 +23,9 @@ weight_group (``--weight-group``: an integer multiplier per group of that many w
 from __future__ import annotations
 
 import argparse
-import io
 import time
 from pathlib import Path
 
-import pandas as pd
 import torch
 
 from asrquant import paths
@@ -38,7 +36,7 @@ from asrquant.models.checkpoint import load_model
 from asrquant.provenance import provenance
 from asrquant.quantize import ROUNDINGS, quantize, recipe_of
 from asrquant.experiments import bops, model_size_mb
-from asrquant.models.checkpoint import atomic_write_bytes
+from asrquant.results_file import ResultsFile
 
 COLUMNS = ["model", "w_bits", "a_bits", "calibration", "seed", "observer", "weight_method", "bias_correction", "wer",
            "cer", "words", "word_errors", "utterances", "ci95_lo", "ci95_hi", "size_mb", "bops_t", "eval_seconds",
@@ -53,34 +51,10 @@ KEY = ["model", "w_bits", "a_bits", "calibration", "seed", "weight_method", "bia
        "adaround_scale_search", "edge_bits", "adaround_relu_aware", "equalize", "adaround_block_iterations", "weight_group"]
 
 
-def _load(csv: Path) -> pd.DataFrame:
-    return pd.read_csv(csv) if csv.is_file() else pd.DataFrame(columns=COLUMNS)
-
-
-def _done(df: pd.DataFrame, key: dict) -> bool:
-    mask = pd.Series(True, index=df.index)
-    for k in KEY:
-        # rows from before adaround_centered: the raw (uncentered) objective
-        flag = k in ("adaround_centered", "adaround_symmetric", "adaround_scale_search", "adaround_relu_aware",
-                     "equalize")
-        numeric = k in ("edge_bits", "adaround_block_iterations", "weight_group")
-        default = False if flag else 0 if numeric else ""   # rows from before the column
-        col = df[k] if k in df else pd.Series(default, index=df.index)
-        if numeric:
-            mask &= pd.to_numeric(col, errors="coerce").fillna(0).astype(int) == int(key[k])
-            continue
-        mask &= col.astype(object).fillna(default).astype(str) == str(key[k])
-    return bool(len(df)) and bool(mask.any())
-
-
-def _append(csv: Path, df: pd.DataFrame, row: dict) -> pd.DataFrame:
-    df = _load(csv)   # re-read: another run may have appended since this one started
-    df = pd.concat([df, pd.DataFrame([row])], ignore_index=True) if len(df) else pd.DataFrame([row])
-    df = df[[c for c in COLUMNS if c in df] + [c for c in df if c not in COLUMNS]]
-    buf = io.StringIO()
-    df.to_csv(buf, index=False)
-    atomic_write_bytes(csv, lambda f: f.write(buf.getvalue().encode()))
-    return df
+# what rows written before a column had (flags off, no edge width, no block stage, per-channel scales)
+DEFAULTS = {**dict.fromkeys(("adaround_centered", "adaround_symmetric", "adaround_scale_search",
+                             "adaround_relu_aware", "equalize"), False),
+            **dict.fromkeys(("edge_bits", "adaround_block_iterations", "weight_group"), 0)}
 
 
 def main() -> int:
@@ -123,8 +97,8 @@ def main() -> int:
     model = load_model(args.model)
     name = Path(args.model).stem
     utts = load_dataset(args.data, limit=args.limit)
-    csv = Path(args.out)
-    df = _load(csv)
+    out = ResultsFile(args.out, COLUMNS)
+    df = out.read()
     for seed in args.seeds:
         for wa in args.bits:
             w, a = (int(x) for x in wa.split("/"))
@@ -143,7 +117,7 @@ def main() -> int:
                            equalize=bool(args.equalize),
                            adaround_block_iterations=args.block_iterations if args.rounding == "adaround" else 0,
                            weight_group=args.weight_group)
-                if _done(df, key):
+                if ResultsFile.has_settings(df, {k: key[k] for k in KEY}, DEFAULTS):
                     continue
                 start = time.perf_counter()
                 batches = calibration_batches(model, args.calibration, seed=seed, n_batches=1, batch_size=8, frames=500,
@@ -170,7 +144,7 @@ def main() -> int:
                        "calib_seconds": round(calib_seconds, 1), "synth_seconds": round(synth_seconds, 1),
                        "recipe": recipe_of(key)}
                 row.update({k: v for k, v in provenance(args.model, utts).items() if k not in row})
-                df = _append(csv, df, row)
+                df = out.append(row)   # the file as it is now (another run may have appended) + this row
                 print(f"W{w}A{a} seed {seed} {args.rounding} budget {budget}: WER {summary['wer']:.2f} "
                       f"({summary['word_errors']}/{summary['words']}), calibration {calib_seconds:.0f}s", flush=True)
     return 0

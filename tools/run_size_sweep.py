@@ -15,25 +15,24 @@ The sensitivity pass (``quant.mixed_precision``) runs once per seed: it is cache
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import torch
 from asrquant import paths
 from asrquant.calibration import calibration_batches
 from asrquant.data import load_dataset
 from asrquant.evaluate import evaluate
 from asrquant.gridrun import content_key
-from asrquant.models.checkpoint import atomic_write_bytes, load_model
+from asrquant.models.checkpoint import load_model
 from asrquant.provenance import eval_set_fingerprint, file_sha256, provenance
 from asrquant.quant import mixed_precision as mp
 from asrquant.quantize import quantize
-from asrquant.synth import _normalize_params, cache_key, input_level_prior, model_hash
-from asrquant.tables import GridSpec, calibration_settings
+from asrquant.results_file import ResultsFile
+from asrquant.synth import cache_key, model_hash
+from asrquant.tables import GridSpec, calibration_settings, synth_params
 
 SENSITIVITY = {True: "logit_error_bias_corrected", False: "logit_error"}
 RESULT_COLUMNS = ["wer", "cer", "words", "word_errors", "utterances", "ci95_lo", "ci95_hi", "size_mb", "bits_4",
@@ -41,12 +40,10 @@ RESULT_COLUMNS = ["wer", "cer", "words", "word_errors", "utterances", "ci95_lo",
                   "calib_seconds"]
 
 
-def synth_ready(model, digest: str, params: dict, cache_dir: Path) -> bool:
-    """Is the synthetic batch of these settings already in the cache (never generate it here:
-    the grid generates the default batches, and two processes must not race for them)?"""
-    p = _normalize_params(params)
-    if p["init_center"] is None:
-        p["init_center"] = input_level_prior(model)
+def synth_ready(model, digest: str, spec: GridSpec, seed: int, cache_dir: Path) -> bool:
+    """Is the synthetic batch of this seed already in the cache (never generate it here: the grid
+    generates the default batches, and two processes must not race for them)?"""
+    p = synth_params(spec, model, seed)
     folder = cache_dir / cache_key(digest, p)
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
@@ -54,23 +51,6 @@ def synth_ready(model, digest: str, params: dict, cache_dir: Path) -> bool:
         return False
     return all(str(i) in manifest.get("batches", {}) and (folder / f"batch_{i:05d}.pt").is_file()
                for i in range(p["n_batches"]))
-
-
-def done_keys(csv: Path) -> set[str]:
-    df = pd.read_csv(csv) if csv.is_file() else pd.DataFrame()
-    return set(df["cell_key"].astype(str)) if "cell_key" in df else set()
-
-
-def _append(csv: Path, row: dict) -> pd.DataFrame:
-    """Add a row to the CSV as it is on disk now (another sweep may have added rows meanwhile)."""
-    df = pd.read_csv(csv) if csv.is_file() else pd.DataFrame()
-    if "cell_key" in df and row["cell_key"] in set(df["cell_key"].astype(str)):
-        return df   # a concurrent sweep wrote this cell first
-    df = pd.concat([df, pd.DataFrame([row])], ignore_index=True) if len(df) else pd.DataFrame([row])
-    buf = io.StringIO()
-    df.to_csv(buf, index=False)
-    atomic_write_bytes(csv, lambda f: f.write(buf.getvalue().encode()))
-    return df
 
 
 def widths_of(model, bits: dict | None, weight_bits: int) -> dict:
@@ -125,8 +105,8 @@ def main() -> int:
     utts = load_dataset(args.data, limit=args.limit)
     model_sha, eval_sha = file_sha256(args.model), eval_set_fingerprint(utts)["sha256"]
     digest = model_hash(model)
-    csv = Path(args.out)
-    done = done_keys(csv)
+    out = ResultsFile(args.out)
+    done = out.keys()
     bc = not args.no_bias_correction
     bc_sens = bc and not args.sensitivity_without_bias_correction
     synth = {"iterations": args.synth_iterations, "lr": 0.05}
@@ -135,8 +115,7 @@ def main() -> int:
     cells = [(b, None) for b in args.budgets] + [(None, w) for w in args.uniform_bits]
     missing_seeds = []
     for seed in args.seeds:
-        params = {"n_batches": 1, "batch_size": 8, "frames": 500, **synth, "seed": seed}
-        if not args.generate and not synth_ready(model, digest, params, Path(args.cache_dir)):
+        if not args.generate and not synth_ready(model, digest, spec, seed, Path(args.cache_dir)):
             print(f"seed {seed}: its synthetic batch is not in {args.cache_dir} yet; skipped (rerun later)",
                   flush=True)
             missing_seeds.append(seed)
@@ -152,7 +131,7 @@ def main() -> int:
                             sensitivity_frames=200 if budget is not None else "-",
                             sensitivity_items=2 if budget is not None else "-", **calib)
             key = content_key(settings, model_sha, eval_sha)
-            if key in done or key in done_keys(csv):   # (a concurrent sweep may have made it)
+            if key in done or key in out.keys():   # (a concurrent sweep may have made it)
                 continue
             if batches is None:
                 batches = calibration_batches(model, "synthetic", seed=seed, n_batches=1, batch_size=8, frames=500,
@@ -186,7 +165,7 @@ def main() -> int:
                    "calib_seconds": round(quant_s + sens_s, 1), "eval_backend": args.eval_backend}
             row.update({k: v for k, v in provenance(args.model, utts).items() if k not in row})
             row["cell_key"] = key
-            _append(csv, row)
+            out.append(row)   # not added when a concurrent sweep wrote this cell first
             done.add(key)
             what = f"budget {budget} MiB" if budget is not None else f"uniform W{w}"
             print(f"seed {seed} {what}: {size:.2f} MiB, bits 4/6/8 = {row['bits_4']}/{row['bits_6']}/"

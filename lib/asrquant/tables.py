@@ -12,7 +12,6 @@ taken as done. The cells run as tasks (``gridrun``): serially here, or on Dask d
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from .aggregate import rate_text, seed_summary
-from .models.checkpoint import atomic_write_bytes
+from .results_file import ResultsFile
 
 UNKNOWN = "unknown"
 NA = "-"   # a setting that does not apply to the row (synthesis settings of a random-calibration row)
@@ -214,8 +213,8 @@ def run_grid(model_path, eval_data, csv, spec: GridSpec, calib_data=None, cache_
 
 
 def merge_cells(csv: Path, cells, cells_dir: Path) -> pd.DataFrame:
-    """The CSV's rows plus the finished cells' rows, one row per cell_key, written atomically.
-    A legacy row (no provenance) with the same settings as a new row is replaced by it."""
+    """The CSV's rows plus the finished cells' rows, one row per cell_key, written atomically
+    (``ResultsFile``). A legacy row (no provenance) with the same settings as a new row is replaced by it."""
     old = _load(csv)
     new = []
     for c in cells:
@@ -234,9 +233,7 @@ def merge_cells(csv: Path, cells, cells_dir: Path) -> pd.DataFrame:
         drop = old_keys.isin(set(fresh["cell_key"])) | (legacy & old_settings.isin(new_settings))
         old = old[~drop]
         fresh = pd.concat([old, fresh], ignore_index=True) if len(old) else fresh
-    buf = io.StringIO()
-    fresh.to_csv(buf, index=False)
-    atomic_write_bytes(csv, lambda f: f.write(buf.getvalue().encode()))
+    ResultsFile(csv).write(fresh)
     return _load(csv)   # as read back: the same types as every later load
 
 
