@@ -39,7 +39,7 @@ def test_seed_summary_sorts_groups_and_skips_missing_columns():
 def test_seed_summary_reads_errors_in_row_order():
     runs = _runs().iloc[[2, 0, 1]]
     assert seed_summary(runs, "w_bits").per_seed.iloc[0] == "70/50/60"
-    assert per_seed([3.0, 1, 2]) == "3/1/2"
+    assert per_seed([3.0, 1, 2]) == "3/1/2" and per_seed([4, float("nan")]) == "4/-"
 
 
 def test_rate_text():

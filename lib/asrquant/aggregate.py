@@ -17,12 +17,14 @@ SHORT = {"synthetic": "syn", "random": "rand"}   # calibration sources in column
 
 
 def per_seed(errors) -> str:
-    """Each run's errors in row order, as integers joined by '/' (e.g. '79/77/80')."""
-    return "/".join(str(int(v)) for v in errors)
+    """Each run's errors in row order, as integers joined by '/' (e.g. '79/77/80'; '-' for a
+    run without a count)."""
+    return "/".join("-" if pd.isna(v) else str(int(v)) for v in errors)
 
 
 def seed_summary(df: pd.DataFrame, by, *, rate: str = "error_rate", errors: str = "unit_errors",
-                 size: str = "first", more: dict | None = None, sort: bool = False) -> pd.DataFrame:
+                 size: str = "first", more: dict | None = None, sort: bool = False,
+                 dropna: bool = True) -> pd.DataFrame:
     """One row per group of `by`, with the columns:
 
     - ``rate``, ``std``, ``rate_min``, ``rate_max``: mean, sample std (NaN for one run), min and
@@ -34,7 +36,7 @@ def seed_summary(df: pd.DataFrame, by, *, rate: str = "error_rate", errors: str 
     - each column of `more` under its own name, aggregated as it says ({"units": "first"}).
 
     A column missing from `df` leaves its summary columns out. `sort` orders the groups by key
-    (False: in order of first appearance)."""
+    (False: in order of first appearance); `dropna` False keeps groups with a missing key."""
     spec = {"rate": (rate, "mean"), "std": (rate, "std"), "rate_min": (rate, "min"), "rate_max": (rate, "max"),
             "seeds": ("seed", "nunique")}
     if errors in df:
@@ -45,7 +47,7 @@ def seed_summary(df: pd.DataFrame, by, *, rate: str = "error_rate", errors: str 
     if "size_mb" in df:
         spec["size_mb"] = ("size_mb", size)
     spec.update({col: (col, how) for col, how in (more or {}).items() if col in df})
-    return df.groupby(by, sort=sort).agg(**spec).reset_index()
+    return df.groupby(by, sort=sort, dropna=dropna).agg(**spec).reset_index()
 
 
 def rate_text(rate: float, std: float, seeds: int) -> str:

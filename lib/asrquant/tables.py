@@ -248,10 +248,9 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     word models; `rate_mean`/`units`/... hold either metric."""
     df = load_frame(df)
     group = ["model", "w_bits", "a_bits", "calibration", *_DEFAULTS, *CALIB_COLUMNS, "model_sha256", "eval_sha256"]
-    g = df.groupby(group, as_index=False, sort=False, dropna=False).agg(
-        metric=("metric", "first"), rate_mean=("error_rate", "mean"), rate_std=("error_rate", "std"),
-        seeds=("seed", "nunique"), units=("units", "first"), unit_errors_mean=("unit_errors", "mean"),
-        size_mb=("size_mb", "first"), bops_t=("bops_t", "first"))
+    g = seed_summary(df, group, more={"metric": "first", "units": "first", "bops_t": "first"}, dropna=False)
+    g = g.rename(columns={"rate": "rate_mean", "std": "rate_std", "errors": "unit_errors_mean"})
+    g = g[[*group, "metric", "rate_mean", "rate_std", "seeds", "units", "unit_errors_mean", "size_mb", "bops_t"]]
     g["wer_mean"], g["wer_std"] = g["rate_mean"], g["rate_std"]
     g["words"], g["word_errors_mean"] = g["units"], g["unit_errors_mean"]
     # the FP32 row of the same model file and evaluation set
