@@ -102,7 +102,8 @@ FLOORS = {
     6: ("recipes", ["quantize", "quant.adaround", "quant.mixed_precision"]),
     7: ("experiments, results and deployment", ["experiments", "evaluate", "gridrun", "tables", "verify", "deploy",
                                                "fuzz", "aggregate", "paper", "chapter_source", "book_tables",
-                                               "ablations", "plots", "results_file"]),
+                                               "ablations", "plots", "results_file", "recipe_runs",
+                                               "size_sweep"]),
     8: ("api and command line", ["api", "cli", "fuzz.__main__", ""]),
 }
 

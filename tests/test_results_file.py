@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import load_script
 
+from asrquant import recipe_runs
 from asrquant.results_file import ResultsFile
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +49,7 @@ def test_has_settings_reads_absent_columns_as_their_defaults():
 @pytest.mark.parametrize("name", ["beyond_adaround.csv", "beyond_size.csv"])
 def test_committed_results_are_what_the_writer_writes(tmp_path, name):
     # the committed file without its last row, plus that row appended: the same bytes
-    columns = load_script(ROOT / "tools" / "run_adaround.py").COLUMNS if name == "beyond_adaround.csv" else None
+    columns = recipe_runs.COLUMNS if name == "beyond_adaround.csv" else None
     full = pd.read_csv(ROOT / "results" / name)
     full.iloc[:-1].to_csv(tmp_path / name, index=False)
     last = {k: v for k, v in full.iloc[-1].to_dict().items() if not (isinstance(v, float) and v != v)}
