@@ -101,7 +101,9 @@ FLOORS = {
                                                  "simulate"]),
     6: ("recipes", ["quantize", "quant.adaround", "quant.mixed_precision"]),
     7: ("experiments, results and deployment", ["experiments", "evaluate", "gridrun", "tables", "verify", "deploy",
-                                               "fuzz", "conformer_report", "grid_report"]),
+                                               "fuzz", "aggregate", "paper", "chapter_source", "book_tables",
+                                               "ablations", "plots", "results_file", "recipe_runs",
+                                               "size_sweep", "conformer_report", "grid_report"]),
     8: ("api and command line", ["api", "cli", "fuzz.__main__", ""]),
 }
 

@@ -28,6 +28,8 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 
+from asrquant import paper as published
+from asrquant.aggregate import rate_text, seed_summary
 from asrquant.tables import load_frame, summary_lines, synthetic_vs_random, variant
 
 ORDER = {"none": 0, "synthetic": 1, "random": 2, "real": 3}
@@ -65,26 +67,18 @@ def provenance_line(df: pd.DataFrame, path: Path) -> str:
 
 
 def _group(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    g = (df.groupby(keys, sort=False)
-         .agg(rate=("error_rate", "mean"), std=("error_rate", "std"), seeds=("seed", "nunique"),
-              per_seed=("unit_errors", lambda s: "/".join(str(int(v)) for v in s)),
-              units=("units", "first"), lo=("ci95_lo", "mean"), hi=("ci95_hi", "mean"),
-              size=("size_mb", "first"))
-         .reset_index())
-    return g
+    """The runs of each setting over seeds (``aggregate.seed_summary``), groups in order of appearance."""
+    return seed_summary(df, keys, more={"units": "first"})
 
 
 def _rate(r, bold: bool = False) -> str:
-    std = f" ± {r.std:.2f}" if r.seeds > 1 else ""
-    text = f"{r.rate:.2f}{std}"
+    text = rate_text(r.rate, r.std, r.seeds)
     return f"**{text}**" if bold else text
 
 
 def _paper_test_other(model: str) -> pd.DataFrame:
     """The paper's test-other rows of one model (Table 2 repeats Table 1's: once each)."""
-    paper = pd.read_csv(ROOT / "data" / "paper_results.csv")
-    return paper[(paper.model == model) & (paper.split == "test-other")].drop_duplicates(
-        ["method", "w_bits", "a_bits"])
+    return published.test_other(published.paper_results(ROOT / "data" / "paper_results.csv"), model)
 
 
 def _fp32(df: pd.DataFrame):
@@ -106,7 +100,7 @@ def table1(path: Path) -> list[str]:
            "paper Δ (full test-other) |", "|---|---|---|---|---|"]
     for r in g.itertuples():
         if r.w_bits == 32:
-            out.append(f"| 32/32 | - | {r.rate:.2f} ({r.per_seed}), CI {r.lo:.1f}-{r.hi:.1f} | | ({paper_fp32:.2f}) |")
+            out.append(f"| 32/32 | - | {r.rate:.2f} ({r.per_seed}), CI {r.ci95_lo:.1f}-{r.ci95_hi:.1f} | | ({paper_fp32:.2f}) |")
             continue
         p = paper[(paper.method == r.calibration) & (paper.w_bits == r.w_bits) & (paper.a_bits == r.a_bits)]
         paper_delta = f"{float(p.wer.iloc[0]) - paper_fp32:+.2f}" if len(p) else "not reported"
@@ -141,7 +135,7 @@ def beyond(path: Path) -> list[str]:
            "| size MiB |", "|---|---|---|---|---|---|"]
     for r in g.itertuples():
         out.append(f"| {r.w_bits}/{r.a_bits} | {r.variant} | {_rate(r)} ({r.per_seed}) | {r.seeds} | "
-                   f"{r.rate - float(fp32.error_rate):+.2f} | {r.size:.2f} |")
+                   f"{r.rate - float(fp32.error_rate):+.2f} | {r.size_mb:.2f} |")
     out += ["", f"FP32: {float(fp32.error_rate):.2f} ({int(fp32.unit_errors)} / {int(fp32.units)} words). "
             + provenance_line(df, path)]
     return out
@@ -542,17 +536,14 @@ def recipes(path: Path) -> list[str]:
     df = df.sort_values("seed", kind="stable")   # errors per seed in seed order, whatever order the runs ended in
     grid = _frame(ROOT / "results" / "grid.csv")
     fp32 = grid[(grid.w_bits == 32) & (grid.model_sha256.isin(set(df.model_sha256)))].iloc[0]
-    g = (df.groupby(["w_bits", "a_bits", "recipe_label"], sort=False)
-         .agg(rate=("wer", "mean"), std=("wer", "std"), seeds=("seed", "nunique"),
-              per_seed=("word_errors", lambda s: "/".join(str(int(v)) for v in s)),
-              calib=("calib_seconds", "median"), size=("size_mb", "median"))
-         .reset_index().sort_values(["w_bits", "rate"], ascending=[True, True]))
+    g = seed_summary(df, ["w_bits", "a_bits", "recipe_label"], rate="wer", errors="word_errors", size="median",
+                     more={"calib_seconds": "median"}).sort_values(["w_bits", "rate"], ascending=[True, True])
     out = ["| W/A | recipe | WER % mean ± std (errors per seed) | seeds | Δ vs FP32 | weights MiB | "
            "calibration s (median, as run: cached batches or codes are read, not made) |",
            "|---|---|---|---|---|---|---|"]
     for r in g.itertuples():
         out.append(f"| {r.w_bits}/{r.a_bits} | {r.recipe_label} | {_rate(r)} ({r.per_seed}) | {r.seeds} | "
-                   f"{r.rate - float(fp32.error_rate):+.2f} | {r.size:.2f} | {r.calib:.0f} |")
+                   f"{r.rate - float(fp32.error_rate):+.2f} | {r.size_mb:.2f} | {r.calib_seconds:.0f} |")
     notes = []
     for w in sorted(g.w_bits.unique()):
         full = g[(g.w_bits == w) & (g.seeds >= 3)]

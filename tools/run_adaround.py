@@ -1,7 +1,7 @@
 """Beyond-the-paper rows for learned rounding / mixed precision: quantize (zero-shot, synthetic
 calibration as the grid makes it) -> evaluate on test-other -> one tidy row per setting, appended
 atomically to a CSV with results/beyond.csv's columns (+ the extra settings). Resumable: rows
-already in the CSV are skipped.
+already in the CSV are skipped. An argparse shell over ``asrquant.recipe_runs``.
 
     nice -n 19 .venv/bin/python tools/run_adaround.py --bits 4/8 6/8 --seeds 0 1 2 \\
         --rounding adaround --out results/beyond_adaround.csv
@@ -23,64 +23,12 @@ weight_group (``--weight-group``: an integer multiplier per group of that many w
 from __future__ import annotations
 
 import argparse
-import io
-import time
-from pathlib import Path
 
-import pandas as pd
 import torch
 
 from asrquant import paths
-from asrquant.calibration import calibration_batches
-from asrquant.data import load_dataset
-from asrquant.evaluate import evaluate
-from asrquant.models.checkpoint import load_model
-from asrquant.provenance import provenance
-from asrquant.quantize import ROUNDINGS, quantize, recipe_of
-from asrquant.experiments import bops, model_size_mb
-from asrquant.models.checkpoint import atomic_write_bytes
-
-COLUMNS = ["model", "w_bits", "a_bits", "calibration", "seed", "observer", "weight_method", "bias_correction", "wer",
-           "cer", "words", "word_errors", "utterances", "ci95_lo", "ci95_hi", "size_mb", "bops_t", "eval_seconds",
-           "calib_seconds", "depthwise_bits", "rounding", "adaround_iterations", "size_budget_mb",
-           "synth_iterations", "synth_seconds", "adaround_centered", "recipe", "adaround_symmetric",
-           "adaround_scale_search", "edge_bits", "adaround_relu_aware", "equalize", "adaround_block_iterations",
-           "weight_group"]
-
-
-KEY = ["model", "w_bits", "a_bits", "calibration", "seed", "weight_method", "bias_correction", "rounding",
-       "adaround_iterations", "size_budget_mb", "synth_iterations", "adaround_centered", "adaround_symmetric",
-       "adaround_scale_search", "edge_bits", "adaround_relu_aware", "equalize", "adaround_block_iterations", "weight_group"]
-
-
-def _load(csv: Path) -> pd.DataFrame:
-    return pd.read_csv(csv) if csv.is_file() else pd.DataFrame(columns=COLUMNS)
-
-
-def _done(df: pd.DataFrame, key: dict) -> bool:
-    mask = pd.Series(True, index=df.index)
-    for k in KEY:
-        # rows from before adaround_centered: the raw (uncentered) objective
-        flag = k in ("adaround_centered", "adaround_symmetric", "adaround_scale_search", "adaround_relu_aware",
-                     "equalize")
-        numeric = k in ("edge_bits", "adaround_block_iterations", "weight_group")
-        default = False if flag else 0 if numeric else ""   # rows from before the column
-        col = df[k] if k in df else pd.Series(default, index=df.index)
-        if numeric:
-            mask &= pd.to_numeric(col, errors="coerce").fillna(0).astype(int) == int(key[k])
-            continue
-        mask &= col.astype(object).fillna(default).astype(str) == str(key[k])
-    return bool(len(df)) and bool(mask.any())
-
-
-def _append(csv: Path, df: pd.DataFrame, row: dict) -> pd.DataFrame:
-    df = _load(csv)   # re-read: another run may have appended since this one started
-    df = pd.concat([df, pd.DataFrame([row])], ignore_index=True) if len(df) else pd.DataFrame([row])
-    df = df[[c for c in COLUMNS if c in df] + [c for c in df if c not in COLUMNS]]
-    buf = io.StringIO()
-    df.to_csv(buf, index=False)
-    atomic_write_bytes(csv, lambda f: f.write(buf.getvalue().encode()))
-    return df
+from asrquant.quantize import ROUNDINGS
+from asrquant.recipe_runs import RecipeRuns, run_recipes
 
 
 def main() -> int:
@@ -119,60 +67,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a crowded machine)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-
-    model = load_model(args.model)
-    name = Path(args.model).stem
-    utts = load_dataset(args.data, limit=args.limit)
-    csv = Path(args.out)
-    df = _load(csv)
-    for seed in args.seeds:
-        for wa in args.bits:
-            w, a = (int(x) for x in wa.split("/"))
-            for budget in args.size_budget_mb:
-                iters = args.iterations if args.rounding == "adaround" else 0
-                centered = args.rounding == "adaround" and not args.raw
-                key = dict(model=name, w_bits=w, a_bits=a, calibration=args.calibration, seed=seed, observer="minmax",
-                           weight_method="minmax", bias_correction=bool(args.bias_correction) or centered,
-                           depthwise_bits=0, rounding=args.rounding, adaround_iterations=iters,
-                           synth_iterations=args.synth_iterations, size_budget_mb=budget or "",
-                           adaround_centered=centered,
-                           adaround_symmetric=args.rounding == "adaround" and args.symmetric,
-                           adaround_scale_search=args.rounding == "adaround" and args.scale_search,
-                           edge_bits=args.edge_bits,
-                           adaround_relu_aware=args.rounding == "adaround" and args.relu_aware,
-                           equalize=bool(args.equalize),
-                           adaround_block_iterations=args.block_iterations if args.rounding == "adaround" else 0,
-                           weight_group=args.weight_group)
-                if _done(df, key):
-                    continue
-                start = time.perf_counter()
-                batches = calibration_batches(model, args.calibration, seed=seed, n_batches=1, batch_size=8, frames=500,
-                                              data=paths.librispeech("train-clean-100"), limit=args.calibration_limit,
-                                              synth={"iterations": args.synth_iterations, "lr": 0.05}, model_path=args.model,
-                                              cache_dir=paths.build_dir() / "synth_cache")
-                synth_seconds = time.perf_counter() - start
-                qmodel = quantize(model, batches, w, a, bias_correction=args.bias_correction, rounding=args.rounding,
-                                  adaround={"iterations": args.iterations, "centered": centered,
-                                            "asymmetric": not args.symmetric, "scale_search": args.scale_search,
-                                            "relu_aware": args.relu_aware, "block_iterations": args.block_iterations,
-                                            "cache_dir": str(paths.build_dir() / "adaround_cache")},
-                                  size_budget_mb=budget, edge_bits=args.edge_bits or None, equalize=args.equalize, weight_group=args.weight_group,
-                                  info={"calibration": args.calibration, "seed": seed})
-                calib_seconds = time.perf_counter() - start
-                del batches
-                summary = evaluate(qmodel, utts, batch_size=args.eval_batch_size, progress=False)
-                lo, hi = summary["ci95"]
-                size = qmodel.info.get("size_mb") or model_size_mb(model, w)
-                row = {**key, "observer": "minmax", "depthwise_bits": 0, "wer": summary["wer"], "cer": summary["cer"],
-                       "words": summary["words"], "word_errors": summary["word_errors"],
-                       "utterances": summary["utterances"], "ci95_lo": lo, "ci95_hi": hi, "size_mb": round(size, 2),
-                       "bops_t": round(bops(model, w, a) / 1e12, 3), "eval_seconds": summary["seconds"],
-                       "calib_seconds": round(calib_seconds, 1), "synth_seconds": round(synth_seconds, 1),
-                       "recipe": recipe_of(key)}
-                row.update({k: v for k, v in provenance(args.model, utts).items() if k not in row})
-                df = _append(csv, df, row)
-                print(f"W{w}A{a} seed {seed} {args.rounding} budget {budget}: WER {summary['wer']:.2f} "
-                      f"({summary['word_errors']}/{summary['words']}), calibration {calib_seconds:.0f}s", flush=True)
+    run_recipes(RecipeRuns(**{k: v for k, v in vars(args).items() if k != "threads"}))
     return 0
 
 

@@ -12,7 +12,6 @@ taken as done. The cells run as tasks (``gridrun``): serially here, or on Dask d
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from dataclasses import dataclass
@@ -20,7 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .models.checkpoint import atomic_write_bytes
+from .aggregate import rate_text, seed_summary
+from .results_file import ResultsFile
 
 UNKNOWN = "unknown"
 NA = "-"   # a setting that does not apply to the row (synthesis settings of a random-calibration row)
@@ -213,8 +213,8 @@ def run_grid(model_path, eval_data, csv, spec: GridSpec, calib_data=None, cache_
 
 
 def merge_cells(csv: Path, cells, cells_dir: Path) -> pd.DataFrame:
-    """The CSV's rows plus the finished cells' rows, one row per cell_key, written atomically.
-    A legacy row (no provenance) with the same settings as a new row is replaced by it."""
+    """The CSV's rows plus the finished cells' rows, one row per cell_key, written atomically
+    (``ResultsFile``). A legacy row (no provenance) with the same settings as a new row is replaced by it."""
     old = _load(csv)
     new = []
     for c in cells:
@@ -233,9 +233,7 @@ def merge_cells(csv: Path, cells, cells_dir: Path) -> pd.DataFrame:
         drop = old_keys.isin(set(fresh["cell_key"])) | (legacy & old_settings.isin(new_settings))
         old = old[~drop]
         fresh = pd.concat([old, fresh], ignore_index=True) if len(old) else fresh
-    buf = io.StringIO()
-    fresh.to_csv(buf, index=False)
-    atomic_write_bytes(csv, lambda f: f.write(buf.getvalue().encode()))
+    ResultsFile(csv).write(fresh)
     return _load(csv)   # as read back: the same types as every later load
 
 
@@ -250,10 +248,9 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     word models; `rate_mean`/`units`/... hold either metric."""
     df = load_frame(df)
     group = ["model", "w_bits", "a_bits", "calibration", *_DEFAULTS, *CALIB_COLUMNS, "model_sha256", "eval_sha256"]
-    g = df.groupby(group, as_index=False, sort=False, dropna=False).agg(
-        metric=("metric", "first"), rate_mean=("error_rate", "mean"), rate_std=("error_rate", "std"),
-        seeds=("seed", "nunique"), units=("units", "first"), unit_errors_mean=("unit_errors", "mean"),
-        size_mb=("size_mb", "first"), bops_t=("bops_t", "first"))
+    g = seed_summary(df, group, more={"metric": "first", "units": "first", "bops_t": "first"}, dropna=False)
+    g = g.rename(columns={"rate": "rate_mean", "std": "rate_std", "errors": "unit_errors_mean"})
+    g = g[[*group, "metric", "rate_mean", "rate_std", "seeds", "units", "unit_errors_mean", "size_mb", "bops_t"]]
     g["wer_mean"], g["wer_std"] = g["rate_mean"], g["rate_std"]
     g["words"], g["word_errors_mean"] = g["units"], g["unit_errors_mean"]
     # the FP32 row of the same model file and evaluation set
@@ -410,13 +407,15 @@ def run_paper_profile(model_path, data_root, out_dir, cache_dir, progress=True, 
 
 # --------------------------------------------------------------------------- summaries (README, results/README)
 
-def variant(r) -> str:
+def variant(r, plain: str = "paper's method") -> str:
+    """A row's weight-side settings in words ('bias correction + depthwise 8-bit'); `plain` when
+    it has none (min/max, round-to-nearest, one width, integer non-linearities)."""
     parts = [("MSE clipping" if r.weight_method == "mse" else ""), ("GPTQ rounding" if r.rounding == "gptq" else ""),
              ("bias correction" if str(r.bias_correction) == "True" else ""),
              (f"depthwise {int(r.depthwise_bits)}-bit" if int(r.depthwise_bits) else ""),
              ("" if r.observer == "minmax" else f"{r.observer} observer"),
              ("float non-linearities (simulated)" if getattr(r, "nonlinear", "integer") == "float" else "")]
-    return " + ".join(p for p in parts if p) or "paper's method"
+    return " + ".join(p for p in parts if p) or plain
 
 
 def summary_lines(paths: list[str]) -> list[str]:
@@ -428,23 +427,18 @@ def summary_lines(paths: list[str]) -> list[str]:
     df = df.drop_duplicates(key)  # the FP32 row is in every CSV
     fp32 = df[df.w_bits == 32].iloc[0]
     name, unit = ("PER", "phonemes") if str(fp32.metric) == "per" else ("WER", "words")
-    g = (df.groupby(["w_bits", "a_bits", "calibration", "variant"], sort=False)
-         .agg(wer=("error_rate", "mean"), std=("error_rate", "std"), seeds=("seed", "nunique"),
-              errors=("unit_errors", "mean"),
-              errors_list=("unit_errors", lambda s: "/".join(str(int(v)) for v in s)), words=("units", "first"),
-              lo=("ci95_lo", "mean"), hi=("ci95_hi", "mean"), size=("size_mb", "first"))
-         .reset_index())
-    g["delta"] = g.wer - float(fp32.error_rate)
+    g = seed_summary(df, ["w_bits", "a_bits", "calibration", "variant"], more={"units": "first"})
+    g["delta"] = g.rate - float(fp32.error_rate)
     order = {"none": 0, "synthetic": 1, "random": 2, "real": 3}
-    g = g.sort_values(["w_bits", "calibration", "wer"], key=lambda s: s.map(order) if s.name == "calibration" else
+    g = g.sort_values(["w_bits", "calibration", "rate"], key=lambda s: s.map(order) if s.name == "calibration" else
                       (-s if s.name == "w_bits" else s))
     out.append(f"| W/A | calibration | variant | {name} % mean ± std | Δ vs FP32 | seeds | errors (per seed) / {unit} "
                "| 95% CI (one run) | size MiB |")
     out.append("|---|---|---|---|---|---|---|---|---|")
     for r in g.itertuples():
-        std = f" ± {r.std:.2f}" if r.seeds > 1 else ""
-        out.append(f"| {r.w_bits}/{r.a_bits} | {r.calibration} | {r.variant} | {r.wer:.2f}{std} | {r.delta:+.2f} | "
-                   f"{r.seeds} | {r.errors_list} / {int(r.words)} | {r.lo:.1f}-{r.hi:.1f} | {r.size:.2f} |")
+        out.append(f"| {r.w_bits}/{r.a_bits} | {r.calibration} | {r.variant} | {rate_text(r.rate, r.std, r.seeds)} | "
+                   f"{r.delta:+.2f} | {r.seeds} | {r.per_seed} / {int(r.units)} | {r.ci95_lo:.1f}-{r.ci95_hi:.1f} | "
+                   f"{r.size_mb:.2f} |")
     for w, a, pairs in synthetic_vs_random(df[(df.variant == "paper's method")]):
         wins = sum(int(syn < ran) for syn, ran in pairs)
         out += ["", f"W{w}A{a}: synthetic has fewer errors than random in {wins} of {len(pairs)} seeds "

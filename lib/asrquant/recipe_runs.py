@@ -1,0 +1,130 @@
+"""Beyond-the-paper runs of one recipe setting each (tools/run_adaround.py): quantize zero-shot
+(synthetic calibration as the grid makes it, or real audio as a reference) with learned rounding,
+bias correction, equalization, edge widths, group multipliers or a size budget -> evaluate ->
+one tidy row per (seed, W/A, budget), appended through the resumable ``ResultsFile``.
+
+A row is found again by its settings (``KEY``; these files have no cell_key), so a rerun skips
+the settings already measured; ``DEFAULTS`` are the settings of rows written before a column.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import paths
+from .calibration import calibration_batches
+from .data import load_dataset
+from .evaluate import evaluate
+from .experiments import bops, model_size_mb
+from .models.checkpoint import load_model
+from .provenance import provenance
+from .quantize import quantize, recipe_of
+from .results_file import ResultsFile
+
+COLUMNS = ["model", "w_bits", "a_bits", "calibration", "seed", "observer", "weight_method", "bias_correction", "wer",
+           "cer", "words", "word_errors", "utterances", "ci95_lo", "ci95_hi", "size_mb", "bops_t", "eval_seconds",
+           "calib_seconds", "depthwise_bits", "rounding", "adaround_iterations", "size_budget_mb",
+           "synth_iterations", "synth_seconds", "adaround_centered", "recipe", "adaround_symmetric",
+           "adaround_scale_search", "edge_bits", "adaround_relu_aware", "equalize", "adaround_block_iterations",
+           "weight_group"]
+KEY = ["model", "w_bits", "a_bits", "calibration", "seed", "weight_method", "bias_correction", "rounding",
+       "adaround_iterations", "size_budget_mb", "synth_iterations", "adaround_centered", "adaround_symmetric",
+       "adaround_scale_search", "edge_bits", "adaround_relu_aware", "equalize", "adaround_block_iterations",
+       "weight_group"]
+# what rows written before a column had (flags off, no edge width, no block stage, per-channel scales)
+DEFAULTS = {**dict.fromkeys(("adaround_centered", "adaround_symmetric", "adaround_scale_search",
+                             "adaround_relu_aware", "equalize"), False),
+            **dict.fromkeys(("edge_bits", "adaround_block_iterations", "weight_group"), 0)}
+
+
+@dataclass
+class RecipeRuns:
+    """The settings of a run of tools/run_adaround.py (its options, by the same names)."""
+    model: str
+    data: str
+    out: str
+    bits: list = field(default_factory=lambda: ["4/8"])   # W/A as "4/8"
+    seeds: list = field(default_factory=lambda: [0])
+    rounding: str = "adaround"
+    iterations: int = 300              # adaround: Adam steps per conv
+    bias_correction: bool = False
+    raw: bool = False                  # adaround: the raw second-moment objective (not centered)
+    symmetric: bool = False            # adaround: learned on the float model's inputs
+    scale_search: bool = False
+    relu_aware: bool = False
+    calibration: str = "synthetic"     # or "real": train-clean-100 audio
+    calibration_limit: int = 8
+    edge_bits: int = 0
+    equalize: bool = False
+    block_iterations: int = 0
+    weight_group: int = 0
+    size_budget_mb: list = field(default_factory=lambda: [None])
+    synth_iterations: int = 200
+    limit: int | None = None
+    eval_batch_size: int = 2
+
+
+def settings_of(run: RecipeRuns, name: str, seed: int, w: int, a: int, budget) -> dict:
+    """The KEY settings (and depthwise_bits, observer) of one row, as the CSV records them."""
+    adaround = run.rounding == "adaround"
+    centered = adaround and not run.raw
+    return dict(model=name, w_bits=w, a_bits=a, calibration=run.calibration, seed=seed, observer="minmax",
+                weight_method="minmax", bias_correction=bool(run.bias_correction) or centered, depthwise_bits=0,
+                rounding=run.rounding, adaround_iterations=run.iterations if adaround else 0,
+                synth_iterations=run.synth_iterations, size_budget_mb=budget or "", adaround_centered=centered,
+                adaround_symmetric=adaround and run.symmetric, adaround_scale_search=adaround and run.scale_search,
+                edge_bits=run.edge_bits, adaround_relu_aware=adaround and run.relu_aware,
+                equalize=bool(run.equalize), adaround_block_iterations=run.block_iterations if adaround else 0,
+                weight_group=run.weight_group)
+
+
+def measure(run: RecipeRuns, model, utts, key: dict) -> tuple[dict, float]:
+    """Calibrate, quantize and evaluate one setting: (its tidy row, calibration seconds)."""
+    w, a, seed, budget = key["w_bits"], key["a_bits"], key["seed"], key["size_budget_mb"] or None
+    start = time.perf_counter()
+    batches = calibration_batches(model, run.calibration, seed=seed, n_batches=1, batch_size=8, frames=500,
+                                  data=paths.librispeech("train-clean-100"), limit=run.calibration_limit,
+                                  synth={"iterations": run.synth_iterations, "lr": 0.05}, model_path=run.model,
+                                  cache_dir=paths.build_dir() / "synth_cache")
+    synth_seconds = time.perf_counter() - start
+    qmodel = quantize(model, batches, w, a, bias_correction=run.bias_correction, rounding=run.rounding,
+                      adaround={"iterations": run.iterations, "centered": key["adaround_centered"],
+                                "asymmetric": not run.symmetric, "scale_search": run.scale_search,
+                                "relu_aware": run.relu_aware, "block_iterations": run.block_iterations,
+                                "cache_dir": str(paths.build_dir() / "adaround_cache")},
+                      size_budget_mb=budget, edge_bits=run.edge_bits or None, equalize=run.equalize,
+                      weight_group=run.weight_group, info={"calibration": run.calibration, "seed": seed})
+    calib_seconds = time.perf_counter() - start
+    del batches
+    summary = evaluate(qmodel, utts, batch_size=run.eval_batch_size, progress=False)
+    lo, hi = summary["ci95"]
+    size = qmodel.info.get("size_mb") or model_size_mb(model, w)
+    row = {**key, "observer": "minmax", "depthwise_bits": 0, "wer": summary["wer"], "cer": summary["cer"],
+           "words": summary["words"], "word_errors": summary["word_errors"], "utterances": summary["utterances"],
+           "ci95_lo": lo, "ci95_hi": hi, "size_mb": round(size, 2), "bops_t": round(bops(model, w, a) / 1e12, 3),
+           "eval_seconds": summary["seconds"], "calib_seconds": round(calib_seconds, 1),
+           "synth_seconds": round(synth_seconds, 1), "recipe": recipe_of(key)}
+    row.update({k: v for k, v in provenance(run.model, utts).items() if k not in row})
+    return row, calib_seconds
+
+
+def run_recipes(run: RecipeRuns) -> None:
+    """Every (seed, W/A, budget) of `run` not yet in its CSV: measured and appended, one row each."""
+    model = load_model(run.model)
+    name = Path(run.model).stem
+    utts = load_dataset(run.data, limit=run.limit)
+    out = ResultsFile(run.out, COLUMNS)
+    df = out.read()
+    for seed in run.seeds:
+        for wa in run.bits:
+            w, a = (int(x) for x in wa.split("/"))
+            for budget in run.size_budget_mb:
+                key = settings_of(run, name, seed, w, a, budget)
+                if ResultsFile.has_settings(df, {k: key[k] for k in KEY}, DEFAULTS):
+                    continue
+                row, calib_seconds = measure(run, model, utts, key)
+                df = out.append(row)   # the file as it is now (another run may have appended) + this row
+                print(f"W{w}A{a} seed {seed} {run.rounding} budget {budget}: WER {row['wer']:.2f} "
+                      f"({row['word_errors']}/{row['words']}), calibration {calib_seconds:.0f}s", flush=True)
