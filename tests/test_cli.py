@@ -128,7 +128,7 @@ def test_help_of_every_subcommand_imports_no_torch():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "usage: asrquant" in proc.stdout
     imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
-    assert "asrquant.paths" in imported and "torch" not in imported  # (cli itself runs as __main__)
+    assert "asrquant.paths" in imported and "torch" not in imported  # (cli/__main__.py runs as __main__)
 
 
 def _subparsers():
