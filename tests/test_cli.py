@@ -128,4 +128,68 @@ def test_help_of_every_subcommand_imports_no_torch():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "usage: asrquant" in proc.stdout
     imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
-    assert "asrquant.paths" in imported and "torch" not in imported  # (cli itself runs as __main__)
+    assert "asrquant.paths" in imported and "torch" not in imported  # (cli/__main__.py runs as __main__)
+
+
+def _subparsers():
+    from asrquant.cli import build_parser
+
+    return build_parser()._subparsers._group_actions[0].choices
+
+
+def test_every_subcommand_help_exits_zero_and_names_its_options(capsys):
+    """Each registered subcommand answers --help (exit 0) with its own usage line and every option it takes."""
+    from asrquant.cli import SUBCOMMANDS, build_parser
+
+    subparsers = _subparsers()
+    assert len(subparsers) == len(SUBCOMMANDS)
+    for name, sub in subparsers.items():
+        with pytest.raises(SystemExit) as exit_:
+            build_parser().parse_args([name, "--help"])
+        out = capsys.readouterr().out
+        assert exit_.value.code == 0 and out.startswith(f"usage: asrquant {name}"), name
+        for action in sub._actions:
+            assert all(opt in out for opt in action.option_strings), (name, action.option_strings)
+
+
+def _add_argument_sites(flag: str) -> list[str]:
+    """Every `*.add_argument("<flag>", ...)` call in lib/asrquant, as "path:line"."""
+    import ast
+    from pathlib import Path
+
+    lib = Path(__file__).resolve().parents[1] / "lib" / "asrquant"
+    sites = []
+    for path in sorted(lib.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "add_argument"
+                    and any(isinstance(a, ast.Constant) and a.value == flag for a in node.args)):
+                sites.append(f"{path.relative_to(lib)}:{node.lineno}")
+    return sites
+
+
+@pytest.mark.parametrize("flag", ["--model", "--data"])
+def test_model_and_data_options_are_defined_once(flag):
+    """--model and --data are written in one place (asrquant.options), whichever commands take them."""
+    sites = _add_argument_sites(flag)
+    assert len(sites) == 1 and sites[0].startswith("options.py:"), sites
+    takers = [name for name, sub in _subparsers().items() if any(flag in a.option_strings for a in sub._actions)]
+    assert len(takers) >= 3, takers   # shared by several commands, from that one definition
+
+
+def test_synthesis_defaults_come_from_the_one_record():
+    """The synthesis options of the commands that synthesize (`synth`, `quantize`, `grid`: frames,
+    Adam iterations, learning rate; `synth`'s batch size) default to options.SYNTH_DEFAULTS."""
+    from asrquant.options import SYNTH_DEFAULTS
+
+    keys = {"frames": "frames", "synth_frames": "frames", "iterations": "iterations",
+            "synth_iterations": "iterations", "lr": "lr"}
+    seen = 0
+    for name in ("synth", "quantize", "grid"):
+        for action in _subparsers()[name]._actions:
+            if action.dest in keys:
+                assert action.default == SYNTH_DEFAULTS[keys[action.dest]], (name, action.dest)
+                seen += 1
+    synth = {a.dest: a.default for a in _subparsers()["synth"]._actions}
+    assert synth["batch_size"] == SYNTH_DEFAULTS["batch_size"]
+    assert seen == 9   # each of the three takes frames, iterations and lr

@@ -2,7 +2,6 @@
 batches, dyadic formulation edge cases), the Q/DQ lowering, the float graph and runners, bench
 JSON, TensorRT/CUDA guards. Small random QuartzNet-5x5 and a JasperDR-shaped dense model only."""
 
-import argparse
 import json
 
 import numpy as np
@@ -13,6 +12,7 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from asrquant.calibration import random_mels  # noqa: E402
+from asrquant.cli import main as cli_main  # noqa: E402
 from asrquant.convert import quantize_model, save_quantized  # noqa: E402
 from asrquant.deploy import onnx_export as ox  # noqa: E402
 from asrquant.deploy import runtime as rt  # noqa: E402
@@ -111,10 +111,7 @@ def test_export_file_and_cli(q5, q_input, tmp_path):
     assert oi.integer_only_report(path)["ok"]
     assert np.array_equal(rt.OrtIntegerRunner(path, threads=1).run(q_input), _ref(q5, q_input)[0])
     qpath = save_quantized(q5, tmp_path / "m.aqz")
-    p = argparse.ArgumentParser()
-    ox.add_export_arguments(p)
-    args = p.parse_args([str(qpath), "--onnx", str(tmp_path / "cli.onnx"), "--qdq", str(tmp_path / "qdq.onnx")])
-    assert ox.cmd_export(args) == 0
+    assert cli_main(["export", str(qpath), "--onnx", str(tmp_path / "cli.onnx"), "--qdq", str(tmp_path / "qdq.onnx")]) == 0
     assert (tmp_path / "cli.onnx").is_file() and (tmp_path / "qdq.onnx").is_file()
 
 
@@ -124,10 +121,8 @@ def test_export_check_is_skipped_with_its_reason_where_the_kernels_are_inexact(q
     monkeypatch.setattr(oi, "ort_kernels_exact", lambda threads=1: False)
     monkeypatch.setattr(rt, "ort_kernels_exact", lambda threads=1: False)
     qpath = save_quantized(q5, tmp_path / "m.aqz")
-    p = argparse.ArgumentParser()
-    ox.add_export_arguments(p)
-    args = p.parse_args([str(qpath), "--onnx", str(tmp_path / "m.onnx"), "--check", str(tmp_path / "no_audio_needed")])
-    assert ox.cmd_export(args) == 0 and (tmp_path / "m.onnx").is_file()
+    assert cli_main(["export", str(qpath), "--onnx", str(tmp_path / "m.onnx"),
+                     "--check", str(tmp_path / "no_audio_needed")]) == 0 and (tmp_path / "m.onnx").is_file()
     out = capsys.readouterr().out
     assert "integer-only (bool masks allowed): PASS" in out
     assert "onnxruntime vs forward_int: SKIPPED: onnxruntime's integer kernels are not exact on this CPU" in out
@@ -388,12 +383,9 @@ def test_bench_json(float5, q5, tmp_path):
     from asrquant.models import save_model
 
     mpath, qpath = save_model(float5, tmp_path / "m.nemo"), save_quantized(q5, tmp_path / "m.aqz")
-    p = argparse.ArgumentParser()
-    bench.add_bench_arguments(p)
-    args = p.parse_args(["--model", str(mpath), "--quantized", str(qpath), "--seconds", "0.3", "--repeats", "3",
-                         "--runtimes", "onnxruntime-fp32", "torch+native-int8", "--json", str(tmp_path / "b.json"),
-                         "--quiet"])
-    assert bench.cmd_bench(args) == 0
+    assert cli_main(["bench", "--model", str(mpath), "--quantized", str(qpath), "--seconds", "0.3", "--repeats", "3",
+                     "--runtimes", "onnxruntime-fp32", "torch+native-int8", "--json", str(tmp_path / "b.json"),
+                     "--quiet"]) == 0
     written = json.loads((tmp_path / "b.json").read_text())
     assert written["int8_runtime"] == "torch+native-int8"
     # files named portably (paths.display_path), never this machine's folders

@@ -123,6 +123,14 @@ def test_validation_names_the_problem():
         Program(p.values, [Op("clamp", ["input"], ["logits"], {"bits": 8})], p.inputs, p.outputs).validate()
 
 
+def test_every_op_kind_has_load_time_checks():
+    """A file's program is checked op by op (validate.KIND_CHECKS): every kind of the op set has its
+    checks, and no check is registered for a kind the op set does not define."""
+    from asrquant.program.validate import KIND_CHECKS
+
+    assert set(KIND_CHECKS) == set(OPS)
+
+
 def test_reference_backends_have_a_kernel_for_every_op():
     assert TorchReference().missing_kernels() == []
     assert NumpyReference().missing_kernels() == []

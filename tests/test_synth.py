@@ -1,6 +1,5 @@
 """Synthetic log-mel generation (paper Eq. 2): loss, fast path, determinism, cache, CLI glue."""
 
-import argparse
 import copy
 import json
 import math
@@ -13,6 +12,7 @@ import torch
 from torch import nn
 
 from asrquant import synth
+from asrquant.cli import main as cli_main
 from asrquant.models import ConvASR, config_for, load_model, save_model
 from asrquant.models.fastconv import FastDepthwiseConv1d, swap_depthwise
 from asrquant.models.restore_bn import conv_before_each_bn
@@ -313,15 +313,13 @@ def test_cache_key_changes_with_params_and_model(small_model, tmp_path, counting
 
 def test_cli_glue(small_model, tmp_path, capsys):
     path = save_model(small_model, tmp_path / "small.nemo")
-    parser = argparse.ArgumentParser()
-    synth.add_synth_arguments(parser)
-    args = parser.parse_args(["--model", str(path), "--out", str(tmp_path / "cache"), "--batches", "2",
-                              "--batch-size", "2", "--frames", "32", "--iterations", "3", "--quiet", "--threads", "1",
-                              "--json", str(tmp_path / "s.json")])
-    assert synth.cmd_synth(args) == 0
+    argv = ["synth", "--model", str(path), "--out", str(tmp_path / "cache"), "--batches", "2",
+            "--batch-size", "2", "--frames", "32", "--iterations", "3", "--quiet", "--threads", "1",
+            "--json", str(tmp_path / "s.json")]
+    assert cli_main(argv) == 0
     out = capsys.readouterr().out
     assert "batch 1: loss" in out and "2 generated" in out
-    assert synth.cmd_synth(args) == 0
+    assert cli_main(argv) == 0
     assert "0 generated, 2 reused" in capsys.readouterr().out
     summary = json.loads((tmp_path / "s.json").read_text())
     assert len(summary["final_loss"]) == 2 and summary["generated"] == []

@@ -3,7 +3,6 @@ conv modules' BatchNorm inputs over valid frames, it falls, the fast path agrees
 one, the cache and resume work, calibration sources and the CLI take a Conformer, and the
 ConvASR cache keys stay what they were."""
 
-import argparse
 import json
 import math
 import warnings
@@ -251,12 +250,12 @@ def test_calibration_real(tiny, train_clean_dir):
 
 def test_cli_synth_takes_a_conformer(tiny, tmp_path, capsys):
     path = save_model(tiny, tmp_path / "conformer.nemo")
-    parser = argparse.ArgumentParser()
-    synth.add_synth_arguments(parser)
-    args = parser.parse_args(["--model", str(path), "--out", str(tmp_path / "cache"), "--batches", "1",
-                              "--batch-size", "2", "--frames", "48", "--iterations", "3", "--quiet", "--threads", "1",
-                              "--json", str(tmp_path / "s.json")])
-    assert synth.cmd_synth(args) == 0
+    from asrquant.cli import main as cli_main
+
+    argv = ["synth", "--model", str(path), "--out", str(tmp_path / "cache"), "--batches", "1",
+            "--batch-size", "2", "--frames", "48", "--iterations", "3", "--quiet", "--threads", "1",
+            "--json", str(tmp_path / "s.json")]
+    assert cli_main(argv) == 0
     out = capsys.readouterr().out
     assert "batch 0: loss" in out and f"1 batches of 2 x {F} x 48" in out and "1 generated" in out
     summary = json.loads((tmp_path / "s.json").read_text())

@@ -24,7 +24,7 @@ def add_data_argument(parser, help: str = "LibriSpeech folder or NeMo manifest (
 
 
 def add_synth_arguments(parser) -> None:
-    """Arguments of `asrquant synth` (wired in cli.py: parser.set_defaults(func=cmd_synth))."""
+    """Arguments of `asrquant synth` (registered in cli/quantize.py)."""
     from . import paths
 
     add_model_argument(parser)

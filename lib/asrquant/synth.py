@@ -609,38 +609,3 @@ def _check_batch(path: Path, entry: dict | None, index: int, shape: tuple, itera
     if not isinstance(losses, torch.Tensor) or losses.numel() != iterations + 1:
         return f"loss curve has {getattr(losses, 'numel', lambda: '?')()} values, expected {iterations + 1}", None
     return None, (mel, [float(v) for v in losses.tolist()])
-
-
-# -- command line -------------------------------------------------------------------------------
-# add_synth_arguments lives in options (no torch import), so `asrquant synth --help` is fast
-from .options import add_synth_arguments  # noqa: E402,F401  (re-exported)
-
-
-def cmd_synth(args) -> int:
-    from .models.checkpoint import atomic_write_bytes, load_model
-
-    model_path = Path(args.model)
-    if not model_path.is_file():
-        raise FileNotFoundError(f"{model_path}: model not found")
-    model = load_model(model_path)
-    params = {"n_batches": args.batches, "batch_size": args.batch_size, "frames": args.frames,
-              "iterations": args.iterations, "lr": args.lr, "seed": args.seed}
-    t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("always", SynthCacheWarning)
-        out = generate_cached(model, str(model_path), params, args.out, threads=args.threads,
-                              progress=not args.quiet)
-    seconds = time.perf_counter() - t0
-    generated = out.params["generated"]
-    for i, curve in enumerate(out.losses):
-        tag = "generated" if i in generated else "cached"
-        print(f"batch {i}: loss {curve[0]:.3f} -> {curve[-1]:.4f} ({tag})")
-    print(f"{len(out)} batches of {args.batch_size} x {out.mels.shape[2]} x {args.frames} in {out.params['cache_dir']} "
-          f"({len(generated)} generated, {len(out) - len(generated)} reused), {seconds:.1f} s")
-    if args.json:
-        summary = {"cache_dir": out.params["cache_dir"], "key": out.params["cache_key"], "seconds": seconds,
-                   "generated": generated, "initial_loss": [c[0] for c in out.losses],
-                   "final_loss": [c[-1] for c in out.losses], "params": {k: v for k, v in out.params.items()
-                                                                        if k != "generated"}}
-        atomic_write_bytes(args.json, lambda f: f.write(json.dumps(summary, indent=2).encode()))
-    return 0

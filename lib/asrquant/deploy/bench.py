@@ -39,7 +39,6 @@ once (``added_rss_mib``; ``base_rss_mib``: that process before the runtime).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -383,32 +382,6 @@ def format_report(res: dict) -> str:
     return "\n".join(lines)
 
 
-def add_bench_arguments(p: argparse.ArgumentParser) -> None:
-    from ..options import add_model_argument
-
-    add_model_argument(p, required=True, help="float model (.nemo)")
-    p.add_argument("--quantized", required=True, help="its integer model (.aqz from `asrquant quantize`)")
-    p.add_argument("--seconds", type=float, default=10.0, help="input length in seconds of 16 kHz audio")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--threads", type=int, default=1, help="intra-op threads for every runtime")
-    p.add_argument("--repeats", type=int, default=20, help="timed runs per runtime (interleaved)")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--runtimes", nargs="+", default=None, choices=list(RUNTIMES),
-                   help="default: every FP32 and INT8 runtime the model has (the Conformer: "
-                        + ", ".join(CONFORMER_RUNTIMES) + ")")
-    p.add_argument("--calibration-data", default=None,
-                   help="audio for onnxruntime-static-int8's quantize_static calibration (default: the shared "
-                        "train-clean-100, as `asrquant quantize --calibration real`)")
-    p.add_argument("--calibration-limit", type=int, default=None, help="use only the first N calibration files")
-    p.add_argument("--audio", default=None,
-                   help="speech for the input: a LibriSpeech folder or manifest, its utterances joined and cut to "
-                        "--seconds (default: the shared test-other when present; 'random': random log-mel values)")
-    p.add_argument("--no-memory", dest="memory", action="store_false",
-                   help="skip each runtime's peak memory (a process per runtime, seconds each)")
-    p.add_argument("--json", default=None, help="write the full result here")
-    p.add_argument("--quiet", action="store_true")
-
-
 def peak_memory(model_path, quantized_path, runtimes, threads: int, seconds: float, peer: dict | None = None) -> dict:
     """{runtime: the MiB a runtime adds to the resident set at its peak: a process loads both models,
     then (Linux) resets its peak (/proc/self/clear_refs), builds that runtime and runs it once on
@@ -450,50 +423,6 @@ def _memory_child(model_path, quantized_path, name, threads, seconds, peer) -> N
         kind, fn, *_ = _runner(model, qmodel, name, threads, peer)
         fn(qmodel.quantize_input(mel) if kind == "int8" else mel)
     print(json.dumps({"base_mib": base / 1024, "added_mib": (_status_kib("VmHWM") - base) / 1024}))
-
-
-def cmd_bench(args) -> int:
-    from ..convert import load_quantized
-    from ..models.checkpoint import load_model
-
-    model = load_model(args.model)
-    qmodel = load_quantized(args.quantized)
-    runtimes = args.runtimes or default_runtimes(model)
-    from ..paths import librispeech
-
-    peer = {"model_path": args.model, "calibration_data": args.calibration_data or str(librispeech("train-clean-100")),
-            "limit": args.calibration_limit, "progress": not args.quiet}
-    audio = args.audio
-    if audio is None and librispeech("test-other").is_dir():
-        audio = str(librispeech("test-other"))
-    res = bench(model, qmodel, args.seconds, args.batch, args.threads, args.repeats, args.warmup,
-                runtimes=runtimes, progress=not args.quiet, peer=peer, audio=None if audio == "random" else audio)
-    from ..paths import display_path
-    from ..provenance import file_sha256, provenance
-
-    if args.memory:
-        mem = peak_memory(args.model, args.quantized, list(res["runtimes"]), args.threads, args.seconds,
-                          {**peer, "progress": False})
-        res["base_rss_mib"] = mem.pop("base")
-        for n, mib in mem.items():
-            res["runtimes"][n]["added_rss_mib"] = mib
-
-    # files named relative to the repository (build/..., ../shared/...), never this machine's paths
-    res["calibration_data"] = display_path(peer["calibration_data"])
-    res["calibration_limit"] = peer["limit"]
-    res["model_path"], res["quantized_path"] = display_path(args.model), display_path(args.quantized)
-
-    # where the timing came from (issue 12): model files, every setting, code version, machine
-    res["provenance"] = provenance(args.model, settings={
-        "quantized_sha256": file_sha256(args.quantized), "seconds": args.seconds, "batch": args.batch,
-        "bench_threads": args.threads, "repeats": args.repeats, "warmup": args.warmup, "runtimes": " ".join(runtimes),
-        "calibration_data": res["calibration_data"], "calibration_limit": peer["limit"]})
-    print(format_report(res))
-    if args.json:
-        from ..models.checkpoint import atomic_write_bytes
-
-        atomic_write_bytes(args.json, lambda f: f.write(json.dumps(res, indent=2).encode()))
-    return 0
 
 
 if __name__ == "__main__":   # peak_memory's child process

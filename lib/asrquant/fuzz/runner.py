@@ -134,24 +134,16 @@ def keep_case(failures: Path, reader: str, i: int, rec: dict, case_dir: Path) ->
         pass
 
 
-def worker(reader_name: str, n: int, seed: int, work: Path, seed_dir: Path, out) -> None:
-    """Draw and run n inputs; report each on `out` ("S i label" before, "R i json" after)."""
-    from hypothesis import HealthCheck, Phase, given, settings
-    from hypothesis import seed as hseed
-    from hypothesis import strategies as st
-
-    from .readers import READERS, RunAfterLoad, _errors
-
+def _one_thread() -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
     import torch
 
     torch.set_num_threads(1)
-    reader = READERS[reader_name]
-    allowed = _errors()
-    work = Path(work)
-    failures = Path(os.environ.get("ASRQUANT_FUZZ_FAILURES", work / "failures"))
-    sandbox = work.parent.parent           # escapes of up to two levels land in the sandbox
-    case_dir, out_dir = work / "case", work / "out"
+
+
+def _worker_setup(reader, seed_dir: Path, work: Path):
+    """The reader's context; the C driver of a native reader (else None); the process in `work`;
+    the reader warmed up (imports and first-call set-up, before anything is timed)."""
     ctx = reader.setup(seed_dir, work)
     driver = None
     if reader.native:
@@ -159,18 +151,104 @@ def worker(reader_name: str, n: int, seed: int, work: Path, seed_dir: Path, out)
 
         driver = Driver(build_driver(Path(seed_dir) / "c" / "model", Path(seed_dir).parent / "c_driver"))
     os.chdir(work)
-    for path in ctx.get("warm", []):   # imports and first-call set-up, before anything is timed
+    out_dir = work / "out"
+    for path in ctx.get("warm", []):
         out_dir.mkdir(exist_ok=True)
         try:
             reader.target(path, out_dir, ctx)
         except Exception:   # noqa: BLE001
             pass
         shutil.rmtree(out_dir, ignore_errors=True)
+    return ctx, driver
+
+
+def _limit_address_space() -> None:
+    """RLIMIT_AS: what the process holds now plus AS_LIMIT (within the hard limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = _status("VmSize") + AS_LIMIT
+    resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
+
+
+def _empty_folder(d: Path) -> None:
+    """`d` made, or emptied of everything in it (FIFOs and links too)."""
+    if d.exists():
+        for p in sorted(d.rglob("*"), reverse=True):
+            if p.is_dir() and not p.is_symlink():
+                p.rmdir()
+            else:
+                p.unlink()
+    d.mkdir(exist_ok=True)
+
+
+def _call_reader(reader, path: Path, out_dir: Path, ctx, allowed, run_after_load,
+                 names) -> tuple[str, str | None, str]:
+    """(outcome, failure kind or None, message) of one call of the reader on `path`: accepted;
+    refused with a library error (`allowed`; a bad_message unless one line naming one of `names`);
+    or a failure (`run_after_load`: readers.RunAfterLoad)."""
+    try:
+        reader.target(path, out_dir, ctx)
+        return "accepted", None, ""
+    except allowed as e:
+        msg = str(e)
+        return "refused", None if _one_line_naming(msg, names) else "bad_message", msg
+    except run_after_load as e:
+        return "failure", "run_after_load", str(e)
+    except MemoryError as e:
+        return "failure", "over_allocation", f"MemoryError: {e}"
+    except BaseException as e:   # noqa: BLE001  (what the fuzzer looks for)
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        return "failure", "uncaught", f"{type(e).__name__}: {str(e)[:300]}"
+
+
+def _python_case(reader, ctx, path: Path, work: Path, watch: _Watch, allowed, bound: int) -> dict:
+    """Run a Python reader on one input, watching what it writes (audit hook, and a listing of the
+    sandbox: `work`'s grandparent, where escapes of up to two levels land) and its peak memory:
+    {outcome, kind, seconds, peak, msg}, the checks' verdict overriding the call's."""
+    from .readers import RunAfterLoad
+
+    sandbox, case_dir, out_dir = work.parent.parent, work / "case", work / "out"
+    before = _listing(sandbox, out_dir)
+    rss_ok = _reset_peak()
+    rss0 = _status("VmRSS")
+    watch.events, watch.active = [], True
+    t0 = time.perf_counter()
+    outcome, kind, msg = _call_reader(reader, path, out_dir, ctx, allowed, RunAfterLoad,
+                                      [str(path), path.name, str(work)])
+    seconds = time.perf_counter() - t0
+    watch.active = False
+    peak = max(0, _status("VmHWM") - rss0) if rss_ok else 0
+    outside = [f"{ev} {p}" for ev, p in watch.events if not _inside(p, out_dir)]
+    after = _listing(sandbox, out_dir)
+    changed = sorted(set(after) - set(before)) + sorted(p for p in before if p not in after)
+    changed = [p for p in changed if not _inside(p, case_dir)]
+    if outside or changed:
+        kind, msg = "write_outside", "; ".join((outside + changed)[:5])
+    if kind is None and peak > bound:
+        kind, msg = "over_allocation", f"peak {peak} bytes > bound {bound}"
+    if kind is not None and outcome != "failure":
+        outcome = "failure"
+    return {"outcome": outcome, "kind": kind, "seconds": seconds, "peak": peak, "msg": msg[:500]}
+
+
+def worker(reader_name: str, n: int, seed: int, work: Path, seed_dir: Path, out) -> None:
+    """Draw and run n inputs; report each on `out` ("S i label" before, "R i json" after)."""
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis import seed as hseed
+    from hypothesis import strategies as st
+
+    from .readers import READERS, _errors
+
+    _one_thread()
+    reader = READERS[reader_name]
+    allowed = _errors()
+    work = Path(work)
+    failures = Path(os.environ.get("ASRQUANT_FUZZ_FAILURES", work / "failures"))
+    case_dir, out_dir = work / "case", work / "out"
+    ctx, driver = _worker_setup(reader, seed_dir, work)
     watch = _Watch()
     if not reader.native:
-        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-        limit = _status("VmSize") + AS_LIMIT
-        resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
+        _limit_address_space()
     counter = [0]
 
     def emit(*parts):
@@ -185,13 +263,7 @@ def worker(reader_name: str, n: int, seed: int, work: Path, seed_dir: Path, out)
         i = counter[0]
         counter[0] += 1
         for d in (case_dir, out_dir):
-            if d.exists():
-                for p in sorted(d.rglob("*"), reverse=True):   # FIFOs and links too
-                    if p.is_dir() and not p.is_symlink():
-                        p.rmdir()
-                    else:
-                        p.unlink()
-            d.mkdir(exist_ok=True)
+            _empty_folder(d)
         path, label = reader.make(data.draw, ctx, case_dir)
         size = _size(path)
         bound = reader.alloc[0] * size + reader.alloc[1]
@@ -199,46 +271,9 @@ def worker(reader_name: str, n: int, seed: int, work: Path, seed_dir: Path, out)
         rec = {"i": i, "label": label, "size": size, "bound": bound}
         if reader.native:
             rec.update(_native_case(reader, driver, ctx, path, work, bound))
-            if rec.get("kind") is not None:
-                keep_case(failures, reader_name, i, rec, case_dir)
-            emit("R", i, json.dumps(rec))
-            return
-        before = _listing(sandbox, out_dir)
-        rss_ok = _reset_peak()
-        rss0 = _status("VmRSS")
-        watch.events, watch.active = [], True
-        t0 = time.perf_counter()
-        kind, msg = None, ""
-        try:
-            reader.target(path, out_dir, ctx)
-            outcome = "accepted"
-        except allowed as e:
-            outcome, msg = "refused", str(e)
-            if not _one_line_naming(msg, [str(path), path.name, str(work)]):
-                kind = "bad_message"
-        except RunAfterLoad as e:
-            outcome, kind, msg = "failure", "run_after_load", str(e)
-        except MemoryError as e:
-            outcome, kind, msg = "failure", "over_allocation", f"MemoryError: {e}"
-        except BaseException as e:   # noqa: BLE001  (what the fuzzer looks for)
-            if isinstance(e, KeyboardInterrupt):
-                raise
-            outcome, kind, msg = "failure", "uncaught", f"{type(e).__name__}: {str(e)[:300]}"
-        seconds = time.perf_counter() - t0
-        watch.active = False
-        peak = max(0, _status("VmHWM") - rss0) if rss_ok else 0
-        outside = [f"{ev} {p}" for ev, p in watch.events if not _inside(p, out_dir)]
-        after = _listing(sandbox, out_dir)
-        changed = sorted(set(after) - set(before)) + sorted(p for p in before if p not in after)
-        changed = [p for p in changed if not _inside(p, case_dir)]
-        if outside or changed:
-            kind, msg = "write_outside", "; ".join((outside + changed)[:5])
-        if kind is None and peak > bound:
-            kind, msg = "over_allocation", f"peak {peak} bytes > bound {bound}"
-        if kind is not None and outcome != "failure":
-            outcome = "failure"
-        rec.update({"outcome": outcome, "kind": kind, "seconds": seconds, "peak": peak, "msg": msg[:500]})
-        if kind is not None:
+        else:
+            rec.update(_python_case(reader, ctx, path, work, watch, allowed, bound))
+        if rec.get("kind") is not None:
             keep_case(failures, reader_name, i, rec, case_dir)
         emit("R", i, json.dumps(rec))
 

@@ -30,6 +30,7 @@ ACC_MAX = {"int32": (1 << 31) - 1, "int64": I64}
 MAX_DIM = 1 << 16        # channels, kernel taps, paddings, heads, positions
 MAX_SHIFT = 62
 T_MAX = 1 << 22          # frames (the converter's matmul_pv bound assumes fewer)
+INT64_HEADROOM = 1 << 62  # the largest value a rescale or an add may reach (a bit of int64 to spare)
 
 
 def _qrange(bits: int, signed: bool) -> tuple[int, int]:
@@ -96,8 +97,312 @@ def _ms(where, op, C: int, bound: int) -> int:
     return (bound * m + (1 << max(0, smin))) >> smin if S.numel() else 0
 
 
-def check_program(p: Program, input_features: int | None = None) -> Program:
-    # value records
+class _OpCheck:
+    """One op under check: where it is (for messages), its attributes, its inputs' shapes, its output
+    record, and the two tables it adds its output to: `shape` (per value: ("bct", channels),
+    ("img", channels, width), ("att", heads) or ("len",); channels and width None where unknown) and
+    `bound` (per value: b with |v| <= b)."""
+
+    def __init__(self, p: Program, i: int, op, shape: dict, bound: dict):
+        self.where = f"op {i} ({op.kind} {op.name!r})"
+        self.a = op.attrs
+        if not isinstance(self.a, dict):
+            raise ProgramError(f"{self.where}: attributes must be a mapping")
+        self.p, self.op, self.shape, self.bound = p, op, shape, bound
+        self.ins = [shape[n] for n in op.inputs]
+        self.out = op.outputs[0]
+        self.vout = p.values[self.out]
+
+    def value(self, k: int):
+        """the Value record of input k"""
+        return self.p.values[self.op.inputs[k]]
+
+    def in_bound(self, k: int) -> int:
+        return self.bound[self.op.inputs[k]]
+
+    def want(self, dt: str) -> None:
+        if self.vout.dtype != dt:
+            raise ProgramError(f"{self.where}: output {self.out!r} is declared {self.vout.dtype}, the op makes {dt}")
+
+    def act_of(self, k: int) -> tuple:
+        s = self.ins[k]
+        if s[0] != "bct":
+            raise ProgramError(f"{self.where}: input {self.op.inputs[k]!r} must be a [B, C, T] tensor, is {s[0]}")
+        return s
+
+    def set_out(self, shape: tuple, bound: int | None = None) -> None:
+        self.shape[self.out] = shape
+        if bound is not None:
+            self.bound[self.out] = bound
+
+    def out_act(self, C, b_out) -> None:
+        """a [B, C, T] output bounded by b_out, and by its declared range where it is an activation"""
+        if self.vout.role == "act":
+            lo_, hi_ = _qrange(self.vout.bits, self.vout.signed)
+            b_out = min(b_out, max(-lo_, hi_))
+        self.set_out(("bct", C), b_out)
+
+    def acc_max(self) -> int:
+        """the accumulator dtype (attribute acc_dtype, the output's dtype): the largest value it holds"""
+        if self.a["acc_dtype"] not in ACC_MAX:
+            raise ProgramError(f"{self.where}: attribute 'acc_dtype' = {self.a['acc_dtype']!r}, expected int32 "
+                               f"or int64"[:300])
+        self.want(self.a["acc_dtype"])
+        return ACC_MAX[self.a["acc_dtype"]]
+
+
+def _check_mask_time(c: _OpCheck) -> None:
+    if c.ins[1][0] != "len" or c.ins[0][0] not in ("bct", "img"):
+        raise ProgramError(f"{c.where}: takes an activation and lengths")
+    c.want(c.value(0).dtype)
+    c.set_out(c.ins[0], c.in_bound(0))
+
+
+def _check_frames(c: _OpCheck) -> None:
+    if c.ins[0][0] != "len":
+        raise ProgramError(f"{c.where}: takes lengths")
+    for k, lo_ in (("kernel", 1), ("stride", 1), ("padding", 0), ("dilation", 1)):
+        _int(c.where, k, c.a[k], lo_, MAX_DIM)
+    c.want("int64")
+    c.set_out(("len",))
+
+
+def _conv_geometry(c: _OpCheck, img: bool) -> tuple[int, int]:
+    """checks the stride, padding (and, 1-d, dilation) attributes; (frequency stride, padding) of a
+    conv2d, (1, 0) of a conv1d"""
+    a, where = c.a, c.where
+    if not img:
+        _int(where, "stride", a["stride"], 1, MAX_DIM)
+        _int(where, "padding", a["padding"], 0, MAX_DIM)
+        _int(where, "dilation", a["dilation"], 1, MAX_DIM)
+        return 1, 0
+    st_, pd_ = a["stride"], a["padding"]
+    if not (isinstance(st_, (list, tuple)) and len(st_) == 2 and isinstance(pd_, (list, tuple)) and len(pd_) == 2):
+        raise ProgramError(f"{where}: stride and padding must be [time, freq] pairs")
+    _, sF = (_int(where, "stride", v, 1, MAX_DIM) for v in st_)
+    _, pF = (_int(where, "padding", v, 0, MAX_DIM) for v in pd_)
+    return sF, pF
+
+
+def _conv_weight_shape(c: _OpCheck, w: torch.Tensor, groups: int) -> None:
+    """[Cout, Cin/groups, K...] reading the input's channel count, each dimension within MAX_DIM"""
+    cout, cin_g, cin = int(w.shape[0]), int(w.shape[1]), c.ins[0][1]
+    name = f"tensor {_tn(c.op, 'weight')!r} (weight)"
+    if cout < 1 or cin_g < 1 or any(int(k) < 1 for k in w.shape[2:]) or cout % groups:
+        raise ProgramError(f"{c.where}: {name} has shape "
+                           f"{tuple(w.shape)}, not [Cout, Cin/{groups}, K...] with Cout a multiple of groups")
+    if max(w.shape) > MAX_DIM:
+        raise ProgramError(f"{c.where}: {name} shape {tuple(w.shape)} exceeds {MAX_DIM}")
+    if cin is not None and cin_g * groups != cin:
+        raise ProgramError(f"{c.where}: {name} shape {tuple(w.shape)} "
+                           f"reads {cin_g * groups} channels ({groups} groups); input {c.op.inputs[0]!r} has {cin}")
+
+
+def _conv_acc_bound(c: _OpCheck, w: torch.Tensor) -> int:
+    """the exact extreme of each output channel over every input in the declared box [lo, hi]^n:
+    b + hi sum(w > 0) + lo sum(w < 0), and the other way round; the largest over the channels"""
+    cout = int(w.shape[0])
+    bias = [0] * cout
+    if "bias" in c.op.params and c.op.params["bias"] is not None:
+        bias = [int(v) for v in _param(c.where, c.op, "bias", 1, (torch.int32, torch.int64), [(cout,)]).tolist()]
+    vx = c.value(0)
+    xlo, xhi = _qrange(vx.bits, vx.signed)
+    w2 = w.to(torch.int64).reshape(cout, -1)
+    wpos, wneg = w2.clamp(min=0).sum(1).tolist(), w2.clamp(max=0).sum(1).tolist()
+    return max(max(abs(b + xhi * pw + xlo * nw), abs(b + xlo * pw + xhi * nw)) for b, pw, nw in zip(bias, wpos, wneg))
+
+
+def _check_conv(c: _OpCheck) -> None:
+    img = c.op.kind == "conv2d"
+    s = c.ins[0]
+    if s[0] != ("img" if img else "bct"):
+        raise ProgramError(f"{c.where}: input {c.op.inputs[0]!r} is not a "
+                           f"{'[B, C, T, F] image' if img else '[B, C, T] tensor'}")
+    if c.value(0).role != "act":
+        raise ProgramError(f"{c.where}: input {c.op.inputs[0]!r} must be an activation")
+    w = _param(c.where, c.op, "weight", 4 if img else 3, (torch.int8,))
+    groups = _int(c.where, "groups", c.a["groups"], 1, MAX_DIM)
+    sF, pF = _conv_geometry(c, img)
+    acc_max = c.acc_max()
+    _conv_weight_shape(c, w, groups)
+    acc = _conv_acc_bound(c, w)
+    if acc > acc_max:
+        raise ProgramError(f"{c.where}: tensor {_tn(c.op, 'weight')!r} (weight): the accumulator bound "
+                           f"{acc} (the extreme of w . x + bias over the input's range) does not fit "
+                           f"{c.a['acc_dtype']}")
+    cout = int(w.shape[0])
+    if not img:
+        c.set_out(("bct", cout), acc)
+        return
+    F, kF = s[2], int(w.shape[3])
+    F2 = None if F is None else (F + 2 * pF - kF) // sF + 1
+    if F2 is not None and F2 < 1:
+        raise ProgramError(f"{c.where}: {F} frequency bins are too few for the kernel")
+    c.set_out(("img", cout, F2), acc)
+
+
+def _check_requantize(c: _OpCheck) -> None:
+    """requantize (to an activation's range) and rescale (to int64)"""
+    s = c.ins[0]
+    if s[0] not in ("bct", "img", "att"):
+        raise ProgramError(f"{c.where}: input {c.op.inputs[0]!r} must be an accumulator or activation")
+    C = s[1]
+    if C is None:
+        C = int(c.op.params["M"].numel()) if isinstance(c.op.params.get("M"), torch.Tensor) else 1
+    b_out = _ms(c.where, c.op, C, c.in_bound(0))
+    if c.op.kind == "requantize":
+        bits = _int(c.where, "bits", c.a["bits"], 2, 16)
+        signed = _bool(c.where, "signed", c.a["signed"])
+        c.want(_storage(bits, signed))
+        lo_, hi_ = _qrange(bits, signed)
+        b_out = max(-lo_, hi_)
+    else:
+        c.want("int64")
+        if b_out > INT64_HEADROOM:
+            raise ProgramError(f"{c.where}: rescaled values reach {b_out}, beyond int64 headroom")
+    c.set_out(s, b_out)
+
+
+def _check_add(c: _OpCheck) -> None:
+    ins = c.ins
+    if ins[0][:2] != ins[1][:2] or ins[0][0] not in ("bct", "img", "att"):
+        raise ProgramError(f"{c.where}: adds {c.op.inputs[0]!r} {ins[0]} and {c.op.inputs[1]!r} {ins[1]} "
+                           f"of different shapes")
+    c.want("int64")
+    b_out = c.in_bound(0) + c.in_bound(1)
+    if b_out > INT64_HEADROOM:
+        raise ProgramError(f"{c.where}: the sum reaches {b_out}, beyond int64 headroom")
+    c.set_out(ins[0], b_out)
+
+
+def _check_clamp(c: _OpCheck) -> None:
+    bits = _int(c.where, "bits", c.a["bits"], 2, 16)
+    signed = _bool(c.where, "signed", c.a["signed"])
+    c.want(_storage(bits, signed))
+    lo_, hi_ = _qrange(bits, signed)
+    c.set_out(c.ins[0], max(-lo_, hi_))
+
+
+def _check_layernorm(c: _OpCheck) -> None:
+    a, where = c.a, c.where
+    C = c.act_of(0)[1]
+    ch = _int(where, "channels", a["channels"], 1, MAX_DIM)
+    if C is not None and ch != C:
+        raise ProgramError(f"{where}: attribute 'channels' = {ch}, input {c.op.inputs[0]!r} has {C}")
+    for k, lo_, hi_ in (("h", 0, MAX_SHIFT), ("eps_int", 0, 1 << 61), ("eps_shift", 0, MAX_SHIFT),
+                        ("norm_bits", 0, 40), ("u_max", 0, 1 << 40), ("M", 0, 1 << 40),
+                        ("shift", 0, MAX_SHIFT), ("out_bits", 2, 16)):
+        _int(where, k, a[k], lo_, hi_)
+    g = _param(where, c.op, "gamma_q", 1, (torch.int64, torch.int32), [(ch,)])
+    b = _param(where, c.op, "beta_q", 1, (torch.int64, torch.int32), [(ch,)])
+    accb = a["u_max"] * _absmax(g) + _absmax(b)
+    if accb * a["M"] + (1 << a["shift"]) // 2 > I64:
+        raise ProgramError(f"{where}: tensor {_tn(c.op, 'gamma_q')!r} (gamma_q): the LayerNorm "
+                           f"product leaves int64")
+    c.want(_storage(a["out_bits"], True))
+    c.out_act(ch, (1 << (a["out_bits"] - 1)))
+
+
+def _check_exp_ops(c: _OpCheck) -> None:
+    """swish, glu and softmax: the integer exponential's constants (attribute exp), then the op's own"""
+    a, where, kind = c.a, c.where, c.op.kind
+    e = a["exp"]
+    if not isinstance(e, dict):
+        raise ProgramError(f"{where}: attribute 'exp' must be a mapping")
+    for k, lo_, hi_ in (("in_shift", -MAX_SHIFT, MAX_SHIFT), ("q_ln2", 1, 1 << 40), ("q_b", -(1 << 40), 1 << 40),
+                        ("q_c", -(1 << 50), 1 << 50), ("q_min", -(1 << 40), 0), ("out_max", 1, (1 << 31) - 1),
+                        ("z_max", 0, MAX_SHIFT), ("recip", 1, 1 << 40), ("recip_shift", 0, MAX_SHIFT)):
+        _int(where, f"exp.{k}", e.get(k), lo_, hi_)
+    if kind == "softmax":
+        if c.ins[0][0] != "att" or c.ins[1][0] != "len":
+            raise ProgramError(f"{where}: takes [B, H, T, T] scores and lengths")
+        ob = _int(where, "out_bits", a["out_bits"], 2, 16)
+        _int(where, "recip_bits", a["recip_bits"], ob + 1, MAX_SHIFT)
+        c.want(_storage(ob, False) if c.vout.role == "act" else c.vout.dtype)
+        c.set_out(c.ins[0], 1 << ob)
+        return
+    C = c.act_of(0)[1]
+    sb = _int(where, "sig_bits", a["sig_bits"], 1, 30)
+    if kind == "glu":
+        if C is not None and C % 2:
+            raise ProgramError(f"{where}: GLU of an odd channel count {C}")
+        C = None if C is None else C // 2
+    c.want(c.vout.dtype)
+    c.out_act(C, c.in_bound(0) << sb)
+
+
+def _check_gelu(c: _OpCheck) -> None:
+    C = c.act_of(0)[1]
+    qb = _int(c.where, "q_b", c.a["q_b"], -(1 << 30), 1 << 30)
+    qo = _int(c.where, "q_one", c.a["q_one"], -(1 << 60), 1 << 60)
+    c.want(c.vout.dtype)
+    b_in = c.in_bound(0)
+    c.out_act(C, b_in * (abs(qo) * 2 + (abs(qb) + b_in) ** 2))
+
+
+def _matmul_pv_bound(c: _OpCheck, h: int) -> tuple[tuple, int]:
+    """(shape, accumulator bound) of probabilities [B, H, T, T] times values [B, C, T]"""
+    if c.ins[0][0] != "att":
+        raise ProgramError(f"{c.where}: input {c.op.inputs[0]!r} must be [B, H, T, T] probabilities")
+    C = c.act_of(1)[1]
+    if c.ins[0][1] is not None and c.ins[0][1] != h:
+        raise ProgramError(f"{c.where}: {c.ins[0][1]} heads of probabilities, attribute heads = {h}")
+    # sum_j p[i, j] <= 2^B + T (each probability rounds up by less than 1), T < 2^22 frames
+    return ("bct", C), c.in_bound(1) * (c.in_bound(0) + T_MAX)
+
+
+def _matmul_scores_bound(c: _OpCheck, h: int) -> tuple[tuple, int]:
+    """(shape, accumulator bound) of the scores [B, H, T, T] of q . k (matmul_qk) or q . pos (matmul_pos)"""
+    C = c.act_of(0)[1]
+    if C is not None and C % h:
+        raise ProgramError(f"{c.where}: {C} channels do not split into {h} heads")
+    dk = None if C is None else C // h
+    if c.op.kind == "matmul_qk":
+        if c.act_of(1)[1] != C:
+            raise ProgramError(f"{c.where}: q {c.op.inputs[0]!r} and k {c.op.inputs[1]!r} differ in channels")
+        return ("att", h), (dk or 0) * c.in_bound(0) * c.in_bound(1)
+    L = _int(c.where, "max_len", c.a["max_len"], 1, 1 << 20)
+    pos = _param(c.where, c.op, "pos", 2, (torch.int8,), [(C, 2 * L - 1)] if C is not None else None)
+    return ("att", h), (dk or 0) * c.in_bound(0) * _absmax(pos)
+
+
+def _check_matmul(c: _OpCheck) -> None:
+    """matmul_qk, matmul_pos (attention scores) and matmul_pv (probabilities times values)"""
+    h = _int(c.where, "heads", c.a["heads"], 1, MAX_DIM)
+    acc_max = c.acc_max()
+    shape, acc = (_matmul_pv_bound if c.op.kind == "matmul_pv" else _matmul_scores_bound)(c, h)
+    if acc > acc_max:
+        raise ProgramError(f"{c.where}: the accumulator bound {acc} does not fit {c.a['acc_dtype']}")
+    c.set_out(shape, acc)
+
+
+def _check_to_image(c: _OpCheck) -> None:
+    s = c.act_of(0)
+    c.want(c.value(0).dtype)
+    c.set_out(("img", 1, s[1]), c.in_bound(0))
+
+
+def _check_flatten_freq(c: _OpCheck) -> None:
+    s = c.ins[0]
+    if s[0] != "img":
+        raise ProgramError(f"{c.where}: input {c.op.inputs[0]!r} is not an image")
+    c.want(c.value(0).dtype)
+    c.set_out(("bct", None if s[2] is None else s[1] * s[2]), c.in_bound(0))
+
+
+#: the load-time checks of each op kind: each checks the op's attributes, params and input shapes,
+#: and records its output's shape and bound
+KIND_CHECKS = {
+    "mask_time": _check_mask_time, "frames": _check_frames, "conv1d": _check_conv, "conv2d": _check_conv,
+    "requantize": _check_requantize, "rescale": _check_requantize, "add": _check_add, "clamp": _check_clamp,
+    "layernorm": _check_layernorm, "swish": _check_exp_ops, "glu": _check_exp_ops, "softmax": _check_exp_ops,
+    "gelu": _check_gelu, "matmul_qk": _check_matmul, "matmul_pv": _check_matmul, "matmul_pos": _check_matmul,
+    "to_image": _check_to_image, "flatten_freq": _check_flatten_freq,
+}
+
+
+def _check_values(p: Program) -> None:
+    """every Value record: a known dtype and role; an activation's bits, signedness and storage dtype"""
     for name, v in p.values.items():
         if not isinstance(v.dtype, str) or v.dtype not in _DTYPES:
             raise ProgramError(f"value {name!r}: dtype {v.dtype!r} is not one of {sorted(_DTYPES)}"[:300])
@@ -109,16 +414,24 @@ def check_program(p: Program, input_features: int | None = None) -> Program:
             if _storage(v.bits, v.signed) != v.dtype:
                 raise ProgramError(f"value {name!r}: {'s' if v.signed else 'u'}{v.bits} activations are stored as "
                                    f"{_storage(v.bits, v.signed)}, not {v.dtype}")
+
+
+def _check_inputs(p: Program) -> None:
     x_in, l_in = p.inputs
     for name in (x_in, l_in):
         if name not in p.values:
             raise ProgramError(f"program input {name!r} has no Value record")
-    vin = p.values[x_in]
-    if vin.role != "act" or p.values[l_in].role != "lengths":
+    if p.values[x_in].role != "act" or p.values[l_in].role != "lengths":
         raise ProgramError(f"program inputs {x_in!r}, {l_in!r}: an activation and lengths expected")
+
+
+def _input_features(p: Program, input_features: int | None) -> int | None:
+    """the input's feature count: given, else the program's meta, else (older files) what the first
+    conv1d that reads the input expects; None where unknown (a to_image op reads it first)"""
     if input_features is None:
         input_features = p.meta.get("input_features")
-    if input_features is None:   # older files: the first op that reads the input says
+    if input_features is None:
+        x_in = p.inputs[0]
         for op in p.ops:
             if op.kind == "conv1d" and op.inputs and op.inputs[0] == x_in and "weight" in op.params:
                 w = op.params["weight"]
@@ -130,247 +443,41 @@ def check_program(p: Program, input_features: int | None = None) -> Program:
                 break
     if input_features is not None:
         _int("program meta", "input_features", input_features, 1, MAX_DIM)
-    lo, hi = _qrange(vin.bits, vin.signed)
-    # per value: shape (channel count, image width or None), bound |v| <= b
-    shape: dict[str, tuple] = {x_in: ("bct", input_features), l_in: ("len",)}
-    bound: dict[str, int] = {x_in: max(-lo, hi)}
-    ints_max = 1 << 62
-    for i, op in enumerate(p.ops):
-        where = f"op {i} ({op.kind} {op.name!r})"
-        a = op.attrs
-        if not isinstance(a, dict):
-            raise ProgramError(f"{where}: attributes must be a mapping")
-        ins = [shape[n] for n in op.inputs]
-        out = op.outputs[0]
-        vout = p.values[out]
-        kind = op.kind
+    return input_features
 
-        def want(dt: str):
-            if vout.dtype != dt:
-                raise ProgramError(f"{where}: output {out!r} is declared {vout.dtype}, the op makes {dt}")
 
-        def act_of(k: int) -> tuple:
-            s = ins[k]
-            if s[0] != "bct":
-                raise ProgramError(f"{where}: input {op.inputs[k]!r} must be a [B, C, T] tensor, is {s[0]}")
-            return s
-
-        def out_act(C, b_out):
-            shape[out] = ("bct", C)
-            if vout.role == "act":
-                lo_, hi_ = _qrange(vout.bits, vout.signed)
-                b_out = min(b_out, max(-lo_, hi_))
-            bound[out] = b_out
-
-        if kind == "mask_time":
-            if ins[1][0] != "len" or ins[0][0] not in ("bct", "img"):
-                raise ProgramError(f"{where}: takes an activation and lengths")
-            want(p.values[op.inputs[0]].dtype)
-            shape[out], bound[out] = ins[0], bound[op.inputs[0]]
-        elif kind == "frames":
-            if ins[0][0] != "len":
-                raise ProgramError(f"{where}: takes lengths")
-            for k, lo_ in (("kernel", 1), ("stride", 1), ("padding", 0), ("dilation", 1)):
-                _int(where, k, a[k], lo_, MAX_DIM)
-            want("int64")
-            shape[out] = ("len",)
-        elif kind in ("conv1d", "conv2d"):
-            img = kind == "conv2d"
-            s = ins[0]
-            if s[0] != ("img" if img else "bct"):
-                raise ProgramError(f"{where}: input {op.inputs[0]!r} is not a {'[B, C, T, F] image' if img else '[B, C, T] tensor'}")
-            if p.values[op.inputs[0]].role != "act":
-                raise ProgramError(f"{where}: input {op.inputs[0]!r} must be an activation")
-            w = _param(where, op, "weight", 4 if img else 3, (torch.int8,))
-            groups = _int(where, "groups", a["groups"], 1, MAX_DIM)
-            if img:
-                st_ = a["stride"]
-                pd_ = a["padding"]
-                if not (isinstance(st_, (list, tuple)) and len(st_) == 2 and isinstance(pd_, (list, tuple)) and len(pd_) == 2):
-                    raise ProgramError(f"{where}: stride and padding must be [time, freq] pairs")
-                sT, sF = (_int(where, "stride", v, 1, MAX_DIM) for v in st_)
-                pT, pF = (_int(where, "padding", v, 0, MAX_DIM) for v in pd_)
-            else:
-                _int(where, "stride", a["stride"], 1, MAX_DIM)
-                _int(where, "padding", a["padding"], 0, MAX_DIM)
-                _int(where, "dilation", a["dilation"], 1, MAX_DIM)
-            if a["acc_dtype"] not in ACC_MAX:
-                raise ProgramError(f"{where}: attribute 'acc_dtype' = {a['acc_dtype']!r}, expected int32 or int64"[:300])
-            want(a["acc_dtype"])
-            cout, cin_g = int(w.shape[0]), int(w.shape[1])
-            cin = s[1]
-            if cout < 1 or cin_g < 1 or any(int(k) < 1 for k in w.shape[2:]) or cout % groups:
-                raise ProgramError(f"{where}: tensor {_tn(op, 'weight')!r} (weight) has shape "
-                                   f"{tuple(w.shape)}, not [Cout, Cin/{groups}, K...] with Cout a multiple of groups")
-            if max(w.shape) > MAX_DIM:
-                raise ProgramError(f"{where}: tensor {_tn(op, 'weight')!r} (weight) shape {tuple(w.shape)} "
-                                   f"exceeds {MAX_DIM}")
-            if cin is not None and cin_g * groups != cin:
-                raise ProgramError(f"{where}: tensor {_tn(op, 'weight')!r} (weight) shape {tuple(w.shape)} "
-                                   f"reads {cin_g * groups} channels ({groups} groups); input {op.inputs[0]!r} has {cin}")
-            bias = [0] * cout
-            if "bias" in op.params and op.params["bias"] is not None:
-                bias = [int(v) for v in _param(where, op, "bias", 1, (torch.int32, torch.int64), [(cout,)]).tolist()]
-            # the exact extreme of each output channel over every input in the declared box
-            # [lo, hi]^n: b + hi sum(w > 0) + lo sum(w < 0), and the other way round
-            vx = p.values[op.inputs[0]]
-            xlo, xhi = _qrange(vx.bits, vx.signed)
-            w2 = w.to(torch.int64).reshape(cout, -1)
-            wpos, wneg = w2.clamp(min=0).sum(1).tolist(), w2.clamp(max=0).sum(1).tolist()
-            acc = max(max(abs(b + xhi * pw + xlo * nw), abs(b + xlo * pw + xhi * nw))
-                      for b, pw, nw in zip(bias, wpos, wneg))
-            if acc > ACC_MAX[a["acc_dtype"]]:
-                raise ProgramError(f"{where}: tensor {_tn(op, 'weight')!r} (weight): the accumulator bound "
-                                   f"{acc} (the extreme of w . x + bias over the input's range) does not fit "
-                                   f"{a['acc_dtype']}")
-            if img:
-                F = s[2]
-                kT, kF = int(w.shape[2]), int(w.shape[3])
-                F2 = None if F is None else (F + 2 * pF - kF) // sF + 1
-                if F2 is not None and F2 < 1:
-                    raise ProgramError(f"{where}: {F} frequency bins are too few for the kernel")
-                shape[out] = ("img", cout, F2)
-            else:
-                shape[out] = ("bct", cout)
-            bound[out] = acc
-        elif kind in ("requantize", "rescale"):
-            s = ins[0]
-            if s[0] not in ("bct", "img", "att"):
-                raise ProgramError(f"{where}: input {op.inputs[0]!r} must be an accumulator or activation")
-            C = s[1]
-            if C is None:
-                C = int(op.params["M"].numel()) if isinstance(op.params.get("M"), torch.Tensor) else 1
-            b_out = _ms(where, op, C, bound[op.inputs[0]])
-            if kind == "requantize":
-                bits = _int(where, "bits", a["bits"], 2, 16)
-                signed = _bool(where, "signed", a["signed"])
-                want(_storage(bits, signed))
-                lo_, hi_ = _qrange(bits, signed)
-                b_out = max(-lo_, hi_)
-            else:
-                want("int64")
-                if b_out > ints_max:
-                    raise ProgramError(f"{where}: rescaled values reach {b_out}, beyond int64 headroom")
-            shape[out], bound[out] = s, b_out
-        elif kind == "add":
-            if ins[0][:2] != ins[1][:2] or ins[0][0] not in ("bct", "img", "att"):
-                raise ProgramError(f"{where}: adds {op.inputs[0]!r} {ins[0]} and {op.inputs[1]!r} {ins[1]} of different shapes")
-            want("int64")
-            b_out = bound[op.inputs[0]] + bound[op.inputs[1]]
-            if b_out > ints_max:
-                raise ProgramError(f"{where}: the sum reaches {b_out}, beyond int64 headroom")
-            shape[out], bound[out] = ins[0], b_out
-        elif kind == "clamp":
-            bits = _int(where, "bits", a["bits"], 2, 16)
-            signed = _bool(where, "signed", a["signed"])
-            want(_storage(bits, signed))
-            lo_, hi_ = _qrange(bits, signed)
-            shape[out], bound[out] = ins[0], max(-lo_, hi_)
-        elif kind == "layernorm":
-            C = act_of(0)[1]
-            ch = _int(where, "channels", a["channels"], 1, MAX_DIM)
-            if C is not None and ch != C:
-                raise ProgramError(f"{where}: attribute 'channels' = {ch}, input {op.inputs[0]!r} has {C}")
-            for k, lo_, hi_ in (("h", 0, MAX_SHIFT), ("eps_int", 0, 1 << 61), ("eps_shift", 0, MAX_SHIFT),
-                                ("norm_bits", 0, 40), ("u_max", 0, 1 << 40), ("M", 0, 1 << 40),
-                                ("shift", 0, MAX_SHIFT), ("out_bits", 2, 16)):
-                _int(where, k, a[k], lo_, hi_)
-            g = _param(where, op, "gamma_q", 1, (torch.int64, torch.int32), [(ch,)])
-            b = _param(where, op, "beta_q", 1, (torch.int64, torch.int32), [(ch,)])
-            accb = a["u_max"] * _absmax(g) + _absmax(b)
-            if accb * a["M"] + (1 << a["shift"]) // 2 > I64:
-                raise ProgramError(f"{where}: tensor {_tn(op, 'gamma_q')!r} (gamma_q): the LayerNorm "
-                                   f"product leaves int64")
-            want(_storage(a["out_bits"], True))
-            out_act(ch, (1 << (a["out_bits"] - 1)))
-        elif kind in ("swish", "glu", "softmax"):
-            e = a["exp"]
-            if not isinstance(e, dict):
-                raise ProgramError(f"{where}: attribute 'exp' must be a mapping")
-            for k, lo_, hi_ in (("in_shift", -MAX_SHIFT, MAX_SHIFT), ("q_ln2", 1, 1 << 40), ("q_b", -(1 << 40), 1 << 40),
-                                ("q_c", -(1 << 50), 1 << 50), ("q_min", -(1 << 40), 0), ("out_max", 1, (1 << 31) - 1),
-                                ("z_max", 0, MAX_SHIFT), ("recip", 1, 1 << 40), ("recip_shift", 0, MAX_SHIFT)):
-                _int(where, f"exp.{k}", e.get(k), lo_, hi_)
-            if kind == "softmax":
-                if ins[0][0] != "att" or ins[1][0] != "len":
-                    raise ProgramError(f"{where}: takes [B, H, T, T] scores and lengths")
-                ob = _int(where, "out_bits", a["out_bits"], 2, 16)
-                _int(where, "recip_bits", a["recip_bits"], ob + 1, MAX_SHIFT)
-                want(_storage(ob, False) if vout.role == "act" else vout.dtype)
-                shape[out], bound[out] = ins[0], 1 << ob
-            else:
-                C = act_of(0)[1]
-                sb = _int(where, "sig_bits", a["sig_bits"], 1, 30)
-                if kind == "glu":
-                    if C is not None and C % 2:
-                        raise ProgramError(f"{where}: GLU of an odd channel count {C}")
-                    C = None if C is None else C // 2
-                want(vout.dtype)
-                out_act(C, bound[op.inputs[0]] << sb)
-        elif kind == "gelu":
-            C = act_of(0)[1]
-            qb = _int(where, "q_b", a["q_b"], -(1 << 30), 1 << 30)
-            qo = _int(where, "q_one", a["q_one"], -(1 << 60), 1 << 60)
-            want(vout.dtype)
-            b_in = bound[op.inputs[0]]
-            out_act(C, b_in * (abs(qo) * 2 + (abs(qb) + b_in) ** 2))
-        elif kind in ("matmul_qk", "matmul_pv", "matmul_pos"):
-            h = _int(where, "heads", a["heads"], 1, MAX_DIM)
-            if a["acc_dtype"] not in ACC_MAX:
-                raise ProgramError(f"{where}: attribute 'acc_dtype' = {a['acc_dtype']!r}, expected int32 or int64"[:300])
-            want(a["acc_dtype"])
-            if kind == "matmul_pv":
-                if ins[0][0] != "att":
-                    raise ProgramError(f"{where}: input {op.inputs[0]!r} must be [B, H, T, T] probabilities")
-                C = act_of(1)[1]
-                if ins[0][1] is not None and ins[0][1] != h:
-                    raise ProgramError(f"{where}: {ins[0][1]} heads of probabilities, attribute heads = {h}")
-                # sum_j p[i, j] <= 2^B + T (each probability rounds up by less than 1), T < 2^22 frames
-                acc = bound[op.inputs[1]] * (bound[op.inputs[0]] + T_MAX)
-                if acc > ACC_MAX[a["acc_dtype"]]:
-                    raise ProgramError(f"{where}: the accumulator bound {acc} does not fit {a['acc_dtype']}")
-                shape[out], bound[out] = ("bct", C), acc
-            else:
-                C = act_of(0)[1]
-                if C is not None and C % h:
-                    raise ProgramError(f"{where}: {C} channels do not split into {h} heads")
-                dk = None if C is None else C // h
-                if kind == "matmul_qk":
-                    if act_of(1)[1] != C:
-                        raise ProgramError(f"{where}: q {op.inputs[0]!r} and k {op.inputs[1]!r} differ in channels")
-                    acc = (dk or 0) * bound[op.inputs[0]] * bound[op.inputs[1]]
-                else:
-                    L = _int(where, "max_len", a["max_len"], 1, 1 << 20)
-                    pos = _param(where, op, "pos", 2, (torch.int8,), [(C, 2 * L - 1)] if C is not None else None)
-                    acc = (dk or 0) * bound[op.inputs[0]] * _absmax(pos)
-                if acc > ACC_MAX[a["acc_dtype"]]:
-                    raise ProgramError(f"{where}: the accumulator bound {acc} does not fit {a['acc_dtype']}")
-                shape[out], bound[out] = ("att", h), acc
-        elif kind == "to_image":
-            s = act_of(0)
-            want(p.values[op.inputs[0]].dtype)
-            shape[out], bound[out] = ("img", 1, s[1]), bound[op.inputs[0]]
-        elif kind == "flatten_freq":
-            s = ins[0]
-            if s[0] != "img":
-                raise ProgramError(f"{where}: input {op.inputs[0]!r} is not an image")
-            want(p.values[op.inputs[0]].dtype)
-            shape[out] = ("bct", None if s[2] is None else s[1] * s[2])
-            bound[out] = bound[op.inputs[0]]
-        else:   # validate() knows every kind in OPS; a new kind needs its checks here
-            raise ProgramError(f"{where}: no load-time checks for op kind {kind!r} (known: {sorted(OPS)})")
-        if bound.get(out) is None:
-            v = p.values[out]
-            bound[out] = max(map(abs, _qrange(v.bits, v.signed))) if v.role == "act" else I64
-    # what was proven, for reports (tools/accumulator_proof.py): the accumulator bound of each
-    # accumulating op and the largest value its dtype holds
-    p.acc_bounds = {op.name: (bound[op.outputs[0]], ACC_MAX[op.attrs["acc_dtype"]]) for op in p.ops
-                    if op.kind in ("conv1d", "conv2d", "matmul_qk", "matmul_pv", "matmul_pos")}
+def _check_outputs(p: Program, shape: dict) -> None:
     lo_out, lens = p.outputs
     if shape.get(lo_out, ("",))[0] != "bct" or p.values[lo_out].dtype != "int64":
         raise ProgramError(f"program output {lo_out!r} must be int64 [B, classes, T]")
     if shape.get(lens, ("",))[0] != "len":
         raise ProgramError(f"program output {lens!r} must be lengths")
+
+
+def check_program(p: Program, input_features: int | None = None) -> Program:
+    """`p`, checked as the module doc says (ProgramError on the first failure), with `p.acc_bounds`
+    set; `input_features`: the input's feature count where the program's meta does not say."""
+    _check_values(p)
+    _check_inputs(p)
+    input_features = _input_features(p, input_features)
+    x_in, l_in = p.inputs
+    lo, hi = _qrange(p.values[x_in].bits, p.values[x_in].signed)
+    # per value: shape (channel count, image width or None), bound |v| <= b
+    shape: dict[str, tuple] = {x_in: ("bct", input_features), l_in: ("len",)}
+    bound: dict[str, int] = {x_in: max(-lo, hi)}
+    for i, op in enumerate(p.ops):
+        c = _OpCheck(p, i, op, shape, bound)
+        if op.kind not in KIND_CHECKS:   # validate() knows every kind in OPS; a new kind needs its checks here
+            raise ProgramError(f"{c.where}: no load-time checks for op kind {op.kind!r} (known: {sorted(OPS)})")
+        KIND_CHECKS[op.kind](c)
+        if bound.get(c.out) is None:
+            v = c.vout
+            bound[c.out] = max(map(abs, _qrange(v.bits, v.signed))) if v.role == "act" else I64
+    # what was proven, for reports (tools/accumulator_proof.py): the accumulator bound of each
+    # accumulating op and the largest value its dtype holds
+    p.acc_bounds = {op.name: (bound[op.outputs[0]], ACC_MAX[op.attrs["acc_dtype"]]) for op in p.ops
+                    if op.kind in ("conv1d", "conv2d", "matmul_qk", "matmul_pv", "matmul_pos")}
+    _check_outputs(p, shape)
     return p
 
 
