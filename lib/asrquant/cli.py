@@ -177,7 +177,7 @@ def cmd_export(args) -> int:
 
 def _export_c(args) -> int:
     """``asrquant export Q --c DIR``: write the C library of Q's program."""
-    from .convert import load_quantized
+    from .integer_model import load_quantized
     from .program.c_backend import CExportError, export_c
 
     qmodel = load_quantized(args.model)
@@ -215,7 +215,7 @@ def calibration_batches(model, args):
 def cmd_quantize(args) -> int:
     import torch
 
-    from .convert import save_quantized
+    from .integer_model import save_quantized
     from .models.checkpoint import load_model
     from .quantize import RECIPES, default_recipe, is_conformer, quantize
 
@@ -268,7 +268,7 @@ def cmd_quantize(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from .convert import load_quantized
+    from .integer_model import load_quantized
     from .data import load_batch, load_dataset
     from .verify import verify
 

@@ -438,7 +438,7 @@ def _status_kib(key: str) -> int:
 def _memory_child(model_path, quantized_path, name, threads, seconds, peer) -> None:
     import torch
 
-    from ..convert import load_quantized
+    from ..integer_model import load_quantized
     from ..models.checkpoint import load_model
 
     torch.set_num_threads(threads)
@@ -453,7 +453,7 @@ def _memory_child(model_path, quantized_path, name, threads, seconds, peer) -> N
 
 
 def cmd_bench(args) -> int:
-    from ..convert import load_quantized
+    from ..integer_model import load_quantized
     from ..models.checkpoint import load_model
 
     model = load_model(args.model)

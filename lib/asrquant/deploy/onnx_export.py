@@ -30,7 +30,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_export(args) -> int:
-    from ..convert import load_quantized
+    from ..integer_model import load_quantized
     from ..program.onnx_int import export_onnx, integer_only_report
     from ..program.onnx_qdq import export_onnx_qdq
 
