@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from asrquant import paths
 from asrquant.cli import main as cli_main
-from asrquant.convert import load_quantized
+from asrquant.integer_model import load_quantized
 from asrquant.data import load_batch, load_dataset
 from asrquant.program.c_backend import read_logits, write_input
 from asrquant.provenance import provenance

@@ -28,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 from asrquant import paths
-from asrquant.convert import load_quantized
+from asrquant.integer_model import load_quantized
 from asrquant.data import load_batch, load_dataset
 from asrquant.deploy.runtime import OrtIntegerRunner, make_session, ort_kernels_exact
 from asrquant.provenance import machine

@@ -49,7 +49,7 @@ LABEL = {"hama": "hama Conformer-CTC (real, W8A8 zero-shot)", "nemo-small": "NeM
 
 def nemo_small_files(folder: Path) -> tuple[Path, Path]:
     """The seeded random-weight NeMo small Conformer and its W8A8 file (made once)."""
-    from asrquant.convert import save_quantized
+    from asrquant.integer_model import save_quantized
     from asrquant.models import ConformerCTC, conformer_ctc_config, save_model
     from asrquant.models.init import random_matrices_
     from asrquant.quantize import quantize

@@ -231,7 +231,7 @@ def test_cli_quantize_recipes(tmp_path):
     at 4 bits, bias correction at 6, the paper's at 8); --recipe paper and explicit flags give the
     old behaviour."""
     from asrquant.cli import main as cli_main
-    from asrquant.convert import load_quantized
+    from asrquant.integer_model import load_quantized
     from asrquant.models.checkpoint import save_model
 
     src = save_model(tiny_model(), tmp_path / "tiny.nemo")

@@ -33,7 +33,7 @@ def _tiny_config():
 def work(tmp_path_factory):
     """A tiny float ConvASR (.nemo), its W8A8 integer model (.aqz), and audio files good and bad."""
     from asrquant.calibration import random_mels
-    from asrquant.convert import save_quantized
+    from asrquant.integer_model import save_quantized
     from asrquant.models import ConvASR, save_model
     from asrquant.quantize import quantize
 

@@ -23,7 +23,9 @@ from pinned import pinned_inputs
 from test_program import _quantize
 
 from asrquant.cli import main
-from asrquant.convert import IntBlock, IntConv, emit_convasr, save_quantized
+from asrquant.program.emit_convasr import IntBlock, emit_convasr
+from asrquant.program.builder import IntConv
+from asrquant.integer_model import save_quantized
 from asrquant.cpu import FAMILIES, cpu_features, supports
 from asrquant.intops.conv import accumulator_bound, choose_acc_dtype
 from asrquant.program.c_backend import CExportError, CRuntime, build, export_c, read_logits, write_input

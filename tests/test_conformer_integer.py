@@ -106,7 +106,7 @@ def test_integer_logits_track_the_float_model(hama_model, w8a8, batch):
 
 
 def test_residual_bits_and_file_roundtrip(hama_model, batch, tmp_path):
-    from asrquant.convert import load_quantized, save_quantized
+    from asrquant.integer_model import load_quantized, save_quantized
 
     obs = calibrate_conformer(hama_model, [batch])
     q16 = convert_conformer(hama_model, obs, 8, 8, residual_bits=16)
@@ -309,7 +309,7 @@ def test_nemo_small_integer_logits_track_the_float_model(nemo_small):
 
 
 def test_nemo_pos_emb_max_len_limits_the_input(nemo_small, tmp_path):
-    from asrquant.convert import load_quantized, save_quantized
+    from asrquant.integer_model import load_quantized, save_quantized
 
     model, qmodel, (mel, lengths) = nemo_small
     assert {op.attrs["max_len"] for op in qmodel.program.ops_of("matmul_pos")} == {5000}

@@ -17,8 +17,9 @@ from conftest import fill_bn_statistics, random_quartznet5x5, randomize_weights,
 from asrquant.calibration import random_mels
 from asrquant.cli import main as cli_main
 from asrquant.cpu import cpu_features
-from asrquant.convert import (HEADER, IntegerConvASR, load_quantized, quantize_model, read_payload, save_quantized,
-                              write_payload)
+from asrquant.program.aqz import HEADER, read_payload, write_payload
+from asrquant.integer_model import IntegerModel, load_quantized, save_quantized
+from asrquant.convert import quantize_model
 from asrquant.models import CheckpointError, ConvASR, save_model
 from asrquant.models.convasr import frame_mask
 from asrquant.verify import DtypeRecorder, float_ops_in_forward, numpy_forward, verify
@@ -213,7 +214,7 @@ def test_cli_quantize_verify_evaluate(small_quartznet, tmp_path, capsys):
     out = tmp_path / "small_w8a8.aqz"
     assert cli_main(["quantize", "--model", str(src), "--calibration", "random", "--frames", "200",
                      "--batch-size", "2", "--seed", "1", "--out", str(out)]) == 0
-    assert isinstance(load_quantized(out), IntegerConvASR)
+    assert isinstance(load_quantized(out), IntegerModel)
     assert load_quantized(out).info["calibration"] == "random"
     report = tmp_path / "verify.json"
     assert cli_main(["verify", str(out), "--data", str(test_other_dir), "--utterances", "2", "--seconds", "3",

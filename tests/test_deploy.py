@@ -13,7 +13,8 @@ pytest.importorskip("onnxruntime")
 
 from asrquant.calibration import random_mels  # noqa: E402
 from asrquant.cli import main as cli_main  # noqa: E402
-from asrquant.convert import quantize_model, save_quantized  # noqa: E402
+from asrquant.convert import quantize_model  # noqa: E402
+from asrquant.integer_model import save_quantized  # noqa: E402
 from asrquant.deploy import onnx_export as ox  # noqa: E402
 from asrquant.deploy import runtime as rt  # noqa: E402
 from asrquant.models import ConvASR, config_for  # noqa: E402

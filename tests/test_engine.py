@@ -11,7 +11,7 @@ from pinned import pinned_inputs
 from test_program import _quantize
 
 from asrquant.cli import main
-from asrquant.convert import save_quantized
+from asrquant.integer_model import save_quantized
 from asrquant.evaluate import transcribe
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None or shutil.which("make") is None,

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from asrquant.audio import AudioError, load_audio
-from asrquant.convert import load_quantized
+from asrquant.integer_model import load_quantized
 from asrquant.data import DataError, extract_tar_safely, load_dataset, read_librispeech
 from asrquant.fuzz import mutate as mu
 from asrquant.models.checkpoint import CheckpointError, load_model
@@ -93,7 +93,7 @@ def test_swapped_tensors_are_refused_before_running_naming_the_tensor(seeds, tmp
 
 
 def _program_state(seeds, name="tiny_convasr_w8a8"):
-    from asrquant.convert import read_payload
+    from asrquant.program.aqz import read_payload
 
     p = read_payload(seeds / "aqz" / f"{name}.aqz")
     return json.loads(p["meta"])["program"], p["tensors"]

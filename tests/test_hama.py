@@ -167,7 +167,7 @@ def test_decoding_applies_temperature_and_blank_bias(model):
     assert int(logits[0, :, 0].argmax()) == blank
     assert int(adjusted[0, :, 0].argmax()) != blank
 
-    class IntModel:  # an integer model: int logits in units of logit_scale (convert.IntegerModel)
+    class IntModel:  # an integer model: int logits in units of logit_scale (integer_model.IntegerModel)
         labels, config, logit_scale = model.labels, model.config, 0.01
 
     int_logits = (logits / 0.01).round().to(torch.int32)

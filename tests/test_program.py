@@ -13,8 +13,10 @@ import torch
 from pinned import CASES, digest, fixed_calibration, pinned_float_model, pinned_inputs
 
 from asrquant.calibration import random_mels
-from asrquant.convert import (ProgramBuilder, convert, load_quantized, read_payload, save_quantized,
-                              write_payload)
+from asrquant.program.builder import ProgramBuilder
+from asrquant.convert import convert
+from asrquant.integer_model import load_quantized, save_quantized
+from asrquant.program.aqz import read_payload, write_payload
 from asrquant.models import CheckpointError
 from asrquant.program.numpy_ref import NumpyReference
 from asrquant.program.ops import OPS, Op, Program, ProgramError, Value

@@ -63,7 +63,8 @@ def test_jasper_check_row_settings_are_portable(tmp_path, monkeypatch):
 def tiny_quantized(tmp_path_factory):
     """A tiny random QuartzNet-shaped model, its W8A8 .aqz and a 4-utterance LibriSpeech folder."""
     from asrquant.calibration import random_mels
-    from asrquant.convert import quantize_model, save_quantized
+    from asrquant.convert import quantize_model
+    from asrquant.integer_model import save_quantized
     from asrquant.models import load_model
 
     root = tmp_path_factory.mktemp("tiny")

@@ -29,7 +29,7 @@ def workdir(tmp_path_factory):
     """A small float QuartzNet (.nemo), its W8A8 integer model (.aqz) and audio files of several
     formats, rates and channel counts."""
     from asrquant.calibration import random_mels
-    from asrquant.convert import save_quantized
+    from asrquant.integer_model import save_quantized
     from asrquant.models import ConvASR, config_for, save_model
     from asrquant.quantize import quantize
 

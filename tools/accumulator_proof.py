@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 
-from asrquant.convert import load_quantized
+from asrquant.integer_model import load_quantized
 from asrquant.program.ops import Op, Program, Value
 
 

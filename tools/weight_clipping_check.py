@@ -10,7 +10,8 @@ import torch
 
 from asrquant import paths
 from asrquant.calibration import real_mels
-from asrquant.convert import calibrate, convert
+from asrquant.calibration import calibrate
+from asrquant.convert import convert
 from asrquant.data import load_dataset
 from asrquant.evaluate import evaluate
 from asrquant.models import load_model

@@ -358,7 +358,8 @@ def open_model(path: str | Path):
 
     path = Path(path)
     try:
-        from .convert import is_quantized_file, load_quantized
+        from .program.aqz import is_quantized_file
+        from .integer_model import load_quantized
     except ImportError:  # the integer engine is optional for float-only use
         return load_model(path)
     if path.is_file() and is_quantized_file(path):

@@ -333,10 +333,10 @@ class _Acc:
 
 
 class IntEmitter:
-    """The walk as integer ops (``convert.ProgramBuilder``), with the ranges FloatTaps recorded."""
+    """The walk as integer ops (``program.builder.ProgramBuilder``), with the ranges FloatTaps recorded."""
 
     def __init__(self, observers, weight_bits=8, act_bits=8, residual_bits=None, weight_method="minmax"):
-        from .convert import ProgramBuilder
+        from .program.builder import ProgramBuilder
 
         self.obs, self.wb, self.ab = observers, weight_bits, act_bits
         self.rb = residual_bits or act_bits
@@ -527,7 +527,7 @@ def convert_conformer(model, observers: dict, weight_bits: int = 8, act_bits: in
     prob_bits: width of the attention probabilities (unsigned, scale 2^-prob_bits; default
     act_bits). With 8 bits a probability below 2^-9 rounds to 0, which long utterances (hundreds
     of frames after subsampling, flat attention) feel; 16 keeps them (matmul_pv then in int64)."""
-    from .convert import IntegerModel
+    from .integer_model import IntegerModel
 
     em = IntEmitter(observers, weight_bits, act_bits, residual_bits, weight_method)
     em.pos_max_len = int(pos_emb_max_len or model.config.get("encoder", {}).get("pos_emb_max_len") or 5000)

@@ -15,7 +15,7 @@ from .common import write_json
 def _export_onnx(args) -> int:
     """``asrquant export Q --onnx FILE [--qdq FILE] [--check AUDIO]``: 0 when the graph is
     integer-only (and, with --check on a CPU whose onnxruntime kernels are exact, bit-exact)."""
-    from ..convert import load_quantized
+    from ..integer_model import load_quantized
     from ..program.onnx_int import export_onnx, integer_only_report
     from ..program.onnx_qdq import export_onnx_qdq
 
@@ -42,7 +42,7 @@ def _export_onnx(args) -> int:
 
 def _export_c(args) -> int:
     """``asrquant export Q --c DIR``: write the C library of Q's program."""
-    from ..convert import load_quantized
+    from ..integer_model import load_quantized
     from ..program.c_backend import CExportError, export_c
 
     qmodel = load_quantized(args.model)
@@ -104,7 +104,7 @@ def _bench_record(args, res: dict, runtimes, peer: dict) -> None:
 
 
 def cmd_bench(args) -> int:
-    from ..convert import load_quantized
+    from ..integer_model import load_quantized
     from ..deploy.bench import bench, default_runtimes, format_report
     from ..models.checkpoint import load_model
     from ..paths import librispeech
@@ -184,7 +184,7 @@ def _verify_lines(report: dict) -> list[str]:
 
 
 def cmd_verify(args) -> int:
-    from ..convert import load_quantized
+    from ..integer_model import load_quantized
     from ..data import load_batch, load_dataset
     from ..provenance import provenance
     from ..verify import verify

@@ -70,7 +70,7 @@ def _quantize_line(args, recipe: dict, qmodel, n_batches: int, out) -> str:
 def cmd_quantize(args) -> int:
     import torch
 
-    from ..convert import save_quantized
+    from ..integer_model import save_quantized
     from ..models.checkpoint import load_model
     from ..quantize import quantize
 

@@ -411,7 +411,7 @@ def _status_kib(key: str) -> int:
 def _memory_child(model_path, quantized_path, name, threads, seconds, peer) -> None:
     import torch
 
-    from ..convert import load_quantized
+    from ..integer_model import load_quantized
     from ..models.checkpoint import load_model
 
     torch.set_num_threads(threads)

@@ -156,7 +156,7 @@ class RunAfterLoad(Exception):
 def _aqz_target(path, out_dir, ctx):
     import numpy as np
 
-    from ..convert import load_quantized
+    from ..integer_model import load_quantized
     from ..program.numpy_ref import NumpyReference
 
     q = load_quantized(path)
@@ -592,7 +592,7 @@ def _input_make(draw, ctx, case_dir):
 
 
 READERS = {r.name: r for r in [
-    Reader("aqz", "convert.load_quantized (+ a run of the loaded program)", _aqz_make, _aqz_target, _aqz_setup,
+    Reader("aqz", "integer_model.load_quantized (+ a run of the loaded program)", _aqz_make, _aqz_target, _aqz_setup,
            (16, 96 * MiB)),
     Reader("nemo", "models.checkpoint.load_model", _nemo_make, _nemo_target, _nemo_setup, (16, 96 * MiB)),
     Reader("hama", "models.hama.load_hama_model", _hama_make, _hama_target, _hama_setup, (16, 96 * MiB)),

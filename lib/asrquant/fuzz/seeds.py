@@ -124,7 +124,7 @@ def build_seeds(folder) -> Path:
     import torch
 
     from ..calibration import random_mels
-    from ..convert import save_quantized
+    from ..integer_model import save_quantized
     from ..models import save_model
     from ..quantize import quantize
 
@@ -195,7 +195,7 @@ def _c_seeds(d: Path) -> None:
     C backend's code changed."""
     import torch
 
-    from ..convert import load_quantized
+    from ..integer_model import load_quantized
     from ..program.c_backend import export_c, write_input
 
     cd = d / "c"

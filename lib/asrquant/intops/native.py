@@ -10,7 +10,7 @@ activation six times, about as long as all pointwise convs; and no library here 
 * ``requant_sum``: requantize one or more int32 accumulators (main branch + residuals), add,
   clamp, store int8 (or int64 logits).
 
-Both are the exact integer arithmetic of ``IntegerConvASR.forward_int`` (tests/test_native.py
+Both are the exact integer arithmetic of ``IntegerModel.forward_int`` (tests/test_native.py
 checks them against NumPy and the runner against ``forward_int``). The shared library is built
 with the system C compiler (``$CC``, default ``cc``; flags ``-O3 -march=native -fopenmp``) into
 ``$ASRQUANT_NATIVE_CACHE`` (default ``~/.cache/asrquant``), keyed by the source, the flags and the
