@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass, field
 
 #: weight rounding kinds (``--rounding``): round-to-nearest, GPTQ on the calibration Hessians
 #: (quant/gptq.py), learned rounding by block reconstruction (quant/adaround.py)
@@ -73,6 +74,58 @@ def default_recipe(weight_bits: int, mixed_precision: bool = False) -> str:
     if weight_bits <= 4 and not mixed_precision:
         return "grouped"
     return "bc" if weight_bits < 8 else "paper"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What ``quantize`` does beyond the widths, as one value the command line, the grid and the
+    tools pass around: `name` (a RECIPES key), `label` (the name, or "flags" when the default was
+    replaced by explicit flags) and the settings ``quantize`` takes."""
+
+    name: str
+    label: str
+    rounding: str = "nearest"
+    bias_correction: bool = False
+    adaround: dict = field(default_factory=dict)
+    edge_bits: int | None = None
+    equalize: bool = False
+    weight_group: int = 0
+
+    @classmethod
+    def resolve(cls, name: str, weight_bits: int, *, conformer: bool = False, size_budget_mb: float | None = None,
+                rounding: str | None = None, bias_correction: bool = False, adaround_cache=None,
+                adaround_iterations: int | None = None, block_iterations: int | None = None,
+                edge_bits: int | None = None, equalize: bool | None = None,
+                weight_group: int | None = None) -> "Recipe":
+        """The recipe `name` ("default": the width's, ``default_recipe``; "paper" when `rounding` or
+        `bias_correction` is given or the model is a Conformer, which has round-to-nearest only),
+        each setting overridden where given: edge_bits (none under a size budget, which allocates
+        every conv), weight_group (0, per-channel scales only, under a size budget or GPTQ)."""
+        explicit = rounding is not None or bias_correction
+        chosen = name
+        if name == "default":
+            chosen = ("paper" if explicit or conformer
+                      else default_recipe(weight_bits, mixed_precision=size_budget_mb is not None))
+        settings = RECIPES[chosen]
+        rounding = rounding or settings["rounding"]
+        ada = {**settings.get("adaround", {}), "cache_dir": adaround_cache}
+        if adaround_iterations is not None:
+            ada["iterations"] = adaround_iterations
+        if block_iterations is not None:
+            ada["block_iterations"] = block_iterations
+        budget = size_budget_mb is not None
+        if edge_bits is None and not budget:
+            edge_bits = settings.get("edge_bits")
+        if weight_group is None:
+            weight_group = 0 if budget or rounding == "gptq" else settings.get("weight_group", 0)
+        return cls(chosen, "flags" if name == "default" and explicit else chosen, rounding,
+                   bias_correction or settings["bias_correction"], ada, edge_bits,
+                   bool(settings.get("equalize", False) if equalize is None else equalize), weight_group)
+
+    def settings(self) -> dict:
+        """The keyword arguments of ``quantize`` this recipe sets."""
+        return {"rounding": self.rounding, "bias_correction": self.bias_correction, "adaround": self.adaround,
+                "edge_bits": self.edge_bits or None, "equalize": self.equalize, "weight_group": self.weight_group}
 
 
 def is_conformer(model) -> bool:

@@ -23,44 +23,24 @@ def calibration_batches(model, args):
                    cache_dir=args.cache_dir)
 
 
-def recipe_settings(args, model) -> dict:
-    """The recipe `quantize` runs: `name` (--recipe, or for "default" the width's measured best,
-    `quantize.default_recipe`; "paper" when --rounding / --bias-correction are given or the model is
-    a Conformer, which has round-to-nearest only), `label` (the name, or "flags" for a default
-    recipe set by those flags), and the settings quantize() takes, each the flag's value where
-    given, else the recipe's: rounding, bias_correction, adaround, edge_bits (the first block and
-    the decoder; none under a size budget, which allocates every conv), equalize (the separable
-    pairs), weight_group (0, per-channel scales only, under a size budget or GPTQ)."""
-    from ..quantize import RECIPES, default_recipe, is_conformer
+def recipe_of_args(args, model):
+    """The ``quantize.Recipe`` that --recipe and the flags overriding it name."""
+    from ..quantize import Recipe, is_conformer
 
-    name, explicit = args.recipe, args.rounding is not None or args.bias_correction
-    if name == "default":
-        name = ("paper" if explicit or is_conformer(model)
-                else default_recipe(args.weight_bits, mixed_precision=args.size_budget_mb is not None))
-    settings = RECIPES[name]
-    rounding = args.rounding or settings["rounding"]
-    ada = {**settings.get("adaround", {}), "cache_dir": args.adaround_cache}
-    if args.adaround_iterations is not None:
-        ada["iterations"] = args.adaround_iterations
-    if args.block_iterations is not None:
-        ada["block_iterations"] = args.block_iterations
-    budget = args.size_budget_mb is not None
-    edge_bits = args.edge_bits if args.edge_bits is not None else None if budget else settings.get("edge_bits")
-    equalize = bool(settings.get("equalize", False) if args.equalize is None else args.equalize)
-    weight_group = args.weight_group if args.weight_group is not None else \
-        0 if budget or rounding == "gptq" else settings.get("weight_group", 0)
-    return {"name": name, "label": "flags" if args.recipe == "default" and explicit else name,
-            "rounding": rounding, "bias_correction": args.bias_correction or settings["bias_correction"],
-            "adaround": ada, "edge_bits": edge_bits, "equalize": equalize, "weight_group": weight_group}
+    return Recipe.resolve(args.recipe, args.weight_bits, conformer=is_conformer(model),
+                          size_budget_mb=args.size_budget_mb, rounding=args.rounding,
+                          bias_correction=args.bias_correction, adaround_cache=args.adaround_cache,
+                          adaround_iterations=args.adaround_iterations, block_iterations=args.block_iterations,
+                          edge_bits=args.edge_bits, equalize=args.equalize, weight_group=args.weight_group)
 
 
-def _quantize_line(args, recipe: dict, qmodel, n_batches: int, out) -> str:
-    edge_bits = recipe["edge_bits"]
+def _quantize_line(args, recipe, qmodel, n_batches: int, out) -> str:
+    edge_bits = recipe.edge_bits
     edges = f", first block and decoder at {edge_bits} bits" if edge_bits and edge_bits != args.weight_bits else ""
     size = f", weights {qmodel.info['size_mb']:.2f} MiB" if "size_mb" in qmodel.info else ""
     eq = f", {qmodel.info['equalized']} separable pairs equalized" if qmodel.info.get("equalized") else ""
-    groups = f", a multiplier per {recipe['weight_group']} weights" if qmodel.info.get("weight_group") else ""
-    return (f"W{args.weight_bits}A{args.act_bits} integer model (recipe {recipe['name']}{edges}{eq}{groups}{size}, "
+    groups = f", a multiplier per {recipe.weight_group} weights" if qmodel.info.get("weight_group") else ""
+    return (f"W{args.weight_bits}A{args.act_bits} integer model (recipe {recipe.name}{edges}{eq}{groups}{size}, "
             f"{args.calibration} calibration, "
             f"{n_batches} batches, {len(qmodel.program.ops)} integer ops, "
             f"{qmodel.info['calibration_seconds']:.0f} s) -> {out}; "
@@ -76,18 +56,15 @@ def cmd_quantize(args) -> int:
 
     torch.manual_seed(args.seed)
     model = load_model(args.model)
-    recipe = recipe_settings(args, model)
+    recipe = recipe_of_args(args, model)
     start = time.perf_counter()
     batches = calibration_batches(model, args)
     info = {"calibration": args.calibration, "seed": args.seed, "source_model": str(args.model),
-            "recipe": recipe["label"]}
+            "recipe": recipe.label}
     qmodel = quantize(model, batches, args.weight_bits, args.act_bits, observer=args.observer,
-                      weight_method=args.weight_method, bias_correction=recipe["bias_correction"],
-                      rounding=recipe["rounding"], depthwise_bits=args.depthwise_bits,
+                      weight_method=args.weight_method, depthwise_bits=args.depthwise_bits,
                       residual_bits=args.residual_bits, prob_bits=args.prob_bits, info=info,
-                      size_budget_mb=args.size_budget_mb, adaround=recipe["adaround"],
-                      edge_bits=recipe["edge_bits"] or None, equalize=recipe["equalize"],
-                      weight_group=recipe["weight_group"])
+                      size_budget_mb=args.size_budget_mb, **recipe.settings())
     # synthesis (or feature extraction) + calibration + conversion; cached batches and codes count as read
     qmodel.info["calibration_seconds"] = round(time.perf_counter() - start, 1)
     out = save_quantized(qmodel, args.out)
@@ -129,7 +106,7 @@ def cmd_synth(args) -> int:
 
 
 def _add_recipe_choice(q: argparse.ArgumentParser) -> None:
-    """The options of `quantize` alone that pick or override a named recipe (`recipe_settings`)."""
+    """The options of `quantize` alone that pick or override a named recipe (`quantize.Recipe.resolve`)."""
     q.add_argument("--size-budget-mb", type=float, default=None,
                    help="mixed precision: 4/6/8-bit weights per conv by sensitivity, fitting this many MiB")
     q.add_argument("--recipe", choices=["default", "paper", "bc", "adaround", "grouped"], default="default",
