@@ -101,7 +101,8 @@ FLOORS = {
                                                  "simulate"]),
     6: ("recipes", ["quantize", "quant.adaround", "quant.mixed_precision"]),
     7: ("experiments, results and deployment", ["experiments", "evaluate", "gridrun", "tables", "verify", "deploy",
-                                               "fuzz"]),
+                                               "fuzz",
+                                               "convasr_probes", "integer_checks", "intro_figures"]),
     8: ("api and command line", ["api", "cli", "fuzz.__main__", ""]),
 }
 
