@@ -609,3 +609,70 @@ def _check_batch(path: Path, entry: dict | None, index: int, shape: tuple, itera
     if not isinstance(losses, torch.Tensor) or losses.numel() != iterations + 1:
         return f"loss curve has {getattr(losses, 'numel', lambda: '?')()} values, expected {iterations + 1}", None
     return None, (mel, [float(v) for v in losses.tolist()])
+# Inspecting how well inputs match the BatchNorm statistics (the book's chapter 04). -------------
+
+def real_feature_crops(model, utts, n: int, frames: int) -> torch.Tensor:
+    """[k, n_mels, frames]: the first `frames` normalized log-mel frames of the first k <= n
+    utterances of `utts` with at least frames + 16 frames of audio (10 ms each), one at a time
+    through the model's front end."""
+    from .data import load_batch
+
+    crops = []
+    with torch.inference_mode():
+        for utt in [u for u in utts if u.duration * 100 >= frames + 16][:n]:
+            mel, mel_len = model.features(*load_batch([utt]))
+            crops.append(mel[0, :, : int(mel_len[0])][:, :frames])
+    return torch.stack(crops)
+
+
+def batchnorm_input_stats(model, mel: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """BatchNorm name -> (mean, std) per channel of its input over batch and time (unbiased
+    variance), when the encoder runs on `mel` [B, n_mels, T] with every frame valid."""
+    stats = {}
+
+    def hook(name):
+        def fn(module, inputs):
+            var, mean = torch.var_mean(inputs[0], dim=(0, 2), correction=1)
+            stats[name] = (mean, var.clamp_min(0).sqrt())
+
+        return fn
+
+    handles = [bn.register_forward_pre_hook(hook(name)) for name, bn in model.batchnorms()]
+    try:
+        with torch.inference_mode():
+            model.encoder(mel, torch.full((mel.shape[0],), mel.shape[-1], dtype=torch.long))
+    finally:
+        for h in handles:
+            h.remove()
+    return stats
+
+
+def batchnorm_channel_rows(model, recorded: dict[str, dict], layers) -> list[dict]:
+    """Per input label of `recorded` (label -> batchnorm_input_stats), per BatchNorm named in
+    `layers`, per channel: running mean and std against the batch mean and std."""
+    rows = []
+    for label, stats in recorded.items():
+        for name, bn in model.batchnorms():
+            if name not in layers:
+                continue
+            mean, std = stats[name]
+            rows += [{"input": label, "layer": name, "channel": c, "running mean": float(bn.running_mean[c]),
+                      "running std": float(bn.running_var[c].sqrt()), "batch mean": float(mean[c]),
+                      "batch std": float(std[c])} for c in range(bn.num_features)]
+    return rows
+
+
+def batchnorm_match_rows(model, recorded: dict[str, dict], eps: float = BN_EPS) -> list[dict]:
+    """Per input label of `recorded` and per BatchNorm (in order, `layer index`): the layer's KL
+    term of Eq. 2 (`bn_kl_loss`) and the median over channels of sqrt((std^2 + eps) /
+    (running_var + eps))."""
+    rows = []
+    for label, stats in recorded.items():
+        for k, (name, bn) in enumerate(model.batchnorms()):
+            mean, std = stats[name]
+            rows.append({
+                "input": label, "layer index": k, "layer": name,
+                "KL term": float(bn_kl_loss(mean, std**2, bn.running_mean, bn.running_var)),
+                "std ratio (median over channels)": float(((std**2 + eps) / (bn.running_var + eps)).sqrt().median()),
+            })
+    return rows

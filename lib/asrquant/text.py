@@ -195,3 +195,39 @@ def token_error_summary(refs: Sequence[Sequence[str]], hyps: Sequence[Sequence[s
         "utterances": len(refs),
         "ci95": [lo, hi],
     }
+
+
+def speaker_of(utt_id: str) -> str:
+    """The speaker of a LibriSpeech utterance id (speaker-chapter-index): its first field."""
+    return utt_id.split("-")[0]
+
+
+def with_word_errors(transcripts: Sequence[dict]) -> list[dict]:
+    """Per-utterance rows (`id`, `ref`, `hyp`, ...: `evaluate`'s transcripts) with `speaker`,
+    `words` (reference words) and `word_errors` (word edit distance) added."""
+    rows = []
+    for t in transcripts:
+        counts = word_errors(t["ref"], t["hyp"])
+        rows.append({**t, "speaker": speaker_of(t["id"]), "words": counts.words, "word_errors": counts.errors})
+    return rows
+
+
+def wer_by(rows: Sequence[dict], key: str) -> list[dict]:
+    """Pooled WER per value of `key` over rows with `words` and `word_errors` (`with_word_errors`),
+    sorted by that value: words, word_errors, `WER %` (100 x errors / words) and utterances."""
+    groups: dict = {}
+    for r in rows:
+        g = groups.setdefault(r[key], {key: r[key], "words": 0, "word_errors": 0, "utterances": 0})
+        g["words"] += r["words"]
+        g["word_errors"] += r["word_errors"]
+        g["utterances"] += 1
+    return [{key: g[key], "words": g["words"], "word_errors": g["word_errors"],
+             "WER %": 100 * g["word_errors"] / g["words"], "utterances": g["utterances"]}
+            for _, g in sorted(groups.items())]
+
+
+def span_text(values, fmt: str = "{:.1f}", tolerance: float = 0.05) -> str:
+    """The range of some numbers as prose quotes it: 'lo-hi' formatted with `fmt`, or the single
+    number when max - min is under `tolerance`."""
+    lo, hi = float(min(values)), float(max(values))
+    return fmt.format(lo) if abs(hi - lo) < tolerance else f"{fmt.format(lo)}-{fmt.format(hi)}"

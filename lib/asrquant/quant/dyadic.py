@@ -144,3 +144,42 @@ def requantize(acc: torch.Tensor, M, shift, out_bits: int, signed: bool = True,
     lo, hi = qrange(out_bits, signed)
     y = rescale(acc, M, shift, axis=axis, check=check)
     return torch.clamp(y, lo, hi).to(storage_dtype(out_bits, signed))
+
+
+def dyadic_error_rows(m, M, shift, channels) -> list[dict]:
+    """For each channel index in `channels`: the real multiplier m, its dyadic (M, shift), the value
+    M / 2^shift and the relative error |M/2^shift - m| / m, computed with exact fractions."""
+    from fractions import Fraction
+
+    rows = []
+    for o in channels:
+        exact = Fraction(int(M[o]), 2 ** int(shift[o]))
+        rows.append({"channel": o, "m = s_w s_x / s_y": m[o], "M": int(M[o]), "shift": int(shift[o]),
+                     "M / 2^shift": float(exact),
+                     "relative error": float(abs(exact - Fraction(float(m[o]))) / Fraction(float(m[o])))})
+    return rows
+
+
+def requantize_against_exact(M, shift, m, seed: int, batch: int = 4, frames: int = 64,
+                             acc_limit: int = 2**20, n_fraction: int = 50) -> dict:
+    """Requantize seeded random accumulators in [-acc_limit, acc_limit) of shape [batch, channels,
+    frames] (one channel per entry of M) to 16 bits (no clamping while |acc m| < 2^15) and compare with the formula
+    spelled out in int64, with exact fractions floor(acc M / 2^shift + 1/2) on the first frame of
+    the first `n_fraction` channels, and with round(acc * m) in float64. Returns the count, whether
+    the integer results are exact (`exact`), and how many differ from round(acc * m)
+    (`differs_from_real`) and by at most how much (`max_difference`)."""
+    import math
+    from fractions import Fraction
+
+    gen = torch.Generator().manual_seed(seed)
+    acc = torch.randint(-acc_limit, acc_limit, (batch, len(m), frames), generator=gen, dtype=torch.int32)
+    y = requantize(acc, M, shift, out_bits=16, axis=1).to(torch.int64)
+    Mt, st = torch.as_tensor(M)[None, :, None], torch.as_tensor(shift)[None, :, None]
+    spelled_out = (acc.to(torch.int64) * Mt + (1 << (st - 1))) >> st
+    ideal = torch.round(acc.double() * torch.as_tensor(m)[None, :, None]).to(torch.int64)
+    sample = [(int(a), int(Mi), int(si)) for a, Mi, si in zip(acc[0, :n_fraction, 0], M[:n_fraction],
+                                                                shift[:n_fraction])]
+    frac_ok = all(int(y[0, c, 0]) == math.floor(Fraction(a * Mi, 2**si) + Fraction(1, 2))
+                  for c, (a, Mi, si) in enumerate(sample))
+    return {"n": acc.numel(), "exact": bool((y == spelled_out).all()) and frac_ok,
+            "differs_from_real": int((y != ideal).sum()), "max_difference": int((y - ideal).abs().max())}
