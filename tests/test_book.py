@@ -388,3 +388,23 @@ def test_paper_numbers_are_read_from_data_not_typed(path):
     typed = [(i, m.group(0)) for i, text in texts
              for m in re.finditer(r"(?<![\d.])\d+\.\d\d(?![\d])", text) if m.group(0) in values]
     assert not typed, f"{path.name}: paper numbers typed instead of read from data/: {typed[:5]}"
+
+
+HIDDEN_TAGS = {"hide-input", "remove-input", "hide-cell", "remove-cell"}
+
+
+def _code_cells(path):
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            lines = [line for line in cell.source.splitlines() if line.strip()]
+            yield bool(HIDDEN_TAGS & set(cell.get("metadata", {}).get("tags", []))), lines
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_chapter_reads_prose_first(path):
+    """A visible code cell is short and calls the library (at most 15 non-blank lines); a hidden
+    one only glues or plots (at most 30): the computing lives in lib/, with its tests."""
+    long_ = [(hidden, len(lines), lines[0][:60]) for hidden, lines in _code_cells(path)
+             if len(lines) > (30 if hidden else 15)]
+    assert not long_, f"{path.name}: cells over the limit (hidden?, lines, first line): {long_}"

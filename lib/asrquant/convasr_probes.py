@@ -1,9 +1,9 @@
 """Looking inside a float ConvASR model (QuartzNet, JasperDR): per-block and per-BatchNorm tables,
 and taps that record activations at named points.
 
-The one place outside `models/` and the converters that reads the block list
-`model.encoder.encoder` by hand; the book's chapters 01-03 call these functions. Every table is a
-list of plain dicts (one per row), so a caller chooses its own frame library.
+A visitor of the model's one walk (`models.convasr.walk`); the book's chapters 01-03 call these
+functions. Every table is a list of plain dicts (one per row), so a caller chooses its own frame
+library.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .models.convasr import frame_mask
+from .models.convasr import frame_mask, walk
 from .models.restore_bn import conv_before_each_bn
 from .quant import fold_batchnorm
 
@@ -24,7 +24,7 @@ DEAD_VARIANCE = 1e-12
 
 def blocks(model) -> list[nn.Module]:
     """The encoder's blocks in order: C1, B1..Bn, C2, C3 for QuartzNet."""
-    return list(model.encoder.encoder)
+    return [blk.block for blk in walk(model).blocks]
 
 
 def block_label(index: int, n_blocks: int) -> str:
@@ -142,8 +142,8 @@ def dead_channel_rows(model) -> list[dict]:
 
 def pointwise_bn(model, block: int = 1) -> tuple[nn.Module, nn.BatchNorm1d]:
     """The first pointwise conv of a separable block (a MaskedConv1d) and the BatchNorm after it."""
-    b = blocks(model)[block]
-    return b.mconv[1], b.mconv[2]
+    site = next(s for s in walk(model).blocks[block].main if s.kind == "pointwise")
+    return site.module, site.bn
 
 
 def pointwise_taps(model, batch, block: int = 1) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
