@@ -138,3 +138,28 @@ def test_chapter_source_helpers(tmp_path):
     a = chapter_source.quick_grid_csv(tmp_path / "q.csv", spec, root / "data" / "paper_results.csv", [], 8)
     b = chapter_source.quick_grid_csv(tmp_path / "q.csv", spec, root / "data" / "paper_results.csv", [], 9)
     assert a.name.startswith("q_") and a != b   # another limit: another file
+
+
+def test_table2_runs_figure_is_the_same_whatever_the_global_random_state(results):
+    """seaborn jitters the strip plot with numpy's global generator: the figure seeds it (and puts
+    the caller's state back), so the book's PNG does not change from run to run."""
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    from asrquant import plots
+
+    t2 = book_tables.table2_rows(results, paper_results())
+
+    def offsets(seed):
+        np.random.seed(seed)
+        fig = plots.table2_runs_figure(results, t2)
+        after = np.random.random()   # the caller's stream continues where it was
+        points = [c.get_offsets().data.copy() for ax in fig.axes for c in ax.collections if len(c.get_offsets())]
+        matplotlib.pyplot.close(fig)
+        return points, after
+
+    (a, after_a), (b, _) = offsets(1), offsets(2)
+    assert len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+    np.random.seed(1)
+    assert after_a == np.random.random()

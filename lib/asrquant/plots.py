@@ -4,6 +4,8 @@ chapter shows it."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -12,6 +14,18 @@ import seaborn as sns
 from .book_tables import QUARTZNET, TABLE1_BITS, paper_part, table1_runs
 
 LEARNED_COLORS = ("C2", "C4", "C5", "C6", "C8", "C7", "C3", "C9")
+
+
+@contextmanager
+def _seeded_jitter(seed: int = 0):
+    """seaborn's stripplot jitters with numpy's global generator: seed it for one figure, so the
+    book's figure is the same on every run, and give the caller's state back."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
 
 
 def _wa(df: pd.DataFrame) -> pd.Series:
@@ -62,8 +76,9 @@ def table2_runs_figure(results: pd.DataFrame, table2: pd.DataFrame):
     fig, axes = plt.subplots(1, len(wa_order), figsize=(3.8 * len(wa_order), 3.8), sharey=True, squeeze=False)
     for ax, wa in zip(axes[0], wa_order):
         d = runs[runs["W/A"] == wa]
-        sns.stripplot(data=d, x="calibration", y="delta", order=cal_order, hue="calibration", hue_order=cal_order,
-                      size=7, jitter=0.12, ax=ax, legend=False)
+        with _seeded_jitter():
+            sns.stripplot(data=d, x="calibration", y="delta", order=cal_order, hue="calibration",
+                          hue_order=cal_order, size=7, jitter=0.12, ax=ax, legend=False)
         sns.pointplot(data=d, x="calibration", y="delta", order=cal_order, color="k", markers="_", errorbar=None,
                       linestyles="none", ax=ax)
         w, a = (int(v) for v in wa.split("/"))
