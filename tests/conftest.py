@@ -108,6 +108,17 @@ def random_quartznet5x5(audio_batch):
     return model
 
 
+def restored_hama_model():
+    """The real hama Conformer (the `hama` package's asset) with BatchNorm statistics restored
+    from four seeded speech-like utterances."""
+    from asrquant.models.hama import load_hama_model, restore_conformer_bn
+
+    model = load_hama_model()
+    audio, lengths = speech_like_audio((3.0, 2.5, 2.0, 1.5), seed=1)
+    restore_conformer_bn(model, [(audio, lengths)], progress=False)
+    return model
+
+
 @pytest.fixture(scope="session")
 def small_quartznet(real_audio_batch):
     """QuartzNet-5x5 with random weights and BN statistics from real audio features."""

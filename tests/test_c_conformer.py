@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import speech_like_audio
+from conftest import restored_hama_model, speech_like_audio
 from test_c_runtime import family_runtime
 
 from asrquant.cpu import FAMILIES
@@ -28,11 +28,7 @@ pytestmark = pytest.mark.skipif(shutil.which("cc") is None or shutil.which("make
 
 @pytest.fixture(scope="module")
 def hama_w8a8():
-    from asrquant.models.hama import load_hama_model, restore_conformer_bn
-
-    model = load_hama_model()
-    audio, lengths = speech_like_audio((3.0, 2.5, 2.0, 1.5), seed=1)
-    restore_conformer_bn(model, [(audio, lengths)], progress=False)
+    model = restored_hama_model()
     with torch.no_grad():
         batch = model.features(*speech_like_audio())
     return quantize(model, [batch], 8, 8)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import speech_like_audio
+from conftest import restored_hama_model, speech_like_audio
 
 from asrquant.calibration import random_mels
 from asrquant.convert_conformer import calibrate_conformer, convert_conformer, float_forward
@@ -21,12 +21,7 @@ pytest.importorskip("hama")
 
 @pytest.fixture(scope="module")
 def hama_model():
-    from asrquant.models.hama import load_hama_model, restore_conformer_bn
-
-    model = load_hama_model()
-    audio, lengths = speech_like_audio((3.0, 2.5, 2.0, 1.5), seed=1)
-    restore_conformer_bn(model, [(audio, lengths)], progress=False)
-    return model
+    return restored_hama_model()
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import speech_like_audio
+from conftest import restored_hama_model, speech_like_audio
 
 from asrquant import conformer_report as cr
 from asrquant.program.torch_ref import TorchReference
@@ -19,12 +19,7 @@ pytest.importorskip("hama")
 
 @pytest.fixture(scope="module")
 def hama_model():
-    from asrquant.models.hama import load_hama_model, restore_conformer_bn
-
-    model = load_hama_model()
-    audio, lengths = speech_like_audio((3.0, 2.5, 2.0, 1.5), seed=1)
-    restore_conformer_bn(model, [(audio, lengths)], progress=False)
-    return model.eval()
+    return restored_hama_model().eval()
 
 
 @pytest.fixture(scope="module")
