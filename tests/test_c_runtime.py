@@ -199,10 +199,10 @@ def test_an_op_the_c_backend_cannot_place_fails_export_naming_it(case, tmp_path)
     ops[3] = Op("swish", ops[3].inputs, ops[3].outputs, {"exp": {}, "sig_bits": 8}, name="blk.swish")
     with pytest.raises(CExportError, match=r"blocks\.0\.convs\.0: a conv1d op outside the patterns the C backend fuses"):
         export_c(Program(p.values, ops, p.inputs, p.outputs, p.meta), tmp_path / "c")
-    from asrquant.program.c_lower import LOWERED
+    from asrquant.program.c_lower import LOWERS
     from asrquant.program.ops import OPS
 
-    assert set(OPS) == set(LOWERED)
+    assert set(OPS) == set(LOWERS)
 
 
 # ------------------------------------------------------------------ no floating point

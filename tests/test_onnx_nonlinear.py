@@ -16,7 +16,8 @@ from asrquant.intops import nonlinear as nl  # noqa: E402
 from asrquant.intops.gelu import prepare_gelu  # noqa: E402
 from asrquant.program import nonlinear_params as nlp  # noqa: E402
 from asrquant.program import onnx_nonlinear as on  # noqa: E402
-from asrquant.program.onnx_int import integer_only_report, make_session  # noqa: E402
+from asrquant.program.onnx_graph import make_session  # noqa: E402
+from asrquant.program.onnx_int import integer_only_report  # noqa: E402
 from asrquant.program.ops import OPS, Op, dtype_name  # noqa: E402
 from asrquant.program.torch_ref import TorchReference  # noqa: E402
 
@@ -184,7 +185,7 @@ def test_softmax_dynamic_shapes():
 
 def test_softmax_shared_keep_mask_and_larger_batch():
     """Two softmaxes (different scales) in one graph share one attention_keep mask; realistic size."""
-    from asrquant.program.onnx_int import Graph
+    from asrquant.program.onnx_graph import Graph
 
     ops = [_softmax_op(0.004), _softmax_op(0.02, recip_bits=40)]
     g = Graph()

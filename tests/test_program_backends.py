@@ -1,4 +1,5 @@
-"""Every op kind of the integer program has a kernel in every backend, and the backends agree."""
+"""Every op kind of the integer program has a kernel in every backend of the registry, and the
+backends agree."""
 
 import numpy as np
 import pytest
@@ -7,69 +8,111 @@ import torch
 from conftest import speech_like_audio
 
 from asrquant.program import OPS
+from asrquant.program import backends
 from asrquant.program.numpy_ref import NumpyReference
+from asrquant.program.ops import OP_GROUPS, groups_lowered
 from asrquant.program.torch_ref import TorchReference
 
-CONVASR_OPS = {"mask_time", "frames", "conv1d", "requantize", "rescale", "add", "clamp"}
+CONVASR_OPS = set(OP_GROUPS["convasr"])
 
 
-def _kernels(backend: str) -> set:
-    if backend == "torch_ref":
-        return set(TorchReference.kernels)
-    if backend == "numpy_ref":
-        return set(NumpyReference.kernels)
-    if backend == "fast":
-        from asrquant.program import fast
+def test_op_groups_partition_the_op_set():
+    kinds = [k for group in OP_GROUPS.values() for k in group]
+    assert len(kinds) == len(set(kinds)), "an op kind in two groups"
+    assert set(kinds) == set(OPS)
+    assert groups_lowered(CONVASR_OPS) == ["convasr"]
+    assert groups_lowered(set(OPS) - {"softmax"}) == ["convasr"]
 
-        return set(fast.KERNELS)
+
+@pytest.mark.parametrize("name", list(backends.BACKENDS))
+def test_every_backend_declares_and_lowers_every_op_group(name):
+    spec = backends.BACKENDS[name]
+    if spec.module.startswith("onnx"):
+        pytest.importorskip("onnx")
+    lowers = spec.lowers()
+    assert lowers <= set(OPS), f"{name} declares unknown kinds {sorted(lowers - set(OPS))}"
+    assert spec.groups() == list(OP_GROUPS), f"backend {name} has no kernel for {sorted(set(OPS) - lowers)}"
+
+
+@pytest.mark.parametrize("module", ["onnx_int", "onnx_qdq"])
+def test_onnx_lowerings_have_a_method_per_declared_kind(module):
     pytest.importorskip("onnx")
-    if backend == "onnx_int":
-        from asrquant.program import onnx_int
+    import importlib
 
-        return set(onnx_int.KERNELS)
-    from asrquant.program import onnx_qdq
-
-    return set(onnx_qdq.KERNELS)
+    mod = importlib.import_module(f"asrquant.program.{module}")
+    assert mod._Lowering.LOWERS == mod.LOWERS
+    assert not [k for k in mod.LOWERS if not callable(getattr(mod._Lowering, k, None))]
 
 
-@pytest.mark.parametrize("backend", ["torch_ref", "numpy_ref", "onnx_int", "onnx_qdq", "fast"])
-def test_every_op_kind_has_a_lowering(backend):
-    kernels = _kernels(backend)
-    assert CONVASR_OPS <= set(OPS)
-    assert CONVASR_OPS <= kernels, f"{backend} lacks {sorted(CONVASR_OPS - kernels)}"
-    missing = sorted(set(OPS) - kernels)
-    assert not missing, f"backend {backend} has no kernel for {missing}"
+def test_reference_kernels_are_the_declared_kinds():
+    assert set(TorchReference.kernels) == backends.BACKENDS["torch"].lowers()
+    assert set(NumpyReference.kernels) == backends.BACKENDS["numpy"].lowers()
+    assert not TorchReference().missing_kernels() and not NumpyReference().missing_kernels()
 
 
-def test_backends_agree_on_a_padded_batch():
-    """torch_ref, numpy_ref, the fast runner and (with exact kernels) the integer ONNX graph give
-    the same integers on every valid frame of a padded batch (JasperDR-shaped dense model)."""
+@pytest.fixture(scope="module")
+def dense_program():
+    """A JasperDR-shaped dense model's program and a padded batch of 3 (the torch reference's
+    logits and lengths)."""
     from asrquant.calibration import random_mels
     from asrquant.convert import quantize_model
-    from asrquant.intops import native
-    from asrquant.program import fast
     from pinned import pinned_float_model, pinned_inputs
 
     program = quantize_model(pinned_float_model("tiny_dense"), random_mels(1, 2, 160, seed=0)).program
-    q, lengths = pinned_inputs()
+    q, _ = pinned_inputs()
     q, lengths = q[:, :, :100], torch.tensor([100, 80, 41])
     ref, ref_len = TorchReference().run(program, q, lengths)
-    ref, ref_len = ref.numpy(), ref_len.numpy()
-    outs = {"numpy_ref": NumpyReference().run(program, q.numpy(), lengths.numpy()),
-            "fast float-exact": fast.run_fast(program, q, lengths, depthwise="float-exact")}
-    if native.available():
-        outs["fast native"] = fast.run_fast(program, q, lengths, depthwise="native")
-    try:
-        from asrquant.program import onnx_int
+    return program, q, lengths, ref.numpy(), ref_len.numpy()
 
-        if onnx_int.ort_kernels_exact(1):
-            outs["onnx_int"] = onnx_int.run_onnx_int(program, q, lengths)
-    except ImportError:
-        pass
-    for name, (out, out_len) in outs.items():
-        assert np.array_equal(np.asarray(out_len), ref_len), name
-        for b, n in enumerate(ref_len.tolist()):
-            assert np.array_equal(np.asarray(out)[b, :, :n], ref[b, :, :n]), (name, b)
+
+@pytest.mark.parametrize("name", [n for n, s in backends.BACKENDS.items() if s.exact])
+def test_exact_backends_agree_on_a_padded_batch(name, dense_program):
+    """Every exact backend of the registry gives the torch reference's integers on every valid
+    frame of a padded batch, lengths included (a backend that cannot run here is skipped, with why)."""
+    program, q, lengths, ref, ref_len = dense_program
+    try:
+        out, out_len, info = backends.run(name, program, q, lengths)
+    except backends.BackendUnavailable as e:
+        pytest.skip(f"{name}: {e}")
+    assert isinstance(info, dict)
+    assert np.array_equal(np.asarray(out_len), ref_len), name
+    assert np.asarray(out).dtype == np.int64
+    for b, n in enumerate(ref_len.tolist()):
+        assert np.array_equal(np.asarray(out)[b, :, :n], ref[b, :, :n]), (name, b)
+
+
+def test_simulated_backend_agrees_by_argmax(dense_program):
+    pytest.importorskip("onnxruntime")
+    program, q, lengths, ref, ref_len = dense_program
+    mel = q.double() * program.meta["input_scale"]
+    out, out_len, _ = backends.run("onnx-qdq", program, mel.float(), lengths)
+    assert np.array_equal(np.asarray(out_len), ref_len)
+    agree = sum(int((np.asarray(out)[b, :, :n].argmax(0) == ref[b, :, :n].argmax(0)).sum())
+                for b, n in enumerate(ref_len.tolist()))
+    assert agree >= 0.8 * int(ref_len.sum())
+
+
+def test_run_refuses_a_program_with_an_op_the_backend_does_not_lower(dense_program, monkeypatch):
+    from asrquant.program import numpy_ref
+
+    program = dense_program[0]
+    monkeypatch.setattr(numpy_ref, "LOWERS", numpy_ref.LOWERS - {"clamp"})
+    assert "convasr" not in backends.BACKENDS["numpy"].groups()
+    with pytest.raises(backends.BackendUnavailable, match=r"backend 'numpy' does not lower op kinds \['clamp'\]"):
+        backends.run("numpy", program, dense_program[1], dense_program[2])
+    with pytest.raises(ValueError, match="unknown backend 'tpu'"):
+        backends.run("tpu", program, dense_program[1], dense_program[2])
+
+
+def test_verify_compares_every_backend_of_the_registry(capsys):
+    from asrquant import verify
+    from asrquant.cli import build_parser
+
+    assert set(verify.BACKENDS) | set(verify.SIMULATED) | {"torch"} == set(backends.BACKENDS)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["verify", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "default: all: " + " ".join([*verify.BACKENDS, *verify.SIMULATED]) in help_text
 
 
 def test_fast_runner_on_a_conformer_program():
@@ -123,7 +166,7 @@ def _onnx_int_bit_exact(qmodel, mel, lengths, fresh: bool = False):
     with torch.inference_mode():
         ref, ref_len = qmodel.forward_int(q, lengths)
     if fresh:
-        out, out_len = onnx_int.make_session(model, 1).run(None, {"q": q.numpy(), "lengths": lengths.numpy()})
+        out, out_len = make_session(model, 1).run(None, {"q": q.numpy(), "lengths": lengths.numpy()})
     else:
         out, out_len = onnx_int.run_onnx_int(qmodel.program, q, lengths)
     assert np.array_equal(out_len, ref_len.numpy())

@@ -371,4 +371,4 @@ def test_prior_renders_normalized_smooth_inputs_and_is_keyed(small_model, tmp_pa
     a = generate_cached(small_model, None, {**PARAMS, "n_batches": 1}, tmp_path, progress=False, threads=1)
     b = generate_cached(small_model, None, {**PARAMS, "n_batches": 1, **prior}, tmp_path, progress=False, threads=1)
     assert a.params["cache_key"] != b.params["cache_key"]
-    assert set(synth._keyed(synth._normalize_params({**PARAMS}))) == set(synth._KEYED)
+    assert set(synth._keyed(synth.normalize_params({**PARAMS}))) == set(synth._KEYED)

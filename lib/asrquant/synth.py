@@ -159,7 +159,7 @@ class _StopForward(Exception):
     """Raised from the last BatchNorm's hook: nothing after it is needed."""
 
 
-def _normalize_params(params: dict | None = None, **overrides) -> dict:
+def normalize_params(params: dict | None = None, **overrides) -> dict:
     p = dict(DEFAULT_PARAMS)
     unknown = set(params or {}) - set(DEFAULT_PARAMS)
     if unknown:
@@ -191,7 +191,7 @@ class SyntheticMelGenerator:
                  frames: int | None = None, iterations: int | None = None, lr: float | None = None,
                  seed: int | None = None, *, params: dict | None = None, fast: bool = True,
                  threads: int | None = None, progress: bool = True):
-        self.params = _normalize_params(params, n_batches=n_batches, batch_size=batch_size, frames=frames,
+        self.params = normalize_params(params, n_batches=n_batches, batch_size=batch_size, frames=frames,
                                         iterations=iterations, lr=lr, seed=seed)
         self.fast = fast
         self.threads = threads
@@ -474,7 +474,7 @@ def input_level_prior(model) -> float:
 
 
 def cache_key(model_digest: str, params: dict) -> str:
-    p = _normalize_params(params)
+    p = normalize_params(params)
     keyed = _keyed(p)
     blob = json.dumps({"format": CACHE_FORMAT, "model": model_digest, "params": keyed}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -502,7 +502,7 @@ def generate_cached(model, model_path_or_hash=None, params: dict | None = None, 
     from .models.checkpoint import atomic_write_bytes
     from .paths import build_dir
 
-    p = _normalize_params(params)
+    p = normalize_params(params)
     if p["init_center"] is None:   # resolved here so that the key says where the inputs started
         p["init_center"] = input_level_prior(model)
     digest = model_path_or_hash if _is_hex_digest(model_path_or_hash) else model_hash(model)

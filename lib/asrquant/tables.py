@@ -81,12 +81,12 @@ def calibration_settings(spec: GridSpec, calibration: str, model=None, real_fing
 
 def synth_params(spec: GridSpec, model, seed: int) -> dict:
     """The synthetic generator's parameters of a grid cell (normalized, init_center resolved)."""
-    from .synth import _normalize_params, input_level_prior
+    from .synth import input_level_prior, normalize_params
 
     synth = dict(spec.synth or {})
     synth.setdefault("n_batches", spec.random_batches)
     synth.setdefault("frames", spec.random_frames)
-    p = _normalize_params({**synth, "seed": seed})
+    p = normalize_params({**synth, "seed": seed})
     if p["init_center"] is None:
         p["init_center"] = input_level_prior(model)
     return p

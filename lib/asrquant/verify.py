@@ -19,8 +19,13 @@ import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-BACKENDS = ("numpy", "onnx-int", "fast-native", "fast-float-exact", "c")
-SIMULATED = ("onnx-qdq",)
+from .program.backends import BACKENDS as REGISTRY
+from .program.backends import BackendUnavailable
+from .program.backends import run as run_program_backend
+
+# compared with the torch reference: every exact backend but the reference itself, and the simulated ones
+BACKENDS = tuple(n for n, spec in REGISTRY.items() if spec.exact and n != "torch")
+SIMULATED = tuple(n for n, spec in REGISTRY.items() if not spec.exact)
 
 
 class DtypeRecorder(TorchDispatchMode):
@@ -56,39 +61,9 @@ def numpy_forward(qmodel, q: np.ndarray, lengths: np.ndarray):
 
 
 def run_backend(name: str, qmodel, q: torch.Tensor, lengths: torch.Tensor, threads: int = 1):
-    """(int64 logits, lengths, what to record of the run) of one backend; raises
-    ``BackendUnavailable`` with the reason."""
-    if name == "numpy":
-        return *numpy_forward(qmodel, q.numpy(), lengths.numpy()), {}
-    if name == "onnx-int":
-        from .deploy.runtime import ort_kernels_exact
-        from .program.onnx_int import run_onnx_int
-
-        if not ort_kernels_exact(threads):
-            raise BackendUnavailable("onnxruntime's integer kernels are not exact on this CPU (no VNNI: U8S8 "
-                                     "pairs saturate at int16)")
-        return *run_onnx_int(qmodel.program, q, lengths, threads=threads), {}
-    if name in ("fast-native", "fast-float-exact"):
-        from .program.fast import run_fast
-
-        mode = "native" if name == "fast-native" else "float-exact"
-        try:
-            return *run_fast(qmodel.program, q, lengths, depthwise=mode, threads=threads), {}
-        except (NotImplementedError, OSError, RuntimeError) as e:
-            raise BackendUnavailable(f"{type(e).__name__}: {e}") from e
-    if name == "c":
-        from .program.c_backend import CExportError, CRuntime
-
-        try:
-            rt = CRuntime(qmodel.program, threads=threads)
-        except (CExportError, OSError, RuntimeError) as e:
-            raise BackendUnavailable(f"{type(e).__name__}: {e}") from e
-        return *rt.run_with_lengths(q.numpy(), lengths.numpy()), {"kernels": rt.isa}
-    raise ValueError(f"unknown backend {name!r}; known: {BACKENDS + SIMULATED}")
-
-
-class BackendUnavailable(RuntimeError):
-    """A backend that cannot run (exactly) here; the message says why."""
+    """(int64 logits, lengths, what to record of the run) of one backend (``program.backends``);
+    raises ``BackendUnavailable`` with the reason."""
+    return run_program_backend(name, qmodel.program, q, lengths, threads)
 
 
 def _compare(ref_logits, ref_len, logits, out_len) -> dict:
@@ -188,11 +163,9 @@ def verify(qmodel, audio: torch.Tensor, lengths: torch.Tensor, numpy_items: int 
 def _simulated(qmodel, mel, mel_len, logits, out_len) -> dict:
     """The Q/DQ graph (float, simulated quantization) against the integer logits, in real units."""
     try:
-        from .program.onnx_qdq import run_onnx_qdq
-
-        y, y_len = run_onnx_qdq(qmodel.program, mel, mel_len)
-    except (ImportError, NotImplementedError) as e:
-        return {"skipped": f"{type(e).__name__}: {e}"}
+        y, y_len, _ = run_program_backend("onnx-qdq", qmodel.program, mel, mel_len)
+    except BackendUnavailable as e:
+        return {"skipped": str(e)}
     ref = logits.numpy().astype(np.float64) * qmodel.logit_scale
     agree = total = 0
     max_diff = 0.0

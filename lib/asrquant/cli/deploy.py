@@ -218,7 +218,7 @@ def add_verify(sub) -> None:
                    help="crop each utterance to at most this long (the NumPy replay is slow); 0: no crop")
     v.add_argument("--backends", nargs="+", default=None,
                    help="backends to compare with the torch reference (default: all: numpy onnx-int fast-native "
-                        "fast-float-exact onnx-qdq)")
+                        "fast-float-exact c onnx-qdq)")
     v.add_argument("--threads", type=int, default=1)
     v.add_argument("--json", default=None)
     v.set_defaults(func=cmd_verify)

@@ -217,7 +217,7 @@ def dynamic_int8_model(fp32_path: Path) -> Path:
 
 def _torch_onnx_runner(path: Path, threads):
     """run(mel) of an export with inputs (mel, lengths): every frame valid."""
-    from ..program.onnx_int import make_session
+    from ..program.onnx_graph import make_session
 
     session = make_session(Path(path), threads)
 

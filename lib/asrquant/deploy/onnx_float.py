@@ -18,7 +18,7 @@ def build_float_model(model, frames: int | None = None):
     from torch import nn
 
     from ..models.convasr import walk
-    from ..program.onnx_int import Graph  # in here: `asrquant export --help` imports no torch
+    from ..program.onnx_graph import Graph  # in here: `asrquant export --help` imports no torch
     from ..quant.bn import fold_batchnorm
 
     g = Graph()
@@ -64,7 +64,7 @@ def build_float_model(model, frames: int | None = None):
 
 def export_onnx_float(model, path, frames: int | None = None) -> Path:
     """FP32 ONNX of a float ConvASR (BN folded, no padding masks)."""
-    from ..program.onnx_int import save_model
+    from ..program.onnx_graph import save_model
 
     return save_model(build_float_model(model, frames), path)
 
@@ -78,7 +78,7 @@ def export_torch_onnx(model, path, frames: int = 1000) -> Path:
 
     import torch
 
-    from ..program.onnx_int import save_model
+    from ..program.onnx_graph import save_model
 
     class Features(torch.nn.Module):
         def __init__(self, m):

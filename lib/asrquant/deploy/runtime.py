@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..program.onnx_int import INEXACT, as_numpy, full_lengths, make_session, ort_kernels_exact
+from ..program.onnx_graph import as_numpy, full_lengths, make_session
+from ..program.onnx_int import INEXACT, ort_kernels_exact
 
 __all__ = ["make_session", "ort_kernels_exact", "OrtIntegerRunner", "OrtFloatRunner", "TorchFloatRunner",
            "OrtStaticInt8Runner", "static_int8_model", "compare_logits", "check_against_forward_int",
@@ -248,7 +249,7 @@ def static_int8_model(model, model_path, calibration_data, limit: int | None = N
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
-        from ..program.onnx_int import save_model
+        from ..program.onnx_graph import save_model
 
         save_model(build_float_model(model), fp32)
         q = Path(tmp) / "int8.onnx"

@@ -46,12 +46,13 @@ from .nonlinear_params import layernorm_params, sigmoid_params, softmax_params
 from .numpy_ref import NumpyReference
 from .ops import Op, Program
 
-__all__ = ["CExportError", "Lowering", "Blob", "LOWERED", "INT31", "INT63"]
+__all__ = ["CExportError", "Lowering", "Blob", "LOWERS", "INT31", "INT63"]
 
 INT31, INT63 = (1 << 31) - 1, (1 << 63) - 1
 # the op kinds the C backend lowers (as parts of the steps above)
-LOWERED = ("mask_time", "frames", "conv1d", "requantize", "rescale", "add", "clamp", "swish", "gelu", "glu",
-           "layernorm", "matmul_qk", "matmul_pos", "softmax", "matmul_pv", "to_image", "conv2d", "flatten_freq")
+LOWERS = frozenset({"mask_time", "frames", "conv1d", "requantize", "rescale", "add", "clamp", "swish", "gelu", "glu",
+                    "layernorm", "matmul_qk", "matmul_pos", "softmax", "matmul_pv", "to_image", "conv2d",
+                    "flatten_freq"})
 MAGIC = b"ASRQBLOB"
 UNIT = {"stride": 1, "padding": 0, "dilation": 1, "kernel": 1}   # a 1x1 over time: skips, Conv2d patches
 
@@ -280,9 +281,9 @@ class Lowering:
     def __init__(self, program: Program):
         self.p = program
         for op in program.ops:
-            if op.kind not in LOWERED:
+            if op.kind not in LOWERS:
                 raise CExportError(f"the C backend has no kernel for op {op.kind!r} ({op.name}); it lowers "
-                                   f"{', '.join(LOWERED)}")
+                                   f"{', '.join(sorted(LOWERS))}")
         pat = _Patterns(program)
         self.cons = program.consumers()
         self.alias: dict[str, str] = {}       # masked value -> the buffer it is masked in

@@ -65,7 +65,7 @@ from ..quant.quantizer import qrange, storage_dtype
 from .onnx_int import redundant_masks
 from .ops import Program, Value
 
-__all__ = ["KERNELS", "TorchIntegerRunner", "run_fast"]
+__all__ = ["KERNELS", "LOWERS", "TorchIntegerRunner", "run_fast"]
 
 INT32_MAX = (1 << 31) - 1
 INT64_MAX = (1 << 63) - 1
@@ -416,6 +416,7 @@ def _kernels() -> dict:
 # op kind -> builder of the step that runs it alone (fused groups replace some of them); kinds
 # without a fast kernel of their own run the torch reference kernel on true values
 KERNELS = _kernels()
+LOWERS = frozenset(KERNELS)
 
 
 def find_groups(program: Program) -> tuple[dict, set]:

@@ -164,3 +164,7 @@ class NumpyReference(Backend):
         env = self.execute(program, {program.inputs[0]: np.asarray(x, dtype=np.int64),
                                      program.inputs[1]: np.asarray(lengths, dtype=np.int64).reshape(-1)})
         return env[program.outputs[0]], env[program.outputs[1]]
+
+
+# the op kinds this backend lowers
+LOWERS = frozenset(NumpyReference.kernels)

@@ -96,35 +96,21 @@ so Div (truncation) is the floor.
 from __future__ import annotations
 
 import functools
-import os
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..quant.quantizer import qrange
-from .onnx_graph import OPSET, Graph, _onnx  # noqa: F401  (re-exported)
+from .onnx_graph import (OPSET, Graph, GraphLowering, as_numpy, cached_session, flatten_freq_nodes, full_lengths,
+                         io_channels, make_session, onnx_modules, program_and_labels, save_model, to_image_nodes)
 from .ops import Program
 
 INT64_MAX = (1 << 63) - 1
 LUT_MAX_BITS = 8    # swish / glu / gelu of activations up to this width: table lookup (0: the formulas)
 INT32_MAX = (1 << 31) - 1
 
-__all__ = ["KERNELS", "build_integer_model", "export_onnx", "integer_only_report", "make_session",
-           "ort_kernels_exact", "run_onnx_int", "save_model"]
-
-
-def save_model(model, path) -> Path:
-    """Check and write an ONNX ModelProto atomically."""
-    onnx = _onnx()[0]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.checker.check_model(model)
-    tmp = path.with_name(path.name + ".tmp")
-    onnx.save(model, str(tmp))
-    tmp.replace(path)
-    return path
+__all__ = ["LOWERS", "build_integer_model", "export_onnx", "integer_only_report", "ort_kernels_exact", "run_onnx_int"]
 
 
 # --------------------------------------------------------------------------- shared lowering pieces
@@ -170,47 +156,6 @@ def _storage(op):
         raise NotImplementedError(f"{op.name}: integer ONNX lowering stores unsigned activations of at most 8 bits")
     lo, hi = qrange(bits, signed)
     return bits, signed, _act_dtype(bits, signed), lo, hi, 0 if signed else -128
-
-
-class Lengths:
-    """The masks and frame counts of a graph: one bool mask per lengths tensor (lazily, from the
-    time dimension of the first tensor masked with it); ``frames`` in int64 arithmetic."""
-
-    def __init__(self, g: Graph):
-        self.g = g
-        self._masks: dict = {}
-
-    def mask(self, x: str, lengths: str, rank: int = 3) -> str:
-        """bool [B, 1, T] (rank 4, images [B, C, T, F]: [B, 1, T, 1]): t < lengths[b], T = the
-        time dimension (axis 2) of x."""
-        if lengths not in self._masks:
-            g = self.g
-            T = g.op("Squeeze", [g.op("Shape", [x], "shape", start=2, end=3)], "T")
-            r = g.op("Range", [g.const(0, np.int64, "zero"), T, g.const(1, np.int64, "one")], "t")
-            lb = g.op("Unsqueeze", [lengths, g.const([1, 2], np.int64, "axes")], "len")
-            self._masks[lengths] = g.op("Less", [r, lb], "mask")
-        if rank == 3:
-            return self._masks[lengths]
-        if rank != 4:
-            raise NotImplementedError(f"time masks of rank {rank}")
-        if (lengths, 4) not in self._masks:
-            g = self.g
-            self._masks[(lengths, 4)] = g.op("Unsqueeze", [self._masks[lengths], g.const([3], np.int64, "axes")],
-                                             "mask4")
-        return self._masks[(lengths, 4)]
-
-    def frames(self, lengths: str, attrs: dict) -> str:
-        """(lengths + 2p - d(K-1) - 1) // s + 1, exact floor for lengths >= 0."""
-        g = self.g
-        c = 2 * attrs["padding"] - attrs["dilation"] * (attrs["kernel"] - 1) - 1
-        s = int(attrs["stride"])
-        shift = -(c // s) if c < 0 else 0          # c + s*shift >= 0: the numerator is nonnegative
-        n = lengths
-        if c + s * shift:
-            n = g.op("Add", [n, g.const(c + s * shift, np.int64, "fc")], "fn")
-        if s > 1:
-            n = g.op("Div", [n, g.const(s, np.int64, "fs")], "fd")
-        return g.op("Add", [n, g.const(1 - shift, np.int64, "f1")], "frames")
 
 
 # --------------------------------------------------------------------------- value storage
@@ -286,28 +231,25 @@ def _floor_div_signed(g: Graph, n: str, d: str) -> str:
     return g.op("Sub", [q, g.op("Cast", [over], "over64", to=g.TP.INT64)], "floor")
 
 
-def to_image_nodes(g: Graph, x: str) -> str:
-    """[B, F, T] -> [B, 1, T, F] (any dtype): Transpose, Unsqueeze."""
-    return g.op("Unsqueeze", [g.op("Transpose", [x], "tf", perm=[0, 2, 1]), g.const([1], np.int64, "axes")], "image")
-
-
-def flatten_freq_nodes(g: Graph, x: str) -> str:
-    """[B, C, T, F] -> [B, C F, T], channel c F + f (any dtype): Transpose, Reshape."""
-    shape = g.op("Concat", [g.op("Shape", [x], "bdim", start=0, end=1), g.const([-1], np.int64, "m1"),
-                            g.op("Shape", [x], "tdim", start=2, end=3)], "fshape", axis=0)
-    return g.op("Reshape", [g.op("Transpose", [x], "cft", perm=[0, 1, 3, 2]), shape], "flat")
-
 
 _NP = {"int8": np.int8, "int16": np.int16, "int32": np.int32, "int64": np.int64}
 
 
-class _Lowering:
+# the op kinds this lowering has a kernel for (a method of _Lowering each)
+LOWERS = frozenset({"mask_time", "frames", "conv1d", "requantize", "rescale", "add", "clamp",
+                    "to_image", "conv2d", "flatten_freq",
+                    "layernorm", "softmax", "swish", "glu", "gelu", "matmul_qk", "matmul_pv", "matmul_pos"})
+
+
+class _Lowering(GraphLowering):
+    LOWERS = LOWERS
+    NAME = "integer ONNX lowering"
+
     def __init__(self, program: Program, floor: str):
         if floor not in ("div", "shift"):
             raise ValueError(f"floor must be 'div' or 'shift', not {floor!r}")
-        self.program, self.floor = program, floor
-        self.g = Graph()
-        self.lengths = Lengths(self.g)
+        super().__init__(program)
+        self.floor = floor
         self.skip_masks = redundant_masks(program)
         self._keep: dict[str, str] = {}     # lengths -> attention_keep mask (softmax)
 
@@ -630,16 +572,11 @@ class _Lowering:
         v = p.values[x_in]
         if v.bits is None or v.bits > 8 or not v.signed:
             raise NotImplementedError("the integer ONNX graph takes a signed input of at most 8 bits")
-        env = {x_in: _Act("q", True, int(v.bits)), len_in: "lengths"}
-        for op in p.ops:
-            fn = KERNELS.get(op.kind)
-            if fn is None:
-                raise NotImplementedError(f"integer ONNX lowering has no kernel for op {op.kind!r}")
-            env[op.outputs[0]] = fn(self, op, *[env[i] for i in op.inputs])
+        env = self.lower_ops({x_in: _Act("q", True, int(v.bits)), len_in: "lengths"})
         logits, lens = env[p.outputs[0]], env[p.outputs[1]]
         g.identity(self.materialize(self.as_acc(logits)), "logits")
         g.identity(lens, "logits_lengths")
-        feats, classes = _io_channels(p)
+        feats, classes = io_channels(p)
         inputs = [h.make_tensor_value_info("q", TP.INT8, ["batch", feats, frames or "frames"]),
                   h.make_tensor_value_info("lengths", TP.INT64, ["batch"])]
         outputs = [h.make_tensor_value_info("logits", TP.INT64, ["batch", classes, "out_frames"]),
@@ -658,41 +595,9 @@ class _Lowering:
         return model
 
 
-KERNELS = {kind: getattr(_Lowering, kind) for kind in (
-    "mask_time", "frames", "conv1d", "requantize", "rescale", "add", "clamp",
-    "to_image", "conv2d", "flatten_freq",
-    "layernorm", "softmax", "swish", "glu", "gelu", "matmul_qk", "matmul_pv", "matmul_pos")}
-
-
-def _io_channels(p: Program):
-    """(input features, output classes) for the graph's declared shapes (symbolic if unknown)."""
-    convs = p.ops_of("conv1d")
-    feats = "features"
-    if convs and not p.ops_of("to_image"):   # an image front end (conv2d): the mel bins are free
-        w = convs[0].params["weight"]
-        feats = int(w.shape[1]) * int(convs[0].attrs["groups"])
-    prod = p.producer()
-    name, classes = p.outputs[0], "classes"
-    while name in prod:
-        op = prod[name]
-        if op.kind == "conv1d":
-            classes = int(op.params["weight"].shape[0])
-            break
-        name = op.inputs[0]
-    return feats, classes
-
-
-def _program(model) -> tuple[Program, list | None]:
-    if isinstance(model, Program):
-        return model, None
-    if hasattr(model, "program"):
-        return model.program, getattr(model, "labels", None)
-    raise TypeError(f"expected a Program or an IntegerModel, got {type(model).__name__}")
-
-
 def build_integer_model(model, frames: int | None = None, floor: str = "div"):
     """The integer-only ONNX ModelProto of a program (or of an IntegerModel's program; module doc)."""
-    program, labels = _program(model)
+    program, labels = program_and_labels(model)
     return _Lowering(program, floor).build(frames, labels)
 
 
@@ -709,7 +614,7 @@ def integer_only_report(model_or_path) -> dict:
     Returns {"ok": bool, "non_integer": [(name, type)], "bool": [names], "untyped": [names],
     "op_types": sorted ops, "values": n}.
     """
-    onnx, TP, _, _ = _onnx()
+    onnx, TP, _, _ = onnx_modules()
     m = onnx.load(str(model_or_path)) if isinstance(model_or_path, (str, Path)) else model_or_path
     inferred = onnx.shape_inference.infer_shapes(m, check_type=True, strict_mode=True)
     ints_ = {TP.INT8, TP.UINT8, TP.INT16, TP.UINT16, TP.INT32, TP.UINT32, TP.INT64, TP.UINT64}
@@ -729,34 +634,12 @@ def integer_only_report(model_or_path) -> dict:
 
 # --------------------------------------------------------------------------- onnxruntime
 
-def _ort():
-    try:
-        import onnxruntime as ort
-    except ImportError as e:  # pragma: no cover
-        raise ImportError("onnxruntime is not installed: pip install onnxruntime") from e
-    return ort
-
-
-def make_session(model, threads: int | None = None):
-    """An onnxruntime CPU InferenceSession from a path or a ModelProto; ``threads`` intra-op
-    threads (None: onnxruntime's default), one inter-op thread, sequential execution."""
-    ort = _ort()
-    so = ort.SessionOptions()
-    if threads:
-        so.intra_op_num_threads = int(threads)
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    src = str(model) if isinstance(model, (str, os.PathLike)) else model.SerializeToString()
-    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
-
-
 @functools.lru_cache(maxsize=None)
 def ort_kernels_exact(threads: int = 1) -> bool:
     """True iff onnxruntime's ConvInteger (the layout of the integer graph: int8 activations with
     zero point 0 or -128, uint8 weights with zero point 128), 1-D and 2-D, is exact on worst-case
     inputs here."""
-    _, TP, h, nh = _onnx()
+    _, TP, h, nh = onnx_modules()
     rng = np.random.default_rng(0)
     cin, cout, T, K = 64, 16, 64, 3
     # extreme magnitudes with correlated signs: what saturates an int16 pair sum
@@ -804,41 +687,12 @@ INEXACT = ("onnxruntime's integer kernels are not exact on this CPU (no VNNI: in
            "pass allow_inexact=True to run anyway, or use the torch integer path (program.fast)")
 
 
-def as_numpy(x, dtype) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.ascontiguousarray(np.asarray(x, dtype=dtype))
-
-
-def full_lengths(x, lengths) -> np.ndarray:
-    """lengths as int64 [B]; None means every frame of every item is valid."""
-    B, T = int(x.shape[0]), int(x.shape[-1])
-    if lengths is None:
-        return np.full((B,), T, dtype=np.int64)
-    out = as_numpy(lengths, np.int64).reshape(-1)
-    if out.shape != (B,):
-        raise ValueError(f"lengths must have one entry per batch item: {out.shape} for batch {B}")
-    return out
-
-
-_SESSIONS: dict = {}
-
-
-def _cached_session(program: Program, key: tuple, build):
-    """One session per (program object, options); dropped when the program is garbage collected."""
-    k = (id(program),) + key
-    if k not in _SESSIONS:
-        _SESSIONS[k] = build()
-        weakref.finalize(program, _SESSIONS.pop, k, None)
-    return _SESSIONS[k]
-
-
 def run_onnx_int(program: Program, q, lengths, threads: int = 1, floor: str = "div", allow_inexact: bool = False):
     """The uniform backend call: int8 [B, F, T] and lengths [B] -> (int64 logits [B, C, T'],
     int64 lengths [B]) from onnxruntime on the integer-only graph (built once per program)."""
     if not allow_inexact and not ort_kernels_exact(threads or 1):
         raise ValueError(INEXACT)
-    sess = _cached_session(program, ("int", threads, floor),
+    sess = cached_session(program, ("int", threads, floor),
                            lambda: make_session(build_integer_model(program, floor=floor), threads))
     x = as_numpy(q, np.int8)
     logits, out_len = sess.run(None, {"q": x, "lengths": full_lengths(x, lengths)})

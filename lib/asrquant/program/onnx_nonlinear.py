@@ -320,7 +320,7 @@ def lower_gelu(g: Graph, x: str, op: Op, out_dtype: str | None = None) -> str:
     return y if dt == "int64" else _cast(g, y, dt, "gelu")
 
 
-def _heads(g: Graph, x: str, heads: int) -> str:
+def split_heads(g: Graph, x: str, heads: int) -> str:
     """[B, H d_k, T] -> [B, H, d_k, T] (shape Concat(B, [H, -1], T) from Shape(x))."""
     shape = g.op("Concat", [g.op("Shape", [x], "bdim", start=0, end=1), _k(g, [int(heads), -1], "hd"),
                             g.op("Shape", [x], "tdim", start=2, end=3)], "hshape", axis=0)
@@ -331,8 +331,8 @@ def lower_matmul_qk(g: Graph, q: str, k: str, op: Op, out_dtype: str | None = No
     """s[b, h, i, j] = sum_c q[b, h d_k + c, i] k[b, h d_k + c, j], in acc_dtype."""
     acc = str(op.attrs["acc_dtype"])
     h = int(op.attrs["heads"])
-    qh = g.op("Transpose", [_heads(g, _cast(g, q, acc, "qa"), h)], "qT", perm=[0, 1, 3, 2])
-    s = g.op("MatMul", [qh, _heads(g, _cast(g, k, acc, "ka"), h)], "scores")
+    qh = g.op("Transpose", [split_heads(g, _cast(g, q, acc, "qa"), h)], "qT", perm=[0, 1, 3, 2])
+    s = g.op("MatMul", [qh, split_heads(g, _cast(g, k, acc, "ka"), h)], "scores")
     dt = out_dtype or output_dtype(op)
     return s if dt == acc else _cast(g, s, dt, "scores_c")
 
@@ -343,7 +343,7 @@ def lower_matmul_pv(g: Graph, p: str, v: str, op: Op, out_dtype: str | None = No
     h = int(op.attrs["heads"])
     va = _cast(g, v, acc, "va")
     pt = g.op("Transpose", [_cast(g, p, acc, "pa")], "pT", perm=[0, 1, 3, 2])
-    y = g.op("MatMul", [_heads(g, va, h), pt], "ctx")                          # [B, H, d_k, T_q]
+    y = g.op("MatMul", [split_heads(g, va, h), pt], "ctx")                          # [B, H, d_k, T_q]
     y = g.op("Reshape", [y, g.op("Shape", [va], "vshape")], "ctx2")
     dt = out_dtype or output_dtype(op)
     return y if dt == acc else _cast(g, y, dt, "ctx_c")
@@ -393,7 +393,7 @@ def rel_pos_scores(g: Graph, q: str, table: str, heads: int, L: int, cast_to: st
     dk = g.op("Div", [g.op("Shape", [table], "hd", start=0, end=1), _k(g, [h], "H")], "dk")
     ph = g.op("Reshape", [cols, g.op("Concat", [_k(g, [1, h], "oneh"), dk, _k(g, [-1], "m1")], "phs", axis=0)],
               "pheads")                                                            # [1, H, d_k, 2T-1]
-    qh = g.op("Transpose", [_heads(g, q, h)], "qT", perm=[0, 1, 3, 2])
+    qh = g.op("Transpose", [split_heads(g, q, h)], "qT", perm=[0, 1, 3, 2])
     x = g.op("MatMul", [qh, ph], "bd")                                             # [B, H, T, 2T-1]
     x = g.op("Pad", [x, _k(g, [0, 0, 0, 1, 0, 0, 0, 0], "pads")], "bdpad", mode="constant")
     x = g.op("Reshape", [x, g.op("Concat", [_k(g, [0, 0, -1], "r1"), T1], "s1", axis=0)], "bdr")   # [B, H, 2T, T]

@@ -54,10 +54,10 @@ import numpy as np
 
 from ..quant.quantizer import qrange
 from .ops import Program
-from .onnx_int import (Graph, Lengths, _io_channels, _program, as_numpy, flatten_freq_nodes, full_lengths, make_session,
-                       save_model, to_image_nodes)
+from .onnx_graph import (GraphLowering, as_numpy, cached_session, flatten_freq_nodes, full_lengths, io_channels,
+                         make_session, program_and_labels, save_model, to_image_nodes)
 
-__all__ = ["KERNELS", "build_qdq_model", "export_onnx_qdq", "run_onnx_qdq"]
+__all__ = ["LOWERS", "build_qdq_model", "export_onnx_qdq", "run_onnx_qdq"]
 
 F32 = np.float32
 MASK_FILL = -1e9
@@ -66,14 +66,25 @@ _RANK = {"to_image": 4, "conv2d": 4, "flatten_freq": 3, "matmul_qk": 4, "matmul_
          "matmul_pv": 3}
 
 
-class _Lowering:
+# the op kinds this lowering has a kernel for (a method of _Lowering each)
+LOWERS = frozenset({"mask_time", "frames", "conv1d", "requantize", "rescale", "add", "clamp",
+                    "to_image", "conv2d", "flatten_freq",
+                    "layernorm", "softmax", "swish", "glu", "gelu", "matmul_qk", "matmul_pv", "matmul_pos"})
+
+
+class _Lowering(GraphLowering):
+    LOWERS = LOWERS
+    NAME = "Q/DQ lowering"
+
     def __init__(self, program: Program, signed_only: bool):
-        self.program, self.signed_only = program, signed_only
-        self.g = Graph()
-        self.lengths = Lengths(self.g)
+        super().__init__(program)
+        self.signed_only = signed_only
         self.ranks: dict[str, int] = {}
         self.producer = program.producer()
         self._keep: dict[str, str] = {}
+
+    def before(self, op) -> None:
+        self.ranks[op.outputs[0]] = _RANK.get(op.kind, self.ranks.get(op.inputs[0], 3))
 
     def qdq(self, x: str, scale: float, signed: bool) -> str:
         if not signed and self.signed_only:
@@ -200,17 +211,17 @@ class _Lowering:
         return g.op("Mul", [half, g.op("Add", [e, g.const(1.0, F32, "one")], "erf1")], "gelu")
 
     def matmul_qk(self, op, q, k):
-        from .onnx_nonlinear import _heads
+        from .onnx_nonlinear import split_heads
 
         g, h = self.g, int(op.attrs["heads"])
-        return g.op("MatMul", [g.op("Transpose", [_heads(g, q, h)], "qT", perm=[0, 1, 3, 2]), _heads(g, k, h)],
+        return g.op("MatMul", [g.op("Transpose", [split_heads(g, q, h)], "qT", perm=[0, 1, 3, 2]), split_heads(g, k, h)],
                     "scores")
 
     def matmul_pv(self, op, p, v):
-        from .onnx_nonlinear import _heads
+        from .onnx_nonlinear import split_heads
 
         g, h = self.g, int(op.attrs["heads"])
-        y = g.op("MatMul", [_heads(g, v, h), g.op("Transpose", [p], "pT", perm=[0, 1, 3, 2])], "ctx")
+        y = g.op("MatMul", [split_heads(g, v, h), g.op("Transpose", [p], "pT", perm=[0, 1, 3, 2])], "ctx")
         return g.op("Reshape", [y, g.op("Shape", [v], "vshape")], "ctx2")
 
     def matmul_pos(self, op, q):
@@ -278,16 +289,10 @@ class _Lowering:
         scale = p.values[x_in].scale or p.meta.get("input_scale")
         if scale is None:
             raise ValueError("the program's input has no scale")
-        env = {x_in: self.qdq("mel", float(scale), True), len_in: "lengths"}
-        for op in p.ops:
-            fn = KERNELS.get(op.kind)
-            if fn is None:
-                raise NotImplementedError(f"Q/DQ lowering has no kernel for op {op.kind!r}")
-            self.ranks[op.outputs[0]] = _RANK.get(op.kind, self.ranks.get(op.inputs[0], 3))
-            env[op.outputs[0]] = fn(self, op, *[env[i] for i in op.inputs])
+        env = self.lower_ops({x_in: self.qdq("mel", float(scale), True), len_in: "lengths"})
         g.identity(env[p.outputs[0]], "logits")
         g.identity(env[p.outputs[1]], "logits_lengths")
-        feats, classes = _io_channels(p)
+        feats, classes = io_channels(p)
         inputs = [h.make_tensor_value_info("mel", TP.FLOAT, ["batch", feats, frames or "frames"]),
                   h.make_tensor_value_info("lengths", TP.INT64, ["batch"])]
         outputs = [h.make_tensor_value_info("logits", TP.FLOAT, ["batch", classes, "out_frames"]),
@@ -295,15 +300,9 @@ class _Lowering:
         return g.model(inputs, outputs, "asrquant_qdq", "asrquant Q/DQ (simulated int8) program for TensorRT")
 
 
-KERNELS = {kind: getattr(_Lowering, kind) for kind in (
-    "mask_time", "frames", "conv1d", "requantize", "rescale", "add", "clamp",
-    "to_image", "conv2d", "flatten_freq",
-    "layernorm", "softmax", "swish", "glu", "gelu", "matmul_qk", "matmul_pv", "matmul_pos")}
-
-
 def build_qdq_model(model, frames: int | None = None, signed_only: bool = False):
     """The Q/DQ ModelProto of a program (or an IntegerModel's program; module doc)."""
-    program, _ = _program(model)
+    program, _ = program_and_labels(model)
     return _Lowering(program, signed_only).build(frames)
 
 
@@ -315,9 +314,7 @@ def export_onnx_qdq(model, path, frames: int | None = None, signed_only: bool = 
 def run_onnx_qdq(program: Program, mel, lengths, threads: int = 1, signed_only: bool = False):
     """The uniform backend call: float log-mel [B, F, T] and lengths [B] -> (float32 logits in real
     units [B, C, T'], int64 lengths [B]) from onnxruntime on the Q/DQ graph (built once per program)."""
-    from .onnx_int import _cached_session
-
-    sess = _cached_session(program, ("qdq", threads, signed_only),
+    sess = cached_session(program, ("qdq", threads, signed_only),
                            lambda: make_session(build_qdq_model(program, signed_only=signed_only), threads))
     x = as_numpy(mel, np.float32)
     logits, out_len = sess.run(None, {"mel": x, "lengths": full_lengths(x, lengths)})

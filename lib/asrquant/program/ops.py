@@ -2,8 +2,9 @@
 
 A converter (``asrquant.convert``) emits it; backends lower it (``program/torch_ref.py``,
 ``numpy_ref.py``, ``onnx_int.py``, ``onnx_qdq.py``, ``fast.py``); none of them knows which model
-it came from. Adding an op means one entry in ``OPS`` below plus one kernel per backend
-(``tests/test_program.py`` fails when a backend lacks one).
+it came from. Adding an op means one entry in ``OPS`` and one of ``OP_GROUPS`` below, plus one
+kernel per backend, each listed in its module's ``LOWERS`` (``tests/test_program_backends.py``
+runs over the registry of ``program/backends.py`` and fails when a backend lacks one).
 
 Values
 ------
@@ -126,6 +127,22 @@ OPS: dict[str, OpSpec] = {
     "flatten_freq": OpSpec(1, 1),
     "matmul_pos": OpSpec(1, 1, attrs=("heads", "max_len", "acc_dtype"), params=("pos",)),
 }
+
+# The op set in named groups: a ConvASR program (QuartzNet, Jasper) uses "convasr" only; a
+# Conformer program adds "conformer" (NeMo's Conv2d subsampling, the integer non-linearities,
+# attention). A backend declares the kinds it lowers (``LOWERS`` in its module, listed by
+# ``program.backends``); lowering a group means lowering every kind in it.
+OP_GROUPS: dict[str, tuple[str, ...]] = {
+    "convasr": ("mask_time", "frames", "conv1d", "requantize", "rescale", "add", "clamp"),
+    "conformer": ("to_image", "conv2d", "flatten_freq", "layernorm", "softmax", "swish", "glu", "gelu",
+                  "matmul_qk", "matmul_pv", "matmul_pos"),
+}
+
+
+def groups_lowered(lowers) -> list[str]:
+    """The op groups every kind of which is in `lowers`."""
+    return [g for g, kinds in OP_GROUPS.items() if set(kinds) <= set(lowers)]
+
 
 _DTYPES = {"int8": torch.int8, "int16": torch.int16, "int32": torch.int32, "int64": torch.int64}
 

@@ -140,3 +140,7 @@ class TorchReference(Backend):
         if lengths.numel() and (int(lengths.min()) < 1 or int(lengths.max()) > x.shape[-1]):
             raise ValueError(f"lengths must lie in 1..{x.shape[-1]} (frames of the input), got {lengths.tolist()}")
         return self.execute(program, {program.inputs[0]: x, program.inputs[1]: lengths})
+
+
+# the op kinds this backend lowers
+LOWERS = frozenset(TorchReference.kernels)
