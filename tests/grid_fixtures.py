@@ -12,10 +12,10 @@ TRANSCRIPTS = ["a cat sat", "the dog ran far", "one two", "we go home now"]
 
 
 def tiny_config():
-    from asrquant.models.configs import _block, _model
+    from asrquant.models.configs import block_config, convasr_config
 
-    return _model([_block(32, 1, 11, stride=2, residual=False), _block(32, 2, 13),
-                   _block(48, 1, 1, residual=False, separable=False)], 48)
+    return convasr_config([block_config(32, 1, 11, stride=2, residual=False), block_config(32, 2, 13),
+                   block_config(48, 1, 1, residual=False, separable=False)], 48)
 
 
 def tiny_model_and_data(root: Path, seed: int = 5) -> tuple[Path, Path]:

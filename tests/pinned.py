@@ -17,13 +17,13 @@ import torch
 
 def tiny_dense_config() -> dict:
     """A 3-block JasperDR-shaped model (dense residual, k > 1 dense convs, a strided prologue)."""
-    from asrquant.models.configs import _block, _model
+    from asrquant.models.configs import block_config, convasr_config
 
-    jasper = [_block(32, 1, 5, stride=2, residual=False, separable=False)]
-    jasper += [_block(48, 2, 7, separable=False, dense=True) for _ in range(2)]
-    jasper += [_block(64, 1, 3, dilation=2, residual=False, separable=False),
-               _block(96, 1, 1, residual=False, separable=False)]
-    return _model(jasper, 96)
+    jasper = [block_config(32, 1, 5, stride=2, residual=False, separable=False)]
+    jasper += [block_config(48, 2, 7, separable=False, dense=True) for _ in range(2)]
+    jasper += [block_config(64, 1, 3, dilation=2, residual=False, separable=False),
+               block_config(96, 1, 1, residual=False, separable=False)]
+    return convasr_config(jasper, 96)
 
 
 def pinned_float_model(name: str):

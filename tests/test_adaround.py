@@ -8,7 +8,7 @@ from asrquant.calibration import collect, random_mels
 from asrquant.convert import convert
 from asrquant.quant.weights import quantize_weight, weight_bits_of
 from asrquant.models import ConvASR
-from asrquant.models.configs import _block, _model
+from asrquant.models.configs import block_config, convasr_config
 from asrquant.quant.adaround import AdaRoundConfig, QuantizedWalk, adaround, learn_rounding, reconstruction_error
 from asrquant.quantize import RECIPES, ROUNDINGS, quantize
 
@@ -55,11 +55,11 @@ def test_learned_rounding_per_row_spaces_depthwise():
 
 
 def tiny_model(seed=3, dense=False):
-    jasper = [_block(24, 1, 7, stride=2, residual=False)]
-    jasper += [_block(32, 2, 9, separable=not dense, dense=dense) for _ in range(2)]
-    jasper += [_block(40, 1, 1, residual=False, separable=False)]
+    jasper = [block_config(24, 1, 7, stride=2, residual=False)]
+    jasper += [block_config(32, 2, 9, separable=not dense, dense=dense) for _ in range(2)]
+    jasper += [block_config(40, 1, 1, residual=False, separable=False)]
     torch.manual_seed(0)
-    model = ConvASR(_model(jasper, 40)).eval()
+    model = ConvASR(convasr_config(jasper, 40)).eval()
     randomize_weights(model, seed=seed)
     mel, lens = random_mels(1, 4, 120, seed=seed)[0]
     fill_bn_statistics(model.encoder, mel, lens)

@@ -23,10 +23,10 @@ RATE = 16000
 
 
 def _tiny_config():
-    from asrquant.models.configs import _block, _model
+    from asrquant.models.configs import block_config, convasr_config
 
-    return _model([_block(32, 1, 11, stride=2, residual=False), _block(32, 2, 13),
-                   _block(48, 1, 1, residual=False, separable=False)], 48)
+    return convasr_config([block_config(32, 1, 11, stride=2, residual=False), block_config(32, 2, 13),
+                   block_config(48, 1, 1, residual=False, separable=False)], 48)
 
 
 @pytest.fixture(scope="module")

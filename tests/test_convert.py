@@ -109,14 +109,14 @@ def test_bit_exact_against_numpy_reference(small_quartznet, calib, wbits, abits)
 
 def test_dense_residual_model_converts_bit_exact_and_invariant(audio_batch):
     """A small JasperDR-style net (dense residuals, non-separable convs, dilation) end to end."""
-    from asrquant.models.configs import _block, _model
+    from asrquant.models.configs import block_config, convasr_config
 
-    jasper = [_block(32, 1, 11, stride=2, residual=False, separable=False)]
-    jasper += [_block(32, 2, 11, separable=False, dense=True), _block(48, 2, 13, separable=False, dense=True),
-               _block(48, 2, 13, separable=False, dense=True)]
-    jasper += [_block(64, 1, 29, dilation=2, residual=False, separable=False),
-               _block(64, 1, 1, residual=False, separable=False)]
-    cfg = _model(jasper, 64)
+    jasper = [block_config(32, 1, 11, stride=2, residual=False, separable=False)]
+    jasper += [block_config(32, 2, 11, separable=False, dense=True), block_config(48, 2, 13, separable=False, dense=True),
+               block_config(48, 2, 13, separable=False, dense=True)]
+    jasper += [block_config(64, 1, 29, dilation=2, residual=False, separable=False),
+               block_config(64, 1, 1, residual=False, separable=False)]
+    cfg = convasr_config(jasper, 64)
     torch.manual_seed(0)
     model = ConvASR(cfg)
     randomize_weights(model, 5)

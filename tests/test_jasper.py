@@ -23,14 +23,14 @@ def _tool():
 
 
 def _small_jasper():
-    from asrquant.models.configs import _block, _model
+    from asrquant.models.configs import block_config, convasr_config
 
-    jasper = [_block(32, 1, 11, stride=2, residual=False, separable=False)]
-    jasper += [_block(32, 2, 11, separable=False, dense=True), _block(48, 2, 13, separable=False, dense=True)]
-    jasper += [_block(64, 1, 29, dilation=2, residual=False, separable=False),
-               _block(64, 1, 1, residual=False, separable=False)]
+    jasper = [block_config(32, 1, 11, stride=2, residual=False, separable=False)]
+    jasper += [block_config(32, 2, 11, separable=False, dense=True), block_config(48, 2, 13, separable=False, dense=True)]
+    jasper += [block_config(64, 1, 29, dilation=2, residual=False, separable=False),
+               block_config(64, 1, 1, residual=False, separable=False)]
     torch.manual_seed(0)
-    model = ConvASR(_model(jasper, 64))
+    model = ConvASR(convasr_config(jasper, 64))
     randomize_weights(model, 5)
     return model
 

@@ -22,11 +22,11 @@ LIB = ROOT / "lib" / "asrquant"
 TINY_MODEL = """
 import sys, torch
 from asrquant.models import ConvASR, save_model
-from asrquant.models.configs import _block, _model
+from asrquant.models.configs import block_config, convasr_config
 torch.manual_seed(0)
-jasper = [_block(24, 1, 7, stride=2, residual=False), _block(32, 2, 9), _block(40, 1, 1, residual=False,
+jasper = [block_config(24, 1, 7, stride=2, residual=False), block_config(32, 2, 9), block_config(40, 1, 1, residual=False,
           separable=False)]
-model = ConvASR(_model(jasper, 40)).eval()
+model = ConvASR(convasr_config(jasper, 40)).eval()
 save_model(model, sys.argv[1])
 """
 

@@ -25,7 +25,8 @@ def preprocessor_config(features: int = 64, window_size: float = 0.02, pad_to: i
     }
 
 
-def _block(filters, repeat, kernel, stride=1, dilation=1, residual=True, separable=True, dense=False):
+def block_config(filters, repeat, kernel, stride=1, dilation=1, residual=True, separable=True, dense=False):
+    """One entry of NeMo's ``encoder.jasper`` list (a ConvASR block), for small test and seed models."""
     d = {"filters": filters, "repeat": repeat, "kernel": [kernel], "stride": [stride],
          "dilation": [dilation], "dropout": 0.0, "residual": residual, "separable": separable}
     if dense:
@@ -33,7 +34,8 @@ def _block(filters, repeat, kernel, stride=1, dilation=1, residual=True, separab
     return d
 
 
-def _model(jasper: list[dict], feat_out: int) -> dict:
+def convasr_config(jasper: list[dict], feat_out: int) -> dict:
+    """A whole NeMo ConvASR (EncDecCTCModel) config from its blocks (``block_config``), English characters."""
     labels = list(EN_CHARS)
     return {
         "target": NEMO_CTC_TARGET,
@@ -52,22 +54,22 @@ def quartznet_config(blocks: int = 15) -> dict:
     if blocks not in (5, 10, 15):
         raise ValueError(f"QuartzNet has 5, 10 or 15 blocks, not {blocks}")
     per_stage = blocks // 5
-    jasper = [_block(256, 1, 33, stride=2, residual=False)]
+    jasper = [block_config(256, 1, 33, stride=2, residual=False)]
     for filters, kernel in [(256, 33), (256, 39), (512, 51), (512, 63), (512, 75)]:
-        jasper += [_block(filters, 5, kernel) for _ in range(per_stage)]
-    jasper += [_block(512, 1, 87, dilation=2, residual=False),
-               _block(1024, 1, 1, residual=False, separable=False)]
-    return _model(jasper, 1024)
+        jasper += [block_config(filters, 5, kernel) for _ in range(per_stage)]
+    jasper += [block_config(512, 1, 87, dilation=2, residual=False),
+               block_config(1024, 1, 1, residual=False, separable=False)]
+    return convasr_config(jasper, 1024)
 
 
 def jasper_dr_config() -> dict:
     """JasperDR 10x5: dense residual, not separable."""
-    jasper = [_block(256, 1, 11, stride=2, residual=False, separable=False)]
+    jasper = [block_config(256, 1, 11, stride=2, residual=False, separable=False)]
     for filters, kernel in [(256, 11), (384, 13), (512, 17), (640, 21), (768, 25)]:
-        jasper += [_block(filters, 5, kernel, separable=False, dense=True) for _ in range(2)]
-    jasper += [_block(896, 1, 29, dilation=2, residual=False, separable=False),
-               _block(1024, 1, 1, residual=False, separable=False)]
-    return _model(jasper, 1024)
+        jasper += [block_config(filters, 5, kernel, separable=False, dense=True) for _ in range(2)]
+    jasper += [block_config(896, 1, 29, dilation=2, residual=False, separable=False),
+               block_config(1024, 1, 1, residual=False, separable=False)]
+    return convasr_config(jasper, 1024)
 
 
 # ---------------------------------------------------------------------------------------------
