@@ -121,6 +121,21 @@ def test_conformer_refuses_convasr_only_options(hama_model):
         quantize(hama_model, random_mels(1, 1, 100, n_mels=80), 4, 8, bias_correction=True)
 
 
+@pytest.mark.parametrize("overrides,message", [
+    ({"subsampling_factor": 1}, "a Linear pre_encode"),
+    ({"self_attention_model": "abs_pos"}, "abs_pos with sinusoids"),
+])
+def test_walk_refuses_what_is_not_integer(overrides, message):
+    """The walk names what it cannot convert (the layer table still counts these models)."""
+    from asrquant.experiments import layer_table
+    from asrquant.models import ConformerCTC, conformer_ctc_config
+
+    model = ConformerCTC(conformer_ctc_config("small", n_layers=1, **overrides)).eval()
+    with pytest.raises(NotImplementedError, match=message):
+        calibrate_conformer(model, random_mels(1, 1, 40, n_mels=80))
+    assert len(layer_table(model, seconds=0.5)) > 0
+
+
 def test_simulated_quantization_rounds_where_the_program_does(hama_model, batch):
     """The float-non-linearity ablation: at 16 bits it is the float model (the points are right),
     at 8 bits it deviates about as much as the integer program does."""

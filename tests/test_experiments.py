@@ -336,3 +336,55 @@ def test_op_counts_results_file_carries_counts_and_provenance(tmp_path):
     assert df.config_sha256.nunique() == 3 and (df.seconds == 10.0).all()
     for col in ("code_version", "code_commit", "cpu", "threads", "torch"):
         assert df[col].notna().all(), col
+
+
+@pytest.mark.parametrize("variant", [
+    {},                                                                         # striding, rel_pos
+    {"subsampling": "striding_conv1d", "self_attention_model": "abs_pos", "pos_emb": "none"},
+    {"subsampling_factor": 1, "feat_out": 100, "use_bias": False},            # Linear pre_encode, out_proj
+])
+def test_conformer_layer_table_is_the_forward_order(variant):
+    """The table's weight layers and LayerNorms are the modules a real forward pass calls, in the
+    order it calls them (hooks), each once; the attention matmuls sit between linear_v (or the rel_pos
+    rows) and linear_out; the totals are the module's own parameter counts."""
+    from asrquant.models import ConformerCTC, conformer_ctc_config
+
+    torch.manual_seed(0)
+    model = ConformerCTC(conformer_ctc_config("small", n_layers=2, **variant)).eval()
+    called, frames = [], {}
+
+    def hook(mod, inp, out, name):
+        if name not in called:
+            called.append(name)
+            frames[name] = out.shape[1] if isinstance(mod, (nn.Linear, nn.LayerNorm)) else out.shape[2]
+
+    hooks = [m.register_forward_hook(lambda mod, i, o, n=n: hook(mod, i, o, n)) for n, m in model.named_modules()
+             if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.LayerNorm))]
+    n = int(0.61 * 16000)
+    with torch.no_grad():
+        model(torch.randn(1, n) * 0.1, torch.tensor([n]))
+    for h in hooks:
+        h.remove()
+    df = ex.layer_table(model, seconds=0.61)
+    modules = df[~df["kind"].isin(["attention", "pos_bias"])]
+    assert list(modules["name"]) == called
+    t = frames["encoder.layers.0.self_attn.linear_q"]
+    for r in modules.itertuples():
+        assert r.frames == (2 * t - 1 if r.kind == "linear_pos" else frames[r.name]), r.name
+    rel = model.encoder.self_attention_model == "rel_pos"
+    d = model.encoder.d_model
+    for b in range(2):
+        att = df[df["name"].str.startswith(f"encoder.layers.{b}.self_attn.")]
+        assert (att["block"] == b).all()
+        tail = list(att["name"].str.rsplit(".", n=1).str[1])
+        assert tail == ["linear_q", "linear_k", "linear_v"] + (
+            ["linear_pos", "pos_bias_u", "pos_bias_v", "matmul_qk", "matmul_qp"] if rel else ["matmul_qk"]) + [
+            "matmul_av", "linear_out"]
+        assert att[att["kind"] == "attention"]["macs"].sum() == t * t * d * 2 + (t * (2 * t - 1) * d if rel else 0)
+    assert (df[~df["name"].str.startswith("encoder.layers.")]["block"] == -1).all()
+    params = sum(p.numel() for p in model.parameters())
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm1d)]
+    assert ex.param_count(model) == params
+    # folding a BatchNorm drops its gamma and beta, and gives a conv without a bias one
+    assert ex.param_count(model, fold_bn=True) == params - sum(2 * m.num_features for m in bns) + (
+        0 if variant.get("use_bias", True) else sum(m.num_features for m in bns))

@@ -1,10 +1,12 @@
 """Float Conformer-CTC -> integer program (the I-BERT recipe of the paper's Section 2.2).
 
-One walk of the Conformer (``walk``) is written once against a small set of primitives and run
-twice: by ``FloatTaps`` (the float model, in the program's [B, C, T] layout, recording the range
-of every quantization point on valid frames: calibration) and by ``IntEmitter`` (the same steps as
-integer ops: conversion). A test checks that the float walk reproduces ``ConformerCTC`` exactly,
-so the points calibrated are the points the program quantizes.
+One walk of the Conformer (``walk``: ``walk_subsampling`` then ``walk_layers``) is written once
+against a small set of primitives and run by ``FloatTaps`` (the float model, in the program's
+[B, C, T] layout, recording the range of every quantization point on valid frames: calibration),
+by ``IntEmitter`` (the same steps as integer ops: conversion) and, on shapes, by
+``experiments.layer_table`` (sizes and MACs; it counts a Linear pre_encode itself and reads only
+``walk_layers`` then, which is why the walk comes in two parts). A test checks that the float walk
+reproduces ``ConformerCTC`` exactly, so the points calibrated are the points the program quantizes.
 
 What the program computes, per Conformer layer (x: the residual stream, `residual_bits` signed):
     LayerNorm            integer mean / variance / Newton square root  -> int8
@@ -61,6 +63,14 @@ def walk(model, g, x, lengths):
     enc = model.encoder
     if isinstance(enc.pre_encode, nn.Linear):
         raise NotImplementedError("integer Conformer: a Linear pre_encode (no subsampling) is not supported")
+    x, lengths = walk_subsampling(enc, g, x, lengths)
+    if enc.self_attention_model == "abs_pos" and enc.pos_enc.add_sinusoids:
+        raise NotImplementedError("integer Conformer: abs_pos with sinusoids is not integer yet")
+    return walk_layers(model, g, x, lengths)
+
+
+def walk_subsampling(enc, g, x, lengths):
+    """The ConvSubsampling pre_encode: mel [B, F, T] -> ([B, d, T'], lengths')."""
     sub = enc.pre_encode
     layers = list(sub.conv)
     if sub.is_2d:
@@ -87,8 +97,12 @@ def walk(model, g, x, lengths):
         x = g.requantize("encoder.pre_encode.out", acc, factor=enc.xscale or 1.0)
     elif pending is not None:
         x = g.requantize(pending[0], pending[1], factor=enc.xscale or 1.0)
-    if enc.self_attention_model == "abs_pos" and enc.pos_enc.add_sinusoids:
-        raise NotImplementedError("integer Conformer: abs_pos with sinusoids is not integer yet")
+    return x, lengths
+
+
+def walk_layers(model, g, x, lengths):
+    """From the pre_encoded [B, d, T'] stream on: the Conformer layers, out_proj and the logits."""
+    enc = model.encoder
     for li, layer in enumerate(enc.layers):
         p = f"encoder.layers.{li}"
         h = g.layernorm(f"{p}.norm_feed_forward1", x, layer.norm_feed_forward1)

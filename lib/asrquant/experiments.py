@@ -83,7 +83,9 @@ section "Op counts against the paper").
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 import torch
@@ -193,76 +195,104 @@ def _linear_row(name, kind, block, lin: nn.Linear, t: int) -> dict:
     return _wrow(name, kind, block, lin.in_features, lin.out_features, 1, t, t, t * w, w, bias)
 
 
-def _conformer_rows(model, t: int) -> list[dict]:
-    """Rows of a ConformerCTC for `t` mel frames, in forward order (see the module docstring)."""
-    from .models.conformer import ConvSubsampling, RelPositionMultiHeadAttention
+class _Shape(NamedTuple):
+    """What the layer table knows of a tensor of the Conformer walk: [B, channels, frames], or with
+    `freq` the subsampling's image [B, channels, frames, freq]."""
+    channels: int
+    frames: int
+    freq: int | None = None
 
-    enc, rows = model.encoder, []
-    pre = enc.pre_encode
-    if isinstance(pre, ConvSubsampling):
-        f = enc.feat_in  # the mel axis, which the 2-D convs shrink too
-        for i, layer in enumerate(pre.conv):
-            if not isinstance(layer, (nn.Conv1d, nn.Conv2d)):
-                continue
-            k, st, pad = layer.kernel_size[0], layer.stride[0], layer.padding[0]
-            t_out = (t + 2 * pad - k) // st + 1
-            f_out = (f + 2 * pad - k) // st + 1 if pre.is_2d else 1
-            ksize = k * k if pre.is_2d else k
-            w = layer.out_channels * (layer.in_channels // layer.groups) * ksize
-            kind = "depthwise" if layer.groups > 1 else ("pointwise" if k == 1 else "subsampling")
-            rows.append(_wrow(f"encoder.pre_encode.conv.{i}", kind, -1, layer.in_channels, layer.out_channels,
-                              ksize, t, t_out, t_out * f_out * w, w, layer.out_channels if layer.bias is not None
-                              else 0, st, layer.groups))
-            t, f = t_out, f_out
-        if pre.out is not None:
-            rows.append(_linear_row("encoder.pre_encode.out", "linear", -1, pre.out, t))
-    else:
-        rows.append(_linear_row("encoder.pre_encode", "linear", -1, pre, t))
 
-    d = enc.d_model
-    for b, layer in enumerate(enc.layers):
-        pfx = f"encoder.layers.{b}"
+class _LayerRows:
+    """A reader of the Conformer walk (``convert_conformer.walk_subsampling`` / ``walk_layers``) on
+    shapes: each weight layer, LayerNorm and attention matmul the walk meets becomes a layer_table
+    row (see the module docstring), named after its module, in the walk's (forward) order."""
 
-        def norm(name, ln):
-            rows.append(_wrow(f"{pfx}.{name}", "layernorm", b, d, d, 0, t, t, 0, ln.weight.numel(), ln.bias.numel()))
+    def __init__(self, model):
+        self.names = {id(m): n for n, m in model.named_modules()}
+        self.rows: list[dict] = []
+        self.counted: set[str] = set()
 
-        def ff(name, module):
-            rows.append(_linear_row(f"{pfx}.{name}.linear1", "linear", b, module.linear1, t))
-            rows.append(_linear_row(f"{pfx}.{name}.linear2", "linear", b, module.linear2, t))
+    @staticmethod
+    def _block(name: str) -> int:
+        m = re.match(r"encoder\.layers\.(\d+)\.", name)
+        return int(m.group(1)) if m else -1
 
-        norm("norm_feed_forward1", layer.norm_feed_forward1)
-        ff("feed_forward1", layer.feed_forward1)
-        norm("norm_self_att", layer.norm_self_att)
-        att = layer.self_attn
-        for n in ("linear_q", "linear_k", "linear_v"):
-            rows.append(_linear_row(f"{pfx}.self_attn.{n}", "linear", b, getattr(att, n), t))
-        if isinstance(att, RelPositionMultiHeadAttention):
-            p = 2 * t - 1   # relative distances t-1 .. -(t-1)
-            w = att.linear_pos.weight.numel()
-            rows.append(_wrow(f"{pfx}.self_attn.linear_pos", "linear_pos", b, d, d, 1, p, p, p * w, w))
-            hd = att.h * att.d_k
-            for n in ("pos_bias_u", "pos_bias_v"):   # added to q: parameters, no MACs
-                rows.append(_wrow(f"{pfx}.self_attn.{n}", "pos_bias", b, hd, hd, 0, t, t, 0, hd))
-            rows.append(_wrow(f"{pfx}.self_attn.matmul_qk", "attention", b, d, t, 0, t, t, t * t * d))
-            rows.append(_wrow(f"{pfx}.self_attn.matmul_qp", "attention", b, d, p, 0, t, t, t * p * d))
-        else:
-            rows.append(_wrow(f"{pfx}.self_attn.matmul_qk", "attention", b, d, t, 0, t, t, t * t * d))
-        rows.append(_wrow(f"{pfx}.self_attn.matmul_av", "attention", b, t, d, 0, t, t, t * t * d))
-        rows.append(_linear_row(f"{pfx}.self_attn.linear_out", "linear", b, att.linear_out, t))
-        norm("norm_conv", layer.norm_conv)
-        cv = layer.conv
-        for n, kind in (("pointwise_conv1", "pointwise"), ("depthwise_conv", "depthwise"),
-                        ("pointwise_conv2", "pointwise")):
-            row = _row(f"{pfx}.conv.{n}", kind, b, getattr(cv, n), t, n == "depthwise_conv")
-            rows.append(row)
-        norm("norm_feed_forward2", layer.norm_feed_forward2)
-        ff("feed_forward2", layer.feed_forward2)
-        norm("norm_out", layer.norm_out)
-    if enc.out_proj is not None:
-        rows.append(_linear_row("encoder.out_proj", "linear", -1, enc.out_proj, t))
-    for i, conv in enumerate(model.decoder.decoder_layers):
-        rows.append(_row(f"decoder.decoder_layers.{i}", "decoder", -1, conv, t, False))
-    return rows
+    def conv(self, name, x: _Shape, layer, lengths, bn=None, extra_bias=None):
+        name = self.names[id(layer)]   # the module's: the walk names linear_q's two copies linear_q_u / _v
+        if name in self.counted:
+            # rel_pos: the walk runs linear_q twice (u and v folded into two copies), the model once
+            return _Shape(layer.out_features, x.frames), x.frames
+        self.counted.add(name)
+        b = self._block(name)
+        if isinstance(layer, nn.Linear):
+            self.rows.append(_linear_row(name, "linear", b, layer, x.frames))
+            return _Shape(layer.out_features, x.frames), x.frames
+        k, st, pad = layer.kernel_size[0], layer.stride[0], layer.padding[0]
+        kind = "depthwise" if layer.groups > 1 else ("pointwise" if k == 1 else "subsampling")
+        if isinstance(layer, nn.Conv1d):
+            self.rows.append(_row(name, kind, b, layer, x.frames, bn is not None))
+            return _Shape(layer.out_channels, self.rows[-1]["frames"]), self.rows[-1]["frames"]
+        t_out, f_out = (x.frames + 2 * pad - k) // st + 1, (x.freq + 2 * pad - k) // st + 1
+        w = layer.out_channels * (layer.in_channels // layer.groups) * k * k
+        self.rows.append(_wrow(name, kind, b, layer.in_channels, layer.out_channels, k * k, x.frames, t_out,
+                               t_out * f_out * w, w, layer.out_channels if layer.bias is not None else 0, st,
+                               layer.groups))
+        return _Shape(layer.out_channels, t_out, f_out), t_out
+
+    def layernorm(self, name, x: _Shape, ln) -> _Shape:
+        d, t = x.channels, x.frames
+        self.rows.append(_wrow(name, "layernorm", self._block(name), d, d, 0, t, t, 0, ln.weight.numel(),
+                               ln.bias.numel()))
+        return x
+
+    def _matmuls(self, p, d, t, pairs):
+        """Attention matmul rows (no parameters): (name, in, out, MACs), out frames t."""
+        for n, cin, cout, macs in pairs:
+            self.rows.append(_wrow(f"{p}.{n}", "attention", self._block(p), cin, cout, 0, t, t, macs))
+
+    def attend(self, p, q: _Shape, k, v, heads, lengths) -> _Shape:
+        d, t = q.channels, q.frames
+        self._matmuls(p, d, t, [("matmul_qk", d, t, t * t * d), ("matmul_av", t, d, t * t * d)])
+        return q
+
+    def attend_rel(self, p, qu: _Shape, qv, k, v, attn, lengths) -> _Shape:
+        d, t, b = qu.channels, qu.frames, self._block(p)
+        n_pos = 2 * t - 1   # relative distances t-1 .. -(t-1)
+        w = attn.linear_pos.weight.numel()
+        self.rows.append(_wrow(f"{p}.linear_pos", "linear_pos", b, d, d, 1, n_pos, n_pos, n_pos * w, w))
+        hd = attn.h * attn.d_k
+        for n in ("pos_bias_u", "pos_bias_v"):   # added to q: parameters, no MACs
+            self.rows.append(_wrow(f"{p}.{n}", "pos_bias", b, hd, hd, 0, t, t, 0, hd))
+        self._matmuls(p, d, t, [("matmul_qk", d, t, t * t * d), ("matmul_qp", d, n_pos, t * n_pos * d),
+                                ("matmul_av", t, d, t * t * d)])
+        return qu
+
+    def logits(self, x: _Shape, dec, lengths):
+        self.rows.append(_row(self.names[id(dec)], "decoder", -1, dec, x.frames, False))
+        return x, lengths
+
+    # the walk's steps that neither hold parameters nor multiply
+    def mask(self, x, lengths):
+        return x
+
+    def to_image(self, x: _Shape) -> _Shape:
+        return _Shape(1, x.frames, x.channels)
+
+    def flatten_freq(self, x: _Shape) -> _Shape:
+        return _Shape(x.channels * x.freq, x.frames)
+
+    def requantize(self, name, acc, factor=1.0):
+        return acc
+
+    def requantize_to(self, name, acc):
+        return acc
+
+    def activation(self, name, acc: _Shape, kind, factor=1.0) -> _Shape:
+        return acc._replace(channels=acc.channels // 2) if kind == "glu" else acc
+
+    def residual(self, name, x, branch, factor):
+        return x
 
 
 def layer_table(model, seconds: float = 10.0, sample_rate: int = 16000, pad_to: int = 0,
@@ -277,13 +307,21 @@ def layer_table(model, seconds: float = 10.0, sample_rate: int = 16000, pad_to: 
     channel), macs (frames * out * in/groups * kernel).
     `model`: a ConvASR (real or meta device) or an architecture name.
     """
+    from .convert_conformer import walk_layers, walk_subsampling
     from .models.conformer import ConformerCTC
     from .models.convasr import walk
 
     model = _as_model(model)
     t = input_frames(model, seconds, sample_rate, pad_to, legacy)
     if isinstance(model, ConformerCTC):
-        return pd.DataFrame(_conformer_rows(model, t))
+        enc, g = model.encoder, _LayerRows(model)
+        x = _Shape(enc.feat_in, t)
+        if isinstance(enc.pre_encode, nn.Linear):   # no subsampling: the integer walk refuses it, the table counts it
+            x, _ = g.conv("encoder.pre_encode", x, enc.pre_encode, t)
+        else:
+            x, t = walk_subsampling(enc, g, x, t)
+        walk_layers(model, g, x, t)
+        return pd.DataFrame(g.rows)
     rows = []
     sites = walk(model)
     for blk in sites.blocks:

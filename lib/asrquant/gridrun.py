@@ -144,7 +144,7 @@ def quantize_cell(model_path: str, model_sha: str, settings: dict, threads: int 
     """Calibrate and convert one cell: ``quantize.quantize`` (or, for the Conformer's float
     non-linearity ablation, ``SimulatedConformer`` on the same rounding points)."""
     from .calibration import random_mels
-    from .quantize import quantize
+    from .quantize import Recipe, quantize
 
     _threads(threads)
     model = _float_model(model_path, model_sha)
@@ -165,10 +165,10 @@ def quantize_cell(model_path: str, model_sha: str, settings: dict, threads: int 
 
         qmodel = SimulatedConformer(model, calibrate_conformer(model, batches, settings["observer"]), w, a)
     else:
+        recipe = Recipe.custom(rounding=settings["rounding"], bias_correction=bool(settings["bias_correction"]))
         qmodel = quantize(model, batches, w, a, observer=settings["observer"], weight_method=settings["weight_method"],
-                          bias_correction=bool(settings["bias_correction"]), rounding=settings["rounding"],
                           depthwise_bits=settings["depthwise_bits"] or None,
-                          info={"calibration": kind, "seed": settings["seed"]})
+                          info={"calibration": kind, "seed": settings["seed"]}, **recipe.settings())
     return {"model": qmodel, "seconds": time.perf_counter() - t0}
 
 

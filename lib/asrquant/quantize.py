@@ -122,10 +122,19 @@ class Recipe:
                    bias_correction or settings["bias_correction"], ada, edge_bits,
                    bool(settings.get("equalize", False) if equalize is None else equalize), weight_group)
 
+    @classmethod
+    def custom(cls, name: str = "", **settings) -> "Recipe":
+        """A recipe given setting by setting (a grid cell's, a tool run's), not by a RECIPES name:
+        `name` (also the label) the RECIPES entry those settings are, where the caller knows it
+        (``recipe_of`` of its results row), else ''."""
+        return cls(name, name, **settings)
+
     def settings(self) -> dict:
-        """The keyword arguments of ``quantize`` this recipe sets."""
-        return {"rounding": self.rounding, "bias_correction": self.bias_correction, "adaround": self.adaround,
-                "edge_bits": self.edge_bits or None, "equalize": self.equalize, "weight_group": self.weight_group}
+        """The keyword arguments of ``quantize`` this recipe sets (no AdaRound options: None, as
+        ``quantize``'s default)."""
+        return {"rounding": self.rounding, "bias_correction": self.bias_correction,
+                "adaround": self.adaround or None, "edge_bits": self.edge_bits or None, "equalize": self.equalize,
+                "weight_group": self.weight_group}
 
 
 def is_conformer(model) -> bool:

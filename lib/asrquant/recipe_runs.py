@@ -20,7 +20,7 @@ from .evaluate import evaluate
 from .experiments import bops, model_size_mb
 from .models.checkpoint import load_model
 from .provenance import provenance
-from .quantize import quantize, recipe_of
+from .quantize import Recipe, quantize, recipe_of
 from .results_file import ResultsFile
 
 COLUMNS = ["model", "w_bits", "a_bits", "calibration", "seed", "observer", "weight_method", "bias_correction", "wer",
@@ -80,6 +80,18 @@ def settings_of(run: RecipeRuns, name: str, seed: int, w: int, a: int, budget) -
                 weight_group=run.weight_group)
 
 
+def recipe_of_run(run: RecipeRuns, key: dict) -> Recipe:
+    """What one row of `run` (its KEY settings, ``settings_of``) quantizes with, named by those settings
+    (``recipe_of``). bias_correction is the run's flag as given: the row's column also says True for the
+    centered AdaRound objective, whose closed-form bias shift is part of AdaRound itself."""
+    return Recipe.custom(recipe_of(key), rounding=run.rounding, bias_correction=run.bias_correction,
+                         adaround={"iterations": run.iterations, "centered": key["adaround_centered"],
+                                   "asymmetric": not run.symmetric, "scale_search": run.scale_search,
+                                   "relu_aware": run.relu_aware, "block_iterations": run.block_iterations,
+                                   "cache_dir": str(paths.build_dir() / "adaround_cache")},
+                         edge_bits=run.edge_bits, equalize=run.equalize, weight_group=run.weight_group)
+
+
 def measure(run: RecipeRuns, model, utts, key: dict) -> tuple[dict, float]:
     """Calibrate, quantize and evaluate one setting: (its tidy row, calibration seconds)."""
     w, a, seed, budget = key["w_bits"], key["a_bits"], key["seed"], key["size_budget_mb"] or None
@@ -89,13 +101,9 @@ def measure(run: RecipeRuns, model, utts, key: dict) -> tuple[dict, float]:
                                   synth={"iterations": run.synth_iterations, "lr": 0.05}, model_path=run.model,
                                   cache_dir=paths.build_dir() / "synth_cache")
     synth_seconds = time.perf_counter() - start
-    qmodel = quantize(model, batches, w, a, bias_correction=run.bias_correction, rounding=run.rounding,
-                      adaround={"iterations": run.iterations, "centered": key["adaround_centered"],
-                                "asymmetric": not run.symmetric, "scale_search": run.scale_search,
-                                "relu_aware": run.relu_aware, "block_iterations": run.block_iterations,
-                                "cache_dir": str(paths.build_dir() / "adaround_cache")},
-                      size_budget_mb=budget, edge_bits=run.edge_bits or None, equalize=run.equalize,
-                      weight_group=run.weight_group, info={"calibration": run.calibration, "seed": seed})
+    recipe = recipe_of_run(run, key)
+    qmodel = quantize(model, batches, w, a, size_budget_mb=budget, info={"calibration": run.calibration, "seed": seed},
+                      **recipe.settings())
     calib_seconds = time.perf_counter() - start
     del batches
     summary = evaluate(qmodel, utts, batch_size=run.eval_batch_size, progress=False)
@@ -105,7 +113,7 @@ def measure(run: RecipeRuns, model, utts, key: dict) -> tuple[dict, float]:
            "words": summary["words"], "word_errors": summary["word_errors"], "utterances": summary["utterances"],
            "ci95_lo": lo, "ci95_hi": hi, "size_mb": round(size, 2), "bops_t": round(bops(model, w, a) / 1e12, 3),
            "eval_seconds": summary["seconds"], "calib_seconds": round(calib_seconds, 1),
-           "synth_seconds": round(synth_seconds, 1), "recipe": recipe_of(key)}
+           "synth_seconds": round(synth_seconds, 1), "recipe": recipe.name}
     row.update({k: v for k, v in provenance(run.model, utts).items() if k not in row})
     return row, calib_seconds
 

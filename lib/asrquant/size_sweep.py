@@ -24,7 +24,7 @@ from .gridrun import content_key
 from .models.checkpoint import load_model
 from .provenance import eval_set_fingerprint, file_sha256, provenance
 from .quant import mixed_precision as mp
-from .quantize import quantize
+from .quantize import Recipe, quantize
 from .results_file import ResultsFile
 from .synth import cache_key, model_hash
 from .tables import GridSpec, calibration_settings, synth_params
@@ -138,9 +138,10 @@ def measure_cell(run: SizeSweepRuns, model, utts, state: _Seed, settings: dict) 
         bits = mp.allocate_bits(model, batches, budget, bias_correction=bc_sens, cache_dir=run.sensitivity_cache,
                                 progress=False)
     t0 = time.perf_counter()
-    qmodel = quantize(model, batches, w, run.act_bits, bias_correction=bc, size_budget_mb=budget,
+    recipe = Recipe.custom(rounding=settings["rounding"], bias_correction=bc)
+    qmodel = quantize(model, batches, w, run.act_bits, size_budget_mb=budget,
                       mixed_precision={"bias_correction": bc_sens, "cache_dir": run.sensitivity_cache},
-                      info={"calibration": "synthetic", "seed": state.seed}, progress=False)
+                      info={"calibration": "synthetic", "seed": state.seed}, progress=False, **recipe.settings())
     quant_s = time.perf_counter() - t0   # sensitivities came from the cache: allocation + conversion
     summary = evaluate(with_backend(qmodel, run.eval_backend), utts, progress=False)
     lo, hi = summary["ci95"]
