@@ -182,8 +182,7 @@ def test_synthesis_defaults_come_from_the_one_record():
     Adam iterations, learning rate; `synth`'s batch size) default to options.SYNTH_DEFAULTS."""
     from asrquant.options import SYNTH_DEFAULTS
 
-    keys = {"frames": "frames", "synth_frames": "frames", "iterations": "iterations",
-            "synth_iterations": "iterations", "lr": "lr"}
+    keys = {"frames": "frames", "iterations": "iterations", "lr": "lr", "batch_size": "batch_size"}
     seen = 0
     for name in ("synth", "quantize", "grid"):
         for action in _subparsers()[name]._actions:
@@ -192,4 +191,17 @@ def test_synthesis_defaults_come_from_the_one_record():
                 seen += 1
     synth = {a.dest: a.default for a in _subparsers()["synth"]._actions}
     assert synth["batch_size"] == SYNTH_DEFAULTS["batch_size"]
-    assert seen == 9   # each of the three takes frames, iterations and lr
+    assert seen == 12   # each of the three takes frames, iterations, lr and batch size
+
+
+@pytest.mark.parametrize("flag", ["--batches", "--frames", "--iterations", "--lr"])
+def test_synthesis_options_are_defined_once(flag):
+    """The synthesis settings are one option group (options.add_synthesis_options) that `synth`,
+    `quantize` and `grid` share; the grid's --synth-* spellings are aliases of the same options."""
+    sites = [s for s in _add_argument_sites(flag) if not s.startswith("cli/deploy.py")]   # export's --frames: T
+    assert len(sites) == 1 and sites[0].startswith("options.py:"), sites
+    for name in ("synth", "quantize", "grid"):
+        assert any(flag in a.option_strings for a in _subparsers()[name]._actions), (name, flag)
+    grid = _subparsers()["grid"]
+    args = grid.parse_args(["--synth-iterations", "7", "--synth-frames", "64", "--synth-batches", "2"])
+    assert (args.iterations, args.frames, args.batches) == (7, 64, 2)

@@ -156,3 +156,24 @@ def test_only_the_walk_reads_the_convasr_blocks():
     found = {str(p.relative_to(lib)): lines for p in lib.rglob("*.py")
              if p.name != "convasr.py" and (lines := _reaches_into_convasr_blocks(p.read_text()))}
     assert not found, f"modules that walk model.encoder.encoder by hand (use models.convasr.walk): {found}"
+
+
+def _private_imports(source: str) -> list[tuple[int, str]]:
+    """(line, name) of every underscore name imported from another module of the package."""
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and (node.level > 0 or (node.module or "").split(".")[0] == LIB.name):
+            out += [(node.lineno, a.name) for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+    return out
+
+
+def test_private_import_finder_finds_one():
+    assert _private_imports("from .ops import OPS, _hidden\nfrom __future__ import annotations\n") == [(1, "_hidden")]
+
+
+def test_no_module_imports_another_modules_private_names():
+    """Everything used across modules is public: lib/, tools/ and benchmarks/ import no `_name`."""
+    root = LIB.parents[1]
+    files = [*LIB.rglob("*.py"), *(root / "tools").rglob("*.py"), *(root / "benchmarks").rglob("*.py")]
+    found = {str(p.relative_to(root)): hits for p in files if (hits := _private_imports(p.read_text()))}
+    assert not found, f"private names imported across modules: {found}"

@@ -155,7 +155,7 @@ def conv_module(g, p, x, conv, lengths):
     return g.conv(f"{p}.pointwise_conv2", h, conv.pointwise_conv2, lengths)[0]
 
 
-def _weight_bias(layer: nn.Module, bn: nn.BatchNorm1d | None = None, extra_bias=None):
+def folded_weight_bias(layer: nn.Module, bn: nn.BatchNorm1d | None = None, extra_bias=None):
     """(weight [out, in/groups, k] (Conv2d: [out, in/groups, kT, kF]) float64, bias float64 or None)
     of a Linear / Conv1d / Conv2d, BN folded, `extra_bias` (rel_pos's u or v) added to the bias."""
     w = layer.weight.detach().double()
@@ -173,14 +173,14 @@ def _weight_bias(layer: nn.Module, bn: nn.BatchNorm1d | None = None, extra_bias=
     return w, b
 
 
-def _geometry(layer) -> dict:
+def conv_geometry(layer) -> dict:
     if isinstance(layer, nn.Conv1d):
         return {"stride": layer.stride[0], "padding": layer.padding[0], "dilation": layer.dilation[0],
                 "groups": layer.groups}
     return {"stride": 1, "padding": 0, "dilation": 1, "groups": 1}
 
 
-def _out_lengths(lengths, layer):
+def conv_out_lengths(lengths, layer):
     if isinstance(layer, (nn.Conv1d, nn.Conv2d)) and layer.stride[0] != 1:
         k, s, p, d = layer.kernel_size[0], layer.stride[0], layer.padding[0], layer.dilation[0]
         return (lengths + 2 * p - d * (k - 1) - 1) // s + 1
@@ -240,7 +240,7 @@ class FloatTaps:
             y = layer._conv_forward(x, self.weight(layer, layer.weight), layer.bias)
         if bn is not None:
             y = bn(y)
-        out_len = _out_lengths(lengths, layer)
+        out_len = conv_out_lengths(lengths, layer)
         self.lengths = out_len
         return y, out_len
 
@@ -380,7 +380,7 @@ class IntEmitter:
     def conv(self, name, x: _Act, layer, lengths, bn=None, extra_bias=None):
         from .quant.weights import quantize_bias, quantize_weight
 
-        w, b = _weight_bias(layer, bn, extra_bias)
+        w, b = folded_weight_bias(layer, bn, extra_bias)
         w_q, s_w = quantize_weight(w, self.wb, self.method)
         acc_scale = x.scale * s_w
         params = {"weight": w_q}
@@ -398,7 +398,7 @@ class IntEmitter:
                               "acc_dtype": dtype_name(acc_dtype)}, params, meta)
             out_len = self.g.frames(name, lengths, layer.kernel_size[0], layer.stride[0], layer.padding[0])
             return _Acc(out, acc_scale.numpy(), bound), out_len
-        geo = _geometry(layer)
+        geo = conv_geometry(layer)
         out = self.g.add("conv1d", [x.name], f"{name}.acc", Value(dtype_name(acc_dtype), "acc"), name,
                          {**geo, "acc_dtype": dtype_name(acc_dtype)}, params, meta)
         k = int(w_q.shape[-1])

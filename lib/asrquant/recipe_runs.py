@@ -19,6 +19,7 @@ from .data import load_dataset
 from .evaluate import evaluate
 from .experiments import bops, model_size_mb
 from .models.checkpoint import load_model
+from .options import SYNTH_DEFAULTS
 from .provenance import provenance
 from .quantize import Recipe, quantize, recipe_of
 from .results_file import ResultsFile
@@ -61,7 +62,7 @@ class RecipeRuns:
     block_iterations: int = 0
     weight_group: int = 0
     size_budget_mb: list = field(default_factory=lambda: [None])
-    synth_iterations: int = 200
+    synth_iterations: int = SYNTH_DEFAULTS["iterations"]
     limit: int | None = None
     eval_batch_size: int = 2
 
@@ -96,10 +97,11 @@ def measure(run: RecipeRuns, model, utts, key: dict) -> tuple[dict, float]:
     """Calibrate, quantize and evaluate one setting: (its tidy row, calibration seconds)."""
     w, a, seed, budget = key["w_bits"], key["a_bits"], key["seed"], key["size_budget_mb"] or None
     start = time.perf_counter()
-    batches = calibration_batches(model, run.calibration, seed=seed, n_batches=1, batch_size=8, frames=500,
+    batches = calibration_batches(model, run.calibration, seed=seed, n_batches=1,
+                                  batch_size=SYNTH_DEFAULTS["batch_size"], frames=SYNTH_DEFAULTS["frames"],
                                   data=paths.librispeech("train-clean-100"), limit=run.calibration_limit,
-                                  synth={"iterations": run.synth_iterations, "lr": 0.05}, model_path=run.model,
-                                  cache_dir=paths.build_dir() / "synth_cache")
+                                  synth={"iterations": run.synth_iterations, "lr": SYNTH_DEFAULTS["lr"]},
+                                  model_path=run.model, cache_dir=paths.build_dir() / "synth_cache")
     synth_seconds = time.perf_counter() - start
     recipe = recipe_of_run(run, key)
     qmodel = quantize(model, batches, w, a, size_budget_mb=budget, info={"calibration": run.calibration, "seed": seed},

@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .convert_conformer import FloatTaps, _geometry, _out_lengths, _weight_bias, calibrate_conformer, float_forward
+from .convert_conformer import (FloatTaps, calibrate_conformer, conv_geometry, conv_out_lengths, float_forward,
+                                folded_weight_bias)
 from .quant.quantizer import fake_quantize, scale_from_range
 
 
@@ -34,11 +35,11 @@ class SimulatedTaps(FloatTaps):
     def conv(self, name, x, layer, lengths, bn=None):
         from .quant.weights import quantize_weight
 
-        w, b = _weight_bias(layer, bn)
+        w, b = folded_weight_bias(layer, bn)
         w_q, s_w = quantize_weight(w, self.wb, "minmax")
         w_fq = (w_q.double() * s_w.reshape(-1, 1, 1)).to(x.dtype)
-        y = torch.nn.functional.conv1d(x, w_fq, None if b is None else b.to(x.dtype), **_geometry(layer))
-        self.lengths = _out_lengths(lengths, layer)
+        y = torch.nn.functional.conv1d(x, w_fq, None if b is None else b.to(x.dtype), **conv_geometry(layer))
+        self.lengths = conv_out_lengths(lengths, layer)
         return y, self.lengths
 
     def activation(self, name, acc, kind, factor=1.0):

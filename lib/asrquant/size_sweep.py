@@ -22,6 +22,7 @@ from .data import load_dataset
 from .evaluate import evaluate
 from .gridrun import content_key
 from .models.checkpoint import load_model
+from .options import SYNTH_DEFAULTS
 from .provenance import eval_set_fingerprint, file_sha256, provenance
 from .quant import mixed_precision as mp
 from .quantize import Recipe, quantize
@@ -47,7 +48,7 @@ class SizeSweepRuns:
     act_bits: int = 8
     no_bias_correction: bool = False
     sensitivity_without_bias_correction: bool = False
-    synth_iterations: int = 200
+    synth_iterations: int = SYNTH_DEFAULTS["iterations"]
     generate: bool = False
     limit: int | None = None
     eval_backend: str = "fast"   # or "reference": the torch int64 engine
@@ -107,9 +108,9 @@ class _Seed:
     def get_batches(self):
         if self.batches is None:
             self.batches = calibration_batches(
-                self.model, "synthetic", seed=self.seed, n_batches=1, batch_size=8, frames=500,
-                synth={"iterations": self.run.synth_iterations, "lr": 0.05}, model_path=self.run.model,
-                cache_dir=self.run.cache_dir, progress=False)
+                self.model, "synthetic", seed=self.seed, n_batches=1, batch_size=SYNTH_DEFAULTS["batch_size"],
+                frames=SYNTH_DEFAULTS["frames"], synth={"iterations": self.run.synth_iterations, "lr": SYNTH_DEFAULTS["lr"]},
+                model_path=self.run.model, cache_dir=self.run.cache_dir, progress=False)
         return self.batches
 
     def sensitivity_seconds(self, bc_sens: bool) -> float:
@@ -166,8 +167,8 @@ def run_size_sweep(run: SizeSweepRuns) -> int:
     digest = model_hash(model)
     out = ResultsFile(run.out)
     done = out.keys()
-    synth = {"iterations": run.synth_iterations, "lr": 0.05}
-    spec = GridSpec(synth={"n_batches": 1, "batch_size": 8, "frames": 500, **synth})
+    synth = {"iterations": run.synth_iterations, "lr": SYNTH_DEFAULTS["lr"]}
+    spec = GridSpec(synth={**SYNTH_DEFAULTS, "n_batches": 1, **synth})
     calib = calibration_settings(spec, "synthetic", model)
     cells = [(b, None) for b in run.budgets] + [(None, w) for w in run.uniform_bits]
     missing_seeds = []

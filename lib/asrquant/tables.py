@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from .aggregate import rate_text, seed_summary
+from .options import SYNTH_DEFAULTS
 from .results_file import ResultsFile
 
 UNKNOWN = "unknown"
@@ -46,7 +47,7 @@ class GridSpec:
     seeds: tuple[int, ...] = (0, 1, 2)
     synth: dict | None = None          # SyntheticMelGenerator parameters (n_batches, batch_size, frames, ...)
     random_batches: int = 1
-    random_frames: int = 500
+    random_frames: int = SYNTH_DEFAULTS["frames"]
     real_limit: int | None = None      # calibration utterances for `real` (None: all)
     observer: str = "minmax"
     weight_method: str = "minmax"

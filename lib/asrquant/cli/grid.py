@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import paths
-from ..options import SYNTH_DEFAULTS, add_data_argument, add_model_argument
+from ..options import add_data_argument, add_model_argument, add_synthesis_options, synthesis_settings
 from .common import add_recipe_arguments
 
 #: the columns of the printed summary (the settings columns and hashes are in the CSV)
@@ -21,10 +21,9 @@ def grid_spec(args):
     if args.residual_bits or args.prob_bits:
         raise ValueError("grid: --residual-bits / --prob-bits are not grid settings yet (use `asrquant quantize`)")
     bits = tuple(tuple(int(x) for x in b.split("/")) for b in args.bits)
-    synth = {"n_batches": args.synth_batches, "batch_size": 8, "frames": args.synth_frames,
-             "iterations": args.synth_iterations, "lr": args.lr}
+    synth = synthesis_settings(args)
     return GridSpec(bits=bits, calibrations=tuple(args.calibrations), seeds=tuple(args.seeds), synth=synth,
-                    random_batches=args.synth_batches, random_frames=args.synth_frames, real_limit=args.real_limit,
+                    random_batches=args.batches, random_frames=args.frames, real_limit=args.real_limit,
                     observer=args.observer, weight_method=args.weight_method, bias_correction=args.bias_correction,
                     depthwise_bits=args.depthwise_bits or 0, rounding=args.rounding, simulated=args.simulated)
 
@@ -58,10 +57,7 @@ def add_grid(sub) -> None:
     g.add_argument("--calibrations", nargs="+", default=["synthetic", "random", "real"],
                    choices=["synthetic", "random", "real"])
     g.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    g.add_argument("--synth-batches", type=int, default=1)
-    g.add_argument("--synth-frames", type=int, default=SYNTH_DEFAULTS["frames"])
-    g.add_argument("--synth-iterations", "--iterations", type=int, default=SYNTH_DEFAULTS["iterations"])
-    g.add_argument("--lr", type=float, default=SYNTH_DEFAULTS["lr"])
+    add_synthesis_options(g)
     g.add_argument("--real-limit", type=int, default=None)
     add_recipe_arguments(g)
     g.add_argument("--cache-dir", default=str(paths.build_dir() / "synth_cache"))

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from .. import paths
-from ..options import SYNTH_DEFAULTS, add_model_argument, add_synth_arguments
+from ..options import add_model_argument, add_synth_arguments, add_synthesis_options, synthesis_settings
 from .common import add_recipe_arguments
 
 
@@ -82,8 +82,7 @@ def cmd_synth(args) -> int:
     if not model_path.is_file():
         raise FileNotFoundError(f"{model_path}: model not found")
     model = load_model(model_path)
-    params = {"n_batches": args.batches, "batch_size": args.batch_size, "frames": args.frames,
-              "iterations": args.iterations, "lr": args.lr, "seed": args.seed}
+    params = {**synthesis_settings(args), "seed": args.seed}
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("always", SynthCacheWarning)
@@ -143,12 +142,7 @@ def add_quantize(sub) -> None:
     q.add_argument("--calibration-data", default=None, help="audio folder or manifest for --calibration real")
     q.add_argument("--calibration-limit", type=int, default=None, help="use only the first N calibration files")
     add_recipe_arguments(q)
-    q.add_argument("--batches", type=int, default=1, help="synthetic/random batches")
-    q.add_argument("--batch-size", type=int, default=8)
-    q.add_argument("--frames", type=int, default=SYNTH_DEFAULTS["frames"], help="synthetic/random input length T")
-    q.add_argument("--iterations", type=int, default=SYNTH_DEFAULTS["iterations"],
-                   help="synthetic: Adam iterations per batch")
-    q.add_argument("--lr", type=float, default=SYNTH_DEFAULTS["lr"], help="synthetic: Adam learning rate")
+    add_synthesis_options(q)
     q.add_argument("--cache-dir", default=str(paths.build_dir() / "synth_cache"))
     _add_recipe_choice(q)
     q.add_argument("--seed", type=int, default=0)

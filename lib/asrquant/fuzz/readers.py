@@ -36,7 +36,8 @@ class Reader:
     native: bool = False          # runs in the C driver (checked there)
 
 
-def _errors():
+def expected_errors():
+    """The exception types a reader may raise on bad input (each names the file and the problem)."""
     from ..audio import AudioError
     from ..data import DataError
     from ..models.checkpoint import CheckpointError

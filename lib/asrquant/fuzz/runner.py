@@ -237,11 +237,11 @@ def worker(reader_name: str, n: int, seed: int, work: Path, seed_dir: Path, out)
     from hypothesis import seed as hseed
     from hypothesis import strategies as st
 
-    from .readers import READERS, _errors
+    from .readers import READERS, expected_errors
 
     _one_thread()
     reader = READERS[reader_name]
-    allowed = _errors()
+    allowed = expected_errors()
     work = Path(work)
     failures = Path(os.environ.get("ASRQUANT_FUZZ_FAILURES", work / "failures"))
     case_dir, out_dir = work / "case", work / "out"

@@ -144,7 +144,7 @@ def groups_lowered(lowers) -> list[str]:
     return [g for g, kinds in OP_GROUPS.items() if set(kinds) <= set(lowers)]
 
 
-_DTYPES = {"int8": torch.int8, "int16": torch.int16, "int32": torch.int32, "int64": torch.int64}
+DTYPES = {"int8": torch.int8, "int16": torch.int16, "int32": torch.int32, "int64": torch.int64}
 
 
 @dataclass
@@ -293,7 +293,7 @@ class Program:
 
 
 def torch_dtype(name: str) -> torch.dtype:
-    return _DTYPES[name]
+    return DTYPES[name]
 
 
 def dtype_name(dt: torch.dtype) -> str:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from .ops import _DTYPES, OPS, Program, ProgramError
+from .ops import DTYPES, OPS, Program, ProgramError
 
 I64 = (1 << 63) - 1
 ACC_MAX = {"int32": (1 << 31) - 1, "int64": I64}
@@ -404,8 +404,8 @@ KIND_CHECKS = {
 def _check_values(p: Program) -> None:
     """every Value record: a known dtype and role; an activation's bits, signedness and storage dtype"""
     for name, v in p.values.items():
-        if not isinstance(v.dtype, str) or v.dtype not in _DTYPES:
-            raise ProgramError(f"value {name!r}: dtype {v.dtype!r} is not one of {sorted(_DTYPES)}"[:300])
+        if not isinstance(v.dtype, str) or v.dtype not in DTYPES:
+            raise ProgramError(f"value {name!r}: dtype {v.dtype!r} is not one of {sorted(DTYPES)}"[:300])
         if v.role not in ("act", "acc", "lengths"):
             raise ProgramError(f"value {name!r}: role {v.role!r} unknown"[:300])
         if v.role == "act":
