@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 SHARED ?= ../shared
 MODEL   = build/quartznet15x5_restored.nemo
-export ASRQUANT_SHARED := $(abspath $(SHARED))
+export INTASR_SHARED := $(abspath $(SHARED))
 
 .PHONY: setup model test test-qemu qemu-found book book-check book-quick clean-book clean
 
@@ -16,22 +16,22 @@ $(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt -r requirements.txt
 	$(BIN)/pip install -q -c constraints.txt --no-deps -e .
-	$(BIN)/python -m ipykernel install --sys-prefix --name asrquant --display-name "asrquant (.venv)" > /dev/null
+	$(BIN)/python -m ipykernel install --sys-prefix --name intasr --display-name "intasr (.venv)" > /dev/null
 	touch $@
 
 # The real QuartzNet-15x5 with BatchNorm statistics restored from train-clean-100 (method-notes 8).
 # Byte-reproducible whatever OMP_NUM_THREADS is (issue 12); the sha256 is printed for the README's.
 model: $(MODEL)
-	@$(BIN)/python -c 'import sys; from asrquant.provenance import file_sha256; print("sha256", file_sha256(sys.argv[1]), sys.argv[1])' $(MODEL)
+	@$(BIN)/python -c 'import sys; from intasr.provenance import file_sha256; print("sha256", file_sha256(sys.argv[1]), sys.argv[1])' $(MODEL)
 $(MODEL): | $(VENV)/.installed
-	$(BIN)/asrquant restore-bn --out $@
+	$(BIN)/intasr restore-bn --out $@
 
 test: setup
 	$(BIN)/python -m pytest -q
 
 # The CPU-dependent tests on an emulated AVX2 CPU without AVX-512 or VNNI (issue 25), from any
 # x86-64 host: `qemu-x86_64 -cpu max` (QEMU 7.2) runs the venv's python and shows it that CPU
-# through CPUID (asrquant.cpu). The files: the probe, the integer ONNX graph and the runtime skips
+# through CPUID (intasr.cpu). The files: the probe, the integer ONNX graph and the runtime skips
 # (onnxruntime's kernels are inexact there), the native and intops kernels, the C runtime, the
 # scripts' results. Slow: ~10x native. test_native.py's whole-model runner tests (minutes natively,
 # the same kernels as its kernel tests) are left out by QEMU_PYTEST; QEMU_TESTS=... runs others.

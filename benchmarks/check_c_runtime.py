@@ -3,7 +3,7 @@ phoneme model such as the hama Conformer).
 
     .venv/bin/python benchmarks/check_c_runtime.py --quantized Q.aqz [--limit 40] [--json OUT]
 
-Exports Q's program with ``asrquant export --c`` into a folder, builds it with ``make`` (the
+Exports Q's program with ``intasr export --c`` into a folder, builds it with ``make`` (the
 CLI, -O3 -march=native), then for each test-other utterance (batch 1): the float front end and
 the input quantization in Python (as ``forward_int``'s callers do), the quantized log-mel written
 as the CLI's input file, ``asrq model.bin input.q8 --logits out.bin`` run as a process; its
@@ -30,14 +30,14 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from asrquant import paths
-from asrquant.cli import main as cli_main
-from asrquant.integer_model import load_quantized
-from asrquant.data import load_batch, load_dataset
-from asrquant.program.c_backend import read_logits, write_input
-from asrquant.provenance import provenance
-from asrquant.evaluate import decode_batch, score
-from asrquant.text import ctc_greedy_tokens
+from intasr import paths
+from intasr.cli import main as cli_main
+from intasr.integer_model import load_quantized
+from intasr.data import load_batch, load_dataset
+from intasr.program.c_backend import read_logits, write_input
+from intasr.provenance import provenance
+from intasr.evaluate import decode_batch, score
+from intasr.text import ctc_greedy_tokens
 
 
 def main(argv=None) -> int:

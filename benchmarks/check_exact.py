@@ -11,7 +11,7 @@ logit scale, frames whose argmax differs, transcript changes (onnxruntime CPU, f
 
 Where onnxruntime's integer kernels are not exact (``ort_kernels_exact()``: a CPU without VNNI),
 ``onnxruntime-int8`` is not run: the JSON's ``skipped`` records why, and the script still exits 0.
-``machine`` records the CPU as the CPU-feature probe sees it (``asrquant.provenance.machine``).
+``machine`` records the CPU as the CPU-feature probe sees it (``intasr.provenance.machine``).
 """
 
 from __future__ import annotations
@@ -27,14 +27,14 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from asrquant import paths
-from asrquant.integer_model import load_quantized
-from asrquant.data import load_batch, load_dataset
-from asrquant.deploy.runtime import OrtIntegerRunner, make_session, ort_kernels_exact
-from asrquant.provenance import machine
-from asrquant.program.fast import TorchIntegerRunner
-from asrquant.program.onnx_qdq import build_qdq_model
-from asrquant.text import ctc_greedy_decode
+from intasr import paths
+from intasr.integer_model import load_quantized
+from intasr.data import load_batch, load_dataset
+from intasr.deploy.runtime import OrtIntegerRunner, make_session, ort_kernels_exact
+from intasr.provenance import machine
+from intasr.program.fast import TorchIntegerRunner
+from intasr.program.onnx_qdq import build_qdq_model
+from intasr.text import ctc_greedy_decode
 
 
 def main(argv=None) -> int:

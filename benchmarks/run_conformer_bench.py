@@ -1,12 +1,12 @@
-"""The Conformer against its peers: ``asrquant bench`` on two Conformer-CTC models, 1 and 2 threads.
+"""The Conformer against its peers: ``intasr bench`` on two Conformer-CTC models, 1 and 2 threads.
 
     .venv/bin/python benchmarks/run_conformer_bench.py                # 20 interleaved rounds each
     .venv/bin/python benchmarks/run_conformer_bench.py --repeats 5 --models nemo-small
 
 Models:
 - ``hama``: the real pretrained hama Conformer-CTC (4 layers, d 144, phonemes), imported with
-  ``asrquant import-hama --restore-bn --out build/conformer_hama.nemo`` and quantized W8A8 zero-shot
-  (``asrquant quantize --model build/conformer_hama.nemo --weight-bits 8 --act-bits 8
+  ``intasr import-hama --restore-bn --out build/conformer_hama.nemo`` and quantized W8A8 zero-shot
+  (``intasr quantize --model build/conformer_hama.nemo --weight-bits 8 --act-bits 8
   --out build/conf_w8a8.aqz``: synthetic calibration, seed 0); ``--hama`` / ``--hama-quantized``
   name other files.
 - ``nemo-small``: NeMo's conformer_ctc_small architecture (16 layers, d 176, Conv2d striding
@@ -14,7 +14,7 @@ Models:
   latency does not depend on what the weights learned (it does on the input through the AVX2
   kernels' window split, hence speech input); kept in build/conformer_bench/.
 
-Each (model, threads): ``asrquant bench --seconds 10 --repeats R --threads N --json`` (torch FP32,
+Each (model, threads): ``intasr bench --seconds 10 --repeats R --threads N --json`` (torch FP32,
 onnxruntime FP32 of a torch.onnx.export, onnxruntime quantize_dynamic int8 of that export, the C
 runtime, and onnxruntime's integer graph where this CPU runs it exactly; 10 s of test-other speech;
 each runtime's added resident memory in a process of its own), its JSON in
@@ -22,7 +22,7 @@ benchmarks/results/conformer_<model>_<kernel family>_t<N>.json; then a tidy CSV
 (benchmarks/conformer_latency_<kernel family>.csv,
 one row per model x threads x runtime) and its plot (.png beside it).
 
-``--alone``: each runtime in a process of its own, one after the other (``asrquant bench --runtimes
+``--alone``: each runtime in a process of its own, one after the other (``intasr bench --runtimes
 R``), so that no other runtime's thread pool shares the process; a tidy CSV
 benchmarks/conformer_alone_<kernel family>.csv (the same columns, ``protocol`` "alone"). The
 interleaved run shares load drifts fairly; the alone run shows what a deployment of one runtime sees.
@@ -40,8 +40,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from asrquant import paths
-from asrquant.cli import main as cli_main
+from intasr import paths
+from intasr.cli import main as cli_main
 
 MODELS = ("hama", "nemo-small")
 LABEL = {"hama": "hama Conformer-CTC (real, W8A8 zero-shot)", "nemo-small": "NeMo Conformer-CTC small (random)"}
@@ -49,10 +49,10 @@ LABEL = {"hama": "hama Conformer-CTC (real, W8A8 zero-shot)", "nemo-small": "NeM
 
 def nemo_small_files(folder: Path) -> tuple[Path, Path]:
     """The seeded random-weight NeMo small Conformer and its W8A8 file (made once)."""
-    from asrquant.integer_model import save_quantized
-    from asrquant.models import ConformerCTC, conformer_ctc_config, save_model
-    from asrquant.models.init import random_matrices_
-    from asrquant.quantize import quantize
+    from intasr.integer_model import save_quantized
+    from intasr.models import ConformerCTC, conformer_ctc_config, save_model
+    from intasr.models.init import random_matrices_
+    from intasr.quantize import quantize
 
     model_path, q_path = folder / "nemo_small_random.nemo", folder / "nemo_small_random_w8a8.aqz"
     if model_path.is_file() and q_path.is_file():
@@ -69,15 +69,15 @@ def nemo_small_files(folder: Path) -> tuple[Path, Path]:
 
 
 def run(models, threads, repeats: int, out_dir: Path, hama=None, hama_quantized=None, alone=False) -> pd.DataFrame:
-    from asrquant.cpu import kernel_family
+    from intasr.cpu import kernel_family
 
     rows = []
     for name in models:
         if name == "hama":
             model_path = Path(hama or paths.build_dir() / "conformer_hama.nemo")
             q_path = Path(hama_quantized or paths.build_dir() / "conf_w8a8.aqz")
-            for f, how in ((model_path, "asrquant import-hama --restore-bn --out build/conformer_hama.nemo"),
-                           (q_path, "asrquant quantize --model build/conformer_hama.nemo --weight-bits 8 "
+            for f, how in ((model_path, "intasr import-hama --restore-bn --out build/conformer_hama.nemo"),
+                           (q_path, "intasr quantize --model build/conformer_hama.nemo --weight-bits 8 "
                                     "--act-bits 8 --out build/conf_w8a8.aqz")):
                 if not f.is_file():
                     raise SystemExit(f"{paths.display_path(f)} not found: make it with `{how}`")
@@ -92,22 +92,22 @@ def run(models, threads, repeats: int, out_dir: Path, hama=None, hama_quantized=
             out = out_dir / f"conformer_{name}_{kernel_family()}_t{th}.json"
             args = ["bench", "--model", str(model_path), "--quantized", str(q_path), "--seconds", "10",
                     "--threads", str(th), "--repeats", str(repeats), "--json", str(out), "--quiet"]
-            print(f"== {name}, {th} thread(s): asrquant {' '.join(paths.display_path(a) for a in args)}", flush=True)
+            print(f"== {name}, {th} thread(s): intasr {' '.join(paths.display_path(a) for a in args)}", flush=True)
             if cli_main(args) != 0:
-                raise SystemExit(f"asrquant bench failed for {name}")
+                raise SystemExit(f"intasr bench failed for {name}")
             res = json.loads(out.read_text())
-            res["command"] = "asrquant " + " ".join(paths.display_path(a) for a in args)
+            res["command"] = "intasr " + " ".join(paths.display_path(a) for a in args)
             out.write_text(json.dumps(res, indent=2))
             rows += tidy(name, res)
     return pd.DataFrame(rows)
 
 
 def bench_alone(model_path: Path, q_path: Path, threads: int, repeats: int, out: Path) -> dict:
-    """``asrquant bench`` once per runtime, each in a fresh process; one merged result (the first
+    """``intasr bench`` once per runtime, each in a fresh process; one merged result (the first
     run's record, every runtime's timings, the fastest FP32 recomputed over the separate runs)."""
     import subprocess
 
-    from asrquant.deploy.bench import CONFORMER_RUNTIMES
+    from intasr.deploy.bench import CONFORMER_RUNTIMES
 
     merged = None
     for rt in CONFORMER_RUNTIMES:
@@ -115,8 +115,8 @@ def bench_alone(model_path: Path, q_path: Path, threads: int, repeats: int, out:
         args = ["bench", "--model", str(model_path), "--quantized", str(q_path), "--seconds", "10", "--threads",
                 str(threads), "--repeats", str(repeats), "--runtimes", rt, "--no-memory", "--json", str(part),
                 "--quiet"]
-        print(f"== alone: asrquant {' '.join(paths.display_path(a) for a in args)}", flush=True)
-        subprocess.run([sys.executable, "-c", "import sys; from asrquant.cli import main; sys.exit(main(sys.argv[1:]))",
+        print(f"== alone: intasr {' '.join(paths.display_path(a) for a in args)}", flush=True)
+        subprocess.run([sys.executable, "-c", "import sys; from intasr.cli import main; sys.exit(main(sys.argv[1:]))",
                         *args])
         if not part.is_file():   # a runtime this CPU does not run exactly (bench said why) or a failure
             print(f"   {rt}: no result", flush=True)
@@ -126,7 +126,7 @@ def bench_alone(model_path: Path, q_path: Path, threads: int, repeats: int, out:
         if merged is None:
             merged = dict(res, runtimes={}, commands=[])
         merged["runtimes"].update(res["runtimes"])
-        merged["commands"].append("asrquant " + " ".join(paths.display_path(a) for a in args))
+        merged["commands"].append("intasr " + " ".join(paths.display_path(a) for a in args))
         merged["loadavg_after"] = res.get("loadavg_after")
     timed = {k: r for k, r in merged["runtimes"].items() if "median_ms" in r}
     fp32 = min((k for k, r in timed.items() if r["precision"] == "fp32"), key=lambda k: timed[k]["median_ms"])
@@ -208,7 +208,7 @@ def main(argv=None) -> int:
     p.add_argument("--alone", action="store_true",
                    help="each runtime in a process of its own (module doc); CSV conformer_alone_<kernels>.csv")
     args = p.parse_args(argv)
-    from asrquant.cpu import kernel_family
+    from intasr.cpu import kernel_family
 
     df = run(args.models, args.threads, args.repeats, Path(args.results), args.hama, args.hama_quantized,
              alone=args.alone)

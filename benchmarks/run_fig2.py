@@ -5,7 +5,7 @@
 
 The protocol (random-weight models, W8A8, ``bench`` interleaved runs, sizes, the C runtime and
 onnxruntime's static int8 peer calibrated on ``--calibration-limit`` utterances) is
-``asrquant.deploy.fig2``; this is its command line. Writes a tidy CSV (one row per model x
+``intasr.deploy.fig2``; this is its command line. Writes a tidy CSV (one row per model x
 runtime) and a seaborn plot with the paper's statement (``data/paper_latency.csv``: 15x5 INT8 2.35x faster than FP32 on a T4 with TensorRT 7.2.1) beside it.
 """
 
@@ -15,8 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from asrquant import paths
-from asrquant.deploy import fig2
+from intasr import paths
+from intasr.deploy import fig2
 
 
 def main(argv=None) -> int:
@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     p.add_argument("--plot", default=None, help="PNG path (default: beside the CSV)")
     p.add_argument("--quick", action="store_true", help="write to build/results/ instead (notebook quick profile)")
     args = p.parse_args(argv)
-    from asrquant.cpu import kernel_family
+    from intasr.cpu import kernel_family
 
     out = Path(args.out or paths.REPO_ROOT / "benchmarks" / f"fig2_latency_{kernel_family()}.csv")
     if args.quick and args.out is None:

@@ -1,7 +1,7 @@
 """Shared pytest fixtures.
 
 Real data lives in ../shared beside the repo (CI clones the repo next to it);
-ASRQUANT_SHARED overrides the location. Tests that need it skip when it is absent.
+INTASR_SHARED overrides the location. Tests that need it skip when it is absent.
 """
 import os
 from pathlib import Path
@@ -11,18 +11,18 @@ import pytest
 # A quantized model's engine (IntegerModel.use_runtime) is the torch integer reference in the tests
 # unless a test asks for another: the C runtime builds a library per program (seconds each), and
 # tests/test_engine.py checks that it gives the same transcripts and integers.
-os.environ.setdefault("ASRQUANT_RUNTIME", "torch")
+os.environ.setdefault("INTASR_RUNTIME", "torch")
 
 
 def _shared_path() -> Path:
-    return Path(os.environ.get("ASRQUANT_SHARED") or Path(__file__).resolve().parents[2] / "shared")
+    return Path(os.environ.get("INTASR_SHARED") or Path(__file__).resolve().parents[2] / "shared")
 
 
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     path = _shared_path()
     if not path.is_dir():
-        pytest.skip(f"shared assets not found at {path} (set ASRQUANT_SHARED)")
+        pytest.skip(f"shared assets not found at {path} (set INTASR_SHARED)")
     return path
 
 
@@ -88,7 +88,7 @@ def fill_bn_statistics(encoder, *args, **kwargs) -> None:
 @pytest.fixture(scope="session")
 def real_audio_batch(test_other_dir):
     """Three real test-other utterances as a padded batch (audio, lengths)."""
-    from asrquant.data import load_batch, read_librispeech
+    from intasr.data import load_batch, read_librispeech
 
     return load_batch(read_librispeech(test_other_dir)[:3])
 
@@ -97,7 +97,7 @@ def random_quartznet5x5(audio_batch):
     """QuartzNet-5x5 with random weights (seeded) and BN statistics from `audio_batch`'s features."""
     import torch
 
-    from asrquant.models import ConvASR, config_for
+    from intasr.models import ConvASR, config_for
 
     torch.manual_seed(0)
     model = ConvASR(config_for("quartznet5x5"))
@@ -111,7 +111,7 @@ def random_quartznet5x5(audio_batch):
 def restored_hama_model():
     """The real hama Conformer (the `hama` package's asset) with BatchNorm statistics restored
     from four seeded speech-like utterances."""
-    from asrquant.models.hama import load_hama_model, restore_conformer_bn
+    from intasr.models.hama import load_hama_model, restore_conformer_bn
 
     model = load_hama_model()
     audio, lengths = speech_like_audio((3.0, 2.5, 2.0, 1.5), seed=1)

@@ -12,7 +12,7 @@ TRANSCRIPTS = ["a cat sat", "the dog ran far", "one two", "we go home now"]
 
 
 def tiny_config():
-    from asrquant.models.configs import block_config, convasr_config
+    from intasr.models.configs import block_config, convasr_config
 
     return convasr_config([block_config(32, 1, 11, stride=2, residual=False), block_config(32, 2, 13),
                    block_config(48, 1, 1, residual=False, separable=False)], 48)
@@ -20,7 +20,7 @@ def tiny_config():
 
 def tiny_model_and_data(root: Path, seed: int = 5) -> tuple[Path, Path]:
     """(tiny.nemo, a LibriSpeech folder of 4 utterances) under root."""
-    from asrquant.models import ConvASR, save_model
+    from intasr.models import ConvASR, save_model
 
     audio, lengths = speech_like_audio(seconds=(1.2, 0.9, 1.0, 0.8), seed=seed)
     data = root / "LibriSpeech" / "tiny"

@@ -17,7 +17,7 @@ import torch
 
 def tiny_dense_config() -> dict:
     """A 3-block JasperDR-shaped model (dense residual, k > 1 dense convs, a strided prologue)."""
-    from asrquant.models.configs import block_config, convasr_config
+    from intasr.models.configs import block_config, convasr_config
 
     jasper = [block_config(32, 1, 5, stride=2, residual=False, separable=False)]
     jasper += [block_config(48, 2, 7, separable=False, dense=True) for _ in range(2)]
@@ -27,7 +27,7 @@ def tiny_dense_config() -> dict:
 
 
 def pinned_float_model(name: str):
-    from asrquant.models import ConvASR, config_for
+    from intasr.models import ConvASR, config_for
 
     torch.manual_seed(0)
     cfg = config_for("quartznet5x5") if name == "quartznet5x5" else tiny_dense_config()

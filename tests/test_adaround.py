@@ -4,13 +4,13 @@ learns on is the integer program's arithmetic."""
 
 import torch
 
-from asrquant.calibration import collect, random_mels
-from asrquant.convert import convert
-from asrquant.quant.weights import quantize_weight, weight_bits_of
-from asrquant.models import ConvASR
-from asrquant.models.configs import block_config, convasr_config
-from asrquant.quant.adaround import AdaRoundConfig, QuantizedWalk, adaround, learn_rounding, reconstruction_error
-from asrquant.quantize import RECIPES, ROUNDINGS, quantize
+from intasr.calibration import collect, random_mels
+from intasr.convert import convert
+from intasr.quant.weights import quantize_weight, weight_bits_of
+from intasr.models import ConvASR
+from intasr.models.configs import block_config, convasr_config
+from intasr.quant.adaround import AdaRoundConfig, QuantizedWalk, adaround, learn_rounding, reconstruction_error
+from intasr.quantize import RECIPES, ROUNDINGS, quantize
 
 from conftest import fill_bn_statistics, randomize_weights
 
@@ -165,8 +165,8 @@ def _frames(seed, cin=10, frames=600, shift=1.5):
 def test_centered_objective_is_the_error_after_bias_correction():
     """With the closed-form bias shift (= the converter's bias correction on the float means),
     the centered quadratic form is the conv's actual output error, for any rounding."""
-    from asrquant.quant.weights import bias_correction
-    from asrquant.quant.adaround import Grams, bias_shift
+    from intasr.quant.weights import bias_correction
+    from intasr.quant.adaround import Grams, bias_shift
 
     for groups, k in ((1, 3), (10, 5)):
         conv = torch.nn.Conv1d(10, 10, k, padding=k // 2, groups=groups, bias=False).double()
@@ -194,7 +194,7 @@ def test_centered_objective_is_the_error_after_bias_correction():
 def test_learned_rounding_beats_nearest_plus_bias_correction_on_held_out_frames():
     """Centered rounding learned on one set of frames lowers the error after bias correction on
     other frames of the same distribution (it is not a fit to the calibration frames)."""
-    from asrquant.quant.adaround import Grams, bias_shift
+    from intasr.quant.adaround import Grams, bias_shift
 
     conv = torch.nn.Conv1d(10, 16, 3, padding=1, bias=False).double()
     w = torch.randn(conv.weight.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -227,12 +227,12 @@ def test_centered_adaround_beats_bias_correction_on_held_out_inputs():
 
 
 def test_cli_quantize_recipes(tmp_path):
-    """`asrquant quantize`: the default recipe is the measured best of its width (learned rounding
+    """`intasr quantize`: the default recipe is the measured best of its width (learned rounding
     at 4 bits, bias correction at 6, the paper's at 8); --recipe paper and explicit flags give the
     old behaviour."""
-    from asrquant.cli import main as cli_main
-    from asrquant.integer_model import load_quantized
-    from asrquant.models.checkpoint import save_model
+    from intasr.cli import main as cli_main
+    from intasr.integer_model import load_quantized
+    from intasr.models.checkpoint import save_model
 
     src = save_model(tiny_model(), tmp_path / "tiny.nemo")
     base = ["quantize", "--model", str(src), "--calibration", "random", "--frames", "120", "--batch-size", "2",
@@ -276,7 +276,7 @@ def test_cli_quantize_recipes(tmp_path):
 
 def test_recipe_of_a_results_row():
     """A results row's recipe is computed from its settings (run_adaround's columns, empty = default)."""
-    from asrquant.quantize import recipe_of
+    from intasr.quantize import recipe_of
 
     row = {"rounding": "adaround", "bias_correction": True, "adaround_iterations": 100, "adaround_centered": True,
            "adaround_symmetric": True, "adaround_scale_search": False, "adaround_relu_aware": False,
@@ -316,7 +316,7 @@ def test_symmetric_objective_ignores_the_quantized_inputs():
 def test_scale_search_lowers_every_channels_output_error():
     """Output-aware clipping: per channel the searched scale's round-to-nearest error is at most
     min/max's (ratio 1 is a candidate) and lower in total; the scales only shrink."""
-    from asrquant.quant.adaround import row_errors, search_scale
+    from intasr.quant.adaround import row_errors, search_scale
 
     for seed in range(3):
         w, Hqq, Hqf, Hff = _problem(seed, cout=16, n=24)
@@ -353,7 +353,7 @@ def test_searched_scales_reach_the_integer_model(tmp_path):
 def test_relu_aware_rounding_lowers_the_error_after_the_relu():
     """Learned on || relu(X w~ + b + shift) - relu(X w + b) ||^2, the codes beat round-to-nearest
     on that error for held-out frames, and stay one step from the float weight."""
-    from asrquant.quant.adaround import learn_rounding_relu
+    from intasr.quant.adaround import learn_rounding_relu
 
     g = torch.Generator().manual_seed(3)
     cout, n = 16, 24
@@ -390,8 +390,8 @@ def test_relu_outputs_are_the_convs_before_a_relu():
 def test_straight_through_fake_quantizer():
     """The block stage's fake-quantizer rounds like the walk's and passes the gradient inside the
     range only (a ReLU point's negative side and the clamp get none)."""
-    from asrquant.quant.adaround import _fq_ste
-    from asrquant.quant.quantizer import fake_quantize as _fq
+    from intasr.quant.adaround import _fq_ste
+    from intasr.quant.quantizer import fake_quantize as _fq
 
     x = torch.linspace(-3, 3, 61, requires_grad=True)
     for signed in (True, False):
@@ -406,8 +406,8 @@ def test_straight_through_fake_quantizer():
 def _block_errors(model, batches, obs, codes, shifts):
     """Per encoder block, the walk's output error against the float block on the float block's
     quantized input, with the given codes and bias shifts."""
-    from asrquant.quant.adaround import _dequantized
-    from asrquant.quant.quantizer import fake_quantize as _fq
+    from intasr.quant.adaround import _dequantized
+    from intasr.quant.quantizer import fake_quantize as _fq
 
     walk = QuantizedWalk(model, obs, 8, lambda c: weight_bits_of(c, 4))
     mel, lens = batches[0]
@@ -450,7 +450,7 @@ def test_block_stage_settings_leave_older_cache_keys_alone():
     cached before it still hit."""
     from dataclasses import asdict
 
-    from asrquant.quant.adaround import cache_key
+    from intasr.quant.adaround import cache_key
 
     model = tiny_model()
     batches = random_mels(1, 2, 100, seed=3)

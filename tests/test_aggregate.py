@@ -5,7 +5,7 @@ import math
 import pandas as pd
 import pytest
 
-from asrquant.aggregate import paired_by_seed, per_seed, rate_text, seed_summary
+from intasr.aggregate import paired_by_seed, per_seed, rate_text, seed_summary
 
 
 def _runs():

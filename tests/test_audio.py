@@ -3,8 +3,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from asrquant.audio import AudioError, MelFrontend, load_audio
-from asrquant.data import load_batch, read_librispeech
+from intasr.audio import AudioError, MelFrontend, load_audio
+from intasr.data import load_batch, read_librispeech
 
 
 @pytest.fixture(scope="module")

@@ -16,14 +16,14 @@ import soundfile as sf
 import torch
 from conftest import fill_bn_statistics, randomize_weights, speech_like_audio
 
-import asrquant
-from asrquant.cli import main
+import intasr
+from intasr.cli import main
 
 RATE = 16000
 
 
 def _tiny_config():
-    from asrquant.models.configs import block_config, convasr_config
+    from intasr.models.configs import block_config, convasr_config
 
     return convasr_config([block_config(32, 1, 11, stride=2, residual=False), block_config(32, 2, 13),
                    block_config(48, 1, 1, residual=False, separable=False)], 48)
@@ -32,10 +32,10 @@ def _tiny_config():
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     """A tiny float ConvASR (.nemo), its W8A8 integer model (.aqz), and audio files good and bad."""
-    from asrquant.calibration import random_mels
-    from asrquant.integer_model import save_quantized
-    from asrquant.models import ConvASR, save_model
-    from asrquant.quantize import quantize
+    from intasr.calibration import random_mels
+    from intasr.integer_model import save_quantized
+    from intasr.models import ConvASR, save_model
+    from intasr.quantize import quantize
 
     d = tmp_path_factory.mktemp("bad_input")
     torch.manual_seed(0)
@@ -176,7 +176,7 @@ class _FrameCoder(torch.nn.Module):
 
 
 def test_window_stitching_is_exact_on_a_frame_local_model():
-    from asrquant.api import Recognizer
+    from intasr.api import Recognizer
 
     rng = np.random.default_rng(0)
     frame = 160 * 2
@@ -250,7 +250,7 @@ def _npy_header(shape, dtype="<i1") -> bytes:
 def _hostile_aqz(path, good_aqz, tensor_bytes: bytes, compress=zipfile.ZIP_STORED):
     """A copy of a real .aqz whose first tensor member is replaced."""
     with zipfile.ZipFile(good_aqz) as src, zipfile.ZipFile(path, "w", compression=compress) as dst:
-        header = json.loads(src.read("asrquant.json"))
+        header = json.loads(src.read("intasr.json"))
         first = next(iter(header["tensors"].values()))
         for name in src.namelist():
             dst.writestr(name, tensor_bytes if name == first else src.read(name))
@@ -293,7 +293,7 @@ def test_hostile_and_truncated_aqz_refused_before_reading(work, capsys, tmp_path
             return (print, ("pwned",))
 
     evil = tmp_path / "evil.aqz"
-    torch.save({"format": "asrquant-integer-model", "version": 2, "x": Evil()}, evil)
+    torch.save({"format": "intasr-integer-model", "version": 2, "x": Evil()}, evil)
     rc, out, err = _cli(capsys, "transcribe", "--model", evil, work["files"]["speech"])
     _assert_clean_error(rc, out, err, "evil.aqz")
     assert "pwned" not in out
@@ -366,14 +366,14 @@ def test_real_process_prints_no_traceback(work, tmp_path):
     for argv in (["transcribe", "--model", str(work["aqz"]), str(work["files"]["nan"])],
                  ["quantize", "--model", str(work["aqz"]), "--out", str(tmp_path / "q.aqz")],
                  ["verify", str(work["nemo"])]):
-        proc = subprocess.run([sys.executable, "-m", "asrquant.cli", *argv], capture_output=True, text=True,
+        proc = subprocess.run([sys.executable, "-m", "intasr.cli", *argv], capture_output=True, text=True,
                               timeout=300)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr + proc.stdout, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_api_raises_named_errors(work):
-    asr = asrquant.load(work["nemo"])
+    asr = intasr.load(work["nemo"])
     with pytest.raises(ValueError, match="nan.wav.*NaN"):
         asr.transcribe([work["files"]["nan"]])
     with pytest.raises(ValueError, match="zero.wav.*empty"):

@@ -5,10 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from asrquant.calibration import calibrate, conv_input_means, random_mels
-from asrquant.convert import convert
-from asrquant.quant.weights import bias_correction, quantize_weight
-from asrquant.models import ConvASR, config_for
+from intasr.calibration import calibrate, conv_input_means, random_mels
+from intasr.convert import convert
+from intasr.quant.weights import bias_correction, quantize_weight
+from intasr.models import ConvASR, config_for
 
 from conftest import randomize_weights
 
@@ -90,8 +90,8 @@ def test_zero_means_change_nothing_and_real_means_change_biases(small):
 def test_gptq_rounding_lowers_the_output_error(per_row):
     """On the inputs H was measured on, GPTQ's codes give a smaller output error than
     round-to-nearest on the same grid, and every code lies in the 4-bit range."""
-    from asrquant.quant.gptq import gptq_round
-    from asrquant.quant.quantizer import weight_alpha
+    from intasr.quant.gptq import gptq_round
+    from intasr.quant.quantizer import weight_alpha
 
     g = torch.Generator().manual_seed(7 + per_row)
     n, cout, frames = 24, 10, 400
@@ -110,7 +110,7 @@ def test_gptq_rounding_lowers_the_output_error(per_row):
 
 
 def test_convert_with_hessians_changes_only_the_rounding(small):
-    from asrquant.calibration import conv_input_hessians
+    from intasr.calibration import conv_input_hessians
 
     batches = random_mels(1, 2, 80, seed=0)
     obs = calibrate(small, batches)
@@ -130,9 +130,9 @@ def test_convert_with_hessians_changes_only_the_rounding(small):
 
 def test_corrected_model_stays_bit_exact_in_the_native_runner(small):
     """Bias correction gives depthwise convs a bias: every integer path must carry it."""
-    from asrquant.intops import native
-    from asrquant.program.fast import run_fast
-    from asrquant.program.numpy_ref import NumpyReference
+    from intasr.intops import native
+    from intasr.program.fast import run_fast
+    from intasr.program.numpy_ref import NumpyReference
 
     batches = random_mels(1, 2, 80, seed=0)
     q = convert(small, calibrate(small, batches), 4, 8, input_means=conv_input_means(small, batches),

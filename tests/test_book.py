@@ -45,7 +45,7 @@ def test_notebook_is_valid_with_one_parameters_cell(path):
     tagged = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(tagged) == 1, f"{path.name}: {len(tagged)} cells tagged 'parameters', want exactly 1"
     assert tagged[0].cell_type == "code"
-    assert nb.metadata["kernelspec"]["name"] == "asrquant"
+    assert nb.metadata["kernelspec"]["name"] == "intasr"
     # Sources are committed without outputs: the executed copies live in book/chapters/.
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), f"{path.name} has outputs"
     # papermill must understand every assignment in the parameters cell (one name per line).
@@ -121,7 +121,7 @@ def test_run_notebooks_help():
 
 def _tiny_notebook(path: Path, body: str) -> None:
     nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "asrquant", "display_name": "asrquant", "language": "python"}
+    nb.metadata["kernelspec"] = {"name": "intasr", "display_name": "intasr", "language": "python"}
     params = nbformat.v4.new_code_cell("value = 1")
     params.metadata["tags"] = ["parameters"]
     nb.cells = [params, nbformat.v4.new_code_cell(body)]
@@ -137,9 +137,9 @@ def test_run_notebooks_caches_forces_and_writes_atomically(tmp_path, capsys):
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
     try:
-        KernelSpecManager().get_kernel_spec("asrquant")
+        KernelSpecManager().get_kernel_spec("intasr")
     except NoSuchKernel:
-        pytest.skip("Jupyter kernel 'asrquant' not installed (make setup installs it)")
+        pytest.skip("Jupyter kernel 'intasr' not installed (make setup installs it)")
     runner = _load_runner()
     nb_dir, out_dir, fail_dir = tmp_path / "nb", tmp_path / "out", tmp_path / "failures"
     nb_dir.mkdir()
@@ -277,7 +277,7 @@ def test_book_check_fails_code_that_scrolls_sideways(tmp_path):
         pytest.skip("Chromium not installed (Debian: apt-get install -y chromium)")
     site = tmp_path / "html"
     (site / "_static").mkdir(parents=True)
-    css = ROOT / "book" / "_ext" / "static" / "asrquant_book.css"
+    css = ROOT / "book" / "_ext" / "static" / "intasr_book.css"
     (site / "_static" / css.name).write_bytes(css.read_bytes())
     line = "x = " + "a" * (PAGE_WIDTH - 4)
     long_path = "model_path = '" + "/very/long/folder" * 12 + "/model.nemo'"

@@ -4,8 +4,8 @@ small grids whose rows are easy to check by hand (the paper's rows: data/paper_r
 import pandas as pd
 import pytest
 
-from asrquant import ablations, book_tables, chapter_source
-from asrquant.paper import fp32_wer, paper_results
+from intasr import ablations, book_tables, chapter_source
+from intasr.paper import fp32_wer, paper_results
 
 WORDS = 500
 
@@ -147,7 +147,7 @@ def test_table2_runs_figure_is_the_same_whatever_the_global_random_state(results
     import numpy as np
 
     matplotlib.use("Agg")
-    from asrquant import plots
+    from intasr import plots
 
     t2 = book_tables.table2_rows(results, paper_results())
 

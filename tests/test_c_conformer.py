@@ -16,10 +16,10 @@ import torch
 from conftest import restored_hama_model, speech_like_audio
 from test_c_runtime import family_runtime
 
-from asrquant.cpu import FAMILIES
-from asrquant.program.c_lower import Lowering
-from asrquant.program.numpy_ref import NumpyReference
-from asrquant.quantize import quantize
+from intasr.cpu import FAMILIES
+from intasr.program.c_lower import Lowering
+from intasr.program.numpy_ref import NumpyReference
+from intasr.quantize import quantize
 
 pytest.importorskip("hama")
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None or shutil.which("make") is None,
@@ -69,8 +69,8 @@ def test_every_logit_equals_the_reference_on_a_padded_batch(hama_w8a8, padded, f
 def nemo_w8a8():
     """A NeMo-architecture Conformer-CTC (2 layers of conformer_ctc_small): Conv2d striding
     subsampling, rel_pos attention, xscaling; random weights, calibrated on random log-mels."""
-    from asrquant.models import ConformerCTC, conformer_ctc_config
-    from asrquant.models.init import random_matrices_
+    from intasr.models import ConformerCTC, conformer_ctc_config
+    from intasr.models.init import random_matrices_
 
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
@@ -87,7 +87,7 @@ def test_the_nemo_conformer_is_bit_exact_in_every_family(nemo_w8a8, tmp_path, mo
     lengths = np.array([190, 150, 97])
     ref, ref_len = NumpyReference().run(nemo_w8a8.program, x, lengths)
     for family in (None, *FAMILIES):
-        from asrquant.cpu import cpu_features, supports
+        from intasr.cpu import cpu_features, supports
 
         if family is not None and not supports(cpu_features(), family):
             continue

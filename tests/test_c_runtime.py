@@ -1,4 +1,4 @@
-"""The C runtime (program/c_backend.py, `asrquant export --c`): bit-exact, float-free, buildable.
+"""The C runtime (program/c_backend.py, `intasr export --c`): bit-exact, float-free, buildable.
 
 The models are the pinned small programs of tests/pinned.py: a random-weight QuartzNet-5x5
 (depthwise, strided depthwise, residual sums) and a tiny JasperDR-shaped model (dense k > 1
@@ -22,16 +22,16 @@ import torch
 from pinned import pinned_inputs
 from test_program import _quantize
 
-from asrquant.cli import main
-from asrquant.program.emit_convasr import IntBlock, emit_convasr
-from asrquant.program.builder import IntConv
-from asrquant.integer_model import save_quantized
-from asrquant.cpu import FAMILIES, cpu_features, supports
-from asrquant.intops.conv import accumulator_bound, choose_acc_dtype
-from asrquant.program.c_backend import CExportError, CRuntime, build, export_c, read_logits, write_input
-from asrquant.program.numpy_ref import NumpyReference
-from asrquant.program.ops import Op, Program
-from asrquant.quant.weights import dyadic_multiplier
+from intasr.cli import main
+from intasr.program.emit_convasr import IntBlock, emit_convasr
+from intasr.program.builder import IntConv
+from intasr.integer_model import save_quantized
+from intasr.cpu import FAMILIES, cpu_features, supports
+from intasr.intops.conv import accumulator_bound, choose_acc_dtype
+from intasr.program.c_backend import CExportError, CRuntime, build, export_c, read_logits, write_input
+from intasr.program.numpy_ref import NumpyReference
+from intasr.program.ops import Op, Program
+from intasr.quant.weights import dyadic_multiplier
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None or shutil.which("make") is None,
                                 reason="needs a C compiler and make")
@@ -199,8 +199,8 @@ def test_an_op_the_c_backend_cannot_place_fails_export_naming_it(case, tmp_path)
     ops[3] = Op("swish", ops[3].inputs, ops[3].outputs, {"exp": {}, "sig_bits": 8}, name="blk.swish")
     with pytest.raises(CExportError, match=r"blocks\.0\.convs\.0: a conv1d op outside the patterns the C backend fuses"):
         export_c(Program(p.values, ops, p.inputs, p.outputs, p.meta), tmp_path / "c")
-    from asrquant.program.c_lower import LOWERS
-    from asrquant.program.ops import OPS
+    from intasr.program.c_lower import LOWERS
+    from intasr.program.ops import OPS
 
     assert set(OPS) == set(LOWERS)
 
@@ -274,7 +274,7 @@ def test_the_float_instruction_scan_finds_float_code(tmp_path):
     assert os.path.getsize(tmp_path / "f.o") > 0
 
 
-# ------------------------------------------------------------------ asrquant bench
+# ------------------------------------------------------------------ intasr bench
 
 def test_bench_times_the_c_runtime_and_onnxruntimes_static_int8_side_by_side(tmp_path, train_clean_dir, monkeypatch):
     """One bench run: c-int8 bit-exact, the onnxruntime static int8 peer calibrated on real audio,
@@ -283,14 +283,14 @@ def test_bench_times_the_c_runtime_and_onnxruntimes_static_int8_side_by_side(tmp
 
     from pinned import pinned_float_model
 
-    from asrquant.deploy import bench
-    from asrquant.models import save_model
+    from intasr.deploy import bench
+    from intasr.models import save_model
 
     float5 = pinned_float_model("quartznet5x5")
     q5 = _quantize("quartznet5x5_w8a8")
     mpath = save_model(float5, tmp_path / "m.nemo")
     peer = {"model_path": str(mpath), "calibration_data": str(train_clean_dir), "limit": 2}
-    monkeypatch.setenv("ASRQUANT_BUILD", str(tmp_path))   # the peer's cached model: tmp_path/ort_static
+    monkeypatch.setenv("INTASR_BUILD", str(tmp_path))   # the peer's cached model: tmp_path/ort_static
     res = bench.bench(float5, q5, seconds=0.5, repeats=3, warmup=1, threads=1,
                       runtimes=("onnxruntime-fp32", "c-int8", bench.PEER), peer=peer)
     assert not res["skipped"], res["skipped"]
@@ -323,7 +323,7 @@ def test_export_constants_match_exact_integers_and_refuse_overflow():
     """The requantization constants (computed in int64 where a bound proves it safe) equal the exact
     integer formula C = (bias - (offset - gamma) rowsum) M + 2^S / 2; a multiplier that can overflow
     int64 and an accumulator range past int32 are refused by name."""
-    from asrquant.program.c_lower import CExportError, Lowering
+    from intasr.program.c_lower import CExportError, Lowering
 
     p = extreme_program()
     lw = Lowering(p)

@@ -4,9 +4,9 @@ gets its own copy."""
 
 import torch
 
-from asrquant import calibration
-from asrquant.calibration import collect, collect_once, random_mels
-from asrquant.models import ConvASR, config_for
+from intasr import calibration
+from intasr.calibration import collect, collect_once, random_mels
+from intasr.models import ConvASR, config_for
 
 from conftest import randomize_weights
 

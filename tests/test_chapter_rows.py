@@ -9,9 +9,9 @@ import torch
 
 from conftest import random_quartznet5x5, speech_like_audio
 
-from asrquant import synth
-from asrquant.data import load_dataset
-from asrquant.text import span_text, speaker_of, wer_by, with_word_errors
+from intasr import synth
+from intasr.data import load_dataset
+from intasr.text import span_text, speaker_of, wer_by, with_word_errors
 
 
 def test_word_errors_per_speaker_pool_words():
@@ -77,7 +77,7 @@ def test_real_feature_crops_skip_short_utterances(model, tmp_path):
     crops = synth.real_feature_crops(model, utts, n=4, frames=100)  # 0.5 s is too short for 100 + 16 frames
     assert crops.shape == (2, 64, 100)
     with torch.inference_mode():
-        from asrquant.data import load_batch
+        from intasr.data import load_batch
 
         mel, _ = model.features(*load_batch([utts[1]]))
     assert torch.equal(crops[0], mel[0, :, :100])

@@ -6,9 +6,9 @@ import shutil
 import pytest
 import torch
 
-from asrquant.cli import main
-from asrquant.data import read_librispeech
-from asrquant.models import load_model
+from intasr.cli import main
+from intasr.data import read_librispeech
+from intasr.models import load_model
 
 
 @pytest.fixture(scope="module")
@@ -88,10 +88,10 @@ def test_bad_inputs_fail_cleanly_and_write_nothing(restored_small, test_other_di
 def test_unsupported_model_part_is_one_line_not_a_traceback(tmp_path, capsys):
     """A library NotImplementedError (here: bias correction asked of a Conformer is a ValueError,
     a Conformer part that is not integer yet a NotImplementedError) ends as one line, exit 2."""
-    from asrquant.cli import main as cli_main
-    from asrquant.models import save_model
-    from asrquant.models.conformer import ConformerCTC
-    from asrquant.models.configs import conformer_ctc_config
+    from intasr.cli import main as cli_main
+    from intasr.models import save_model
+    from intasr.models.conformer import ConformerCTC
+    from intasr.models.configs import conformer_ctc_config
 
     cfg = conformer_ctc_config("small", n_layers=1, d_model=64, n_heads=2, subsampling="striding",
                                self_attention_model="abs_pos")
@@ -103,43 +103,43 @@ def test_unsupported_model_part_is_one_line_not_a_traceback(tmp_path, capsys):
 
 
 def test_help_of_every_subcommand_imports_no_torch():
-    """`asrquant --help` and each subcommand's `--help` parse without importing torch (issue 13)."""
+    """`intasr --help` and each subcommand's `--help` parse without importing torch (issue 13)."""
     import subprocess
     import sys
 
-    from asrquant.cli import build_parser
+    from intasr.cli import build_parser
 
     commands = sorted(build_parser()._subparsers._group_actions[0].choices)
     assert {"transcribe", "quantize", "evaluate", "synth", "export", "bench"} <= set(commands)
     code = ("import sys, contextlib, io\n"
-            "from asrquant.cli import build_parser\n"
+            "from intasr.cli import build_parser\n"
             "for argv in [['--help']] + [[c, '--help'] for c in sys.argv[1:]]:\n"
             "    with contextlib.redirect_stdout(io.StringIO()) as out:\n"
             "        try:\n"
             "            build_parser().parse_args(argv)\n"
             "        except SystemExit as e:\n"
             "            assert e.code == 0, argv\n"
-            "    assert 'usage: asrquant' in out.getvalue(), argv\n"
+            "    assert 'usage: intasr' in out.getvalue(), argv\n"
             "    assert 'torch' not in sys.modules, (argv, 'imported torch')\n"
             "print('ok', len(sys.argv) - 1)\n")
     proc = subprocess.run([sys.executable, "-c", code, *commands], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == f"ok {len(commands)}", proc.stderr
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "asrquant.cli", "--help"],
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "intasr.cli", "--help"],
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0 and "usage: asrquant" in proc.stdout
+    assert proc.returncode == 0 and "usage: intasr" in proc.stdout
     imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
-    assert "asrquant.paths" in imported and "torch" not in imported  # (cli/__main__.py runs as __main__)
+    assert "intasr.paths" in imported and "torch" not in imported  # (cli/__main__.py runs as __main__)
 
 
 def _subparsers():
-    from asrquant.cli import build_parser
+    from intasr.cli import build_parser
 
     return build_parser()._subparsers._group_actions[0].choices
 
 
 def test_every_subcommand_help_exits_zero_and_names_its_options(capsys):
     """Each registered subcommand answers --help (exit 0) with its own usage line and every option it takes."""
-    from asrquant.cli import SUBCOMMANDS, build_parser
+    from intasr.cli import SUBCOMMANDS, build_parser
 
     subparsers = _subparsers()
     assert len(subparsers) == len(SUBCOMMANDS)
@@ -147,17 +147,17 @@ def test_every_subcommand_help_exits_zero_and_names_its_options(capsys):
         with pytest.raises(SystemExit) as exit_:
             build_parser().parse_args([name, "--help"])
         out = capsys.readouterr().out
-        assert exit_.value.code == 0 and out.startswith(f"usage: asrquant {name}"), name
+        assert exit_.value.code == 0 and out.startswith(f"usage: intasr {name}"), name
         for action in sub._actions:
             assert all(opt in out for opt in action.option_strings), (name, action.option_strings)
 
 
 def _add_argument_sites(flag: str) -> list[str]:
-    """Every `*.add_argument("<flag>", ...)` call in lib/asrquant, as "path:line"."""
+    """Every `*.add_argument("<flag>", ...)` call in lib/intasr, as "path:line"."""
     import ast
     from pathlib import Path
 
-    lib = Path(__file__).resolve().parents[1] / "lib" / "asrquant"
+    lib = Path(__file__).resolve().parents[1] / "lib" / "intasr"
     sites = []
     for path in sorted(lib.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
@@ -170,7 +170,7 @@ def _add_argument_sites(flag: str) -> list[str]:
 
 @pytest.mark.parametrize("flag", ["--model", "--data"])
 def test_model_and_data_options_are_defined_once(flag):
-    """--model and --data are written in one place (asrquant.options), whichever commands take them."""
+    """--model and --data are written in one place (intasr.options), whichever commands take them."""
     sites = _add_argument_sites(flag)
     assert len(sites) == 1 and sites[0].startswith("options.py:"), sites
     takers = [name for name, sub in _subparsers().items() if any(flag in a.option_strings for a in sub._actions)]
@@ -180,7 +180,7 @@ def test_model_and_data_options_are_defined_once(flag):
 def test_synthesis_defaults_come_from_the_one_record():
     """The synthesis options of the commands that synthesize (`synth`, `quantize`, `grid`: frames,
     Adam iterations, learning rate; `synth`'s batch size) default to options.SYNTH_DEFAULTS."""
-    from asrquant.options import SYNTH_DEFAULTS
+    from intasr.options import SYNTH_DEFAULTS
 
     keys = {"frames": "frames", "iterations": "iterations", "lr": "lr", "batch_size": "batch_size"}
     seen = 0

@@ -10,12 +10,12 @@ from torch import nn
 
 from conftest import fill_bn_statistics
 
-from asrquant.models import (CheckpointError, ConformerCTC, config_for, conformer_ctc_config, load_model, read_nemo,
+from intasr.models import (CheckpointError, ConformerCTC, config_for, conformer_ctc_config, load_model, read_nemo,
                              save_model, write_nemo)
-from asrquant.models.checkpoint import build_model
-from asrquant.models.conformer import ConvSubsampling, rel_shift
-from asrquant.models.convasr import frame_mask
-from asrquant.tokenizer import SentencePieceTokenizer, ctc_greedy_decode_bpe, nemo_tokenizer_files
+from intasr.models.checkpoint import build_model
+from intasr.models.conformer import ConvSubsampling, rel_shift
+from intasr.models.convasr import frame_mask
+from intasr.tokenizer import SentencePieceTokenizer, ctc_greedy_decode_bpe, nemo_tokenizer_files
 
 TEXT = ["the quick brown fox jumps over the lazy dog", "she sells sea shells by the sea shore",
         "how much wood would a woodchuck chuck if a woodchuck could chuck wood",
@@ -233,7 +233,7 @@ def test_bpe_greedy_decode(sp_tokenizer):
     # and the labels route (evaluate.py's "".join of labels) gives the same words
     cfg = conformer_ctc_config("small", n_layers=1, vocabulary=tok.vocabulary)
     model = ConformerCTC(cfg, tokenizer=tok)
-    from asrquant.text import ctc_greedy_decode
+    from intasr.text import ctc_greedy_decode
 
     via_labels = ctc_greedy_decode(logits, torch.tensor([len(frames)]), model.labels)[0]
     assert via_labels.split() == decoded.split()

@@ -10,11 +10,11 @@ import torch
 
 from conftest import restored_hama_model, speech_like_audio
 
-from asrquant.calibration import random_mels
-from asrquant.convert_conformer import calibrate_conformer, convert_conformer, float_forward
-from asrquant.program.numpy_ref import NumpyReference
-from asrquant.quantize import quantize
-from asrquant.verify import float_ops_in_forward
+from intasr.calibration import random_mels
+from intasr.convert_conformer import calibrate_conformer, convert_conformer, float_forward
+from intasr.program.numpy_ref import NumpyReference
+from intasr.quantize import quantize
+from intasr.verify import float_ops_in_forward
 
 pytest.importorskip("hama")
 
@@ -101,7 +101,7 @@ def test_integer_logits_track_the_float_model(hama_model, w8a8, batch):
 
 
 def test_residual_bits_and_file_roundtrip(hama_model, batch, tmp_path):
-    from asrquant.integer_model import load_quantized, save_quantized
+    from intasr.integer_model import load_quantized, save_quantized
 
     obs = calibrate_conformer(hama_model, [batch])
     q16 = convert_conformer(hama_model, obs, 8, 8, residual_bits=16)
@@ -127,8 +127,8 @@ def test_conformer_refuses_convasr_only_options(hama_model):
 ])
 def test_walk_refuses_what_is_not_integer(overrides, message):
     """The walk names what it cannot convert (the layer table still counts these models)."""
-    from asrquant.experiments import layer_table
-    from asrquant.models import ConformerCTC, conformer_ctc_config
+    from intasr.experiments import layer_table
+    from intasr.models import ConformerCTC, conformer_ctc_config
 
     model = ConformerCTC(conformer_ctc_config("small", n_layers=1, **overrides)).eval()
     with pytest.raises(NotImplementedError, match=message):
@@ -139,7 +139,7 @@ def test_walk_refuses_what_is_not_integer(overrides, message):
 def test_simulated_quantization_rounds_where_the_program_does(hama_model, batch):
     """The float-non-linearity ablation: at 16 bits it is the float model (the points are right),
     at 8 bits it deviates about as much as the integer program does."""
-    from asrquant.simulate import simulate_conformer
+    from intasr.simulate import simulate_conformer
 
     mel, lengths = batch
     with torch.no_grad():
@@ -161,7 +161,7 @@ def test_simulated_quantization_rounds_where_the_program_does(hama_model, batch)
 def _nemo_random_model(size: str, mel_batch, seed: int = 0, **overrides):
     from conftest import fill_bn_statistics
 
-    from asrquant.models import ConformerCTC, conformer_ctc_config
+    from intasr.models import ConformerCTC, conformer_ctc_config
 
     torch.manual_seed(seed)
     model = ConformerCTC(conformer_ctc_config(size, **overrides))
@@ -180,7 +180,7 @@ def _nemo_random_model(size: str, mel_batch, seed: int = 0, **overrides):
 
 @pytest.fixture(scope="module")
 def nemo_audio(real_audio_batch):
-    from asrquant.models.convasr import frame_mask
+    from intasr.models.convasr import frame_mask
 
     audio, lengths = real_audio_batch
     lengths = torch.minimum(lengths, torch.tensor([32000, 25000, 18000]))   # 2.0 / 1.56 / 1.13 s
@@ -190,7 +190,7 @@ def nemo_audio(real_audio_batch):
 
 
 def _mel(audio_batch, cfg_size="small"):
-    from asrquant.models import ConformerCTC, conformer_ctc_config
+    from intasr.models import ConformerCTC, conformer_ctc_config
 
     with torch.no_grad():
         return ConformerCTC(conformer_ctc_config(cfg_size, n_layers=0)).features(*audio_batch)
@@ -224,9 +224,9 @@ def test_nemo_ops_match_their_float_definitions():
     frames on axis 2; flatten_freq is NeMo's transpose-reshape; torch and NumPy kernels agree."""
     import torch.nn.functional as F
 
-    from asrquant.models.conformer import rel_shift
-    from asrquant.program.ops import Op
-    from asrquant.program.torch_ref import TorchReference
+    from intasr.models.conformer import rel_shift
+    from intasr.program.ops import Op
+    from intasr.program.torch_ref import TorchReference
 
     T_, N_ = TorchReference.kernels, NumpyReference.kernels
     g = torch.Generator().manual_seed(0)
@@ -319,7 +319,7 @@ def test_nemo_small_integer_logits_track_the_float_model(nemo_small):
 
 
 def test_nemo_pos_emb_max_len_limits_the_input(nemo_small, tmp_path):
-    from asrquant.integer_model import load_quantized, save_quantized
+    from intasr.integer_model import load_quantized, save_quantized
 
     model, qmodel, (mel, lengths) = nemo_small
     assert {op.attrs["max_len"] for op in qmodel.program.ops_of("matmul_pos")} == {5000}
@@ -359,8 +359,8 @@ def test_nemo_dw_striding_numpy_exact(nemo_audio):
 
 def test_nemo_small_fast_runner_is_bit_exact(nemo_small):
     """The fast CPU runner (fused convs, reference kernels for the new ops) on the NeMo program."""
-    from asrquant.intops import native
-    from asrquant.program import fast
+    from intasr.intops import native
+    from intasr.program import fast
 
     _, qmodel, (mel, lengths) = nemo_small
     q = qmodel.quantize_input(mel)

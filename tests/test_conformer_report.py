@@ -10,9 +10,9 @@ import torch
 
 from conftest import restored_hama_model, speech_like_audio
 
-from asrquant import conformer_report as cr
-from asrquant.program.torch_ref import TorchReference
-from asrquant.quantize import quantize
+from intasr import conformer_report as cr
+from intasr.program.torch_ref import TorchReference
+from intasr.quantize import quantize
 
 pytest.importorskip("hama")
 
@@ -52,7 +52,7 @@ def test_walk_encoder_recomputes_block0_and_the_model(hama_model, audio):
 
 
 def test_engine_agreement_is_exact_on_its_own_log_probs(hama_model, audio):
-    from asrquant.models import ConformerCTC
+    from intasr.models import ConformerCTC
 
     walk = cr.walk_encoder(hama_model, audio[0][:1], audio[1][:1])
     t = int(walk.lengths[0])
@@ -142,7 +142,7 @@ def test_valid_logits_equal_and_argmax_agreement():
 
 
 def test_size_bops_table_against_its_own_numbers(hama_model):
-    from asrquant import experiments
+    from intasr import experiments
 
     paper = pd.DataFrame([{"w_bits": w, "a_bits": 8 if w < 32 else 32,
                            "size_mb": experiments.model_size_mb(hama_model, w),

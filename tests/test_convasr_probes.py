@@ -7,9 +7,9 @@ import torch
 
 from conftest import random_quartznet5x5, speech_like_audio
 
-from asrquant import convasr_probes as probes
-from asrquant.models.restore_bn import conv_before_each_bn
-from asrquant.quant import fold_batchnorm
+from intasr import convasr_probes as probes
+from intasr.models.restore_bn import conv_before_each_bn
+from intasr.quant import fold_batchnorm
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 Runs on synthetic speech-like audio (conftest.speech_like_audio) and a small random QuartzNet-5x5,
 so every test runs without ../shared; the real model and test-other are checked by
-`asrquant verify` (results/verify) and the grid."""
+`intasr verify` (results/verify) and the grid."""
 
 import json
 import zipfile
@@ -14,15 +14,15 @@ import torch
 
 from conftest import fill_bn_statistics, random_quartznet5x5, randomize_weights, speech_like_audio
 
-from asrquant.calibration import random_mels
-from asrquant.cli import main as cli_main
-from asrquant.cpu import cpu_features
-from asrquant.program.aqz import HEADER, read_payload, write_payload
-from asrquant.integer_model import IntegerModel, load_quantized, save_quantized
-from asrquant.convert import quantize_model
-from asrquant.models import CheckpointError, ConvASR, save_model
-from asrquant.models.convasr import frame_mask
-from asrquant.verify import DtypeRecorder, float_ops_in_forward, numpy_forward, verify
+from intasr.calibration import random_mels
+from intasr.cli import main as cli_main
+from intasr.cpu import cpu_features
+from intasr.program.aqz import HEADER, read_payload, write_payload
+from intasr.integer_model import IntegerModel, load_quantized, save_quantized
+from intasr.convert import quantize_model
+from intasr.models import CheckpointError, ConvASR, save_model
+from intasr.models.convasr import frame_mask
+from intasr.verify import DtypeRecorder, float_ops_in_forward, numpy_forward, verify
 
 
 def _mels(model, batch):
@@ -109,7 +109,7 @@ def test_bit_exact_against_numpy_reference(small_quartznet, calib, wbits, abits)
 
 def test_dense_residual_model_converts_bit_exact_and_invariant(audio_batch):
     """A small JasperDR-style net (dense residuals, non-separable convs, dilation) end to end."""
-    from asrquant.models.configs import block_config, convasr_config
+    from intasr.models.configs import block_config, convasr_config
 
     jasper = [block_config(32, 1, 11, stride=2, residual=False, separable=False)]
     jasper += [block_config(32, 2, 11, separable=False, dense=True), block_config(48, 2, 13, separable=False, dense=True),
@@ -196,7 +196,7 @@ def test_save_load_roundtrip_and_bad_files(w8a8, calib, tmp_path):
         load_quantized(newer)
     other = tmp_path / "other.aqz"
     torch.save({"a": torch.zeros(1)}, other)
-    with pytest.raises(CheckpointError, match="not an asrquant integer model"):
+    with pytest.raises(CheckpointError, match="not an intasr integer model"):
         load_quantized(other)
 
 
@@ -228,7 +228,7 @@ def test_cli_quantize_verify_evaluate(small_quartznet, tmp_path, capsys):
     assert rep["backends"]["numpy"]["bit_exact"] is True
     # issue 25: onnxruntime's integer graph is skipped with its reason exactly where its kernels are
     # inexact (no VNNI), and verify still says PASS on what ran
-    from asrquant.deploy.runtime import ort_kernels_exact
+    from intasr.deploy.runtime import ort_kernels_exact
 
     onnx = rep["backends"]["onnx-int"]
     assert (onnx["bit_exact"] is True) if ort_kernels_exact(1) else ("not exact on this CPU" in onnx["skipped"])
@@ -236,7 +236,7 @@ def test_cli_quantize_verify_evaluate(small_quartznet, tmp_path, capsys):
     assert "verify: PASS" in printed
     if not ort_kernels_exact(1):
         assert "onnx-int               SKIPPED: onnxruntime's integer kernels are not exact" in printed
-    from asrquant.provenance import file_sha256  # issue 12: the report says what it verified, where
+    from intasr.provenance import file_sha256  # issue 12: the report says what it verified, where
 
     prov = rep["provenance"]
     assert prov["model_sha256"] == file_sha256(out) and prov["eval_utterances"] == 2 and prov["eval_words"] == 6
@@ -263,7 +263,7 @@ def test_random_calibration_inputs_are_seeded():
 def test_hardtanh_model_is_calibrated_at_its_own_activations():
     """NeMo's older Hardtanh(0, 20) activation: every sub-block activation is a quantization point
     (it used to be calibrated at the block output), so at 16 bits the integer logits are the float ones."""
-    from asrquant.models import config_for
+    from intasr.models import config_for
 
     cfg = config_for("quartznet5x5")
     cfg["encoder"]["activation"] = "hardtanh"

@@ -1,4 +1,4 @@
-"""The one CPU-feature probe (lib/asrquant/cpu.py, issue 25): CPUID as this process sees it.
+"""The one CPU-feature probe (lib/intasr/cpu.py, issue 25): CPUID as this process sees it.
 
 What it says agrees with GCC's own CPUID reader (__builtin_cpu_supports), it reports the CPU that
 qemu-x86_64 -cpu max emulates (AVX2, no AVX-512) rather than the host's, ASRQ_ISA forcing refuses
@@ -16,16 +16,16 @@ from pathlib import Path
 
 import pytest
 
-import asrquant
-from asrquant import cpu
+import intasr
+from intasr import cpu
 
 ROOT = Path(__file__).resolve().parents[1]
-LIB = Path(asrquant.__file__).resolve().parents[1]
+LIB = Path(intasr.__file__).resolve().parents[1]
 X86 = platform.machine().lower() in ("x86_64", "amd64")
 # the probe's fields -> GCC's names for __builtin_cpu_supports
 GCC_NAMES = {"sse41": "sse4.1", "avx2": "avx2", "fma": "fma", "avx512f": "avx512f", "avx512bw": "avx512bw",
              "avx512vnni": "avx512vnni", "avxvnni": "avxvnni", "amx_int8": "amx-int8"}
-PROBE = ("import json, os; from asrquant.cpu import cpu_features, kernel_family; f = cpu_features(); "
+PROBE = ("import json, os; from intasr.cpu import cpu_features, kernel_family; f = cpu_features(); "
          "d = f.as_dict()\n"
          "try:\n    kernel_family('avx512-vnni'); d['forced'] = 'accepted'\n"
          "except ValueError as e:\n    d['forced'] = str(e)\n"
@@ -210,10 +210,10 @@ def test_cpu_features_falls_back_only_when_cpuid_cannot_run(monkeypatch, tmp_pat
 # --------------------------------------------------------------------------- one probe
 
 def test_no_other_module_reads_proc_cpuinfo():
-    """Every runtime choice, skip and provenance record reads asrquant.cpu; /proc/cpuinfo (the
+    """Every runtime choice, skip and provenance record reads intasr.cpu; /proc/cpuinfo (the
     host's CPU, even to an emulated process) only in its fallback."""
     literal = re.compile(r"""["']/proc/cpuinfo["']""")
-    allowed = {ROOT / "lib" / "asrquant" / "cpu.py", Path(__file__).resolve()}
+    allowed = {ROOT / "lib" / "intasr" / "cpu.py", Path(__file__).resolve()}
     offenders = []
     for folder in ("lib", "tools", "benchmarks", "tests", "notebooks"):
         for path in sorted((ROOT / folder).rglob("*")):
@@ -225,4 +225,4 @@ def test_no_other_module_reads_proc_cpuinfo():
                 continue
             if literal.search(text):
                 offenders.append(str(path.relative_to(ROOT)))
-    assert not offenders, f"read the CPU through asrquant.cpu.cpu_features(), not /proc/cpuinfo: {offenders}"
+    assert not offenders, f"read the CPU through intasr.cpu.cpu_features(), not /proc/cpuinfo: {offenders}"

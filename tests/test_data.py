@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from asrquant.data import (LIBRISPEECH_MD5, LIBRISPEECH_URLS, DataError, Utterance, download_file,
+from intasr.data import (LIBRISPEECH_MD5, LIBRISPEECH_URLS, DataError, Utterance, download_file,
                            download_pretrained, extract_tar_safely, load_batch, load_dataset, read_librispeech,
                            read_manifest, write_manifest)
 
@@ -135,7 +135,7 @@ def _device(name):
 
 @pytest.mark.parametrize("member, why", [
     (("../evil", b"x"), "escapes"),
-    (("/tmp/asrquant_evil_abs", b"x"), "absolute"),
+    (("/tmp/intasr_evil_abs", b"x"), "absolute"),
     (_link("etc_link", "/etc"), "symlink"),
     (_link("up_link", "../../outside"), "symlink"),
     (_link("hard", "../outside", tarfile.LNKTYPE), "hardlink"),
@@ -150,7 +150,7 @@ def test_extract_refuses_escaping_members(tmp_path, member, why):
     assert repr(name) in str(info.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dest", "evil.tar.gz"]
     assert list(dest.iterdir()) == []  # checked before anything was written
-    assert not Path("/tmp/asrquant_evil_abs").exists()
+    assert not Path("/tmp/intasr_evil_abs").exists()
 
 
 def test_librispeech_table_and_pretrained_names():

@@ -11,18 +11,18 @@ import torch
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from asrquant.calibration import random_mels  # noqa: E402
-from asrquant.cli import main as cli_main  # noqa: E402
-from asrquant.convert import quantize_model  # noqa: E402
-from asrquant.integer_model import save_quantized  # noqa: E402
-from asrquant.deploy import onnx_export as ox  # noqa: E402
-from asrquant.deploy import runtime as rt  # noqa: E402
-from asrquant.models import ConvASR, config_for  # noqa: E402
-from asrquant.program import fast  # noqa: E402
-from asrquant.program import onnx_int as oi  # noqa: E402
-from asrquant.program import onnx_qdq as oq  # noqa: E402
-from asrquant.program.ops import Op, Program, Value  # noqa: E402
-from asrquant.program.torch_ref import TorchReference  # noqa: E402
+from intasr.calibration import random_mels  # noqa: E402
+from intasr.cli import main as cli_main  # noqa: E402
+from intasr.convert import quantize_model  # noqa: E402
+from intasr.integer_model import save_quantized  # noqa: E402
+from intasr.deploy import onnx_export as ox  # noqa: E402
+from intasr.deploy import runtime as rt  # noqa: E402
+from intasr.models import ConvASR, config_for  # noqa: E402
+from intasr.program import fast  # noqa: E402
+from intasr.program import onnx_int as oi  # noqa: E402
+from intasr.program import onnx_qdq as oq  # noqa: E402
+from intasr.program.ops import Op, Program, Value  # noqa: E402
+from intasr.program.torch_ref import TorchReference  # noqa: E402
 
 from conftest import randomize_weights  # noqa: E402
 from pinned import pinned_float_model, pinned_inputs  # noqa: E402
@@ -117,7 +117,7 @@ def test_export_file_and_cli(q5, q_input, tmp_path):
 
 
 def test_export_check_is_skipped_with_its_reason_where_the_kernels_are_inexact(q5, tmp_path, monkeypatch, capsys):
-    """asrquant export --check on a CPU without VNNI (simulated: the probe answers no): the graph is
+    """intasr export --check on a CPU without VNNI (simulated: the probe answers no): the graph is
     written and checked integer-only, the onnxruntime comparison is skipped with its reason, exit 0."""
     monkeypatch.setattr(oi, "ort_kernels_exact", lambda threads=1: False)
     monkeypatch.setattr(rt, "ort_kernels_exact", lambda threads=1: False)
@@ -130,9 +130,9 @@ def test_export_check_is_skipped_with_its_reason_where_the_kernels_are_inexact(q
 
 
 def _x86_vnni() -> bool | None:
-    """Whether this x86 CPU has VNNI (AVX-512 or AVX), as CPUID tells this process (asrquant.cpu:
+    """Whether this x86 CPU has VNNI (AVX-512 or AVX), as CPUID tells this process (intasr.cpu:
     an emulated CPU's answer, not the host's); None off x86."""
-    from asrquant.cpu import cpu_features
+    from intasr.cpu import cpu_features
 
     f = cpu_features()
     return f.vnni if f.arch in ("x86_64", "amd64") and f.source != "none" else None
@@ -313,7 +313,7 @@ def test_dyadic_edge_cases_in_the_onnx_graph_on_any_cpu(floor, kind, out_signed)
 
 
 def _native_available() -> bool:
-    from asrquant.intops import native
+    from intasr.intops import native
 
     return native.available()
 
@@ -363,7 +363,7 @@ def test_qdq_masks_a_padded_batch(q_dense):
 # --------------------------------------------------------------------------- bench and GPU guards
 
 def test_bench_json(float5, q5, tmp_path):
-    from asrquant.deploy import bench
+    from intasr.deploy import bench
 
     runtimes = ("torch-fp32", "onnxruntime-fp32", "torch+native-int8") + (("onnxruntime-int8",)
                                                                          if rt.ort_kernels_exact(1) else ())
@@ -375,13 +375,13 @@ def test_bench_json(float5, q5, tmp_path):
     assert all(r["runs"] == 3 for r in res["runtimes"].values())
     assert all(res["runtimes"][n]["bit_exact"] for n in runtimes if "int8" in n)
     assert res["machine"]["torch"] and res["machine"]["onnxruntime"] and "cpu_model" in res["machine"]
-    from asrquant.cpu import cpu_features   # the machine record is the CPU-feature probe's (CPUID)
+    from intasr.cpu import cpu_features   # the machine record is the CPU-feature probe's (CPUID)
 
     assert res["machine"]["cpu_probe"] == cpu_features().source and "kernel_family" in res["machine"]
     assert res["machine"].get("vnni", False) is cpu_features().vnni
     json.dumps(res)  # serializable
     # the CLI wrapper writes the same JSON
-    from asrquant.models import save_model
+    from intasr.models import save_model
 
     mpath, qpath = save_model(float5, tmp_path / "m.nemo"), save_quantized(q5, tmp_path / "m.aqz")
     assert cli_main(["bench", "--model", str(mpath), "--quantized", str(qpath), "--seconds", "0.3", "--repeats", "3",
@@ -393,7 +393,7 @@ def test_bench_json(float5, q5, tmp_path):
     assert (written["model_path"], written["quantized_path"]) == ("m.nemo", "m.aqz")
     assert str(tmp_path) not in (tmp_path / "b.json").read_text()
     # provenance (issue 12): the files' hashes, the settings, the code and the machine
-    from asrquant.provenance import file_sha256
+    from intasr.provenance import file_sha256
 
     prov = written["provenance"]
     assert prov["model_sha256"] == file_sha256(mpath) and prov["quantized_sha256"] == file_sha256(qpath)
@@ -402,7 +402,7 @@ def test_bench_json(float5, q5, tmp_path):
 
 
 def test_tensorrt_and_cuda_guards(q5, float5, tmp_path):
-    from asrquant.deploy import tensorrt as trtmod
+    from intasr.deploy import tensorrt as trtmod
 
     try:
         import tensorrt  # noqa: F401
@@ -432,8 +432,8 @@ def test_tensorrt_and_cuda_guards(q5, float5, tmp_path):
 def test_bench_skips_an_inexact_runtime_with_its_reason(float5, q5, monkeypatch):
     """On a CPU without VNNI onnxruntime's integer kernels are not exact: bench goes on without
     that runtime and says why (simulated here by making the exactness probe answer no)."""
-    from asrquant.deploy import bench
-    from asrquant.program import onnx_int
+    from intasr.deploy import bench
+    from intasr.program import onnx_int
 
     monkeypatch.setattr(onnx_int, "ort_kernels_exact", lambda threads=1: False)
     monkeypatch.setattr(rt, "ort_kernels_exact", lambda threads=1: False)
@@ -446,8 +446,8 @@ def test_bench_skips_an_inexact_runtime_with_its_reason(float5, q5, monkeypatch)
 
 def test_bench_with_every_runtime_skipped_says_why(float5, q5, monkeypatch):
     """Only an inexact runtime asked for: a one-line error with its reason (was a ZeroDivisionError)."""
-    from asrquant.deploy import bench
-    from asrquant.program import onnx_int
+    from intasr.deploy import bench
+    from intasr.program import onnx_int
 
     monkeypatch.setattr(onnx_int, "ort_kernels_exact", lambda threads=1: False)
     monkeypatch.setattr(rt, "ort_kernels_exact", lambda threads=1: False)

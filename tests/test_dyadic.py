@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from asrquant.quant.dyadic import (MAX_SHIFT, dyadic_from_float, requant_fits_int64, requantize,
+from intasr.quant.dyadic import (MAX_SHIFT, dyadic_from_float, requant_fits_int64, requantize,
                                    rescale)
-from asrquant.intops.reference import requantize_ref
+from intasr.intops.reference import requantize_ref
 
 
 def _round_half_up(fr: Fraction) -> int:
@@ -163,7 +163,7 @@ def test_requant_fits_int64_guard():
 
 
 def test_requantize_creates_no_float_tensor():
-    from asrquant.verify import DtypeRecorder as Rec
+    from intasr.verify import DtypeRecorder as Rec
 
     acc = torch.randint(-(2 ** 20), 2 ** 20, (2, 4, 9), dtype=torch.int32)
     M, s = dyadic_from_float(np.array([0.1, 0.02, 0.3, 1e-4]))

@@ -1,4 +1,4 @@
-"""One engine behind the commands: a quantized model's evaluate / transcribe / asrquant.load run on
+"""One engine behind the commands: a quantized model's evaluate / transcribe / intasr.load run on
 the C runtime (``IntegerModel.use_runtime``) and give what the torch integer reference gives; without
 a C compiler "auto" falls back to torch and says so once, "c" fails naming why."""
 import shutil
@@ -10,9 +10,9 @@ import torch
 from pinned import pinned_inputs
 from test_program import _quantize
 
-from asrquant.cli import main
-from asrquant.integer_model import save_quantized
-from asrquant.evaluate import transcribe
+from intasr.cli import main
+from intasr.integer_model import save_quantized
+from intasr.evaluate import transcribe
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None or shutil.which("make") is None,
                                 reason="needs a C compiler and make")
@@ -36,7 +36,7 @@ def test_run_int_on_the_c_runtime_equals_forward_int(q5):
 
 
 def test_transcripts_are_the_same_on_both_engines(q5, test_other_dir):
-    from asrquant.data import load_dataset
+    from intasr.data import load_dataset
 
     utts = load_dataset(test_other_dir, limit=3)
     texts = {}
@@ -67,7 +67,7 @@ def test_evaluate_and_transcribe_choose_the_engine(q5, test_other_dir, tmp_path,
 
 def test_without_a_compiler_auto_falls_back_and_c_fails(q5, monkeypatch, capsys):
     monkeypatch.setenv("CC", "no-such-compiler-here")
-    monkeypatch.setenv("ASRQUANT_NATIVE_CACHE", "/nonexistent-cache-for-this-test")
+    monkeypatch.setenv("INTASR_NATIVE_CACHE", "/nonexistent-cache-for-this-test")
     x, lengths = pinned_inputs()
     q5.use_runtime("auto")
     got, _ = q5.run_int(x, lengths)

@@ -3,10 +3,10 @@ float model, the DFQ range property, and `quantize(equalize=True)` leaving the c
 
 import torch
 
-from asrquant.calibration import random_mels
-from asrquant.quant.bn import fold_batchnorm
-from asrquant.quant.equalize import equalization_scales, equalize_separable, separable_pairs
-from asrquant.quantize import quantize
+from intasr.calibration import random_mels
+from intasr.quant.bn import fold_batchnorm
+from intasr.quant.equalize import equalization_scales, equalize_separable, separable_pairs
+from intasr.quantize import quantize
 
 from test_adaround import tiny_model
 

@@ -1,7 +1,7 @@
 """Model size, BOPs and the per-layer table against the paper's Table 1 and the real modules.
 
 Models are built on the meta device (no weights allocated; JasperDR-10x5 would be 1.3 GB),
-once per module. Tolerances, and why (see asrquant.experiments' docstring for the full table):
+once per module. Tolerances, and why (see intasr.experiments' docstring for the full table):
   * JasperDR-10x5 BOPs: the counting rule reproduces all three printed values to their printed
     precision (171, 10.7, 8.00), so the test checks that rounding, and 0.5%.
   * QuartzNet-15x5 BOPs: no rule with uniform bit widths can reproduce all three, because the
@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from asrquant import experiments as ex
+from intasr import experiments as ex
 
 
 @pytest.fixture(scope="module")
@@ -183,8 +183,8 @@ def test_layer_table_kinds(models):
 
 def test_layer_table_matches_a_real_forward_pass():
     """Frames and MACs of every conv equal what a real model computes (hooks on nn.Conv1d)."""
-    from asrquant.models.configs import config_for
-    from asrquant.models.convasr import ConvASR
+    from intasr.models.configs import config_for
+    from intasr.models.convasr import ConvASR
 
     torch.manual_seed(0)
     model = ConvASR(config_for("quartznet5x5")).eval()
@@ -293,7 +293,7 @@ def test_conformer_table1_rows():
 
 def test_conformer_layer_table_matches_a_real_forward_pass():
     """Frames and MACs of every Linear / Conv1d / Conv2d equal what a real (small) model computes."""
-    from asrquant.models import ConformerCTC, conformer_ctc_config
+    from intasr.models import ConformerCTC, conformer_ctc_config
 
     torch.manual_seed(0)
     for variant in ({}, {"subsampling": "dw_striding", "self_attention_model": "abs_pos"}):
@@ -320,11 +320,11 @@ def test_conformer_layer_table_matches_a_real_forward_pass():
 
 
 def test_op_counts_results_file_carries_counts_and_provenance(tmp_path):
-    """`python -m asrquant.experiments --out F` (issue 12): the README's size / BOPs figures with
+    """`python -m intasr.experiments --out F` (issue 12): the README's size / BOPs figures with
     the config hash, counting settings, code version and machine on every row."""
     import pandas as pd
 
-    from asrquant.experiments import bops, main, meta_model, model_size_mb
+    from intasr.experiments import bops, main, meta_model, model_size_mb
 
     out = tmp_path / "op_counts.csv"
     assert main(["--out", str(out)]) == 0
@@ -347,7 +347,7 @@ def test_conformer_layer_table_is_the_forward_order(variant):
     """The table's weight layers and LayerNorms are the modules a real forward pass calls, in the
     order it calls them (hooks), each once; the attention matmuls sit between linear_v (or the rel_pos
     rows) and linear_out; the totals are the module's own parameter counts."""
-    from asrquant.models import ConformerCTC, conformer_ctc_config
+    from intasr.models import ConformerCTC, conformer_ctc_config
 
     torch.manual_seed(0)
     model = ConformerCTC(conformer_ctc_config("small", n_layers=2, **variant)).eval()

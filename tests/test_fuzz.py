@@ -1,7 +1,7 @@
-"""Issue 29: every reader of files from strangers under fuzz (asrquant.fuzz), and each input the
+"""Issue 29: every reader of files from strangers under fuzz (intasr.fuzz), and each input the
 fuzzers found that broke a reader, kept as a regression test (made here from the same seed files).
 
-The campaign test runs the benchmark's harness with a small N per reader; `python -m asrquant.fuzz
+The campaign test runs the benchmark's harness with a small N per reader; `python -m intasr.fuzz
 run --per-reader 12500 --out results/fuzz.json` is the large run (results/README.md)."""
 import io
 import json
@@ -17,18 +17,18 @@ import numpy as np
 import pytest
 import torch
 
-from asrquant.audio import AudioError, load_audio
-from asrquant.integer_model import load_quantized
-from asrquant.data import DataError, extract_tar_safely, load_dataset, read_librispeech
-from asrquant.fuzz import mutate as mu
-from asrquant.models.checkpoint import CheckpointError, load_model
+from intasr.audio import AudioError, load_audio
+from intasr.integer_model import load_quantized
+from intasr.data import DataError, extract_tar_safely, load_dataset, read_librispeech
+from intasr.fuzz import mutate as mu
+from intasr.models.checkpoint import CheckpointError, load_model
 
 HAVE_CC = shutil.which("cc") is not None and shutil.which("make") is not None
 
 
 @pytest.fixture(scope="module")
 def seeds(tmp_path_factory):
-    from asrquant.fuzz.seeds import build_seeds
+    from intasr.fuzz.seeds import build_seeds
 
     return build_seeds(tmp_path_factory.mktemp("fuzz") / "seeds")
 
@@ -44,8 +44,8 @@ def _one_line(e, *names):
 # --------------------------------------------------------------------------- the campaign, small N
 
 def test_a_small_campaign_finds_nothing(seeds, tmp_path):
-    from asrquant.fuzz import FAILURE_KINDS, run_campaign, table
-    from asrquant.fuzz.readers import READERS
+    from intasr.fuzz import FAILURE_KINDS, run_campaign, table
+    from intasr.fuzz.readers import READERS
 
     readers = [r for r in READERS if HAVE_CC or not READERS[r].native]
     work = seeds.parent
@@ -67,12 +67,12 @@ def test_bit_flipped_aqz_is_refused_in_one_line_naming_the_member(seeds, tmp_pat
     """fuzz: bytes_bitflip (the issue's probe: zipfile.BadZipFile 'Bad CRC-32' traceback)"""
     good = seeds / "aqz" / "tiny_convasr_w8a8.aqz"
     data = bytearray(good.read_bytes())
-    data[60] ^= 0x10   # inside asrquant.json's data, after its 30 + 13 byte local header
+    data[60] ^= 0x10   # inside intasr.json's data, after its 30 + 13 byte local header
     bad = tmp_path / "flipped.aqz"
     bad.write_bytes(bytes(data))
     with pytest.raises(CheckpointError) as e:
         load_quantized(bad)
-    _one_line(e.value, bad, "asrquant.json")
+    _one_line(e.value, bad, "intasr.json")
 
 
 def test_swapped_tensors_are_refused_before_running_naming_the_tensor(seeds, tmp_path):
@@ -93,7 +93,7 @@ def test_swapped_tensors_are_refused_before_running_naming_the_tensor(seeds, tmp
 
 
 def _program_state(seeds, name="tiny_convasr_w8a8"):
-    from asrquant.program.aqz import read_payload
+    from intasr.program.aqz import read_payload
 
     p = read_payload(seeds / "aqz" / f"{name}.aqz")
     return json.loads(p["meta"])["program"], p["tensors"]
@@ -114,8 +114,8 @@ def _program_state(seeds, name="tiny_convasr_w8a8"):
 def test_program_checks_on_load_name_the_op_and_the_tensor(seeds, edit, expect):
     """fuzz: header_program / npy_* / member_* inputs that loaded and then failed to run
     (ValueError: operands could not be broadcast; IndexError; AssertionError in the reference)"""
-    from asrquant.program.ops import ProgramError
-    from asrquant.program.validate import program_from_file
+    from intasr.program.ops import ProgramError
+    from intasr.program.validate import program_from_file
 
     desc, tensors = _program_state(seeds)
     conv = next(i for i, d in enumerate(desc["ops"]) if d["kind"] == "conv1d" and d["attrs"]["groups"] == 1)
@@ -146,7 +146,7 @@ def test_program_checks_on_load_name_the_op_and_the_tensor(seeds, edit, expect):
 
 
 def test_the_seed_programs_pass_the_checks_and_run(seeds):
-    from asrquant.program.numpy_ref import NumpyReference
+    from intasr.program.numpy_ref import NumpyReference
 
     for name in ("tiny_convasr_w8a8", "tiny_conformer_w8a8"):
         q = load_quantized(seeds / "aqz" / f"{name}.aqz")
@@ -219,8 +219,8 @@ def _real_hama(seeds):
 
 def test_swapped_hama_records_are_refused_naming_the_tensor(seeds, tmp_path):
     """fuzz: swap_records (torch's several-line size-mismatch RuntimeError)"""
-    from asrquant.fuzz.readers import _hama_setup
-    from asrquant.models.hama import load_hama_model
+    from intasr.fuzz.readers import _hama_setup
+    from intasr.models.hama import load_hama_model
 
     _real_hama(seeds)
     ctx = _hama_setup(seeds, tmp_path)
@@ -243,7 +243,7 @@ def test_swapped_hama_records_are_refused_naming_the_tensor(seeds, tmp_path):
 
 def test_a_hama_matmul_name_without_its_number_is_refused_naming_it(seeds, tmp_path):
     """fuzz: bytes_bytes (a byte of 'onnx::MatMul_870' became 0x7f: int() raised a bare ValueError)"""
-    from asrquant.models.hama import load_hama_model
+    from intasr.models.hama import load_hama_model
 
     real = _real_hama(seeds)
     b = bytearray(real.read_bytes())
@@ -388,7 +388,7 @@ def test_cli_input_claiming_more_frames_than_it_holds_is_refused(seeds, cli, tmp
 def test_a_blob_forged_past_the_checksum_is_refused(seeds, cli, tmp_path):
     """fuzz: forge_checksum (+d, -2d, +d at three bytes kept the position-weighted checksum, and the
     changed constants reached the kernels)"""
-    from asrquant.program.c_lower import checksum
+    from intasr.program.c_lower import checksum
 
     blob = (cli / "model.bin").read_bytes()
     b = bytearray(blob)
@@ -406,7 +406,7 @@ def test_a_blob_forged_past_the_checksum_is_refused(seeds, cli, tmp_path):
 def test_the_sanitized_runtime_runs_the_seeds_without_a_report(seeds, tmp_path):
     if not HAVE_CC:
         pytest.skip("needs a C compiler and make")
-    from asrquant.fuzz.native import Driver, build_driver
+    from intasr.fuzz.native import Driver, build_driver
 
     try:
         exe = build_driver(seeds / "c" / "model", seeds.parent / "c_driver")
@@ -426,7 +426,7 @@ def test_the_sanitized_runtime_runs_the_seeds_without_a_report(seeds, tmp_path):
 
 def test_a_hama_tensor_of_rank_over_64_is_refused(tmp_path):
     """fuzz: field_ndim (rank 127 consistent with its size: NumPy's 'maximum supported dimension is 64')"""
-    from asrquant.models.hama import parse_hama, write_hama
+    from intasr.models.hama import parse_hama, write_hama
 
     good = write_hama(tmp_path / "t.hama", {"w": np.ones((2, 3), np.float32)}).read_bytes()
     pos = 12 + 2 + 1            # the table: name length, name "w", then dtype and rank

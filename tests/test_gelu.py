@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from asrquant.intops.gelu import gelu_float, gelu_ref, int_gelu, prepare_gelu
-from asrquant.verify import DtypeRecorder
+from intasr.intops.gelu import gelu_float, gelu_ref, int_gelu, prepare_gelu
+from intasr.verify import DtypeRecorder
 
 
 @pytest.mark.parametrize("scale", [0.01, 0.05, 0.254, 0.5])

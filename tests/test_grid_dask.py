@@ -18,7 +18,7 @@ pytest.importorskip("distributed")
 
 from grid_fixtures import tiny_model_and_data  # noqa: E402
 
-from asrquant.tables import GridSpec, run_grid  # noqa: E402
+from intasr.tables import GridSpec, run_grid  # noqa: E402
 
 SPEC = GridSpec(bits=((8, 8), (6, 8)), calibrations=("synthetic", "random"), seeds=(0, 1),
                 synth={"n_batches": 2, "batch_size": 2, "frames": 40, "iterations": 3}, random_frames=40)
@@ -143,7 +143,7 @@ def test_killed_worker_loses_only_its_cell_and_a_rerun_completes(assets, schedul
 
 
 def test_paper_profile_is_the_papers_protocol_and_its_cost_adds_up():
-    from asrquant.tables import PAPER_PROFILE, SPLIT_UTTERANCES, paper_cost, paper_specs
+    from intasr.tables import PAPER_PROFILE, SPLIT_UTTERANCES, paper_cost, paper_specs
 
     specs = paper_specs()
     synth = {(s.synth["lr"], s.synth["iterations"]) for s in specs}

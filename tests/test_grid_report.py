@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from asrquant import grid_report as gr
+from intasr import grid_report as gr
 
 UNITS = 1000  # phonemes in the evaluation set: error_rate = 100 * unit_errors / UNITS
 

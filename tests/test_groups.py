@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from asrquant.calibration import collect, random_mels
-from asrquant.quant.weights import quantize_weight, weight_grid
-from asrquant.quant.groups import MULTIPLIER_BITS, group_multipliers, grouped_codes, is_grouped
-from asrquant.quant.mixed_precision import MIB, edge_convs, size_mb, weight_convs
-from asrquant.quantize import quantize
+from intasr.calibration import collect, random_mels
+from intasr.quant.weights import quantize_weight, weight_grid
+from intasr.quant.groups import MULTIPLIER_BITS, group_multipliers, grouped_codes, is_grouped
+from intasr.quant.mixed_precision import MIB, edge_convs, size_mb, weight_convs
+from intasr.quantize import quantize
 
 from test_adaround import tiny_model
 
@@ -43,8 +43,8 @@ def test_grid_follows_the_specification():
 def test_a_dead_row_keeps_the_per_channel_floor():
     """A row that BatchNorm folding left at ~1e-24 gets the per-channel path's scale floor: codes 0,
     and a bias that fits an int32 accumulator, as without groups."""
-    from asrquant.quant.weights import quantize_bias
-    from asrquant.intops.conv import accumulator_bound, choose_acc_dtype
+    from intasr.quant.weights import quantize_bias
+    from intasr.intops.conv import accumulator_bound, choose_acc_dtype
 
     w = _heavy_tailed()
     w[2] = 1e-24 * torch.sign(w[2])
@@ -91,7 +91,7 @@ def _factorizes(conv_weight, w_int, bits, group):
 def test_integer_weights_are_codes_times_multipliers(rounding):
     """Every 4-bit conv's integer weight is k * q with the multipliers of its folded weight and
     q a 4-bit code; the 8-bit edge convs are as without groups; the model is closer to float."""
-    from asrquant.quant.bn import fold_batchnorm
+    from intasr.quant.bn import fold_batchnorm
 
     model = tiny_model()
     batches = random_mels(1, 4, 120, seed=1)
@@ -121,8 +121,8 @@ def test_integer_weights_are_codes_times_multipliers(rounding):
 
 
 def test_learned_codes_round_each_weight_down_or_up():
-    from asrquant.quant.weights import weight_bits_of
-    from asrquant.quant.adaround import AdaRoundConfig, QuantizedWalk, adaround
+    from intasr.quant.weights import weight_bits_of
+    from intasr.quant.adaround import AdaRoundConfig, QuantizedWalk, adaround
 
     model = tiny_model(seed=4)
     batches = random_mels(1, 2, 100, seed=3)
@@ -149,10 +149,10 @@ def test_size_counts_the_multipliers():
 
 
 def test_grouped_program_is_float_free_and_bit_exact():
-    from asrquant.program import fast
-    from asrquant.program.numpy_ref import NumpyReference
-    from asrquant.program.torch_ref import TorchReference
-    from asrquant.verify import float_ops_in_forward
+    from intasr.program import fast
+    from intasr.program.numpy_ref import NumpyReference
+    from intasr.program.torch_ref import TorchReference
+    from intasr.verify import float_ops_in_forward
 
     model = tiny_model()
     qg = quantize(model, random_mels(1, 4, 120, seed=1), 4, 8, bias_correction=True, weight_group=8, progress=False)
@@ -192,9 +192,9 @@ def test_c_runtime_runs_grouped_weights_bit_exact(tmp_path):
     from pinned import fixed_calibration, pinned_float_model, pinned_inputs
     from test_program import PINS
 
-    from asrquant.convert import convert
-    from asrquant.program.c_backend import CRuntime
-    from asrquant.program.numpy_ref import NumpyReference
+    from intasr.convert import convert
+    from intasr.program.c_backend import CRuntime
+    from intasr.program.numpy_ref import NumpyReference
 
     model = pinned_float_model("quartznet5x5")
     observers, _ = fixed_calibration(model, PINS["quartznet5x5_w8a8"])

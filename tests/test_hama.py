@@ -19,14 +19,14 @@ import torch
 
 hama = pytest.importorskip("hama")
 
-from asrquant.audio import ConvStftFrontend  # noqa: E402
-from asrquant.data import load_batch, load_dataset  # noqa: E402
-from asrquant.evaluate import apply_decoding, decode_batch, evaluate  # noqa: E402
-from asrquant.models.checkpoint import CheckpointError, load_model  # noqa: E402
-from asrquant.models.conformer import ConformerCTC  # noqa: E402
-from asrquant.models.hama import (MAGIC, HamaEngine, g2p_references, hama_labels, load_hama_model, parse_hama,  # noqa: E402
+from intasr.audio import ConvStftFrontend  # noqa: E402
+from intasr.data import load_batch, load_dataset  # noqa: E402
+from intasr.evaluate import apply_decoding, decode_batch, evaluate  # noqa: E402
+from intasr.models.checkpoint import CheckpointError, load_model  # noqa: E402
+from intasr.models.conformer import ConformerCTC  # noqa: E402
+from intasr.models.hama import (MAGIC, HamaEngine, g2p_references, hama_labels, load_hama_model, parse_hama,  # noqa: E402
                                   read_hama, restore_conformer_bn, scored_phonemes, write_hama)
-from asrquant.text import token_error_summary  # noqa: E402
+from intasr.text import token_error_summary  # noqa: E402
 
 LOGPROB_TOL = 0.05
 
@@ -187,7 +187,7 @@ def test_front_end_is_batch_invariant(model, few_utts):
 # --- import-hama, BN restoration -------------------------------------------------------------
 
 def test_import_hama_round_trip(tmp_path, model, few_utts):
-    from asrquant.cli import main
+    from intasr.cli import main
 
     out = tmp_path / "hama.nemo"
     assert main(["import-hama", "--out", str(out)]) == 0
@@ -212,7 +212,7 @@ def test_restored_batchnorm_keeps_the_function(tmp_path, model, train_clean_dir,
         assert not torch.allclose(bn.running_var, torch.ones_like(bn.running_var), atol=1e-2)
     with pytest.raises(ValueError, match="identity form"):
         restore_conformer_bn(restored, [load_batch(train[:1])], progress=False)
-    from asrquant.models import save_model
+    from intasr.models import save_model
 
     path = save_model(restored, tmp_path / "restored.nemo")
     reloaded = load_model(path)
@@ -271,7 +271,7 @@ def test_evaluate_reports_per(model, few_utts, tmp_path):
 
 
 def test_checkpoint_without_front_end_weights_is_refused(tmp_path, model):
-    from asrquant.models.checkpoint import write_nemo
+    from intasr.models.checkpoint import write_nemo
 
     sd = {k: v for k, v in model.state_dict().items() if not k.startswith("preprocessor.")}
     path = write_nemo(tmp_path / "nofe.nemo", model.config, sd)

@@ -1,4 +1,4 @@
-"""The modules of lib/asrquant import each other without a cycle, lazy (in-function) imports included.
+"""The modules of lib/intasr import each other without a cycle, lazy (in-function) imports included.
 
 A cycle hidden behind a function-level import still means two modules each need the other to be
 understood; the integer program's backends depend on the program, never the other way round.
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-LIB = Path(__file__).resolve().parents[1] / "lib" / "asrquant"
+LIB = Path(__file__).resolve().parents[1] / "lib" / "intasr"
 
 
 def _module_name(path: Path) -> str:
@@ -73,8 +73,8 @@ def find_cycle(graph: dict[str, set[str]]):
 
 def test_graph_sees_lazy_imports():
     g = import_graph()
-    assert "asrquant.program.ops" in g["asrquant.program.torch_ref"]
-    assert "asrquant.program.torch_ref" in g["asrquant.integer_model"]  # imported inside forward_int
+    assert "intasr.program.ops" in g["intasr.program.torch_ref"]
+    assert "intasr.program.torch_ref" in g["intasr.integer_model"]  # imported inside forward_int
 
 
 def test_cycle_finder_finds_a_cycle():
@@ -89,7 +89,7 @@ def test_no_import_cycle_in_lib():
 
 
 # The floors of the house (README, "Layout"): a module imports only from its own floor or below.
-# Each entry is a module or a package (relative to asrquant); the longest match decides, so a
+# Each entry is a module or a package (relative to intasr); the longest match decides, so a
 # recipe inside quant/ sits above the primitives beside it. A new module must be given a floor here.
 FLOORS = {
     0: ("base", ["version", "paths", "cpu", "provenance", "text", "tokenizer", "options"]),
@@ -110,7 +110,7 @@ FLOORS = {
 
 
 def floor_of(module: str) -> int | None:
-    rel = module[len("asrquant."):] if module.startswith("asrquant.") else ""
+    rel = module[len("intasr."):] if module.startswith("intasr.") else ""
     best, best_len = None, -1
     for floor, (_, names) in FLOORS.items():
         for name in names:
@@ -125,9 +125,9 @@ def test_every_module_has_a_floor():
 
 
 def test_floor_rules():
-    assert floor_of("asrquant.quant.quantizer") == 3 and floor_of("asrquant.quant.adaround") == 6
-    assert floor_of("asrquant") == 8 and floor_of("asrquant.program.c_backend") == 4
-    assert floor_of("asrquant.fuzz.__main__") == 8 and floor_of("asrquant.fuzz.readers") == 7
+    assert floor_of("intasr.quant.quantizer") == 3 and floor_of("intasr.quant.adaround") == 6
+    assert floor_of("intasr") == 8 and floor_of("intasr.program.c_backend") == 4
+    assert floor_of("intasr.fuzz.__main__") == 8 and floor_of("intasr.fuzz.readers") == 7
 
 
 def test_no_import_points_up_the_floors():
@@ -152,7 +152,7 @@ def test_block_reader_finds_a_reach():
 def test_only_the_walk_reads_the_convasr_blocks():
     """The ConvASR's block structure is read in one place (models.convasr: the model itself and
     its `walk`); everything else visits the walk."""
-    lib = Path(__file__).resolve().parents[1] / "lib" / "asrquant"
+    lib = Path(__file__).resolve().parents[1] / "lib" / "intasr"
     found = {str(p.relative_to(lib)): lines for p in lib.rglob("*.py")
              if p.name != "convasr.py" and (lines := _reaches_into_convasr_blocks(p.read_text()))}
     assert not found, f"modules that walk model.encoder.encoder by hand (use models.convasr.walk): {found}"

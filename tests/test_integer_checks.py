@@ -7,12 +7,12 @@ import torch
 
 from conftest import random_quartznet5x5, speech_like_audio
 
-from asrquant import integer_checks as checks
-from asrquant.calibration import calibrate
-from asrquant.convert import convert
-from asrquant.data import load_dataset
-from asrquant.program.torch_ref import TorchReference
-from asrquant.verify import DtypeRecorder
+from intasr import integer_checks as checks
+from intasr.calibration import calibrate
+from intasr.convert import convert
+from intasr.data import load_dataset
+from intasr.program.torch_ref import TorchReference
+from intasr.verify import DtypeRecorder
 
 
 @pytest.fixture(scope="module")

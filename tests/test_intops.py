@@ -6,10 +6,10 @@ import torch
 
 import torch.nn.functional as F
 
-from asrquant.intops import (accumulator_bound, choose_acc_dtype, int_add, int_conv1d, int_relu,
+from intasr.intops import (accumulator_bound, choose_acc_dtype, int_add, int_conv1d, int_relu,
                              mask_time)
-from asrquant.intops.reference import add_ref, conv1d_ref, mask_time_ref, relu_ref
-from asrquant.verify import DtypeRecorder
+from intasr.intops.reference import add_ref, conv1d_ref, mask_time_ref, relu_ref
+from intasr.verify import DtypeRecorder
 
 
 def _rand(gen, lo, hi, shape, dtype):

@@ -11,9 +11,9 @@ import torch
 
 from conftest import load_script, randomize_weights, speech_like_audio
 
-from asrquant.convert import quantize_model
-from asrquant.models import ConvASR
-from asrquant.models.restore_bn import measure_bn_inputs, restore_bn_sequential, stats_difference
+from intasr.convert import quantize_model
+from intasr.models import ConvASR
+from intasr.models.restore_bn import measure_bn_inputs, restore_bn_sequential, stats_difference
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "jasper_check.py"
 
@@ -23,7 +23,7 @@ def _tool():
 
 
 def _small_jasper():
-    from asrquant.models.configs import block_config, convasr_config
+    from intasr.models.configs import block_config, convasr_config
 
     jasper = [block_config(32, 1, 11, stride=2, residual=False, separable=False)]
     jasper += [block_config(32, 2, 11, separable=False, dense=True), block_config(48, 2, 13, separable=False, dense=True)]

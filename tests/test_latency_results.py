@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from asrquant.deploy import latency, subblock
+from intasr.deploy import latency, subblock
 
 
 def _fig2_rows(model, fp32_ms, c_ms, peer_ms, threads=1, load=1.5, kernels="avx2"):
@@ -147,7 +147,7 @@ def test_pointwise_summary_uses_the_faster_float_conv():
 
 
 def test_fig2_paper_statement_reads_the_csv(tmp_path):
-    from asrquant.deploy import fig2
+    from intasr.deploy import fig2
 
     (tmp_path / "p.csv").write_text("metric,model,value,device,software,input\n"
                                     "speedup,QuartzNet-15x5,2.5,GPU X,Soft Y,10 s input\n")
@@ -159,8 +159,8 @@ def test_run_fig2_script_is_a_shell_over_the_library(tmp_path, monkeypatch, fig2
     beside it (or to --plot)."""
     import importlib.util
 
-    from asrquant import paths
-    from asrquant.deploy import fig2
+    from intasr import paths
+    from intasr.deploy import fig2
 
     spec = importlib.util.spec_from_file_location("run_fig2", paths.REPO_ROOT / "benchmarks" / "run_fig2.py")
     script = importlib.util.module_from_spec(spec)

@@ -4,17 +4,17 @@ model carries each conv's width."""
 
 import pytest
 import torch
-from asrquant.calibration import collect, random_mels
-from asrquant.convert import convert
-from asrquant.experiments import model_size_mb
-from asrquant.quant.mixed_precision import (
+from intasr.calibration import collect, random_mels
+from intasr.convert import convert
+from intasr.experiments import model_size_mb
+from intasr.quant.mixed_precision import (
     allocate,
     allocate_bits,
     sensitivities,
     size_mb,
     weight_convs,
 )
-from asrquant.quantize import quantize
+from intasr.quantize import quantize
 from test_adaround import tiny_model
 
 
@@ -94,7 +94,7 @@ def test_bias_corrected_sensitivity_is_what_the_corrected_model_loses(model):
 def test_sensitivities_are_cached_by_content(model, tmp_path, monkeypatch):
     import json
 
-    from asrquant.quant import mixed_precision as mp
+    from intasr.quant import mixed_precision as mp
 
     mel, lens = random_mels(1, 2, 80, seed=7)[0]
     mp._MEMO.clear()
@@ -133,7 +133,7 @@ def test_quantize_measures_sensitivity_with_its_bias_correction(model, tmp_path)
 def test_fast_runner_gives_the_reference_integers_on_a_mixed_program(model):
     """tools/run_size_sweep.py evaluates with the fast runner: on a 4/6/8-bit program its logits
     are the reference engine's on every valid frame (padded batch of unequal lengths)."""
-    from asrquant.program.fast import TorchIntegerRunner
+    from intasr.program.fast import TorchIntegerRunner
 
     batches = random_mels(1, 2, 80, seed=9)
     low, high = size_mb(model, lambda c: 4), size_mb(model, lambda c: 8)
@@ -153,7 +153,7 @@ def test_fast_runner_gives_the_reference_integers_on_a_mixed_program(model):
 def test_edge_bits_widen_only_the_first_block_and_the_decoder(model):
     """quantize(edge_bits=8): the first block's convs and the decoder hold 8-bit codes (some
     beyond the 4-bit range), every other conv 4-bit ones; the size counts both widths."""
-    from asrquant.quant.mixed_precision import edge_convs
+    from intasr.quant.mixed_precision import edge_convs
 
     batches = random_mels(1, 2, 80, seed=5)
     q = quantize(model, batches, 4, 8, edge_bits=8, progress=False)

@@ -11,10 +11,10 @@ import torch.nn.functional as F
 
 from conftest import fill_bn_statistics, randomize_weights, speech_like_audio
 
-from asrquant.data import load_batch, read_librispeech
-from asrquant.models import CheckpointError, ConvASR, config_for, load_model, read_nemo, save_model, write_nemo
-from asrquant.models.convasr import frame_mask
-from asrquant.models.restore_bn import conv_before_each_bn, restore_batchnorm
+from intasr.data import load_batch, read_librispeech
+from intasr.models import CheckpointError, ConvASR, config_for, load_model, read_nemo, save_model, write_nemo
+from intasr.models.convasr import frame_mask
+from intasr.models.restore_bn import conv_before_each_bn, restore_batchnorm
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_nemo_checkpoint_roundtrip(arch, audio_batch, tmp_path):
     path = tmp_path / f"{arch}.nemo"
     nemo.save_to(str(path))
 
-    # NeMo -> asrquant
+    # NeMo -> intasr
     ours = load_model(path)
     with torch.no_grad():
         mel, mel_len = ours.features(audio, lengths)
@@ -67,7 +67,7 @@ def test_nemo_checkpoint_roundtrip(arch, audio_batch, tmp_path):
     # the random net must not be degenerate, or the comparison above proves little
     assert _valid(ref_logp, ref_len).std() > 0.1
 
-    # asrquant -> NeMo
+    # intasr -> NeMo
     from nemo.collections.asr.models import EncDecCTCModel
 
     ours_path = save_model(ours, tmp_path / f"{arch}_ours.nemo")
@@ -79,7 +79,7 @@ def test_nemo_checkpoint_roundtrip(arch, audio_batch, tmp_path):
 
 
 def _folded_forward(folded: dict, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Independent replay of the BN-folded QuartzNet-15x5 with plain F.conv1d (no asrquant model)."""
+    """Independent replay of the BN-folded QuartzNet-15x5 with plain F.conv1d (no intasr model)."""
     w = {k: torch.as_tensor(v) for k, v in folded.items()}
     cfg = config_for("quartznet15x5")["encoder"]["jasper"]
 
@@ -315,8 +315,8 @@ def test_restore_bn_is_byte_identical_across_thread_counts(tmp_path):
 def test_convasr_walk_names_every_conv_once_in_execution_order(arch):
     """The one walk: every site's name resolves to its module, BatchNorms to theirs, every conv of
     the model appears once, and the sites come in the order the forward runs them."""
-    from asrquant.models.configs import config_for
-    from asrquant.models.convasr import ConvASR, MaskedConv1d, walk
+    from intasr.models.configs import config_for
+    from intasr.models.convasr import ConvASR, MaskedConv1d, walk
 
     model = ConvASR(config_for(arch))
     modules = dict(model.named_modules())

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from asrquant.intops import native
+from intasr.intops import native
 
 NEEDS_NATIVE = pytest.mark.skipif(not native.available(), reason="no C compiler: native kernels unavailable")
 
@@ -101,7 +101,7 @@ def test_bad_arguments_are_named():
 
 
 def test_compile_failure_is_a_clear_error(monkeypatch, tmp_path):
-    monkeypatch.setenv("ASRQUANT_NATIVE_CACHE", str(tmp_path))
+    monkeypatch.setenv("INTASR_NATIVE_CACHE", str(tmp_path))
     monkeypatch.setenv("CC", "no-such-compiler-xyz")
     native._lib.cache_clear()
     try:
@@ -114,7 +114,7 @@ def test_compile_failure_is_a_clear_error(monkeypatch, tmp_path):
 
 
 def _cpu(**flags):
-    from asrquant.cpu import CpuFeatures
+    from intasr.cpu import CpuFeatures
 
     return CpuFeatures(arch="x86_64", vendor="GenuineIntel", model="test CPU", source="cpuid", **flags)
 
@@ -124,7 +124,7 @@ EVERYTHING = dict(AVX2_ONLY, avx512f=True, avx512bw=True, avx512vnni=True, avxvn
 
 
 def test_the_build_follows_the_cpu_probe_not_proc_cpuinfo(monkeypatch):
-    """The cache key and the -mno-... flags come from this process's CPU (asrquant.cpu): an AVX2
+    """The cache key and the -mno-... flags come from this process's CPU (intasr.cpu): an AVX2
     process gets a library of its own, built without AVX-512, whatever the compiler's host has."""
     monkeypatch.setattr(native, "_features", lambda: _cpu(**AVX2_ONLY))
     avx2_flags, avx2_path = native.target_flags(), native.library_path()
@@ -133,7 +133,7 @@ def test_the_build_follows_the_cpu_probe_not_proc_cpuinfo(monkeypatch):
     assert native.target_flags() == [] and native.library_path() != avx2_path
     monkeypatch.setattr(native, "_features", lambda: _cpu())   # x86-64 baseline: no AVX at all
     assert {"-mno-avx2", "-mno-fma", "-mno-sse4.1"} <= set(native.target_flags())
-    from asrquant.cpu import CpuFeatures
+    from intasr.cpu import CpuFeatures
 
     monkeypatch.setattr(native, "_features", lambda: CpuFeatures(arch="aarch64", vendor="", model="", source="none"))
     assert native.target_flags() == []   # x86 options are never passed to another architecture's compiler
@@ -144,7 +144,7 @@ def test_the_build_follows_the_cpu_probe_not_proc_cpuinfo(monkeypatch):
 def test_a_library_built_for_an_avx2_process_has_no_avx512(monkeypatch, tmp_path):
     """What qemu-x86_64 -cpu max needs on an AVX-512 host: its compiler runs natively (-march=native
     = the host), the process is told AVX2 only; the library must not hold a zmm/opmask instruction."""
-    monkeypatch.setenv("ASRQUANT_NATIVE_CACHE", str(tmp_path))
+    monkeypatch.setenv("INTASR_NATIVE_CACHE", str(tmp_path))
     monkeypatch.setattr(native, "_features", lambda: _cpu(**AVX2_ONLY))
     native._lib.cache_clear()
     try:
@@ -165,8 +165,8 @@ MODES = [pytest.param("native", marks=NEEDS_NATIVE), "float-exact"]
 
 @pytest.fixture(scope="module")
 def q_qn():
-    from asrquant.calibration import random_mels
-    from asrquant.convert import quantize_model
+    from intasr.calibration import random_mels
+    from intasr.convert import quantize_model
     from pinned import pinned_float_model
 
     return quantize_model(pinned_float_model("quartznet5x5"), random_mels(1, 2, 160, seed=0))
@@ -174,8 +174,8 @@ def q_qn():
 
 @pytest.fixture(scope="module")
 def q_dense():
-    from asrquant.calibration import random_mels
-    from asrquant.convert import quantize_model
+    from intasr.calibration import random_mels
+    from intasr.convert import quantize_model
     from pinned import pinned_float_model
 
     return quantize_model(pinned_float_model("tiny_dense"), random_mels(1, 2, 160, seed=0))
@@ -193,7 +193,7 @@ def _assert_valid_equal(qmodel, q, lengths, out, out_len):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("model", ["q_qn", "q_dense"])
 def test_fast_runner_bit_exact_on_a_padded_batch(mode, model, request):
-    from asrquant.program import fast
+    from intasr.program import fast
     from pinned import pinned_inputs
 
     qmodel = request.getfixturevalue(model)
@@ -211,7 +211,7 @@ def test_fast_runner_bit_exact_on_a_padded_batch(mode, model, request):
 def test_native_runner_fuses_every_conv(q_qn):
     """QuartzNet lowers to fused groups only: depthwise convs in dw_conv_requant, pointwise ones on
     _int_mm feeding requant_sum (residual sums included); only masks and frame counts run alone."""
-    from asrquant.program import fast
+    from intasr.program import fast
 
     runner = fast.TorchIntegerRunner(q_qn, threads=1, depthwise="native")
     kinds = runner.kinds()
@@ -228,7 +228,7 @@ def test_native_runner_creates_no_float_tensor(q_qn):
     kernels are integer code by construction (native_kernels.c has no floating-point type)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from asrquant.program import fast
+    from intasr.program import fast
     from pinned import pinned_inputs
 
     class Recorder(TorchDispatchMode):
@@ -256,8 +256,8 @@ def test_native_runner_creates_no_float_tensor(q_qn):
 @pytest.mark.parametrize("mode", MODES)
 def test_fast_runner_on_real_audio(small_quartznet, real_audio_batch, mode):
     """Real test-other features (a padded batch of 3), a model calibrated on them."""
-    from asrquant.convert import quantize_model
-    from asrquant.program import fast
+    from intasr.convert import quantize_model
+    from intasr.program import fast
 
     with torch.inference_mode():
         mel, mel_len = small_quartznet.features(*real_audio_batch)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from asrquant.intops import nonlinear as nl
-from asrquant.intops import nonlinear_ref as R
-from asrquant.quant.quantizer import storage_dtype
-from asrquant.verify import DtypeRecorder
+from intasr.intops import nonlinear as nl
+from intasr.intops import nonlinear_ref as R
+from intasr.quant.quantizer import storage_dtype
+from intasr.verify import DtypeRecorder
 
 I32 = torch.iinfo(torch.int32)
 SCALES = [3.0, 0.7, 0.1, 0.02, 1e-3, 1e-5, 1e-8]

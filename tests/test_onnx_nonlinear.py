@@ -12,14 +12,14 @@ import torch
 pytest.importorskip("onnx", reason="the ONNX lowerings need the 'onnx' package")
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed: the lowerings cannot be run")
 
-from asrquant.intops import nonlinear as nl  # noqa: E402
-from asrquant.intops.gelu import prepare_gelu  # noqa: E402
-from asrquant.program import nonlinear_params as nlp  # noqa: E402
-from asrquant.program import onnx_nonlinear as on  # noqa: E402
-from asrquant.program.onnx_graph import make_session  # noqa: E402
-from asrquant.program.onnx_int import integer_only_report  # noqa: E402
-from asrquant.program.ops import OPS, Op, dtype_name  # noqa: E402
-from asrquant.program.torch_ref import TorchReference  # noqa: E402
+from intasr.intops import nonlinear as nl  # noqa: E402
+from intasr.intops.gelu import prepare_gelu  # noqa: E402
+from intasr.program import nonlinear_params as nlp  # noqa: E402
+from intasr.program import onnx_nonlinear as on  # noqa: E402
+from intasr.program.onnx_graph import make_session  # noqa: E402
+from intasr.program.onnx_int import integer_only_report  # noqa: E402
+from intasr.program.ops import OPS, Op, dtype_name  # noqa: E402
+from intasr.program.torch_ref import TorchReference  # noqa: E402
 
 KERNELS = TorchReference.kernels
 I64 = np.iinfo(np.int64)
@@ -185,7 +185,7 @@ def test_softmax_dynamic_shapes():
 
 def test_softmax_shared_keep_mask_and_larger_batch():
     """Two softmaxes (different scales) in one graph share one attention_keep mask; realistic size."""
-    from asrquant.program.onnx_graph import Graph
+    from intasr.program.onnx_graph import Graph
 
     ops = [_softmax_op(0.004), _softmax_op(0.02, recip_bits=40)]
     g = Graph()

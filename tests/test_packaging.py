@@ -17,12 +17,12 @@ import pytest
 import soundfile as sf
 
 ROOT = Path(__file__).resolve().parents[1]
-LIB = ROOT / "lib" / "asrquant"
+LIB = ROOT / "lib" / "intasr"
 
 TINY_MODEL = """
 import sys, torch
-from asrquant.models import ConvASR, save_model
-from asrquant.models.configs import block_config, convasr_config
+from intasr.models import ConvASR, save_model
+from intasr.models.configs import block_config, convasr_config
 torch.manual_seed(0)
 jasper = [block_config(24, 1, 7, stride=2, residual=False), block_config(32, 2, 9), block_config(40, 1, 1, residual=False,
           separable=False)]
@@ -54,8 +54,8 @@ def dists(tmp_path_factory):
 def test_wheel_and_sdist_carry_every_runtime_file(dists):
     wheel, sdist = dists
     needed = _runtime_files()
-    assert {"asrquant/program/c/asrq_kernels.c", "asrquant/program/c/Makefile",
-            "asrquant/intops/native_kernels.c"} <= needed
+    assert {"intasr/program/c/asrq_kernels.c", "intasr/program/c/Makefile",
+            "intasr/intops/native_kernels.c"} <= needed
     in_wheel = set(zipfile.ZipFile(wheel).namelist())
     assert needed <= in_wheel, f"missing from the wheel: {sorted(needed - in_wheel)}"
     with tarfile.open(sdist) as t:
@@ -63,7 +63,7 @@ def test_wheel_and_sdist_carry_every_runtime_file(dists):
     missing = {f"lib/{n}" for n in needed} - in_sdist
     assert not missing, f"missing from the sdist: {sorted(missing)}"
     meta = zipfile.ZipFile(wheel).read(next(n for n in in_wheel if n.endswith("METADATA"))).decode()
-    from asrquant import __version__
+    from intasr import __version__
 
     assert f"Version: {__version__}" in meta
     requires = [line for line in meta.splitlines() if line.startswith("Requires-Dist: torch")]
@@ -88,16 +88,16 @@ def test_installed_wheel_runs_the_command_line_outside_the_source_tree(dists, tm
     Path(purelib, "zz_dependencies.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     work = tmp_path / "work"
     work.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "ASRQUANT_BUILD")}
-    env.update(ASRQUANT_BUILD=str(work / "cache"), OMP_NUM_THREADS="1")
-    cli = str(env_dir / "bin" / "asrquant")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "INTASR_BUILD")}
+    env.update(INTASR_BUILD=str(work / "cache"), OMP_NUM_THREADS="1")
+    cli = str(env_dir / "bin" / "intasr")
 
     def run(*args):
         r = subprocess.run(list(args), cwd=work, env=env, capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, f"{' '.join(map(str, args))}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
         return r.stdout
 
-    where = run(str(py), "-c", "import asrquant; print(asrquant.__file__)").strip()
+    where = run(str(py), "-c", "import intasr; print(intasr.__file__)").strip()
     assert where.startswith(purelib) and not where.startswith(str(ROOT)), where
     assert "quantize" in run(cli, "--help")
     run(str(py), "-c", TINY_MODEL, "tiny.nemo")

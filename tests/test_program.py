@@ -12,15 +12,15 @@ import torch
 
 from pinned import CASES, digest, fixed_calibration, pinned_float_model, pinned_inputs
 
-from asrquant.calibration import random_mels
-from asrquant.program.builder import ProgramBuilder
-from asrquant.convert import convert
-from asrquant.integer_model import load_quantized, save_quantized
-from asrquant.program.aqz import read_payload, write_payload
-from asrquant.models import CheckpointError
-from asrquant.program.numpy_ref import NumpyReference
-from asrquant.program.ops import OPS, Op, Program, ProgramError, Value
-from asrquant.program.torch_ref import TorchReference
+from intasr.calibration import random_mels
+from intasr.program.builder import ProgramBuilder
+from intasr.convert import convert
+from intasr.integer_model import load_quantized, save_quantized
+from intasr.program.aqz import read_payload, write_payload
+from intasr.models import CheckpointError
+from intasr.program.numpy_ref import NumpyReference
+from intasr.program.ops import OPS, Op, Program, ProgramError, Value
+from intasr.program.torch_ref import TorchReference
 
 DATA = Path(__file__).parent / "data"
 PINS = json.loads((DATA / "pinned_logits.json").read_text())["cases"]
@@ -75,7 +75,7 @@ def test_malformed_v2_file_names_the_file_and_how_to_regenerate(pinned_case, tmp
     payload["meta"] = json.dumps(meta)
     bad = tmp_path / "bad.aqz"
     write_payload(payload, bad)
-    with pytest.raises(CheckpointError, match=r"bad\.aqz.*unknown op kind.*asrquant quantize"):
+    with pytest.raises(CheckpointError, match=r"bad\.aqz.*unknown op kind.*intasr quantize"):
         load_quantized(bad)
     payload = read_payload(path)
     payload["tensors"].pop(next(iter(payload["tensors"])))
@@ -128,7 +128,7 @@ def test_validation_names_the_problem():
 def test_every_op_kind_has_load_time_checks():
     """A file's program is checked op by op (validate.KIND_CHECKS): every kind of the op set has its
     checks, and no check is registered for a kind the op set does not define."""
-    from asrquant.program.validate import KIND_CHECKS
+    from intasr.program.validate import KIND_CHECKS
 
     assert set(KIND_CHECKS) == set(OPS)
 
@@ -160,7 +160,7 @@ def test_program_table_lists_every_op(pinned_case):
 def test_one_pass_calibration_reproduces_the_recorded_one():
     """calibration.collect (one hooked pass) measures what the old calibrate / conv_input_means
     measured when the pins were recorded (float tolerance: summation order depends on threads)."""
-    from asrquant.calibration import collect
+    from intasr.calibration import collect
     from pinned import observer_key
 
     model = pinned_float_model("quartznet5x5")

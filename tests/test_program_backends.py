@@ -7,11 +7,11 @@ import torch
 
 from conftest import speech_like_audio
 
-from asrquant.program import OPS
-from asrquant.program import backends
-from asrquant.program.numpy_ref import NumpyReference
-from asrquant.program.ops import OP_GROUPS, groups_lowered
-from asrquant.program.torch_ref import TorchReference
+from intasr.program import OPS
+from intasr.program import backends
+from intasr.program.numpy_ref import NumpyReference
+from intasr.program.ops import OP_GROUPS, groups_lowered
+from intasr.program.torch_ref import TorchReference
 
 CONVASR_OPS = set(OP_GROUPS["convasr"])
 
@@ -39,7 +39,7 @@ def test_onnx_lowerings_have_a_method_per_declared_kind(module):
     pytest.importorskip("onnx")
     import importlib
 
-    mod = importlib.import_module(f"asrquant.program.{module}")
+    mod = importlib.import_module(f"intasr.program.{module}")
     assert mod._Lowering.LOWERS == mod.LOWERS
     assert not [k for k in mod.LOWERS if not callable(getattr(mod._Lowering, k, None))]
 
@@ -54,8 +54,8 @@ def test_reference_kernels_are_the_declared_kinds():
 def dense_program():
     """A JasperDR-shaped dense model's program and a padded batch of 3 (the torch reference's
     logits and lengths)."""
-    from asrquant.calibration import random_mels
-    from asrquant.convert import quantize_model
+    from intasr.calibration import random_mels
+    from intasr.convert import quantize_model
     from pinned import pinned_float_model, pinned_inputs
 
     program = quantize_model(pinned_float_model("tiny_dense"), random_mels(1, 2, 160, seed=0)).program
@@ -93,7 +93,7 @@ def test_simulated_backend_agrees_by_argmax(dense_program):
 
 
 def test_run_refuses_a_program_with_an_op_the_backend_does_not_lower(dense_program, monkeypatch):
-    from asrquant.program import numpy_ref
+    from intasr.program import numpy_ref
 
     program = dense_program[0]
     monkeypatch.setattr(numpy_ref, "LOWERS", numpy_ref.LOWERS - {"clamp"})
@@ -105,8 +105,8 @@ def test_run_refuses_a_program_with_an_op_the_backend_does_not_lower(dense_progr
 
 
 def test_verify_compares_every_backend_of_the_registry(capsys):
-    from asrquant import verify
-    from asrquant.cli import build_parser
+    from intasr import verify
+    from intasr.cli import build_parser
 
     assert set(verify.BACKENDS) | set(verify.SIMULATED) | {"torch"} == set(backends.BACKENDS)
     with pytest.raises(SystemExit):
@@ -118,11 +118,11 @@ def test_verify_compares_every_backend_of_the_registry(capsys):
 def test_fast_runner_on_a_conformer_program():
     """Ops beyond the ConvASR set run in the fast runner through the torch reference kernels (and
     its pointwise/depthwise convs fused): bit-exact on a padded batch of a 1-layer Conformer."""
-    from asrquant.program import fast
+    from intasr.program import fast
 
     try:
-        from asrquant.models import ConformerCTC, conformer_ctc_config
-        from asrquant.quantize import quantize
+        from intasr.models import ConformerCTC, conformer_ctc_config
+        from intasr.quantize import quantize
     except ImportError as e:
         pytest.skip(f"no Conformer converter here: {e}")
     from conftest import fill_bn_statistics
@@ -155,7 +155,7 @@ def _onnx_int_bit_exact(qmodel, mel, lengths, fresh: bool = False):
     """The integer-only graph (integer-only by shape inference) == forward_int on every valid frame
     of the padded batch, lengths included. fresh: a new session on a newly built graph (not
     run_onnx_int's per-program cache)."""
-    from asrquant.program import onnx_int
+    from intasr.program import onnx_int
 
     if not onnx_int.ort_kernels_exact(1):
         pytest.skip("onnxruntime's integer kernels are not exact on this CPU (no VNNI): ort_kernels_exact() is False")
@@ -177,7 +177,7 @@ def _onnx_int_bit_exact(qmodel, mel, lengths, fresh: bool = False):
 
 def _qdq_agreement(qmodel, mel, lengths) -> float:
     """Frame argmax agreement of the Q/DQ graph (float, simulated quantization) with forward_int."""
-    from asrquant.program import onnx_qdq
+    from intasr.program import onnx_qdq
 
     with torch.inference_mode():
         ref, ref_len = qmodel.forward_int(qmodel.quantize_input(mel), lengths)
@@ -192,8 +192,8 @@ def hama_w8a8():
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     pytest.importorskip("hama")
-    from asrquant.models.hama import load_hama_model, restore_conformer_bn
-    from asrquant.quantize import quantize
+    from intasr.models.hama import load_hama_model, restore_conformer_bn
+    from intasr.quantize import quantize
 
     model = load_hama_model()
     restore_conformer_bn(model, [speech_like_audio((3.0, 2.5, 2.0, 1.5), seed=1)], progress=False)
@@ -218,7 +218,7 @@ def test_hama_conformer_onnx_qdq_agrees(hama_w8a8):
 def test_hama_conformer_onnx_int_formulas_are_bit_exact(hama_w8a8, monkeypatch):
     """The same graph with swish / glu / gelu as onnx_nonlinear's integer formulas instead of the
     256-entry tables (the path of activations wider than 8 bits)."""
-    from asrquant.program import onnx_int
+    from intasr.program import onnx_int
 
     monkeypatch.setattr(onnx_int, "LUT_MAX_BITS", 0)
     _, qmodel, (mel, lengths) = hama_w8a8
@@ -230,7 +230,7 @@ def test_hama_conformer_onnx_int_formulas_are_bit_exact(hama_w8a8, monkeypatch):
 def test_hama_conformer_wide_variants_onnx_int(hama_w8a8, kw):
     """16-bit residual stream (int16 activations, zero point 0) and 16-bit probabilities (matmul_pv
     in int64: an unbounded accumulator, requantized by the bound-free floor division)."""
-    from asrquant.convert_conformer import calibrate_conformer, convert_conformer
+    from intasr.convert_conformer import calibrate_conformer, convert_conformer
 
     model, _, (mel, lengths) = hama_w8a8
     qmodel = convert_conformer(model, calibrate_conformer(model, [(mel, lengths)]), 8, 8, **kw)
@@ -240,8 +240,8 @@ def test_hama_conformer_wide_variants_onnx_int(hama_w8a8, kw):
 def _nemo_small(subsampling: str, **overrides):
     from conftest import fill_bn_statistics
 
-    from asrquant.models import ConformerCTC, conformer_ctc_config
-    from asrquant.quantize import quantize
+    from intasr.models import ConformerCTC, conformer_ctc_config
+    from intasr.quantize import quantize
 
     torch.manual_seed(0)
     model = ConformerCTC(conformer_ctc_config("small", n_layers=2, subsampling=subsampling, **overrides))
@@ -265,7 +265,7 @@ def test_nemo_conformer_onnx_backends(subsampling, overrides):
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     try:
-        from asrquant.models import ConformerCTC  # noqa: F401
+        from intasr.models import ConformerCTC  # noqa: F401
     except ImportError as e:
         pytest.skip(f"no Conformer model here: {e}")
     qmodel, (mel, lengths) = _nemo_small(subsampling, **overrides)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from asrquant import provenance as prov
-from asrquant.data import Utterance
+from intasr import provenance as prov
+from intasr.data import Utterance
 
 
 def _entries(root: Path, texts: dict[str, str]) -> list[Utterance]:
@@ -76,9 +76,9 @@ def test_provenance_row_is_flat(tmp_path):
 
 
 def test_machine_record_is_the_cpu_probe(monkeypatch):
-    """The machine columns come from the one CPU-feature probe (asrquant.cpu): the old columns
+    """The machine columns come from the one CPU-feature probe (intasr.cpu): the old columns
     (cpu, cores, vnni) and the probe's own (kernel family, flags, where they were read)."""
-    from asrquant.cpu import ISA_ENV, cpu_features
+    from intasr.cpu import ISA_ENV, cpu_features
 
     monkeypatch.delenv(ISA_ENV, raising=False)
     f = cpu_features()

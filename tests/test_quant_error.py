@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from asrquant.quant import dyadic_from_float, dyadic_value, fake_quantize, quantize, scale_from_range
-from asrquant.quant import error as qerror
-from asrquant.quant.dyadic import dyadic_error_rows, requantize_against_exact
+from intasr.quant import dyadic_from_float, dyadic_value, fake_quantize, quantize, scale_from_range
+from intasr.quant import error as qerror
+from intasr.quant.dyadic import dyadic_error_rows, requantize_against_exact
 
 
 def test_sqnr_db():

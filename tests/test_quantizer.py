@@ -5,10 +5,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from asrquant.quant import (MIN_ALPHA, QTensor, bn_from_stats, dequantize, fake_quantize,
+from intasr.quant import (MIN_ALPHA, QTensor, bn_from_stats, dequantize, fake_quantize,
                             fold_batchnorm, make_observer, qrange, quantize, scale_from_range,
                             storage_dtype, unfold_batchnorm, weight_alpha)
-from asrquant.quant.observers import EMAMinMaxObserver, MinMaxObserver, PercentileObserver
+from intasr.quant.observers import EMAMinMaxObserver, MinMaxObserver, PercentileObserver
 
 
 # ---------------------------------------------------------------- qrange / scales / quantize

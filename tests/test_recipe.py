@@ -1,7 +1,7 @@
 """quantize.Recipe: the one value that names what `quantize` does beyond the widths."""
 import pytest
 
-from asrquant.quantize import RECIPES, Recipe, default_recipe, quantize
+from intasr.quantize import RECIPES, Recipe, default_recipe, quantize
 
 
 @pytest.mark.parametrize("bits", [4, 6, 8])
@@ -72,7 +72,7 @@ RUNS = [dict(), dict(raw=True, symmetric=True, bias_correction=True), dict(scale
 @pytest.mark.parametrize("opts", RUNS)
 @pytest.mark.parametrize("budget", [None, 9.5])
 def test_recipe_runs_quantize_as_spelled_out(monkeypatch, opts, budget):
-    from asrquant import paths, recipe_runs
+    from intasr import paths, recipe_runs
 
     log = []
     monkeypatch.setattr(recipe_runs, "quantize", _recording(log))
@@ -95,8 +95,8 @@ def test_recipe_runs_quantize_as_spelled_out(monkeypatch, opts, budget):
 @pytest.mark.parametrize("rounding", ["nearest", "gptq", "adaround"])
 @pytest.mark.parametrize("bias_correction", [False, True, 1])
 def test_grid_cell_quantizes_as_spelled_out(monkeypatch, rounding, bias_correction):
-    from asrquant import gridrun
-    from asrquant import quantize as quantize_module
+    from intasr import gridrun
+    from intasr import quantize as quantize_module
 
     log = []
     monkeypatch.setattr(quantize_module, "quantize", _recording(log))
@@ -113,7 +113,7 @@ def test_grid_cell_quantizes_as_spelled_out(monkeypatch, rounding, bias_correcti
 
 @pytest.mark.parametrize("no_bc,budget,uniform", [(False, 9.5, None), (True, 9.5, None), (False, None, 6)])
 def test_size_sweep_cell_quantizes_as_spelled_out(monkeypatch, no_bc, budget, uniform):
-    from asrquant import size_sweep
+    from intasr import size_sweep
 
     class Seed:
         seed = 4

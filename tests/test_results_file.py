@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import load_script
 
-from asrquant import recipe_runs
-from asrquant.results_file import ResultsFile
+from intasr import recipe_runs
+from intasr.results_file import ResultsFile
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,7 +70,7 @@ def _run_tool(monkeypatch, script: str, args: list[str]) -> int:
 def test_tools_write_one_row_per_cell_and_resume(tmp_path, monkeypatch):
     from grid_fixtures import tiny_model_and_data
 
-    monkeypatch.setenv("ASRQUANT_BUILD", str(tmp_path / "build"))
+    monkeypatch.setenv("INTASR_BUILD", str(tmp_path / "build"))
     model, data = tiny_model_and_data(tmp_path)
     common = ["--model", str(model), "--data", str(data), "--synth-iterations", "2"]
     ada = ["--bits", "8/8", "--rounding", "nearest", "--out", str(tmp_path / "ada.csv"), *common]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from asrquant import paths
+from intasr import paths
 from conftest import load_script
 from grid_fixtures import tiny_model_and_data
 
@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_display_path_is_relative_to_the_repository_build_or_shared(tmp_path, monkeypatch):
-    monkeypatch.setenv("ASRQUANT_BUILD", str(tmp_path / "scratch_build"))
-    monkeypatch.setenv("ASRQUANT_SHARED", str(tmp_path / "assets"))
+    monkeypatch.setenv("INTASR_BUILD", str(tmp_path / "scratch_build"))
+    monkeypatch.setenv("INTASR_SHARED", str(tmp_path / "assets"))
     repo = paths.REPO_ROOT
     assert paths.display_path(repo / "benchmarks" / "results" / "x.json") == "benchmarks/results/x.json"
     assert paths.display_path(repo) == "."
@@ -45,7 +45,7 @@ def _no_machine_paths(text: str, *folders: Path) -> None:
 
 
 def test_jasper_check_row_settings_are_portable(tmp_path, monkeypatch):
-    monkeypatch.setenv("ASRQUANT_SHARED", str(tmp_path / "shared"))
+    monkeypatch.setenv("INTASR_SHARED", str(tmp_path / "shared"))
     tool = load_script(ROOT / "tools" / "jasper_check.py")
     args = argparse.Namespace(seed=0, train=str(tmp_path / "shared" / "data" / "LibriSpeech" / "train-clean-100"),
                               test=str(tmp_path / "shared" / "data" / "LibriSpeech" / "test-other"),
@@ -62,10 +62,10 @@ def test_jasper_check_row_settings_are_portable(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def tiny_quantized(tmp_path_factory):
     """A tiny random QuartzNet-shaped model, its W8A8 .aqz and a 4-utterance LibriSpeech folder."""
-    from asrquant.calibration import random_mels
-    from asrquant.convert import quantize_model
-    from asrquant.integer_model import save_quantized
-    from asrquant.models import load_model
+    from intasr.calibration import random_mels
+    from intasr.convert import quantize_model
+    from intasr.integer_model import save_quantized
+    from intasr.models import load_model
 
     root = tmp_path_factory.mktemp("tiny")
     nemo, data = tiny_model_and_data(root)
@@ -94,7 +94,7 @@ def test_check_c_runtime_writes_no_machine_paths(tiny_quantized, tmp_path, capsy
 
 
 def test_verify_report_names_its_model_portably(tiny_quantized, tmp_path):
-    from asrquant.data import load_batch, load_dataset
+    from intasr.data import load_batch, load_dataset
 
     root, nemo, _, data, model, q = tiny_quantized
     tool = load_script(ROOT / "tools" / "verify_models.py")
@@ -109,7 +109,7 @@ def test_verify_report_names_its_model_portably(tiny_quantized, tmp_path):
     assert tool._report("built_here", q, batch, 1.0, tmp_path, {}, None, utts, model)
     prov = json.loads((tmp_path / "built_here.json").read_text())["provenance"]
     assert prov["model_file"] == "none (built here)" and prov["model_sha256"] == "unknown"
-    from asrquant.synth import model_hash
+    from intasr.synth import model_hash
 
     other = copy.deepcopy(model)
     with torch.no_grad():
@@ -126,8 +126,8 @@ def test_check_exact_writes_no_machine_paths(tiny_quantized, tmp_path, monkeypat
     assert res["quantized"] == "tiny_w8a8.aqz" and res["data"] == "tiny" and res["utterances"] == 2
     assert res["runtimes"]["torch+native-int8"]["differ"] == 0
     # onnxruntime's integer graph runs where its kernels are exact; elsewhere it is skipped with the reason
-    from asrquant.cpu import cpu_features
-    from asrquant.deploy.runtime import ort_kernels_exact
+    from intasr.cpu import cpu_features
+    from intasr.deploy.runtime import ort_kernels_exact
 
     if ort_kernels_exact(1):
         assert res["runtimes"]["onnxruntime-int8"]["differ"] == 0 and res["skipped"] == {}

@@ -11,12 +11,12 @@ import pytest
 import torch
 from torch import nn
 
-from asrquant import synth
-from asrquant.cli import main as cli_main
-from asrquant.models import ConvASR, config_for, load_model, save_model
-from asrquant.models.fastconv import FastDepthwiseConv1d, swap_depthwise
-from asrquant.models.restore_bn import conv_before_each_bn
-from asrquant.synth import SynthCacheWarning, SyntheticMelGenerator, bn_kl_loss, generate_cached, model_hash
+from intasr import synth
+from intasr.cli import main as cli_main
+from intasr.models import ConvASR, config_for, load_model, save_model
+from intasr.models.fastconv import FastDepthwiseConv1d, swap_depthwise
+from intasr.models.restore_bn import conv_before_each_bn
+from intasr.synth import SynthCacheWarning, SyntheticMelGenerator, bn_kl_loss, generate_cached, model_hash
 
 T, B = 64, 2
 

@@ -12,12 +12,12 @@ import pytest
 import torch
 from torch import nn
 
-from asrquant import synth
-from asrquant.calibration import calibration_batches
-from asrquant.models import ConformerCTC, ConvASR, config_for, conformer_ctc_config, save_model
-from asrquant.models.convasr import frame_mask
-from asrquant.models.fastconv import FastDepthwiseConv1d
-from asrquant.synth import (SynthStatsWarning, SyntheticMelGenerator, generate_cached, masked_var_mean,
+from intasr import synth
+from intasr.calibration import calibration_batches
+from intasr.models import ConformerCTC, ConvASR, config_for, conformer_ctc_config, save_model
+from intasr.models.convasr import frame_mask
+from intasr.models.fastconv import FastDepthwiseConv1d
+from intasr.synth import (SynthStatsWarning, SyntheticMelGenerator, generate_cached, masked_var_mean,
                             model_hash)
 
 T, B, F = 64, 2, 16
@@ -250,7 +250,7 @@ def test_calibration_real(tiny, train_clean_dir):
 
 def test_cli_synth_takes_a_conformer(tiny, tmp_path, capsys):
     path = save_model(tiny, tmp_path / "conformer.nemo")
-    from asrquant.cli import main as cli_main
+    from intasr.cli import main as cli_main
 
     argv = ["synth", "--model", str(path), "--out", str(tmp_path / "cache"), "--batches", "1",
             "--batch-size", "2", "--frames", "48", "--iterations", "3", "--quiet", "--threads", "1",
@@ -266,8 +266,8 @@ def test_cli_synth_takes_a_conformer(tiny, tmp_path, capsys):
 @pytest.mark.assets
 def test_hama_loss_falls(train_clean_dir):
     pytest.importorskip("hama")
-    from asrquant.data import load_batch, load_dataset
-    from asrquant.models.hama import load_hama_model, restore_conformer_bn
+    from intasr.data import load_batch, load_dataset
+    from intasr.models.hama import load_hama_model, restore_conformer_bn
 
     torch.set_num_threads(1)
     model = load_hama_model()

@@ -4,13 +4,13 @@ import pandas as pd
 import torch
 from grid_fixtures import tiny_model_and_data
 
-from asrquant.models import load_model, save_model
-from asrquant.tables import GridSpec, run_grid, summarize
+from intasr.models import load_model, save_model
+from intasr.tables import GridSpec, run_grid, summarize
 
 
 def _count_quantize(monkeypatch):
     """Record (w, a) of every cell that is quantized (the grid's one entry point)."""
-    import asrquant.quantize as quantize
+    import intasr.quantize as quantize
 
     calls, real = [], quantize.quantize
     monkeypatch.setattr(quantize, "quantize", lambda m, b, w, a, **k: calls.append((w, a)) or real(m, b, w, a, **k))
@@ -18,7 +18,7 @@ def _count_quantize(monkeypatch):
 
 
 def test_grid_rows_resume_and_summary(tmp_path, monkeypatch):
-    import asrquant.tables as tables
+    import intasr.tables as tables
 
     model_path, test_other_dir = tiny_model_and_data(tmp_path)
     csv = tmp_path / "grid.csv"
@@ -68,7 +68,7 @@ def test_grid_rows_resume_and_summary(tmp_path, monkeypatch):
 
 
 def test_legacy_rows_load_and_are_never_reused(tmp_path):
-    import asrquant.tables as tables
+    import intasr.tables as tables
 
     model_path, test_other_dir = tiny_model_and_data(tmp_path)
     csv = tmp_path / "grid.csv"
@@ -86,7 +86,7 @@ def test_legacy_rows_load_and_are_never_reused(tmp_path):
 
 
 def test_load_or_run_grid_prefers_a_complete_full_grid(tmp_path):
-    import asrquant.tables as tables
+    import intasr.tables as tables
 
     rows = [dict(model="m", w_bits=w, a_bits=a, calibration=c, seed=0, wer=1.0)
             for w, a, c in [(32, 32, "none"), (8, 8, "synthetic"), (6, 8, "synthetic")]]
@@ -101,7 +101,7 @@ def test_load_or_run_grid_prefers_a_complete_full_grid(tmp_path):
 
 
 def test_load_or_run_grid_runs_the_quick_grid_when_no_full_grid_is_complete(tmp_path):
-    import asrquant.tables as tables
+    import intasr.tables as tables
 
     model_path, test_other_dir = tiny_model_and_data(tmp_path)
     spec = GridSpec(bits=((8, 8),), calibrations=("random",), seeds=(0,), random_frames=100)

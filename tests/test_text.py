@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from asrquant.text import (EN_CHARS, ErrorCounts, char_errors, ctc_greedy_decode, normalize_transcript,
+from intasr.text import (EN_CHARS, ErrorCounts, char_errors, ctc_greedy_decode, normalize_transcript,
                            word_errors, wer_summary)
 
 BLANK = len(EN_CHARS)

@@ -1,4 +1,4 @@
-"""`asrquant transcribe` and `asrquant.load(...).transcribe(...)`: any audio, any model, clear errors."""
+"""`intasr transcribe` and `intasr.load(...).transcribe(...)`: any audio, any model, clear errors."""
 
 import json
 import re
@@ -12,8 +12,8 @@ import soundfile as sf
 import torch
 from conftest import fill_bn_statistics, randomize_weights
 
-import asrquant
-from asrquant.cli import main
+import intasr
+from intasr.cli import main
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -28,10 +28,10 @@ def _chirp(seconds: float, rate: int, f0: float, seed: int) -> np.ndarray:
 def workdir(tmp_path_factory):
     """A small float QuartzNet (.nemo), its W8A8 integer model (.aqz) and audio files of several
     formats, rates and channel counts."""
-    from asrquant.calibration import random_mels
-    from asrquant.integer_model import save_quantized
-    from asrquant.models import ConvASR, config_for, save_model
-    from asrquant.quantize import quantize
+    from intasr.calibration import random_mels
+    from intasr.integer_model import save_quantized
+    from intasr.models import ConvASR, config_for, save_model
+    from intasr.quantize import quantize
 
     d = tmp_path_factory.mktemp("transcribe")
     torch.manual_seed(0)
@@ -107,7 +107,7 @@ def _check_words(row: dict) -> None:
 
 @pytest.mark.parametrize("kind", ["nemo", "aqz"])
 def test_same_text_alone_as_in_a_batch(workdir, kind):
-    asr = asrquant.load(workdir[kind])
+    asr = intasr.load(workdir[kind])
     files = workdir["files"]
     batched = asr.transcribe(files, batch_size=len(files))
     alone = [asr.transcribe(f)[0] for f in files]
@@ -117,7 +117,7 @@ def test_same_text_alone_as_in_a_batch(workdir, kind):
 
 
 def test_api_and_cli_agree_and_arrays_match_files(workdir, capsys):
-    asr = asrquant.load(workdir["aqz"])
+    asr = intasr.load(workdir["aqz"])
     files = workdir["files"]
     rc, out, _ = _cli(capsys, "transcribe", "--model", workdir["aqz"], "--batch-size", "2", *files)
     assert rc == 0
@@ -175,14 +175,14 @@ def test_bad_inputs_exit_2_name_the_file_no_traceback(workdir, capsys, tmp_path)
         assert len(err.strip().splitlines()) == 1 and name in err and "Traceback" not in err, err
 
     # and as a real process: no traceback on stderr
-    proc = subprocess.run([sys.executable, "-m", "asrquant.cli", "transcribe", "--model", str(workdir["nemo"]),
+    proc = subprocess.run([sys.executable, "-m", "intasr.cli", "transcribe", "--model", str(workdir["nemo"]),
                            str(good), str(corrupt)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "corrupt.wav" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
 def test_api_rejects_bad_arrays(workdir):
-    asr = asrquant.load(workdir["nemo"])
+    asr = intasr.load(workdir["nemo"])
     with pytest.raises(ValueError, match="1-D"):
         asr.transcribe([np.zeros((2, 3, 4), dtype=np.float32)])
     with pytest.raises(ValueError, match="NaN"):
@@ -194,7 +194,7 @@ def test_api_rejects_bad_arrays(workdir):
     pcm = (_chirp(1.0, 16000, 300, 5) * 32767).astype(np.int16)
     assert asr.transcribe(pcm) == asr.transcribe(pcm.astype(np.float32) / 32768)
     with pytest.raises(FileNotFoundError, match="nope.aqz"):
-        asrquant.load(workdir["dir"] / "nope.aqz")
+        intasr.load(workdir["dir"] / "nope.aqz")
 
 
 def test_readme_python_quickstart_runs(workdir, tmp_path, monkeypatch, capsys):
@@ -209,24 +209,24 @@ def test_readme_python_quickstart_runs(workdir, tmp_path, monkeypatch, capsys):
     exec(compile(code, str(README), "exec"), {})
     printed = [line for line in capsys.readouterr().out.splitlines() if line]
     assert len(printed) == 2
-    asr = asrquant.load(workdir["aqz"])
+    asr = intasr.load(workdir["aqz"])
     assert printed[0] == str(asr.transcribe(["speech.wav", "talk.flac"]))
     assert printed[1] == str(asr.transcribe(["speech.wav"]))  # the array resampled like the file
 
 
 def test_package_import_does_not_import_torch():
-    code = ("import sys, asrquant; assert 'torch' not in sys.modules; import asrquant.api as api; "
-            "assert asrquant.load is api.load and asrquant.Recognizer is api.Recognizer")
+    code = ("import sys, intasr; assert 'torch' not in sys.modules; import intasr.api as api; "
+            "assert intasr.load is api.load and intasr.Recognizer is api.Recognizer")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 def test_hama_phonemes_match_evaluate(test_other_dir):
     """The phoneme Conformer: space-joined phonemes, as `evaluate` decodes them, alone or batched."""
     pytest.importorskip("hama")
-    from asrquant.api import Recognizer
-    from asrquant.data import read_librispeech
-    from asrquant.evaluate import transcribe
-    from asrquant.models.hama import load_hama_model
+    from intasr.api import Recognizer
+    from intasr.data import read_librispeech
+    from intasr.evaluate import transcribe
+    from intasr.models.hama import load_hama_model
 
     utts = read_librispeech(test_other_dir)[:3]
     model = load_hama_model()

@@ -2,7 +2,7 @@
 
 For every conv1d of each model: the bound the load-time check proves (program/validate.py: the
 exact extreme of each output channel's w . x + bias over the input activation's declared range, at
-most the bound the converter records as ``meta["bound"]`` and ``asrquant verify`` reports) against
+most the bound the converter records as ``meta["bound"]`` and ``intasr verify`` reports) against
 the accumulator dtype, and the worst case run: the input inside the declared range that drives the output channel
 with the largest bound to its extreme (each input value at the range's end that the weight's sign
 favours), in both directions, through the NumPy reference (which checks that no intermediate leaves
@@ -14,7 +14,7 @@ Matmul and conv2d accumulators: the proven bound only.
     python tools/accumulator_proof.py --out results/accumulator_proof.json
 
 The models: the fuzz harness's seeds (a small ConvASR and a one-layer NeMo-architecture Conformer,
-W8A8, asrquant/fuzz/seeds.py), and with ``--aqz`` the real ones (QuartzNet-15x5 and the hama
+W8A8, intasr/fuzz/seeds.py), and with ``--aqz`` the real ones (QuartzNet-15x5 and the hama
 Conformer W8A8 of results/verify/; a C build per layer, minutes):
 
     python tools/accumulator_proof.py --aqz build/qn15_w8a8.aqz build/conf_w8a8.aqz
@@ -32,8 +32,8 @@ import numpy as np
 import torch
 
 
-from asrquant.integer_model import load_quantized
-from asrquant.program.ops import Op, Program, Value
+from intasr.integer_model import load_quantized
+from intasr.program.ops import Op, Program, Value
 
 
 def _qrange(bits, signed):
@@ -57,7 +57,7 @@ def one_layer(op: Op, cin: int, shifted_bias) -> Program:
 
 
 def layer_proof(program: Program, op: Op, c_runtime: bool, tmp: Path) -> dict:
-    from asrquant.program.numpy_ref import NumpyReference
+    from intasr.program.numpy_ref import NumpyReference
 
     a = op.attrs
     vin = program.values[op.inputs[0]]
@@ -96,7 +96,7 @@ def layer_proof(program: Program, op: Op, c_runtime: bool, tmp: Path) -> dict:
         ref, _ = NumpyReference().run(sub, x, np.array([T]))
         got = {"exact": exact, "numpy_ref": int(ref[0, o, t_star]), "fits": abs(exact) <= dmax}
         if c_runtime:
-            from asrquant.program.c_backend import CExportError, CRuntime
+            from intasr.program.c_backend import CExportError, CRuntime
 
             try:
                 rt = CRuntime(sub, threads=1, max_frames=T, out_dir=tmp / f"{op.name}")
@@ -123,7 +123,7 @@ def main(argv=None) -> int:
     ap.add_argument("--aqz", nargs="*", default=[],
                     help="more integer models to prove (the real ones of results/verify/, e.g. build/qn15_w8a8.aqz)")
     args = ap.parse_args(argv)
-    from asrquant.fuzz.seeds import build_seeds
+    from intasr.fuzz.seeds import build_seeds
 
     torch.set_num_threads(1)
     seeds = build_seeds(args.seeds)

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""The same 2 x 2 x 2 grid with `asrquant grid --workers 1` (serial, in one process) and
-`--workers 2` (Dask LocalCluster), on each engine (`--runtimes`: $ASRQUANT_RUNTIME = c, the C
+"""The same 2 x 2 x 2 grid with `intasr grid --workers 1` (serial, in one process) and
+`--workers 2` (Dask LocalCluster), on each engine (`--runtimes`: $INTASR_RUNTIME = c, the C
 runtime, or torch, the torch integer reference), each run from an empty output and synthetic cache
 folder; wall time of each command, and whether the rows are the same.
 
@@ -36,7 +36,7 @@ COMPARED = ["model", "w_bits", "a_bits", "calibration", "seed", "cell_key", "mod
 
 def _shown(cmd) -> list[str]:
     """The command as the results file records it: file arguments relative to the repository."""
-    from asrquant.paths import display_path
+    from intasr.paths import display_path
 
     return [display_path(a) if os.path.isabs(str(a)) else str(a) for a in cmd]
 
@@ -65,8 +65,8 @@ def add_task_seconds(path: Path) -> None:
 
 
 def main() -> int:
-    from asrquant import paths
-    from asrquant.provenance import code_version, file_sha256, machine
+    from intasr import paths
+    from intasr.provenance import code_version, file_sha256, machine
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(paths.restored_model()))
@@ -75,7 +75,7 @@ def main() -> int:
     p.add_argument("--frames", type=int, default=200)
     p.add_argument("--order", nargs="+", type=int, default=[1, 2], help="worker counts, run in this order")
     p.add_argument("--runtimes", nargs="+", default=["c"], choices=["c", "torch", "auto"],
-                   help="engines ($ASRQUANT_RUNTIME); every worker count runs on each, in this order")
+                   help="engines ($INTASR_RUNTIME); every worker count runs on each, in this order")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads per task for every run (default: the grid's, cores // workers)")
     p.add_argument("--reference", default=None, help="an earlier run's grid.csv that every run's rows must equal")
@@ -96,12 +96,12 @@ def main() -> int:
     for i, (runtime, workers) in enumerate((r, w) for r in args.runtimes for w in args.order):
         folder = work / f"run{i}_{runtime}_workers{workers}"
         shutil.rmtree(folder, ignore_errors=True)   # empty results and synthetic cache: everything computed
-        cmd = [str(ROOT / ".venv" / "bin" / "asrquant"), "grid", "--model", args.model, "--data", args.data, *GRID,
+        cmd = [str(ROOT / ".venv" / "bin" / "intasr"), "grid", "--model", args.model, "--data", args.data, *GRID,
                *extra, "--workers", str(workers), "--out", str(folder / "grid.csv"), "--cache-dir", str(folder / "cache")]
         before = loadavg()
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True,
-                              env={**os.environ, "PYTHONUNBUFFERED": "1", "ASRQUANT_RUNTIME": runtime})
+                              env={**os.environ, "PYTHONUNBUFFERED": "1", "INTASR_RUNTIME": runtime})
         wall = time.perf_counter() - t0
         (folder / "log.txt").write_text(proc.stdout + proc.stderr)
         if proc.returncode != 0:

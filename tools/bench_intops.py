@@ -10,7 +10,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from asrquant.intops import int_conv1d
+from intasr.intops import int_conv1d
 
 
 def median_ms(fn, n: int) -> float:

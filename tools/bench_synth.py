@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from asrquant import paths
-from asrquant.models import load_model
-from asrquant.synth import SyntheticMelGenerator
+from intasr import paths
+from intasr.models import load_model
+from intasr.synth import SyntheticMelGenerator
 
 
 def run(gen, x0, iterations, lr=0.05):
@@ -91,11 +91,11 @@ def main():
 
 
 def write_rows(args, rows) -> None:
-    """The results file: each row with its provenance (asrquant.provenance)."""
+    """The results file: each row with its provenance (intasr.provenance)."""
     import pandas as pd
 
-    from asrquant.models.checkpoint import atomic_write_bytes
-    from asrquant.provenance import provenance
+    from intasr.models.checkpoint import atomic_write_bytes
+    from intasr.provenance import provenance
 
     settings = {"batch_size": args.batch_size, "iterations": args.iterations, "rounds": args.rounds,
                 "torch_threads": args.threads, "control_threads": args.control_threads, "lr": 0.05}

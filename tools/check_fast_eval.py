@@ -10,12 +10,12 @@ import time
 import torch
 
 torch.set_num_threads(1)
-from asrquant import paths
-from asrquant.calibration import calibration_batches
-from asrquant.data import load_batch, load_dataset
-from asrquant.evaluate import evaluate
-from asrquant.models.checkpoint import load_model
-from asrquant.quantize import quantize
+from intasr import paths
+from intasr.calibration import calibration_batches
+from intasr.data import load_batch, load_dataset
+from intasr.evaluate import evaluate
+from intasr.models.checkpoint import load_model
+from intasr.quantize import quantize
 from run_size_sweep import with_backend
 
 m = load_model(str(paths.restored_model()))

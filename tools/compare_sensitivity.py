@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from asrquant import paths
-from asrquant.calibration import calibration_batches
-from asrquant.models.checkpoint import atomic_write_bytes, load_model
-from asrquant.provenance import file_sha256
-from asrquant.quantize import quantize
+from intasr import paths
+from intasr.calibration import calibration_batches
+from intasr.models.checkpoint import atomic_write_bytes, load_model
+from intasr.provenance import file_sha256
+from intasr.quantize import quantize
 
 
 def main() -> int:

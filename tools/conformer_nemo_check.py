@@ -41,10 +41,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from asrquant import paths
-from asrquant.convert_conformer import calibrate_conformer, convert_conformer, float_forward
-from asrquant.data import load_batch, read_librispeech
-from asrquant.models import ConformerCTC, conformer_ctc_config
+from intasr import paths
+from intasr.convert_conformer import calibrate_conformer, convert_conformer, float_forward
+from intasr.data import load_batch, read_librispeech
+from intasr.models import ConformerCTC, conformer_ctc_config
 
 T0 = time.time()
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ What it does
 ------------
 1. JasperDR-10x5 from NeMo itself: `EncDecCTCModel(config_for('jasperdr10x5'))` with NeMo's own
    random initialization (torch seeded), `save_to` build/jasperdr10x5_random.nemo, then loaded with
-   `asrquant.models.load_model` (no NeMo at inference).
+   `intasr.models.load_model` (no NeMo at inference).
 2. BatchNorm statistics restored from real training-split audio (train-clean-100, the first
    `--bn-utts` utterances of a seeded permutation, each cropped to its first `--crop-s` seconds):
    running_mean / running_var := per-channel mean / unbiased variance of the BN *input* over the
@@ -43,7 +43,7 @@ Writes build/results/jasper_check.json (everything, incl. verify reports, int64-
 per-layer accumulator bounds) and build/results/jasper_check.csv (tidy: one row per model x
 bits x utterance, plus a pooled row per model x bits). Prints a summary table. The results file
 the README quotes, results/jasper_check.csv (`--results`), holds one row per model x bits: the
-verify verdicts, the pooled agreement, and the provenance of the row (asrquant.provenance: model
+verify verdicts, the pooled agreement, and the provenance of the row (intasr.provenance: model
 file sha256, evaluation-set fingerprint, every setting, code version and commit, machine).
 """
 from __future__ import annotations
@@ -59,15 +59,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from asrquant import paths
-from asrquant.calibration import calibrate
-from asrquant.convert import convert
-from asrquant.data import load_batch, load_dataset
-from asrquant.models import config_for, load_model
-from asrquant.models.restore_bn import (conv_before_each_bn, measure_bn_inputs, restore_bn_sequential,
+from intasr import paths
+from intasr.calibration import calibrate
+from intasr.convert import convert
+from intasr.data import load_batch, load_dataset
+from intasr.models import config_for, load_model
+from intasr.models.restore_bn import (conv_before_each_bn, measure_bn_inputs, restore_bn_sequential,
                                         stats_difference)
-from asrquant.text import ctc_greedy_decode
-from asrquant.verify import verify
+from intasr.text import ctc_greedy_decode
+from intasr.verify import verify
 
 T0 = time.time()
 
@@ -320,7 +320,7 @@ def main(argv=None) -> int:
     seed_everything(args.seed)
     jasper = load_model(jpath)
     n_params = sum(p.numel() for p in jasper.parameters())
-    log(f"loaded with asrquant.models.load_model: {n_params / 1e6:.1f} M parameters, "
+    log(f"loaded with intasr.models.load_model: {n_params / 1e6:.1f} M parameters, "
         f"{len(conv_before_each_bn(jasper))} BatchNorm layers")
 
     results["jasper"] = {"params": n_params}
@@ -362,7 +362,7 @@ def main(argv=None) -> int:
         f"{diff['max_abs_mean_diff_in_std']:.2e} std, max rel var diff = {diff['max_rel_var_diff']:.2e}; "
         f"{zero_var} zero-variance channels")
     restored_path = jpath.with_name(jpath.stem + "_bnrestored.nemo")
-    from asrquant.models import save_model
+    from intasr.models import save_model
 
     save_model(jasper, restored_path)
     results["jasper"]["restored_path"] = paths.display_path(restored_path)
@@ -417,8 +417,8 @@ def _write_results(path: Path, results, model_files, eval_utts, args) -> None:
     row's provenance (the restored model file it ran on, the agreement utterances, all settings)."""
     import pandas as pd
 
-    from asrquant.models.checkpoint import atomic_write_bytes
-    from asrquant.provenance import provenance
+    from intasr.models.checkpoint import atomic_write_bytes
+    from intasr.provenance import provenance
 
     settings = row_settings(args)
     out = []

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Expected cost of `asrquant grid --profile paper` (tables.PAPER_PROFILE), from rates measured
+"""Expected cost of `intasr grid --profile paper` (tables.PAPER_PROFILE), from rates measured
 by the serial run of tools/bench_dask_grid.py on this machine:
 
     .venv/bin/python tools/paper_cost.py --bench results/dask_grid_bench_malloc_fix.json --out results/paper_profile_cost.json
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:
-    from asrquant.tables import PAPER_PROFILE, paper_cost
+    from intasr.tables import PAPER_PROFILE, paper_cost
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bench", default=str(ROOT / "results" / "dask_grid_bench_malloc_fix.json"))

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Approximation error of the integer non-linear kernels (asrquant.intops.nonlinear) against the
+"""Approximation error of the integer non-linear kernels (intasr.intops.nonlinear) against the
 float functions: plots (PNG) and a CSV of max / mean absolute errors, written to a folder.
 
     .venv/bin/python tools/plot_nonlinear.py OUT_DIR [--seed 0]
@@ -24,7 +24,7 @@ import seaborn as sns
 import torch
 
 
-from asrquant.intops import nonlinear as nl
+from intasr.intops import nonlinear as nl
 
 FIELDS = ["function", "config", "in_scale", "out_bits", "points", "max_abs_err", "mean_abs_err", "unit"]
 

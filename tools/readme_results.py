@@ -28,9 +28,9 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from asrquant import paper as published
-from asrquant.aggregate import rate_text, seed_summary
-from asrquant.tables import load_frame, summary_lines, synthetic_vs_random, variant
+from intasr import paper as published
+from intasr.aggregate import rate_text, seed_summary
+from intasr.tables import load_frame, summary_lines, synthetic_vs_random, variant
 
 ORDER = {"none": 0, "synthetic": 1, "random": 2, "real": 3}
 
@@ -194,7 +194,7 @@ def latency() -> list[str]:
     runs = {k: v for k, v in ex["runtimes"].items() if "logits" in v}   # the integer runtimes (QDQ: argmax only)
     logits = {v["logits"] for v in runs.values()}
     differ = sum(v["differ"] for v in runs.values())
-    return [f"`asrquant bench --model {t1['model_path']} --quantized {t1['quantized_path']} --seconds "
+    return [f"`intasr bench --model {t1['model_path']} --quantized {t1['quantized_path']} --seconds "
             f"{t1['seconds']:.0f} --threads 1 --repeats {t1['repeats']}` "
             f"(`benchmarks/results/bench_quartznet15x5_t1.json`, an earlier run on an AVX-512 VNNI CPU, load average "
             f"{_load(t1['loadavg_before'], t1['loadavg_after'])}): "
@@ -241,7 +241,7 @@ def c_runtime_avx2() -> list[str]:
         lines.append(
             f"**On a CPU without VNNI** ({t1['machine'].get('cpu_model')}, AVX2; the `avx2` kernels), real "
             f"QuartzNet-15x5 W8A8 (`{t1['quantized_path']}`), {t1['input']}, every runtime in one "
-            f"`asrquant bench --seconds 10 --repeats {t1['repeats']}` run "
+            f"`intasr bench --seconds 10 --repeats {t1['repeats']}` run "
             "(`benchmarks/results/bench_c_quartznet15x5_avx2_t{1,2}.json`): 1 thread, C "
             f"**{t1['c_int8_ms']:.0f} ms** vs the fastest FP32 {t1['fp32_ms']:.0f} ms (`{t1['fp32_runtime']}`, "
             f"**{t1['c_vs_fp32']:.2f}x**) and onnxruntime's static int8 model {t1['peer_ms']:.0f} ms "
@@ -346,12 +346,12 @@ def measured_more() -> list[str]:
         + ("" if bool(j8.batch_invariant) else ": the float mel front end differs in the last bits alone vs "
            "batched, an input code flips, and the random network amplifies it; integer logits from the same "
            "integer input are identical") + ".",
-        f"- **Size / BOPs** (`results/op_counts.csv`, written by `python -m asrquant.experiments`): QuartzNet-15x5 "
+        f"- **Size / BOPs** (`results/op_counts.csv`, written by `python -m intasr.experiments`): QuartzNet-15x5 "
         f"{qn32.size_mb:.2f} MiB / {qn32.bops_t:.2f} TBOPs at 32/32, {qn8.size_mb:.2f} / {qn8.bops_t:.3f} at 8/8 "
         f"(paper {qn32.paper_size_mb:.2f} / {qn32.paper_bops_t:.2f} and {qn8.paper_size_mb:.2f} / "
         f"{qn8.paper_bops_t:.2f}); JasperDR BOPs match the paper to {100 * jasper_bops:.1f}%. The paper's "
         f"QuartzNet numbers are not mutually consistent ({qn32.paper_bops_t:.2f}/{qn8.paper_bops_t:.2f} is not 16).",
-        "- **Synthetic data** (`asrquant synth`): the fast path (frozen copy, transposed-conv depthwise, stop at "
+        "- **Synthetic data** (`intasr synth`): the fast path (frozen copy, transposed-conv depthwise, stop at "
         f"the last BN) is {sp.speedup_median:.1f}x faster per Adam iteration ({sp.straightforward_s_per_it:.1f} -> "
         f"{sp.fast_s_per_it:.1f} s median at B={int(sp.batch_size)}, T={int(sp.frames)}, {int(sp.torch_threads)} "
         f"thread, on this 2-core machine at load average ~{sp.loadavg_1min_before:.0f}: `results/synth_speed.csv`, "
@@ -375,7 +375,7 @@ def conformer_c() -> list[str]:
         mem = df[(df.model == "hama") & (df.threads == 1)].set_index("runtime").added_rss_mib
         lines.append(
             f"**The Conformer in the C runtime** ({r0.cpu}, `{r0.kernel_family}` kernels; "
-            f"`.venv/bin/python benchmarks/run_conformer_bench.py`, one `asrquant bench --seconds 10 --repeats "
+            f"`.venv/bin/python benchmarks/run_conformer_bench.py`, one `intasr bench --seconds 10 --repeats "
             f"{int(r0.repeats)}` run per model and thread count, 10 s of test-other speech, `{f.name}` and "
             f"`benchmarks/results/conformer_*_{r0.kernel_family}_t*.json`, load average "
             f"{df.loadavg_before.min():.1f}-{df.loadavg_after.max():.1f}): " + "; ".join(runs)
@@ -427,7 +427,7 @@ def conformer_latency() -> list[str]:
 
 
 def verify_reports() -> list[str]:
-    """One row per `asrquant verify --json` report under results/verify/."""
+    """One row per `intasr verify --json` report under results/verify/."""
     import json
 
     out = ["| report (`results/verify/`) | verdict | ops recorded / float ops | backends bit-exact (run, skipped) "
@@ -451,7 +451,7 @@ def verify_reports() -> list[str]:
 
 def _made(info: dict | None) -> str:
     """How a verified model was made, from the report's `quantization` record (reports from before
-    it: '-'): its recipe, edge widths and equalized pairs, and `asrquant quantize`'s calibration time."""
+    it: '-'): its recipe, edge widths and equalized pairs, and `intasr quantize`'s calibration time."""
     if not info:
         return "-"
     parts = [f"`{info['recipe']}`" if info.get("recipe") else ""]
@@ -493,7 +493,7 @@ def paper_checks(path: Path) -> list[str]:
 
 def _recipe_label(r) -> str:
     """A row's settings in words, led by its recipe's name (``quantize.recipe_of``) when it is one."""
-    from asrquant.quantize import recipe_of
+    from intasr.quantize import recipe_of
 
     def num(col):
         v = pd.to_numeric(getattr(r, col, 0), errors="coerce")
@@ -528,7 +528,7 @@ def _recipe_label(r) -> str:
 
 def recipes(path: Path) -> list[str]:
     """issue 14's recipes on the grid's default synthetic batches (3 seeds where run)."""
-    from asrquant.quantize import default_recipe
+    from intasr.quantize import default_recipe
 
     df = pd.read_csv(path)
     df = df[(df.synth_iterations == 200) & df.size_budget_mb.isna() & df.model_sha256.notna()].copy()
@@ -550,7 +550,7 @@ def recipes(path: Path) -> list[str]:
         if len(full):
             best = full.iloc[0]
             notes.append(f"W{w}: best 3-seed recipe {best.recipe_label} ({best.rate - float(fp32.error_rate):+.2f}); "
-                         f"`asrquant quantize --weight-bits {w}` defaults to `{default_recipe(int(w))}`")
+                         f"`intasr quantize --weight-bits {w}` defaults to `{default_recipe(int(w))}`")
     out += ["", f"FP32 {float(fp32.error_rate):.2f}% ({int(fp32.unit_errors)} / {int(fp32.units)} words, "
             "`results/grid.csv`). " + "; ".join(notes) + ". " + provenance_line(load_frame(df), path)]
     return out
@@ -558,8 +558,8 @@ def recipes(path: Path) -> list[str]:
 
 # README file -> block name -> function of the results files
 def fuzz() -> list[str]:
-    """results/fuzz.json (python -m asrquant.fuzz run): one row per reader, failures by kind."""
-    from asrquant.fuzz import FAILURE_KINDS, table
+    """results/fuzz.json (python -m intasr.fuzz run): one row per reader, failures by kind."""
+    from intasr.fuzz import FAILURE_KINDS, table
 
     res = _json("results/fuzz.json")
     rows = table(res)
@@ -577,7 +577,7 @@ def fuzz() -> list[str]:
             f"{' and '.join(f'`{c}`' for c in res.get('commands') or [res.get('command')])}, one thread, "
             f"{res['machine']['cores']}-core {res['machine']['cpu']}, started {res['started']}, {state}. "
             f"Hang: over {res['hang_seconds']:.0f} s wall clock; peak / bound: the largest measured allocation over "
-            f"the reader's bound (A x input bytes + B: `asrquant/fuzz/readers.py`). Written by "
+            f"the reader's bound (A x input bytes + B: `intasr/fuzz/readers.py`). Written by "
             f"`tools/readme_results.py`."]
     proof = ROOT / "results" / "accumulator_proof.json"
     if proof.is_file():

@@ -1,7 +1,7 @@
 """Beyond-the-paper rows for learned rounding / mixed precision: quantize (zero-shot, synthetic
 calibration as the grid makes it) -> evaluate on test-other -> one tidy row per setting, appended
 atomically to a CSV with results/beyond.csv's columns (+ the extra settings). Resumable: rows
-already in the CSV are skipped. An argparse shell over ``asrquant.recipe_runs``.
+already in the CSV are skipped. An argparse shell over ``intasr.recipe_runs``.
 
     nice -n 19 .venv/bin/python tools/run_adaround.py --bits 4/8 6/8 --seeds 0 1 2 \\
         --rounding adaround --out results/beyond_adaround.csv
@@ -9,8 +9,8 @@ already in the CSV are skipped. An argparse shell over ``asrquant.recipe_runs``.
 Columns: results/beyond.csv's + depthwise_bits, rounding, adaround_iterations, size_budget_mb,
 synth_iterations, synth_seconds, then adaround_centered (learned on the bias-corrected error,
 quant/adaround.py; the row's bias_correction is then the learned closed-form shift), recipe
-(the `asrquant quantize --recipe` name when the settings are one) and the provenance columns
-(``asrquant.provenance``: model_sha256, eval_sha256, code_commit, code_dirty, cpu, threads, ...),
+(the `intasr quantize --recipe` name when the settings are one) and the provenance columns
+(``intasr.provenance``: model_sha256, eval_sha256, code_commit, code_dirty, cpu, threads, ...),
 then adaround_symmetric (``--symmetric``: learned on the float model's inputs, not the quantized walk's)
 and adaround_scale_search (``--scale-search``: per-channel output-aware clipping first), edge_bits
 (``--edge-bits``: the first block's convs and the decoder at that width; 0: all at --bits'),
@@ -26,9 +26,9 @@ import argparse
 
 import torch
 
-from asrquant import paths
-from asrquant.quantize import ROUNDINGS
-from asrquant.recipe_runs import RecipeRuns, run_recipes
+from intasr import paths
+from intasr.quantize import ROUNDINGS
+from intasr.recipe_runs import RecipeRuns, run_recipes
 
 
 def main() -> int:

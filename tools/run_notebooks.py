@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-KERNEL = "asrquant"
+KERNEL = "intasr"
 
 # Parameter sets by profile. A name is injected only into the notebooks that declare it.
 # "default" injects nothing: every notebook's own defaults, which are light enough for a

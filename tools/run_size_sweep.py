@@ -1,4 +1,4 @@
-"""WER vs model size: mixed-precision W4A8 (``asrquant quantize --size-budget-mb B
+"""WER vs model size: mixed-precision W4A8 (``intasr quantize --size-budget-mb B
 --bias-correction``) under several size budgets and seeds, zero-shot (the grid's default synthetic
 batch per seed, read from the shared cache), evaluated on test-other; one tidy row per (budget,
 seed), with provenance, appended atomically to a CSV. Resumable: a row whose ``cell_key``
@@ -7,7 +7,7 @@ seed), with provenance, appended atomically to a CSV. Resumable: a row whose ``c
 The sensitivity pass (``quant.mixed_precision``) runs once per seed: it is cached on disk under
 ``--sensitivity-cache`` and in the process, and every budget of the seed allocates from it.
 ``--uniform-bits 4 6 8`` adds uniform-width rows (``--weight-bits W --bias-correction``).
-An argparse shell over ``asrquant.size_sweep`` (the rows: ``asrquant.results_file``).
+An argparse shell over ``intasr.size_sweep`` (the rows: ``intasr.results_file``).
 
     nice -n 5 .venv/bin/python tools/run_size_sweep.py --budgets 9.5 10 10.5 11.5 13.5 \\
         --seeds 0 1 2 --out results/beyond_size.csv
@@ -19,8 +19,8 @@ import argparse
 
 import torch
 
-from asrquant import paths
-from asrquant.size_sweep import SizeSweepRuns, run_size_sweep
+from intasr import paths
+from intasr.size_sweep import SizeSweepRuns, run_size_sweep
 
 
 def main() -> int:

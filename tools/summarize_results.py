@@ -1,4 +1,4 @@
-"""The grid's summary table and synthetic-vs-random lines as markdown (``asrquant.tables.summary_lines``):
+"""The grid's summary table and synthetic-vs-random lines as markdown (``intasr.tables.summary_lines``):
 
     .venv/bin/python tools/summarize_results.py results/grid.csv results/beyond.csv
     .venv/bin/python tools/summarize_results.py results/conformer_grid.csv     # PER (phoneme model)
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from asrquant.tables import summary_lines
+from intasr.tables import summary_lines
 
 
 def main(paths: list[str]) -> int:

@@ -1,7 +1,7 @@
-"""Issue 13's done-when check on the real QuartzNet-15x5, through the `asrquant` command line.
+"""Issue 13's done-when check on the real QuartzNet-15x5, through the `intasr` command line.
 
-1. The first N test-other utterances resampled to 44.1 kHz (16-bit wav) in a folder: `asrquant
-   transcribe --model M DIR --json` must give, file by file, the transcripts `asrquant evaluate`
+1. The first N test-other utterances resampled to 44.1 kHz (16-bit wav) in a folder: `intasr
+   transcribe --model M DIR --json` must give, file by file, the transcripts `intasr evaluate`
    decodes from the same files (a manifest of them), for the float .nemo and the integer .aqz.
 2. A long file: the test-other utterances joined with 0.5 s of silence, round after round, up to
    10 minutes (the 251 train-clean-100 utterances have no transcripts here), transcribed in 40 s
@@ -29,11 +29,11 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
-from asrquant import paths
-from asrquant.data import read_librispeech
-from asrquant.text import wer_summary
+from intasr import paths
+from intasr.data import read_librispeech
+from intasr.text import wer_summary
 
-CLI = [sys.executable, "-m", "asrquant.cli"]
+CLI = [sys.executable, "-m", "intasr.cli"]
 
 
 def run(argv: list[str], log: list) -> float:
@@ -41,7 +41,7 @@ def run(argv: list[str], log: list) -> float:
     proc = subprocess.run(CLI + [str(a) for a in argv], capture_output=True, text=True)
     seconds = time.perf_counter() - t0
     shown = (paths.display_path(a) if isinstance(a, Path) or os.path.isabs(str(a)) else str(a) for a in argv)
-    log.append({"command": "asrquant " + shlex.join(shown), "exit": proc.returncode,
+    log.append({"command": "intasr " + shlex.join(shown), "exit": proc.returncode,
                 "stderr": proc.stderr.strip()[-2000:], "seconds": round(seconds, 1)})
     if proc.returncode != 0:
         raise SystemExit(f"failed: {log[-1]}")

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""`asrquant verify` on the models issue 9 names, one JSON report each (results/verify/).
+"""`intasr verify` on the models issue 9 names, one JSON report each (results/verify/).
 
     .venv/bin/python tools/verify_models.py --out results/verify [--iterations 200] [--skip-jasper]
 
@@ -10,14 +10,14 @@
   layer from 8 train-clean-100 utterances cropped to 4 s: models.restore_bn.restore_bn_sequential),
   W8A8, real calibration on the longer 8 of the first 16 train-clean-100 utterances (the second
   length-sorted batch of `calibration.real_mels`; they may overlap the BatchNorm ones).
-* the hama Conformer-CTC (build/conformer_hama.nemo: `asrquant import-hama --restore-bn`), W8A8,
-  zero-shot synthetic calibration (the `asrquant quantize` defaults, seed 0);
+* the hama Conformer-CTC (build/conformer_hama.nemo: `intasr import-hama --restore-bn`), W8A8,
+  zero-shot synthetic calibration (the `intasr quantize` defaults, seed 0);
 * a NeMo-architecture Conformer-CTC small (striding Conv2d subsampling, rel_pos attention; random
   weights, seed 0; BatchNorm statistics from one training-mode pass over 8 train-clean-100
   utterances cropped to 4 s), W8A8, real calibration on 8 others.
 Each report: float-free forward, every backend against the torch reference on a padded batch of 3
 test-other utterances (cropped to --seconds), batch/padding invariance (verify.verify), and its
-provenance (asrquant.provenance: the model file's sha256 where the model is a file, else its float
+provenance (intasr.provenance: the model file's sha256 where the model is a file, else its float
 state dict's sha256; the verified utterances' fingerprint, the settings with file paths relative
 to the repository, code version and commit, machine).
 """
@@ -31,22 +31,22 @@ from pathlib import Path
 
 import torch
 
-from asrquant import paths
-from asrquant.calibration import calibration_batches, real_mels
-from asrquant.data import load_batch, load_dataset
-from asrquant.models import ConvASR, config_for, load_model
-from asrquant.models.restore_bn import restore_bn_sequential
-from asrquant.quantize import quantize
-from asrquant.verify import verify
+from intasr import paths
+from intasr.calibration import calibration_batches, real_mels
+from intasr.data import load_batch, load_dataset
+from intasr.models import ConvASR, config_for, load_model
+from intasr.models.restore_bn import restore_bn_sequential
+from intasr.quantize import quantize
+from intasr.verify import verify
 
 
 def _report(name, qmodel, batch, seconds, out: Path, extra: dict, model_path=None, utts=None,
             float_model=None) -> bool:
     """Verify qmodel on batch and write out/<name>.json with its provenance. A model built here
     (no file: model_path None) is identified by the sha256 of its float state dict instead."""
-    from asrquant.models.checkpoint import atomic_write_bytes
-    from asrquant.provenance import provenance
-    from asrquant.synth import model_hash
+    from intasr.models.checkpoint import atomic_write_bytes
+    from intasr.provenance import provenance
+    from intasr.synth import model_hash
 
     t = time.time()
     rep = verify(qmodel, *batch, max_seconds=seconds)
@@ -110,8 +110,8 @@ def main(argv=None) -> int:
         q = quantize(hama, synth, 8, 8, info={"calibration": "synthetic", "seed": 0})
         ok &= _report("conformer_hama_w8a8_synthetic", q, batch, args.seconds, out,
                       {"calibration": "synthetic (1 x 8 x 500, 200 iterations, seed 0)"}, args.hama, utts)
-        from asrquant.models.conformer import ConformerCTC
-        from asrquant.models.configs import conformer_ctc_config
+        from intasr.models.conformer import ConformerCTC
+        from intasr.models.configs import conformer_ctc_config
 
         torch.manual_seed(0)
         nemo = ConformerCTC(conformer_ctc_config("small"))

@@ -8,13 +8,13 @@ import time
 import pandas as pd
 import torch
 
-from asrquant import paths
-from asrquant.calibration import real_mels
-from asrquant.calibration import calibrate
-from asrquant.convert import convert
-from asrquant.data import load_dataset
-from asrquant.evaluate import evaluate
-from asrquant.models import load_model
+from intasr import paths
+from intasr.calibration import real_mels
+from intasr.calibration import calibrate
+from intasr.convert import convert
+from intasr.data import load_dataset
+from intasr.evaluate import evaluate
+from intasr.models import load_model
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--model", default=str(paths.restored_model()))

@@ -18,7 +18,7 @@ copy throws "Identifier 'THEBE_JS_URL' has already been declared". Duplicates ar
 empty, a reader's first visit logs "Got invalid theme mode". It is set to `auto` (the browser's
 preference) unless the configuration names one.
 
-**Code that fits the page.** `static/asrquant_book.css` (added to every page) sets code cells
+**Code that fits the page.** `static/intasr_book.css` (added to every page) sets code cells
 at a size where the notebooks' 88-character lines fit a 1280 px window, and wraps the lines of
 parameter cells (papermill's injected values can be any length) instead of scrolling them.
 """
@@ -30,7 +30,7 @@ from pathlib import Path
 
 ENTRY = "mathjax/es5/tex-mml-chtml.js"   # relative to _static/ (Sphinx prefixes _static/)
 STATIC = Path(__file__).resolve().parent / "static"
-CSS = "asrquant_book.css"                # in STATIC, copied to _static/ by Sphinx
+CSS = "intasr_book.css"                # in STATIC, copied to _static/ by Sphinx
 
 
 def mathjax_bundle() -> Path:

@@ -1,0 +1,6 @@
+"""python -m intasr.cli ...: the `intasr` command."""
+import sys
+
+from . import main
+
+sys.exit(main())
