@@ -18,6 +18,7 @@ from conftest import fill_bn_statistics, randomize_weights, speech_like_audio
 
 import intasr
 from intasr.cli import main
+from intasr.program.aqz import FORMAT, HEADER
 
 RATE = 16000
 
@@ -250,7 +251,7 @@ def _npy_header(shape, dtype="<i1") -> bytes:
 def _hostile_aqz(path, good_aqz, tensor_bytes: bytes, compress=zipfile.ZIP_STORED):
     """A copy of a real .aqz whose first tensor member is replaced."""
     with zipfile.ZipFile(good_aqz) as src, zipfile.ZipFile(path, "w", compression=compress) as dst:
-        header = json.loads(src.read("intasr.json"))
+        header = json.loads(src.read(HEADER))
         first = next(iter(header["tensors"].values()))
         for name in src.namelist():
             dst.writestr(name, tensor_bytes if name == first else src.read(name))
@@ -293,7 +294,7 @@ def test_hostile_and_truncated_aqz_refused_before_reading(work, capsys, tmp_path
             return (print, ("pwned",))
 
     evil = tmp_path / "evil.aqz"
-    torch.save({"format": "intasr-integer-model", "version": 2, "x": Evil()}, evil)
+    torch.save({"format": FORMAT, "version": 2, "x": Evil()}, evil)
     rc, out, err = _cli(capsys, "transcribe", "--model", evil, work["files"]["speech"])
     _assert_clean_error(rc, out, err, "evil.aqz")
     assert "pwned" not in out

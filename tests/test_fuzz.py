@@ -22,6 +22,7 @@ from intasr.integer_model import load_quantized
 from intasr.data import DataError, extract_tar_safely, load_dataset, read_librispeech
 from intasr.fuzz import mutate as mu
 from intasr.models.checkpoint import CheckpointError, load_model
+from intasr.program.aqz import HEADER
 
 HAVE_CC = shutil.which("cc") is not None and shutil.which("make") is not None
 
@@ -67,12 +68,12 @@ def test_bit_flipped_aqz_is_refused_in_one_line_naming_the_member(seeds, tmp_pat
     """fuzz: bytes_bitflip (the issue's probe: zipfile.BadZipFile 'Bad CRC-32' traceback)"""
     good = seeds / "aqz" / "tiny_convasr_w8a8.aqz"
     data = bytearray(good.read_bytes())
-    data[60] ^= 0x10   # inside intasr.json's data, after its 30 + 13 byte local header
+    data[30 + len(HEADER) + 17] ^= 0x10   # inside the header member's data, after its 30-byte local header and name
     bad = tmp_path / "flipped.aqz"
     bad.write_bytes(bytes(data))
     with pytest.raises(CheckpointError) as e:
         load_quantized(bad)
-    _one_line(e.value, bad, "intasr.json")
+    _one_line(e.value, bad, HEADER)
 
 
 def test_swapped_tensors_are_refused_before_running_naming_the_tensor(seeds, tmp_path):

@@ -136,7 +136,9 @@ def _aqz_make(draw, ctx, case_dir):
     elif kind == "empty_zip":
         out = mu.write_zip([])
     else:
-        out = mu.write_zip([("intasr.json", mu.write_zip(members), None)])
+        from ..program.aqz import HEADER
+
+        out = mu.write_zip([(HEADER, mu.write_zip(members), None)])
     return _write(case_dir, "m.aqz", out), "container_" + kind
 
 
