@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .ops import Program
+from .ops import OPS, Program
 
 OPSET = 18
 
@@ -117,11 +117,16 @@ def flatten_freq_nodes(g: Graph, x: str) -> str:
     return g.op("Reshape", [g.op("Transpose", [x], "cft", perm=[0, 1, 3, 2]), shape], "flat")
 
 class GraphLowering:
-    """A program lowered to one ONNX graph: a subclass defines a method per kind in ``LOWERS``
-    (fn(op, *inputs) -> the output's graph value) and calls ``lower_ops`` once."""
+    """A program lowered to one ONNX graph: a subclass defines a method per op kind it lowers,
+    named by the kind (fn(op, *inputs) -> the output's graph value), and calls ``lower_ops`` once.
+    Its ``LOWERS`` is the set of those methods, read off the class."""
 
     LOWERS: frozenset = frozenset()
     NAME = "ONNX lowering"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.LOWERS = frozenset(k for k in OPS if callable(getattr(cls, k, None)))
 
     def __init__(self, program: Program):
         self.program = program

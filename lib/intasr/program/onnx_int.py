@@ -235,14 +235,7 @@ def _floor_div_signed(g: Graph, n: str, d: str) -> str:
 _NP = {"int8": np.int8, "int16": np.int16, "int32": np.int32, "int64": np.int64}
 
 
-# the op kinds this lowering has a kernel for (a method of _Lowering each)
-LOWERS = frozenset({"mask_time", "frames", "conv1d", "requantize", "rescale", "add", "clamp",
-                    "to_image", "conv2d", "flatten_freq",
-                    "layernorm", "softmax", "swish", "glu", "gelu", "matmul_qk", "matmul_pv", "matmul_pos"})
-
-
 class _Lowering(GraphLowering):
-    LOWERS = LOWERS
     NAME = "integer ONNX lowering"
 
     def __init__(self, program: Program, floor: str):
@@ -593,6 +586,10 @@ class _Lowering(GraphLowering):
             pr = model.metadata_props.add()
             pr.key, pr.value = k, val
         return model
+
+
+# the op kinds this lowering has a kernel for (a method of _Lowering each)
+LOWERS = _Lowering.LOWERS
 
 
 def build_integer_model(model, frames: int | None = None, floor: str = "div"):

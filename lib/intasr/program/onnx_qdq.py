@@ -66,14 +66,7 @@ _RANK = {"to_image": 4, "conv2d": 4, "flatten_freq": 3, "matmul_qk": 4, "matmul_
          "matmul_pv": 3}
 
 
-# the op kinds this lowering has a kernel for (a method of _Lowering each)
-LOWERS = frozenset({"mask_time", "frames", "conv1d", "requantize", "rescale", "add", "clamp",
-                    "to_image", "conv2d", "flatten_freq",
-                    "layernorm", "softmax", "swish", "glu", "gelu", "matmul_qk", "matmul_pv", "matmul_pos"})
-
-
 class _Lowering(GraphLowering):
-    LOWERS = LOWERS
     NAME = "Q/DQ lowering"
 
     def __init__(self, program: Program, signed_only: bool):
@@ -298,6 +291,10 @@ class _Lowering(GraphLowering):
         outputs = [h.make_tensor_value_info("logits", TP.FLOAT, ["batch", classes, "out_frames"]),
                    h.make_tensor_value_info("logits_lengths", TP.INT64, ["batch"])]
         return g.model(inputs, outputs, "intasr_qdq", "intasr Q/DQ (simulated int8) program for TensorRT")
+
+
+# the op kinds this lowering has a kernel for (a method of _Lowering each)
+LOWERS = _Lowering.LOWERS
 
 
 def build_qdq_model(model, frames: int | None = None, signed_only: bool = False):
