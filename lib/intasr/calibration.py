@@ -29,6 +29,7 @@ from torch import nn
 
 from .data import length_sorted_batches, load_batch, load_dataset
 from .models.convasr import ConvASR, MaskedConv1d, frame_mask, walk
+from .options import SYNTH_DEFAULTS
 from .quant.observers import make_observer
 
 SOURCES = ("synthetic", "random", "real")
@@ -49,7 +50,8 @@ def real_mels(model, data, batch_size: int = 8, limit: int | None = None):
     return out
 
 
-def random_mels(n_batches: int = 1, batch_size: int = 8, frames: int = 500, seed: int = 0,
+def random_mels(n_batches: int = SYNTH_DEFAULTS["n_batches"], batch_size: int = SYNTH_DEFAULTS["batch_size"],
+                frames: int = SYNTH_DEFAULTS["frames"], seed: int = 0,
                 low: float = -3.0, high: float = 3.0, n_mels: int = 64):
     """Uniform [low, high] inputs of full length (the paper's random-calibration ablation)."""
     g = torch.Generator().manual_seed(seed)
@@ -58,8 +60,8 @@ def random_mels(n_batches: int = 1, batch_size: int = 8, frames: int = 500, seed
             for _ in range(n_batches)]
 
 
-def calibration_batches(model, source: str, *, seed: int = 0, n_batches: int = 1, batch_size: int = 8,
-                        frames: int = 500, data=None, limit: int | None = None, synth: dict | None = None,
+def calibration_batches(model, source: str, *, seed: int = 0, n_batches: int = SYNTH_DEFAULTS["n_batches"],
+                        batch_size: int = SYNTH_DEFAULTS["batch_size"], frames: int = SYNTH_DEFAULTS["frames"], data=None, limit: int | None = None, synth: dict | None = None,
                         model_path=None, cache_dir=None, progress: bool = True):
     """(mel, lengths) batches from `source` ("synthetic", "random" or "real").
 

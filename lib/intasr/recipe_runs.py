@@ -97,10 +97,8 @@ def measure(run: RecipeRuns, model, utts, key: dict) -> tuple[dict, float]:
     """Calibrate, quantize and evaluate one setting: (its tidy row, calibration seconds)."""
     w, a, seed, budget = key["w_bits"], key["a_bits"], key["seed"], key["size_budget_mb"] or None
     start = time.perf_counter()
-    batches = calibration_batches(model, run.calibration, seed=seed, n_batches=1,
-                                  batch_size=SYNTH_DEFAULTS["batch_size"], frames=SYNTH_DEFAULTS["frames"],
-                                  data=paths.librispeech("train-clean-100"), limit=run.calibration_limit,
-                                  synth={"iterations": run.synth_iterations, "lr": SYNTH_DEFAULTS["lr"]},
+    batches = calibration_batches(model, run.calibration, seed=seed, data=paths.librispeech("train-clean-100"),
+                                  limit=run.calibration_limit, synth={"iterations": run.synth_iterations},
                                   model_path=run.model, cache_dir=paths.build_dir() / "synth_cache")
     synth_seconds = time.perf_counter() - start
     recipe = recipe_of_run(run, key)

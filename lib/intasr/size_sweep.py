@@ -108,8 +108,7 @@ class _Seed:
     def get_batches(self):
         if self.batches is None:
             self.batches = calibration_batches(
-                self.model, "synthetic", seed=self.seed, n_batches=1, batch_size=SYNTH_DEFAULTS["batch_size"],
-                frames=SYNTH_DEFAULTS["frames"], synth={"iterations": self.run.synth_iterations, "lr": SYNTH_DEFAULTS["lr"]},
+                self.model, "synthetic", seed=self.seed, synth={"iterations": self.run.synth_iterations},
                 model_path=self.run.model, cache_dir=self.run.cache_dir, progress=False)
         return self.batches
 
@@ -167,8 +166,7 @@ def run_size_sweep(run: SizeSweepRuns) -> int:
     digest = model_hash(model)
     out = ResultsFile(run.out)
     done = out.keys()
-    synth = {"iterations": run.synth_iterations, "lr": SYNTH_DEFAULTS["lr"]}
-    spec = GridSpec(synth={**SYNTH_DEFAULTS, "n_batches": 1, **synth})
+    spec = GridSpec(synth={**SYNTH_DEFAULTS, "iterations": run.synth_iterations})
     calib = calibration_settings(spec, "synthetic", model)
     cells = [(b, None) for b in run.budgets] + [(None, w) for w in run.uniform_bits]
     missing_seeds = []

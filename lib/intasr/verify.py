@@ -55,9 +55,7 @@ def float_ops_in_forward(qmodel, q: torch.Tensor, lengths: torch.Tensor):
 
 def numpy_forward(qmodel, q: np.ndarray, lengths: np.ndarray):
     """Independent NumPy replay of the model's program: (int64 logits, int64 lengths)."""
-    from .program.numpy_ref import NumpyReference
-
-    return NumpyReference().run(qmodel.program, q, lengths)
+    return run_program_backend("numpy", qmodel.program, q, lengths)[:2]
 
 
 def run_backend(name: str, qmodel, q: torch.Tensor, lengths: torch.Tensor, threads: int = 1):
