@@ -29,12 +29,13 @@ import torch
 from intasr import paths
 from intasr.quantize import ROUNDINGS
 from intasr.recipe_runs import RecipeRuns, run_recipes
+from intasr.selection import CRITERION, SELECTION_SIZE
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default=str(paths.restored_model()))
-    p.add_argument("--data", default=str(paths.librispeech("test-other")))
+    p.add_argument("--data", default=None, help="default: test-other (--criterion test), train-clean-100 (fp32-agreement)")
     p.add_argument("--bits", nargs="+", default=["4/8"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--rounding", choices=ROUNDINGS, default="adaround")
@@ -63,10 +64,16 @@ def main() -> int:
     p.add_argument("--synth-iterations", type=int, default=200, help="synthetic batches: Adam iterations")
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--eval-batch-size", type=int, default=2, help="small: the integer reference keeps every value")
+    p.add_argument("--criterion", choices=["test", CRITERION], default="test",
+                   help=f"test: score against --data's transcripts; {CRITERION}: label-free, against the float "
+                        f"model's transcripts of {SELECTION_SIZE} untranscribed utterances of --data (default there: "
+                        "train-clean-100), the criterion that selects the default recipes (intasr.selection)")
     p.add_argument("--out", default="results/beyond_adaround.csv")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a crowded machine)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if args.data is None:
+        args.data = str(paths.librispeech("test-other" if args.criterion == "test" else "train-clean-100"))
     run_recipes(RecipeRuns(**{k: v for k, v in vars(args).items() if k != "threads"}))
     return 0
 

@@ -2,6 +2,9 @@
 (synthetic calibration as the grid makes it, or real audio as a reference) with learned rounding,
 bias correction, equalization, edge widths, group multipliers or a size budget -> evaluate ->
 one tidy row per (seed, W/A, budget), appended through the resumable ``ResultsFile``.
+``criterion``: "test" scores against the transcripts of `data`; "fp32-agreement" scores, label-free,
+against the float model's own transcripts of an untranscribed selection set (``selection``), the
+criterion that chooses the default recipes without the transcripts that report them.
 
 A row is found again by its settings (``KEY``; these files have no cell_key), so a rerun skips
 the settings already measured; ``DEFAULTS`` are the settings of rows written before a column.
@@ -23,21 +26,22 @@ from .options import SYNTH_DEFAULTS
 from .provenance import provenance
 from .quantize import Recipe, quantize, recipe_of
 from .results_file import ResultsFile
+from .selection import CRITERION, SELECTION_SIZE, agreement, fp32_transcripts, selection_set
 
 COLUMNS = ["model", "w_bits", "a_bits", "calibration", "seed", "observer", "weight_method", "bias_correction", "wer",
            "cer", "words", "word_errors", "utterances", "ci95_lo", "ci95_hi", "size_mb", "bops_t", "eval_seconds",
            "calib_seconds", "depthwise_bits", "rounding", "adaround_iterations", "size_budget_mb",
            "synth_iterations", "synth_seconds", "adaround_centered", "recipe", "adaround_symmetric",
            "adaround_scale_search", "edge_bits", "adaround_relu_aware", "equalize", "adaround_block_iterations",
-           "weight_group"]
+           "weight_group", "criterion"]
 KEY = ["model", "w_bits", "a_bits", "calibration", "seed", "weight_method", "bias_correction", "rounding",
        "adaround_iterations", "size_budget_mb", "synth_iterations", "adaround_centered", "adaround_symmetric",
        "adaround_scale_search", "edge_bits", "adaround_relu_aware", "equalize", "adaround_block_iterations",
-       "weight_group"]
+       "weight_group", "criterion"]
 # what rows written before a column had (flags off, no edge width, no block stage, per-channel scales)
 DEFAULTS = {**dict.fromkeys(("adaround_centered", "adaround_symmetric", "adaround_scale_search",
                              "adaround_relu_aware", "equalize"), False),
-            **dict.fromkeys(("edge_bits", "adaround_block_iterations", "weight_group"), 0)}
+            **dict.fromkeys(("edge_bits", "adaround_block_iterations", "weight_group"), 0), "criterion": "test"}
 
 
 @dataclass
@@ -65,6 +69,7 @@ class RecipeRuns:
     synth_iterations: int = SYNTH_DEFAULTS["iterations"]
     limit: int | None = None
     eval_batch_size: int = 2
+    criterion: str = "test"            # or selection.CRITERION: label-free, on an untranscribed selection set
 
 
 def settings_of(run: RecipeRuns, name: str, seed: int, w: int, a: int, budget) -> dict:
@@ -78,7 +83,7 @@ def settings_of(run: RecipeRuns, name: str, seed: int, w: int, a: int, budget) -
                 adaround_symmetric=adaround and run.symmetric, adaround_scale_search=adaround and run.scale_search,
                 edge_bits=run.edge_bits, adaround_relu_aware=adaround and run.relu_aware,
                 equalize=bool(run.equalize), adaround_block_iterations=run.block_iterations if adaround else 0,
-                weight_group=run.weight_group)
+                weight_group=run.weight_group, criterion=run.criterion)
 
 
 def recipe_of_run(run: RecipeRuns, key: dict) -> Recipe:
@@ -93,8 +98,9 @@ def recipe_of_run(run: RecipeRuns, key: dict) -> Recipe:
                          edge_bits=run.edge_bits, equalize=run.equalize, weight_group=run.weight_group)
 
 
-def measure(run: RecipeRuns, model, utts, key: dict) -> tuple[dict, float]:
-    """Calibrate, quantize and evaluate one setting: (its tidy row, calibration seconds)."""
+def measure(run: RecipeRuns, model, utts, key: dict, references=None) -> tuple[dict, float]:
+    """Calibrate, quantize and evaluate one setting: (its tidy row, calibration seconds).
+    references: the float model's transcripts of `utts` (the fp32-agreement criterion), else None."""
     w, a, seed, budget = key["w_bits"], key["a_bits"], key["seed"], key["size_budget_mb"] or None
     start = time.perf_counter()
     batches = calibration_batches(model, run.calibration, seed=seed, data=paths.librispeech("train-clean-100"),
@@ -106,7 +112,10 @@ def measure(run: RecipeRuns, model, utts, key: dict) -> tuple[dict, float]:
                       **recipe.settings())
     calib_seconds = time.perf_counter() - start
     del batches
-    summary = evaluate(qmodel, utts, batch_size=run.eval_batch_size, progress=False)
+    if references is None:
+        summary = evaluate(qmodel, utts, batch_size=run.eval_batch_size, progress=False)
+    else:
+        summary = agreement(qmodel, utts, references, batch_size=run.eval_batch_size)
     lo, hi = summary["ci95"]
     size = qmodel.info.get("size_mb") or model_size_mb(model, w)
     row = {**key, "observer": "minmax", "depthwise_bits": 0, "wer": summary["wer"], "cer": summary["cer"],
@@ -122,7 +131,14 @@ def run_recipes(run: RecipeRuns) -> None:
     """Every (seed, W/A, budget) of `run` not yet in its CSV: measured and appended, one row each."""
     model = load_model(run.model)
     name = Path(run.model).stem
-    utts = load_dataset(run.data, limit=run.limit)
+    references = None
+    if run.criterion == CRITERION:
+        utts = selection_set(run.data, size=run.limit or SELECTION_SIZE)
+        references = fp32_transcripts(model, run.model, utts, cache_dir=paths.build_dir() / "selection_cache")
+    elif run.criterion == "test":
+        utts = load_dataset(run.data, limit=run.limit)
+    else:
+        raise ValueError(f"criterion {run.criterion!r}: 'test' or {CRITERION!r}")
     out = ResultsFile(run.out, COLUMNS)
     df = out.read()
     for seed in run.seeds:
@@ -132,7 +148,7 @@ def run_recipes(run: RecipeRuns) -> None:
                 key = settings_of(run, name, seed, w, a, budget)
                 if ResultsFile.has_settings(df, {k: key[k] for k in KEY}, DEFAULTS):
                     continue
-                row, calib_seconds = measure(run, model, utts, key)
+                row, calib_seconds = measure(run, model, utts, key, references)
                 df = out.append(row)   # the file as it is now (another run may have appended) + this row
                 print(f"W{w}A{a} seed {seed} {run.rounding} budget {budget}: WER {row['wer']:.2f} "
                       f"({row['word_errors']}/{row['words']}), calibration {calib_seconds:.0f}s", flush=True)
