@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from intasr import paper as published
 from intasr.aggregate import rate_text, seed_summary
+from intasr.selection import recipe_label
 from intasr.tables import load_frame, summary_lines, synthetic_vs_random, variant
 
 ORDER = {"none": 0, "synthetic": 1, "random": 2, "real": 3}
@@ -491,48 +492,13 @@ def paper_checks(path: Path) -> list[str]:
     return [line, "", provenance_line(_frame(path), path)]
 
 
-def _recipe_label(r) -> str:
-    """A row's settings in words, led by its recipe's name (``quantize.recipe_of``) when it is one."""
-    from intasr.quantize import recipe_of
-
-    def num(col):
-        v = pd.to_numeric(getattr(r, col, 0), errors="coerce")
-        return 0 if pd.isna(v) else int(v)
-
-    edge, group = num("edge_bits"), num("weight_group")
-    eq = str(getattr(r, "equalize", False)) == "True"
-    synthetic = str(getattr(r, "calibration", "synthetic")) == "synthetic"
-    extra = [f"first block and decoder at {edge} bits"] if edge and edge != int(r.w_bits) else []
-    if not synthetic:
-        extra.append(f"{r.calibration} calibration")
-    recipe = recipe_of(r)
-    if r.rounding == "adaround":
-        sym = str(r.adaround_symmetric) == "True"
-        cen = str(r.adaround_centered) == "True"
-        search = str(getattr(r, "adaround_scale_search", False)) == "True"
-        relu = str(getattr(r, "adaround_relu_aware", False)) == "True"
-        blocks = num("adaround_block_iterations")
-        how = ", ".join(p for p in ("centered" if cen else "raw",
-                                    "on float inputs" if sym else "on the quantized walk's inputs",
-                                    "scale search" if search else "", "ReLU-aware" if relu else "",
-                                    "equalized" if eq else "",
-                                    f"{int(r.adaround_iterations)} steps/conv",
-                                    f"then {blocks} steps/block" if blocks else "",
-                                    f"a multiplier per {group} weights" if group else "", *extra) if p)
-        return f"{f'`{recipe}`' if recipe else 'learned rounding'} ({how})"
-    bc = str(r.bias_correction) == "True"
-    name = f"`{recipe}`" if recipe else "round-to-nearest" + (" + bias correction" if bc else "")
-    extra = [p for p in ("equalized" if eq else "", f"a multiplier per {group} weights" if group else "", *extra) if p]
-    return f"{name} ({', '.join(extra)})" if extra else name
-
-
 def recipes(path: Path) -> list[str]:
     """issue 14's recipes on the grid's default synthetic batches (3 seeds where run)."""
     from intasr.quantize import default_recipe
 
     df = pd.read_csv(path)
     df = df[(df.synth_iterations == 200) & df.size_budget_mb.isna() & df.model_sha256.notna()].copy()
-    df["recipe_label"] = df.apply(_recipe_label, axis=1)
+    df["recipe_label"] = df.apply(recipe_label, axis=1)
     df = df.sort_values("seed", kind="stable")   # errors per seed in seed order, whatever order the runs ended in
     grid = _frame(ROOT / "results" / "grid.csv")
     fp32 = grid[(grid.w_bits == 32) & (grid.model_sha256.isin(set(df.model_sha256)))].iloc[0]
@@ -553,6 +519,36 @@ def recipes(path: Path) -> list[str]:
                          f"`intasr quantize --weight-bits {w}` defaults to `{default_recipe(int(w))}`")
     out += ["", f"FP32 {float(fp32.error_rate):.2f}% ({int(fp32.unit_errors)} / {int(fp32.units)} words, "
             "`results/grid.csv`). " + "; ".join(notes) + ". " + provenance_line(load_frame(df), path)]
+    return out
+
+
+def selection(path: Path) -> list[str]:
+    """issue 31: each width's recipe chosen label-free (agreement with FP32 on untranscribed audio),
+    beside its test-other result, which that choice never saw (``selection.selection_table``)."""
+    from intasr.quantize import default_recipe
+    from intasr.selection import selection_table
+
+    sel = pd.read_csv(path)
+    grid = _frame(ROOT / "results" / "grid.csv")
+    fp32 = float(grid[grid.w_bits == 32].iloc[0].error_rate)
+    t = selection_table(sel, pd.read_csv(ROOT / "results" / "beyond_adaround.csv"), grid, fp32)
+    out = ["| W/A | candidate | FP32-agreement WER %, seed 0 (errors / FP32 words) [95% CI] | calibration s | chosen "
+           "| test-other WER % (errors per seed) | Δ vs FP32 |", "|---|---|---|---|---|---|---|"]
+    for r in t.itertuples():
+        test = f"{rate_text(r.test_wer, r.test_std, r.test_seeds)} ({r.test_errors})" if r.test_seeds else "not measured"
+        delta = f"{r.test_delta:+.2f}" if r.test_seeds else ""
+        out.append(f"| {r.w_bits}/{r.a_bits} | {r.candidate} | {r.wer:.2f} ({r.word_errors} / {r.words}) "
+                   f"[{r.ci95_lo:.2f}, {r.ci95_hi:.2f}] | {r.calib_seconds:.0f} | {'**yes**' if r.chosen else ''} | "
+                   f"{test} | {delta} |")
+    notes = []
+    for r in t[t.chosen].itertuples():
+        default = default_recipe(int(r.w_bits))
+        notes.append(f"W{r.w_bits}: {r.candidate}" + ("" if r.recipe == default else f" (**not** the default `{default}`)"))
+    out += ["", f"Chosen, label-free: {'; '.join(notes)}. Criterion: fewest word errors against the float model's "
+            f"own transcripts ({int(sel.words.iloc[0])} words) of {int(sel.utterances.iloc[0])} untranscribed "
+            f"train-clean-100 utterances (`intasr.selection`; a tie goes to the shorter calibration); the test-other "
+            f"columns (FP32 {fp32:.2f}%, seeds 0-2) are what each candidate gives on transcripts the choice never "
+            f"read. " + provenance_line(load_frame(sel), path)]
     return out
 
 
@@ -606,6 +602,7 @@ BLOCKS = {
         "measured_more": measured_more,
         "verify": verify_reports,
         "recipes": lambda: recipes(ROOT / "results" / "beyond_adaround.csv"),
+        "selection": lambda: selection(ROOT / "results" / "recipe_selection.csv"),
         "fuzz": fuzz,
     },
     "benchmarks/README.md": {

@@ -29,7 +29,7 @@ import torch
 from intasr import paths
 from intasr.quantize import ROUNDINGS
 from intasr.recipe_runs import RecipeRuns, run_recipes
-from intasr.selection import CRITERION, SELECTION_SIZE
+from intasr.selection import CRITERION
 
 
 def main() -> int:
@@ -66,8 +66,9 @@ def main() -> int:
     p.add_argument("--eval-batch-size", type=int, default=2, help="small: the integer reference keeps every value")
     p.add_argument("--criterion", choices=["test", CRITERION], default="test",
                    help=f"test: score against --data's transcripts; {CRITERION}: label-free, against the float "
-                        f"model's transcripts of {SELECTION_SIZE} untranscribed utterances of --data (default there: "
-                        "train-clean-100), the criterion that selects the default recipes (intasr.selection)")
+                        f"model's transcripts of the untranscribed utterances of --data past the real-calibration head (default "
+                        "there: train-clean-100; --limit N: a seeded draw of N), the criterion that selects the default "
+                        "recipes (intasr.selection)")
     p.add_argument("--out", default="results/beyond_adaround.csv")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a crowded machine)")
     args = p.parse_args()

@@ -133,7 +133,7 @@ def run_recipes(run: RecipeRuns) -> None:
     name = Path(run.model).stem
     references = None
     if run.criterion == CRITERION:
-        utts = selection_set(run.data, size=run.limit or SELECTION_SIZE)
+        utts = selection_set(run.data, size=run.limit or SELECTION_SIZE)  # --limit: a seeded draw of that many
         references = fp32_transcripts(model, run.model, utts, cache_dir=paths.build_dir() / "selection_cache")
     elif run.criterion == "test":
         utts = load_dataset(run.data, limit=run.limit)

@@ -8,9 +8,10 @@ transcript against the float one, over the float transcripts' words). A quantize
 reproduce the float model, so this measures the quantization error in words, label-free; the
 test-other transcripts are then used only to report the recipe it chose.
 
-The selection set: ``SELECTION_SIZE`` utterances of train-clean-100 drawn with a fixed seed from
-those after the first ``CALIBRATION_HEAD`` (real-data calibration reads the first ones, in
-sorted order), so that no utterance both calibrates and selects.
+The selection set: every train-clean-100 utterance after the first ``CALIBRATION_HEAD``
+(real-data calibration reads the first ones, in sorted order), so that no utterance both
+calibrates and selects. A pilot on a seeded draw of 40 of them (``selection_set(size=40)``) could
+not separate the two best 4-bit candidates, so the choice reads them all (results/README.md).
 """
 
 from __future__ import annotations
@@ -21,24 +22,32 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 
 from .data import Utterance, load_dataset
 from .evaluate import phoneme_config, transcribe
+from .aggregate import seed_summary
 from .provenance import eval_set_fingerprint, file_sha256
+from .quantize import recipe_of
 from .text import token_error_summary, wer_summary
 
-SELECTION_SIZE = 40
+SELECTION_SIZE = None   # all the utterances past the calibration head
 CALIBRATION_HEAD = 48
 SELECTION_SEED = 0
 CRITERION = "fp32-agreement"
 
 
-def selection_set(data, size: int = SELECTION_SIZE, seed: int = SELECTION_SEED,
+def selection_set(data, size: int | None = SELECTION_SIZE, seed: int = SELECTION_SEED,
                   skip: int = CALIBRATION_HEAD) -> list[Utterance]:
-    """`size` utterances of the folder or manifest `data` (transcripts not needed, not read for
-    scoring), drawn with `seed` from those after the first `skip`, in the listing's order."""
+    """The utterances of the folder or manifest `data` after the first `skip` (transcripts not
+    needed, never read for scoring): all of them, or `size` drawn with `seed`, in the listing's order."""
     utts = load_dataset(data, require_text=False)
     pool = utts[skip:]
+    if size is None:
+        if not pool:
+            raise ValueError(f"{data}: {len(utts)} utterances; selection needs some after the first {skip} "
+                             f"(those calibrate with real data)")
+        return pool
     if len(pool) < size:
         raise ValueError(f"{data}: {len(utts)} utterances; selection needs {size} after the first {skip} "
                          f"(those calibrate with real data)")
@@ -82,3 +91,141 @@ def agreement(model, utts: Sequence[Utterance], references: Sequence, batch_size
     summary["seconds"] = round(seconds, 3)
     summary["transcripts"] = [{"id": u.id, "ref": r, "hyp": h} for u, r, h in zip(utts, references, hyps)]
     return summary
+
+
+def choose(rows):
+    """The chosen candidate of each width: a frame of `rows` (a selection results file's rows, one
+    seed) with one row per (w_bits, a_bits), the candidate with the fewest FP32-agreement word
+    errors; a tie goes to the shorter calibration (the cheaper recipe, when the words cannot tell)."""
+    ranked = rows.sort_values(["w_bits", "a_bits", "word_errors", "calib_seconds"], kind="stable")
+    return ranked.groupby(["w_bits", "a_bits"], sort=True).head(1).reset_index(drop=True)
+
+
+def recipe_label(r) -> str:
+    """A row's settings in words, led by its recipe's name (``quantize.recipe_of``) when it is one."""
+    def num(col):
+        v = pd.to_numeric(getattr(r, col, 0), errors="coerce")
+        return 0 if pd.isna(v) else int(v)
+
+    edge, group = num("edge_bits"), num("weight_group")
+    eq = str(getattr(r, "equalize", False)) == "True"
+    synthetic = str(getattr(r, "calibration", "synthetic")) == "synthetic"
+    extra = [f"first block and decoder at {edge} bits"] if edge and edge != int(r.w_bits) else []
+    if not synthetic:
+        extra.append(f"{r.calibration} calibration")
+    recipe = recipe_of(r)
+    if r.rounding == "adaround":
+        sym = str(r.adaround_symmetric) == "True"
+        cen = str(r.adaround_centered) == "True"
+        search = str(getattr(r, "adaround_scale_search", False)) == "True"
+        relu = str(getattr(r, "adaround_relu_aware", False)) == "True"
+        blocks = num("adaround_block_iterations")
+        how = ", ".join(p for p in ("centered" if cen else "raw",
+                                    "on float inputs" if sym else "on the quantized walk's inputs",
+                                    "scale search" if search else "", "ReLU-aware" if relu else "",
+                                    "equalized" if eq else "",
+                                    f"{int(r.adaround_iterations)} steps/conv",
+                                    f"then {blocks} steps/block" if blocks else "",
+                                    f"a multiplier per {group} weights" if group else "", *extra) if p)
+        return f"{f'`{recipe}`' if recipe else 'learned rounding'} ({how})"
+    bc = str(r.bias_correction) == "True"
+    name = f"`{recipe}`" if recipe else "round-to-nearest" + (" + bias correction" if bc else "")
+    extra = [p for p in ("equalized" if eq else "", f"a multiplier per {group} weights" if group else "", *extra) if p]
+    return f"{name} ({', '.join(extra)})" if extra else name
+
+
+def _test_runs(w: int, a: int, label: str, recipes: pd.DataFrame, grid: pd.DataFrame):
+    """One candidate's test-other runs: the recipe rows with its label, or for the paper's method
+    the grid's synthetic rows (None when neither has any)."""
+    rows = recipes[(recipes.w_bits == w) & (recipes.a_bits == a) & (recipes.recipe_label == label)]
+    if len(rows):
+        return seed_summary(rows, ["w_bits"], rate="wer", errors="word_errors").iloc[0]
+    if label == "`paper`":
+        rows = grid[(grid.w_bits == w) & (grid.a_bits == a) & (grid.calibration == "synthetic")]
+        if len(rows):
+            return seed_summary(rows, ["w_bits"], rate="wer", errors="word_errors").iloc[0]
+    return None
+
+
+def selection_table(selection_rows: pd.DataFrame, recipe_rows: pd.DataFrame, grid_rows: pd.DataFrame,
+                    fp32_wer: float) -> pd.DataFrame:
+    """The selection beside the report: one row per candidate of `selection_rows` (a selection
+    results file), ordered by width and FP32-agreement errors, with ``candidate`` (its label),
+    ``recipe`` (its RECIPES name or ''), ``chosen`` (``choose``), and its test-other result over
+    seeds from `recipe_rows` (results/beyond_adaround.csv's rows on the default synthetic batches)
+    or `grid_rows` (the paper's method): ``test_wer``, ``test_std``, ``test_seeds`` (0: not
+    measured), ``test_errors`` (per seed) and ``test_delta`` (against `fp32_wer`)."""
+    sel = selection_rows.copy()
+    sel["candidate"] = sel.apply(recipe_label, axis=1)
+    sel["recipe"] = sel.apply(recipe_of, axis=1)
+    picked = choose(sel)
+    sel["chosen"] = [(w, c) in set(zip(picked.w_bits, picked.candidate)) for w, c in zip(sel.w_bits, sel.candidate)]
+    rec = recipe_rows[(recipe_rows.synth_iterations == 200) & recipe_rows.size_budget_mb.isna()
+                      & recipe_rows.model_sha256.notna()].copy()
+    rec["recipe_label"] = rec.apply(recipe_label, axis=1)
+    tests = [_test_runs(r.w_bits, r.a_bits, r.candidate, rec, grid_rows) for r in sel.itertuples()]
+    sel["test_wer"] = [t["rate"] if t is not None else np.nan for t in tests]
+    sel["test_std"] = [t["std"] if t is not None else np.nan for t in tests]
+    sel["test_seeds"] = [int(t["seeds"]) if t is not None else 0 for t in tests]
+    sel["test_errors"] = [t["per_seed"] if t is not None else "" for t in tests]
+    sel["test_delta"] = sel.test_wer - fp32_wer
+    cols = ["w_bits", "a_bits", "candidate", "recipe", "wer", "word_errors", "words", "ci95_lo", "ci95_hi",
+            "calib_seconds", "chosen", "test_wer", "test_std", "test_seeds", "test_errors", "test_delta"]
+    return sel.sort_values(["w_bits", "word_errors", "calib_seconds"], kind="stable")[cols].reset_index(drop=True)
+
+
+def rows_for_model(csv_path, model_path) -> pd.DataFrame | None:
+    """The selection file's rows measured on this model file (by its sha256), else None: a
+    selection made for one model does not choose for another."""
+    path = Path(csv_path)
+    if not path.is_file():
+        return None
+    rows = pd.read_csv(path)
+    rows = rows[rows.get("model_sha256", pd.Series(dtype=str)).astype(str) == file_sha256(model_path)]
+    return rows if len(rows) else None
+
+
+def ranking_agreement(table: pd.DataFrame, w_bits: int) -> tuple[int, int]:
+    """Of the pairs of `w_bits` candidates that both have test-other runs, how many the label-free
+    criterion orders as test-other does (pairs tied on either side are left out): (agree, pairs)."""
+    t = table[(table.w_bits == w_bits) & (table.test_seeds > 0)]
+    agree = pairs = 0
+    for i in range(len(t)):
+        for j in range(i + 1, len(t)):
+            a = np.sign(t.word_errors.iloc[i] - t.word_errors.iloc[j])
+            b = np.sign(t.test_wer.iloc[i] - t.test_wer.iloc[j])
+            if a and b:
+                pairs += 1
+                agree += int(a == b)
+    return agree, pairs
+
+
+def selection_prose(table: pd.DataFrame | None) -> dict:
+    """What a chapter says of `selection_table`'s table: per width (``w4``, ``w6``, ``w8``) the
+    chosen candidate, its label-free and its test-other numbers, and whether it is the default."""
+    from .quantize import default_recipe
+
+    if table is None:
+        return {k: "No label-free selection was measured on this model (`tools/select_recipes.sh`)."
+                for k in ("w4", "w6", "w8")}
+    out = {}
+    for w in (4, 6, 8):
+        t = table[table.w_bits == w]
+        if not len(t):
+            out[f"w{w}"] = f"No {w}-bit candidates were measured."
+            continue
+        c = t[t.chosen].iloc[0]
+        rest = t[~t.chosen]
+        runner = (f"; the next, {rest.candidate.iloc[0]}, {rest.word_errors.iloc[0]}" if len(rest) else "")
+        test = (f"on test-other, whose transcripts it never read, it makes **{c.test_wer:.2f} %** WER over "
+                f"{c.test_seeds} seeds (**{c.test_delta:+.2f}** over FP32; word errors per seed {c.test_errors})"
+                if c.test_seeds else "it has no test-other runs")
+        default = default_recipe(w)
+        said = ("the default of `intasr quantize --weight-bits {w}`".format(w=w) if c.recipe == default else
+                f"**not** the default of `intasr quantize --weight-bits {w}` (`{default}`)")
+        agree, pairs = ranking_agreement(table, w)
+        order = (f" Of the {pairs} pair{'s' if pairs > 1 else ''} of {w}-bit candidates with test-other runs, the label-free "
+                 f"criterion orders {agree} as test-other does (which is not what chose)." if pairs else "")
+        out[f"w{w}"] = (f"**W{w}A8**: {c.candidate}, {c.word_errors} of {c.words} words off the float transcripts"
+                        f"{runner}; {test}. It is {said}.{order}")
+    return out

@@ -1,0 +1,95 @@
+"""intasr.selection: choosing recipes label-free, against the float model's own transcripts."""
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from intasr import selection
+from intasr.data import read_librispeech
+from intasr.recipe_runs import DEFAULTS, KEY, RecipeRuns, settings_of
+from intasr.results_file import ResultsFile
+
+
+def _untranscribed_folder(root, n: int):
+    """A LibriSpeech-shaped folder of `n` short noise files and no transcripts."""
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        d = root / str(10 + i % 3) / "7"
+        d.mkdir(parents=True, exist_ok=True)
+        sf.write(d / f"{10 + i % 3}-7-{i:04d}.flac", (0.1 * rng.standard_normal(1600)).astype(np.float32), 16000)
+    return root
+
+
+def test_the_selection_set_is_seeded_and_skips_the_real_calibration_head(tmp_path):
+    root = _untranscribed_folder(tmp_path / "train", 30)
+    listing = [u.id for u in read_librispeech(root, require_text=False)]
+    a = selection.selection_set(root, size=10, skip=12)
+    b = selection.selection_set(root, size=10, skip=12)
+    ids = [u.id for u in a]
+    assert ids == [u.id for u in b] and len(set(ids)) == 10
+    assert not set(ids) & set(listing[:12])                      # nothing that real calibration reads
+    assert ids == [i for i in listing if i in ids]               # in the listing's order
+    assert ids != [u.id for u in selection.selection_set(root, size=10, skip=12, seed=1)]
+
+
+def test_too_few_utterances_name_the_folder(tmp_path):
+    root = _untranscribed_folder(tmp_path / "few", 5)
+    with pytest.raises(ValueError, match=r"few: 5 utterances; selection needs 4 after the first 3"):
+        selection.selection_set(root, size=4, skip=3)
+
+
+def test_the_float_model_agrees_with_itself_and_not_with_other_references(small_quartznet, test_other_dir, tmp_path):
+    utts = read_librispeech(test_other_dir)[:3]
+    model_file = tmp_path / "model.bin"
+    model_file.write_bytes(b"stands for the checkpoint: its hash keys the cache")
+    refs = selection.fp32_transcripts(small_quartznet, model_file, utts, cache_dir=tmp_path / "cache", batch_size=2)
+    words = sum(len(r.split()) for r in refs)
+    assert words > 0
+    same = selection.agreement(small_quartznet, utts, refs)
+    assert (same["word_errors"], same["words"], same["wer"]) == (0, words, 0.0)
+    other = selection.agreement(small_quartznet, utts, [r + " extra" for r in refs])
+    assert other["word_errors"] == len(utts) and other["words"] == words + len(utts)
+    with pytest.raises(ValueError, match="2 reference transcripts for 3 utterances"):
+        selection.agreement(small_quartznet, utts, refs[:2])
+
+
+def test_float_transcripts_are_cached_by_model_file_and_utterances(small_quartznet, test_other_dir, tmp_path, monkeypatch):
+    utts = read_librispeech(test_other_dir)[:2]
+    model_file = tmp_path / "model.bin"
+    model_file.write_bytes(b"one")
+    first = selection.fp32_transcripts(small_quartznet, model_file, utts, cache_dir=tmp_path)
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("transcribed again although cached")
+
+    monkeypatch.setattr(selection, "transcribe", no_decoding)
+    assert selection.fp32_transcripts(small_quartznet, model_file, utts, cache_dir=tmp_path) == first
+    with pytest.raises(AssertionError, match="transcribed again"):   # another utterance list: another entry
+        selection.fp32_transcripts(small_quartznet, model_file, utts[:1], cache_dir=tmp_path)
+
+
+def test_rows_name_their_criterion_and_older_rows_read_as_test_rows(tmp_path):
+    run = RecipeRuns(model="m.nemo", data="d", out=str(tmp_path / "r.csv"), criterion=selection.CRITERION)
+    key = settings_of(run, "m", 0, 4, 8, None)
+    assert key["criterion"] == selection.CRITERION
+    older = pd.DataFrame([{k: v for k, v in settings_of(RecipeRuns(model="m", data="d", out="o"), "m", 0, 4, 8, None).items()
+                           if k != "criterion"}])
+    test_key = settings_of(RecipeRuns(model="m", data="d", out="o"), "m", 0, 4, 8, None)
+    assert ResultsFile.has_settings(older, {k: test_key[k] for k in KEY}, DEFAULTS)
+    assert not ResultsFile.has_settings(older, {k: key[k] for k in KEY}, DEFAULTS)
+
+
+def test_an_unknown_criterion_is_refused(tmp_path, monkeypatch):
+    from intasr import recipe_runs
+
+    monkeypatch.setattr(recipe_runs, "load_model", lambda path: object())
+    with pytest.raises(ValueError, match="criterion 'labels'"):
+        recipe_runs.run_recipes(RecipeRuns(model="m.nemo", data="d", out=str(tmp_path / "r.csv"), criterion="labels"))
+
+
+def test_by_default_the_whole_pool_past_the_head_selects(tmp_path):
+    root = _untranscribed_folder(tmp_path / "train", 9)
+    listing = [u.id for u in read_librispeech(root, require_text=False)]
+    assert [u.id for u in selection.selection_set(root, skip=4)] == listing[4:]
+    with pytest.raises(ValueError, match=r"9 utterances; selection needs some after the first 9"):
+        selection.selection_set(root, skip=9)
