@@ -532,13 +532,13 @@ def selection(path: Path) -> list[str]:
     grid = _frame(ROOT / "results" / "grid.csv")
     fp32 = float(grid[grid.w_bits == 32].iloc[0].error_rate)
     t = selection_table(sel, pd.read_csv(ROOT / "results" / "beyond_adaround.csv"), grid, fp32)
-    out = ["| W/A | candidate | FP32-agreement WER %, seed 0 (errors / FP32 words) [95% CI] | calibration s | chosen "
-           "| test-other WER % (errors per seed) | Δ vs FP32 |", "|---|---|---|---|---|---|---|"]
+    out = ["| W/A | candidate | FP32-agreement WER % (errors per seed) [95% CI] | seeds | calibration s | chosen "
+           "| test-other WER % (errors per seed) | Δ vs FP32 |", "|---|---|---|---|---|---|---|---|"]
     for r in t.itertuples():
         test = f"{rate_text(r.test_wer, r.test_std, r.test_seeds)} ({r.test_errors})" if r.test_seeds else "not measured"
         delta = f"{r.test_delta:+.2f}" if r.test_seeds else ""
-        out.append(f"| {r.w_bits}/{r.a_bits} | {r.candidate} | {r.wer:.2f} ({r.word_errors} / {r.words}) "
-                   f"[{r.ci95_lo:.2f}, {r.ci95_hi:.2f}] | {r.calib_seconds:.0f} | {'**yes**' if r.chosen else ''} | "
+        out.append(f"| {r.w_bits}/{r.a_bits} | {r.candidate} | {r.rate:.2f} ({r.per_seed}) [{r.ci95_lo:.2f}, "
+                   f"{r.ci95_hi:.2f}] | {r.seeds} | {r.calib_seconds:.0f} | {'**yes**' if r.chosen else ''} | "
                    f"{test} | {delta} |")
     notes = []
     for r in t[t.chosen].itertuples():
@@ -546,7 +546,9 @@ def selection(path: Path) -> list[str]:
         notes.append(f"W{r.w_bits}: {r.candidate}" + ("" if r.recipe == default else f" (**not** the default `{default}`)"))
     out += ["", f"Chosen, label-free: {'; '.join(notes)}. Criterion: fewest word errors against the float model's "
             f"own transcripts ({int(sel.words.iloc[0])} words) of {int(sel.utterances.iloc[0])} untranscribed "
-            f"train-clean-100 utterances (`intasr.selection`; a tie goes to the shorter calibration); the test-other "
+            f"train-clean-100 utterances, mean over the seeds of the finalists (the best two of each width on seed 0, "
+            f"then seeds 1 and 2: `tools/select_recipes.sh`; `intasr.selection`; a tie goes to the shorter "
+            f"calibration); the test-other "
             f"columns (FP32 {fp32:.2f}%, seeds 0-2) are what each candidate gives on transcripts the choice never "
             f"read. " + provenance_line(load_frame(sel), path)]
     return out

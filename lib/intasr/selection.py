@@ -93,12 +93,26 @@ def agreement(model, utts: Sequence[Utterance], references: Sequence, batch_size
     return summary
 
 
-def choose(rows):
-    """The chosen candidate of each width: a frame of `rows` (a selection results file's rows, one
-    seed) with one row per (w_bits, a_bits), the candidate with the fewest FP32-agreement word
-    errors; a tie goes to the shorter calibration (the cheaper recipe, when the words cannot tell)."""
-    ranked = rows.sort_values(["w_bits", "a_bits", "word_errors", "calib_seconds"], kind="stable")
-    return ranked.groupby(["w_bits", "a_bits"], sort=True).head(1).reset_index(drop=True)
+def candidates(rows: pd.DataFrame) -> pd.DataFrame:
+    """A selection file's rows summed up per candidate (``recipe_label``) over its seeds: ``seeds``,
+    ``errors`` (mean word errors against the float transcripts), ``per_seed`` ('a/b/c', seed order),
+    ``rate`` (mean FP32-agreement WER), the mean CI bounds, ``words`` and the median ``calib_seconds``."""
+    rows = rows.copy()
+    rows["candidate"] = rows.apply(recipe_label, axis=1)
+    rows["recipe"] = rows.apply(recipe_of, axis=1)
+    rows = rows.sort_values("seed", kind="stable")
+    return seed_summary(rows, ["w_bits", "a_bits", "candidate"], rate="wer", errors="word_errors",
+                        more={"recipe": "first", "words": "first", "calib_seconds": "median"})
+
+
+def choose(rows: pd.DataFrame) -> pd.DataFrame:
+    """Each width's choice among a selection file's rows (``candidates``): of the candidates run on
+    the most seeds (the finalists), the fewest mean word errors against the float transcripts; a
+    tie goes to the shorter calibration (the cheaper recipe, when the words cannot tell)."""
+    c = candidates(rows) if "candidate" not in rows else rows
+    c = c.assign(_most=c.groupby(["w_bits", "a_bits"]).seeds.transform("max") == c.seeds)
+    ranked = c[c._most].sort_values(["w_bits", "a_bits", "errors", "calib_seconds"], kind="stable")
+    return ranked.groupby(["w_bits", "a_bits"], sort=True).head(1).drop(columns="_most").reset_index(drop=True)
 
 
 def recipe_label(r) -> str:
@@ -150,28 +164,28 @@ def _test_runs(w: int, a: int, label: str, recipes: pd.DataFrame, grid: pd.DataF
 def selection_table(selection_rows: pd.DataFrame, recipe_rows: pd.DataFrame, grid_rows: pd.DataFrame,
                     fp32_wer: float) -> pd.DataFrame:
     """The selection beside the report: one row per candidate of `selection_rows` (a selection
-    results file), ordered by width and FP32-agreement errors, with ``candidate`` (its label),
-    ``recipe`` (its RECIPES name or ''), ``chosen`` (``choose``), and its test-other result over
-    seeds from `recipe_rows` (results/beyond_adaround.csv's rows on the default synthetic batches)
-    or `grid_rows` (the paper's method): ``test_wer``, ``test_std``, ``test_seeds`` (0: not
-    measured), ``test_errors`` (per seed) and ``test_delta`` (against `fp32_wer`)."""
-    sel = selection_rows.copy()
-    sel["candidate"] = sel.apply(recipe_label, axis=1)
-    sel["recipe"] = sel.apply(recipe_of, axis=1)
+    results file; ``candidates``), ordered by width, seeds (finalists first) and mean agreement
+    errors, with ``chosen`` (``choose``) and the candidate's test-other result over seeds from
+    `recipe_rows` (results/beyond_adaround.csv's rows on the default synthetic batches) or
+    `grid_rows` (the paper's method): ``test_wer``, ``test_std``, ``test_seeds`` (0: not measured),
+    ``test_errors`` (per seed) and ``test_delta`` (against `fp32_wer`)."""
+    sel = candidates(selection_rows)
     picked = choose(sel)
     sel["chosen"] = [(w, c) in set(zip(picked.w_bits, picked.candidate)) for w, c in zip(sel.w_bits, sel.candidate)]
     rec = recipe_rows[(recipe_rows.synth_iterations == 200) & recipe_rows.size_budget_mb.isna()
                       & recipe_rows.model_sha256.notna()].copy()
-    rec["recipe_label"] = rec.apply(recipe_label, axis=1)
+    rec["recipe_label"] = rec.apply(recipe_label, axis=1) if len(rec) else []
     tests = [_test_runs(r.w_bits, r.a_bits, r.candidate, rec, grid_rows) for r in sel.itertuples()]
     sel["test_wer"] = [t["rate"] if t is not None else np.nan for t in tests]
     sel["test_std"] = [t["std"] if t is not None else np.nan for t in tests]
     sel["test_seeds"] = [int(t["seeds"]) if t is not None else 0 for t in tests]
     sel["test_errors"] = [t["per_seed"] if t is not None else "" for t in tests]
     sel["test_delta"] = sel.test_wer - fp32_wer
-    cols = ["w_bits", "a_bits", "candidate", "recipe", "wer", "word_errors", "words", "ci95_lo", "ci95_hi",
-            "calib_seconds", "chosen", "test_wer", "test_std", "test_seeds", "test_errors", "test_delta"]
-    return sel.sort_values(["w_bits", "word_errors", "calib_seconds"], kind="stable")[cols].reset_index(drop=True)
+    cols = ["w_bits", "a_bits", "candidate", "recipe", "seeds", "rate", "errors", "per_seed", "words", "ci95_lo",
+            "ci95_hi", "calib_seconds", "chosen", "test_wer", "test_std", "test_seeds", "test_errors", "test_delta"]
+    sel = sel.sort_values(["w_bits", "seeds", "errors", "calib_seconds"], ascending=[True, False, True, True],
+                          kind="stable")
+    return sel[cols].reset_index(drop=True)
 
 
 def rows_for_model(csv_path, model_path) -> pd.DataFrame | None:
@@ -187,12 +201,13 @@ def rows_for_model(csv_path, model_path) -> pd.DataFrame | None:
 
 def ranking_agreement(table: pd.DataFrame, w_bits: int) -> tuple[int, int]:
     """Of the pairs of `w_bits` candidates that both have test-other runs, how many the label-free
-    criterion orders as test-other does (pairs tied on either side are left out): (agree, pairs)."""
+    criterion (mean errors over the candidate's seeds) orders as test-other does (pairs tied on
+    either side are left out): (agree, pairs)."""
     t = table[(table.w_bits == w_bits) & (table.test_seeds > 0)]
     agree = pairs = 0
     for i in range(len(t)):
         for j in range(i + 1, len(t)):
-            a = np.sign(t.word_errors.iloc[i] - t.word_errors.iloc[j])
+            a = np.sign(t.errors.iloc[i] - t.errors.iloc[j])
             b = np.sign(t.test_wer.iloc[i] - t.test_wer.iloc[j])
             if a and b:
                 pairs += 1
@@ -216,7 +231,8 @@ def selection_prose(table: pd.DataFrame | None) -> dict:
             continue
         c = t[t.chosen].iloc[0]
         rest = t[~t.chosen]
-        runner = (f"; the next, {rest.candidate.iloc[0]}, {rest.word_errors.iloc[0]}" if len(rest) else "")
+        runner = (f"; the next, {rest.candidate.iloc[0]}, {rest.errors.iloc[0]:.1f} ({rest.per_seed.iloc[0]})"
+                  if len(rest) else "")
         test = (f"on test-other, whose transcripts it never read, it makes **{c.test_wer:.2f} %** WER over "
                 f"{c.test_seeds} seeds (**{c.test_delta:+.2f}** over FP32; word errors per seed {c.test_errors})"
                 if c.test_seeds else "it has no test-other runs")
@@ -225,7 +241,8 @@ def selection_prose(table: pd.DataFrame | None) -> dict:
                 f"**not** the default of `intasr quantize --weight-bits {w}` (`{default}`)")
         agree, pairs = ranking_agreement(table, w)
         order = (f" Of the {pairs} pair{'s' if pairs > 1 else ''} of {w}-bit candidates with test-other runs, the label-free "
-                 f"criterion orders {agree} as test-other does (which is not what chose)." if pairs else "")
-        out[f"w{w}"] = (f"**W{w}A8**: {c.candidate}, {c.word_errors} of {c.words} words off the float transcripts"
+                 f"criterion orders {agree} as test-other does." if pairs else "")
+        out[f"w{w}"] = (f"**W{w}A8**: {c.candidate}, {c.errors:.1f} of {int(c.words)} words off the float "
+                        f"transcripts over {c.seeds} seed{'s' if c.seeds > 1 else ''} ({c.per_seed})"
                         f"{runner}; {test}. It is {said}.{order}")
     return out
