@@ -22,6 +22,10 @@ benchmarks/results/conformer_<model>_<kernel family>_t<N>.json; then a tidy CSV
 (benchmarks/conformer_latency_<kernel family>.csv,
 one row per model x threads x runtime) and its plot (.png beside it).
 
+``--isolate``: the interleaved run with each runtime in a worker process of its own (``intasr bench
+--isolate``): rounds interleaved as above, no runtime's thread pool beside another's; a tidy CSV
+benchmarks/conformer_isolated_<kernel family>.csv (``protocol`` "isolated").
+
 ``--alone``: each runtime in a process of its own, one after the other (``intasr bench --runtimes
 R``), so that no other runtime's thread pool shares the process; a tidy CSV
 benchmarks/conformer_alone_<kernel family>.csv (the same columns, ``protocol`` "alone"). The
@@ -68,7 +72,8 @@ def nemo_small_files(folder: Path) -> tuple[Path, Path]:
     return model_path, q_path
 
 
-def run(models, threads, repeats: int, out_dir: Path, hama=None, hama_quantized=None, alone=False) -> pd.DataFrame:
+def run(models, threads, repeats: int, out_dir: Path, hama=None, hama_quantized=None, alone=False,
+        isolate=False) -> pd.DataFrame:
     from intasr.cpu import kernel_family
 
     rows = []
@@ -89,16 +94,17 @@ def run(models, threads, repeats: int, out_dir: Path, hama=None, hama_quantized=
                                                out_dir / f"conformer_{name}_{kernel_family()}_t{th}_alone.json"),
                              protocol="alone")
                 continue
-            out = out_dir / f"conformer_{name}_{kernel_family()}_t{th}.json"
+            out = out_dir / f"conformer_{name}_{kernel_family()}_t{th}{'_isolated' if isolate else ''}.json"
             args = ["bench", "--model", str(model_path), "--quantized", str(q_path), "--seconds", "10",
                     "--threads", str(th), "--repeats", str(repeats), "--json", str(out), "--quiet"]
+            args += ["--isolate"] if isolate else []
             print(f"== {name}, {th} thread(s): intasr {' '.join(paths.display_path(a) for a in args)}", flush=True)
             if cli_main(args) != 0:
                 raise SystemExit(f"intasr bench failed for {name}")
             res = json.loads(out.read_text())
             res["command"] = "intasr " + " ".join(paths.display_path(a) for a in args)
             out.write_text(json.dumps(res, indent=2))
-            rows += tidy(name, res)
+            rows += tidy(name, res, protocol="isolated" if isolate else "interleaved")
     return pd.DataFrame(rows)
 
 
@@ -207,12 +213,15 @@ def main(argv=None) -> int:
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"), help="folder of the bench JSONs")
     p.add_argument("--alone", action="store_true",
                    help="each runtime in a process of its own (module doc); CSV conformer_alone_<kernels>.csv")
+    p.add_argument("--isolate", action="store_true",
+                   help="one interleaved `intasr bench --isolate` run per model and thread count (module doc); "
+                        "CSV conformer_isolated_<kernels>.csv")
     args = p.parse_args(argv)
     from intasr.cpu import kernel_family
 
     df = run(args.models, args.threads, args.repeats, Path(args.results), args.hama, args.hama_quantized,
-             alone=args.alone)
-    stem = "conformer_alone" if args.alone else "conformer_latency"
+             alone=args.alone, isolate=args.isolate)
+    stem = "conformer_alone" if args.alone else "conformer_isolated" if args.isolate else "conformer_latency"
     out = Path(args.out or ROOT / "benchmarks" / f"{stem}_{kernel_family()}.csv")
     out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out, index=False)

@@ -401,6 +401,27 @@ def test_bench_json(float5, q5, tmp_path):
     assert prov["code_commit"] and prov["cpu"] and prov["threads"] >= 1
 
 
+def test_isolated_bench_runs_each_runtime_in_its_own_process(float5, q5, tmp_path):
+    """--isolate: the workers build the runtimes from the files, make the same input (the parent's
+    bit-exactness check reads the worker's output), answer every timed run, and are gone after."""
+    import multiprocessing as mp
+
+    from intasr.deploy import bench
+    from intasr.models import save_model
+
+    mpath, qpath = save_model(float5, tmp_path / "m.nemo"), save_quantized(q5, tmp_path / "m.aqz")
+    res = bench.bench(float5, q5, seconds=0.3, repeats=3, warmup=1, threads=1,
+                      runtimes=("onnxruntime-fp32", "c-int8"), isolate=(mpath, qpath))
+    assert res["protocol"] == "isolated" and set(res["runtimes"]) == {"onnxruntime-fp32", "c-int8"}
+    assert res["runtimes"]["c-int8"]["bit_exact"] and res["runtimes"]["c-int8"]["kernels"]
+    assert res["runtimes"]["onnxruntime-fp32"]["max_abs_diff_vs_torch"] < 1e-3
+    assert all(r["runs"] == 3 and r["min_ms"] > 0 for r in res["runtimes"].values())
+    assert not mp.active_children()
+    with pytest.raises(RuntimeError, match="torch-fp32: .*no such"):   # a float runtime that cannot start is an error
+        bench.bench(float5, q5, seconds=0.3, repeats=1, warmup=1, runtimes=("torch-fp32",),
+                    isolate=(tmp_path / "missing.nemo", qpath))
+
+
 def test_tensorrt_and_cuda_guards(q5, float5, tmp_path):
     from intasr.deploy import tensorrt as trtmod
 

@@ -100,6 +100,7 @@ def _bench_record(args, res: dict, runtimes, peer: dict) -> None:
     res["provenance"] = provenance(args.model, settings={
         "quantized_sha256": file_sha256(args.quantized), "seconds": args.seconds, "batch": args.batch,
         "bench_threads": args.threads, "repeats": args.repeats, "warmup": args.warmup, "runtimes": " ".join(runtimes),
+        "protocol": res.get("protocol"),
         "calibration_data": res["calibration_data"], "calibration_limit": peer["limit"]})
 
 
@@ -118,7 +119,8 @@ def cmd_bench(args) -> int:
     if audio is None and librispeech("test-other").is_dir():
         audio = str(librispeech("test-other"))
     res = bench(model, qmodel, args.seconds, args.batch, args.threads, args.repeats, args.warmup,
-                runtimes=runtimes, progress=not args.quiet, peer=peer, audio=None if audio == "random" else audio)
+                runtimes=runtimes, progress=not args.quiet, peer=peer, audio=None if audio == "random" else audio,
+                isolate=(args.model, args.quantized) if args.isolate else None)
     _bench_record(args, res, runtimes, peer)
     print(format_report(res))
     write_json(args.json, res)
@@ -146,6 +148,9 @@ def add_bench(sub) -> None:
     p.add_argument("--audio", default=None,
                    help="speech for the input: a LibriSpeech folder or manifest, its utterances joined and cut to "
                         "--seconds (default: the shared test-other when present; 'random': random log-mel values)")
+    p.add_argument("--isolate", action="store_true",
+                   help="each runtime in a process of its own, rounds still interleaved (no thread pool of one "
+                        "runtime spins beside another's; what a deployment of one runtime sees)")
     p.add_argument("--no-memory", dest="memory", action="store_false",
                    help="skip each runtime's peak memory (a process per runtime, seconds each)")
     p.add_argument("--json", default=None, help="write the full result here")

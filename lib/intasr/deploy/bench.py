@@ -31,6 +31,12 @@ Runtimes (``RUNTIMES``):
         and ``c_vs_peer`` are the C runtime's speedups.
 The Conformer (``CONFORMER_RUNTIMES``): torch-fp32, onnxruntime-fp32 (the torch.onnx.export of the
 float model), onnxruntime-dynamic-int8, and the integer-only runtimes.
+Isolated (``isolate``: the float and quantized model files; ``intasr bench --isolate``): each
+runtime lives in a worker process of its own, which loads the models, builds the runtime, makes the
+same input and times its own calls; the rounds stay interleaved (the parent asks one worker at a
+time for one timed run, after a pause that lets the previous worker's thread pool go idle). In one
+process, the OpenMP pools of torch and of the C runtime and onnxruntime's pool stay alive between
+their turns and may spin on the cores the next runtime needs; a deployment runs one runtime.
 Latency covers the encoder + decoder (log-mel in, logits out), not the mel front end.
 Memory (``intasr bench``, unless --no-memory): what each runtime adds to the resident set at its
 peak, in a process of its own that loads the models, resets its peak, builds that runtime and runs it
@@ -262,11 +268,72 @@ def bench_input(model, seconds: float, batch: int, seed: int = 0, audio=None):
     return mel, f"speech: {' + '.join(names)} ({seconds:g} s)"
 
 
+ISOLATE_PAUSE_S = 0.05   # between two workers' turns: longer than the OpenMP / onnxruntime spin-wait
+
+
+def _isolated_worker(conn, model_path, quantized_path, name, threads, seconds, batch, seed, audio, peer) -> None:
+    """One runtime in a process of its own (``bench(isolate=...)``): sends ("ready", kind, info,
+    output on the input) or ("error", reason), then answers each "run" with one call's milliseconds."""
+    try:
+        import torch
+
+        from ..integer_model import load_quantized
+        from ..models.checkpoint import load_model
+
+        torch.set_num_threads(threads)
+        model, qmodel = load_model(model_path), load_quantized(quantized_path)
+        mel, _ = bench_input(model, seconds, batch, seed, audio)
+        kind, fn, *info = _runner(model, qmodel, name, threads, peer)
+        x = qmodel.quantize_input(mel) if kind == "int8" else mel
+        conn.send(("ready", kind, info[0] if info else {}, _as_np(fn(x))))
+    except (ValueError, OSError, RuntimeError, NotImplementedError, ImportError) as e:
+        conn.send(("error", f"{type(e).__name__}: {e}"))
+        return
+    while conn.recv() == "run":
+        t0 = time.perf_counter()
+        fn(x)
+        conn.send((time.perf_counter() - t0) * 1e3)
+
+
+class _Isolated:
+    """The workers of ``bench(isolate=...)``: name -> (kind, info, output) once ready, ``time(name)``."""
+
+    def __init__(self, files, names, threads, seconds, batch, seed, audio, peer, skipped: dict):
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        self.conns, self.procs, self.ready = {}, {}, {}
+        for n in names:   # built one after the other: each build has the machine to itself
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_isolated_worker, daemon=True,
+                               args=(child, str(files[0]), str(files[1]), n, threads, seconds, batch, seed, audio, peer))
+            proc.start()
+            msg = parent.recv() if parent.poll(3600) else ("error", "no answer in an hour")
+            if msg[0] != "ready":
+                proc.join(5)
+                if n not in INT8_RUNTIMES + PEERS:
+                    raise RuntimeError(f"{n}: {msg[1]}")
+                skipped[n] = msg[1]
+                continue
+            self.conns[n], self.procs[n], self.ready[n] = parent, proc, msg[1:]
+
+    def time(self, name: str) -> float:
+        time.sleep(ISOLATE_PAUSE_S)
+        self.conns[name].send("run")
+        return self.conns[name].recv()
+
+    def close(self) -> None:
+        for n, c in self.conns.items():
+            c.send("stop")
+            self.procs[n].join(10)
+
+
 def bench(model, qmodel, seconds: float = 10.0, batch: int = 1, threads: int = 1, repeats: int = 20,
           warmup: int = 3, runtimes=FP32_RUNTIMES + DEFAULT_INT8, seed: int = 0, progress: bool = False,
-          peer: dict | None = None, audio=None) -> dict:
+          peer: dict | None = None, audio=None, isolate=None) -> dict:
     """Time FP32 and INT8 runtimes of one model side by side (module doc). Returns a JSON-able dict.
-    audio: a folder / manifest whose speech is the input (``bench_input``), else random values."""
+    audio: a folder / manifest whose speech is the input (``bench_input``), else random values.
+    isolate: (float model file, quantized model file): each runtime in a process of its own (module doc)."""
     import torch
 
     if repeats < 1 or batch < 1 or threads < 1:
@@ -277,7 +344,12 @@ def bench(model, qmodel, seconds: float = 10.0, batch: int = 1, threads: int = 1
     T = int(mel.shape[-1])
     q = qmodel.quantize_input(mel)
     skipped: dict = {}
-    runners = _runners(model, qmodel, list(runtimes), threads, skipped, peer)
+    pool = None
+    if isolate:
+        pool = _Isolated(isolate, list(runtimes), threads, seconds, batch, seed, audio, peer, skipped)
+        runners = {n: (kind, None, info) for n, (kind, info, _) in pool.ready.items()}
+    else:
+        runners = _runners(model, qmodel, list(runtimes), threads, skipped, peer)
     for n, why in skipped.items():
         if progress:
             print(f"{n}: skipped ({why})", flush=True)
@@ -292,7 +364,7 @@ def bench(model, qmodel, seconds: float = 10.0, batch: int = 1, threads: int = 1
         ref_fp = model.forward_features(mel, lengths)[0].numpy()
     checks = {}
     for name, (kind, fn, _) in runners.items():
-        y = _as_np(fn(inputs[kind]))
+        y = pool.ready[name][2] if pool else _as_np(fn(inputs[kind]))
         if kind == "int8":
             same_shape = y.shape == ref_int.shape
             checks[name] = {"bit_exact": bool(same_shape and np.array_equal(y.astype(np.int64), ref_int)),
@@ -304,20 +376,27 @@ def bench(model, qmodel, seconds: float = 10.0, batch: int = 1, threads: int = 1
             if kind == "int8-peer":
                 checks[name]["argmax_agreement_vs_fp32"] = float((y.argmax(1) == ref_fp.argmax(1)).mean())
         for _ in range(max(0, warmup - 1)):
-            fn(inputs[kind])
+            pool.time(name) if pool else fn(inputs[kind])
+
+    def timed(n: str) -> float:
+        if pool:
+            return pool.time(n)
+        kind, fn, _ = runners[n]
+        t0 = time.perf_counter()
+        fn(inputs[kind])
+        return (time.perf_counter() - t0) * 1e3
 
     names = list(runners)
     times = {n: [] for n in names}
     for r in range(repeats):
         order = names[r % len(names):] + names[: r % len(names)]
         for n in order:
-            kind, fn, _ = runners[n]
-            t0 = time.perf_counter()
-            fn(inputs[kind])
-            times[n].append((time.perf_counter() - t0) * 1e3)
+            times[n].append(timed(n))
         if progress:
             print(f"round {r + 1}/{repeats}: " + ", ".join(f"{n} {times[n][-1]:.0f}" for n in names), flush=True)
 
+    if pool:
+        pool.close()
     results = {}
     for n in names:
         kind = runners[n][0]
@@ -331,7 +410,7 @@ def bench(model, qmodel, seconds: float = 10.0, batch: int = 1, threads: int = 1
     out = {
         "model": getattr(model, "name", None) or model.__class__.__name__,
         "seconds": seconds, "frames": T, "input": input_desc, "batch": batch, "threads": threads, "repeats": repeats,
-        "warmup": warmup,
+        "warmup": warmup, "protocol": "isolated" if isolate else "one process",
         "fp32_runtime": fp_best, "fp32_ms": fp[fp_best]["median_ms"] if fp_best else None,
         "int8_runtime": i8_best, "int8_ms": i8[i8_best]["median_ms"] if i8_best else None,
         "int8_integer_only_runtime": i8_int_best,
