@@ -93,3 +93,31 @@ def test_by_default_the_whole_pool_past_the_head_selects(tmp_path):
     assert [u.id for u in selection.selection_set(root, skip=4)] == listing[4:]
     with pytest.raises(ValueError, match=r"9 utterances; selection needs some after the first 9"):
         selection.selection_set(root, skip=9)
+
+
+def test_each_default_recipe_is_the_label_free_choice():
+    """The committed selection (tools/select_recipes.sh) chose each width's default: intasr quantize's
+    defaults are what `choose` reads off results/recipe_selection.csv, and every row of that file was
+    scored against float transcripts, not test transcripts."""
+    from pathlib import Path
+
+    from intasr.quantize import default_recipe
+
+    rows = pd.read_csv(Path(__file__).resolve().parents[1] / "results" / "recipe_selection.csv")
+    assert set(rows.criterion) == {selection.CRITERION}
+    picked = selection.choose(rows)
+    assert sorted(picked.w_bits) == [4, 6, 8]
+    for r in picked.itertuples():
+        assert r.recipe == default_recipe(int(r.w_bits)), f"W{r.w_bits}: chose {r.candidate}"
+
+
+def test_the_selection_set_shares_nothing_with_the_test_set(train_clean_dir, test_other_dir):
+    from pathlib import Path
+
+    from intasr.provenance import eval_set_fingerprint
+
+    chosen = selection.selection_set(train_clean_dir)
+    test = read_librispeech(test_other_dir)
+    assert not {u.id for u in chosen} & {u.id for u in test}
+    rows = pd.read_csv(Path(__file__).resolve().parents[1] / "results" / "recipe_selection.csv")
+    assert set(rows.eval_sha256) == {eval_set_fingerprint(chosen)["sha256"]}   # the rows read this set

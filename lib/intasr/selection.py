@@ -154,27 +154,30 @@ def _test_runs(w: int, a: int, label: str, recipes: pd.DataFrame, grid: pd.DataF
     rows = recipes[(recipes.w_bits == w) & (recipes.a_bits == a) & (recipes.recipe_label == label)]
     if len(rows):
         return seed_summary(rows, ["w_bits"], rate="wer", errors="word_errors").iloc[0]
-    if label == "`paper`":
+    if label == "`paper`" and len(grid):
         rows = grid[(grid.w_bits == w) & (grid.a_bits == a) & (grid.calibration == "synthetic")]
         if len(rows):
             return seed_summary(rows, ["w_bits"], rate="wer", errors="word_errors").iloc[0]
     return None
 
 
-def selection_table(selection_rows: pd.DataFrame, recipe_rows: pd.DataFrame, grid_rows: pd.DataFrame,
+def selection_table(selection_rows: pd.DataFrame, recipe_rows: pd.DataFrame | None, grid_rows: pd.DataFrame,
                     fp32_wer: float) -> pd.DataFrame:
     """The selection beside the report: one row per candidate of `selection_rows` (a selection
     results file; ``candidates``), ordered by width, seeds (finalists first) and mean agreement
     errors, with ``chosen`` (``choose``) and the candidate's test-other result over seeds from
-    `recipe_rows` (results/beyond_adaround.csv's rows on the default synthetic batches) or
+    `recipe_rows` (results/beyond_adaround.csv's rows on the default synthetic batches; None: none) or
     `grid_rows` (the paper's method): ``test_wer``, ``test_std``, ``test_seeds`` (0: not measured),
     ``test_errors`` (per seed) and ``test_delta`` (against `fp32_wer`)."""
     sel = candidates(selection_rows)
     picked = choose(sel)
     sel["chosen"] = [(w, c) in set(zip(picked.w_bits, picked.candidate)) for w, c in zip(sel.w_bits, sel.candidate)]
-    rec = recipe_rows[(recipe_rows.synth_iterations == 200) & recipe_rows.size_budget_mb.isna()
-                      & recipe_rows.model_sha256.notna()].copy()
-    rec["recipe_label"] = rec.apply(recipe_label, axis=1) if len(rec) else []
+    if recipe_rows is None or not len(recipe_rows):
+        rec = pd.DataFrame(columns=["w_bits", "a_bits", "recipe_label"])
+    else:
+        rec = recipe_rows[(recipe_rows.synth_iterations == 200) & recipe_rows.size_budget_mb.isna()
+                          & recipe_rows.model_sha256.notna()].copy()
+        rec["recipe_label"] = rec.apply(recipe_label, axis=1) if len(rec) else []
     tests = [_test_runs(r.w_bits, r.a_bits, r.candidate, rec, grid_rows) for r in sel.itertuples()]
     sel["test_wer"] = [t["rate"] if t is not None else np.nan for t in tests]
     sel["test_std"] = [t["std"] if t is not None else np.nan for t in tests]
@@ -246,3 +249,20 @@ def selection_prose(table: pd.DataFrame | None) -> dict:
                         f"transcripts over {c.seeds} seed{'s' if c.seeds > 1 else ''} ({c.per_seed})"
                         f"{runner}; {test}. It is {said}.{order}")
     return out
+
+
+def cpu_comparison(rows_a: pd.DataFrame, rows_b: pd.DataFrame) -> pd.DataFrame:
+    """The same recipe settings and seeds measured on two machines (two results files with the
+    test criterion): one row per (candidate, seed) present in both, with each side's word errors,
+    kernel family and thread count, and whether the two agree to the word."""
+    def prep(rows):
+        r = rows[rows.get("criterion", pd.Series("test", index=rows.index)).fillna("test") == "test"].copy()
+        r = r[(r.synth_iterations == 200) & r.size_budget_mb.isna() & r.model_sha256.notna()]
+        r["candidate"] = r.apply(recipe_label, axis=1)
+        return r[["w_bits", "a_bits", "candidate", "seed", "word_errors", "words", "cpu", "vnni", "threads",
+                  "eval_sha256"]]
+
+    both = prep(rows_a).merge(prep(rows_b), on=["w_bits", "a_bits", "candidate", "seed", "eval_sha256"],
+                              suffixes=("_a", "_b"))
+    both["same"] = both.word_errors_a == both.word_errors_b
+    return both.sort_values(["w_bits", "candidate", "seed"], kind="stable").reset_index(drop=True)
