@@ -393,6 +393,19 @@ def conformer_c() -> list[str]:
             f"Each runtime alone, in a process of its own one after the other (`.venv/bin/python "
             f"benchmarks/run_conformer_bench.py --alone`, `{f.name}`, {int(c.repeats.iloc[0])} runs each, load "
             f"average {df.loadavg_before.min():.1f}-{df.loadavg_after.max():.1f}): " + "; ".join(runs) + ".")
+    for f in sorted((ROOT / "benchmarks").glob("conformer_isolated_*.csv")):
+        df = pd.read_csv(f)
+        c = df[df.runtime == "c-int8"]
+        runs = [f"{m}, {th} thread{'s' if th > 1 else ''}: {r.latency_ms:.1f} ms, "
+                f"**{r.speedup_vs_fastest_fp32:.2f}x** the fastest FP32 ({r.fastest_fp32} "
+                f"{r.latency_ms * r.speedup_vs_fastest_fp32:.1f} ms) and **{r.speedup_vs_dynamic_int8:.2f}x** "
+                f"onnxruntime dynamic int8, {'bit-exact' if r.bit_exact else 'NOT bit-exact'}"
+                for (m, th), r in c.set_index(["model", "threads"]).iterrows()]
+        lines.append(
+            f"Interleaved, each runtime in a worker process of its own (`.venv/bin/python "
+            f"benchmarks/run_conformer_bench.py --isolate`: `intasr bench --isolate`, rounds interleaved as above, no "
+            f"thread pool of one runtime beside another's; `{f.name}`, {int(c.repeats.iloc[0])} rounds, load average "
+            f"{df.loadavg_before.min():.1f}-{df.loadavg_after.max():.1f}): " + "; ".join(runs) + ".")
     chk = ROOT / "benchmarks" / "results" / "c_runtime_conformer_test_other.json"
     if chk.is_file():
         cc = _json("benchmarks/results/c_runtime_conformer_test_other.json")

@@ -3,7 +3,8 @@
 The benchmark commands write tidy files (``benchmarks/``): the Fig. 2 CSVs of ``deploy.fig2``
 (``fig2_latency*.csv``: one row per model x threads x runtime), the Conformer CSVs of
 ``benchmarks/run_conformer_bench.py`` (``conformer_latency_*.csv``, interleaved;
-``conformer_alone_*.csv``, one process per runtime), the ``intasr bench --json`` files and the
+``conformer_alone_*.csv``, one process per runtime; ``conformer_isolated_*.csv``, interleaved with a
+worker process per runtime), the ``intasr bench --json`` files and the
 bit-exactness checks (``benchmarks/results/*.json``). The functions here only read those files and
 derive ratios from them; nothing is measured. Every reader takes its folder, so the same code reads
 a fresh run under build/.
