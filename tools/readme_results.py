@@ -505,6 +505,40 @@ def paper_checks(path: Path) -> list[str]:
     return [line, "", provenance_line(_frame(path), path)]
 
 
+def cpu_spread(path: Path) -> list[str]:
+    """issue 31: the same recipes and seeds on two kinds of CPU (test-other, word errors per seed)."""
+    from intasr.selection import cpu_comparison
+
+    other = pd.concat([pd.read_csv(ROOT / "results" / "beyond_adaround.csv"), pd.read_csv(ROOT / "results" / "grid.csv")],
+                      ignore_index=True)
+    t = cpu_comparison(other, pd.read_csv(path))
+    out = ["| W/A | recipe | seed | word errors, AVX-512 VNNI machine | word errors, this AVX2 machine |",
+           "|---|---|---|---|---|"]
+    for r in t.itertuples():
+        out.append(f"| {r.w_bits}/{r.a_bits} | {r.candidate} | {r.seed} | {r.word_errors_a} | {r.word_errors_b} |")
+    diff = (t.word_errors_a - t.word_errors_b).abs()
+    g = t.groupby(["w_bits", "candidate"])
+    spread = lambda col: g[col].agg(lambda v: v.max() - v.min())   # noqa: E731
+    fp32 = float(_frame(ROOT / "results" / "grid.csv").query("w_bits == 32").iloc[0].error_rate)
+    means = "; ".join(f"{c}: {100 * a / w:.2f}% ({100 * a / w - fp32:+.2f} vs FP32) on the VNNI machine, "
+                      f"{100 * b / w:.2f}% ({100 * b / w - fp32:+.2f}) here"
+                      for (_, c), a, b, w in zip(g.groups, g.word_errors_a.mean(), g.word_errors_b.mean(),
+                                                 g.words_a.first()))
+    out += ["", f"WER means over the seeds (FP32 {fp32:.2f}%, `results/grid.csv`): {means}.",
+            "", f"{int(t.same.sum())} of {len(t)} (recipe, seed) pairs make the same number of word errors on both CPUs; "
+            f"the largest difference is {int(diff.max())} words ({100 * diff.max() / t.words_a.iloc[0]:.2f} points), the "
+            f"mean {diff.mean():.1f}. Within one CPU the seeds of a recipe span up to {int(spread('word_errors_a').max())} "
+            f"(VNNI) and {int(spread('word_errors_b').max())} (AVX2) words. Two things differ between the columns: "
+            f"the CPU (the float work of calibration, synthetic batches and learned rounding, sums in an order its "
+            f"kernels set, so a seed names another batch there) and the code (commits "
+            f"{', '.join(sorted({str(c)[:7] for c in t.code_commit_a}))} against {', '.join(sorted({str(c)[:7] for c in t.code_commit_b}))}); "
+            f"the difference bounds what the CPU alone adds, and it is of the order of the seed spread. "
+            f"Rows: `results/{path.name}` (`tools/recipe_report_cpu.sh`, kernels "
+            f"{', '.join(sorted(set(pd.read_csv(path).kernel_family.astype(str))))}) against `results/beyond_adaround.csv` "
+            f"and `results/grid.csv`. Written by `tools/readme_results.py`."]
+    return out
+
+
 def recipes(path: Path) -> list[str]:
     """issue 14's recipes on the grid's default synthetic batches (3 seeds where run)."""
     from intasr.quantize import default_recipe, recipe_of
@@ -620,6 +654,7 @@ BLOCKS = {
         "verify": verify_reports,
         "recipes": lambda: recipes(ROOT / "results" / "beyond_adaround.csv"),
         "selection": lambda: selection(ROOT / "results" / "recipe_selection.csv"),
+        "cpu_spread": lambda: cpu_spread(ROOT / "results" / "recipe_report_avx2.csv"),
         "fuzz": fuzz,
     },
     "benchmarks/README.md": {

@@ -257,10 +257,12 @@ def cpu_comparison(rows_a: pd.DataFrame, rows_b: pd.DataFrame) -> pd.DataFrame:
     kernel family and thread count, and whether the two agree to the word."""
     def prep(rows):
         r = rows[rows.get("criterion", pd.Series("test", index=rows.index)).fillna("test") == "test"].copy()
-        r = r[(r.synth_iterations == 200) & r.size_budget_mb.isna() & r.model_sha256.notna()]
+        budget = r["size_budget_mb"] if "size_budget_mb" in r else pd.Series(np.nan, index=r.index)
+        iterations = pd.to_numeric(r.synth_iterations, errors="coerce")   # the grid writes '-' where none
+        r = r[(iterations == 200) & budget.isna() & r.model_sha256.notna() & (r.calibration == "synthetic")]
         r["candidate"] = r.apply(recipe_label, axis=1)
         return r[["w_bits", "a_bits", "candidate", "seed", "word_errors", "words", "cpu", "vnni", "threads",
-                  "eval_sha256"]]
+                  "code_commit", "eval_sha256"]]
 
     both = prep(rows_a).merge(prep(rows_b), on=["w_bits", "a_bits", "candidate", "seed", "eval_sha256"],
                               suffixes=("_a", "_b"))
