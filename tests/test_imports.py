@@ -102,7 +102,7 @@ FLOORS = {
     6: ("recipes", ["quantize", "quant.adaround", "quant.mixed_precision"]),
     7: ("experiments, results and deployment", ["experiments", "evaluate", "gridrun", "tables", "verify", "deploy",
                                                "fuzz", "aggregate", "paper", "chapter_source", "book_tables",
-                                               "ablations", "plots", "results_file", "recipe_runs",
+                                               "ablations", "plots", "results_file", "recipe_runs", "selection",
                                                "size_sweep", "conformer_report", "grid_report", "convasr_probes", "integer_checks",
                                                "intro_figures"]),
     8: ("api and command line", ["api", "cli", "fuzz.__main__", ""]),
