@@ -268,3 +268,17 @@ def cpu_comparison(rows_a: pd.DataFrame, rows_b: pd.DataFrame) -> pd.DataFrame:
                               suffixes=("_a", "_b"))
     both["same"] = both.word_errors_a == both.word_errors_b
     return both.sort_values(["w_bits", "candidate", "seed"], kind="stable").reset_index(drop=True)
+
+
+def report_rows(csv_path, model_path, eval_utts) -> pd.DataFrame | None:
+    """The rows of a test-criterion results file (results/beyond_adaround.csv) measured on this model
+    file and these evaluation utterances (by sha256 and fingerprint), else None."""
+    path = Path(csv_path)
+    if not path.is_file():
+        return None
+    rows = pd.read_csv(path)
+    if "eval_sha256" not in rows or "model_sha256" not in rows:
+        return None
+    rows = rows[(rows.model_sha256.astype(str) == file_sha256(model_path))
+                & (rows.eval_sha256.astype(str) == eval_set_fingerprint(eval_utts)["sha256"])]
+    return rows if len(rows) else None
