@@ -121,3 +121,23 @@ def test_the_selection_set_shares_nothing_with_the_test_set(train_clean_dir, tes
     assert not {u.id for u in chosen} & {u.id for u in test}
     rows = pd.read_csv(Path(__file__).resolve().parents[1] / "results" / "recipe_selection.csv")
     assert set(rows.eval_sha256) == {eval_set_fingerprint(chosen)["sha256"]}   # the rows read this set
+
+
+def test_report_rows_are_those_of_this_model_file_and_evaluation_set(test_other_dir, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from intasr.provenance import eval_set_fingerprint
+
+    csv = Path(__file__).resolve().parents[1] / "results" / "beyond_adaround.csv"
+    rows = pd.read_csv(csv).dropna(subset=["model_sha256"])
+    utts = read_librispeech(test_other_dir)
+    other = tmp_path / "other.nemo"
+    other.write_bytes(b"another model")
+    assert selection.report_rows(csv, other, utts) is None
+    assert selection.report_rows(tmp_path / "none.csv", other, utts) is None
+    fp = eval_set_fingerprint(utts)["sha256"]
+    if fp in set(rows.eval_sha256):   # the committed rows were measured on this test-other folder
+        real_hash = rows.model_sha256.iloc[0]
+        monkeypatch.setattr(selection, "file_sha256", lambda p: real_hash)   # stands for the committed model file
+        got = selection.report_rows(csv, other, utts)
+        assert len(got) == ((rows.model_sha256 == real_hash) & (rows.eval_sha256 == fp)).sum() > 0
