@@ -6,6 +6,7 @@ import soundfile as sf
 
 from intasr import selection
 from intasr.data import read_librispeech
+from intasr.evaluate import evaluate
 from intasr.recipe_runs import DEFAULTS, KEY, RecipeRuns, settings_of
 from intasr.results_file import ResultsFile
 
@@ -45,12 +46,18 @@ def test_the_float_model_agrees_with_itself_and_not_with_other_references(small_
     refs = selection.fp32_transcripts(small_quartznet, model_file, utts, cache_dir=tmp_path / "cache", batch_size=2)
     words = sum(len(r.split()) for r in refs)
     assert words > 0
-    same = selection.agreement(small_quartznet, utts, refs)
+    same = evaluate(small_quartznet, utts, batch_size=2, progress=False, references=refs)
     assert (same["word_errors"], same["words"], same["wer"]) == (0, words, 0.0)
-    other = selection.agreement(small_quartznet, utts, [r + " extra" for r in refs])
+    other = evaluate(small_quartznet, utts, batch_size=2, progress=False, references=[r + " extra" for r in refs])
     assert other["word_errors"] == len(utts) and other["words"] == words + len(utts)
     with pytest.raises(ValueError, match="2 reference transcripts for 3 utterances"):
-        selection.agreement(small_quartznet, utts, refs[:2])
+        evaluate(small_quartznet, utts, progress=False, references=refs[:2])
+    import dataclasses
+
+    untranscribed = [dataclasses.replace(u, text=None) for u in utts]   # the selection set has no text
+    assert evaluate(small_quartznet, untranscribed, progress=False, references=refs)["word_errors"] == 0
+    with pytest.raises(ValueError, match="have no transcript"):
+        evaluate(small_quartznet, untranscribed, progress=False)
 
 
 def test_float_transcripts_are_cached_by_model_file_and_utterances(small_quartznet, test_other_dir, tmp_path, monkeypatch):

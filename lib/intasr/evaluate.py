@@ -96,31 +96,38 @@ def phoneme_references(model, texts: Sequence[str], cache_dir=None) -> list[list
 
 
 def evaluate(model, utts: Sequence[Utterance], batch_size: int = 8, progress: bool = True,
-             n_boot: int = 1000, seed: int = 0, g2p_cache=None) -> dict:
+             n_boot: int = 1000, seed: int = 0, g2p_cache=None, references: Sequence | None = None) -> dict:
     """WER/CER summary (see `text.wer_summary`), or for phoneme models the PER summary (see
     `text.token_error_summary`; references from the G2P, cached in `g2p_cache`, default
-    build/g2p_cache), plus seconds and per-utterance transcripts."""
-    missing = [u.id for u in utts if u.text is None]
+    build/g2p_cache), plus seconds and per-utterance transcripts. references: the transcripts to
+    score against instead of the utterances' own (``score``); the utterances then need no text."""
+    missing = [u.id for u in utts if u.text is None] if references is None else []
     if missing:
         raise ValueError(f"cannot evaluate: {len(missing)} utterance(s) have no transcript, e.g. {missing[0]}")
     start = time.perf_counter()
     hyps = transcribe(model, utts, batch_size=batch_size, progress=progress)
     seconds = time.perf_counter() - start
-    summary = score(model, utts, hyps, n_boot=n_boot, seed=seed, g2p_cache=g2p_cache)
+    summary = score(model, utts, hyps, n_boot=n_boot, seed=seed, g2p_cache=g2p_cache, references=references)
     summary["seconds"] = round(seconds, 3)
     return summary
 
 
 def score(model, utts: Sequence[Utterance], hyps: Sequence, n_boot: int = 1000, seed: int = 0,
-          g2p_cache=None) -> dict:
+          g2p_cache=None, references: Sequence | None = None) -> dict:
     """`evaluate`'s summary of transcripts `hyps` of `utts` made elsewhere (e.g. the grid's
-    shards): WER/CER, or PER for phoneme models, plus per-utterance transcripts."""
+    shards): WER/CER, or PER for phoneme models, plus per-utterance transcripts. references: one
+    transcript per utterance to score against instead of its own text (strings; token lists for
+    phoneme models), e.g. the float model's (``selection.fp32_transcripts``: label-free)."""
+    if references is not None and len(references) != len(utts):
+        raise ValueError(f"{len(references)} reference transcripts for {len(utts)} utterances")
     if phoneme_config(model):
-        refs = phoneme_references(model, [u.text for u in utts], cache_dir=g2p_cache)
+        refs = ([list(r) for r in references] if references is not None
+                else phoneme_references(model, [u.text for u in utts], cache_dir=g2p_cache))
         summary = token_error_summary(refs, hyps, n_boot=n_boot, seed=seed, name="per", unit="phonemes")
         summary["transcripts"] = [{"id": u.id, "text": u.text, "ref": " ".join(r), "hyp": " ".join(h)}
                                   for u, r, h in zip(utts, refs, hyps)]
         return summary
-    summary = wer_summary([u.text for u in utts], hyps, n_boot=n_boot, seed=seed)
-    summary["transcripts"] = [{"id": u.id, "ref": u.text, "hyp": h} for u, h in zip(utts, hyps)]
+    refs = list(references) if references is not None else [u.text for u in utts]
+    summary = wer_summary(refs, hyps, n_boot=n_boot, seed=seed)
+    summary["transcripts"] = [{"id": u.id, "ref": r, "hyp": h} for u, r, h in zip(utts, refs, hyps)]
     return summary

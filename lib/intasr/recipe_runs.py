@@ -26,7 +26,7 @@ from .options import SYNTH_DEFAULTS
 from .provenance import provenance
 from .quantize import Recipe, quantize, recipe_of
 from .results_file import ResultsFile
-from .selection import CRITERION, SELECTION_SIZE, agreement, fp32_transcripts, selection_set
+from .selection import CRITERION, SELECTION_SIZE, fp32_transcripts, selection_set
 
 COLUMNS = ["model", "w_bits", "a_bits", "calibration", "seed", "observer", "weight_method", "bias_correction", "wer",
            "cer", "words", "word_errors", "utterances", "ci95_lo", "ci95_hi", "size_mb", "bops_t", "eval_seconds",
@@ -112,10 +112,7 @@ def measure(run: RecipeRuns, model, utts, key: dict, references=None) -> tuple[d
                       **recipe.settings())
     calib_seconds = time.perf_counter() - start
     del batches
-    if references is None:
-        summary = evaluate(qmodel, utts, batch_size=run.eval_batch_size, progress=False)
-    else:
-        summary = agreement(qmodel, utts, references, batch_size=run.eval_batch_size)
+    summary = evaluate(qmodel, utts, batch_size=run.eval_batch_size, progress=False, references=references)
     lo, hi = summary["ci95"]
     size = qmodel.info.get("size_mb") or model_size_mb(model, w)
     row = {**key, "observer": "minmax", "depthwise_bits": 0, "wer": summary["wer"], "cer": summary["cer"],

@@ -4,7 +4,8 @@ A recipe chosen by its WER on the utterances that then report it is fitted to th
 (one word of test-other's 684 is 0.15 points). Here the choice sees no transcript at all: the
 float model transcribes untranscribed training audio once, and each candidate is scored by how
 far its transcripts are from those (the "FP32-agreement WER": word errors of the quantized
-transcript against the float one, over the float transcripts' words). A quantizer's job is to
+transcript against the float one, over the float transcripts' words: ``evaluate`` with
+``references=fp32_transcripts(...)``). A quantizer's job is to
 reproduce the float model, so this measures the quantization error in words, label-free; the
 test-other transcripts are then used only to report the recipe it chose.
 
@@ -17,19 +18,18 @@ not separate the two best 4-bit candidates, so the choice reads them all (result
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from .data import Utterance, load_dataset
-from .evaluate import phoneme_config, transcribe
 from .aggregate import seed_summary
+from .data import Utterance, load_dataset
+from .evaluate import transcribe
+from .models.checkpoint import atomic_write_bytes
 from .provenance import eval_set_fingerprint, file_sha256
-from .quantize import recipe_of
-from .text import token_error_summary, wer_summary
+from .quantize import default_recipe, recipe_of
 
 SELECTION_SIZE = None   # all the utterances past the calibration head
 CALIBRATION_HEAD = 48
@@ -66,31 +66,10 @@ def fp32_transcripts(model, model_path, utts: Sequence[Utterance], cache_dir=Non
             return json.loads(cache.read_text())["transcripts"]
     hyps = transcribe(model, utts, batch_size=batch_size, progress=False)
     if cache is not None:
-        from .models.checkpoint import atomic_write_bytes
-
         cache.parent.mkdir(parents=True, exist_ok=True)
         blob = {"model": str(model_path), "utterances": [u.id for u in utts], "transcripts": hyps}
         atomic_write_bytes(cache, lambda f: f.write(json.dumps(blob).encode()))
     return hyps
-
-
-def agreement(model, utts: Sequence[Utterance], references: Sequence, batch_size: int = 2,
-              n_boot: int = 1000, seed: int = 0) -> dict:
-    """`evaluate`'s summary, scored against the float model's transcripts `references` instead of
-    human ones: ``wer`` is the FP32-agreement WER (PER for phoneme models, under ``per``)."""
-    if len(references) != len(utts):
-        raise ValueError(f"{len(references)} reference transcripts for {len(utts)} utterances")
-    start = time.perf_counter()
-    hyps = transcribe(model, utts, batch_size=batch_size, progress=False)
-    seconds = time.perf_counter() - start
-    if phoneme_config(model):
-        summary = token_error_summary([list(r) for r in references], hyps, n_boot=n_boot, seed=seed,
-                                      name="per", unit="phonemes")
-    else:
-        summary = wer_summary(list(references), hyps, n_boot=n_boot, seed=seed)
-    summary["seconds"] = round(seconds, 3)
-    summary["transcripts"] = [{"id": u.id, "ref": r, "hyp": h} for u, r, h in zip(utts, references, hyps)]
-    return summary
 
 
 def candidates(rows: pd.DataFrame) -> pd.DataFrame:
@@ -221,8 +200,6 @@ def ranking_agreement(table: pd.DataFrame, w_bits: int) -> tuple[int, int]:
 def selection_prose(table: pd.DataFrame | None) -> dict:
     """What a chapter says of `selection_table`'s table: per width (``w4``, ``w6``, ``w8``) the
     chosen candidate, its label-free and its test-other numbers, and whether it is the default."""
-    from .quantize import default_recipe
-
     if table is None:
         return {k: "No label-free selection was measured on this model (`tools/select_recipes.sh`)."
                 for k in ("w4", "w6", "w8")}
