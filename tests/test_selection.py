@@ -130,7 +130,7 @@ def test_the_selection_set_shares_nothing_with_the_test_set(train_clean_dir, tes
     assert set(rows.eval_sha256) == {eval_set_fingerprint(chosen)["sha256"]}   # the rows read this set
 
 
-def test_report_rows_are_those_of_this_model_file_and_evaluation_set(test_other_dir, tmp_path, monkeypatch):
+def test_rows_measured_on_this_model_file_and_evaluation_set(test_other_dir, tmp_path, monkeypatch):
     from pathlib import Path
 
     from intasr.provenance import eval_set_fingerprint
@@ -140,11 +140,12 @@ def test_report_rows_are_those_of_this_model_file_and_evaluation_set(test_other_
     utts = read_librispeech(test_other_dir)
     other = tmp_path / "other.nemo"
     other.write_bytes(b"another model")
-    assert selection.report_rows(csv, other, utts) is None
-    assert selection.report_rows(tmp_path / "none.csv", other, utts) is None
+    assert selection.rows_measured_on(csv, other, utts) is None
+    assert selection.rows_measured_on(tmp_path / "none.csv", other, utts) is None
     fp = eval_set_fingerprint(utts)["sha256"]
     if fp in set(rows.eval_sha256):   # the committed rows were measured on this test-other folder
         real_hash = rows.model_sha256.iloc[0]
         monkeypatch.setattr(selection, "file_sha256", lambda p: real_hash)   # stands for the committed model file
-        got = selection.report_rows(csv, other, utts)
+        got = selection.rows_measured_on(csv, other, utts)
         assert len(got) == ((rows.model_sha256 == real_hash) & (rows.eval_sha256 == fp)).sum() > 0
+        assert len(selection.rows_measured_on(csv, other)) == (rows.model_sha256 == real_hash).sum() >= len(got)

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from intasr import paper as published
 from intasr.aggregate import rate_text, seed_summary
-from intasr.selection import recipe_label
+from intasr.selection import on_default_batches, recipe_label
 from intasr.tables import load_frame, summary_lines, synthetic_vs_random, variant
 
 ORDER = {"none": 0, "synthetic": 1, "random": 2, "real": 3}
@@ -544,7 +544,7 @@ def recipes(path: Path) -> list[str]:
     from intasr.quantize import default_recipe, recipe_of
 
     df = pd.read_csv(path)
-    df = df[(df.synth_iterations == 200) & df.size_budget_mb.isna() & df.model_sha256.notna()].copy()
+    df = on_default_batches(df).copy()
     df["recipe_label"] = df.apply(recipe_label, axis=1)
     df = df.sort_values("seed", kind="stable")   # errors per seed in seed order, whatever order the runs ended in
     grid = _frame(ROOT / "results" / "grid.csv")

@@ -127,6 +127,14 @@ def recipe_label(r) -> str:
     return f"{name} ({', '.join(extra)})" if extra else name
 
 
+def on_default_batches(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a recipe results file calibrated on the grid's default synthetic batches (200
+    iterations), at uniform width (no size budget), with provenance."""
+    budget = rows["size_budget_mb"] if "size_budget_mb" in rows else pd.Series(np.nan, index=rows.index)
+    iterations = pd.to_numeric(rows.synth_iterations, errors="coerce")   # the grid writes '-' where none
+    return rows[(iterations == 200) & budget.isna() & rows.model_sha256.notna()]
+
+
 def _test_runs(w: int, a: int, label: str, recipes: pd.DataFrame, grid: pd.DataFrame):
     """One candidate's test-other runs: the recipe rows with its label, or for the paper's method
     the grid's synthetic rows (None when neither has any)."""
@@ -154,8 +162,7 @@ def selection_table(selection_rows: pd.DataFrame, recipe_rows: pd.DataFrame | No
     if recipe_rows is None or not len(recipe_rows):
         rec = pd.DataFrame(columns=["w_bits", "a_bits", "recipe_label"])
     else:
-        rec = recipe_rows[(recipe_rows.synth_iterations == 200) & recipe_rows.size_budget_mb.isna()
-                          & recipe_rows.model_sha256.notna()].copy()
+        rec = on_default_batches(recipe_rows).copy()
         rec["recipe_label"] = rec.apply(recipe_label, axis=1) if len(rec) else []
     tests = [_test_runs(r.w_bits, r.a_bits, r.candidate, rec, grid_rows) for r in sel.itertuples()]
     sel["test_wer"] = [t["rate"] if t is not None else np.nan for t in tests]
@@ -168,17 +175,6 @@ def selection_table(selection_rows: pd.DataFrame, recipe_rows: pd.DataFrame | No
     sel = sel.sort_values(["w_bits", "seeds", "errors", "calib_seconds"], ascending=[True, False, True, True],
                           kind="stable")
     return sel[cols].reset_index(drop=True)
-
-
-def rows_for_model(csv_path, model_path) -> pd.DataFrame | None:
-    """The selection file's rows measured on this model file (by its sha256), else None: a
-    selection made for one model does not choose for another."""
-    path = Path(csv_path)
-    if not path.is_file():
-        return None
-    rows = pd.read_csv(path)
-    rows = rows[rows.get("model_sha256", pd.Series(dtype=str)).astype(str) == file_sha256(model_path)]
-    return rows if len(rows) else None
 
 
 def ranking_agreement(table: pd.DataFrame, w_bits: int) -> tuple[int, int]:
@@ -233,10 +229,8 @@ def cpu_comparison(rows_a: pd.DataFrame, rows_b: pd.DataFrame) -> pd.DataFrame:
     test criterion): one row per (candidate, seed) present in both, with each side's word errors,
     kernel family and thread count, and whether the two agree to the word."""
     def prep(rows):
-        r = rows[rows.get("criterion", pd.Series("test", index=rows.index)).fillna("test") == "test"].copy()
-        budget = r["size_budget_mb"] if "size_budget_mb" in r else pd.Series(np.nan, index=r.index)
-        iterations = pd.to_numeric(r.synth_iterations, errors="coerce")   # the grid writes '-' where none
-        r = r[(iterations == 200) & budget.isna() & r.model_sha256.notna() & (r.calibration == "synthetic")]
+        r = on_default_batches(rows[rows.get("criterion", pd.Series("test", index=rows.index)).fillna("test") == "test"])
+        r = r[r.calibration == "synthetic"].copy()
         r["candidate"] = r.apply(recipe_label, axis=1)
         return r[["w_bits", "a_bits", "candidate", "seed", "word_errors", "words", "cpu", "vnni", "threads",
                   "code_commit", "eval_sha256"]]
@@ -247,15 +241,18 @@ def cpu_comparison(rows_a: pd.DataFrame, rows_b: pd.DataFrame) -> pd.DataFrame:
     return both.sort_values(["w_bits", "candidate", "seed"], kind="stable").reset_index(drop=True)
 
 
-def report_rows(csv_path, model_path, eval_utts) -> pd.DataFrame | None:
-    """The rows of a test-criterion results file (results/beyond_adaround.csv) measured on this model
-    file and these evaluation utterances (by sha256 and fingerprint), else None."""
+def rows_measured_on(csv_path, model_path, eval_utts=None) -> pd.DataFrame | None:
+    """The rows of a results file measured on this model file (by sha256) and, when `eval_utts` is
+    given, on those evaluation utterances (by fingerprint), else None: a selection made for one model
+    does not choose for another, and a report on other utterances does not report this run's."""
     path = Path(csv_path)
     if not path.is_file():
         return None
     rows = pd.read_csv(path)
-    if "eval_sha256" not in rows or "model_sha256" not in rows:
+    if "model_sha256" not in rows or (eval_utts is not None and "eval_sha256" not in rows):
         return None
-    rows = rows[(rows.model_sha256.astype(str) == file_sha256(model_path))
-                & (rows.eval_sha256.astype(str) == eval_set_fingerprint(eval_utts)["sha256"])]
+    keep = rows.model_sha256.astype(str) == file_sha256(model_path)
+    if eval_utts is not None:
+        keep &= rows.eval_sha256.astype(str) == eval_set_fingerprint(eval_utts)["sha256"]
+    rows = rows[keep]
     return rows if len(rows) else None
