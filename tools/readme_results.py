@@ -360,6 +360,24 @@ def measured_more() -> list[str]:
         f"{int(sp.rounds)} --threads {int(sp.torch_threads)}`)."]
 
 
+def _protocol_runs(pattern: str, exact: bool, how) -> list[str]:
+    """One sentence per benchmarks/<pattern> CSV of run_conformer_bench.py: the C runtime's latency and
+    speed-ups per model and thread count (``exact``: and whether it was bit-exact); `how(c_rows)`: the
+    sentence's lead (the run's protocol and command; name: the CSV's file name)."""
+    lines = []
+    for f in sorted((ROOT / "benchmarks").glob(pattern)):
+        df = pd.read_csv(f)
+        c = df[df.runtime == "c-int8"]
+        runs = [f"{m}, {th} thread{'s' if th > 1 else ''}: {r.latency_ms:.1f} ms, "
+                f"**{r.speedup_vs_fastest_fp32:.2f}x** the fastest FP32 ({r.fastest_fp32} "
+                f"{r.latency_ms * r.speedup_vs_fastest_fp32:.1f} ms) and **{r.speedup_vs_dynamic_int8:.2f}x** "
+                f"onnxruntime dynamic int8" + (f", {'bit-exact' if r.bit_exact else 'NOT bit-exact'}" if exact else "")
+                for (m, th), r in c.set_index(["model", "threads"]).iterrows()]
+        lines.append(how(c, f.name) + f", load average {df.loadavg_before.min():.1f}-"
+                     f"{df.loadavg_after.max():.1f}): " + "; ".join(runs) + ".")
+    return lines
+
+
 def conformer_c() -> list[str]:
     """The Conformer on the C runtime: latency against its peers per kind of CPU, exactness."""
     lines = []
@@ -382,30 +400,13 @@ def conformer_c() -> list[str]:
             f"{df.loadavg_before.min():.1f}-{df.loadavg_after.max():.1f}): " + "; ".join(runs)
             + ". Resident memory each runtime adds (hama, 1 thread): "
             + ", ".join(f"{k} +{v:.0f} MiB" for k, v in mem.items() if pd.notna(v)) + ".")
-    for f in sorted((ROOT / "benchmarks").glob("conformer_alone_*.csv")):
-        df = pd.read_csv(f)
-        c = df[df.runtime == "c-int8"]
-        runs = [f"{m}, {th} thread{'s' if th > 1 else ''}: {r.latency_ms:.1f} ms, "
-                f"**{r.speedup_vs_fastest_fp32:.2f}x** the fastest FP32 ({r.fastest_fp32} {r.latency_ms * r.speedup_vs_fastest_fp32:.1f} ms) "
-                f"and **{r.speedup_vs_dynamic_int8:.2f}x** onnxruntime dynamic int8"
-                for (m, th), r in c.set_index(["model", "threads"]).iterrows()]
-        lines.append(
-            f"Each runtime alone, in a process of its own one after the other (`.venv/bin/python "
-            f"benchmarks/run_conformer_bench.py --alone`, `{f.name}`, {int(c.repeats.iloc[0])} runs each, load "
-            f"average {df.loadavg_before.min():.1f}-{df.loadavg_after.max():.1f}): " + "; ".join(runs) + ".")
-    for f in sorted((ROOT / "benchmarks").glob("conformer_isolated_*.csv")):
-        df = pd.read_csv(f)
-        c = df[df.runtime == "c-int8"]
-        runs = [f"{m}, {th} thread{'s' if th > 1 else ''}: {r.latency_ms:.1f} ms, "
-                f"**{r.speedup_vs_fastest_fp32:.2f}x** the fastest FP32 ({r.fastest_fp32} "
-                f"{r.latency_ms * r.speedup_vs_fastest_fp32:.1f} ms) and **{r.speedup_vs_dynamic_int8:.2f}x** "
-                f"onnxruntime dynamic int8, {'bit-exact' if r.bit_exact else 'NOT bit-exact'}"
-                for (m, th), r in c.set_index(["model", "threads"]).iterrows()]
-        lines.append(
-            f"Interleaved, each runtime in a worker process of its own (`.venv/bin/python "
-            f"benchmarks/run_conformer_bench.py --isolate`: `intasr bench --isolate`, rounds interleaved as above, no "
-            f"thread pool of one runtime beside another's; `{f.name}`, {int(c.repeats.iloc[0])} rounds, load average "
-            f"{df.loadavg_before.min():.1f}-{df.loadavg_after.max():.1f}): " + "; ".join(runs) + ".")
+    lines += _protocol_runs("conformer_alone_*.csv", exact=False, how=lambda c, name: (
+        "Each runtime alone, in a process of its own one after the other (`.venv/bin/python "
+        f"benchmarks/run_conformer_bench.py --alone`, `{name}`, {int(c.repeats.iloc[0])} runs each"))
+    lines += _protocol_runs("conformer_isolated_*.csv", exact=True, how=lambda c, name: (
+        "Interleaved, each runtime in a worker process of its own (`.venv/bin/python "
+        "benchmarks/run_conformer_bench.py --isolate`: `intasr bench --isolate`, rounds interleaved as above, no "
+        f"thread pool of one runtime beside another's; `{name}`, {int(c.repeats.iloc[0])} rounds"))
     chk = ROOT / "benchmarks" / "results" / "c_runtime_conformer_test_other.json"
     if chk.is_file():
         cc = _json("benchmarks/results/c_runtime_conformer_test_other.json")
