@@ -362,7 +362,7 @@ def measured_more() -> list[str]:
 
 def _protocol_runs(pattern: str, exact: bool, how) -> list[str]:
     """One sentence per benchmarks/<pattern> CSV of run_conformer_bench.py: the C runtime's latency and
-    speed-ups per model and thread count (``exact``: and whether it was bit-exact); `how(c_rows)`: the
+    speed-ups per model and thread count (``exact``: and whether it was bit-exact); `how(c_rows, name)`: the
     sentence's lead (the run's protocol and command; name: the CSV's file name)."""
     lines = []
     for f in sorted((ROOT / "benchmarks").glob(pattern)):

@@ -312,6 +312,7 @@ class _Isolated:
             if msg[0] != "ready":
                 proc.join(5)
                 if n not in INT8_RUNTIMES + PEERS:
+                    self.close()   # the workers already started
                     raise RuntimeError(f"{n}: {msg[1]}")
                 skipped[n] = msg[1]
                 continue
