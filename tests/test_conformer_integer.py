@@ -116,9 +116,10 @@ def test_residual_bits_and_file_roundtrip(hama_model, batch, tmp_path):
     assert torch.equal(a, b)   # the hama front end (stored STFT kernels) travels in the file
 
 
-def test_conformer_refuses_convasr_only_options(hama_model):
+@pytest.mark.parametrize("options", [{"rounding": "gptq"}, {"size_budget_mb": 1.0}, {"equalize": True}])
+def test_conformer_refuses_convasr_only_options(hama_model, options):
     with pytest.raises(ValueError, match="ConvASR models only"):
-        quantize(hama_model, random_mels(1, 1, 100, n_mels=80), 4, 8, bias_correction=True)
+        quantize(hama_model, random_mels(1, 1, 100, n_mels=80), 4, 8, **options)
 
 
 @pytest.mark.parametrize("overrides,message", [

@@ -99,7 +99,7 @@ FLOORS = {
     4: ("the integer program: op set, checks, backends", ["program"]),
     5: ("calibration, synthesis and conversion", ["calibration", "synth", "convert", "convert_conformer", "integer_model",
                                                  "simulate"]),
-    6: ("recipes", ["quantize", "quant.adaround", "quant.mixed_precision"]),
+    6: ("recipes", ["quantize", "quant.adaround", "quant.mixed_precision", "conformer_weights"]),
     7: ("experiments, results and deployment", ["experiments", "evaluate", "gridrun", "tables", "verify", "deploy",
                                                "fuzz", "aggregate", "paper", "chapter_source", "book_tables",
                                                "ablations", "plots", "results_file", "recipe_runs", "selection",

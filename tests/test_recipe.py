@@ -16,7 +16,14 @@ def test_flags_replace_the_default_with_the_papers_method_and_say_so():
     r = Recipe.resolve("default", 4, rounding="gptq")
     assert (r.name, r.label, r.rounding, r.weight_group) == ("paper", "flags", "gptq", 0)
     assert Recipe.resolve("default", 4, bias_correction=True).settings()["bias_correction"] is True
-    assert Recipe.resolve("default", 4, conformer=True).name == "paper"
+
+
+
+def test_a_conformers_default_is_the_widths_recipe_without_equalization():
+    # the Conformer takes the same recipes (conformer_weights); it has no separable pairs to equalize
+    r = Recipe.resolve("default", 4, conformer=True)
+    assert r.name == default_recipe(4) and r.weight_group == RECIPES[r.name].get("weight_group", 0)
+    assert r.equalize is False and Recipe.resolve("default", 4).equalize is RECIPES[r.name].get("equalize", False)
 
 
 def test_a_size_budget_allocates_every_conv():

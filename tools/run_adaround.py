@@ -60,6 +60,10 @@ def main() -> int:
                    help="adaround: then block reconstruction, this many Adam steps per block (0: off)")
     p.add_argument("--weight-group", type=int, default=0,
                    help="an integer multiplier per group of this many weights of a row, 4-bit convs (0: per channel)")
+    p.add_argument("--depthwise-bits", type=int, default=0, help="the depthwise convs at this width (0: --bits')")
+    p.add_argument("--edge-parts", nargs="+", default=None,
+                   help="Conformer: the parts --edge-bits keeps (subsampling, output, attention; default: "
+                        "conformer_weights.DEFAULT_EDGE_PARTS)")
     p.add_argument("--size-budget-mb", type=float, nargs="+", default=[None])
     p.add_argument("--synth-iterations", type=int, default=200, help="synthetic batches: Adam iterations")
     p.add_argument("--limit", type=int, default=None)

@@ -18,7 +18,6 @@ Decoder: logit scale S = min_c s_x * s_w[c], so every class is rescaled by m_c >
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from .calibration import collect, quant_points
@@ -28,9 +27,9 @@ from .models.convasr import ConvASR, walk
 from .program.builder import IntConv
 from .program.emit_convasr import IntBlock, emit_convasr
 from .quant.bn import fold_batchnorm
-from .quant.quantizer import qrange, quantize, scale_from_range
-from .quant.weights import (bias_correction, dyadic_multiplier, quantize_bias, round_on_grid, weight_bits_of,
-                            weight_grid)
+from .quant.quantizer import quantize, scale_from_range
+from .quant.weights import (bias_correction, dyadic_multiplier, learned_weight, quantize_bias, round_on_grid,
+                            weight_bits_of, weight_grid)
 
 
 def _int_conv(conv: nn.Conv1d, bn: nn.BatchNorm1d | None, s_x: float, x_bits: int, x_signed: bool,
@@ -57,11 +56,7 @@ def _int_conv(conv: nn.Conv1d, bn: nn.BatchNorm1d | None, s_x: float, x_bits: in
         gcodes = gptq_round(w.reshape(cout, -1), s_w, hessians[conv], w_bits)
         w_q = gcodes.reshape(w.shape).to(w_q.dtype)
     elif codes is not None and conv in codes:   # learned rounding (quant.adaround), same grid
-        lo, hi = qrange(w_bits, signed=True)
-        learned = codes[conv].reshape(w.shape)
-        if learned.min() < lo or learned.max() > hi:
-            raise ValueError(f"learned rounding codes outside the {w_bits}-bit range")
-        w_q = (learned if mult is None else learned.to(torch.int64) * mult).to(w_q.dtype)
+        w_q = learned_weight(codes[conv], mult, w_bits, w.shape)
     if input_means is not None:
         if conv not in input_means:
             raise KeyError("bias correction: no input mean for a conv (compute input_means on this model)")

@@ -349,10 +349,14 @@ class _Acc:
 class IntEmitter:
     """The walk as integer ops (``program.builder.ProgramBuilder``), with the ranges FloatTaps recorded."""
 
-    def __init__(self, observers, weight_bits=8, act_bits=8, residual_bits=None, weight_method="minmax"):
+    def __init__(self, observers, weight_bits=8, act_bits=8, residual_bits=None, weight_method="minmax",
+                 layer_bits: dict | None = None, weight_group: int = 0, codes: dict | None = None,
+                 bias_shifts: dict | None = None):
         from .program.builder import ProgramBuilder
 
         self.obs, self.wb, self.ab = observers, weight_bits, act_bits
+        self.layer_bits, self.group = layer_bits or {}, weight_group
+        self.codes, self.shifts = codes or {}, bias_shifts or {}
         self.rb = residual_bits or act_bits
         self.method = weight_method
         s_in = self.scale("input", act_bits)
@@ -378,10 +382,16 @@ class IntEmitter:
         return _Act(out, x.scale, x.bits, x.signed)
 
     def conv(self, name, x: _Act, layer, lengths, bn=None, extra_bias=None):
-        from .quant.weights import quantize_bias, quantize_weight
+        from .quant.weights import learned_weight, quantize_bias, round_on_grid, weight_grid
 
         w, b = folded_weight_bias(layer, bn, extra_bias)
-        w_q, s_w = quantize_weight(w, self.wb, self.method)
+        bits = self.layer_bits.get(layer, self.wb)
+        s_w, mult = weight_grid(w, bits, self.method, self.group)   # mult: per-group multipliers or None
+        w_q = (learned_weight(self.codes[layer], mult, bits, w.shape) if layer in self.codes
+               else round_on_grid(w, s_w, mult, bits))
+        if layer in self.shifts:   # the bias correction learned with the codes (conformer_weights)
+            shift = self.shifts[layer].double().reshape(-1)
+            b = shift if b is None else b + shift
         acc_scale = x.scale * s_w
         params = {"weight": w_q}
         bias_q = quantize_bias(b, acc_scale)
@@ -532,7 +542,8 @@ class IntEmitter:
 
 def convert_conformer(model, observers: dict, weight_bits: int = 8, act_bits: int = 8, weight_method: str = "minmax",
                       info: dict | None = None, residual_bits: int | None = None, pos_emb_max_len: int | None = None,
-                      prob_bits: int | None = None):
+                      prob_bits: int | None = None, layer_bits: dict | None = None, weight_group: int = 0,
+                      codes: dict | None = None, bias_shifts: dict | None = None):
     """Integer program of a calibrated ConformerCTC (``calibrate_conformer``), as an IntegerModel.
 
     pos_emb_max_len (rel_pos only): the longest encoder input (frames after subsampling) the
@@ -540,10 +551,15 @@ def convert_conformer(model, observers: dict, weight_bits: int = 8, act_bits: in
     config's pos_emb_max_len (NeMo: 5000, i.e. 200 s at 40 ms per frame).
     prob_bits: width of the attention probabilities (unsigned, scale 2^-prob_bits; default
     act_bits). With 8 bits a probability below 2^-9 rounds to 0, which long utterances (hundreds
-    of frames after subsampling, flat attention) feel; 16 keeps them (matmul_pv then in int64)."""
+    of frames after subsampling, flat attention) feel; 16 keeps them (matmul_pv then in int64).
+    layer_bits ({layer module: bits}): weight widths other than weight_bits (``conformer_weights.edge_layers``);
+    weight_group: per-group integer multipliers for the layers of at most 4 bits (``quant.groups``);
+    codes / bias_shifts ({layer module: ...}, ``conformer_weights.learn_conformer_rounding``): learned
+    integer codes on the same grid and the bias shifts that go with them."""
     from .integer_model import IntegerModel
 
-    em = IntEmitter(observers, weight_bits, act_bits, residual_bits, weight_method)
+    em = IntEmitter(observers, weight_bits, act_bits, residual_bits, weight_method, layer_bits, weight_group,
+                    codes, bias_shifts)
     em.pos_max_len = int(pos_emb_max_len or model.config.get("encoder", {}).get("pos_emb_max_len") or 5000)
     em.prob_bits = prob_bits
     em.head_dim = model.encoder.d_model // model.encoder.layers[0].self_attn.h if len(model.encoder.layers) else 1
@@ -553,8 +569,10 @@ def convert_conformer(model, observers: dict, weight_bits: int = 8, act_bits: in
                                                           "logit_scale": em.logit_scale})
     qinfo = {"weight_bits": weight_bits, "act_bits": act_bits, "residual_bits": em.rb, "weight_method": weight_method,
              "prob_bits": prob_bits or act_bits,
-             "observer": type(observers["input"]).__name__, "bias_correction": False,
+             "observer": type(observers["input"]).__name__, "bias_correction": bool(bias_shifts),
              "depthwise_bits": weight_bits, "rounding": "nearest", "architecture": "conformer"}
+    if weight_group:
+        qinfo["weight_group"] = weight_group
     qinfo.update(info or {})
     return IntegerModel(model.config, program, qinfo, frontend_state=model.preprocessor.featurizer.state_dict())
 

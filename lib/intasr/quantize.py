@@ -49,6 +49,12 @@ def recipe_of(row) -> str:
 
     if get("size_budget_mb") is not None or str(get("calibration", "synthetic")) != "synthetic":
         return ""
+    from .conformer_weights import DEFAULT_EDGE_PARTS
+
+    parts = str(get("edge_parts", ""))
+    if num("depthwise_bits") or parts not in ("", "+".join(DEFAULT_EDGE_PARTS)):
+        return ""
+    conformer = bool(parts)   # a Conformer row with an edge width: no separable pairs to equalize
     for name, r in RECIPES.items():
         ada = r.get("adaround", {})
         if (r["rounding"] == get("rounding") and r["bias_correction"] == flag("bias_correction")
@@ -58,7 +64,7 @@ def recipe_of(row) -> str:
                 and ada.get("scale_search", False) == flag("adaround_scale_search")
                 and ada.get("relu_aware", False) == flag("adaround_relu_aware")
                 and ada.get("block_iterations", 0) == num("adaround_block_iterations")
-                and r.get("equalize", False) == flag("equalize")
+                and (conformer or r.get("equalize", False) == flag("equalize"))
                 and int(r.get("edge_bits") or 0) == num("edge_bits")
                 and int(r.get("weight_group", 0)) == num("weight_group")):
             return name
@@ -98,13 +104,13 @@ class Recipe:
                 edge_bits: int | None = None, equalize: bool | None = None,
                 weight_group: int | None = None) -> "Recipe":
         """The recipe `name` ("default": the width's, ``default_recipe``; "paper" when `rounding` or
-        `bias_correction` is given or the model is a Conformer, which has round-to-nearest only),
+        `bias_correction` is given; a Conformer's recipes skip equalization, it has no separable pairs),
         each setting overridden where given: edge_bits (none under a size budget, which allocates
         every conv), weight_group (0, per-channel scales only, under a size budget or GPTQ)."""
         explicit = rounding is not None or bias_correction
         chosen = name
         if name == "default":
-            chosen = ("paper" if explicit or conformer
+            chosen = ("paper" if explicit
                       else default_recipe(weight_bits, mixed_precision=size_budget_mb is not None))
         settings = RECIPES[chosen]
         rounding = rounding or settings["rounding"]
@@ -118,9 +124,10 @@ class Recipe:
             edge_bits = settings.get("edge_bits")
         if weight_group is None:
             weight_group = 0 if budget or rounding == "gptq" else settings.get("weight_group", 0)
+        if equalize is None:   # a Conformer has no separable conv pairs to equalize
+            equalize = bool(settings.get("equalize", False)) and not conformer
         return cls(chosen, "flags" if name == "default" and explicit else chosen, rounding,
-                   bias_correction or settings["bias_correction"], ada, edge_bits,
-                   bool(settings.get("equalize", False) if equalize is None else equalize), weight_group)
+                   bias_correction or settings["bias_correction"], ada, edge_bits, bool(equalize), weight_group)
 
     @classmethod
     def custom(cls, name: str = "", **settings) -> "Recipe":
@@ -148,7 +155,7 @@ def quantize(model, batches, weight_bits: int = 8, act_bits: int = 8, *, observe
              depthwise_bits: int | None = None, residual_bits: int | None = None, prob_bits: int | None = None,
              info: dict | None = None, adaround: dict | None = None, size_budget_mb: float | None = None,
              mixed_precision: dict | None = None, edge_bits: int | None = None, equalize: bool = False,
-             weight_group: int = 0, progress: bool = True):
+             weight_group: int = 0, edge_parts=None, progress: bool = True):
     """Calibrate `model` on (mel, lengths) batches and convert it to an integer model.
 
     rounding: one of ROUNDINGS. adaround: ``quant.adaround.AdaRoundConfig`` fields plus
@@ -163,25 +170,24 @@ def quantize(model, batches, weight_bits: int = 8, act_bits: int = 8, *, observe
     equalize: cross-layer equalization of the separable pairs whose pointwise conv is quantized
     below 8 bits (``quant.equalize``; on a copy of the model, from its weights alone).
     weight_group: an integer multiplier per group of this many weights of a row for the convs of
-    at most 4 bits (``quant.groups``; 0: per-channel scales only)."""
+    at most 4 bits (``quant.groups``; 0: per-channel scales only).
+    edge_parts (Conformer): which parts edge_bits keeps wider (``conformer_weights.EDGE_PARTS``;
+    default ``DEFAULT_EDGE_PARTS``)."""
     if rounding not in ROUNDINGS:
         raise ValueError(f"unknown rounding {rounding!r}; choose from {ROUNDINGS}")
     if is_conformer(model):
-        from .convert_conformer import calibrate_conformer, convert_conformer
-
-        unsupported = [flag for flag, on in (("--bias-correction", bias_correction), (f"--rounding {rounding}",
-                       rounding != "nearest"), ("--depthwise-bits", bool(depthwise_bits)),
-                       ("--size-budget-mb", size_budget_mb is not None), ("--edge-bits", bool(edge_bits)),
-                       ("--equalize", equalize), ("--weight-group", bool(weight_group))) if on]
-        if unsupported:
-            raise ValueError(f"{', '.join(unsupported)}: supported for ConvASR models only, not the Conformer")
-        observers = calibrate_conformer(model, batches, observer)
-        return convert_conformer(model, observers, weight_bits, act_bits, weight_method, info, residual_bits,
-                                 prob_bits=prob_bits)
+        return _quantize_conformer(model, list(batches), weight_bits, act_bits, observer=observer,
+                                   weight_method=weight_method, bias_correction=bias_correction, rounding=rounding,
+                                   depthwise_bits=depthwise_bits, residual_bits=residual_bits, prob_bits=prob_bits,
+                                   info=info, adaround=adaround, size_budget_mb=size_budget_mb, edge_bits=edge_bits,
+                                   equalize=equalize, weight_group=weight_group, edge_parts=edge_parts,
+                                   progress=progress)
     from .models.convasr import ConvASR
 
     if not isinstance(model, ConvASR):
         raise TypeError(f"cannot quantize a {type(model).__name__}")
+    if edge_parts:
+        raise ValueError("--edge-parts: the Conformer's parts; a ConvASR's edges are its first block and decoder")
     if size_budget_mb is not None and edge_bits:
         raise ValueError("--edge-bits with --size-budget-mb: the budget allocates every conv's width; choose one")
     if weight_group and (size_budget_mb is not None or rounding == "gptq"):
@@ -243,3 +249,59 @@ def quantize(model, batches, weight_bits: int = 8, act_bits: int = 8, *, observe
     return convert(model, stats.observers, weight_bits, act_bits, weight_method, info, input_means=input_means,
                    depthwise_bits=depthwise_bits, hessians=stats.hessians, codes=codes, layer_bits=layer_bits,
                    bias_shifts=shifts, weight_scales=scales, weight_group=weight_group)
+
+
+def _quantize_conformer(model, batches, weight_bits, act_bits, *, observer, weight_method, bias_correction, rounding,
+                        depthwise_bits, residual_bits, prob_bits, info, adaround, size_budget_mb, edge_bits, equalize,
+                        weight_group, edge_parts, progress):
+    """``quantize`` for a ConformerCTC: the same recipes on the Conformer's one walk
+    (``conformer_weights``): edge widths, per-group multipliers, bias correction and learned
+    rounding (symmetric: on the float model's inputs)."""
+    from .conformer_weights import DEFAULT_EDGE_PARTS, edge_layers, learn_conformer_rounding, size_mb
+    from .convert_conformer import calibrate_conformer, convert_conformer
+
+    unsupported = [flag for flag, on in ((f"--rounding {rounding}", rounding == "gptq"),
+                                         ("--size-budget-mb", size_budget_mb is not None),
+                                         ("--equalize (ConvASR's separable pairs)", equalize)) if on]
+    if unsupported:
+        raise ValueError(f"{', '.join(unsupported)}: supported for ConvASR models only, not the Conformer")
+    info = dict(info or {})
+    parts = tuple(DEFAULT_EDGE_PARTS if edge_parts is None else edge_parts)
+    layer_bits = {}
+    if depthwise_bits:   # the conv modules' depthwise convs (the edges below take precedence)
+        from .conformer_weights import weight_layers
+        from .quant.adaround import is_depthwise
+
+        layer_bits = {layer: int(depthwise_bits) for layer in weight_layers(model) if is_depthwise(layer)}
+        info["depthwise_bits"] = int(depthwise_bits)
+    if edge_bits:
+        layer_bits.update({layer: int(edge_bits) for layer in edge_layers(model, parts)})
+    if edge_bits:
+        info.update(edge_bits=int(edge_bits), edge_parts=list(parts))
+
+    def bits_of(layer):
+        return layer_bits.get(layer, weight_bits)
+
+    info["size_mb"] = size_mb(model, bits_of, weight_group, other_bits=weight_bits)
+    observers = calibrate_conformer(model, batches, observer)
+    codes = shifts = None
+    if rounding == "adaround" or bias_correction:
+        from .quant.adaround import AdaRoundConfig
+
+        opts = {k: v for k, v in (adaround or {}).items() if k != "cache_dir"}
+        opts["asymmetric"] = False   # the Conformer's objective: each layer on the float model's inputs
+        if rounding != "adaround":   # round-to-nearest with the bias correction: no steps
+            opts = {"iterations": 0, "asymmetric": False}
+        cfg = AdaRoundConfig(**opts)
+        learned = learn_conformer_rounding(model, batches, bits_of, weight_method, cfg,
+                                           cache_dir=(adaround or {}).get("cache_dir"), progress=progress,
+                                           weight_group=weight_group)
+        codes = learned.codes if rounding == "adaround" else None
+        shifts = learned.bias_shifts
+        if rounding == "adaround":
+            info["adaround"] = {"iterations": cfg.iterations, "centered": cfg.centered, "asymmetric": False,
+                                "seconds": round(learned.seconds, 1)}
+    info["rounding"] = rounding
+    return convert_conformer(model, observers, weight_bits, act_bits, weight_method, info, residual_bits,
+                             prob_bits=prob_bits, layer_bits=layer_bits, weight_group=weight_group, codes=codes,
+                             bias_shifts=shifts)

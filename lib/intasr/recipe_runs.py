@@ -24,7 +24,7 @@ from .experiments import bops, model_size_mb
 from .models.checkpoint import load_model
 from .options import SYNTH_DEFAULTS
 from .provenance import provenance
-from .quantize import Recipe, quantize, recipe_of
+from .quantize import Recipe, is_conformer, quantize, recipe_of
 from .results_file import ResultsFile
 from .selection import CRITERION, SELECTION_SIZE, fp32_transcripts, selection_set
 
@@ -33,15 +33,19 @@ COLUMNS = ["model", "w_bits", "a_bits", "calibration", "seed", "observer", "weig
            "calib_seconds", "depthwise_bits", "rounding", "adaround_iterations", "size_budget_mb",
            "synth_iterations", "synth_seconds", "adaround_centered", "recipe", "adaround_symmetric",
            "adaround_scale_search", "edge_bits", "adaround_relu_aware", "equalize", "adaround_block_iterations",
-           "weight_group", "criterion"]
+           "weight_group", "criterion", "metric", "edge_parts"]
 KEY = ["model", "w_bits", "a_bits", "calibration", "seed", "weight_method", "bias_correction", "rounding",
        "adaround_iterations", "size_budget_mb", "synth_iterations", "adaround_centered", "adaround_symmetric",
        "adaround_scale_search", "edge_bits", "adaround_relu_aware", "equalize", "adaround_block_iterations",
-       "weight_group", "criterion"]
-# what rows written before a column had (flags off, no edge width, no block stage, per-channel scales)
+       "weight_group", "criterion", "depthwise_bits", "edge_parts"]
+# what rows written before a column had (flags off, no edge width, no block stage, per-channel scales,
+# ConvASR's edges: its first block and decoder)
 DEFAULTS = {**dict.fromkeys(("adaround_centered", "adaround_symmetric", "adaround_scale_search",
                              "adaround_relu_aware", "equalize"), False),
-            **dict.fromkeys(("edge_bits", "adaround_block_iterations", "weight_group"), 0), "criterion": "test"}
+            **dict.fromkeys(("edge_bits", "adaround_block_iterations", "weight_group", "depthwise_bits"), 0),
+            "criterion": "test", "edge_parts": ""}
+#: a phoneme model's rows (metric "per") keep the word columns' names: "wer" holds the PER, "words"
+#: the reference phonemes and "word_errors" the phoneme errors ("cer" is empty)
 
 
 @dataclass
@@ -65,6 +69,8 @@ class RecipeRuns:
     equalize: bool = False
     block_iterations: int = 0
     weight_group: int = 0
+    depthwise_bits: int = 0            # the depthwise convs' width (0: --bits')
+    edge_parts: list | None = None     # Conformer: the parts --edge-bits keeps (conformer_weights.EDGE_PARTS)
     size_budget_mb: list = field(default_factory=lambda: [None])
     synth_iterations: int = SYNTH_DEFAULTS["iterations"]
     limit: int | None = None
@@ -72,18 +78,31 @@ class RecipeRuns:
     criterion: str = "test"            # or selection.CRITERION: label-free, on an untranscribed selection set
 
 
-def settings_of(run: RecipeRuns, name: str, seed: int, w: int, a: int, budget) -> dict:
-    """The KEY settings (and depthwise_bits, observer) of one row, as the CSV records them."""
+def settings_of(run: RecipeRuns, name: str, seed: int, w: int, a: int, budget, conformer: bool = False) -> dict:
+    """The KEY settings (and observer) of one row, as the CSV records them."""
     adaround = run.rounding == "adaround"
     centered = adaround and not run.raw
     return dict(model=name, w_bits=w, a_bits=a, calibration=run.calibration, seed=seed, observer="minmax",
-                weight_method="minmax", bias_correction=bool(run.bias_correction) or centered, depthwise_bits=0,
+                weight_method="minmax", bias_correction=bool(run.bias_correction) or centered,
+                depthwise_bits=int(run.depthwise_bits or 0), edge_parts=edge_parts_of(run, conformer),
                 rounding=run.rounding, adaround_iterations=run.iterations if adaround else 0,
                 synth_iterations=run.synth_iterations, size_budget_mb=budget or "", adaround_centered=centered,
                 adaround_symmetric=adaround and run.symmetric, adaround_scale_search=adaround and run.scale_search,
                 edge_bits=run.edge_bits, adaround_relu_aware=adaround and run.relu_aware,
                 equalize=bool(run.equalize), adaround_block_iterations=run.block_iterations if adaround else 0,
                 weight_group=run.weight_group, criterion=run.criterion)
+
+
+def edge_parts_of(run: RecipeRuns, conformer: bool) -> str:
+    """The row's edge_parts: '' for ConvASR (its edges are its first block and decoder) and rows
+    without an edge width; for a Conformer the parts kept at edge_bits, '+'-joined."""
+    if run.edge_parts and not conformer:
+        raise ValueError("--edge-parts: the Conformer's parts; a ConvASR's edges are its first block and decoder")
+    if not run.edge_bits or not conformer:
+        return ""
+    from .conformer_weights import DEFAULT_EDGE_PARTS
+
+    return "+".join(run.edge_parts or DEFAULT_EDGE_PARTS)
 
 
 def recipe_of_run(run: RecipeRuns, key: dict) -> Recipe:
@@ -108,15 +127,18 @@ def measure(run: RecipeRuns, model, utts, key: dict, references=None) -> tuple[d
                                   model_path=run.model, cache_dir=paths.build_dir() / "synth_cache")
     synth_seconds = time.perf_counter() - start
     recipe = recipe_of_run(run, key)
+    parts = key["edge_parts"].split("+") if key["edge_parts"] else None
     qmodel = quantize(model, batches, w, a, size_budget_mb=budget, info={"calibration": run.calibration, "seed": seed},
-                      **recipe.settings())
+                      depthwise_bits=key["depthwise_bits"] or None, edge_parts=parts, **recipe.settings())
     calib_seconds = time.perf_counter() - start
     del batches
     summary = evaluate(qmodel, utts, batch_size=run.eval_batch_size, progress=False, references=references)
     lo, hi = summary["ci95"]
     size = qmodel.info.get("size_mb") or model_size_mb(model, w)
-    row = {**key, "observer": "minmax", "depthwise_bits": 0, "wer": summary["wer"], "cer": summary["cer"],
-           "words": summary["words"], "word_errors": summary["word_errors"], "utterances": summary["utterances"],
+    metric = "per" if "per" in summary else "wer"
+    units = "phonemes" if metric == "per" else "words"
+    row = {**key, "observer": "minmax", "metric": metric, "wer": summary[metric], "cer": summary.get("cer", ""),
+           "words": summary[units], "word_errors": summary[f"{units[:-1]}_errors"], "utterances": summary["utterances"],
            "ci95_lo": lo, "ci95_hi": hi, "size_mb": round(size, 2), "bops_t": round(bops(model, w, a) / 1e12, 3),
            "eval_seconds": summary["seconds"], "calib_seconds": round(calib_seconds, 1),
            "synth_seconds": round(synth_seconds, 1), "recipe": recipe.name}
@@ -128,6 +150,7 @@ def run_recipes(run: RecipeRuns) -> None:
     """Every (seed, W/A, budget) of `run` not yet in its CSV: measured and appended, one row each."""
     model = load_model(run.model)
     name = Path(run.model).stem
+    conformer = is_conformer(model)
     references = None
     if run.criterion == CRITERION:
         utts = selection_set(run.data, size=run.limit or SELECTION_SIZE)  # --limit: a seeded draw of that many
@@ -142,10 +165,10 @@ def run_recipes(run: RecipeRuns) -> None:
         for wa in run.bits:
             w, a = (int(x) for x in wa.split("/"))
             for budget in run.size_budget_mb:
-                key = settings_of(run, name, seed, w, a, budget)
+                key = settings_of(run, name, seed, w, a, budget, conformer)
                 if ResultsFile.has_settings(df, {k: key[k] for k in KEY}, DEFAULTS):
                     continue
                 row, calib_seconds = measure(run, model, utts, key, references)
                 df = out.append(row)   # the file as it is now (another run may have appended) + this row
-                print(f"W{w}A{a} seed {seed} {run.rounding} budget {budget}: WER {row['wer']:.2f} "
+                print(f"W{w}A{a} seed {seed} {run.rounding} budget {budget}: {row['metric'].upper()} {row['wer']:.2f} "
                       f"({row['word_errors']}/{row['words']}), calibration {calib_seconds:.0f}s", flush=True)

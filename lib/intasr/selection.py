@@ -103,7 +103,11 @@ def recipe_label(r) -> str:
     edge, group = num("edge_bits"), num("weight_group")
     eq = str(getattr(r, "equalize", False)) == "True"
     synthetic = str(getattr(r, "calibration", "synthetic")) == "synthetic"
-    extra = [f"first block and decoder at {edge} bits"] if edge and edge != int(r.w_bits) else []
+    parts = str(getattr(r, "edge_parts", "") or "")
+    parts = "" if parts == "nan" else " and ".join(parts.split("+"))
+    extra = [f"{parts or 'first block and decoder'} at {edge} bits"] if edge and edge != int(r.w_bits) else []
+    if num("depthwise_bits") and num("depthwise_bits") != int(r.w_bits):
+        extra.append(f"depthwise convs at {num('depthwise_bits')} bits")
     if not synthetic:
         extra.append(f"{r.calibration} calibration")
     recipe = recipe_of(r)

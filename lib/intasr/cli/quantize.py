@@ -36,7 +36,9 @@ def recipe_of_args(args, model):
 
 def _quantize_line(args, recipe, qmodel, n_batches: int, out) -> str:
     edge_bits = recipe.edge_bits
-    edges = f", first block and decoder at {edge_bits} bits" if edge_bits and edge_bits != args.weight_bits else ""
+    parts = qmodel.info.get("edge_parts")
+    where = " and ".join(parts) if parts else "first block and decoder"
+    edges = f", {where} at {edge_bits} bits" if edge_bits and edge_bits != args.weight_bits else ""
     size = f", weights {qmodel.info['size_mb']:.2f} MiB" if "size_mb" in qmodel.info else ""
     eq = f", {qmodel.info['equalized']} separable pairs equalized" if qmodel.info.get("equalized") else ""
     groups = f", a multiplier per {recipe.weight_group} weights" if qmodel.info.get("weight_group") else ""
@@ -64,7 +66,7 @@ def cmd_quantize(args) -> int:
     qmodel = quantize(model, batches, args.weight_bits, args.act_bits, observer=args.observer,
                       weight_method=args.weight_method, depthwise_bits=args.depthwise_bits,
                       residual_bits=args.residual_bits, prob_bits=args.prob_bits, info=info,
-                      size_budget_mb=args.size_budget_mb, **recipe.settings())
+                      size_budget_mb=args.size_budget_mb, edge_parts=args.edge_parts, **recipe.settings())
     # synthesis (or feature extraction) + calibration + conversion; cached batches and codes count as read
     qmodel.info["calibration_seconds"] = round(time.perf_counter() - start, 1)
     out = save_quantized(qmodel, args.out)
@@ -111,13 +113,16 @@ def _add_recipe_choice(q: argparse.ArgumentParser) -> None:
     q.add_argument("--recipe", choices=["default", "paper", "bc", "adaround", "grouped"], default="default",
                    help="paper: round-to-nearest as the paper (the grid's setting); bc: + bias correction; adaround: "
                         "learned rounding with joint bias correction on the synthetic batches, first block and "
-                        "decoder at 8 bits, separable pairs equalized; grouped: adaround on a finer grid, a 4-bit "
+                        "decoder (Conformer: --edge-parts) at 8 bits, separable pairs equalized (ConvASR); grouped: adaround on a finer grid, a 4-bit "
                         "integer multiplier per 16 weights of a row (quant/groups.py); default: the measured best of "
                         "the width (grouped at 4 bits, bc at 6, paper at 8; bc under --size-budget-mb; explicit "
                         "--rounding / --bias-correction: paper's plus those)")
     q.add_argument("--edge-bits", type=int, default=None,
                    help="weight width of the first block's convs and the decoder (default: the recipe's; "
                         "0: --weight-bits like every other conv)")
+    q.add_argument("--edge-parts", nargs="+", choices=["subsampling", "output", "attention"], default=None,
+                   help="Conformer: the parts --edge-bits keeps wider (default: subsampling and output, chosen "
+                        "label-free: results/conformer_recipe_selection.csv)")
     q.add_argument("--equalize", action=argparse.BooleanOptionalAction, default=None,
                    help="cross-layer equalization (weights only) of the separable pairs below 8 bits before "
                         "calibrating (default: the recipe's)")

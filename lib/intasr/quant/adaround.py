@@ -253,24 +253,42 @@ def im2col(x: torch.Tensor, lens: torch.Tensor, conv: nn.Conv1d, out_lens: torch
 
 
 class Grams:
-    """Accumulates H_qq, H_qf (and H_ff) of one conv over batches."""
+    """Accumulates H_qq, H_qf (and H_ff) of one conv over batches (``add``: from its inputs;
+    ``add_columns``: from input columns made elsewhere, e.g. a Linear's frames or a Conv2d's patches)."""
 
-    def __init__(self, conv: nn.Conv1d):
+    def __init__(self, conv: nn.Module, depthwise: bool | None = None):
         self.conv, self.n = conv, 0
-        self.depthwise = conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
+        self.depthwise = is_depthwise(conv) if depthwise is None else depthwise
         self.H: dict = {}
 
     def add(self, xq, xf, lens, out_lens):
-        cq, cf = im2col(xq, lens, self.conv, out_lens), im2col(xf, lens, self.conv, out_lens)
-        if self.depthwise:    # [C, N, K] -> per channel K x K
-            terms = {"qq": torch.einsum("cnk,cnl->ckl", cq, cq), "qf": torch.einsum("cnk,cnl->ckl", cq, cf),
-                     "ff": torch.einsum("cnk,cnl->ckl", cf, cf), "q": cq.sum(dim=1), "f": cf.sum(dim=1)}
-        else:                 # [Cin, N, K] -> [N, Cin*K], column index c*K + k (the weight's layout)
-            aq, af = cq.permute(1, 0, 2).reshape(cq.shape[1], -1), cf.permute(1, 0, 2).reshape(cf.shape[1], -1)
-            terms = {"qq": aq.T @ aq, "qf": aq.T @ af, "ff": af.T @ af, "q": aq.sum(dim=0), "f": af.sum(dim=0)}
+        cq = im2col(xq, lens, self.conv, out_lens)
+        if self.depthwise:    # [C, N, K]: per channel K x K
+            self.add_columns(cq, cq if xf is xq else im2col(xf, lens, self.conv, out_lens))
+            return
+        dense = lambda c: c.permute(1, 0, 2).reshape(c.shape[1], -1)   # noqa: E731 [Cin, N, K] -> [N, Cin*K]
+        self.add_columns(dense(cq), None if xf is xq else dense(im2col(xf, lens, self.conv, out_lens)))
+
+    def add_columns(self, cq: torch.Tensor, cf: torch.Tensor | None = None) -> None:
+        """Columns of the quantized (cq) and float (cf; None: the same, a symmetric objective) inputs:
+        [N, n] with column index c*K + k, the weight's layout (depthwise: [C, N, K])."""
+        cq = cq.double()
+        cf = cq if cf is None else cf.double()
+        if self.depthwise:    # per channel K x K
+            qq = torch.einsum("cnk,cnl->ckl", cq, cq)
+            qf = qq if cf is cq else torch.einsum("cnk,cnl->ckl", cq, cf)
+            ff = qq if cf is cq else torch.einsum("cnk,cnl->ckl", cf, cf)
+            terms = {"qq": qq, "qf": qf, "ff": ff, "q": cq.sum(dim=1), "f": cf.sum(dim=1)}
+            n = cq.shape[1]
+        else:
+            qq = cq.T @ cq
+            qf = qq if cf is cq else cq.T @ cf
+            ff = qq if cf is cq else cf.T @ cf
+            terms = {"qq": qq, "qf": qf, "ff": ff, "q": cq.sum(dim=0), "f": cf.sum(dim=0)}
+            n = cq.shape[0]
         for k, v in terms.items():
             self.H[k] = self.H[k] + v if k in self.H else v
-        self.n += cq.shape[1]
+        self.n += n
 
     def normalised(self) -> dict:
         """Second moments "qq", "qf", "ff" and mean columns "q", "f" (per frame)."""
@@ -290,9 +308,18 @@ class Grams:
                 "ff": H["ff"] - outer(m, m), "q": m, "f": m}
 
 
-def learnable(conv: nn.Conv1d) -> bool:
-    depthwise = conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
-    return depthwise or (conv.groups == 1 and conv.in_channels * conv.kernel_size[0] <= MAX_COLUMNS)
+def is_depthwise(conv: nn.Module) -> bool:
+    groups = getattr(conv, "groups", 1)
+    return groups > 1 and groups == conv.in_channels == conv.out_channels
+
+
+def learnable(conv: nn.Module) -> bool:
+    """Whether a layer's rounding can be learned: depthwise, or dense with at most MAX_COLUMNS
+    input columns (a Linear is a dense conv with K = 1)."""
+    if isinstance(conv, nn.Linear):
+        return conv.in_features <= MAX_COLUMNS
+    n = conv.in_channels * math.prod(conv.kernel_size)
+    return is_depthwise(conv) or (conv.groups == 1 and n <= MAX_COLUMNS)
 
 
 # --------------------------------------------------------------------------- the quantized walk
@@ -302,6 +329,15 @@ def _fq_ste(x: torch.Tensor, scale: float, bits: int, signed: bool) -> torch.Ten
     lo, hi = qrange(bits, signed)
     v = torch.clamp(x / scale, lo, hi)
     return (v + (torch.round(v) - v).detach()) * scale
+
+
+def grid_step(w: torch.Tensor, bits: int, weight_method: str, weight_group: int = 0) -> torch.Tensor:
+    """The step of each row of w's grid (``weight.weight_grid``): s_w [Cout], or with per-group
+    multipliers each weight's own step k s_w [Cout, n] (the codes are then the group's, quant.groups)."""
+    from .weights import weight_grid
+
+    s_w, k = weight_grid(w, bits, weight_method, weight_group)
+    return s_w if k is None else k.reshape(k.shape[0], -1).double() * s_w.reshape(-1, 1)
 
 
 @dataclass
@@ -339,7 +375,6 @@ class QuantizedWalk:
                  weight_group: int = 0):
         from ..calibration import quant_points
         from ..models.convasr import walk
-        from .weights import weight_grid
         from .bn import fold_batchnorm
 
         self.model, self.act_bits = model, act_bits
@@ -353,10 +388,8 @@ class QuantizedWalk:
             if site.bn is not None:
                 w, b = (t.double() for t in fold_batchnorm(w, b, site.bn))
             bits = bits_of(site.conv)
-            s_w, k = weight_grid(w, bits, weight_method, weight_group)
-            if k is not None:   # each weight's own step: the codes are then the group's (quant.groups)
-                s_w = k.reshape(k.shape[0], -1).double() * s_w.reshape(-1, 1)
-            return FoldedConv(site.name, site.module, site.conv, w, b, s_w, bits)
+            return FoldedConv(site.name, site.module, site.conv, w, b, grid_step(w, bits, weight_method, weight_group),
+                              bits)
 
         self.input_scale = act_scale("input", True)
         points = quant_points(model)
@@ -415,7 +448,7 @@ class QuantizedWalk:
 
 # --------------------------------------------------------------------------- cache key
 
-def _digest(*parts) -> str:
+def digest(*parts) -> str:
     h = hashlib.sha256()
     for t in parts:
         if isinstance(t, torch.Tensor):
@@ -438,22 +471,24 @@ def cache_key(walk: QuantizedWalk, batches, cfg: AdaRoundConfig) -> str:
             parts += [f.name, f.bits, f.weight.float(), f.scale.float()]
     for mel, lens in batches:
         parts += [mel.float(), lens]
-    return _digest(*parts)
+    return digest(*parts)
 
 
 # --------------------------------------------------------------------------- the loop
 
 def _step(f: FoldedConv) -> torch.Tensor:
-    """f's grid step, shaped to broadcast against its weight [Cout, C, K]."""
+    """f's grid step, shaped to broadcast against its weight [Cout, C, K] (Conv2d: [Cout, C, kT, kF])."""
     cout = f.weight.shape[0]
-    return f.scale.reshape(cout, 1, 1) if f.scale.numel() == cout else f.scale.reshape(f.weight.shape)
+    if f.scale.numel() == cout:
+        return f.scale.reshape(cout, *[1] * (f.weight.dim() - 1))
+    return f.scale.reshape(f.weight.shape)
 
 
 def _dequantized(f: FoldedConv, codes: torch.Tensor) -> torch.Tensor:
     return codes.reshape(f.weight.shape) * _step(f)
 
 
-def _nearest(f: FoldedConv) -> torch.Tensor:
+def nearest_codes(f: FoldedConv) -> torch.Tensor:
     lo, hi = qrange(f.bits, signed=True)
     return torch.clamp(torch.round(f.weight / _step(f)), lo, hi)
 
@@ -464,7 +499,7 @@ def _hard_weight(f: FoldedConv, codes: dict, shifts: dict) -> tuple:
     return _dequantized(f, codes[f.name]).float(), None if shift is None else shift.float()
 
 
-def _learn_conv(f: FoldedConv, grams: Grams, cfg: AdaRoundConfig, relu_cols: torch.Tensor | None = None) -> tuple:
+def learn_conv(f: FoldedConv, grams: Grams, cfg: AdaRoundConfig, relu_cols: torch.Tensor | None = None) -> tuple:
     """(codes, bias shift or None, {"nearest": error, "learned": error}) of one conv; the errors
     are the reconstruction errors of the objective learned on (centered: after the bias shift).
     With ``cfg.scale_search`` f.scale is replaced by the searched one first (both errors on it).
@@ -481,13 +516,13 @@ def _learn_conv(f: FoldedConv, grams: Grams, cfg: AdaRoundConfig, relu_cols: tor
         f.scale = search_scale(w, f.scale, f.bits, H)
     s = f.scale.reshape(cout, -1)
     if not cfg.iterations:
-        codes = _nearest(f).reshape(cout, -1)
+        codes = nearest_codes(f).reshape(cout, -1)
     elif relu_cols is not None:
         codes = learn_rounding_relu(w, f.bias, f.scale, f.bits, relu_cols, H["f"], cfg)
     else:
         codes = learn_rounding(w, f.scale, f.bits, H["qq"], H["qf"], cfg, H["ff"])
     errors = {k: reconstruction_error(c * s, w, H["qq"], H["qf"], H["ff"])
-              for k, c in (("nearest", _nearest(f).reshape(cout, -1)), ("learned", codes))}
+              for k, c in (("nearest", nearest_codes(f).reshape(cout, -1)), ("learned", codes))}
     shift = bias_shift(codes * s, w, H["q"], H["f"]) if cfg.centered else None
     return codes.reshape(f.weight.shape), shift, errors
 
@@ -499,7 +534,7 @@ def _mean_shift(f: FoldedConv, xq, xf, lens) -> torch.Tensor:
     cq, cf = im2col(xq, lens, f.conv, out_lens), im2col(xf, lens, f.conv, out_lens)   # [C, N, K]
     mq, mf = cq.mean(dim=1).reshape(-1), cf.mean(dim=1).reshape(-1)
     cout = f.weight.shape[0]
-    return bias_shift(_dequantized(f, _nearest(f)).reshape(cout, -1), f.weight.reshape(cout, -1), mq, mf)
+    return bias_shift(_dequantized(f, nearest_codes(f)).reshape(cout, -1), f.weight.reshape(cout, -1), mq, mf)
 
 
 V_START = 2.0   # |V| where the block stage starts from hard codes: h(V) = 0.96 / 0.04, inside the sigmoid's slope
@@ -662,11 +697,11 @@ class _UnitRounding:
                     c = im2col(xf, x_lens, f.conv, f.out_lengths(x_lens))   # [C, N, K]
                     cols = c.permute(1, 0, 2).reshape(c.shape[1], -1)
                 with torch.enable_grad():
-                    self.codes[f.name], shift, self.errors[f.name] = _learn_conv(f, grams, cfg, cols)
+                    self.codes[f.name], shift, self.errors[f.name] = learn_conv(f, grams, cfg, cols)
                 if cfg.scale_search:
                     self.scales[f.name] = f.scale
             else:
-                self.codes[f.name] = _nearest(f)
+                self.codes[f.name] = nearest_codes(f)
                 shift = _mean_shift(f, xq, xf, x_lens) if cfg.centered else None
             if shift is not None:
                 self.shifts[f.name] = shift

@@ -17,7 +17,7 @@ from .dyadic import dyadic_from_float
 from .groups import group_multipliers, grouped_codes, is_grouped
 from .quantizer import quantize, scale_from_range, weight_alpha
 
-__all__ = ["weight_grid", "round_on_grid", "quantize_weight", "weight_bits_of", "quantize_bias",
+__all__ = ["weight_grid", "round_on_grid", "learned_weight", "quantize_weight", "weight_bits_of", "quantize_bias",
            "dyadic_multiplier", "bias_correction"]
 
 
@@ -41,6 +41,20 @@ def round_on_grid(w: torch.Tensor, s_w: torch.Tensor, k: torch.Tensor | None, bi
     if k is not None:
         return (k * grouped_codes(w, s_w, k.reshape(w.shape[0], -1), bits).reshape(w.shape)).to(dtype)
     return quantize(w.double(), s_w, bits, signed=True, axis=0).to(dtype)
+
+
+def learned_weight(codes: torch.Tensor, k: torch.Tensor | None, bits: int, shape) -> torch.Tensor:
+    """The integer weight of codes learned on ``weight_grid``'s grid (``quant.adaround``): the codes,
+    or k * codes with per-group multipliers; in ``round_on_grid``'s dtype. Codes outside the width's
+    range are refused (a cache or caller of another width)."""
+    from .quantizer import qrange
+
+    lo, hi = qrange(bits, signed=True)
+    codes = codes.reshape(shape)
+    if codes.min() < lo or codes.max() > hi:
+        raise ValueError(f"learned rounding codes outside the {bits}-bit range")
+    dtype = torch.int8 if bits <= 8 else torch.int16
+    return (codes if k is None else codes.to(torch.int64) * k.reshape(shape)).to(dtype)
 
 
 def quantize_weight(w: torch.Tensor, bits: int, method: str, group: int = 0):
