@@ -113,3 +113,21 @@ def test_load_or_run_grid_runs_the_quick_grid_when_no_full_grid_is_complete(tmp_
     forced, source = tables.load_or_run_grid(model_path, test_other_dir, None, tmp_path / "cache", ["random"],
                                              [(8, 8)], [quick], quick, spec, 2, force_quick=True)
     assert "quick grid" in source and len(forced) == len(df)
+
+
+def test_a_named_recipe_is_a_row_of_its_own_and_the_papers_method_is_shared(tmp_path, monkeypatch):
+    """--recipe: the width's recipe columns in the row and its resume key; a width whose recipe is the
+    paper's method (8 bits) is the flags' cell itself, computed once."""
+    import intasr.tables as tables
+
+    model_path, test_other_dir = tiny_model_and_data(tmp_path)
+    csv = tmp_path / "grid.csv"
+    base = dict(bits=((8, 8), (6, 8)), calibrations=("random",), seeds=(0,), random_frames=100)
+    df = run_grid(model_path, test_other_dir, csv, GridSpec(**base), limit=2, progress=False)
+    calls = _count_quantize(monkeypatch)
+    df2 = run_grid(model_path, test_other_dir, csv, GridSpec(**base, recipe="default"), limit=2, progress=False)
+    assert calls == [(6, 8)] and len(df2) == len(df) + 1
+    row = df2[df2.recipe.astype(str) == "bc"].iloc[0]
+    assert int(row.w_bits) == 6 and row.bias_correction in (True, "True") and row.rounding == "nearest"
+    assert set(tables.RECIPE_COLUMNS) <= set(df2.columns)
+    assert len(tables.paper_method_rows(df2)) == len(df)   # the recipe row is not the paper's method

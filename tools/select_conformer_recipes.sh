@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 MODEL=${MODEL:-build/conformer_hama.nemo}
 OUT=${OUT:-results/conformer_recipe_selection.csv}
-run() { "$PY" tools/run_adaround.py --model "$MODEL" --criterion fp32-agreement --threads "${THREADS:-2}" --out "$OUT" "$@"; }
+run() { "$PY" tools/run_adaround.py --model "$MODEL" --criterion fp32-agreement --threads "${THREADS:-2}" --eval-batch-size 8 --out "$OUT" "$@"; }
 LEARN="--rounding adaround --iterations 100 --symmetric"
 if [ "${1:-1}" = 1 ]; then
   run --seeds 0 --bits 8/8 6/8 4/8 --rounding nearest

@@ -165,11 +165,20 @@ def quantize_cell(model_path: str, model_sha: str, settings: dict, threads: int 
 
         qmodel = SimulatedConformer(model, calibrate_conformer(model, batches, settings["observer"]), w, a)
     else:
-        recipe = Recipe.custom(rounding=settings["rounding"], bias_correction=bool(settings["bias_correction"]))
+        extra = {}
+        if settings.get("recipe"):   # a named recipe (tables.recipe_settings): resolved again here
+            from .quantize import is_conformer
+
+            recipe = Recipe.resolve(settings["recipe"], w, conformer=is_conformer(model))
+            if settings.get("edge_parts"):
+                extra["edge_parts"] = settings["edge_parts"].split("+")
+        else:
+            recipe = Recipe.custom(rounding=settings["rounding"], bias_correction=bool(settings["bias_correction"]))
         qmodel = quantize(model, batches, w, a, observer=settings["observer"], weight_method=settings["weight_method"],
                           depthwise_bits=settings["depthwise_bits"] or None,
-                          info={"calibration": kind, "seed": settings["seed"]}, **recipe.settings())
-    return {"model": qmodel, "seconds": time.perf_counter() - t0}
+                          info={"calibration": kind, "seed": settings["seed"]}, progress=False, **extra,
+                          **recipe.settings())
+    return {"model": qmodel, "seconds": time.perf_counter() - t0, "size_mb": qmodel.info.get("size_mb")}
 
 
 def transcribe_shard(model_path: str, model_sha: str, quantized, utts: list, batch_size: int, threads: int | None):
@@ -214,6 +223,8 @@ def finish_cell(model_path: str, model_sha: str, base: dict, utts: list, shards:
     where = {"code_version": code["version"], "code_commit": code["commit"], "code_dirty": code["dirty"],
              **machine(), "torch_threads": threads or "default", "host": os.uname().nodename, "worker": _worker_name()}
     row = tidy_row(base, summary, model, {**timing, **where})
+    if base.get("recipe") and quantized is not None and quantized.get("size_mb") is not None:
+        row["size_mb"] = round(quantized["size_mb"], 2)   # edges and multipliers: the recipe's own size
     blob = {"row": row, "transcripts": summary["transcripts"]}
     atomic_write_bytes(cell_file, lambda f: f.write(json.dumps(blob, indent=1, default=str).encode()))
     return row

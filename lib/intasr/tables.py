@@ -31,6 +31,9 @@ CALIB_COLUMNS = ["calib_batches", "calib_batch_size", "calib_frames", "calib_dat
                  "synth_patience", "synth_min_lr", "synth_eps"]
 KEY = ["model", "w_bits", "a_bits", "calibration", "seed", "observer", "weight_method", "bias_correction",
        "depthwise_bits", "rounding", "nonlinear", *CALIB_COLUMNS]
+#: a recipe cell's settings beyond KEY (``GridSpec.recipe``); in its resume key only when set, so a
+#: grid of flags keeps the keys it always had
+RECIPE_COLUMNS = ["recipe", "adaround_iterations", "edge_bits", "edge_parts", "weight_group"]
 RESUME_KEY = [*KEY, "model_sha256", "eval_sha256"]
 PROVENANCE = ["model_sha256", "eval_sha256", "eval_utterances", "eval_words", "code_version", "code_commit",
               "code_dirty", "cpu", "threads", "cell_key"]
@@ -55,6 +58,8 @@ class GridSpec:
     depthwise_bits: int = 0           # depthwise weight width (0: the same as the other weights)
     rounding: str = "nearest"         # weight rounding: any of quantize.ROUNDINGS
     simulated: bool = False           # Conformer: also rows with float non-linearities (simulate.py)
+    recipe: str | None = None         # a named recipe per width (``quantize.Recipe.resolve``: "default" is the
+                                      # width's default) instead of the flags above; None: the flags
 
 
 def _load(csv: Path) -> pd.DataFrame:
@@ -99,7 +104,8 @@ def plan_cells(spec: GridSpec, model, name: str, model_sha: str, eval_sha: str, 
     from .quantize import is_conformer
 
     def cell(settings: dict, label: str) -> Cell:
-        return Cell(settings, content_key({k: settings[k] for k in KEY}, model_sha, eval_sha), label)
+        keyed = {k: settings[k] for k in KEY} | {k: settings[k] for k in RECIPE_COLUMNS if k in settings}
+        return Cell(settings, content_key(keyed, model_sha, eval_sha), label)
 
     fp32 = dict(model=name, w_bits=32, a_bits=32, calibration="none", seed=0, **_DEFAULTS,
                 **calibration_settings(spec, "none"))
@@ -115,9 +121,34 @@ def plan_cells(spec: GridSpec, model, name: str, model_sha: str, eval_sha: str, 
                 for nl in kinds:
                     s = dict(model=name, w_bits=w, a_bits=a, calibration=calibration, seed=seed, **variant,
                              nonlinear=nl, **calib)
-                    label = f"W{w}A{a} {calibration} seed {seed}" + (" float non-linearities" if nl == "float" else "")
+                    # the float-non-linearity ablation simulates the paper's method: the flags' cell
+                    recipe = recipe_settings(spec, w, is_conformer(model)) if nl == "integer" else {}
+                    s.update(recipe)
+                    label = (f"W{w}A{a} {calibration} seed {seed}" + (f" {recipe['recipe']}" if recipe else "")
+                             + (" float non-linearities" if nl == "float" else ""))
                     cells.append(cell(s, label))
     return cells
+
+
+def recipe_settings(spec: GridSpec, w_bits: int, conformer: bool) -> dict:
+    """A cell's recipe columns (RECIPE_COLUMNS, and the rounding / bias_correction it implies) when
+    the grid names a recipe; {} for the flags, and for a recipe that is the paper's method (the
+    flags' cell already: one computation, one row)."""
+    if not spec.recipe:
+        return {}
+    from .quantize import Recipe
+
+    r = Recipe.resolve(spec.recipe, w_bits, conformer=conformer)
+    if r.name == "paper":
+        return {}
+    parts = ""
+    if r.edge_bits and conformer:
+        from .conformer_weights import DEFAULT_EDGE_PARTS
+
+        parts = "+".join(DEFAULT_EDGE_PARTS)
+    return {"recipe": r.name, "rounding": r.rounding, "bias_correction": bool(r.bias_correction),
+            "adaround_iterations": int(r.adaround.get("iterations", 0)) if r.rounding == "adaround" else 0,
+            "edge_bits": int(r.edge_bits or 0), "edge_parts": parts, "weight_group": int(r.weight_group)}
 
 
 def run_grid(model_path, eval_data, csv, spec: GridSpec, calib_data=None, cache_dir="build/synth_cache",

@@ -25,7 +25,8 @@ def grid_spec(args):
     return GridSpec(bits=bits, calibrations=tuple(args.calibrations), seeds=tuple(args.seeds), synth=synth,
                     random_batches=args.batches, random_frames=args.frames, real_limit=args.real_limit,
                     observer=args.observer, weight_method=args.weight_method, bias_correction=args.bias_correction,
-                    depthwise_bits=args.depthwise_bits or 0, rounding=args.rounding, simulated=args.simulated)
+                    depthwise_bits=args.depthwise_bits or 0, rounding=args.rounding, simulated=args.simulated,
+                    recipe=args.recipe)
 
 
 def cmd_grid(args) -> int:
@@ -77,5 +78,9 @@ def add_grid(sub) -> None:
                         "one CSV per split beside --out")
     g.add_argument("--paper-data", default=str(paths.shared_dir() / "data"),
                    help="--profile paper: folder holding LibriSpeech/<split> (missing splits are downloaded)")
+    g.add_argument("--recipe", choices=["default", "paper", "bc", "adaround", "grouped"], default=None,
+                   help="a named recipe per width (`intasr quantize --recipe`; default: the width's default) "
+                        "instead of --rounding / --bias-correction; a width whose recipe is the paper's method "
+                        "shares the flags' row")
     g.add_argument("--quiet", action="store_true")
     g.set_defaults(func=cmd_grid)
