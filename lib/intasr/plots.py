@@ -155,3 +155,25 @@ def size_figure(sweep, fp32_wer: float, words: int, paper_marks):
     # shrink the axes to fit the legend; the saved figure is cropped to both)
     ax.legend(fontsize="x-small", loc="upper center", bbox_to_anchor=(0.5, -0.14))
     return fig
+
+
+def conformer_size_figure(rows: pd.DataFrame, fp32_rate: float, units: int, title: str):
+    """PER against stored weight size for a Conformer grid's synthetic, integer-only rows, on
+    ``size_figure``'s axes: per weight method (column `weights`: the paper's method or a named
+    recipe) and width, the seed mean with the seeds' range, each run as a dot; FP32 dotted."""
+    fig, ax = plt.subplots(figsize=(8, 4.6))
+    for k, (method, d) in enumerate(rows.groupby("weights", sort=False)):
+        color = f"C{k}"
+        s = (d.groupby("w_bits").agg(size_mb=("size_mb", "mean"), rate=("error_rate", "mean"),
+                                     lo=("error_rate", "min"), hi=("error_rate", "max"), seeds=("seed", "nunique"))
+             .reset_index().sort_values("size_mb"))
+        ax.errorbar(s.size_mb, s.rate, yerr=[s.rate - s.lo, s.hi - s.rate], fmt="o-", color=color, capsize=4,
+                    label=f"{method} (seed mean, range)")
+        ax.scatter(d.size_mb, d.error_rate, color=color, s=14, alpha=0.5)
+        for r in s.itertuples():
+            ax.annotate(f"W{r.w_bits}A8", (r.size_mb, r.rate), xytext=(6, 4 if k % 2 else -14),
+                        textcoords="offset points", fontsize=8, color=color)
+    ax.axhline(fp32_rate, color="k", ls=":", lw=1, label=f"FP32 ({fp32_rate:.2f} %)")
+    ax.set(xlabel="stored weights (MiB, BatchNorm folded)", ylabel=f"PER % ({units} phonemes)", title=title)
+    ax.legend(fontsize="x-small", loc="upper center", bbox_to_anchor=(0.5, -0.14))
+    return fig

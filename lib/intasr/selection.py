@@ -175,7 +175,8 @@ def selection_table(selection_rows: pd.DataFrame, recipe_rows: pd.DataFrame | No
     sel["test_errors"] = [t["per_seed"] if t is not None else "" for t in tests]
     sel["test_delta"] = sel.test_wer - fp32_wer
     cols = ["w_bits", "a_bits", "candidate", "recipe", "seeds", "rate", "errors", "per_seed", "words", "ci95_lo",
-            "ci95_hi", "calib_seconds", "chosen", "test_wer", "test_std", "test_seeds", "test_errors", "test_delta"]
+            "ci95_hi", "calib_seconds", "size_mb", "chosen", "test_wer", "test_std", "test_seeds", "test_errors",
+            "test_delta"]
     sel = sel.sort_values(["w_bits", "seeds", "errors", "calib_seconds"], ascending=[True, False, True, True],
                           kind="stable")
     return sel[cols].reset_index(drop=True)
@@ -197,12 +198,16 @@ def ranking_agreement(table: pd.DataFrame, w_bits: int) -> tuple[int, int]:
     return agree, pairs
 
 
-def selection_prose(table: pd.DataFrame | None) -> dict:
+def selection_prose(table: pd.DataFrame | None, metric: str = "WER", unit: str = "words",
+                    tool: str = "tools/select_recipes.sh") -> dict:
     """What a chapter says of `selection_table`'s table: per width (``w4``, ``w6``, ``w8``) the
-    chosen candidate, its label-free and its test-other numbers, and whether it is the default."""
+    chosen candidate, its label-free and its test-other numbers, and whether it is the default.
+    metric / unit: the model's ("PER", "phonemes" for a phoneme model); tool: the command that
+    measures the selection."""
     if table is None:
-        return {k: "No label-free selection was measured on this model (`tools/select_recipes.sh`)."
+        return {k: f"No label-free selection was measured on this model (`{tool}`)."
                 for k in ("w4", "w6", "w8")}
+    singular = unit[:-1]
     out = {}
     for w in (4, 6, 8):
         t = table[table.w_bits == w]
@@ -213,8 +218,8 @@ def selection_prose(table: pd.DataFrame | None) -> dict:
         rest = t[~t.chosen]
         runner = (f"; the next, {rest.candidate.iloc[0]}, {rest.errors.iloc[0]:.1f} ({rest.per_seed.iloc[0]})"
                   if len(rest) else "")
-        test = (f"on test-other, whose transcripts it never read, it makes **{c.test_wer:.2f} %** WER over "
-                f"{c.test_seeds} seeds (**{c.test_delta:+.2f}** over FP32; word errors per seed {c.test_errors})"
+        test = (f"on test-other, whose transcripts it never read, it makes **{c.test_wer:.2f} %** {metric} over "
+                f"{c.test_seeds} seeds (**{c.test_delta:+.2f}** over FP32; {singular} errors per seed {c.test_errors})"
                 if c.test_seeds else "it has no test-other runs")
         default = default_recipe(w)
         said = ("the default of `intasr quantize --weight-bits {w}`".format(w=w) if c.recipe == default else
@@ -222,7 +227,7 @@ def selection_prose(table: pd.DataFrame | None) -> dict:
         agree, pairs = ranking_agreement(table, w)
         order = (f" Of the {pairs} pair{'s' if pairs > 1 else ''} of {w}-bit candidates with test-other runs, the label-free "
                  f"criterion orders {agree} as test-other does." if pairs else "")
-        out[f"w{w}"] = (f"**W{w}A8**: {c.candidate}, {c.errors:.1f} of {int(c.words)} words off the float "
+        out[f"w{w}"] = (f"**W{w}A8**: {c.candidate}, {c.errors:.1f} of {int(c.words)} {unit} off the float "
                         f"transcripts over {c.seeds} seed{'s' if c.seeds > 1 else ''} ({c.per_seed})"
                         f"{runner}; {test}. It is {said}.{order}")
     return out

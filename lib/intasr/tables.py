@@ -441,7 +441,11 @@ def run_paper_profile(model_path, data_root, out_dir, cache_dir, progress=True, 
 
 def variant(r, plain: str = "paper's method") -> str:
     """A row's weight-side settings in words ('bias correction + depthwise 8-bit'); `plain` when
-    it has none (min/max, round-to-nearest, one width, integer non-linearities)."""
+    it has none (min/max, round-to-nearest, one width, integer non-linearities); a named recipe's
+    row (``GridSpec.recipe``) says the recipe."""
+    recipe = str(getattr(r, "recipe", "") or "")
+    if recipe not in ("", "nan", "-"):
+        return f"`{recipe}` recipe"
     parts = [("MSE clipping" if r.weight_method == "mse" else ""), ("GPTQ rounding" if r.rounding == "gptq" else ""),
              ("bias correction" if str(r.bias_correction) == "True" else ""),
              (f"depthwise {int(r.depthwise_bits)}-bit" if int(r.depthwise_bits) else ""),
