@@ -169,7 +169,10 @@ def quantize_cell(model_path: str, model_sha: str, settings: dict, threads: int 
         if settings.get("recipe"):   # a named recipe (tables.recipe_settings): resolved again here
             from .quantize import is_conformer
 
-            recipe = Recipe.resolve(settings["recipe"], w, conformer=is_conformer(model))
+            from . import paths
+
+            recipe = Recipe.resolve(settings["recipe"], w, conformer=is_conformer(model),
+                                    adaround_cache=paths.build_dir() / "adaround_cache")
             if settings.get("edge_parts"):
                 extra["edge_parts"] = settings["edge_parts"].split("+")
         else:
