@@ -179,9 +179,9 @@ def quantize_cell(model_path: str, model_sha: str, settings: dict, threads: int 
             recipe = Recipe.custom(rounding=settings["rounding"], bias_correction=bool(settings["bias_correction"]))
         qmodel = quantize(model, batches, w, a, observer=settings["observer"], weight_method=settings["weight_method"],
                           depthwise_bits=settings["depthwise_bits"] or None,
-                          info={"calibration": kind, "seed": settings["seed"]}, progress=False, **extra,
+                          info={"calibration": kind, "seed": settings["seed"]}, **extra,
                           **recipe.settings())
-    return {"model": qmodel, "seconds": time.perf_counter() - t0, "size_mb": qmodel.info.get("size_mb")}
+    return {"model": qmodel, "seconds": time.perf_counter() - t0, "size_mb": getattr(qmodel, "info", {}).get("size_mb")}
 
 
 def transcribe_shard(model_path: str, model_sha: str, quantized, utts: list, batch_size: int, threads: int | None):
