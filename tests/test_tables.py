@@ -131,3 +131,26 @@ def test_a_named_recipe_is_a_row_of_its_own_and_the_papers_method_is_shared(tmp_
     assert int(row.w_bits) == 6 and row.bias_correction in (True, "True") and row.rounding == "nearest"
     assert set(tables.RECIPE_COLUMNS) <= set(df2.columns)
     assert len(tables.paper_method_rows(df2)) == len(df)   # the recipe row is not the paper's method
+
+
+def test_a_conformer_grid_with_recipes_and_float_nonlinearities(tmp_path):
+    """A Conformer grid with --recipe default and --simulated: the 4-bit cell is the grouped recipe
+    (its own size: 8-bit edges and multipliers), the float-non-linearity cells are the paper's method."""
+    import intasr.tables as tables
+    from intasr.models import ConformerCTC, conformer_ctc_config
+
+    _, data = tiny_model_and_data(tmp_path)
+    torch.manual_seed(0)
+    model = ConformerCTC(conformer_ctc_config("small", bpe=False, n_layers=1)).eval()
+    path = save_model(model, tmp_path / "conf.nemo")
+    spec = GridSpec(bits=((8, 8), (4, 8)), calibrations=("random",), seeds=(0,), random_frames=100,
+                    simulated=True, recipe="default")
+    df = run_grid(path, data, tmp_path / "grid.csv", spec, limit=2, progress=False)
+    assert len(df) == 1 + 2 * 2 and df.cell_key.is_unique
+    w4 = df[(df.w_bits == 4) & (df.nonlinear == "integer")].iloc[0]
+    assert w4.recipe == "grouped" and w4.rounding == "adaround" and int(w4.weight_group) == 16
+    assert w4.edge_parts == "subsampling+output"
+    plain = df[(df.w_bits == 4) & (df.nonlinear == "float")].iloc[0]
+    assert str(plain.recipe) in ("nan", "") and plain.rounding == "nearest"
+    assert float(w4.size_mb) > float(plain.size_mb)   # the edges at 8 bits and the multipliers
+    assert tables.variant(w4) == "`grouped` recipe"

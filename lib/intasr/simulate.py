@@ -32,13 +32,18 @@ class SimulatedTaps(FloatTaps):
         scale = float(scale_from_range(self.calibrated[name].alpha(), bits, signed=signed))
         return fake_quantize(y, scale, bits, signed)
 
-    def conv(self, name, x, layer, lengths, bn=None):
+    def conv(self, name, x, layer, lengths, bn=None, extra_bias=None):
         from .quant.weights import quantize_weight
 
-        w, b = folded_weight_bias(layer, bn)
+        w, b = folded_weight_bias(layer, bn, extra_bias)   # a Linear as a k=1 conv; rel_pos's u / v in the bias
         w_q, s_w = quantize_weight(w, self.wb, "minmax")
-        w_fq = (w_q.double() * s_w.reshape(-1, 1, 1)).to(x.dtype)
-        y = torch.nn.functional.conv1d(x, w_fq, None if b is None else b.to(x.dtype), **conv_geometry(layer))
+        w_fq = (w_q.double() * s_w.reshape(-1, *[1] * (w.dim() - 1))).to(x.dtype)
+        bias = None if b is None else b.to(x.dtype)
+        if isinstance(layer, nn.Conv2d):   # the subsampling image [B, C, T, F]
+            y = torch.nn.functional.conv2d(x, w_fq, bias, stride=layer.stride, padding=layer.padding,
+                                           dilation=layer.dilation, groups=layer.groups)
+        else:
+            y = torch.nn.functional.conv1d(x, w_fq, bias, **conv_geometry(layer))
         self.lengths = conv_out_lengths(lengths, layer)
         return y, self.lengths
 
