@@ -22,7 +22,9 @@ def test_flags_replace_the_default_with_the_papers_method_and_say_so():
 def test_a_conformers_default_is_the_widths_recipe_without_equalization():
     # the Conformer takes the same recipes (conformer_weights); it has no separable pairs to equalize
     r = Recipe.resolve("default", 4, conformer=True)
-    assert r.name == default_recipe(4) and r.weight_group == RECIPES[r.name].get("weight_group", 0)
+    assert r.name == default_recipe(4, conformer=True) and r.weight_group == RECIPES[r.name].get("weight_group", 0)
+    assert Recipe.resolve("default", 6, conformer=True).name == default_recipe(6, conformer=True) == "adaround"
+    assert Recipe.resolve("default", 6).name == default_recipe(6) == "bc"
     assert r.equalize is False and Recipe.resolve("default", 4).equalize is RECIPES[r.name].get("equalize", False)
 
 

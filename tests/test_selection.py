@@ -118,6 +118,26 @@ def test_each_default_recipe_is_the_label_free_choice():
         assert r.recipe == default_recipe(int(r.w_bits)), f"W{r.w_bits}: chose {r.candidate}"
 
 
+def test_each_conformer_default_is_the_label_free_choice():
+    """The same for the hama Conformer (tools/select_conformer_recipes.sh, issue 30): the recipe that
+    `intasr quantize` gives it at each width, with its default 8-bit parts, is what `choose` reads
+    off results/conformer_recipe_selection.csv, whose rows were all scored against float transcripts."""
+    from pathlib import Path
+
+    from intasr.conformer_weights import DEFAULT_EDGE_PARTS
+    from intasr.quantize import default_recipe
+
+    rows = pd.read_csv(Path(__file__).resolve().parents[1] / "results" / "conformer_recipe_selection.csv")
+    assert set(rows.criterion) == {selection.CRITERION} and set(rows.metric) == {"per"}
+    picked = selection.choose(rows)
+    assert sorted(picked.w_bits) == [4, 6, 8]
+    for r in picked.itertuples():
+        assert r.recipe == default_recipe(int(r.w_bits), conformer=True), f"W{r.w_bits}: chose {r.candidate}"
+    chosen4 = rows[(rows.w_bits == 4) & (rows.apply(selection.recipe_label, axis=1) == picked[picked.w_bits == 4]
+                                         .candidate.iloc[0])]
+    assert set(chosen4.edge_parts) == {"+".join(DEFAULT_EDGE_PARTS)}
+
+
 def test_the_selection_set_shares_nothing_with_the_test_set(train_clean_dir, test_other_dir):
     from pathlib import Path
 

@@ -118,10 +118,10 @@ def table1(path: Path) -> list[str]:
     return out
 
 
-def _synthetic_vs_random(df: pd.DataFrame) -> str:
+def _synthetic_vs_random(df: pd.DataFrame, how: str = "") -> str:
     parts = [f"W{w}A{a} {sum(int(syn < ran) for syn, ran in pairs)} of {len(pairs)}"
              for w, a, pairs in synthetic_vs_random(df, sort=False)]
-    return ("Seeds in which synthetic calibration had fewer errors than random (same seed): "
+    return (f"Seeds in which synthetic calibration had fewer errors than random (same seed{', ' + how if how else ''}): "
             + ", ".join(parts) + "." if parts else "")
 
 
@@ -146,25 +146,32 @@ def conformer(path: Path) -> list[str]:
     """The hama Conformer-CTC grid: PER per W/A x calibration x non-linearities."""
     df = _frame(path)
     fp32 = _fp32(df)
-    g = _group(df, ["w_bits", "a_bits", "calibration", "nonlinear"])
-    g = g.sort_values(["w_bits", "calibration", "nonlinear"], ascending=[False, True, False],
+    df["weights"] = df.variant.where(df.variant.str.startswith("`"), "paper's method")
+    g = _group(df, ["w_bits", "a_bits", "weights", "calibration", "nonlinear"])
+    g["size"] = g.size_mb
+    g = g.sort_values(["w_bits", "weights", "calibration", "nonlinear"], ascending=[False, False, True, False],
                       key=lambda s: s.map(ORDER) if s.name == "calibration" else s)
     units = int(fp32.units)
-    out = [f"| W/A | calibration | non-linearities | PER % mean ± std | Δ vs FP32 | errors per seed / {units} |",
-           "|---|---|---|---|---|---|"]
+    out = [f"| W/A | weights | calibration | non-linearities | PER % mean ± std | Δ vs FP32 | errors per seed / {units} "
+           "| size MiB |", "|---|---|---|---|---|---|---|---|"]
     for r in g.itertuples():
         if r.w_bits == 32:
-            out.append(f"| 32/32 | - | float | {r.rate:.2f} | | {r.per_seed} |")
+            out.append(f"| 32/32 | float | - | float | {r.rate:.2f} | | {r.per_seed} | {r.size:.2f} |")
             continue
         nl = "integer" if r.nonlinear == "integer" else "float (simulated quantization)"
         bold = r.calibration == "synthetic" and r.nonlinear == "integer"
         delta = f"{r.rate - float(fp32.error_rate):+.2f}"
-        out.append(f"| {r.w_bits}/{r.a_bits} | {r.calibration} | {nl} | {_rate(r, bold)} | "
-                   f"{'**' + delta + '**' if bold else delta} | {r.per_seed} |")
+        out.append(f"| {r.w_bits}/{r.a_bits} | {r.weights} | {r.calibration} | {nl} | {_rate(r, bold)} | "
+                   f"{'**' + delta + '**' if bold else delta} | {r.per_seed} | {r.size:.2f} |")
     paper = _paper_test_other("Conformer-Large").set_index(["w_bits", "a_bits"]).wer
     gaps = ", ".join(f"W{w}A{a} {paper[(w, a)] - paper[(32, 32)]:+.2f} WER"
                      for w, a in paper.index if w < 32)
-    out += ["", _synthetic_vs_random(df[df.nonlinear == "integer"]) + f" The paper's Conformer-Large (test-other, "
+    integer = df[df.nonlinear == "integer"]
+    methods = [m for m in integer.weights.drop_duplicates() if m != "paper's method"]
+    lines = [_synthetic_vs_random(integer[integer.weights == "paper's method"])]
+    lines += [_synthetic_vs_random(integer[(integer.weights == m) | (integer.w_bits == 32)], f"with the {m}")
+              for m in methods]
+    out += ["", " ".join(x for x in lines if x) + f" The paper's Conformer-Large (test-other, "
             f"`data/paper_results.csv`): {gaps} over its FP32 {paper[(32, 32)]:.2f}. " + provenance_line(df, path)]
     return out
 
@@ -572,32 +579,37 @@ def recipes(path: Path) -> list[str]:
     return out
 
 
-def selection(path: Path) -> list[str]:
-    """issue 31: each width's recipe chosen label-free (agreement with FP32 on untranscribed audio),
-    beside its test-other result, which that choice never saw (``selection.selection_table``)."""
+def selection(path: Path, grid_csv: str = "grid.csv", report_csv: str = "beyond_adaround.csv",
+              tool: str = "tools/select_recipes.sh") -> list[str]:
+    """issue 31 (and 30, the Conformer): each width's recipe chosen label-free (agreement with FP32
+    on untranscribed audio), beside its test-other result, which that choice never saw
+    (``selection.selection_table``; the paper-method report rows come from the grid)."""
     from intasr.quantize import default_recipe
     from intasr.selection import selection_table
 
     sel = pd.read_csv(path)
-    grid = _frame(ROOT / "results" / "grid.csv")
+    grid = _frame(ROOT / "results" / grid_csv)
+    grid = grid[(grid.nonlinear == "integer") & (grid.variant == "paper's method")]
+    grid = grid.assign(wer=grid.error_rate, word_errors=grid.unit_errors)
     fp32 = float(grid[grid.w_bits == 32].iloc[0].error_rate)
-    t = selection_table(sel, pd.read_csv(ROOT / "results" / "beyond_adaround.csv"), grid, fp32)
-    out = ["| W/A | candidate | FP32-agreement WER % (errors per seed) [95% CI] | seeds | calibration s (as run: cached batches and codes are read) | chosen "
-           "| test-other WER % (errors per seed) | Δ vs FP32 |", "|---|---|---|---|---|---|---|---|"]
+    metric, unit = ("PER", "phonemes") if str(grid.metric.iloc[0]) == "per" else ("WER", "words")
+    t = selection_table(sel, pd.read_csv(ROOT / "results" / report_csv), grid, fp32)
+    out = [f"| W/A | candidate | FP32-agreement {metric} % (errors per seed) [95% CI] | seeds | calibration s (as run: cached batches and codes are read) | size MiB | chosen "
+           f"| test-other {metric} % (errors per seed) | Δ vs FP32 |", "|---|---|---|---|---|---|---|---|---|"]
     for r in t.itertuples():
         test = f"{rate_text(r.test_wer, r.test_std, r.test_seeds)} ({r.test_errors})" if r.test_seeds else "not measured"
         delta = f"{r.test_delta:+.2f}" if r.test_seeds else ""
         out.append(f"| {r.w_bits}/{r.a_bits} | {r.candidate} | {r.rate:.2f} ({r.per_seed}) [{r.ci95_lo:.2f}, "
-                   f"{r.ci95_hi:.2f}] | {r.seeds} | {r.calib_seconds:.0f} | {'**yes**' if r.chosen else ''} | "
+                   f"{r.ci95_hi:.2f}] | {r.seeds} | {r.calib_seconds:.0f} | {r.size_mb:.2f} | {'**yes**' if r.chosen else ''} | "
                    f"{test} | {delta} |")
     notes = []
     for r in t[t.chosen].itertuples():
-        default = default_recipe(int(r.w_bits))
+        default = default_recipe(int(r.w_bits), conformer=str(grid.metric.iloc[0]) == "per")
         notes.append(f"W{r.w_bits}: {r.candidate}" + ("" if r.recipe == default else f" (**not** the default `{default}`)"))
-    out += ["", f"Chosen, label-free: {'; '.join(notes)}. Criterion: fewest word errors against the float model's "
-            f"own transcripts ({int(sel.words.iloc[0])} words) of {int(sel.utterances.iloc[0])} untranscribed "
-            f"train-clean-100 utterances, mean over the seeds of the finalists (the best two of each width on seed 0, "
-            f"then seeds 1 and 2: `tools/select_recipes.sh`; `intasr.selection`; a tie goes to the shorter "
+    out += ["", f"Chosen, label-free: {'; '.join(notes)}. Criterion: fewest {unit[:-1]} errors against the float model's "
+            f"own transcripts ({int(sel.words.iloc[0])} {unit}) of {int(sel.utterances.iloc[0])} untranscribed "
+            f"train-clean-100 utterances, mean over the seeds of the finalists (the best of each width on seed 0, "
+            f"then seeds 1 and 2: `{tool}`; `intasr.selection`; a tie goes to the shorter "
             f"calibration); the test-other "
             f"columns (FP32 {fp32:.2f}%, seeds 0-2) are what each candidate gives on transcripts the choice never "
             f"read. " + provenance_line(load_frame(sel), path)]
@@ -655,6 +667,9 @@ BLOCKS = {
         "verify": verify_reports,
         "recipes": lambda: recipes(ROOT / "results" / "beyond_adaround.csv"),
         "selection": lambda: selection(ROOT / "results" / "recipe_selection.csv"),
+        "conformer_selection": lambda: selection(ROOT / "results" / "conformer_recipe_selection.csv",
+                                                 "conformer_grid.csv", "conformer_recipes.csv",
+                                                 "tools/select_conformer_recipes.sh"),
         "cpu_spread": lambda: cpu_spread(ROOT / "results" / "recipe_report_avx2.csv"),
         "fuzz": fuzz,
     },

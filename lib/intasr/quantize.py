@@ -71,15 +71,17 @@ def recipe_of(row) -> str:
     return ""
 
 
-def default_recipe(weight_bits: int, mixed_precision: bool = False) -> str:
+def default_recipe(weight_bits: int, mixed_precision: bool = False, conformer: bool = False) -> str:
     """The recipe ``intasr quantize`` uses when none is named: ``grouped`` at 4 bits and below,
-    ``bc`` below 8 bits, ``paper`` at 8; with a size budget (``mixed_precision``) ``bc`` below 8
-    bits, the setting its budgets were measured with. Why these: the recipes measured at each width
-    on QuartzNet-15x5 are in results/beyond_adaround.csv and results/beyond_size.csv (the README's
-    recipes table is written from them)."""
+    ``bc`` below 8 bits (a Conformer: ``adaround``), ``paper`` at 8; with a size budget
+    (``mixed_precision``) ``bc`` below 8 bits, the setting its budgets were measured with. Each
+    width's default is the label-free choice (``selection.choose``) of results/recipe_selection.csv
+    (QuartzNet-15x5) and results/conformer_recipe_selection.csv (the hama Conformer), tested."""
     if weight_bits <= 4 and not mixed_precision:
         return "grouped"
-    return "bc" if weight_bits < 8 else "paper"
+    if weight_bits < 8:
+        return "adaround" if conformer and not mixed_precision else "bc"
+    return "paper"
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,8 @@ class Recipe:
         chosen = name
         if name == "default":
             chosen = ("paper" if explicit
-                      else default_recipe(weight_bits, mixed_precision=size_budget_mb is not None))
+                      else default_recipe(weight_bits, mixed_precision=size_budget_mb is not None,
+                                          conformer=conformer))
         settings = RECIPES[chosen]
         rounding = rounding or settings["rounding"]
         ada = {**settings.get("adaround", {}), "cache_dir": adaround_cache}

@@ -199,11 +199,11 @@ def ranking_agreement(table: pd.DataFrame, w_bits: int) -> tuple[int, int]:
 
 
 def selection_prose(table: pd.DataFrame | None, metric: str = "WER", unit: str = "words",
-                    tool: str = "tools/select_recipes.sh") -> dict:
+                    tool: str = "tools/select_recipes.sh", conformer: bool = False) -> dict:
     """What a chapter says of `selection_table`'s table: per width (``w4``, ``w6``, ``w8``) the
     chosen candidate, its label-free and its test-other numbers, and whether it is the default.
     metric / unit: the model's ("PER", "phonemes" for a phoneme model); tool: the command that
-    measures the selection."""
+    measures the selection; conformer: the model is one (its defaults, ``quantize.default_recipe``)."""
     if table is None:
         return {k: f"No label-free selection was measured on this model (`{tool}`)."
                 for k in ("w4", "w6", "w8")}
@@ -221,7 +221,7 @@ def selection_prose(table: pd.DataFrame | None, metric: str = "WER", unit: str =
         test = (f"on test-other, whose transcripts it never read, it makes **{c.test_wer:.2f} %** {metric} over "
                 f"{c.test_seeds} seeds (**{c.test_delta:+.2f}** over FP32; {singular} errors per seed {c.test_errors})"
                 if c.test_seeds else "it has no test-other runs")
-        default = default_recipe(w)
+        default = default_recipe(w, conformer=conformer)
         said = ("the default of `intasr quantize --weight-bits {w}`".format(w=w) if c.recipe == default else
                 f"**not** the default of `intasr quantize --weight-bits {w}` (`{default}`)")
         agree, pairs = ranking_agreement(table, w)

@@ -115,7 +115,7 @@ def _add_recipe_choice(q: argparse.ArgumentParser) -> None:
                         "learned rounding with joint bias correction on the synthetic batches, first block and "
                         "decoder (Conformer: --edge-parts) at 8 bits, separable pairs equalized (ConvASR); grouped: adaround on a finer grid, a 4-bit "
                         "integer multiplier per 16 weights of a row (quant/groups.py); default: the measured best of "
-                        "the width (grouped at 4 bits, bc at 6, paper at 8; bc under --size-budget-mb; explicit "
+                        "the width (grouped at 4 bits, bc at 6 (a Conformer: adaround), paper at 8; bc under --size-budget-mb; explicit "
                         "--rounding / --bias-correction: paper's plus those)")
     q.add_argument("--edge-bits", type=int, default=None,
                    help="weight width of the first block's convs and the decoder (default: the recipe's; "
