@@ -174,3 +174,19 @@ def test_convasr_refuses_conformer_edge_parts():
     model = ConvASR(quartznet_config(5)).eval()
     with pytest.raises(ValueError, match="--edge-parts"):
         quantize(model, random_mels(1, 1, 64), 4, 8, edge_bits=8, edge_parts=["attention"], progress=False)
+
+
+def test_batches_are_read_one_by_one_as_if_merged(small, batches):
+    """Real calibration has many utterances: their Gram matrices are summed batch by batch (never one
+    merged batch, whose attention scores would be T x T for the longest), with the same result."""
+    from intasr.quant.adaround import merge_batches
+
+    mel, lengths = batches[0]
+    split = [(mel[:1, :, :120], lengths[:1]), (mel[1:, :, :90], lengths[1:])]
+    cfg = AdaRoundConfig(iterations=0, asymmetric=False)
+    one = learn_conformer_rounding(small, [merge_batches(split)], lambda layer: 4, cfg=cfg, progress=False)
+    two = learn_conformer_rounding(small, split, lambda layer: 4, cfg=cfg, progress=False)
+    for layer in one.codes:
+        assert torch.equal(one.codes[layer], two.codes[layer])
+        # float32 activations of other batch shapes: the means agree to float32 rounding
+        torch.testing.assert_close(one.bias_shifts[layer], two.bias_shifts[layer], rtol=1e-4, atol=1e-8)

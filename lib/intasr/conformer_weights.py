@@ -36,8 +36,8 @@ from torch import nn
 
 from .convert_conformer import FloatTaps, conv_out_lengths, float_forward, folded_weight_bias
 from .models.convasr import frame_mask
-from .quant.adaround import (AdaRoundConfig, FoldedConv, Grams, LearnedRounding, digest, learn_conv, nearest_codes,
-                             bias_shift, grid_step, learnable, merge_batches)
+from .quant.adaround import (AdaRoundConfig, FoldedConv, Grams, LearnedRounding, bias_shift, digest, grid_step,
+                             learn_conv, learnable, nearest_codes)
 
 CACHE_FORMAT = 1
 #: the parts of a Conformer that a recipe's ``edge_bits`` keeps wider (``edge_layers``)
@@ -206,12 +206,13 @@ def learn_conformer_rounding(model, batches, bits_of, weight_method: str = "minm
     start = time.perf_counter()
     layers = weight_layers(model)
     folded = [_folded(layers, layer, bits_of, weight_method, weight_group) for layer in layers]
-    mel, lens = merge_batches(list(batches))
-    folder = Path(cache_dir) / cache_key(folded, [(mel, lens)], cfg) if cache_dir is not None else None
+    # batch by batch (attention's T x T scores: real calibration's utterances are not merged into one batch)
+    batches = [(m.float(), l.to(torch.int64)) for m, l in batches]
+    folder = Path(cache_dir) / cache_key(folded, batches, cfg) if cache_dir is not None else None
     cached = {f.name: folder / f"{f.name}.pt" for f in folded} if folder is not None else {}
     todo = [f for f in folded if not (f.name in cached and cached[f.name].is_file())]
     taps = GramTaps([f.module for f in todo])
-    if todo:   # one float pass gives every layer's Gram matrices
+    for mel, lens in batches if todo else []:   # one float pass gives every layer's Gram matrices
         float_forward(model, mel, lens, taps)
     codes, shifts, errors = {}, {}, {}
     for f in tqdm(folded, desc="conformer rounding", disable=not progress):
