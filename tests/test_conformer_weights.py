@@ -145,15 +145,19 @@ def test_grouped_w4a8_program_has_the_recipes_weights_and_is_float_free_and_exac
     from intasr.quantize import Recipe
     from intasr.verify import float_ops_in_forward
 
+    from intasr.quantize import RECIPES
+
     recipe = Recipe.resolve("grouped", 4, conformer=True)
     q = quantize(small, batches, 4, 8, progress=False, **recipe.settings())
-    assert q.info["edge_parts"] == ["subsampling", "output"] and q.info["weight_group"] == 16
-    assert q.info["size_mb"] == pytest.approx(size_mb(
-        small, lambda layer: 8 if layer in set(edge_layers(small)) else 4, 16, other_bits=4))
+    parts = RECIPES["grouped"]["edge_parts"]
+    assert q.info["edge_parts"] == list(parts) and q.info["weight_group"] == 16
+    edges = set(edge_layers(small, parts))
+    assert q.info["size_mb"] == pytest.approx(size_mb(small, lambda layer: 8 if layer in edges else 4, 16, other_bits=4))
+    names = {weight_layers(small)[layer][0] for layer in edges}   # linear_q by its first copy, linear_q_u
     widest = {}
     for op in q.program.ops:
         if op.kind in ("conv1d", "conv2d"):
-            edge = op.name.startswith("encoder.pre_encode") or op.name == "decoder"
+            edge = op.name.replace(".linear_q_v", ".linear_q_u") in names
             widest[edge] = max(widest.get(edge, 0), int(op.params["weight"].to(torch.int64).abs().max()))
     # 4-bit codes times 4-bit multipliers: at most 8 * 15; the 8-bit edges use their range
     assert widest[False] <= 8 * 15 and widest[True] == 127

@@ -124,8 +124,7 @@ def test_each_conformer_default_is_the_label_free_choice():
     off results/conformer_recipe_selection.csv, whose rows were all scored against float transcripts."""
     from pathlib import Path
 
-    from intasr.conformer_weights import DEFAULT_EDGE_PARTS
-    from intasr.quantize import default_recipe
+    from intasr.quantize import RECIPES, default_recipe
 
     rows = pd.read_csv(Path(__file__).resolve().parents[1] / "results" / "conformer_recipe_selection.csv")
     assert set(rows.criterion) == {selection.CRITERION} and set(rows.metric) == {"per"}
@@ -135,7 +134,7 @@ def test_each_conformer_default_is_the_label_free_choice():
         assert r.recipe == default_recipe(int(r.w_bits), conformer=True), f"W{r.w_bits}: chose {r.candidate}"
     chosen4 = rows[(rows.w_bits == 4) & (rows.apply(selection.recipe_label, axis=1) == picked[picked.w_bits == 4]
                                          .candidate.iloc[0])]
-    assert set(chosen4.edge_parts) == {"+".join(DEFAULT_EDGE_PARTS)}
+    assert set(chosen4.edge_parts) == {"+".join(RECIPES["grouped"]["edge_parts"])}
 
 
 def test_the_selection_set_shares_nothing_with_the_test_set(train_clean_dir, test_other_dir):

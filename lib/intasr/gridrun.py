@@ -173,8 +173,9 @@ def quantize_cell(model_path: str, model_sha: str, settings: dict, threads: int 
 
             recipe = Recipe.resolve(settings["recipe"], w, conformer=is_conformer(model),
                                     adaround_cache=paths.build_dir() / "adaround_cache")
-            if settings.get("edge_parts"):
-                extra["edge_parts"] = settings["edge_parts"].split("+")
+            if settings.get("edge_parts") and "+".join(recipe.edge_parts or ()) != settings["edge_parts"]:
+                raise ValueError(f"grid cell {settings['recipe']}: edge parts {settings['edge_parts']} are not the "
+                                 f"recipe's {recipe.edge_parts} (the recipe changed since the cell was planned)")
         else:
             recipe = Recipe.custom(rounding=settings["rounding"], bias_correction=bool(settings["bias_correction"]))
         qmodel = quantize(model, batches, w, a, observer=settings["observer"], weight_method=settings["weight_method"],

@@ -31,6 +31,10 @@ RECIPES = {
 #: adaround's settings on a finer grid: a 4-bit integer multiplier per 16 weights of a row of each
 #: 4-bit conv (quant/groups.py; +4/16 bit per weight; ``--weight-group 0``: adaround's grid)
 RECIPES["grouped"] = {**RECIPES["adaround"], "weight_group": 16}
+#: a Conformer's parts kept at edge_bits (``conformer_weights.EDGE_PARTS``), per recipe: each the label-free
+#: choice among the parts measured (results/conformer_recipe_selection.csv; a ConvASR's edges are fixed)
+RECIPES["adaround"]["edge_parts"] = ("subsampling", "output")
+RECIPES["grouped"]["edge_parts"] = ("subsampling", "output", "attention")
 
 
 def recipe_of(row) -> str:
@@ -49,10 +53,8 @@ def recipe_of(row) -> str:
 
     if get("size_budget_mb") is not None or str(get("calibration", "synthetic")) != "synthetic":
         return ""
-    from .conformer_weights import DEFAULT_EDGE_PARTS
-
     parts = str(get("edge_parts", ""))
-    if num("depthwise_bits") or parts not in ("", "+".join(DEFAULT_EDGE_PARTS)):
+    if num("depthwise_bits"):
         return ""
     conformer = bool(parts)   # a Conformer row with an edge width: no separable pairs to equalize
     for name, r in RECIPES.items():
@@ -65,6 +67,7 @@ def recipe_of(row) -> str:
                 and ada.get("relu_aware", False) == flag("adaround_relu_aware")
                 and ada.get("block_iterations", 0) == num("adaround_block_iterations")
                 and (conformer or r.get("equalize", False) == flag("equalize"))
+                and (not conformer or "+".join(r.get("edge_parts", ())) == parts)
                 and int(r.get("edge_bits") or 0) == num("edge_bits")
                 and int(r.get("weight_group", 0)) == num("weight_group")):
             return name
@@ -98,6 +101,7 @@ class Recipe:
     edge_bits: int | None = None
     equalize: bool = False
     weight_group: int = 0
+    edge_parts: tuple | None = None   # a Conformer's parts kept at edge_bits (None: ConvASR, or the default)
 
     @classmethod
     def resolve(cls, name: str, weight_bits: int, *, conformer: bool = False, size_budget_mb: float | None = None,
@@ -129,8 +133,10 @@ class Recipe:
             weight_group = 0 if budget or rounding == "gptq" else settings.get("weight_group", 0)
         if equalize is None:   # a Conformer has no separable conv pairs to equalize
             equalize = bool(settings.get("equalize", False)) and not conformer
+        parts = settings.get("edge_parts") if conformer and edge_bits else None
         return cls(chosen, "flags" if name == "default" and explicit else chosen, rounding,
-                   bias_correction or settings["bias_correction"], ada, edge_bits, bool(equalize), weight_group)
+                   bias_correction or settings["bias_correction"], ada, edge_bits, bool(equalize), weight_group,
+                   None if parts is None else tuple(parts))
 
     @classmethod
     def custom(cls, name: str = "", **settings) -> "Recipe":
@@ -142,9 +148,12 @@ class Recipe:
     def settings(self) -> dict:
         """The keyword arguments of ``quantize`` this recipe sets (no AdaRound options: None, as
         ``quantize``'s default)."""
-        return {"rounding": self.rounding, "bias_correction": self.bias_correction,
-                "adaround": self.adaround or None, "edge_bits": self.edge_bits or None, "equalize": self.equalize,
-                "weight_group": self.weight_group}
+        out = {"rounding": self.rounding, "bias_correction": self.bias_correction,
+               "adaround": self.adaround or None, "edge_bits": self.edge_bits or None, "equalize": self.equalize,
+               "weight_group": self.weight_group}
+        if self.edge_parts:   # a Conformer recipe's own parts
+            out["edge_parts"] = list(self.edge_parts)
+        return out
 
 
 def is_conformer(model) -> bool:

@@ -145,7 +145,7 @@ def recipe_settings(spec: GridSpec, w_bits: int, conformer: bool) -> dict:
     if r.edge_bits and conformer:
         from .conformer_weights import DEFAULT_EDGE_PARTS
 
-        parts = "+".join(DEFAULT_EDGE_PARTS)
+        parts = "+".join(r.edge_parts or DEFAULT_EDGE_PARTS)
     return {"recipe": r.name, "rounding": r.rounding, "bias_correction": bool(r.bias_correction),
             "adaround_iterations": int(r.adaround.get("iterations", 0)) if r.rounding == "adaround" else 0,
             "edge_bits": int(r.edge_bits or 0), "edge_parts": parts, "weight_group": int(r.weight_group)}

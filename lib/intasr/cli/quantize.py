@@ -63,10 +63,13 @@ def cmd_quantize(args) -> int:
     batches = calibration_batches(model, args)
     info = {"calibration": args.calibration, "seed": args.seed, "source_model": str(args.model),
             "recipe": recipe.label}
+    settings = recipe.settings()
+    if args.edge_parts:   # the Conformer's parts, in place of the recipe's
+        settings["edge_parts"] = args.edge_parts
     qmodel = quantize(model, batches, args.weight_bits, args.act_bits, observer=args.observer,
                       weight_method=args.weight_method, depthwise_bits=args.depthwise_bits,
                       residual_bits=args.residual_bits, prob_bits=args.prob_bits, info=info,
-                      size_budget_mb=args.size_budget_mb, edge_parts=args.edge_parts, **recipe.settings())
+                      size_budget_mb=args.size_budget_mb, **settings)
     # synthesis (or feature extraction) + calibration + conversion; cached batches and codes count as read
     qmodel.info["calibration_seconds"] = round(time.perf_counter() - start, 1)
     out = save_quantized(qmodel, args.out)
@@ -121,8 +124,9 @@ def _add_recipe_choice(q: argparse.ArgumentParser) -> None:
                    help="weight width of the first block's convs and the decoder (default: the recipe's; "
                         "0: --weight-bits like every other conv)")
     q.add_argument("--edge-parts", nargs="+", choices=["subsampling", "output", "attention"], default=None,
-                   help="Conformer: the parts --edge-bits keeps wider (default: subsampling and output, chosen "
-                        "label-free: results/conformer_recipe_selection.csv)")
+                   help="Conformer: the parts --edge-bits keeps wider (default: the recipe's, chosen label-free "
+                        "(results/conformer_recipe_selection.csv): grouped keeps subsampling, output and attention, "
+                        "adaround subsampling and output)")
     q.add_argument("--equalize", action=argparse.BooleanOptionalAction, default=None,
                    help="cross-layer equalization (weights only) of the separable pairs below 8 bits before "
                         "calibrating (default: the recipe's)")
