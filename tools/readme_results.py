@@ -478,7 +478,8 @@ def _made(info: dict | None) -> str:
         return "-"
     parts = [f"`{info['recipe']}`" if info.get("recipe") else ""]
     if info.get("edge_bits"):
-        parts.append(f"edges at {info['edge_bits']} bits")
+        where = " and ".join(info["edge_parts"]) if info.get("edge_parts") else "edges"   # a Conformer's parts
+        parts.append(f"{where} at {info['edge_bits']} bits")
     if info.get("equalized"):
         parts.append(f"{info['equalized']} pairs equalized")
     if info.get("weight_group"):
