@@ -136,7 +136,8 @@ def relative_values(grid: pd.DataFrame, paper_wer: pd.Series, kinds, w_bits=(8, 
 
 def plot_relative(quant: pd.DataFrame, grid_fp32: float, units: int, paper_wer: pd.Series, bits, calibrations, kinds):
     """One panel per W/A: every run's relative change from FP32 (%) by calibration and kind, the
-    paper's synthetic integer-only result as a cross, and a grey band of ± one unit error."""
+    paper's synthetic integer-only result as a cross (where the paper has the width), and a grey
+    band of ± one unit error."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
@@ -150,8 +151,8 @@ def plot_relative(quant: pd.DataFrame, grid_fp32: float, units: int, paper_wer: 
     for ax, wa in zip(axes[0], wa_order):
         sns.stripplot(data=runs[runs["W/A"] == wa], x="calibration", y="rel %", hue="nonlinear", order=cal_order,
                       hue_order=kind_order, dodge=True, jitter=0.08, size=7, ax=ax)
-        if "synthetic" in cal_order:
-            w = int(wa.split("/")[0])
+        w = int(wa.split("/")[0])
+        if "synthetic" in cal_order and w in paper_wer.index:   # the paper has no W4A8 Conformer
             paper_rel = 100 * (float(paper_wer.loc[w]) / float(paper_wer.loc[32]) - 1)
             ax.scatter([cal_order.index("synthetic") - 0.2], [paper_rel], marker="X", s=120, color="C3", zorder=3,
                        label="paper (Conformer-Large)")
