@@ -126,3 +126,30 @@ def test_seed_spread_leaves_out_single_seed_calibrations(grid):
 def test_degradation_table_names_its_metric(grid):
     t = gr.degradation_table(grid, PAPER, CALS, KINDS, metric="WER", paper_column="paper")
     assert {"WER % (mean ± std)", "Δ WER", "paper"} <= set(t.columns) and "Δ PER" not in t.columns
+
+
+def test_recipe_rows_values_and_size_points(tmp_path):
+    """A grid with paper-method and recipe rows: the recipe rows alone, their synthetic means and
+    synthetic-vs-random counts (checked by hand), and the plot's points as two lines."""
+    rows = [_row(32, 32, "none", 0, "integer", 100)]
+    rows += [_row(4, 8, "synthetic", s, "integer", e) for s, e in zip((0, 1, 2), (150, 152, 148))]
+    rows += [_row(4, 8, c, s, "integer", e, recipe="grouped", size_mb=1.2)
+             for c, errs in (("synthetic", (104, 106, 105)), ("random", (107, 105, 108)))
+             for s, e in zip((0, 1, 2), errs)]
+    rows.insert(4, _row(4, 8, "synthetic", 0, "integer", 999, recipe="grouped", size_mb=1.2))   # older: replaced
+    path = tmp_path / "grid.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    rec = gr.recipe_rows(path, "m")
+    assert len(rec) == 6 and set(rec.recipe) == {"grouped"}
+    v = gr.recipe_values(rec, 10.0)
+    assert v["rec_w4"] == f"{(105 / 10 - 10.0):+.2f}" and v["rec_w4_name"] == "`grouped`" and v["rec_w4_mb"] == "1.20"
+    syn = rec[rec.calibration == "synthetic"].set_index("seed").unit_errors
+    ran = rec[rec.calibration == "random"].set_index("seed").unit_errors
+    better = sum(int(syn[s] < ran[s]) for s in (0, 1, 2))
+    assert v["rec_syn_rand"] == f"W4A8: synthetic had fewer errors than random in {better} of 3 seeds"
+    assert v["rec_w6"] == "(not run)"
+    grid = pd.DataFrame(rows[:4])   # FP32 and the paper's method
+    pts = gr.size_points(grid, rec)
+    assert list(pts.weights.drop_duplicates()) == ["paper's method", "default recipes (`grouped` at W4)"]
+    assert len(pts) == 3 + 3
+    assert gr.recipe_rows(tmp_path / "missing.csv", "m").empty

@@ -168,3 +168,24 @@ def test_rows_measured_on_this_model_file_and_evaluation_set(test_other_dir, tmp
         got = selection.rows_measured_on(csv, other, utts)
         assert len(got) == ((rows.model_sha256 == real_hash) & (rows.eval_sha256 == fp)).sum() > 0
         assert len(selection.rows_measured_on(csv, other)) == (rows.model_sha256 == real_hash).sum() >= len(got)
+
+
+def test_parts_table_keeps_the_candidates_that_differ_only_in_their_8_bit_parts():
+    base = "learned rounding (centered, on float inputs, 100 steps/conv, a multiplier per 16 weights"
+    t = pd.DataFrame([
+        dict(w_bits=4, candidate=base + ", subsampling and output and attention at 8 bits)", size_mb=1.19, seeds=3,
+             errors=570.0, per_seed="a", chosen=True, test_wer=16.4, test_delta=0.8, test_errors="x", words=25000),
+        dict(w_bits=4, candidate=base + ")", size_mb=1.01, seeds=3, errors=650.0, per_seed="b", chosen=False,
+             test_wer=16.3, test_delta=0.7, test_errors="y", words=25000),
+        dict(w_bits=4, candidate=base + ", depthwise convs at 8 bits)", size_mb=1.05, seeds=3, errors=575.0,
+             per_seed="c", chosen=False, test_wer=16.0, test_delta=0.4, test_errors="z", words=25000),
+        dict(w_bits=4, candidate="`bc`", size_mb=0.96, seeds=1, errors=1246.0, per_seed="d", chosen=False,
+             test_wer=float("nan"), test_delta=float("nan"), test_errors="", words=25000),
+        dict(w_bits=6, candidate=base + ")", size_mb=1.4, seeds=3, errors=350.0, per_seed="e", chosen=True,
+             test_wer=15.4, test_delta=-0.2, test_errors="w", words=25000)])
+    parts = selection.parts_table(t)
+    assert list(parts.size_mb) == [1.01, 1.19]   # cheapest first; no depthwise, no other recipe, no other width
+    v = selection.parts_values(parts, t)
+    assert v == {"edge_cheapest": "1.01", "edge_chosen_mb": "1.19", "edge_spread": "570-650", "edge_words": "25,000"}
+    assert selection.parts_table(None).empty
+    assert set(selection.parts_values(parts.iloc[:1], t).values()) == {"(not measured)"}

@@ -223,3 +223,56 @@ def seed_spread(rows: pd.DataFrame, exclude=("real",), value: str = "unit_errors
     averaged over settings, leaving out the calibrations in exclude (one seed each)."""
     return float(rows[~rows.calibration.isin(exclude)].groupby(["w_bits", "calibration", "nonlinear"])[value]
                  .std().mean())
+
+
+def recipe_rows(path, model: str) -> pd.DataFrame:
+    """The rows of ``model`` a grid made with a named recipe (``intasr grid --recipe``), integer
+    non-linearities; the last row per (W/A, calibration, seed, recipe). Empty without any."""
+    if path is None or not Path(path).is_file():
+        return pd.DataFrame()
+    df = tables.load_frame(pd.read_csv(path))
+    if "recipe" not in df:
+        return pd.DataFrame()
+    keep = (df.model == model) & df.recipe.notna() & ~df.recipe.astype(str).isin(["", "nan", "-"])
+    return df[keep].drop_duplicates(["w_bits", "a_bits", "calibration", "seed", "recipe"], keep="last")
+
+
+def recipe_table(rows: pd.DataFrame, grid_fp32: float) -> pd.DataFrame:
+    """``recipe_rows`` per (W/A, calibration): mean and std over seeds, the recipe, size and the
+    change from FP32."""
+    t = tables.summarize(rows.assign(nonlinear="integer"))
+    t = t[["w_bits", "a_bits", "calibration", "rate_mean", "rate_std", "seeds", "unit_errors_mean", "size_mb"]]
+    t["recipe"] = [rows[rows.w_bits == w].recipe.iloc[0] for w in t.w_bits]
+    t["delta_vs_fp32"] = t.rate_mean - grid_fp32
+    return t.reset_index(drop=True)
+
+
+def recipe_values(rows: pd.DataFrame, grid_fp32: float, widths=(4, 6)) -> dict:
+    """What a chapter says of ``recipe_rows``: per width the recipe, its synthetic mean change from
+    FP32, seeds and size (``rec_w{w}``, ``_name``, ``_seeds``, ``_mb``), and synthetic against random
+    per seed (``rec_syn_rand``)."""
+    out = {}
+    for w in widths:
+        d = rows[(rows.w_bits == w) & (rows.calibration == "synthetic")] if len(rows) else rows
+        out.update({f"rec_w{w}": f"{d.error_rate.mean() - grid_fp32:+.2f}" if len(d) else "(not run)",
+                    f"rec_w{w}_name": f"`{d.recipe.iloc[0]}`" if len(d) else "(none)",
+                    f"rec_w{w}_seeds": f"{d.seed.nunique()}" if len(d) else "0",
+                    f"rec_w{w}_mb": f"{d.size_mb.mean():.2f}" if len(d) else "-"})
+    pairs = tables.synthetic_vs_random(rows) if len(rows) else []
+    out["rec_syn_rand"] = ("; ".join(f"W{w}A{a}: synthetic had fewer errors than random in "
+                                     f"{sum(s < r for s, r in p)} of {len(p)} seeds" for w, a, p in pairs)
+                           or "not measured yet")
+    return out
+
+
+def size_points(grid: pd.DataFrame, recipes: pd.DataFrame) -> pd.DataFrame:
+    """The synthetic, integer-only quantized runs for ``plots.conformer_size_figure``: the grid's
+    paper-method rows and the recipe rows as one line (column ``weights``)."""
+    paper = grid[(grid.nonlinear == "integer") & (grid.calibration == "synthetic") & (grid.w_bits < 32)]
+    pts = [paper.assign(weights="paper's method")]
+    if len(recipes):
+        syn = recipes[recipes.calibration == "synthetic"]
+        names = ", ".join(f"`{r}` at W{w}" for w, r in syn.drop_duplicates("w_bits")[["w_bits", "recipe"]]
+                          .itertuples(index=False))
+        pts.append(syn.assign(weights=f"default recipes ({names})"))
+    return pd.concat(pts, ignore_index=True)

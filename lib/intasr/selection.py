@@ -265,3 +265,43 @@ def rows_measured_on(csv_path, model_path, eval_utts=None) -> pd.DataFrame | Non
         keep &= rows.eval_sha256.astype(str) == eval_set_fingerprint(eval_utts)["sha256"]
     rows = rows[keep]
     return rows if len(rows) else None
+
+
+def model_selection(selection_csv, report_csv, model_path, eval_utts, grid_rows: pd.DataFrame,
+                    fp32_rate: float) -> tuple[pd.DataFrame | None, list[str]]:
+    """A chapter's selection table for one model: the selection file's rows of this model file, the
+    report file's rows of this model and evaluation set, and the grid's paper-method rows (its
+    ``error_rate`` / ``unit_errors``) for the paper's candidates. Returns (``selection_table``'s
+    table, or None without selection rows; lines saying what is missing)."""
+    sel = rows_measured_on(selection_csv, model_path)
+    if sel is None:
+        return None, [f"no label-free selection measured on this model ({Path(selection_csv).name})"]
+    report = rows_measured_on(report_csv, model_path, eval_utts)
+    notes = [] if report is not None else [f"{Path(report_csv).name} has no rows of this model and data: "
+                                           "the selection without the report"]
+    grid = grid_rows if report is not None else grid_rows.iloc[0:0]
+    grid = grid.assign(wer=grid.error_rate, word_errors=grid.unit_errors)
+    return selection_table(sel, report, grid, fp32_rate), notes
+
+
+def parts_table(table: pd.DataFrame | None, w_bits: int = 4) -> pd.DataFrame:
+    """The candidates of ``selection_table`` at `w_bits` that differ only in the parts kept at 8
+    bits (learned rounding on float inputs with a multiplier per 16 weights, no other width change),
+    cheapest first: what each choice of parts costs in MiB and errors."""
+    if table is None:
+        return pd.DataFrame()
+    t = table[(table.w_bits == w_bits) & table.candidate.str.contains("a multiplier per 16")
+              & table.candidate.str.contains("on float inputs") & ~table.candidate.str.contains("depthwise")]
+    cols = ["candidate", "size_mb", "seeds", "errors", "per_seed", "chosen", "test_wer", "test_delta", "test_errors"]
+    return t[cols].sort_values("size_mb", kind="stable").reset_index(drop=True)
+
+
+def parts_values(parts: pd.DataFrame, table: pd.DataFrame | None) -> dict:
+    """What a chapter says of ``parts_table``: the cheapest and the chosen size, the spread of the
+    mean errors and the selection set's size in units (``edge_*``)."""
+    if table is None or len(parts) < 2:
+        return dict.fromkeys(("edge_cheapest", "edge_chosen_mb", "edge_spread", "edge_words"), "(not measured)")
+    chosen = table[(table.w_bits == 4) & table.chosen].iloc[0]
+    return {"edge_cheapest": f"{parts.size_mb.iloc[0]:.2f}", "edge_chosen_mb": f"{chosen.size_mb:.2f}",
+            "edge_spread": f"{parts.errors.min():.0f}-{parts.errors.max():.0f}",
+            "edge_words": f"{int(table.words.iloc[0]):,}"}
