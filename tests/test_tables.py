@@ -133,17 +133,12 @@ def test_a_named_recipe_is_a_row_of_its_own_and_the_papers_method_is_shared(tmp_
     assert len(tables.paper_method_rows(df2)) == len(df)   # the recipe row is not the paper's method
 
 
-def tables_recipes():
-    from intasr.quantize import RECIPES
-
-    return RECIPES
-
-
 def test_a_conformer_grid_with_recipes_and_float_nonlinearities(tmp_path):
     """A Conformer grid with --recipe default and --simulated: the 4-bit cell is the grouped recipe
     (its own size: 8-bit edges and multipliers), the float-non-linearity cells are the paper's method."""
     import intasr.tables as tables
     from intasr.models import ConformerCTC, conformer_ctc_config
+    from intasr.quantize import RECIPES
 
     _, data = tiny_model_and_data(tmp_path)
     torch.manual_seed(0)
@@ -155,7 +150,7 @@ def test_a_conformer_grid_with_recipes_and_float_nonlinearities(tmp_path):
     assert len(df) == 1 + 2 * 2 and df.cell_key.is_unique
     w4 = df[(df.w_bits == 4) & (df.nonlinear == "integer")].iloc[0]
     assert w4.recipe == "grouped" and w4.rounding == "adaround" and int(w4.weight_group) == 16
-    assert w4.edge_parts == "+".join(tables_recipes()["grouped"]["edge_parts"])
+    assert w4.edge_parts == "+".join(RECIPES["grouped"]["edge_parts"])
     plain = df[(df.w_bits == 4) & (df.nonlinear == "float")].iloc[0]
     assert str(plain.recipe) in ("nan", "") and plain.rounding == "nearest"
     assert float(w4.size_mb) > float(plain.size_mb)   # the edges at 8 bits and the multipliers

@@ -148,7 +148,6 @@ def conformer(path: Path) -> list[str]:
     fp32 = _fp32(df)
     df["weights"] = df.variant.where(df.variant.str.startswith("`"), "paper's method")
     g = _group(df, ["w_bits", "a_bits", "weights", "calibration", "nonlinear"])
-    g["size"] = g.size_mb
     g = g.sort_values(["w_bits", "weights", "calibration", "nonlinear"], ascending=[False, False, True, False],
                       key=lambda s: s.map(ORDER) if s.name == "calibration" else s)
     units = int(fp32.units)
@@ -156,13 +155,13 @@ def conformer(path: Path) -> list[str]:
            "| size MiB |", "|---|---|---|---|---|---|---|---|"]
     for r in g.itertuples():
         if r.w_bits == 32:
-            out.append(f"| 32/32 | float | - | float | {r.rate:.2f} | | {r.per_seed} | {r.size:.2f} |")
+            out.append(f"| 32/32 | float | - | float | {r.rate:.2f} | | {r.per_seed} | {r.size_mb:.2f} |")
             continue
         nl = "integer" if r.nonlinear == "integer" else "float (simulated quantization)"
         bold = r.calibration == "synthetic" and r.nonlinear == "integer"
         delta = f"{r.rate - float(fp32.error_rate):+.2f}"
         out.append(f"| {r.w_bits}/{r.a_bits} | {r.weights} | {r.calibration} | {nl} | {_rate(r, bold)} | "
-                   f"{'**' + delta + '**' if bold else delta} | {r.per_seed} | {r.size:.2f} |")
+                   f"{'**' + delta + '**' if bold else delta} | {r.per_seed} | {r.size_mb:.2f} |")
     paper = _paper_test_other("Conformer-Large").set_index(["w_bits", "a_bits"]).wer
     gaps = ", ".join(f"W{w}A{a} {paper[(w, a)] - paper[(32, 32)]:+.2f} WER"
                      for w, a in paper.index if w < 32)

@@ -30,30 +30,25 @@ if [ "${1:-1}" = 1 ]; then
   run --seeds 0 --bits 4/8 $LEARN --edge-bits 8 --weight-group 16 --edge-parts subsampling output attention
   run --seeds 0 --bits 4/8 $LEARN --edge-bits 8 --weight-group 16 --depthwise-bits 8
 fi
-if [ "${1:-2}" = 2 ]; then   # the finalists, as stage 1 ranked them (results/README.md), and every choice of
-                             # 8-bit parts of the grouped 4-bit recipe (what each costs)
+# the finalists as stage 1 ranked them (results/README.md), with every choice of 8-bit parts of the
+# grouped 4-bit recipe (what each costs); the paper's W8A8 is run apart (its test-other rows: the grid's)
+finalists() {
+  run "$@" --bits 8/8 --rounding nearest --bias-correction
+  run "$@" --bits 6/8 $LEARN --edge-bits 8
+  run "$@" --bits 6/8 $LEARN
+  run "$@" --bits 4/8 $LEARN --edge-bits 8 --weight-group 16 --edge-parts subsampling output attention
+  run "$@" --bits 4/8 $LEARN --edge-bits 8 --weight-group 16 --depthwise-bits 8
+  run "$@" --bits 4/8 $LEARN --edge-bits 8 --weight-group 16
+  run "$@" --bits 4/8 --rounding nearest --bias-correction --edge-bits 8 --weight-group 16
+  run "$@" --bits 4/8 $LEARN --weight-group 16
+  run "$@" --bits 4/8 $LEARN --edge-bits 8 --weight-group 16 --edge-parts subsampling
+  run "$@" --bits 4/8 $LEARN --edge-bits 8 --weight-group 16 --edge-parts output
+}
+if [ "${1:-2}" = 2 ]; then
   run --seeds 1 2 --bits 8/8 --rounding nearest
-  run --seeds 1 2 --bits 8/8 --rounding nearest --bias-correction
-  run --seeds 1 2 --bits 6/8 $LEARN --edge-bits 8
-  run --seeds 1 2 --bits 6/8 $LEARN
-  run --seeds 1 2 --bits 4/8 $LEARN --edge-bits 8 --weight-group 16 --edge-parts subsampling output attention
-  run --seeds 1 2 --bits 4/8 $LEARN --edge-bits 8 --weight-group 16 --depthwise-bits 8
-  run --seeds 1 2 --bits 4/8 $LEARN --edge-bits 8 --weight-group 16
-  run --seeds 1 2 --bits 4/8 --rounding nearest --bias-correction --edge-bits 8 --weight-group 16
-  run --seeds 1 2 --bits 4/8 $LEARN --weight-group 16
-  run --seeds 1 2 --bits 4/8 $LEARN --edge-bits 8 --weight-group 16 --edge-parts subsampling
-  run --seeds 1 2 --bits 4/8 $LEARN --edge-bits 8 --weight-group 16 --edge-parts output
+  finalists --seeds 1 2
 fi
 if [ "${1:-}" = report ]; then   # the same candidates on test-other, seeds 0 1 2: the report, which chose nothing
   export CRITERION=test OUT=${REPORT:-results/conformer_recipes.csv}
-  run --seeds 0 1 2 --bits 8/8 --rounding nearest --bias-correction
-  run --seeds 0 1 2 --bits 6/8 $LEARN --edge-bits 8
-  run --seeds 0 1 2 --bits 6/8 $LEARN
-  run --seeds 0 1 2 --bits 4/8 $LEARN --edge-bits 8 --weight-group 16 --edge-parts subsampling output attention
-  run --seeds 0 1 2 --bits 4/8 $LEARN --edge-bits 8 --weight-group 16 --depthwise-bits 8
-  run --seeds 0 1 2 --bits 4/8 $LEARN --edge-bits 8 --weight-group 16
-  run --seeds 0 1 2 --bits 4/8 --rounding nearest --bias-correction --edge-bits 8 --weight-group 16
-  run --seeds 0 1 2 --bits 4/8 $LEARN --weight-group 16
-  run --seeds 0 1 2 --bits 4/8 $LEARN --edge-bits 8 --weight-group 16 --edge-parts subsampling
-  run --seeds 0 1 2 --bits 4/8 $LEARN --edge-bits 8 --weight-group 16 --edge-parts output
+  finalists --seeds 0 1 2
 fi

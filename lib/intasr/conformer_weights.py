@@ -42,25 +42,33 @@ from .quant.adaround import (AdaRoundConfig, FoldedConv, Grams, LearnedRounding,
 CACHE_FORMAT = 1
 #: the parts of a Conformer that a recipe's ``edge_bits`` keeps wider (``edge_layers``)
 EDGE_PARTS = ("subsampling", "output", "attention")
-#: the parts kept at ``edge_bits`` by default: chosen label-free on the selection set
-#: (results/conformer_edges.csv, ``tools/select_recipes.sh conformer``)
+#: the parts ``edge_bits`` keeps when neither the caller nor the recipe names them (each recipe names
+#: its own: ``quantize.RECIPES[...]["edge_parts"]``, chosen label-free, tools/select_conformer_recipes.sh)
 DEFAULT_EDGE_PARTS = ("subsampling", "output")
 
 
 class LayerList(FloatTaps):
-    """The float walk, recording each weight layer it meets once: {layer: (name, BatchNorm or None)}
-    in forward order (linear_q's two copies: the first name)."""
+    """The float walk, recording each weight layer it meets: {layer: (name, BatchNorm or None)} in
+    forward order, and handing its input to ``visit`` under its first name only (linear_q's second
+    copy in rel_pos attention reads the same input)."""
 
     def __init__(self):
         super().__init__()
         self.layers: dict = {}
 
+    def visit(self, name, x, layer, lengths) -> None:
+        """What a subclass does with a layer's input, once per batch (here: nothing)."""
+
+    def _met(self, name, x, layer, lengths, bn):
+        if self.layers.setdefault(layer, (name, bn))[0] == name:
+            self.visit(name, x, layer, lengths)
+
     def conv(self, name, x, layer, lengths, bn=None, extra_bias=None):
-        self.layers.setdefault(layer, (name, bn))
+        self._met(name, x, layer, lengths, bn)
         return super().conv(name, x, layer, lengths, bn, extra_bias)
 
     def logits(self, x, dec, lengths):
-        self.layers.setdefault(dec, ("decoder", None))
+        self._met("decoder", x, dec, lengths, None)
         return super().logits(x, dec, lengths)
 
 
@@ -73,15 +81,16 @@ def weight_layers(model) -> dict:
     return taps.layers
 
 
-def edge_layers(model, parts=DEFAULT_EDGE_PARTS) -> list[nn.Module]:
+def edge_layers(model, parts=DEFAULT_EDGE_PARTS, layers: dict | None = None) -> list[nn.Module]:
     """The layers of `parts` (EDGE_PARTS): subsampling (the pre_encode convs and its `out` Linear:
     they read the mel features), output (the decoder and an out_proj: they write the logits),
-    attention (every layer's q, k, v and output projections)."""
+    attention (every layer's q, k, v and output projections). layers: ``weight_layers(model)``
+    when the caller has it."""
     unknown = sorted(set(parts) - set(EDGE_PARTS))
     if unknown:
         raise ValueError(f"unknown Conformer edge part(s) {unknown}; choose from {EDGE_PARTS}")
     keep = []
-    for layer, (name, _) in weight_layers(model).items():
+    for layer, (name, _) in (layers or weight_layers(model)).items():
         part = ("subsampling" if name.startswith("encoder.pre_encode") else
                 "output" if name in ("decoder", "encoder.out_proj") else
                 "attention" if ".self_attn." in name else None)
@@ -90,15 +99,16 @@ def edge_layers(model, parts=DEFAULT_EDGE_PARTS) -> list[nn.Module]:
     return keep
 
 
-def size_mb(model, bits_of, weight_group: int = 0, other_bits: int = 8) -> float:
+def size_mb(model, bits_of, weight_group: int = 0, other_bits: int = 8, layers: dict | None = None) -> float:
     """MiB of the stored parameters: each weight layer (weights and its folded bias) at
     bits_of(layer), plus the per-group multipliers of the layers that get them (``quant.groups``),
     plus every other parameter (LayerNorms, rel_pos's position biases and linear_pos) at
-    other_bits. With one width everywhere: ``experiments.model_size_mb`` (tested)."""
+    other_bits. With one width everywhere: ``experiments.model_size_mb`` (tested). layers:
+    ``weight_layers(model)`` when the caller has it."""
     from .quant.groups import is_grouped, multiplier_bits
     from .quant.mixed_precision import MIB
 
-    layers = weight_layers(model)
+    layers = layers or weight_layers(model)
     counted = set()
     total = 0
     for layer, (_, bn) in layers.items():
@@ -137,20 +147,19 @@ def input_columns(x: torch.Tensor, layer: nn.Module, lengths: torch.Tensor) -> t
     return u.transpose(1, 2)[keep]
 
 
-class GramTaps(FloatTaps):
-    """The float walk, adding each weight layer's input columns to its Gram matrices
-    ({layer: ``Grams``}); `names` {layer: name} in forward order."""
+class GramTaps(LayerList):
+    """The float walk, adding each wanted weight layer's input columns to its Gram matrices
+    ({layer: ``Grams``})."""
 
     def __init__(self, wanted):
         super().__init__()
         self.wanted = set(wanted)
         self.grams: dict = {}
         self.means: dict = {}   # {layer: (column sum, count)} of the layers not learnable
-        self.names: dict = {}
 
-    def _add(self, name, x, layer, lengths):
-        if layer not in self.wanted or self.names.setdefault(layer, name) != name:
-            return   # not learned here, or linear_q's second copy (the same input)
+    def visit(self, name, x, layer, lengths):
+        if layer not in self.wanted:
+            return
         cols = input_columns(x, layer, lengths)
         if not learnable(layer):   # too wide for a Gram matrix: the mean column only
             total, n = self.means.get(layer, (0.0, 0))
@@ -160,14 +169,6 @@ class GramTaps(FloatTaps):
         if g is None:
             g = self.grams[layer] = Grams(layer, depthwise=cols.dim() == 3)
         g.add_columns(cols)
-
-    def conv(self, name, x, layer, lengths, bn=None, extra_bias=None):
-        self._add(name, x, layer, lengths)
-        return super().conv(name, x, layer, lengths, bn, extra_bias)
-
-    def logits(self, x, dec, lengths):
-        self._add("decoder", x, dec, lengths)
-        return super().logits(x, dec, lengths)
 
 
 def _folded(model_layers: dict, layer, bits_of, weight_method: str, weight_group: int) -> FoldedConv:
@@ -188,12 +189,12 @@ def cache_key(folded: list[FoldedConv], batches, cfg: AdaRoundConfig) -> str:
 
 def learn_conformer_rounding(model, batches, bits_of, weight_method: str = "minmax",
                              cfg: AdaRoundConfig | None = None, cache_dir=None, progress: bool = True,
-                             weight_group: int = 0) -> LearnedRounding:
+                             weight_group: int = 0, layers: dict | None = None) -> LearnedRounding:
     """Integer codes (on ``quant.weights.weight_grid``'s grid at ``bits_of(layer)``, per-group
     multipliers where ``weight_group`` applies) and bias shifts of every weight layer of a
     ConformerCTC, keyed by layer module, as ``quant.adaround.adaround`` gives them for a ConvASR.
     cfg.iterations = 0: round-to-nearest codes with the bias correction. Only the symmetric,
-    centered objective is supported (module doc)."""
+    centered objective is supported (module doc). layers: ``weight_layers(model)`` when the caller has it."""
     from tqdm.auto import tqdm
 
     from .models.checkpoint import atomic_write_bytes
@@ -204,7 +205,7 @@ def learn_conformer_rounding(model, batches, bits_of, weight_method: str = "minm
                          "walk, block stage, scale search or ReLU-aware objective)")
     model = model.eval()
     start = time.perf_counter()
-    layers = weight_layers(model)
+    layers = layers or weight_layers(model)
     folded = [_folded(layers, layer, bits_of, weight_method, weight_group) for layer in layers]
     # batch by batch (attention's T x T scores: real calibration's utterances are not merged into one batch)
     batches = [(m.float(), l.to(torch.int64)) for m, l in batches]

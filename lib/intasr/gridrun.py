@@ -165,11 +165,9 @@ def quantize_cell(model_path: str, model_sha: str, settings: dict, threads: int 
 
         qmodel = SimulatedConformer(model, calibrate_conformer(model, batches, settings["observer"]), w, a)
     else:
-        extra = {}
         if settings.get("recipe"):   # a named recipe (tables.recipe_settings): resolved again here
-            from .quantize import is_conformer
-
             from . import paths
+            from .quantize import is_conformer
 
             recipe = Recipe.resolve(settings["recipe"], w, conformer=is_conformer(model),
                                     adaround_cache=paths.build_dir() / "adaround_cache")
@@ -180,8 +178,7 @@ def quantize_cell(model_path: str, model_sha: str, settings: dict, threads: int 
             recipe = Recipe.custom(rounding=settings["rounding"], bias_correction=bool(settings["bias_correction"]))
         qmodel = quantize(model, batches, w, a, observer=settings["observer"], weight_method=settings["weight_method"],
                           depthwise_bits=settings["depthwise_bits"] or None,
-                          info={"calibration": kind, "seed": settings["seed"]}, **extra,
-                          **recipe.settings())
+                          info={"calibration": kind, "seed": settings["seed"]}, **recipe.settings())
     return {"model": qmodel, "seconds": time.perf_counter() - t0, "size_mb": getattr(qmodel, "info", {}).get("size_mb")}
 
 

@@ -269,8 +269,9 @@ def _quantize_conformer(model, batches, weight_bits, act_bits, *, observer, weig
     """``quantize`` for a ConformerCTC: the same recipes on the Conformer's one walk
     (``conformer_weights``): edge widths, per-group multipliers, bias correction and learned
     rounding (symmetric: on the float model's inputs)."""
-    from .conformer_weights import DEFAULT_EDGE_PARTS, edge_layers, learn_conformer_rounding, size_mb
+    from .conformer_weights import DEFAULT_EDGE_PARTS, edge_layers, learn_conformer_rounding, size_mb, weight_layers
     from .convert_conformer import calibrate_conformer, convert_conformer
+    from .quant.adaround import is_depthwise
 
     unsupported = [flag for flag, on in ((f"--rounding {rounding}", rounding == "gptq"),
                                          ("--size-budget-mb", size_budget_mb is not None),
@@ -279,22 +280,19 @@ def _quantize_conformer(model, batches, weight_bits, act_bits, *, observer, weig
         raise ValueError(f"{', '.join(unsupported)}: supported for ConvASR models only, not the Conformer")
     info = dict(info or {})
     parts = tuple(DEFAULT_EDGE_PARTS if edge_parts is None else edge_parts)
+    layers = weight_layers(model)   # one short float pass: every weight layer, read by all below
     layer_bits = {}
     if depthwise_bits:   # the conv modules' depthwise convs (the edges below take precedence)
-        from .conformer_weights import weight_layers
-        from .quant.adaround import is_depthwise
-
-        layer_bits = {layer: int(depthwise_bits) for layer in weight_layers(model) if is_depthwise(layer)}
+        layer_bits = {layer: int(depthwise_bits) for layer in layers if is_depthwise(layer)}
         info["depthwise_bits"] = int(depthwise_bits)
     if edge_bits:
-        layer_bits.update({layer: int(edge_bits) for layer in edge_layers(model, parts)})
-    if edge_bits:
+        layer_bits.update({layer: int(edge_bits) for layer in edge_layers(model, parts, layers)})
         info.update(edge_bits=int(edge_bits), edge_parts=list(parts))
 
     def bits_of(layer):
         return layer_bits.get(layer, weight_bits)
 
-    info["size_mb"] = size_mb(model, bits_of, weight_group, other_bits=weight_bits)
+    info["size_mb"] = size_mb(model, bits_of, weight_group, other_bits=weight_bits, layers=layers)
     observers = calibrate_conformer(model, batches, observer)
     codes = shifts = None
     if rounding == "adaround" or bias_correction:
@@ -307,7 +305,7 @@ def _quantize_conformer(model, batches, weight_bits, act_bits, *, observer, weig
         cfg = AdaRoundConfig(**opts)
         learned = learn_conformer_rounding(model, batches, bits_of, weight_method, cfg,
                                            cache_dir=(adaround or {}).get("cache_dir"), progress=progress,
-                                           weight_group=weight_group)
+                                           weight_group=weight_group, layers=layers)
         codes = learned.codes if rounding == "adaround" else None
         shifts = learned.bias_shifts
         if rounding == "adaround":
