@@ -4,9 +4,10 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 SHARED ?= ../shared
 MODEL   = build/quartznet15x5_restored.nemo
+CONFORMER = build/conformer_hama.nemo
 export INTASR_SHARED := $(abspath $(SHARED))
 
-.PHONY: setup model test test-qemu qemu-found book book-check book-quick clean-book clean
+.PHONY: setup model conformer test test-qemu qemu-found book book-check book-quick clean-book clean
 
 setup: $(VENV)/.installed
 
@@ -25,6 +26,12 @@ model: $(MODEL)
 	@$(BIN)/python -c 'import sys; from intasr.provenance import file_sha256; print("sha256", file_sha256(sys.argv[1]), sys.argv[1])' $(MODEL)
 $(MODEL): | $(VENV)/.installed
 	$(BIN)/intasr restore-bn --out $@
+
+# The hama package's Conformer-CTC with its conv modules' BatchNorm statistics measured on
+# train-clean-100 (~1 min): the file chapter 08 and results/conformer_*.csv name by sha256.
+conformer: $(CONFORMER)
+$(CONFORMER): | $(VENV)/.installed
+	$(BIN)/intasr import-hama --out $@ --restore-bn --audio $(SHARED)/data/LibriSpeech/train-clean-100 --quiet
 
 test: setup
 	$(BIN)/python -m pytest -q
@@ -48,7 +55,7 @@ qemu-found:   # before setup: say what is missing at once
 # Run every notebook headless (papermill) into book/chapters/, then render the HTML book.
 NOTEBOOK_PROFILE ?= default
 BOOK_OUT ?= build/book
-book: setup model
+book: setup model conformer
 	$(BIN)/python tools/run_notebooks.py --profile $(NOTEBOOK_PROFILE)
 	$(BIN)/jupyter-book build . --path-output $(BOOK_OUT)
 	@echo "book: $(BOOK_OUT)/_build/html/index.html"

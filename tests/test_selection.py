@@ -189,3 +189,16 @@ def test_parts_table_keeps_the_candidates_that_differ_only_in_their_8_bit_parts(
     assert v == {"edge_cheapest": "1.01", "edge_chosen_mb": "1.19", "edge_spread": "570-650", "edge_words": "25,000"}
     assert selection.parts_table(None).empty
     assert set(selection.parts_values(parts.iloc[:1], t).values()) == {"(not measured)"}
+
+
+def test_a_model_without_a_file_gets_no_rows_and_a_note_naming_the_path(test_other_dir, tmp_path):
+    # a chapter that built its model in memory (no file to hash) shows no selection and says why
+    from pathlib import Path
+
+    csv = Path(__file__).resolve().parents[1] / "results" / "conformer_recipe_selection.csv"
+    missing = tmp_path / "not_built.nemo"
+    grid = pd.DataFrame(columns=["error_rate", "unit_errors"])
+    table, notes = selection.model_selection(csv, csv, missing, read_librispeech(test_other_dir), grid, 15.6)
+    assert table is None
+    assert len(notes) == 1 and str(missing) in notes[0] and "no such model file" in notes[0]
+    assert set(selection.selection_prose(table, conformer=True)) == {"w4", "w6", "w8"}

@@ -273,6 +273,8 @@ def model_selection(selection_csv, report_csv, model_path, eval_utts, grid_rows:
     report file's rows of this model and evaluation set, and the grid's paper-method rows (its
     ``error_rate`` / ``unit_errors``) for the paper's candidates. Returns (``selection_table``'s
     table, or None without selection rows; lines saying what is missing)."""
+    if not Path(model_path).is_file():  # a model built in memory has no file hash to match rows by
+        return None, [f"{model_path}: no such model file, so no results row can be matched to it by sha256"]
     sel = rows_measured_on(selection_csv, model_path)
     if sel is None:
         return None, [f"no label-free selection measured on this model ({Path(selection_csv).name})"]
