@@ -792,9 +792,11 @@ static void group_avx2(const asrq_term *terms, int nterms, long T_out, long oblo
                 }
             }
         }
+        /* frames outermost: a static split then gives each thread every output block of its frames,
+         * and the last block (often 16 or 32 real channels of 64, blocks16) costs both alike */
 #pragma omp for collapse(2) schedule(static)
-        for (long ob = 0; ob < oblocks; ++ob) {
-            for (long tb = 0; tb < tiles; ++tb) {
+        for (long tb = 0; tb < tiles; ++tb) {
+            for (long ob = 0; ob < oblocks; ++ob) {
                 int32_t acc[SB * 64], v32[SB * 64];
                 int64_t v[SB * 64];
                 const long t0 = tb * SB;
