@@ -384,6 +384,12 @@ static long attention_scratch_scalar(long T, int nthreads) { return 3 * T * (lon
  * (v[2 j2][c], v[2 j2 + 1][c]), true values, zero past dk and T; per query row the scores of 8 keys
  * at a time, the softmax (i-exp on 8 lanes, below), and the context of 8 channels at a time. */
 #define NPAD(n, k) (((n) + (k) - 1) / (k) * (k))
+/* keys per score vector and channels per context vector: the avx512 family's zmm hold 16 int32 */
+#if defined(ASRQ_AVX512)
+#define KW 16
+#else
+#define KW 8
+#endif
 
 static inline int32_t pack16(int a, int b) { return (int32_t)((uint32_t)(uint16_t)(int16_t)a | ((uint32_t)(uint16_t)(int16_t)b << 16)); }
 
@@ -496,8 +502,81 @@ static void rel_scores(const asrq_attn *a, const uint8_t *qvi, const int32_t *pt
     }
 }
 
+/* the context of one query row: ctx[c] = sum_j prob[j] v[j][c] (exact in int32: 255 * 128 * T < 2^31),
+ * from v4[j4][c] (4 keys' bytes of channel c), dk8 channels, NQ vectors of KW; with the vector count a
+ * constant the accumulators stay in registers */
+#if defined(ASRQ_AVX512)
+/* vpdpbusd: the u8 probabilities times the s8 values, 4 keys per int32 lane, no saturation */
+static inline __attribute__((always_inline)) void context_nq(const uint8_t *prob, const int32_t *vh, long nv,
+                                                             long dk8, int NQ, int32_t *ctx) {
+    __m512i acc[4];
+    for (int q = 0; q < NQ; ++q) acc[q] = _mm512_setzero_si512();
+    for (long j4 = 0; 4 * j4 < nv; ++j4) {
+        int32_t pq;
+        memcpy(&pq, prob + 4 * j4, 4);
+        const __m512i b = _mm512_set1_epi32(pq);
+        for (int q = 0; q < NQ; ++q)
+            acc[q] = _mm512_dpbusd_epi32(acc[q], b, _mm512_loadu_si512((const void *)(vh + j4 * dk8 + 16 * q)));
+    }
+    for (int q = 0; q < NQ; ++q) _mm512_storeu_si512((void *)(ctx + 16 * q), acc[q]);
+}
+
+static void context_row(const uint8_t *prob, const int32_t *vh, long nv, long dk8, uint8_t *pa, const uint8_t *v,
+                        long cp, long dk, int32_t *ctx) {
+    (void)pa, (void)v, (void)cp, (void)dk;
+    switch (dk8 / 16) {
+    case 1: context_nq(prob, vh, nv, dk8, 1, ctx); break;
+    case 2: context_nq(prob, vh, nv, dk8, 2, ctx); break;
+    case 3: context_nq(prob, vh, nv, dk8, 3, ctx); break;
+    default: context_nq(prob, vh, nv, dk8, 4, ctx); break;
+    }
+}
+#else
+/* p = pa + 128 [p >= 128] with pa = p & 127, so that vpmaddubsw's pairs pa v stay below
+ * 2 * 127 * 128 < 2^15; at most 2 probabilities of a row reach 128 (each is then about half the
+ * row's sum or more), added one by one from the row's values v (channel stride 1, row stride cp) */
+static inline __attribute__((always_inline)) void context_nq(const uint8_t *pa, const int32_t *vh, long nv,
+                                                             long dk8, int NQ, int32_t *ctx) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i acc[8];
+    for (int q = 0; q < NQ; ++q) acc[q] = _mm256_setzero_si256();
+    for (long j4 = 0; 4 * j4 < nv; ++j4) {
+        int32_t pq;
+        memcpy(&pq, pa + 4 * j4, 4);
+        const __m256i b = _mm256_set1_epi32(pq);
+        for (int q = 0; q < NQ; ++q)
+            acc[q] = _mm256_add_epi32(acc[q], _mm256_madd_epi16(_mm256_maddubs_epi16(b,
+                    _mm256_loadu_si256((const __m256i *)(vh + j4 * dk8 + 8 * q))), ones));
+    }
+    for (int q = 0; q < NQ; ++q) _mm256_storeu_si256((__m256i *)(ctx + 8 * q), acc[q]);
+}
+
+static void context_row(const uint8_t *prob, const int32_t *vh, long nv, long dk8, uint8_t *pa, const uint8_t *v,
+                        long cp, long dk, int32_t *ctx) {
+    long big[8], nbig = 0;
+    for (long j = 0; j < nv; j += 32) {
+        const __m256i x = _mm256_loadu_si256((const __m256i *)(prob + j));   /* prob: zero past nv */
+        _mm256_storeu_si256((__m256i *)(pa + j), _mm256_and_si256(x, _mm256_set1_epi8(127)));
+        for (unsigned m = (unsigned)_mm256_movemask_epi8(x); m && nbig < 8; m &= m - 1)
+            big[nbig++] = j + __builtin_ctz(m);
+    }
+    switch (dk8 / 8) {
+    case 1: context_nq(pa, vh, nv, dk8, 1, ctx); break;
+    case 2: context_nq(pa, vh, nv, dk8, 2, ctx); break;
+    case 3: context_nq(pa, vh, nv, dk8, 3, ctx); break;
+    case 4: context_nq(pa, vh, nv, dk8, 4, ctx); break;
+    case 5: context_nq(pa, vh, nv, dk8, 5, ctx); break;
+    case 6: context_nq(pa, vh, nv, dk8, 6, ctx); break;
+    case 7: context_nq(pa, vh, nv, dk8, 7, ctx); break;
+    default: context_nq(pa, vh, nv, dk8, 8, ctx); break;
+    }
+    for (long t = 0; t < nbig; ++t)
+        for (long c = 0; c < dk; ++c) ctx[c] += 128 * ((int)v[big[t] * cp + c] - 128);
+}
+#endif
+
 static long attention_scratch_avx2(long T, long H, long dk, int nthreads) {
-    const long Tp = NPAD(T, 8), dk2 = NPAD(dk, 2) / 2, dk8 = NPAD(dk, 8);
+    const long Tp = NPAD(T, KW), dk2 = NPAD(dk, 2) / 2, dk8 = NPAD(dk, KW);
     return (long)sizeof(int32_t) * (H * dk2 * Tp + H * (Tp / 4) * dk8 + H * dk2 * NPAD(2 * T, 8) +
                                     (long)(nthreads > 0 ? nthreads : 1) * ROW_INTS(T, dk2));
 }
@@ -512,7 +591,7 @@ static void attention_avx2(const asrq_attn *a, const uint8_t *q, const uint8_t *
         attention_scalar(a, q, k, v, qv, cp, T, L, out, ocp, scratch, nthreads);   /* the general case */
         return;
     }
-    const long H = a->heads, dk = a->dk, Tp = NPAD(T, 8), dk2 = NPAD(dk, 2) / 2, dk8 = NPAD(dk, 8);
+    const long H = a->heads, dk = a->dk, Tp = NPAD(T, KW), dk2 = NPAD(dk, 2) / 2, dk8 = NPAD(dk, KW);
     const long nvalid = L < T ? L : T, P = NPAD(2 * T, 8);   /* rel_pos: the 2T - 1 distances' columns */
     int32_t *kt = (int32_t *)scratch, *v4 = kt + H * dk2 * Tp, *pt = v4 + H * (Tp / 4) * dk8;
     int32_t *rows = pt + (rel ? H * dk2 * P : 0);
@@ -574,6 +653,22 @@ static void attention_avx2(const asrq_attn *a, const uint8_t *q, const uint8_t *
                     qp[r * (dk2 + 8) + c2] = pack16((int)qi[2 * c2] - 128, 2 * c2 + 1 < dk ? (int)qi[2 * c2 + 1] - 128 : 0);
             }
             const int32_t *kh = kt + h * dk2 * Tp;
+#if defined(ASRQ_AVX512)
+            for (long j = 0; j < nvb; j += 16) {   /* vpdpwssd: vpmaddwd's pair sums, added in one step */
+                __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+                for (long c2 = 0; c2 < dk2; ++c2) {
+                    const __m512i kv = _mm512_loadu_si512((const void *)(kh + c2 * Tp + j));
+                    a0 = _mm512_dpwssd_epi32(a0, _mm512_set1_epi32(qp[c2]), kv);
+                    a1 = _mm512_dpwssd_epi32(a1, _mm512_set1_epi32(qp[(dk2 + 8) + c2]), kv);
+                    a2 = _mm512_dpwssd_epi32(a2, _mm512_set1_epi32(qp[2 * (dk2 + 8) + c2]), kv);
+                    a3 = _mm512_dpwssd_epi32(a3, _mm512_set1_epi32(qp[3 * (dk2 + 8) + c2]), kv);
+                }
+                _mm512_storeu_si512((void *)(s4 + j), a0);
+                _mm512_storeu_si512((void *)(s4 + Tq + j), a1);
+                _mm512_storeu_si512((void *)(s4 + 2 * Tq + j), a2);
+                _mm512_storeu_si512((void *)(s4 + 3 * Tq + j), a3);
+            }
+#else
             for (long j = 0; j < nvb; j += 8) {
                 __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
                 for (long c2 = 0; c2 < dk2; ++c2) {
@@ -588,39 +683,15 @@ static void attention_avx2(const asrq_attn *a, const uint8_t *q, const uint8_t *
                 _mm256_storeu_si256((__m256i *)(s4 + 2 * Tq + j), a2);
                 _mm256_storeu_si256((__m256i *)(s4 + 3 * Tq + j), a3);
             }
+#endif
             for (long r = 0; r < nr; ++r) {
                 const long i = i0 + r, nv = i < L ? nvalid : 0;
                 int32_t *s = s4 + r * Tq;
                 if (rel && nv > 0) rel_scores(a, qv + i * cp + h * dk, pt + h * dk2 * P, P, T - 1 - i, dk, dk2, nv, s,
                                               s64, e);
                 softmax_row8(s, Tq, nv, &a->sm, e, prob);
-                /* the context: p = pa + 128 [p >= 128] with pa = p & 127, so that vpmaddubsw's pairs
-                 * pa v stay below 2 * 127 * 128 < 2^15; at most 2 probabilities of a row reach 128
-                 * (each is then about half the row's sum or more), added one by one */
-                uint8_t *pa = (uint8_t *)e;   /* e is free again */
-                long big[8], nbig = 0;
-                for (long j = 0; j < nv; j += 32) {
-                    const __m256i x = _mm256_loadu_si256((const __m256i *)(prob + j));   /* prob: zero past nv */
-                    _mm256_storeu_si256((__m256i *)(pa + j), _mm256_and_si256(x, _mm256_set1_epi8(127)));
-                    for (unsigned m = (unsigned)_mm256_movemask_epi8(x); m && nbig < 8; m &= m - 1)
-                        big[nbig++] = j + __builtin_ctz(m);
-                }
-                const int32_t *vh = v4 + h * (Tp / 4) * dk8;
-                const __m256i ones = _mm256_set1_epi16(1);
-                __m256i acc[8];
-                for (int q8 = 0; q8 < dk8 / 8; ++q8) acc[q8] = _mm256_setzero_si256();
-                for (long j4 = 0; 4 * j4 < nv; ++j4) {
-                    int32_t pq;
-                    memcpy(&pq, pa + 4 * j4, 4);
-                    const __m256i b = _mm256_set1_epi32(pq);
-                    for (int q8 = 0; q8 < dk8 / 8; ++q8)
-                        acc[q8] = _mm256_add_epi32(acc[q8], _mm256_madd_epi16(_mm256_maddubs_epi16(b,
-                                _mm256_loadu_si256((const __m256i *)(vh + j4 * dk8 + q8 * 8))), ones));
-                }
                 int32_t ctx[64];
-                for (int q8 = 0; q8 < dk8 / 8; ++q8) _mm256_storeu_si256((__m256i *)(ctx + q8 * 8), acc[q8]);
-                for (long t = 0; t < nbig; ++t)
-                    for (long c = 0; c < dk; ++c) ctx[c] += 128 * ((int)v[big[t] * cp + h * dk + c] - 128);
+                context_row(prob, v4 + h * (Tp / 4) * dk8, nv, dk8, (uint8_t *)e, v + h * dk, cp, dk, ctx);
                 uint8_t *o = out + i * ocp + h * dk;
                 for (long c = 0; c < dk; ++c) {
                     const long kk = a->per_channel ? h * dk + c : 0;
