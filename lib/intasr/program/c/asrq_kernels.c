@@ -77,28 +77,27 @@ static long x4_rows(long T_out, long stride, long row_off, long taps, long dil) 
 /* ------------------------------------------------------------------ VNNI and portable tiles: int32 acc[rows][64] */
 
 #if defined(ASRQ_AVX512)
+/* n rows and the first nq 16-channel slices of output block ob, both compile-time constants (the
+ * accumulators stay in registers); the slices past the real output channels (zero weights) and
+ * the input channels past the real ones (zero weights) are skipped: their products are 0, and the
+ * skipped slices' accumulators are stored as the 0 they would hold */
 static inline __attribute__((always_inline)) void gemm_tile_n(const asrq_term *t, long t0, long ob, int32_t *acc,
-                                                              const int n) {
+                                                              const int n, const int nq) {
     __m512i a[R][4];
     for (int r = 0; r < n; ++r)
         for (int q = 0; q < 4; ++q) a[r][q] = _mm512_setzero_si512();
-    const long xstep = t->stride * t->cp_in, kstep = t->dil * t->cp_in, cin4 = t->cin4;
+    const long xstep = t->stride * t->cp_in, kstep = t->dil * t->cp_in, cin4 = t->cin4, used = (t->cin + 3) / 4;
     const uint8_t *x0 = t->x + (t0 * t->stride + t->row_off) * t->cp_in;
     const int8_t *wp = t->w + ob * t->taps * cin4 * 256;
     for (long k = 0; k < t->taps; ++k) {
         const uint8_t *xk = x0 + k * kstep;
         const int8_t *wk = wp + k * cin4 * 256;
-        for (long c = 0; c < cin4; ++c) {
-            const __m512i w0 = _mm512_load_si512((const void *)(wk + c * 256));
-            const __m512i w1 = _mm512_load_si512((const void *)(wk + c * 256 + 64));
-            const __m512i w2 = _mm512_load_si512((const void *)(wk + c * 256 + 128));
-            const __m512i w3 = _mm512_load_si512((const void *)(wk + c * 256 + 192));
+        for (long c = 0; c < used; ++c) {
+            __m512i w[4];
+            for (int q = 0; q < nq; ++q) w[q] = _mm512_load_si512((const void *)(wk + c * 256 + q * 64));
             for (int r = 0; r < n; ++r) {
                 const __m512i b = _mm512_set1_epi32(ld32(xk + r * xstep + c * 4));
-                a[r][0] = _mm512_dpbusd_epi32(a[r][0], b, w0);
-                a[r][1] = _mm512_dpbusd_epi32(a[r][1], b, w1);
-                a[r][2] = _mm512_dpbusd_epi32(a[r][2], b, w2);
-                a[r][3] = _mm512_dpbusd_epi32(a[r][3], b, w3);
+                for (int q = 0; q < nq; ++q) a[r][q] = _mm512_dpbusd_epi32(a[r][q], b, w[q]);
             }
         }
     }
@@ -107,7 +106,7 @@ static inline __attribute__((always_inline)) void gemm_tile_n(const asrq_term *t
 }
 
 static inline __attribute__((always_inline)) void dw_tile_n(const asrq_term *t, const uint8_t *x4, long t0,
-                                                            long ob, int32_t *acc, const int n) {
+                                                            long ob, int32_t *acc, const int n, const int nq) {
     __m512i a[R][4];
     for (int r = 0; r < n; ++r)
         for (int q = 0; q < 4; ++q) a[r][q] = _mm512_setzero_si512();
@@ -117,9 +116,9 @@ static inline __attribute__((always_inline)) void dw_tile_n(const asrq_term *t, 
     for (long j = 0; j < t->taps; ++j) {
         const uint8_t *xj = x0 + j * jstep;
         __m512i w[4];
-        for (int q = 0; q < 4; ++q) w[q] = _mm512_load_si512((const void *)(wp + j * 256 + q * 64));
+        for (int q = 0; q < nq; ++q) w[q] = _mm512_load_si512((const void *)(wp + j * 256 + q * 64));
         for (int r = 0; r < n; ++r)
-            for (int q = 0; q < 4; ++q)
+            for (int q = 0; q < nq; ++q)
                 a[r][q] = _mm512_dpbusd_epi32(a[r][q], _mm512_loadu_si512((const void *)(xj + r * xstep + q * 64)),
                                               w[q]);
     }
@@ -262,14 +261,36 @@ static void prepare_x4(const asrq_term *t, long T_out, uint8_t *x4, int nthreads
     default: call_n(6); break;  \
     }
 
+#if defined(ASRQ_AVX512)
+/* and the count of 16-channel slices of block ob that hold real output channels */
+#define SLICES(call, k)                   \
+    switch (nq) {                         \
+    case 1: call(k, 1); break;            \
+    case 2: call(k, 2); break;            \
+    case 3: call(k, 3); break;            \
+    default: call(k, 4); break;           \
+    }
+#define DW_NQ(k, q) dw_tile_n(t, x4, t0, ob, acc, k, q)
+#define GEMM_NQ(k, q) gemm_tile_n(t, t0, ob, acc, k, q)
+#define DW_N(k) SLICES(DW_NQ, k)
+#define GEMM_N(k) SLICES(GEMM_NQ, k)
+#else
+#define DW_N(k) dw_tile_n(t, x4, t0, ob, acc, k)
+#define GEMM_N(k) gemm_tile_n(t, t0, ob, acc, k)
+#endif
+
 static void tile(const asrq_term *t, const uint8_t *x4, long t0, long ob, int32_t *acc, int n) {
     if (t->kind == ASRQ_IDENT) {
         ident_tile(t, t0, ob, acc, n);
-    } else if (t->kind == ASRQ_DW) {
-#define DW_N(k) dw_tile_n(t, x4, t0, ob, acc, k)
+        return;
+    }
+#if defined(ASRQ_AVX512)
+    const long left = t->cout - ob * 64;
+    const int nq = left >= 64 ? 4 : (int)((left + 15) / 16);
+#endif
+    if (t->kind == ASRQ_DW) {
         DISPATCH(DW_N, n)
     } else {
-#define GEMM_N(k) gemm_tile_n(t, t0, ob, acc, k)
         DISPATCH(GEMM_N, n)
     }
 }
@@ -294,9 +315,11 @@ static void group_vnni(const asrq_term *terms, int nterms, long T_out, long oblo
         scratch += scratch_vnni(t->kind, T_out, t->stride, t->row_off, t->taps, t->dil, t->cp_in);
     }
     (void)nthreads;
+    /* frames outermost: a static split gives each thread every output block of its frames, so the
+     * last block (often 16 or 32 real channels of 64) costs every thread alike */
 #pragma omp parallel for collapse(2) schedule(static) num_threads(nthreads)
-    for (long ob = 0; ob < oblocks; ++ob) {
-        for (long tb = 0; tb < tiles; ++tb) {
+    for (long tb = 0; tb < tiles; ++tb) {
+        for (long ob = 0; ob < oblocks; ++ob) {
             int32_t acc[R * 64];
             int64_t v[R * 64];
             const long t0 = tb * R;
