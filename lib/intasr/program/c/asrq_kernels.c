@@ -301,6 +301,61 @@ static long scratch_vnni(int kind, long T_out, long stride, long row_off, long t
 
 /* ------------------------------------------------------------------ fused group + requantization */
 
+/* every M of a term in int32 range: the rescale's product is one vpmuldq */
+static int m_int32(const asrq_term *t) {
+    for (long c = 0; c < t->oblocks * 64; ++c)
+        if (t->M[c] < INT32_MIN || t->M[c] > INT32_MAX) return 0;
+    return 1;
+}
+
+/* v[r][c] (+)= (acc * M + C) >> S for n rows of 64 channels; the int64 lanes of AVX-512 F (vpmuldq,
+ * vpsravq: the arithmetic shift C's >> is on int64 here) where every M is int32, else scalar */
+static void requant_vnni(const int32_t *acc, const int64_t *M, const int64_t *C, const int64_t *S, int64_t *v,
+                         int n, int first, int m32) {
+#if defined(ASRQ_AVX512)
+    if (m32) {
+        for (int c = 0; c < 64; c += 8) {
+            const __m512i m = _mm512_loadu_si512((const void *)(M + c)), k = _mm512_loadu_si512((const void *)(C + c));
+            const __m512i s = _mm512_loadu_si512((const void *)(S + c));
+            for (int r = 0; r < n; ++r) {
+                const __m512i a = _mm512_cvtepi32_epi64(_mm256_loadu_si256((const __m256i *)(acc + r * 64 + c)));
+                __m512i y = _mm512_srav_epi64(_mm512_add_epi64(_mm512_mul_epi32(a, m), k), s);
+                if (!first) y = _mm512_add_epi64(y, _mm512_loadu_si512((const void *)(v + r * 64 + c)));
+                _mm512_storeu_si512((void *)(v + r * 64 + c), y);
+            }
+        }
+        return;
+    }
+#endif
+    (void)m32;
+    for (int r = 0; r < n; ++r) {
+        const int32_t *ar = acc + r * 64;
+        int64_t *vr = v + r * 64;
+        if (first)
+            for (int c = 0; c < 64; ++c) vr[c] = ((int64_t)ar[c] * M[c] + C[c]) >> S[c];
+        else
+            for (int c = 0; c < 64; ++c) vr[c] += ((int64_t)ar[c] * M[c] + C[c]) >> S[c];
+    }
+}
+
+/* o[c] = clamp(v[c] + post, lo, hi) for the 64 channels of one row ([lo, hi] within [0, 255]) */
+static void store_u8_vnni(const int64_t *v, uint8_t *o, int64_t post, int64_t lo, int64_t hi) {
+#if defined(ASRQ_AVX512)
+    const __m512i p = _mm512_set1_epi64(post), l = _mm512_set1_epi64(lo), u = _mm512_set1_epi64(hi);
+    for (int c = 0; c < 64; c += 8) {
+        const __m512i y = _mm512_min_epi64(_mm512_max_epi64(_mm512_add_epi64(_mm512_loadu_si512((const void *)(v + c)),
+                                                                             p), l), u);
+        _mm_storel_epi64((__m128i *)(o + c), _mm512_cvtepi64_epi8(y));
+    }
+#else
+    for (int c = 0; c < 64; ++c) {
+        int64_t y = v[c] + post;
+        y = y < lo ? lo : y;
+        o[c] = (uint8_t)(y > hi ? hi : y);
+    }
+#endif
+}
+
 static void group_vnni(const asrq_term *terms, int nterms, long T_out, long oblocks, uint8_t *out8, int64_t *out64,
                        long out_cp, long out_row0, int64_t post, int64_t lo, int64_t hi, int nthreads,
                        uint8_t *scratch) {
@@ -314,6 +369,8 @@ static void group_vnni(const asrq_term *terms, int nterms, long T_out, long oblo
         x4[j] = scratch;
         scratch += scratch_vnni(t->kind, T_out, t->stride, t->row_off, t->taps, t->dil, t->cp_in);
     }
+    int m32[nterms > 0 ? nterms : 1];
+    for (int j = 0; j < nterms; ++j) m32[j] = m_int32(terms + j);
     (void)nthreads;
     /* frames outermost: a static split gives each thread every output block of its frames, so the
      * last block (often 16 or 32 real channels of 64) costs every thread alike */
@@ -328,26 +385,12 @@ static void group_vnni(const asrq_term *terms, int nterms, long T_out, long oblo
                 const asrq_term *t = terms + j;
                 const int64_t *M = t->M + ob * 64, *C = t->C + ob * 64, *S = t->S + ob * 64;
                 tile(t, x4[j], t0, ob, acc, n);
-                for (int r = 0; r < n; ++r) {
-                    const int32_t *ar = acc + r * 64;
-                    int64_t *vr = v + r * 64;
-                    if (j == 0)
-                        for (int c = 0; c < 64; ++c) vr[c] = ((int64_t)ar[c] * M[c] + C[c]) >> S[c];
-                    else
-                        for (int c = 0; c < 64; ++c) vr[c] += ((int64_t)ar[c] * M[c] + C[c]) >> S[c];
-                }
+                requant_vnni(acc, M, C, S, v, n, j == 0, m32[j]);
             }
             for (int r = 0; r < n; ++r) {
                 const int64_t *vr = v + r * 64;
                 if (out8) {
-                    uint8_t *o = out8 + (out_row0 + t0 + r) * out_cp + ob * 64;
-                    int64_t y[64];
-                    for (int c = 0; c < 64; ++c) {
-                        y[c] = vr[c] + post;
-                        y[c] = y[c] < lo ? lo : y[c];
-                        y[c] = y[c] > hi ? hi : y[c];
-                    }
-                    for (int c = 0; c < 64; ++c) o[c] = (uint8_t)y[c];
+                    store_u8_vnni(vr, out8 + (out_row0 + t0 + r) * out_cp + ob * 64, post, lo, hi);
                 } else {
                     memcpy(out64 + (out_row0 + t0 + r) * out_cp + ob * 64, vr, sizeof(int64_t) * 64);
                 }
