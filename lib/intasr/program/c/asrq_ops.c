@@ -416,6 +416,7 @@ static inline __m256i iexp8(__m256i d, const asrq_exp *p) {
 }
 
 /* probabilities (bytes: out_bits <= 8) of one row from its int32 scores s[0..nv), zero up to n */
+#if !defined(ASRQ_AVX512)
 static void softmax_row8(const int32_t *s, long n, long nv, const asrq_softmax *p, int32_t *e, uint8_t *prob) {
     memset(prob, 0, (size_t)n);
     if (nv <= 0) return;
@@ -465,6 +466,71 @@ static void softmax_row8(const int32_t *s, long n, long nv, const asrq_softmax *
         }
     }
 }
+
+#endif
+
+#if defined(ASRQ_AVX512)
+/* iexp8 and softmax_row8 on 16 int32 / 8 int64 lanes of AVX-512 F: the same integers */
+static inline __m512i iexp16(__m512i d, const asrq_exp *p) {
+    const int32_t qmin = p->q_min < INT32_MIN ? INT32_MIN : (int32_t)p->q_min;
+    __m512i x = _mm512_max_epi32(d, _mm512_set1_epi32(qmin));
+    if (p->in_shift >= 0)
+        x = _mm512_sll_epi32(x, _mm_cvtsi32_si128((int)p->in_shift));
+    else
+        x = _mm512_sra_epi32(_mm512_add_epi32(x, _mm512_set1_epi32(1 << (-p->in_shift - 1))),
+                             _mm_cvtsi32_si128((int)-p->in_shift));
+    const __m512i nx = _mm512_sub_epi32(_mm512_setzero_si512(), x), R = _mm512_set1_epi32((int32_t)p->recip);
+    const __m128i s = _mm_cvtsi32_si128((int)p->recip_shift);
+    const __m512i ze = _mm512_srl_epi64(_mm512_mul_epu32(nx, R), s);
+    const __m512i zo = _mm512_srl_epi64(_mm512_mul_epu32(_mm512_srli_epi64(nx, 32), R), s);
+    const __m512i z = _mm512_mask_blend_epi32((__mmask16)0xAAAA, ze, _mm512_slli_epi64(zo, 32));
+    const __m512i t = _mm512_add_epi32(_mm512_add_epi32(x, _mm512_mullo_epi32(z, _mm512_set1_epi32((int32_t)p->q_ln2))),
+                                       _mm512_set1_epi32((int32_t)p->q_b));
+    const __m512i P = _mm512_add_epi32(_mm512_mullo_epi32(t, t), _mm512_set1_epi32((int32_t)p->q_c));
+    return _mm512_srlv_epi32(P, z);
+}
+
+static void softmax_row16(const int32_t *s, long n, long nv, const asrq_softmax *p, int32_t *e, uint8_t *prob) {
+    memset(prob, 0, (size_t)n);
+    if (nv <= 0) return;
+    __m512i m16 = _mm512_set1_epi32(s[0]);
+    long j16 = 0;
+    for (; j16 + 16 <= nv; j16 += 16) m16 = _mm512_max_epi32(m16, _mm512_loadu_si512((const void *)(s + j16)));
+    int32_t m = _mm512_reduce_max_epi32(m16);
+    for (; j16 < nv; ++j16) m = s[j16] > m ? s[j16] : m;
+    const __m512i mv = _mm512_set1_epi32(m);
+    __m512i sum = _mm512_setzero_si512();
+    for (long j = 0; j < nv; j += 16) {
+        __m512i ev = iexp16(_mm512_sub_epi32(_mm512_loadu_si512((const void *)(s + j)), mv), &p->exp);
+        if (j + 16 > nv) ev = _mm512_maskz_mov_epi32((__mmask16)((1u << (nv - j)) - 1), ev);   /* lanes past nv: 0 */
+        _mm512_storeu_si512((void *)(e + j), ev);
+        sum = _mm512_add_epi64(sum, _mm512_add_epi64(_mm512_cvtepu32_epi64(_mm512_castsi512_si256(ev)),
+                                                     _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(ev, 1))));
+    }
+    const int64_t total = _mm512_reduce_add_epi64(sum);
+    const int K = p->recip_bits, B = p->out_bits;
+    const uint64_t f = ((uint64_t)1 << K) / (uint64_t)(total > 1 ? total : 1);
+    /* e f <= 2^K (e <= total): e f = (e fh) 2^32 + e fl, both parts below 2^62 */
+    const __m512i fl = _mm512_set1_epi64((long long)(f & 0xFFFFFFFFu)), fh = _mm512_set1_epi64((long long)(f >> 32));
+    const __m512i half = _mm512_set1_epi64((long long)1 << (K - B - 1)), top = _mm512_set1_epi64((1 << B) - 1);
+    const __m128i sh = _mm_cvtsi32_si128(K - B);
+    for (long j = 0; j < nv; j += 8) {   /* e is 0 from nv to the next multiple of 16 */
+        const __m512i e8 = _mm512_cvtepu32_epi64(_mm256_loadu_si256((const __m256i *)(e + j)));
+        __m512i v = _mm512_add_epi64(_mm512_slli_epi64(_mm512_mul_epu32(e8, fh), 32), _mm512_mul_epu32(e8, fl));
+        v = _mm512_min_epu64(_mm512_srl_epi64(_mm512_add_epi64(v, half), sh), top);
+        const __m128i b8 = _mm512_cvtepi64_epi8(v);
+        if (j + 8 <= n) _mm_storel_epi64((__m128i *)(prob + j), b8);
+        else {
+            uint8_t t8[8];
+            _mm_storel_epi64((__m128i *)t8, b8);
+            memcpy(prob + j, t8, (size_t)(n - j));
+        }
+    }
+}
+#define SOFTMAX_ROW softmax_row16
+#else
+#define SOFTMAX_ROW softmax_row8
+#endif
 
 /* per thread: the scores of QB query rows, exponentials (then the split probabilities), the QB
  * queries, the probabilities, rel_pos's int64 scores */
@@ -689,7 +755,7 @@ static void attention_avx2(const asrq_attn *a, const uint8_t *q, const uint8_t *
                 int32_t *s = s4 + r * Tq;
                 if (rel && nv > 0) rel_scores(a, qv + i * cp + h * dk, pt + h * dk2 * P, P, T - 1 - i, dk, dk2, nv, s,
                                               s64, e);
-                softmax_row8(s, Tq, nv, &a->sm, e, prob);
+                SOFTMAX_ROW(s, Tq, nv, &a->sm, e, prob);
                 int32_t ctx[64];
                 context_row(prob, v4 + h * (Tp / 4) * dk8, nv, dk8, (uint8_t *)e, v + h * dk, cp, dk, ctx);
                 uint8_t *o = out + i * ocp + h * dk;
