@@ -356,6 +356,39 @@ static void store_u8_vnni(const int64_t *v, uint8_t *o, int64_t post, int64_t lo
 #endif
 }
 
+#if defined(ASRQ_AVX512)
+/* v[r][c] (+)= (acc * M + C) >> S in int32 lanes where every term is fast32 and the group group32:
+ * floor(p / 2^S) = floor(floor(p / 2^32) / 2^(S-32)), the first the high half of the int64 p */
+static void requant32_vnni(const int32_t *acc, const int64_t *M, const int64_t *C, const int64_t *S, int32_t *v,
+                           int n, int first) {
+    const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    for (int c = 0; c < 64; c += 16) {
+        const __m512i m0 = _mm512_loadu_si512((const void *)(M + c)), m1 = _mm512_loadu_si512((const void *)(M + c + 8));
+        const __m512i k0 = _mm512_loadu_si512((const void *)(C + c)), k1 = _mm512_loadu_si512((const void *)(C + c + 8));
+        const __m512i s = _mm512_sub_epi32(
+            _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(_mm512_loadu_si512((const void *)(S + c)))),
+                               _mm512_cvtepi64_epi32(_mm512_loadu_si512((const void *)(S + c + 8))), 1),
+            _mm512_set1_epi32(32));
+        for (int r = 0; r < n; ++r) {
+            const __m512i a = _mm512_loadu_si512((const void *)(acc + r * 64 + c));
+            const __m512i p0 = _mm512_add_epi64(_mm512_mul_epi32(_mm512_cvtepi32_epi64(_mm512_castsi512_si256(a)), m0), k0);
+            const __m512i p1 = _mm512_add_epi64(_mm512_mul_epi32(_mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(a, 1)),
+                                                                 m1), k1);
+            __m512i y = _mm512_srav_epi32(_mm512_permutex2var_epi32(p0, odd, p1), s);
+            if (!first) y = _mm512_add_epi32(y, _mm512_loadu_si512((const void *)(v + r * 64 + c)));
+            _mm512_storeu_si512((void *)(v + r * 64 + c), y);
+        }
+    }
+}
+
+static void store32_u8_vnni(const int32_t *v, uint8_t *o, int32_t post, int32_t lo, int32_t hi) {
+    const __m512i p = _mm512_set1_epi32(post), l = _mm512_set1_epi32(lo), u = _mm512_set1_epi32(hi);
+    for (int c = 0; c < 64; c += 16)
+        _mm_storeu_si128((__m128i *)(o + c), _mm512_cvtepi32_epi8(_mm512_min_epi32(_mm512_max_epi32(
+            _mm512_add_epi32(_mm512_loadu_si512((const void *)(v + c)), p), l), u)));
+}
+#endif
+
 static void group_vnni(const asrq_term *terms, int nterms, long T_out, long oblocks, uint8_t *out8, int64_t *out64,
                        long out_cp, long out_row0, int64_t post, int64_t lo, int64_t hi, int nthreads,
                        uint8_t *scratch) {
@@ -381,6 +414,20 @@ static void group_vnni(const asrq_term *terms, int nterms, long T_out, long oblo
             int64_t v[R * 64];
             const long t0 = tb * R;
             const int n = (int)(T_out - t0 < R ? T_out - t0 : R);
+#if defined(ASRQ_AVX512)
+            if (out8 && terms[0].group32) {   /* every term's rescaled value and the sum fit int32 */
+                int32_t v32[R * 64];
+                for (int j = 0; j < nterms; ++j) {
+                    const asrq_term *t = terms + j;
+                    tile(t, x4[j], t0, ob, acc, n);
+                    requant32_vnni(acc, t->M + ob * 64, t->C + ob * 64, t->S + ob * 64, v32, n, j == 0);
+                }
+                for (int r = 0; r < n; ++r)
+                    store32_u8_vnni(v32 + r * 64, out8 + (out_row0 + t0 + r) * out_cp + ob * 64, (int32_t)post,
+                                    (int32_t)lo, (int32_t)hi);
+                continue;
+            }
+#endif
             for (int j = 0; j < nterms; ++j) {
                 const asrq_term *t = terms + j;
                 const int64_t *M = t->M + ob * 64, *C = t->C + ob * 64, *S = t->S + ob * 64;
