@@ -231,13 +231,20 @@ def _sizes(models) -> str:
     return " / ".join(m.replace("QuartzNet-", "") for m in models)
 
 
-def c_runtime_avx2() -> list[str]:
-    """The C runtime on this CPU without VNNI (issues 25, 26): the real QuartzNet-15x5 and Fig. 2."""
+CPU_KINDS = {"avx2": "**On a CPU without VNNI** ({cpu}, AVX2; the `avx2` kernels)",
+             "avx512-vnni": "**On an AVX-512 VNNI CPU, rerun** ({cpu}, AVX-512 with VNNI; the `avx512-vnni` kernels)"}
+
+
+def c_runtime_per_cpu() -> list[str]:
+    """The C runtime per kind of CPU it was measured on (issues 25, 26): the real QuartzNet-15x5 and Fig. 2,
+    from benchmarks/fig2_latency_<family>.csv and bench_c_quartznet15x5_<family>_t{1,2}.json."""
     lines = []
-    avx2 = ROOT / "benchmarks" / "fig2_latency_avx2.csv"
-    if avx2.is_file():
-        t = {th: _json(f"benchmarks/results/bench_c_quartznet15x5_avx2_t{th}.json") for th in (1, 2)}
-        fig = _fig2_vs(avx2)
+    for family, title in CPU_KINDS.items():
+        f = ROOT / "benchmarks" / f"fig2_latency_{family}.csv"
+        if not f.is_file():
+            continue
+        t = {th: _json(f"benchmarks/results/bench_c_quartznet15x5_{family}_t{th}.json") for th in (1, 2)}
+        fig = _fig2_vs(f)
         t1 = t[1]
         parts = []
         for th, (models, vs_fp, vs_peer, c) in fig.items():
@@ -245,25 +252,28 @@ def c_runtime_avx2() -> list[str]:
                          + " the fastest FP32 and " + " / ".join(f"**{v:.2f}x**" for v in vs_peer)
                          + " onnxruntime's static int8 (load average "
                          + f"{_load([c.loadavg_before.min()], [c.loadavg_after.max()])})")
+        exact = t1["runtimes"].get("onnxruntime-int8", {})
         lines.append(
-            f"**On a CPU without VNNI** ({t1['machine'].get('cpu_model')}, AVX2; the `avx2` kernels), real "
+            title.format(cpu=t1['machine'].get('cpu_model')) + f", real "
             f"QuartzNet-15x5 W8A8 (`{t1['quantized_path']}`), {t1['input']}, every runtime in one "
             f"`intasr bench --seconds 10 --repeats {t1['repeats']}` run "
-            "(`benchmarks/results/bench_c_quartznet15x5_avx2_t{1,2}.json`): 1 thread, C "
+            f"(`benchmarks/results/bench_c_quartznet15x5_{family}_t{{1,2}}.json`): 1 thread, C "
             f"**{t1['c_int8_ms']:.0f} ms** vs the fastest FP32 {t1['fp32_ms']:.0f} ms (`{t1['fp32_runtime']}`, "
             f"**{t1['c_vs_fp32']:.2f}x**) and onnxruntime's static int8 model {t1['peer_ms']:.0f} ms "
             f"(**{t1['c_vs_peer']:.2f}x**, target 1.15x); 2 threads: {t[2]['c_int8_ms']:.0f} ms, "
             f"**{t[2]['c_vs_fp32']:.2f}x** and **{t[2]['c_vs_peer']:.2f}x** (load average "
             f"{_load(t1['loadavg_before'], t1['loadavg_after'])} / {_load(t[2]['loadavg_before'], t[2]['loadavg_after'])}"
-            "). Fig. 2 on this CPU (`benchmarks/fig2_latency_avx2.csv`, random-weight models, "
+            f"). Fig. 2 on this CPU (`benchmarks/fig2_latency_{family}.csv`, random-weight models, "
             f"{_sizes(fig[1][0])}): " + "; ".join(parts) + ". "
-            "onnxruntime's own integer graph of our program is not exact on this CPU (no VNNI: int16 "
-            "saturation) and is left out of these runs with that reason.")
+            + ("onnxruntime's own integer graph of our program is not exact on this CPU (no VNNI: int16 "
+               "saturation) and is left out of these runs with that reason." if "median_ms" not in exact else
+               f"onnxruntime's own integer graph of our program (exact on this CPU) takes {exact['median_ms']:.0f} ms "
+               "at 1 thread."))
     return lines
 
 
 def c_runtime() -> list[str]:
-    lines = c_runtime_avx2()
+    lines = c_runtime_per_cpu()
     chk = _json("benchmarks/results/c_runtime_test_other.json")
     t1 = _json("benchmarks/results/bench_c_quartznet15x5_t1.json")
     t2 = _json("benchmarks/results/bench_c_quartznet15x5_t2.json")
@@ -276,8 +286,9 @@ def c_runtime() -> list[str]:
         f"utterances, {chk['logits_differ']} of {chk['logits']:,} logits differ, WER {w['wer']:.2f}% "
         f"({w['word_errors']}/{w['words']}){' for both' if same else ''} (`benchmarks/check_c_runtime.py`, "
         f"`benchmarks/results/c_runtime_test_other.json`, kernels `{chk.get('kernels')}`). **The earlier run on "
-        "an AVX-512 VNNI CPU** (the code of that time, before the per-CPU kernels; not rerun since: no VNNI CPU "
-        "was available): real QuartzNet-15x5, 10 s, `benchmarks/results/bench_c_quartznet15x5_t{1,2}.json`, "
+        "an AVX-512 VNNI CPU** (the code of that time, before the per-CPU kernels; "
+        + ("rerun on another VNNI CPU above" if (ROOT / "benchmarks" / "fig2_latency_avx512-vnni.csv").is_file()
+           else "not rerun since: no VNNI CPU was available") + "): real QuartzNet-15x5, 10 s, `benchmarks/results/bench_c_quartznet15x5_t{1,2}.json`, "
         f"**machine shared, load average {_load(t1['loadavg_before'], t1['loadavg_after'])} / "
         f"{_load(t2['loadavg_before'], t2['loadavg_after'])} on 2 cores**: 1 thread, C {t1['c_int8_ms']:.0f} ms vs "
         f"the fastest FP32 {t1['fp32_ms']:.0f} ms (**{t1['c_vs_fp32']:.2f}x**) and onnxruntime's static int8 "
@@ -674,7 +685,7 @@ BLOCKS = {
         "fuzz": fuzz,
     },
     "benchmarks/README.md": {
-        "avx2": lambda: c_runtime_avx2() + conformer_c(),
+        "avx2": lambda: c_runtime_per_cpu() + conformer_c(),
     },
     "results/README.md": {
         "summary": lambda: summary(ROOT / "results" / "grid.csv", ROOT / "results" / "beyond.csv"),
