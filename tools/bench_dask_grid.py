@@ -118,7 +118,10 @@ def main() -> int:
         csvs = [Path(args.reference), *csvs]
     frames = [pd.read_csv(csv).sort_values("cell_key").reset_index(drop=True)[COMPARED] for csv in csvs]
     same = all(f.equals(frames[0]) for f in frames[1:])
-    diff = [] if same else [frames[0].compare(f).to_dict(orient="index") for f in frames[1:]]
+    # per differing row: {"column/self|other": value} (compare's column pairs as JSON keys)
+    diff = [] if same else [{str(row): {"/".join(map(str, k)): v for k, v in cols.items()}
+                             for row, cols in frames[0].compare(f).to_dict(orient="index").items()}
+                            for f in frames[1:]]
     by = {}
     for r in runs:
         by.setdefault(f"{r['runtime']}, workers {r['workers']}", []).append(r["wall_seconds"])
