@@ -120,8 +120,28 @@ def test_conformer_latency_tables_and_values(tmp_path):
     values = latency.conformer_latency_values(lat)
     assert values["lat_cpu"] == "Test CPU (avx2 kernels)"
     assert values["hama_c_ms"] == "10.0" and values["small_vs_dyn8"] == "2.00" and values["hama_fp32_rt"] == "torch-fp32"
+    assert values["lat_other_cpus"] == "No other kind of CPU was measured."
     empty = latency.conformer_latency_values(latency.read_csvs(tmp_path, "nothing_*.csv"))
     assert set(empty) == set(values) and set(empty.values()) == {"(not measured)"}
+
+
+def test_a_second_kind_of_cpu_gets_its_own_sentence_and_panels(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    _conformer_rows().to_csv(tmp_path / "conformer_latency_avx2.csv", index=False)
+    vnni = _conformer_rows().assign(kernel_family="avx512-vnni", cpu="Other CPU")
+    vnni.loc[vnni.runtime == "c-int8", "latency_ms"] /= 2
+    vnni.to_csv(tmp_path / "conformer_latency_avx512-vnni.csv", index=False)
+    lat = latency.read_csvs(tmp_path, "conformer_latency_*.csv")
+    values = latency.conformer_latency_values(lat)
+    assert values["lat_cpu"] == "Test CPU (avx2 kernels)" and values["hama_c_ms"] == "10.0"
+    other = values["lat_other_cpus"]
+    assert other.startswith("On Other CPU (avx512-vnni kernels, the same protocol): hama, 1 thread: 5.0 ms")
+    assert "nemo-small, 2 threads: 2.5 ms" in other and "Test CPU" not in other
+    fig = latency.plot_conformer_latency(lat)
+    assert [ax.get_title() for ax in fig.axes] == ["hama (avx2 kernels)", "nemo-small (avx2 kernels)",
+                                                   "hama (avx512-vnni kernels)", "nemo-small (avx512-vnni kernels)"]
 
 
 def test_time_interleaved_medians_and_order():

@@ -424,17 +424,16 @@ def conformer_c() -> list[str]:
         "Interleaved, each runtime in a worker process of its own (`.venv/bin/python "
         "benchmarks/run_conformer_bench.py --isolate`: `intasr bench --isolate`, rounds interleaved as above, no "
         f"thread pool of one runtime beside another's; `{name}`, {int(c.repeats.iloc[0])} rounds"))
-    chk = ROOT / "benchmarks" / "results" / "c_runtime_conformer_test_other.json"
-    if chk.is_file():
-        cc = _json("benchmarks/results/c_runtime_conformer_test_other.json")
+    for chk in sorted((ROOT / "benchmarks" / "results").glob("c_runtime_conformer_test_other*.json")):
+        name = f"benchmarks/results/{chk.name}"
+        cc = _json(name)
         p = cc["wer_c_runtime"]
         lines.append(
             f"The hama Conformer W8A8 zero-shot (`{cc['quantized']}`) on the C runtime's CLI: tokens equal to "
             f"`forward_int`'s on {cc['tokens_equal']}/{cc['utterances']} test-other utterances, "
             f"{cc['logits_differ']} of {cc['logits']:,} logits differ, PER {p['per']:.2f}% "
             f"({p['phoneme_errors']}/{p['phonemes']}) (`benchmarks/check_c_runtime.py --quantized "
-            f"{cc['quantized']} --json benchmarks/results/c_runtime_conformer_test_other.json`, kernels "
-            f"`{cc['kernels']}`).")
+            f"{cc['quantized']} --json {name}`, kernels `{cc['kernels']}`).")
     return lines
 
 

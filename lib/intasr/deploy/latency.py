@@ -227,33 +227,49 @@ def conformer_latency_tables(lat: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFr
 
 
 def conformer_latency_values(lat: pd.DataFrame) -> dict[str, str]:
-    """What the chapter quotes from the one-thread C runtime rows: the CPU (``lat_cpu``) and per
-    model key of ``CONFORMER_KEYS`` its latency, speedups and the fastest FP32 runtime's name;
-    "(not measured)" for every value when lat is empty."""
-    names = ["lat_cpu"] + [f"{k}_{v}" for _, k in CONFORMER_KEYS for v in ("c_ms", "vs_fp32", "vs_dyn8", "fp32_rt")]
+    """What the chapter quotes from the one-thread C runtime rows of the first kind of CPU (kernel
+    family, in file-name order: ``avx2`` before ``avx512-vnni``): the CPU (``lat_cpu``) and per model
+    key of ``CONFORMER_KEYS`` its latency, speedups and the fastest FP32 runtime's name; every other
+    kind of CPU in one sentence (``lat_other_cpus``, both thread counts). "(not measured)" for every
+    value when lat is empty."""
+    names = ["lat_cpu", "lat_other_cpus"] + [f"{k}_{v}" for _, k in CONFORMER_KEYS
+                                             for v in ("c_ms", "vs_fp32", "vs_dyn8", "fp32_rt")]
     if not len(lat):
         return {k: "(not measured)" for k in names}
-    c1 = lat[(lat.runtime == "c-int8") & (lat.threads == 1)].set_index("model")
-    out = {"lat_cpu": f"{c1.cpu.iloc[0]} ({c1.kernel_family.iloc[0]} kernels)"}
+    families = list(dict.fromkeys(lat.kernel_family))
+    c = lat[lat.runtime == "c-int8"]
+    c1 = c[(c.threads == 1) & (c.kernel_family == families[0])].set_index("model")
+    out = {"lat_cpu": f"{c1.cpu.iloc[0]} ({families[0]} kernels)"}
     for m, key in CONFORMER_KEYS:
         if m in c1.index:
             r = c1.loc[m]
             out.update({f"{key}_c_ms": f"{r.latency_ms:.1f}", f"{key}_vs_fp32": f"{r.speedup_vs_fastest_fp32:.2f}",
                         f"{key}_vs_dyn8": f"{r.speedup_vs_dynamic_int8:.2f}", f"{key}_fp32_rt": r.fastest_fp32})
+    others = []
+    for fam in families[1:]:
+        rows = c[c.kernel_family == fam]
+        runs = [f"{r.model}, {r.threads} thread{'s' if r.threads > 1 else ''}: {r.latency_ms:.1f} ms, "
+                f"{r.speedup_vs_fastest_fp32:.2f}x the fastest FP32 ({r.fastest_fp32}) and "
+                f"{r.speedup_vs_dynamic_int8:.2f}x the dynamic int8 model" for r in rows.itertuples()]
+        others.append(f"On {rows.cpu.iloc[0]} ({fam} kernels, the same protocol): " + "; ".join(runs) + ".")
+    out["lat_other_cpus"] = " ".join(others) if others else "No other kind of CPU was measured."
     return out
 
 
 def plot_conformer_latency(lat: pd.DataFrame):
-    """One panel per model: median latency per runtime (``CONFORMER_ORDER``), one bar per thread count."""
+    """One panel per kind of CPU and model: median latency per runtime (``CONFORMER_ORDER``), one bar per
+    thread count."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    models = list(lat.groupby("model", sort=False))
-    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
-    for ax, (m, part) in zip(axes, models):
+    panels = list(lat.groupby(["kernel_family", "model"], sort=False))
+    families = list(dict.fromkeys(lat.kernel_family))
+    fig, axes = plt.subplots(len(families), 2, figsize=(12, 3.8 * len(families)), squeeze=False)
+    for (fam, m), part in panels:
+        ax = axes[families.index(fam)][[k for k, _ in CONFORMER_KEYS].index(m) if m in dict(CONFORMER_KEYS) else 0]
         sns.barplot(data=part, x="runtime", y="latency_ms", hue="threads", ax=ax,
                     order=[r for r in CONFORMER_ORDER if r in set(part.runtime)])
-        ax.set(title=f"{m} ({part.kernel_family.iloc[0]} kernels)", xlabel="", ylabel="ms, median, 10 s input")
+        ax.set(title=f"{m} ({fam} kernels)", xlabel="", ylabel="ms, median, 10 s input")
         ax.tick_params(axis="x", labelrotation=15, labelsize=8)
     plt.tight_layout()
     return fig
