@@ -308,28 +308,33 @@ def dask() -> list[str]:
     wall = {r["workers"]: r["wall_seconds"] for r in fix["runs"]}
     wall_old = {r["workers"]: r["wall_seconds"] for r in old["runs"]}
     lines = []
-    if (ROOT / "results" / "dask_grid_c_avx2.json").is_file():
-        c = _json("results/dask_grid_c_avx2.json")
-        both = _json("results/dask_grid_engines_avx2.json")
+    for fam, where in (("avx2", "an AVX2 CPU without VNNI (Zen 3)"), ("avx512-vnni", "an AVX-512 VNNI CPU (Zen 4)")):
+        if not (ROOT / "results" / f"dask_grid_c_{fam}.json").is_file():
+            continue
+        c = _json(f"results/dask_grid_c_{fam}.json")
+        both = _json(f"results/dask_grid_engines_{fam}.json")
         cw = {r["workers"]: r for r in c["runs"]}
-        cc = _json("results/paper_profile_cost_c_avx2.json")
+        cc = _json(f"results/paper_profile_cost_c_{fam}.json")
         torch_run = next(r for r in both["runs"] if r["runtime"] == "torch")
         lines.append(
             f"**On the C runtime** (the default engine now; each row names it in its `engine` column), the same "
-            f"grid on this AVX2 CPU: `--workers 1` **{cw[1]['wall_seconds']:.1f} s**, `--workers 2` "
-            f"**{cw[2]['wall_seconds']:.1f} s** (`results/dask_grid_c_avx2.json`, load average "
+            f"grid on {where}: `--workers 1` **{cw[1]['wall_seconds']:.1f} s**, `--workers 2` "
+            f"**{cw[2]['wall_seconds']:.1f} s** (`results/dask_grid_c_{fam}.json`, load average "
             f"{_load(cw[1]['loadavg_before'], cw[2]['loadavg_after'])}), rows "
             f"**{'identical' if c['rows_identical'] else 'DIFFERENT'}** to the torch-evaluated run "
-            f"({torch_run['wall_seconds']:.1f} s with `--workers 1` here, `results/dask_grid_engines_avx2.json`: "
-            "PyTorch's int8 GEMM has no fast kernel without VNNI): "
+            f"({torch_run['wall_seconds']:.1f} s with `--workers 1` there, `results/dask_grid_engines_{fam}.json`"
+            + (": PyTorch's int8 GEMM has no fast kernel without VNNI" if fam == "avx2" else "") + "): "
             f"{torch_run['wall_seconds'] / cw[1]['wall_seconds']:.1f}x and "
             f"{torch_run['wall_seconds'] / cw[2]['wall_seconds']:.1f}x faster on the same machine, and "
-            f"{wall[1] / cw[1]['wall_seconds']:.2f}x / {wall[1] / cw[2]['wall_seconds']:.2f}x the earlier "
-            f"{wall[1]:.1f} s below (another machine). What remains is float work the integer engine does not "
-            "touch: the synthetic batches (Adam through the float model) and the FP32 row. At these rates "
+            f"**{wall[1] / cw[1]['wall_seconds']:.2f}x** / {wall[1] / cw[2]['wall_seconds']:.2f}x the earlier "
+            f"{wall[1]:.1f} s below (another machine; target 3x). What remains is float work the integer engine "
+            "does not touch: the synthetic batches (Adam through the float model) and the FP32 row. At these rates "
             f"`--profile paper` costs ~{cc['total_hours']:.0f} task-hours for one model, "
-            f"{cc['synthesis_hours']:.0f} of them synthesis (`results/paper_profile_cost_c_avx2.json`, "
-            "`tools/paper_cost.py --bench results/dask_grid_c_avx2.json --runtime c`). Earlier runs:")
+            f"{cc['synthesis_hours']:.0f} of them synthesis (`results/paper_profile_cost_c_{fam}.json`, "
+            f"`tools/paper_cost.py --bench results/dask_grid_c_{fam}.json --runtime c --out "
+            f"results/paper_profile_cost_c_{fam}.json`).")
+    if lines:
+        lines[-1] += " Earlier runs:"
     lines.append(
         f"The 2 x 2 x 2 grid (`{fix['grid']}`, QuartzNet-15x5) gives "
         f"**{'identical' if fix['rows_identical'] else 'DIFFERENT'} rows** ({fix['rows']}) with "
@@ -530,7 +535,7 @@ def cpu_spread(path: Path) -> list[str]:
     other = pd.concat([pd.read_csv(ROOT / "results" / "beyond_adaround.csv"), pd.read_csv(ROOT / "results" / "grid.csv")],
                       ignore_index=True)
     t = cpu_comparison(other, pd.read_csv(path))
-    out = ["| W/A | recipe | seed | word errors, AVX-512 VNNI machine | word errors, this AVX2 machine |",
+    out = ["| W/A | recipe | seed | word errors, AVX-512 VNNI machine | word errors, AVX2 machine |",
            "|---|---|---|---|---|"]
     for r in t.itertuples():
         out.append(f"| {r.w_bits}/{r.a_bits} | {r.candidate} | {r.seed} | {r.word_errors_a} | {r.word_errors_b} |")
@@ -539,7 +544,7 @@ def cpu_spread(path: Path) -> list[str]:
     spread = lambda col: g[col].agg(lambda v: v.max() - v.min())   # noqa: E731
     fp32 = float(_frame(ROOT / "results" / "grid.csv").query("w_bits == 32").iloc[0].error_rate)
     means = "; ".join(f"{c}: {100 * a / w:.2f}% ({100 * a / w - fp32:+.2f} vs FP32) on the VNNI machine, "
-                      f"{100 * b / w:.2f}% ({100 * b / w - fp32:+.2f}) here"
+                      f"{100 * b / w:.2f}% ({100 * b / w - fp32:+.2f}) on the AVX2 machine"
                       for (_, c), a, b, w in zip(g.groups, g.word_errors_a.mean(), g.word_errors_b.mean(),
                                                  g.words_a.first()))
     out += ["", f"WER means over the seeds (FP32 {fp32:.2f}%, `results/grid.csv`): {means}.",
