@@ -155,7 +155,7 @@ def _onnx_int_bit_exact(qmodel, mel, lengths, fresh: bool = False):
     """The integer-only graph (integer-only by shape inference) == forward_int on every valid frame
     of the padded batch, lengths included. fresh: a new session on a newly built graph (not
     run_onnx_int's per-program cache)."""
-    from intasr.program import onnx_int
+    from intasr.program import onnx_graph, onnx_int
 
     if not onnx_int.ort_kernels_exact(1):
         pytest.skip("onnxruntime's integer kernels are not exact on this CPU (no VNNI): ort_kernels_exact() is False")
@@ -166,7 +166,7 @@ def _onnx_int_bit_exact(qmodel, mel, lengths, fresh: bool = False):
     with torch.inference_mode():
         ref, ref_len = qmodel.forward_int(q, lengths)
     if fresh:
-        out, out_len = make_session(model, 1).run(None, {"q": q.numpy(), "lengths": lengths.numpy()})
+        out, out_len = onnx_graph.make_session(model, 1).run(None, {"q": q.numpy(), "lengths": lengths.numpy()})
     else:
         out, out_len = onnx_int.run_onnx_int(qmodel.program, q, lengths)
     assert np.array_equal(out_len, ref_len.numpy())
