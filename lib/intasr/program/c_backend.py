@@ -246,6 +246,7 @@ asrq_model *asrq_load(const char *path, long max_frames, int threads) {
         t->cout = term_desc[i].cout;
         t->gamma6 = term_desc[i].gamma6;
         t->gamma7 = term_desc[i].gamma7;
+        t->m31 = term_desc[i].m31;
         t->fast32 = term_desc[i].fast32;
         t->group32 = term_desc[i].group32;
         t->w = (const int8_t *)(m->blob + term_desc[i].w);
@@ -323,11 +324,11 @@ class _Codegen:
              f"static const long act_pad[NACT] = {{{', '.join(str(a.pad) for a in acts)}}};",
              f"static const long act_back[NACT] = {{{', '.join(str(a.back) for a in acts)}}};\n",
              "/* the conv terms: kind, input slot, input row bytes, stride, dilation, row offset, taps, cin4, output",
-             " * blocks, input and output channels, gamma6, gamma7, fast32, group32, blob offsets of weights, M, C,",
+             " * blocks, input and output channels, gamma6, gamma7, m31, fast32, group32, blob offsets of weights, M, C,",
              " * S, Cs6, Cs7",
              " * (asrq_kernels.h) */",
              "static const struct { int kind, slot; long cp_in, stride, dil, row_off, taps, cin4, oblocks, cin, cout;",
-             "                     int gamma6, gamma7, fast32, group32; unsigned long long w, m, c, s, cs6, cs7; }",
+             "                     int gamma6, gamma7, m31, fast32, group32; unsigned long long w, m, c, s, cs6, cs7; }",
              "    term_desc[NTERMS] = {"]
         for t in self.terms:
             src = self.act(t.src)
@@ -335,7 +336,7 @@ class _Codegen:
             oblocks = -(-len(t.M) // 64)
             L.append(f"    {{{KIND[t.kind]}, {src.slot}, {src.cp}, {int(a['stride'])}, {int(a['dilation'])}, "
                      f"{src.pad - int(a['padding'])}, {t.taps}, {src.cp // 4}, {oblocks}, {src.channels}, {len(t.M)}, "
-                     f"{t.gamma6}, {t.gamma7}, {t.fast32}, {t.group32}, "
+                     f"{t.gamma6}, {t.gamma7}, {t.m31}, {t.fast32}, {t.group32}, "
                      f"{t.w_off}, {t.m_off}, {t.c_off}, {t.s_off}, {t.cs6_off}, {t.cs7_off}}},  /* {t.name} */")
         if not self.terms:
             L.append("    {0}")

@@ -110,6 +110,7 @@ class Term:
     taps: int = 0
     gamma6: int = 0
     gamma7: int = 0
+    m31: int = 0
     fast32: int = 0
     group32: int = 0
     vmax: int = 0
@@ -493,8 +494,10 @@ class Lowering:
                 t.vmax = max(t.vmax, (peak >> s) + 1)
             consts.append(out)
         t.C, t.Cs6, t.Cs7 = consts
-        # the AVX2 family's int32 requantization: floor(v / 2^S) as (the high half of v) >> (S - 32)
-        t.fast32 = int(all(s >= 32 for s in t.S) and all(0 <= m < 1 << 31 for m in t.M))
+        # every M in [0, 2^31): acc * M is one signed 32 x 32 -> 64 multiply (vpmuldq) in every family
+        t.m31 = int(all(0 <= m < 1 << 31 for m in t.M))
+        # the int32 requantization: floor(v / 2^S) as (the high half of v) >> (S - 32)
+        t.fast32 = int(all(s >= 32 for s in t.S) and t.m31)
 
     # -------------------------------------------------------------- NeMo's Conv2d subsampling
     def _conv2d(self, req: Op, conv: Op) -> list[Step]:

@@ -301,19 +301,12 @@ static long scratch_vnni(int kind, long T_out, long stride, long row_off, long t
 
 /* ------------------------------------------------------------------ fused group + requantization */
 
-/* every M of a term in int32 range: the rescale's product is one vpmuldq */
-static int m_int32(const asrq_term *t) {
-    for (long c = 0; c < t->oblocks * 64; ++c)
-        if (t->M[c] < INT32_MIN || t->M[c] > INT32_MAX) return 0;
-    return 1;
-}
-
 /* v[r][c] (+)= (acc * M + C) >> S for n rows of 64 channels; the int64 lanes of AVX-512 F (vpmuldq,
- * vpsravq: the arithmetic shift C's >> is on int64 here) where every M is int32, else scalar */
+ * vpsravq: the arithmetic shift C's >> is on int64 here) where the term is m31, else scalar */
 static void requant_vnni(const int32_t *acc, const int64_t *M, const int64_t *C, const int64_t *S, int64_t *v,
-                         int n, int first, int m32) {
+                         int n, int first, int m31) {
 #if defined(ASRQ_AVX512)
-    if (m32) {
+    if (m31) {
         for (int c = 0; c < 64; c += 8) {
             const __m512i m = _mm512_loadu_si512((const void *)(M + c)), k = _mm512_loadu_si512((const void *)(C + c));
             const __m512i s = _mm512_loadu_si512((const void *)(S + c));
@@ -327,7 +320,7 @@ static void requant_vnni(const int32_t *acc, const int64_t *M, const int64_t *C,
         return;
     }
 #endif
-    (void)m32;
+    (void)m31;
     for (int r = 0; r < n; ++r) {
         const int32_t *ar = acc + r * 64;
         int64_t *vr = v + r * 64;
@@ -402,8 +395,6 @@ static void group_vnni(const asrq_term *terms, int nterms, long T_out, long oblo
         x4[j] = scratch;
         scratch += scratch_vnni(t->kind, T_out, t->stride, t->row_off, t->taps, t->dil, t->cp_in);
     }
-    int m32[nterms > 0 ? nterms : 1];
-    for (int j = 0; j < nterms; ++j) m32[j] = m_int32(terms + j);
     (void)nthreads;
     /* frames outermost: a static split gives each thread every output block of its frames, so the
      * last block (often 16 or 32 real channels of 64) costs every thread alike */
@@ -432,7 +423,7 @@ static void group_vnni(const asrq_term *terms, int nterms, long T_out, long oblo
                 const asrq_term *t = terms + j;
                 const int64_t *M = t->M + ob * 64, *C = t->C + ob * 64, *S = t->S + ob * 64;
                 tile(t, x4[j], t0, ob, acc, n);
-                requant_vnni(acc, M, C, S, v, n, j == 0, m32[j]);
+                requant_vnni(acc, M, C, S, v, n, j == 0, t->m31);
             }
             for (int r = 0; r < n; ++r) {
                 const int64_t *vr = v + r * 64;
@@ -464,7 +455,6 @@ typedef struct {
     int8_t *wh;    /* GEMM: [Cp_out/64][4][K][cin4][16][4], each 16-channel slice contiguous (L1: a stride of
                     * 256 bytes would use a quarter of the cache's sets); 64-byte aligned in wh_mem */
     void *wh_mem;
-    int m31;       /* every M in [0, 2^31): the vectorized requantization applies */
     int32_t *sh32; /* fast32: S - 32 per channel */
 } avx2_aux;
 
@@ -928,8 +918,7 @@ static void group_avx2(const asrq_term *terms, int nterms, long T_out, long oblo
                         requant32_avx2(acc, t->M + ob * 64, Cs + ob * 64, ((const avx2_aux *)t->aux)->sh32 + ob * 64,
                                        v32, n, j == 0);
                     else
-                        requant_avx2(acc, t->M + ob * 64, Cs + ob * 64, t->S + ob * 64, v, n, j == 0,
-                                     ((const avx2_aux *)t->aux)->m31);
+                        requant_avx2(acc, t->M + ob * 64, Cs + ob * 64, t->S + ob * 64, v, n, j == 0, t->m31);
                 }
                 for (int r = 0; r < n; ++r) {
                     uint8_t *o8 = out8 ? out8 + (out_row0 + t0 + r) * out_cp + ob * 64 : NULL;
@@ -949,9 +938,6 @@ static int pack_avx2(asrq_term *t) {
     avx2_aux *x = calloc(1, sizeof(avx2_aux));
     if (!x) return 1;
     t->aux = x;
-    x->m31 = 1;
-    for (long c = 0; c < t->oblocks * 64; ++c)
-        if (t->M[c] < 0 || t->M[c] >= (1LL << 31)) x->m31 = 0;
     x->sh32 = malloc(sizeof(int32_t) * (size_t)(t->oblocks * 64));
     if (!x->sh32) return 1;
     for (long c = 0; c < t->oblocks * 64; ++c) x->sh32[c] = c < t->cout ? (int32_t)t->S[c] - 32 : 0;   /* padding: v = 0 */

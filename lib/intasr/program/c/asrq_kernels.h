@@ -38,6 +38,7 @@ typedef struct {
      * (128), and the requantization constants for its accumulator of w (u - gamma) */
     int gamma6, gamma7;
     const int64_t *Cs6, *Cs7;
+    int m31;              /* every M in [0, 2^31): acc * M is one vpmuldq (the vectorized requantization) */
     int fast32;           /* every S >= 32 and M < 2^31: floor(v / 2^S) = hi32(v) >> (S - 32) on int32 lanes */
     int group32;          /* (the group's first term) the rescaled terms' sum provably fits int32 */
     void *aux;            /* what the family packs at load (asrq_pack_term), or NULL */
