@@ -450,6 +450,33 @@ def test_tensorrt_and_cuda_guards(q5, float5, tmp_path):
     assert res["int8_bit_exact"] is True and res["fp32_ms"] > 0 and res["int8_ms"] > 0 and res["device"]
 
 
+@pytest.mark.parametrize("settle", [True, False])
+def test_settled_turns_run_each_runtime_once_untimed_before_its_timed_run(float5, q5, monkeypatch, settle):
+    """Settled turns (the default): every timed run follows one untimed run of the same runtime, so no
+    other runtime's pool is still spinning and the caches are its own; --back-to-back: none."""
+    from intasr.deploy import bench
+
+    calls, real = {}, bench._runner
+
+    def counting(model, qmodel, n, threads, peer=None):
+        kind, fn, *info = real(model, qmodel, n, threads, peer)
+
+        def f(x, _fn=fn, _n=n):
+            calls[_n] = calls.get(_n, 0) + 1
+            return _fn(x)
+        return (kind, f, *info)
+
+    monkeypatch.setattr(bench, "_runner", counting)
+    monkeypatch.setattr(bench, "SETTLE_S", 0.0)
+    res = bench.bench(float5, q5, seconds=0.3, repeats=3, warmup=2, threads=1,
+                      runtimes=("torch-fp32", "torch+native-int8"), settle=settle)
+    per_round = 2 if settle else 1
+    assert calls == {n: 1 + 1 + 3 * per_round for n in ("torch-fp32", "torch+native-int8")}
+    assert res["turns"] == ("settled" if settle else "back to back")
+    assert all(r["runs"] == 3 for r in res["runtimes"].values())
+    assert f"({res['turns']} turns)" in bench.format_report(res)
+
+
 def test_bench_skips_an_inexact_runtime_with_its_reason(float5, q5, monkeypatch):
     """On a CPU without VNNI onnxruntime's integer kernels are not exact: bench goes on without
     that runtime and says why (simulated here by making the exactness probe answer no)."""

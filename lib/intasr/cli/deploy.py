@@ -100,7 +100,7 @@ def _bench_record(args, res: dict, runtimes, peer: dict) -> None:
     res["provenance"] = provenance(args.model, settings={
         "quantized_sha256": file_sha256(args.quantized), "seconds": args.seconds, "batch": args.batch,
         "bench_threads": args.threads, "repeats": args.repeats, "warmup": args.warmup, "runtimes": " ".join(runtimes),
-        "protocol": res.get("protocol"),
+        "protocol": res.get("protocol"), "turns": res.get("turns"),
         "calibration_data": res["calibration_data"], "calibration_limit": peer["limit"]})
 
 
@@ -120,7 +120,7 @@ def cmd_bench(args) -> int:
         audio = str(librispeech("test-other"))
     res = bench(model, qmodel, args.seconds, args.batch, args.threads, args.repeats, args.warmup,
                 runtimes=runtimes, progress=not args.quiet, peer=peer, audio=None if audio == "random" else audio,
-                isolate=(args.model, args.quantized) if args.isolate else None)
+                isolate=(args.model, args.quantized) if args.isolate else None, settle=args.settle)
     _bench_record(args, res, runtimes, peer)
     print(format_report(res))
     write_json(args.json, res)
@@ -151,6 +151,9 @@ def add_bench(sub) -> None:
     p.add_argument("--isolate", action="store_true",
                    help="each runtime in a process of its own, rounds still interleaved (no thread pool of one "
                         "runtime spins beside another's; what a deployment of one runtime sees)")
+    p.add_argument("--back-to-back", dest="settle", action="store_false",
+                   help="time each run right after the previous runtime's (default: after a 50 ms pause and one "
+                        "untimed run of its own, so no other runtime's thread pool still spins on the cores)")
     p.add_argument("--no-memory", dest="memory", action="store_false",
                    help="skip each runtime's peak memory (a process per runtime, seconds each)")
     p.add_argument("--json", default=None, help="write the full result here")

@@ -31,6 +31,13 @@ Runtimes (``RUNTIMES``):
         and ``c_vs_peer`` are the C runtime's speedups.
 The Conformer (``CONFORMER_RUNTIMES``): torch-fp32, onnxruntime-fp32 (the torch.onnx.export of the
 float model), onnxruntime-dynamic-int8, and the integer-only runtimes.
+Settled turns (``settle``, the default; ``intasr bench --back-to-back`` turns it off): each timed run
+comes after a pause of ``SETTLE_S`` and one untimed run of the same runtime. Measured here (hama
+Conformer, 2 threads, one process, AMD EPYC Zen 4): onnxruntime's pool spins for tens of
+milliseconds after its run, and a C run right after it took 25.4 ms against 12.8 ms after another
+C run; torch right after onnxruntime took 133 ms against 60 ms after a 50 ms pause. A run right
+after a pause pays for waking an idle core (C, 1 thread: 19.1 ms against 17.1 ms), so the untimed
+run leaves every runtime timed in the steady state a deployment running it continuously sees.
 Isolated (``isolate``: the float and quantized model files; ``intasr bench --isolate``): each
 runtime lives in a worker process of its own, which loads the models, builds the runtime, makes the
 same input and times its own calls; the rounds stay interleaved (the parent asks one worker at a
@@ -268,12 +275,13 @@ def bench_input(model, seconds: float, batch: int, seed: int = 0, audio=None):
     return mel, f"speech: {' + '.join(names)} ({seconds:g} s)"
 
 
-ISOLATE_PAUSE_S = 0.05   # between two workers' turns: longer than the OpenMP / onnxruntime spin-wait
+SETTLE_S = 0.05   # before a settled turn: longer than the OpenMP / onnxruntime spin-wait
 
 
 def _isolated_worker(conn, model_path, quantized_path, name, threads, seconds, batch, seed, audio, peer) -> None:
     """One runtime in a process of its own (``bench(isolate=...)``): sends ("ready", kind, info,
-    output on the input) or ("error", reason), then answers each "run" with one call's milliseconds."""
+    output on the input) or ("error", reason), then answers each "run" with one call's milliseconds
+    ("settled run": one untimed call first)."""
     try:
         import torch
 
@@ -289,7 +297,9 @@ def _isolated_worker(conn, model_path, quantized_path, name, threads, seconds, b
     except (ValueError, OSError, RuntimeError, NotImplementedError, ImportError) as e:
         conn.send(("error", f"{type(e).__name__}: {e}"))
         return
-    while conn.recv() == "run":
+    while (msg := conn.recv()) != "stop":
+        if msg == "settled run":
+            fn(x)
         t0 = time.perf_counter()
         fn(x)
         conn.send((time.perf_counter() - t0) * 1e3)
@@ -318,9 +328,9 @@ class _Isolated:
                 continue
             self.conns[n], self.procs[n], self.ready[n] = parent, proc, msg[1:]
 
-    def time(self, name: str) -> float:
-        time.sleep(ISOLATE_PAUSE_S)
-        self.conns[name].send("run")
+    def time(self, name: str, settle: bool = True) -> float:
+        time.sleep(SETTLE_S)   # isolated or not, the previous worker's pool goes idle first
+        self.conns[name].send("settled run" if settle else "run")
         return self.conns[name].recv()
 
     def close(self) -> None:
@@ -331,10 +341,11 @@ class _Isolated:
 
 def bench(model, qmodel, seconds: float = 10.0, batch: int = 1, threads: int = 1, repeats: int = 20,
           warmup: int = 3, runtimes=FP32_RUNTIMES + DEFAULT_INT8, seed: int = 0, progress: bool = False,
-          peer: dict | None = None, audio=None, isolate=None) -> dict:
+          peer: dict | None = None, audio=None, isolate=None, settle: bool = True) -> dict:
     """Time FP32 and INT8 runtimes of one model side by side (module doc). Returns a JSON-able dict.
     audio: a folder / manifest whose speech is the input (``bench_input``), else random values.
-    isolate: (float model file, quantized model file): each runtime in a process of its own (module doc)."""
+    isolate: (float model file, quantized model file): each runtime in a process of its own (module doc).
+    settle: each timed run after a pause and one untimed run of the same runtime (module doc)."""
     import torch
 
     if repeats < 1 or batch < 1 or threads < 1:
@@ -377,12 +388,15 @@ def bench(model, qmodel, seconds: float = 10.0, batch: int = 1, threads: int = 1
             if kind == "int8-peer":
                 checks[name]["argmax_agreement_vs_fp32"] = float((y.argmax(1) == ref_fp.argmax(1)).mean())
         for _ in range(max(0, warmup - 1)):
-            pool.time(name) if pool else fn(inputs[kind])
+            pool.time(name, False) if pool else fn(inputs[kind])
 
     def timed(n: str) -> float:
         if pool:
-            return pool.time(n)
+            return pool.time(n, settle)
         kind, fn, _ = runners[n]
+        if settle:
+            time.sleep(SETTLE_S)
+            fn(inputs[kind])
         t0 = time.perf_counter()
         fn(inputs[kind])
         return (time.perf_counter() - t0) * 1e3
@@ -412,6 +426,7 @@ def bench(model, qmodel, seconds: float = 10.0, batch: int = 1, threads: int = 1
         "model": getattr(model, "name", None) or model.__class__.__name__,
         "seconds": seconds, "frames": T, "input": input_desc, "batch": batch, "threads": threads, "repeats": repeats,
         "warmup": warmup, "protocol": "isolated" if isolate else "one process",
+        "turns": "settled" if settle else "back to back",
         "fp32_runtime": fp_best, "fp32_ms": fp[fp_best]["median_ms"] if fp_best else None,
         "int8_runtime": i8_best, "int8_ms": i8[i8_best]["median_ms"] if i8_best else None,
         "int8_integer_only_runtime": i8_int_best,
@@ -434,7 +449,7 @@ def bench(model, qmodel, seconds: float = 10.0, batch: int = 1, threads: int = 1
 
 def format_report(res: dict) -> str:
     lines = [f"{res['seconds']:g} s input ({res['frames']} frames), batch {res['batch']}, {res['threads']} thread(s), "
-             f"{res['repeats']} interleaved runs; load avg before/after {res.get('loadavg_before')} / "
+             f"{res['repeats']} interleaved runs ({res.get('turns', 'back to back')} turns); load avg before/after {res.get('loadavg_before')} / "
              f"{res.get('loadavg_after')} on {res['machine'].get('cpu_count')} cores ({res['machine'].get('cpu_model')})"]
     for n, r in res["runtimes"].items():
         extra = (f"bit-exact {r['bit_exact']} ({r['logits_differ']} of {r['logits']} logits differ)"

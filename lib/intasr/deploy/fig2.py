@@ -71,7 +71,7 @@ def run(models=MODELS, repeats: int = 20, threads=(1,), seconds: float = 10.0, b
                 "headline": rt in (res["fp32_runtime"], res["int8_runtime"]),
                 "speedup_vs_best_fp32": res["fp32_ms"] / r["median_ms"],
                 "size_mb": sizes[r["precision"][:4]], "seconds": seconds, "frames": res["frames"], "batch": batch,
-                "threads": th, "repeats": repeats, "input": res.get("input"), "cpu": res["machine"].get("cpu_model"),
+                "threads": th, "repeats": repeats, "turns": res.get("turns"), "input": res.get("input"), "cpu": res["machine"].get("cpu_model"),
                 "kernels": res["machine"].get("kernel_family"), "speedup_vs_peer": (res.get("peer_ms") or float("nan")) / r["median_ms"],
                 "loadavg_before": (res["loadavg_before"] or [None])[0], "loadavg_after": (res["loadavg_after"] or [None])[0],
             })
