@@ -73,6 +73,18 @@ def test_every_logit_equals_the_reference_on_a_padded_batch(case, family, tmp_pa
     assert np.array_equal(rt.run(x[2:3, :, :77]), one)
 
 
+def test_the_checked_programs_hold_groups_the_fused_epilogue_takes(case):
+    """The avx512-vnni kernels requantize a group of one group32 term straight from its accumulator
+    registers (store_fused32); the programs checked above hold such groups, dense and (QuartzNet)
+    depthwise, so the logits check covers that path too."""
+    from intasr.program.c_lower import Lowering
+
+    name, q = case[0], case[1]
+    kinds = {s.data["terms"][0].kind for s in Lowering(q.program).steps
+             if s.kind == "group" and len(s.data["terms"]) == 1 and s.data["terms"][0].group32}
+    assert kinds == ({"gemm", "dw"} if name.startswith("quartznet") else {"gemm"})
+
+
 def _extreme_conv(g, cin, cout, k=1, groups=1, stride=1, dilation=1, out_signed=True, x_std=70.0, target=40.0):
     """A conv whose int8 weights sit at the extremes half the time; (M, shift) spread its outputs
     (std about `target`) for inputs of std `x_std`."""

@@ -81,9 +81,8 @@ static long x4_rows(long T_out, long stride, long row_off, long taps, long dil) 
  * accumulators stay in registers); the slices past the real output channels (zero weights) and
  * the input channels past the real ones (zero weights) are skipped: their products are 0, and the
  * skipped slices' accumulators are stored as the 0 they would hold */
-static inline __attribute__((always_inline)) void gemm_tile_n(const asrq_term *t, long t0, long ob, int32_t *acc,
-                                                              const int n, const int nq) {
-    __m512i a[R][4];
+static inline __attribute__((always_inline)) void gemm_acc_n(const asrq_term *t, long t0, long ob, __m512i a[R][4],
+                                                             const int n, const int nq) {
     for (int r = 0; r < n; ++r)
         for (int q = 0; q < 4; ++q) a[r][q] = _mm512_setzero_si512();
     const long xstep = t->stride * t->cp_in, kstep = t->dil * t->cp_in, cin4 = t->cin4, used = (t->cin + 3) / 4;
@@ -101,13 +100,10 @@ static inline __attribute__((always_inline)) void gemm_tile_n(const asrq_term *t
             }
         }
     }
-    for (int r = 0; r < n; ++r)
-        for (int q = 0; q < 4; ++q) _mm512_storeu_si512((void *)(acc + r * 64 + q * 16), a[r][q]);
 }
 
-static inline __attribute__((always_inline)) void dw_tile_n(const asrq_term *t, const uint8_t *x4, long t0,
-                                                            long ob, int32_t *acc, const int n, const int nq) {
-    __m512i a[R][4];
+static inline __attribute__((always_inline)) void dw_acc_n(const asrq_term *t, const uint8_t *x4, long t0, long ob,
+                                                           __m512i a[R][4], const int n, const int nq) {
     for (int r = 0; r < n; ++r)
         for (int q = 0; q < 4; ++q) a[r][q] = _mm512_setzero_si512();
     const long row = 4 * t->cp_in, xstep = t->stride * row, jstep = 4 * t->dil * row;
@@ -122,8 +118,73 @@ static inline __attribute__((always_inline)) void dw_tile_n(const asrq_term *t, 
                 a[r][q] = _mm512_dpbusd_epi32(a[r][q], _mm512_loadu_si512((const void *)(xj + r * xstep + q * 64)),
                                               w[q]);
     }
+}
+
+static inline __attribute__((always_inline)) void store_acc(__m512i a[R][4], const int n, int32_t *acc) {
     for (int r = 0; r < n; ++r)
         for (int q = 0; q < 4; ++q) _mm512_storeu_si512((void *)(acc + r * 64 + q * 16), a[r][q]);
+}
+
+static inline __attribute__((always_inline)) void gemm_tile_n(const asrq_term *t, long t0, long ob, int32_t *acc,
+                                                              const int n, const int nq) {
+    __m512i a[R][4];
+    gemm_acc_n(t, t0, ob, a, n, nq);
+    store_acc(a, n, acc);
+}
+
+static inline __attribute__((always_inline)) void dw_tile_n(const asrq_term *t, const uint8_t *x4, long t0,
+                                                            long ob, int32_t *acc, const int n, const int nq) {
+    __m512i a[R][4];
+    dw_acc_n(t, x4, t0, ob, a, n, nq);
+    store_acc(a, n, acc);
+}
+
+/* The requantization of a group with one term that is group32 (asrq_kernels.h), straight from the
+ * accumulator registers: o[r][16 q + i] = clamp(hi32(acc * M + C) >> (S - 32) + post, lo, hi), the
+ * int32-lane form of requant32_vnni + store32_u8_vnni (the same integers) without the int32
+ * accumulators' and the rescaled values' round trips through memory. Even and odd channels take
+ * one vpmuldq each (M and C permuted to match once per 16 channels); the slices past nq hold 0. */
+static inline __attribute__((always_inline)) void store_fused32(__m512i a[R][4], const int n, const int nq,
+                                                                const asrq_term *t, long ob, uint8_t *o, long ocp,
+                                                                int32_t post, int32_t lo, int32_t hi) {
+    const __m512i ev = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14), od = _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15);
+    const __m512i p = _mm512_set1_epi32(post), l = _mm512_set1_epi32(lo), u = _mm512_set1_epi32(hi);
+    for (int q = 0; q < 4; ++q) {
+        const long c = ob * 64 + q * 16;
+        const __m512i m0 = _mm512_loadu_si512((const void *)(t->M + c)), m1 = _mm512_loadu_si512((const void *)(t->M + c + 8));
+        const __m512i k0 = _mm512_loadu_si512((const void *)(t->C + c)), k1 = _mm512_loadu_si512((const void *)(t->C + c + 8));
+        const __m512i me = _mm512_permutex2var_epi64(m0, ev, m1), mo = _mm512_permutex2var_epi64(m0, od, m1);
+        const __m512i ke = _mm512_permutex2var_epi64(k0, ev, k1), ko = _mm512_permutex2var_epi64(k0, od, k1);
+        const __m512i s = _mm512_sub_epi32(
+            _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(_mm512_loadu_si512((const void *)(t->S + c)))),
+                               _mm512_cvtepi64_epi32(_mm512_loadu_si512((const void *)(t->S + c + 8))), 1),
+            _mm512_set1_epi32(32));
+        for (int r = 0; r < n; ++r) {
+            const __m512i x = q < nq ? a[r][q] : _mm512_setzero_si512();
+            /* vpmuldq reads the low int32 of each int64 lane: the even channels of x, then the odd ones */
+            const __m512i pe = _mm512_add_epi64(_mm512_mul_epi32(x, me), ke);
+            const __m512i po = _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(x, 32), mo), ko);
+            const __m512i hi32 = _mm512_mask_blend_epi32((__mmask16)0xAAAA, _mm512_srli_epi64(pe, 32), po);
+            const __m512i y = _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(_mm512_srav_epi32(hi32, s), p), l), u);
+            _mm_storeu_si128((__m128i *)(o + r * ocp + q * 16), _mm512_cvtepi32_epi8(y));
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) void gemm_fused_n(const asrq_term *t, long t0, long ob, uint8_t *o,
+                                                               long ocp, int32_t post, int32_t lo, int32_t hi,
+                                                               const int n, const int nq) {
+    __m512i a[R][4];
+    gemm_acc_n(t, t0, ob, a, n, nq);
+    store_fused32(a, n, nq, t, ob, o, ocp, post, lo, hi);
+}
+
+static inline __attribute__((always_inline)) void dw_fused_n(const asrq_term *t, const uint8_t *x4, long t0, long ob,
+                                                             uint8_t *o, long ocp, int32_t post, int32_t lo,
+                                                             int32_t hi, const int n, const int nq) {
+    __m512i a[R][4];
+    dw_acc_n(t, x4, t0, ob, a, n, nq);
+    store_fused32(a, n, nq, t, ob, o, ocp, post, lo, hi);
 }
 
 #elif defined(ASRQ_AVXVNNI)
@@ -295,6 +356,25 @@ static void tile(const asrq_term *t, const uint8_t *x4, long t0, long ob, int32_
     }
 }
 
+#if defined(ASRQ_AVX512)
+#define DWF_NQ(k, q) dw_fused_n(t, x4, t0, ob, o, ocp, post, lo, hi, k, q)
+#define GEMMF_NQ(k, q) gemm_fused_n(t, t0, ob, o, ocp, post, lo, hi, k, q)
+#define DWF_N(k) SLICES(DWF_NQ, k)
+#define GEMMF_N(k) SLICES(GEMMF_NQ, k)
+
+/* one tile of a one-term group32 group, requantized and stored as u8 (store_fused32) */
+static void tile_fused32(const asrq_term *t, const uint8_t *x4, long t0, long ob, uint8_t *o, long ocp, int32_t post,
+                         int32_t lo, int32_t hi, int n) {
+    const long left = t->cout - ob * 64;
+    const int nq = left >= 64 ? 4 : (int)((left + 15) / 16);
+    if (t->kind == ASRQ_DW) {
+        DISPATCH(DWF_N, n)
+    } else {
+        DISPATCH(GEMMF_N, n)
+    }
+}
+#endif
+
 static long scratch_vnni(int kind, long T_out, long stride, long row_off, long taps, long dil, long cp) {
     return kind == ASRQ_DW ? align64l(x4_rows(T_out, stride, row_off, taps, dil) * cp * 4) : 0;
 }
@@ -406,6 +486,11 @@ static void group_vnni(const asrq_term *terms, int nterms, long T_out, long oblo
             const long t0 = tb * R;
             const int n = (int)(T_out - t0 < R ? T_out - t0 : R);
 #if defined(ASRQ_AVX512)
+            if (out8 && nterms == 1 && terms[0].group32 && terms[0].kind != ASRQ_IDENT) {
+                tile_fused32(terms, x4[0], t0, ob, out8 + (out_row0 + t0) * out_cp + ob * 64, out_cp, (int32_t)post,
+                             (int32_t)lo, (int32_t)hi, n);
+                continue;
+            }
             if (out8 && terms[0].group32) {   /* every term's rescaled value and the sum fit int32 */
                 int32_t v32[R * 64];
                 for (int j = 0; j < nterms; ++j) {
