@@ -118,7 +118,7 @@ def test_conformer_latency_tables_and_values(tmp_path):
     assert pivot.shape == (4, 3) and pivot.loc[("avx2", "hama", 2), "c-int8"] == "5.0 ms"
     assert len(c_rows) == 4 and set(c_rows.vs_fp32) == {"4.00x"} and set(c_rows.vs_dyn8) == {"2.00x"}
     values = latency.conformer_latency_values(lat)
-    assert values["lat_cpu"] == "Test CPU (avx2 kernels)"
+    assert values["lat_cpu"] == "Test CPU (avx2 kernels, back-to-back turns)"
     assert values["hama_c_ms"] == "10.0" and values["small_vs_dyn8"] == "2.00" and values["hama_fp32_rt"] == "torch-fp32"
     assert values["lat_other_cpus"] == "No other kind of CPU was measured."
     empty = latency.conformer_latency_values(latency.read_csvs(tmp_path, "nothing_*.csv"))
@@ -135,10 +135,14 @@ def test_a_second_kind_of_cpu_gets_its_own_sentence_and_panels(tmp_path):
     vnni.to_csv(tmp_path / "conformer_latency_avx512-vnni.csv", index=False)
     lat = latency.read_csvs(tmp_path, "conformer_latency_*.csv")
     values = latency.conformer_latency_values(lat)
-    assert values["lat_cpu"] == "Test CPU (avx2 kernels)" and values["hama_c_ms"] == "10.0"
+    assert values["lat_cpu"] == "Test CPU (avx2 kernels, back-to-back turns)" and values["hama_c_ms"] == "10.0"
     other = values["lat_other_cpus"]
-    assert other.startswith("On Other CPU (avx512-vnni kernels, the same protocol): hama, 1 thread: 5.0 ms")
+    assert other.startswith("On Other CPU (avx512-vnni kernels, back-to-back turns): hama, 1 thread: 5.0 ms")
     assert "nemo-small, 2 threads: 2.5 ms" in other and "Test CPU" not in other
+    settled = latency.read_csvs(tmp_path, "conformer_latency_*.csv")   # the second CPU's run in settled turns
+    settled.loc[settled.kernel_family == "avx512-vnni", "turns"] = "settled"
+    assert latency.conformer_latency_values(settled)["lat_other_cpus"].startswith(
+        "On Other CPU (avx512-vnni kernels, settled turns): ")
     fig = latency.plot_conformer_latency(lat)
     assert [ax.get_title() for ax in fig.axes] == ["hama (avx2 kernels)", "nemo-small (avx2 kernels)",
                                                    "hama (avx512-vnni kernels)", "nemo-small (avx512-vnni kernels)"]
