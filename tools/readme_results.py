@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from intasr import paper as published
 from intasr.aggregate import rate_text, seed_summary
+from intasr.deploy.bench import turns_of
 from intasr.selection import on_default_batches, recipe_label
 from intasr.tables import load_frame, summary_lines, synthetic_vs_random, variant
 
@@ -250,13 +251,13 @@ def c_runtime_per_cpu() -> list[str]:
         for th, (models, vs_fp, vs_peer, c) in fig.items():
             parts.append(f"{th} thread{'s' if th > 1 else ''}: C " + " / ".join(f"{v:.2f}x" for v in vs_fp)
                          + " the fastest FP32 and " + " / ".join(f"**{v:.2f}x**" for v in vs_peer)
-                         + f" onnxruntime's static int8 ({_turns(c)}, load average "
+                         + f" onnxruntime's static int8 ({turns_of(c)} turns, load average "
                          + f"{_load([c.loadavg_before.min()], [c.loadavg_after.max()])})")
         exact = t1["runtimes"].get("onnxruntime-int8", {})
         lines.append(
             title.format(cpu=t1['machine'].get('cpu_model')) + f", real "
             f"QuartzNet-15x5 W8A8 (`{t1['quantized_path']}`), {t1['input']}, every runtime in one "
-            f"`intasr bench --seconds 10 --repeats {t1['repeats']}` run, {_turns(t1)} "
+            f"`intasr bench --seconds 10 --repeats {t1['repeats']}` run, {turns_of(t1)} turns "
             f"(`benchmarks/results/bench_c_quartznet15x5_{family}_t{{1,2}}.json`): 1 thread, C "
             f"**{t1['c_int8_ms']:.0f} ms** vs the fastest FP32 {t1['fp32_ms']:.0f} ms (`{t1['fp32_runtime']}`, "
             f"**{t1['c_vs_fp32']:.2f}x**) and onnxruntime's static int8 model {t1['peer_ms']:.0f} ms "
@@ -382,13 +383,6 @@ def measured_more() -> list[str]:
         f"{int(sp.rounds)} --threads {int(sp.torch_threads)}`)."]
 
 
-def _turns(rows) -> str:
-    """How a run's timed calls followed each other (``bench``'s ``settle``); runs before that option
-    timed back to back (their CSV / JSON has no record of it)."""
-    turns = rows.get("turns") if isinstance(rows, dict) else rows["turns"].iloc[0] if "turns" in rows else None
-    return "settled turns" if turns == "settled" else "back-to-back turns"
-
-
 def _protocol_runs(pattern: str, exact: bool, how) -> list[str]:
     """One sentence per benchmarks/<pattern> CSV of run_conformer_bench.py: the C runtime's latency and
     speed-ups per model and thread count (``exact``: and whether it was bit-exact); `how(c_rows, name)`: the
@@ -402,7 +396,7 @@ def _protocol_runs(pattern: str, exact: bool, how) -> list[str]:
                 f"{r.latency_ms * r.speedup_vs_fastest_fp32:.1f} ms) and **{r.speedup_vs_dynamic_int8:.2f}x** "
                 f"onnxruntime dynamic int8" + (f", {'bit-exact' if r.bit_exact else 'NOT bit-exact'}" if exact else "")
                 for (m, th), r in c.set_index(["model", "threads"]).iterrows()]
-        lines.append(how(c, f.name) + f", {_turns(df)}, load average {df.loadavg_before.min():.1f}-"
+        lines.append(how(c, f.name) + f", {turns_of(df)} turns, load average {df.loadavg_before.min():.1f}-"
                      f"{df.loadavg_after.max():.1f}): " + "; ".join(runs) + ".")
     return lines
 
@@ -425,7 +419,7 @@ def conformer_c() -> list[str]:
             f"**The Conformer in the C runtime** ({r0.cpu}, `{r0.kernel_family}` kernels; "
             f"`.venv/bin/python benchmarks/run_conformer_bench.py`, one `intasr bench --seconds 10 --repeats "
             f"{int(r0.repeats)}` run per model and thread count, 10 s of test-other speech, `{f.name}` and "
-            f"`benchmarks/results/conformer_*_{r0.kernel_family}_t*.json`, {_turns(df)}, load average "
+            f"`benchmarks/results/conformer_*_{r0.kernel_family}_t*.json`, {turns_of(df)} turns, load average "
             f"{df.loadavg_before.min():.1f}-{df.loadavg_after.max():.1f}): " + "; ".join(runs)
             + ". Resident memory each runtime adds (hama, 1 thread): "
             + ", ".join(f"{k} +{v:.0f} MiB" for k, v in mem.items() if pd.notna(v)) + ".")

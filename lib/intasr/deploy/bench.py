@@ -278,6 +278,18 @@ def bench_input(model, seconds: float, batch: int, seed: int = 0, audio=None):
 SETTLE_S = 0.05   # before a settled turn: longer than the OpenMP / onnxruntime spin-wait
 
 
+def turns_of(run) -> str:
+    """"settled" or "back-to-back": how a run's timed calls followed each other, from its ``bench``
+    result (a dict) or its tidy CSV rows (a DataFrame); runs made before ``settle`` existed have no
+    record of it and timed back to back."""
+    if isinstance(run, dict):
+        turns = run.get("turns")
+    else:
+        recorded = run["turns"].dropna() if "turns" in run else []
+        turns = recorded.iloc[0] if len(recorded) else None
+    return "settled" if turns == "settled" else "back-to-back"
+
+
 def _isolated_worker(conn, model_path, quantized_path, name, threads, seconds, batch, seed, audio, peer) -> None:
     """One runtime in a process of its own (``bench(isolate=...)``): sends ("ready", kind, info,
     output on the input) or ("error", reason), then answers each "run" with one call's milliseconds
@@ -329,7 +341,7 @@ class _Isolated:
             self.conns[n], self.procs[n], self.ready[n] = parent, proc, msg[1:]
 
     def time(self, name: str, settle: bool = True) -> float:
-        time.sleep(SETTLE_S)   # isolated or not, the previous worker's pool goes idle first
+        time.sleep(SETTLE_S)   # settled or not, the previous worker's pool goes idle first
         self.conns[name].send("settled run" if settle else "run")
         return self.conns[name].recv()
 

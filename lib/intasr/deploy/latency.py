@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from intasr import paths
+from intasr.deploy.bench import turns_of
 
 BENCHMARKS = paths.REPO_ROOT / "benchmarks"
 # the kernels column of the earlier Fig. 2 run (benchmarks/fig2_latency.csv), made before the C
@@ -226,19 +227,12 @@ def conformer_latency_tables(lat: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFr
     return runtime_pivot(show, "latency"), c
 
 
-def _turns(rows: pd.DataFrame) -> str:
-    """How a run's timed calls followed each other (``bench``'s settle); runs made before that was
-    recorded timed back to back."""
-    t = rows["turns"].dropna() if "turns" in rows else []
-    return "settled" if len(t) and t.iloc[0] == "settled" else "back-to-back"
-
-
 def conformer_latency_values(lat: pd.DataFrame) -> dict[str, str]:
     """What the chapter quotes from the one-thread C runtime rows of the first kind of CPU (kernel
     family, in file-name order: ``avx2`` before ``avx512-vnni``): the CPU (``lat_cpu``) and per model
     key of ``CONFORMER_KEYS`` its latency, speedups and the fastest FP32 runtime's name; every other
-    kind of CPU in one sentence (``lat_other_cpus``, both thread counts); each names its run's turns. "(not measured)" for every
-    value when lat is empty."""
+    kind of CPU in one sentence (``lat_other_cpus``, both thread counts); each names its run's turns
+    (``bench.turns_of``). "(not measured)" for every value when lat is empty."""
     names = ["lat_cpu", "lat_other_cpus"] + [f"{k}_{v}" for _, k in CONFORMER_KEYS
                                              for v in ("c_ms", "vs_fp32", "vs_dyn8", "fp32_rt")]
     if not len(lat):
@@ -246,7 +240,7 @@ def conformer_latency_values(lat: pd.DataFrame) -> dict[str, str]:
     families = list(dict.fromkeys(lat.kernel_family))
     c = lat[lat.runtime == "c-int8"]
     c1 = c[(c.threads == 1) & (c.kernel_family == families[0])].set_index("model")
-    out = {"lat_cpu": f"{c1.cpu.iloc[0]} ({families[0]} kernels, {_turns(c1)} turns)"}
+    out = {"lat_cpu": f"{c1.cpu.iloc[0]} ({families[0]} kernels, {turns_of(c1)} turns)"}
     for m, key in CONFORMER_KEYS:
         if m in c1.index:
             r = c1.loc[m]
@@ -258,7 +252,7 @@ def conformer_latency_values(lat: pd.DataFrame) -> dict[str, str]:
         runs = [f"{r.model}, {r.threads} thread{'s' if r.threads > 1 else ''}: {r.latency_ms:.1f} ms, "
                 f"{r.speedup_vs_fastest_fp32:.2f}x the fastest FP32 ({r.fastest_fp32}) and "
                 f"{r.speedup_vs_dynamic_int8:.2f}x the dynamic int8 model" for r in rows.itertuples()]
-        others.append(f"On {rows.cpu.iloc[0]} ({fam} kernels, {_turns(rows)} turns): " + "; ".join(runs) + ".")
+        others.append(f"On {rows.cpu.iloc[0]} ({fam} kernels, {turns_of(rows)} turns): " + "; ".join(runs) + ".")
     out["lat_other_cpus"] = " ".join(others) if others else "No other kind of CPU was measured."
     return out
 
