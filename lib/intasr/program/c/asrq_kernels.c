@@ -139,35 +139,56 @@ static inline __attribute__((always_inline)) void dw_tile_n(const asrq_term *t, 
     store_acc(a, n, acc);
 }
 
-/* The requantization of a group with one term that is group32 (asrq_kernels.h), straight from the
- * accumulator registers: o[r][16 q + i] = clamp(hi32(acc * M + C) >> (S - 32) + post, lo, hi), the
- * int32-lane form of requant32_vnni + store32_u8_vnni (the same integers) without the int32
- * accumulators' and the rescaled values' round trips through memory. Even and odd channels take
- * one vpmuldq each (M and C permuted to match once per 16 channels); the slices past nq hold 0. */
+/* The int32-lane requantization of 16 channels of a fast32 term (asrq_kernels.h):
+ * hi32(x * M + C) >> (S - 32) = floor((x * M + C) / 2^S), M and C permuted once into even and odd
+ * channels (vpmuldq reads the low int32 of each int64 lane: the even channels of x, then the odd
+ * ones shifted down). Used from memory (requant32_vnni) and from registers (store_fused32). */
+typedef struct {
+    __m512i me, mo, ke, ko, s;
+} rescale16;
+
+static inline __attribute__((always_inline)) rescale16 rescale16_at(const int64_t *M, const int64_t *C,
+                                                                    const int64_t *S) {
+    const __m512i ev = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14), od = _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15);
+    const __m512i m0 = _mm512_loadu_si512((const void *)M), m1 = _mm512_loadu_si512((const void *)(M + 8));
+    const __m512i k0 = _mm512_loadu_si512((const void *)C), k1 = _mm512_loadu_si512((const void *)(C + 8));
+    rescale16 k;
+    k.me = _mm512_permutex2var_epi64(m0, ev, m1);
+    k.mo = _mm512_permutex2var_epi64(m0, od, m1);
+    k.ke = _mm512_permutex2var_epi64(k0, ev, k1);
+    k.ko = _mm512_permutex2var_epi64(k0, od, k1);
+    k.s = _mm512_sub_epi32(
+        _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(_mm512_loadu_si512((const void *)S))),
+                           _mm512_cvtepi64_epi32(_mm512_loadu_si512((const void *)(S + 8))), 1),
+        _mm512_set1_epi32(32));
+    return k;
+}
+
+static inline __attribute__((always_inline)) __m512i rescale16_apply(__m512i x, const rescale16 *k) {
+    const __m512i pe = _mm512_add_epi64(_mm512_mul_epi32(x, k->me), k->ke);
+    const __m512i po = _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(x, 32), k->mo), k->ko);
+    return _mm512_srav_epi32(_mm512_mask_blend_epi32((__mmask16)0xAAAA, _mm512_srli_epi64(pe, 32), po), k->s);
+}
+
+/* o[i] = clamp(y[i] + post, lo, hi) for 16 channels ([lo, hi] within [0, 255]) */
+static inline __attribute__((always_inline)) void store16_u8(uint8_t *o, __m512i y, __m512i post, __m512i lo,
+                                                             __m512i hi) {
+    _mm_storeu_si128((__m128i *)o, _mm512_cvtepi32_epi8(_mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(y, post),
+                                                                                           lo), hi)));
+}
+
+/* A group of one group32 term, requantized straight from the accumulator registers and stored as
+ * u8: requant32_vnni + store32_u8_vnni without the int32 accumulators' and the rescaled values'
+ * round trips through memory; the slices past nq hold 0. */
 static inline __attribute__((always_inline)) void store_fused32(__m512i a[R][4], const int n, const int nq,
                                                                 const asrq_term *t, long ob, uint8_t *o, long ocp,
                                                                 int32_t post, int32_t lo, int32_t hi) {
-    const __m512i ev = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14), od = _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15);
     const __m512i p = _mm512_set1_epi32(post), l = _mm512_set1_epi32(lo), u = _mm512_set1_epi32(hi);
     for (int q = 0; q < 4; ++q) {
         const long c = ob * 64 + q * 16;
-        const __m512i m0 = _mm512_loadu_si512((const void *)(t->M + c)), m1 = _mm512_loadu_si512((const void *)(t->M + c + 8));
-        const __m512i k0 = _mm512_loadu_si512((const void *)(t->C + c)), k1 = _mm512_loadu_si512((const void *)(t->C + c + 8));
-        const __m512i me = _mm512_permutex2var_epi64(m0, ev, m1), mo = _mm512_permutex2var_epi64(m0, od, m1);
-        const __m512i ke = _mm512_permutex2var_epi64(k0, ev, k1), ko = _mm512_permutex2var_epi64(k0, od, k1);
-        const __m512i s = _mm512_sub_epi32(
-            _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(_mm512_loadu_si512((const void *)(t->S + c)))),
-                               _mm512_cvtepi64_epi32(_mm512_loadu_si512((const void *)(t->S + c + 8))), 1),
-            _mm512_set1_epi32(32));
-        for (int r = 0; r < n; ++r) {
-            const __m512i x = q < nq ? a[r][q] : _mm512_setzero_si512();
-            /* vpmuldq reads the low int32 of each int64 lane: the even channels of x, then the odd ones */
-            const __m512i pe = _mm512_add_epi64(_mm512_mul_epi32(x, me), ke);
-            const __m512i po = _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(x, 32), mo), ko);
-            const __m512i hi32 = _mm512_mask_blend_epi32((__mmask16)0xAAAA, _mm512_srli_epi64(pe, 32), po);
-            const __m512i y = _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(_mm512_srav_epi32(hi32, s), p), l), u);
-            _mm_storeu_si128((__m128i *)(o + r * ocp + q * 16), _mm512_cvtepi32_epi8(y));
-        }
+        const rescale16 k = rescale16_at(t->M + c, t->C + c, t->S + c);
+        for (int r = 0; r < n; ++r)
+            store16_u8(o + r * ocp + q * 16, rescale16_apply(q < nq ? a[r][q] : _mm512_setzero_si512(), &k), p, l, u);
     }
 }
 
@@ -430,24 +451,14 @@ static void store_u8_vnni(const int64_t *v, uint8_t *o, int64_t post, int64_t lo
 }
 
 #if defined(ASRQ_AVX512)
-/* v[r][c] (+)= (acc * M + C) >> S in int32 lanes where every term is fast32 and the group group32:
- * floor(p / 2^S) = floor(floor(p / 2^32) / 2^(S-32)), the first the high half of the int64 p */
+/* v[r][c] (+)= (acc * M + C) >> S in int32 lanes (rescale16) where every term is fast32 and the group
+ * group32 */
 static void requant32_vnni(const int32_t *acc, const int64_t *M, const int64_t *C, const int64_t *S, int32_t *v,
                            int n, int first) {
-    const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
     for (int c = 0; c < 64; c += 16) {
-        const __m512i m0 = _mm512_loadu_si512((const void *)(M + c)), m1 = _mm512_loadu_si512((const void *)(M + c + 8));
-        const __m512i k0 = _mm512_loadu_si512((const void *)(C + c)), k1 = _mm512_loadu_si512((const void *)(C + c + 8));
-        const __m512i s = _mm512_sub_epi32(
-            _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(_mm512_loadu_si512((const void *)(S + c)))),
-                               _mm512_cvtepi64_epi32(_mm512_loadu_si512((const void *)(S + c + 8))), 1),
-            _mm512_set1_epi32(32));
+        const rescale16 k = rescale16_at(M + c, C + c, S + c);
         for (int r = 0; r < n; ++r) {
-            const __m512i a = _mm512_loadu_si512((const void *)(acc + r * 64 + c));
-            const __m512i p0 = _mm512_add_epi64(_mm512_mul_epi32(_mm512_cvtepi32_epi64(_mm512_castsi512_si256(a)), m0), k0);
-            const __m512i p1 = _mm512_add_epi64(_mm512_mul_epi32(_mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(a, 1)),
-                                                                 m1), k1);
-            __m512i y = _mm512_srav_epi32(_mm512_permutex2var_epi32(p0, odd, p1), s);
+            __m512i y = rescale16_apply(_mm512_loadu_si512((const void *)(acc + r * 64 + c)), &k);
             if (!first) y = _mm512_add_epi32(y, _mm512_loadu_si512((const void *)(v + r * 64 + c)));
             _mm512_storeu_si512((void *)(v + r * 64 + c), y);
         }
@@ -456,9 +467,7 @@ static void requant32_vnni(const int32_t *acc, const int64_t *M, const int64_t *
 
 static void store32_u8_vnni(const int32_t *v, uint8_t *o, int32_t post, int32_t lo, int32_t hi) {
     const __m512i p = _mm512_set1_epi32(post), l = _mm512_set1_epi32(lo), u = _mm512_set1_epi32(hi);
-    for (int c = 0; c < 64; c += 16)
-        _mm_storeu_si128((__m128i *)(o + c), _mm512_cvtepi32_epi8(_mm512_min_epi32(_mm512_max_epi32(
-            _mm512_add_epi32(_mm512_loadu_si512((const void *)(v + c)), p), l), u)));
+    for (int c = 0; c < 64; c += 16) store16_u8(o + c, _mm512_loadu_si512((const void *)(v + c)), p, l, u);
 }
 #endif
 
