@@ -148,7 +148,7 @@ def tidy(name: str, res: dict, protocol: str = "interleaved") -> list[dict]:
     rows = []
     for rt, r in res["runtimes"].items():
         rows.append({
-            "model": name, "label": LABEL[name], "protocol": protocol, "turns": res.get("turns", "back to back"),
+            "model": name, "label": LABEL[name], "protocol": protocol, "turns": res.get("turns"),
             "runtime": rt, "precision": r["precision"],
             "integer_only": r.get("integer_only"), "bit_exact": r.get("bit_exact"),
             "argmax_agreement_vs_fp32": r.get("argmax_agreement_vs_fp32"), "kernels": r.get("kernels"),
