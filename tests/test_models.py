@@ -340,3 +340,30 @@ def test_convasr_walk_names_every_conv_once_in_execution_order(arch):
         for s in blk.main[:-1]:
             assert (s.act is None) == s.feeds_conv
         assert blk.main[-1].act is None
+
+
+@pytest.mark.parametrize("which", ["quartznet", "hama"])
+def test_inference_copy_decodes_the_same_and_leaves_the_model_alone(which, real_audio_batch, small_quartznet):
+    """The float model's decoding copy (the grid's FP32 row, `evaluate`, `transcribe`): depthwise
+    convs on the transposed kernel, logits equal up to float32 summation order on a padded batch
+    of real speech, the same greedy tokens on every valid frame, and the original model untouched
+    (calibration reads its activations)."""
+    from conftest import restored_hama_model
+
+    from intasr.models.fastconv import FastDepthwiseConv1d, inference_copy
+
+    model = small_quartznet if which == "quartznet" else restored_hama_model()
+    fast = inference_copy(model)
+    assert sum(isinstance(m, FastDepthwiseConv1d) for m in fast.modules()) > 0
+    assert not any(isinstance(m, FastDepthwiseConv1d) for m in model.modules())
+    assert not any(p.requires_grad for p in fast.parameters())
+    audio, lengths = real_audio_batch
+    assert len(set(lengths.tolist())) == 3   # padded: masks matter
+    with torch.no_grad():
+        ref, ref_len = model(audio, lengths)
+        got, got_len = fast(audio, lengths)
+    assert torch.equal(ref_len, got_len)
+    for b, n in enumerate(ref_len.tolist()):   # logits [B, classes, frames]
+        r, g = ref[b, :, :n], got[b, :, :n]
+        assert (r - g).abs().max() <= 1e-4 * r.abs().max()
+        assert torch.equal(r.argmax(0), g.argmax(0))

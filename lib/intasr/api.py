@@ -392,6 +392,10 @@ def load(path: str | Path, runtime: str | None = None) -> Recognizer:
     model = open_model(path)
     if hasattr(model, "use_runtime"):
         model.use_runtime(runtime)
+    else:
+        from .models.fastconv import inference_copy
+
+        model = inference_copy(model)
     return Recognizer(model, path)
 
 

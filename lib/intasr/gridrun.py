@@ -114,6 +114,14 @@ def _float_model(path: str, sha256: str):
     return load_model(path)
 
 
+@functools.lru_cache(maxsize=2)
+def _float_decoder(path: str, sha256: str):
+    """The float model as the FP32 row decodes with it (``fastconv.inference_copy``)."""
+    from .models.fastconv import inference_copy
+
+    return inference_copy(_float_model(path, sha256))
+
+
 def _threads(n: int | None) -> None:
     if n:
         import torch
@@ -188,7 +196,7 @@ def transcribe_shard(model_path: str, model_sha: str, quantized, utts: list, bat
     from .evaluate import transcribe
 
     _threads(threads)
-    model = quantized["model"] if quantized is not None else _float_model(model_path, model_sha)
+    model = quantized["model"] if quantized is not None else _float_decoder(model_path, model_sha)
     t0 = time.perf_counter()
     hyps = transcribe(model, utts, batch_size=batch_size, progress=False)
     engine = ("torch-fp32" if quantized is None else

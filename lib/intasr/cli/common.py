@@ -39,10 +39,14 @@ def add_runtime_argument(p: argparse.ArgumentParser) -> None:
 
 
 def use_runtime(model, runtime: str | None):
-    """A quantized model runs on `runtime` (IntegerModel.use_runtime); a float model has one engine."""
+    """A quantized model runs on `runtime` (IntegerModel.use_runtime); a float model has one engine,
+    torch, and decodes as the grid's FP32 row does (``fastconv.inference_copy``)."""
     if hasattr(model, "use_runtime"):
         model.use_runtime(runtime)
-    return model
+        return model
+    from ..models.fastconv import inference_copy
+
+    return inference_copy(model)
 
 
 def write_json(path: str | None, obj) -> None:

@@ -28,6 +28,8 @@ non-depthwise, asymmetric padding).
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -110,3 +112,13 @@ def swap_depthwise(module: nn.Module) -> int:
                 setattr(parent, name, FastDepthwiseConv1d(child))
                 n += 1
     return n
+
+
+def inference_copy(model: nn.Module) -> nn.Module:
+    """A frozen copy of `model` for decoding, its depthwise convs on the fast kernel: what the
+    float model's transcripts are computed with (`evaluate`, the grid's FP32 row). Only the float32
+    summation order differs from `model` (module doc); calibration keeps the model itself, whose
+    activations set the quantized model's scales."""
+    fast = copy.deepcopy(model).eval().requires_grad_(False)
+    swap_depthwise(fast)
+    return fast
