@@ -2,6 +2,7 @@
 give the same statistics without a second pass; any change of either is a new pass; each caller
 gets its own copy."""
 
+import pytest
 import torch
 
 from intasr import calibration
@@ -61,3 +62,19 @@ def test_new_weights_new_batches_or_options_are_a_new_pass(monkeypatch):
     after = _ranges(collect(model, batches))
     assert len(calls) == 4
     assert after != before
+
+
+def test_valid_values_with_every_frame_valid_are_the_gathered_values():
+    """An all-valid mask skips the gather (synthetic batches): the same values in the same order;
+    a mask that does not fit still raises, and padded frames are still left out."""
+    from intasr.quant.observers import valid_values
+
+    x = torch.randn(3, 4, 10, generator=torch.Generator().manual_seed(0))
+    every = torch.ones(3, 1, 10, dtype=torch.bool)
+    assert torch.equal(valid_values(x, every), x[every.expand_as(x)].double())
+    assert torch.equal(valid_values(x, every), valid_values(x))
+    with pytest.raises(RuntimeError):
+        valid_values(x, torch.ones(3, 1, 9, dtype=torch.bool))
+    some = every.clone()
+    some[1, :, 6:] = False
+    assert valid_values(x, some).numel() == 4 * (30 - 4)

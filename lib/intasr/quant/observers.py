@@ -36,7 +36,10 @@ def valid_values(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Ten
         mask = mask.unsqueeze(1)
     if mask.dim() != x.dim():
         raise ValueError(f"mask of shape {tuple(mask.shape)} does not fit x of shape {tuple(x.shape)}")
-    return x[mask.expand_as(x)].to(torch.float64)
+    full = mask.expand_as(x)
+    if bool(mask.all()):   # every frame valid (synthetic batches): the same values without a gather
+        return x.reshape(-1).to(torch.float64)
+    return x[full].to(torch.float64)
 
 
 class Observer:
