@@ -372,3 +372,19 @@ def test_prior_renders_normalized_smooth_inputs_and_is_keyed(small_model, tmp_pa
     b = generate_cached(small_model, None, {**PARAMS, "n_batches": 1, **prior}, tmp_path, progress=False, threads=1)
     assert a.params["cache_key"] != b.params["cache_key"]
     assert set(synth._keyed(synth.normalize_params({**PARAMS}))) == set(synth._KEYED)
+
+
+def test_channel_var_mean_is_the_unbiased_statistic_over_batch_and_frames():
+    """The two-pass statistics the loss takes (cache format 2) against float64 torch.var_mean,
+    with and without lengths; padded frames change nothing."""
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(4, 32, 50, generator=g) * 3.0 + 5.0
+    ref_var, ref_mean = torch.var_mean(z.double(), dim=(0, 2), correction=1)
+    for lengths in (None, torch.full((4,), 50)):
+        var, mean = synth.channel_var_mean(z, lengths)
+        assert var.dtype == mean.dtype == torch.float32
+        assert torch.allclose(mean.double(), ref_mean, rtol=1e-6, atol=1e-6)
+        assert torch.allclose(var.double(), ref_var, rtol=1e-5)
+    padded = torch.cat([z, torch.full((4, 32, 7), 1e4)], dim=-1)
+    var, mean = synth.channel_var_mean(padded, torch.full((4,), 50))
+    assert torch.allclose(var.double(), ref_var, rtol=1e-5) and torch.allclose(mean.double(), ref_mean, atol=1e-5)
