@@ -28,7 +28,8 @@ from intasr.program.builder import IntConv
 from intasr.integer_model import save_quantized
 from intasr.cpu import FAMILIES, cpu_features, supports
 from intasr.intops.conv import accumulator_bound, choose_acc_dtype
-from intasr.program.c_backend import CExportError, CRuntime, build, export_c, read_logits, write_input
+from intasr.program.c_backend import (CExportError, CRuntime, build, export_c, kernel_library, read_logits,
+                                      write_input)
 from intasr.program.numpy_ref import NumpyReference
 from intasr.program.ops import Op, Program
 from intasr.quant.weights import dyadic_multiplier
@@ -71,6 +72,21 @@ def test_every_logit_equals_the_reference_on_a_padded_batch(case, family, tmp_pa
     # batch of one, unpadded: the same integers as the reference on that item alone
     one, _ = NumpyReference().run(q.program, x[2:3, :, :77], lengths[2:3])
     assert np.array_equal(rt.run(x[2:3, :, :77]), one)
+
+
+def test_a_relative_native_cache_builds_and_runs(case, tmp_path, monkeypatch):
+    """$INTASR_NATIVE_CACHE may be relative: make runs in each library's own folder, so the cache
+    is made absolute (paths.native_cache) before a path into it reaches make."""
+    name, q, x, lengths, ref, ref_len = case
+    kernels = kernel_library().parent   # the archive of the session's cache, compiled once
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("INTASR_NATIVE_CACHE", "relative-cache")
+    (tmp_path / "relative-cache" / "c_runtime").mkdir(parents=True)
+    (tmp_path / "relative-cache" / "c_runtime" / kernels.name).symlink_to(kernels)
+    rt = CRuntime(q.program, threads=1)
+    assert rt.dir.parent == tmp_path / "relative-cache" / "c_runtime"
+    logits, out_len = rt.run_with_lengths(x, lengths)
+    assert np.array_equal(out_len, ref_len) and np.array_equal(logits, ref), name
 
 
 def test_the_checked_programs_hold_groups_the_fused_epilogue_takes(case):

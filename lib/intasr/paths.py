@@ -2,7 +2,8 @@
 
 `INTASR_SHARED` points at the shared asset folder (default: `../shared` beside the repository
 checkout, or beside the current directory); `INTASR_BUILD` at the folder for generated models
-and caches (default: `build/` in the repository, or in the current directory).
+and caches (default: `build/` in the repository, or in the current directory);
+`INTASR_NATIVE_CACHE` at the compiled C libraries' cache (default: `~/.cache/intasr`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ def shared_dir() -> Path:
 
 def build_dir() -> Path:
     return Path(os.environ.get("INTASR_BUILD") or _repo_or_cwd() / "build")
+
+
+def native_cache() -> Path:
+    """The compiled C libraries' cache, absolute: make runs in each library's own folder, where a
+    relative $INTASR_NATIVE_CACHE would name another place."""
+    return Path(os.environ.get("INTASR_NATIVE_CACHE") or Path.home() / ".cache" / "intasr").absolute()
 
 
 def folded_weights() -> Path:

@@ -86,7 +86,9 @@ def _accepted(cc: str, flags: list[str]) -> list[str]:
 
 
 def _cache_dir() -> Path:
-    return Path(os.environ.get("INTASR_NATIVE_CACHE", Path.home() / ".cache" / "intasr"))
+    from ..paths import native_cache
+
+    return native_cache()
 
 
 def library_path() -> Path:

@@ -568,7 +568,9 @@ def read_logits(path) -> tuple[np.ndarray, int]:
 # ------------------------------------------------------------------ in-process runner (tests, bench)
 
 def _cache_root() -> Path:
-    return Path(os.environ.get("INTASR_NATIVE_CACHE", Path.home() / ".cache" / "intasr")) / "c_runtime"
+    from ..paths import native_cache
+
+    return native_cache() / "c_runtime"
 
 
 def build(out_dir, cflags: str | None = None, target: str = "libasrq.so", kernels: Path | None = None) -> Path:
