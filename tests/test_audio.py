@@ -120,3 +120,25 @@ def test_long_multichannel_file_mixed_down_block_by_block(tmp_path):
     y = load_audio(tmp_path / "three.wav", 16000)
     assert y.dtype == np.float32 and y.shape == (x.shape[0],)
     np.testing.assert_array_equal(y, x.mean(axis=1))
+
+
+def test_the_window_is_a_shape_on_the_meta_device_and_values_elsewhere():
+    """load_model's size check builds the model on the meta device: the window is then only a
+    shape (torch would compute it through its Python decompositions, ~1 s on first use); a real
+    build holds NeMo's symmetric window."""
+    with torch.device("meta"):
+        meta = MelFrontend()
+    assert meta.window.is_meta and meta.window.shape == (meta.win_length,)
+    real = MelFrontend()
+    assert torch.equal(real.window, torch.hann_window(real.win_length, periodic=False))
+
+
+def test_importing_the_front_end_leaves_scipy_signal_for_resampling():
+    """scipy.signal (~0.7 s to import) is loaded by the first resampling, not by every command."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np; import intasr.audio as a; assert 'scipy.signal' not in sys.modules; "
+            "y = a.resample(np.ones(441, np.float32), 44100, 16000); assert y.shape == (160,); "
+            "assert 'scipy.signal' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)

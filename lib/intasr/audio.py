@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-from scipy.signal import resample_poly
 
 
 class AudioError(ValueError):
@@ -28,6 +27,20 @@ MIN_RATE, MAX_RATE = 1000, 768000
 MAX_RATIO_TERM = 1 << 16
 MAX_SAMPLES_PER_BYTE = 16
 MAX_FREE_SAMPLES = 16 * 60 * 16000        # 16 minutes at 16 kHz, whatever the file's size
+
+
+def _resample(audio: np.ndarray, ratio: Fraction) -> np.ndarray:
+    """Polyphase resampling by the reduced `ratio` (new rate / old rate: the shortest filter).
+    scipy.signal is imported here: it takes ~0.7 s, and most runs never resample."""
+    from scipy.signal import resample_poly
+
+    return resample_poly(audio, ratio.numerator, ratio.denominator).astype(np.float32)
+
+
+def _meta_window(length: int, periodic: bool = False) -> torch.Tensor:
+    """A window's shape on torch's meta device: torch computes a meta hann_window through its
+    Python decompositions, whose first use costs ~1 s, for values a meta tensor does not hold."""
+    return torch.empty(length, device="meta")
 
 
 def load_audio(path, sample_rate: int = 16000) -> np.ndarray:
@@ -72,8 +85,7 @@ def load_audio(path, sample_rate: int = 16000) -> np.ndarray:
     if not np.isfinite(audio).all():
         raise AudioError(f"{path}: audio contains NaN or infinite samples")
     if sr != sample_rate:
-        ratio = Fraction(sample_rate, sr)  # reduced, so the filter is as short as possible
-        audio = resample_poly(audio, ratio.numerator, ratio.denominator).astype(np.float32)
+        audio = _resample(audio, Fraction(sample_rate, sr))
     return np.ascontiguousarray(audio, dtype=np.float32)
 
 
@@ -193,6 +205,8 @@ class MelFrontend(torch.nn.Module):
         # "preprocessor.featurizer.window" / ".fb" load straight from a NeMo checkpoint.
         # NeMo uses the symmetric window (periodic=False).
         window_fn = _WINDOWS[window]
+        if window_fn is not None and torch.get_default_device().type == "meta":
+            window_fn = _meta_window   # a shape for load_model's size check, without torch's decompositions
         self.register_buffer("window", window_fn(win, periodic=False) if window_fn else None)
         fb = mel_filterbank(sample_rate, self.n_fft, features, lowfreq, highfreq or sample_rate / 2, mel_norm)
         self.register_buffer("fb", torch.from_numpy(fb).unsqueeze(0))
@@ -417,6 +431,5 @@ def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     if int(from_rate) <= 0 or int(to_rate) <= 0:
         raise ValueError(f"sample rates must be positive, got {from_rate} -> {to_rate}")
     if int(from_rate) != int(to_rate):
-        ratio = Fraction(int(to_rate), int(from_rate))
-        audio = resample_poly(audio, ratio.numerator, ratio.denominator).astype(np.float32)
+        audio = _resample(audio, Fraction(int(to_rate), int(from_rate)))
     return np.ascontiguousarray(audio, dtype=np.float32)
