@@ -338,7 +338,9 @@ def dask() -> list[str]:
             f"{_load([min(loads)], [max(loads)])}), rows "
             f"**{'identical' if c['rows_identical'] else 'DIFFERENT'}** to the torch-evaluated run "
             f"({torch_run['wall_seconds']:.1f} s with `--workers 1` there, `results/dask_grid_engines_{fam}.json`"
-            + (": PyTorch's int8 GEMM has no fast kernel without VNNI" if fam == "avx2" else "") + "): "
+            + (": PyTorch's int8 GEMM has no fast kernel without VNNI" if fam == "avx2" else "")
+            + "".join(f"; the C run of that report: {r['wall_seconds']:.1f} s" for r in both["runs"]
+                      if r["runtime"] == "c" and r["workers"] == 1) + "): "
             f"{torch_run['wall_seconds'] / cw[1]['wall_seconds']:.1f}x and "
             f"{torch_run['wall_seconds'] / cw[2]['wall_seconds']:.1f}x faster on the same machine, and "
             f"**{wall[1] / cw[1]['wall_seconds']:.2f}x** / {wall[2] / cw[2]['wall_seconds']:.2f}x the earlier "
