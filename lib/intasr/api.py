@@ -385,7 +385,9 @@ def _subsampling_factor(config: dict) -> int | None:
 def load(path: str | Path, runtime: str | None = None) -> Recognizer:
     """Open a float `.nemo` (QuartzNet, JasperDR, Conformer-CTC, the imported hama Conformer) or a
     quantized `.aqz` model file as a Recognizer. runtime: a quantized model's engine ("auto", "c",
-    "torch": ``IntegerModel.use_runtime``; default $INTASR_RUNTIME, else auto)."""
+    "torch": ``IntegerModel.use_runtime``; default $INTASR_RUNTIME, else auto). A float model
+    decodes on ``fastconv.inference_copy`` (as `evaluate` and the grid's FP32 row do); quantize
+    from ``open_model``'s model, whose activations calibration reads."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: model file not found")
