@@ -304,15 +304,15 @@ def c_runtime() -> list[str]:
 
 
 def _grid_walls(runs: list[dict]) -> tuple[dict, dict]:
-    """Per worker count: the median wall time, and how the README says it ("72.6 s", or "72.6 s,
-    the median of 3 interleaved runs: 70.1-96.4 s")."""
+    """Per worker count: the median wall time (s), and how the README says it ("72.6 s", or
+    "72.6 s, the median of 3 interleaved runs: 70.1-96.4 s")."""
     by: dict = {}
     for r in runs:
         by.setdefault(r["workers"], []).append(r["wall_seconds"])
     med = {w: float(statistics.median(v)) for w, v in by.items()}
     said = {w: f"{med[w]:.1f} s" + (f", the median of {len(v)} interleaved runs: {min(v):.1f}-{max(v):.1f} s"
                                      if len(v) > 1 else "") for w, v in by.items()}
-    return {w: {"wall_seconds": m} for w, m in med.items()}, said
+    return med, said
 
 
 def dask() -> list[str]:
@@ -327,7 +327,7 @@ def dask() -> list[str]:
             continue
         c = _json(f"results/dask_grid_c_{fam}.json")
         both = _json(f"results/dask_grid_engines_{fam}.json")
-        cw, walls = _grid_walls(c["runs"])
+        med, walls = _grid_walls(c["runs"])
         loads = [r["loadavg_before"][0] for r in c["runs"]] + [r["loadavg_after"][0] for r in c["runs"]]
         cc = _json(f"results/paper_profile_cost_c_{fam}.json")
         torch_run = next(r for r in both["runs"] if r["runtime"] == "torch")
@@ -341,9 +341,9 @@ def dask() -> list[str]:
             + (": PyTorch's int8 GEMM has no fast kernel without VNNI" if fam == "avx2" else "")
             + "".join(f"; the C run of that report: {r['wall_seconds']:.1f} s" for r in both["runs"]
                       if r["runtime"] == "c" and r["workers"] == 1) + "): "
-            f"{torch_run['wall_seconds'] / cw[1]['wall_seconds']:.1f}x and "
-            f"{torch_run['wall_seconds'] / cw[2]['wall_seconds']:.1f}x faster on the same machine, and "
-            f"**{wall[1] / cw[1]['wall_seconds']:.2f}x** / {wall[2] / cw[2]['wall_seconds']:.2f}x the earlier "
+            f"{torch_run['wall_seconds'] / med[1]:.1f}x and "
+            f"{torch_run['wall_seconds'] / med[2]:.1f}x faster on the same machine, and "
+            f"**{wall[1] / med[1]:.2f}x** / {wall[2] / med[2]:.2f}x the earlier "
             f"{wall[1]:.1f} s / {wall[2]:.1f} s below (the same worker counts, another machine; target 3x). What remains is float work the integer engine "
             "does not touch: the synthetic batches (Adam through the float model) and the FP32 row. At these rates "
             f"`--profile paper` costs ~{cc['total_hours']:.0f} task-hours for one model, "

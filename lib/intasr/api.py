@@ -367,6 +367,19 @@ def open_model(path: str | Path):
     return load_model(path)
 
 
+def open_for_decoding(path: str | Path, runtime: str | None = None):
+    """``open_model``'s model, ready to decode: a quantized one on `runtime`
+    (``IntegerModel.use_runtime``), a float one on ``fastconv.inference_copy`` (as the grid's FP32
+    row decodes). Quantize from ``open_model``'s model instead: calibration reads its activations."""
+    model = open_model(path)
+    if hasattr(model, "use_runtime"):
+        model.use_runtime(runtime)
+        return model
+    from .models.fastconv import inference_copy
+
+    return inference_copy(model)
+
+
 def _subsampling_factor(config: dict) -> int | None:
     """Input frames per output frame from a model config: the product of a ConvASR's block strides,
     or a Conformer's subsampling_factor; None when the config does not say."""
@@ -385,20 +398,12 @@ def _subsampling_factor(config: dict) -> int | None:
 def load(path: str | Path, runtime: str | None = None) -> Recognizer:
     """Open a float `.nemo` (QuartzNet, JasperDR, Conformer-CTC, the imported hama Conformer) or a
     quantized `.aqz` model file as a Recognizer. runtime: a quantized model's engine ("auto", "c",
-    "torch": ``IntegerModel.use_runtime``; default $INTASR_RUNTIME, else auto). A float model
-    decodes on ``fastconv.inference_copy`` (as `evaluate` and the grid's FP32 row do); quantize
-    from ``open_model``'s model, whose activations calibration reads."""
+    "torch": ``IntegerModel.use_runtime``; default $INTASR_RUNTIME, else auto). The model is
+    ``open_for_decoding``'s."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: model file not found")
-    model = open_model(path)
-    if hasattr(model, "use_runtime"):
-        model.use_runtime(runtime)
-    else:
-        from .models.fastconv import inference_copy
-
-        model = inference_copy(model)
-    return Recognizer(model, path)
+    return Recognizer(open_for_decoding(path, runtime), path)
 
 
 def ctm_lines(results: list[dict]) -> list[str]:

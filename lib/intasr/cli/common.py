@@ -38,17 +38,6 @@ def add_runtime_argument(p: argparse.ArgumentParser) -> None:
                         "$INTASR_RUNTIME, else auto); the same integers on every engine")
 
 
-def use_runtime(model, runtime: str | None):
-    """A quantized model runs on `runtime` (IntegerModel.use_runtime); a float model has one engine,
-    torch, and decodes as the grid's FP32 row does (``fastconv.inference_copy``)."""
-    if hasattr(model, "use_runtime"):
-        model.use_runtime(runtime)
-        return model
-    from ..models.fastconv import inference_copy
-
-    return inference_copy(model)
-
-
 def write_json(path: str | None, obj) -> None:
     """`obj` as indented JSON at `path`, written atomically; nothing when `path` is empty."""
     if not path:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 
 from ..options import add_data_argument, add_model_argument
-from .common import add_runtime_argument, check_output_path, use_runtime, write_json
+from .common import add_runtime_argument, check_output_path, write_json
 
 
 def _rate_line(result: dict) -> str:
@@ -21,11 +21,11 @@ def _rate_line(result: dict) -> str:
 
 
 def cmd_evaluate(args) -> int:
-    from ..api import open_model
+    from ..api import open_for_decoding
     from ..data import load_dataset
     from ..evaluate import evaluate
 
-    model = use_runtime(open_model(args.model), args.runtime)
+    model = open_for_decoding(args.model, args.runtime)
     utts = load_dataset(args.data, limit=args.limit)
     result = evaluate(model, utts, batch_size=args.batch_size, progress=not args.quiet, seed=args.seed)
     result["engine"] = model.engine_name() if hasattr(model, "engine_name") else "torch-fp32"

@@ -36,7 +36,7 @@ def valid_values(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Ten
         mask = mask.unsqueeze(1)
     if mask.dim() != x.dim():
         raise ValueError(f"mask of shape {tuple(mask.shape)} does not fit x of shape {tuple(x.shape)}")
-    full = mask.expand_as(x)
+    full = mask.expand_as(x)   # raises when the mask does not fit x, all-valid or not
     if bool(mask.all()):   # every frame valid (synthetic batches): the same values without a gather
         return x.reshape(-1).to(torch.float64)
     return x[full].to(torch.float64)
